@@ -1,0 +1,45 @@
+"""The ComputeBackend protocol: where units run.
+
+A backend only has to submit a unit and report its state. The unit itself always runs
+``fleetscore.runs.run_unit`` (load the unit's sensor list, ``score_unit``, write the unit
+result), whether in a local process, in this process, or in a container on Azure Batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..hours import Hour
+from ..planning import Unit
+from ..scoring import UnitResult
+
+PENDING, RUNNING, SUCCEEDED, PARTIAL, FAILED = "pending", "running", "succeeded", "partial", "failed"
+TERMINAL = frozenset({SUCCEEDED, PARTIAL, FAILED})
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    state: str
+    result: UnitResult | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+@runtime_checkable
+class ComputeBackend(Protocol):
+    name: str
+
+    def submit(self, window: Hour, unit: Unit) -> str:
+        """Start the unit; return a handle. Submitting the same unit twice is harmless."""
+
+    def poll(self, handles: Sequence[str], timeout: float = 1.0) -> dict[str, UnitStatus]:
+        """States of the handles, waiting up to ``timeout`` seconds for one of them to change."""
+
+    def close(self) -> None:
+        """Stop workers and release clients. Idempotent."""

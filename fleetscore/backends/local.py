@@ -1,0 +1,126 @@
+"""Local backends: a process pool (the default) and an in-process sequential one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from ..errors import BackendError, FleetscoreError
+from ..hours import Hour
+from ..planning import Unit
+from ..settings import Settings
+from ..stores import Store, open_store
+from .base import FAILED, PENDING, UnitStatus
+
+
+def _state_of(result) -> str:
+    return result.status
+
+
+class SequentialBackend:
+    """Runs each unit inside ``submit``: deterministic, debuggable, no processes."""
+
+    name = "sequential"
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._done: dict[str, UnitStatus] = {}
+
+    def submit(self, window: Hour, unit: Unit) -> str:
+        from ..runs import run_unit
+
+        handle = f"{window}/{unit.id}"
+        try:
+            result = run_unit(self._store, window, unit.id)
+            self._done[handle] = UnitStatus(_state_of(result), result)
+        except FleetscoreError as exc:
+            self._done[handle] = UnitStatus(FAILED, error_kind=exc.kind, error=str(exc))
+        return handle
+
+    def poll(self, handles: Sequence[str], timeout: float = 1.0) -> dict[str, UnitStatus]:
+        return {h: self._done.get(h, UnitStatus(PENDING)) for h in handles}
+
+    def close(self) -> None:
+        self._done.clear()
+
+
+# --- process pool ---------------------------------------------------------------------------
+
+_worker_store: Store | None = None
+
+
+def _init_worker(spec: str, settings: Settings) -> None:
+    global _worker_store
+    # One model predicts a few dozen points: BLAS threads only add contention between workers.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    _worker_store = open_store(spec, settings)
+
+
+def _work(window: str, unit_id: str) -> dict:
+    from ..runs import run_unit
+
+    assert _worker_store is not None
+    try:
+        return {"result": run_unit(_worker_store, Hour.parse(window), unit_id).to_json()}
+    except FleetscoreError as exc:
+        return {"error_kind": exc.kind, "error": str(exc)}
+
+
+class LocalBackend:
+    """A pool of worker processes on this machine, each with its own store client."""
+
+    name = "local"
+
+    def __init__(self, store_spec: str, settings: Settings | None = None,
+                 workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._spec, self._settings = store_spec, settings or Settings.from_env()
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: dict[str, Future] = {}
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, initializer=_init_worker,
+                initargs=(self._spec, self._settings))
+        return self._pool
+
+    def submit(self, window: Hour, unit: Unit) -> str:
+        handle = f"{window}/{unit.id}"
+        if handle not in self._futures:
+            try:
+                self._futures[handle] = self._executor().submit(_work, str(window), unit.id)
+            except BrokenProcessPool as exc:
+                raise BackendError(f"the local worker pool is broken: {exc}") from exc
+        return handle
+
+    def poll(self, handles: Sequence[str], timeout: float = 1.0) -> dict[str, UnitStatus]:
+        futures = [self._futures[h] for h in handles if h in self._futures]
+        if futures and not any(f.done() for f in futures):
+            wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return {h: self._status(self._futures.get(h)) for h in handles}
+
+    @staticmethod
+    def _status(future: Future | None) -> UnitStatus:
+        from ..scoring import UnitResult
+
+        if future is None or not future.done():
+            return UnitStatus(PENDING)
+        exc = future.exception()
+        if exc is not None:
+            kind = "WorkerCrashed" if isinstance(exc, BrokenProcessPool) else type(exc).__name__
+            return UnitStatus(FAILED, error_kind=kind, error=f"worker failed: {exc}")
+        body = future.result()
+        if "result" in body:
+            result = UnitResult.from_json(body["result"])
+            return UnitStatus(_state_of(result), result)
+        return UnitStatus(FAILED, error_kind=body["error_kind"], error=body["error"])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._futures.clear()

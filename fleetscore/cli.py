@@ -1,0 +1,373 @@
+"""The ``fleetscore`` command. Thin: parse, build the store and backend, call the core, print.
+
+Exit codes: 0 done; 2 bad usage or unusable input, nothing done; 3 partial (some rows, files
+or sensors failed; the rest is written and the failures are named); 1 an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FleetscoreError, UsageError
+from .hours import Hour, hour_range
+from .settings import Settings
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Score many per-sensor anomaly-detection models every hour, on one machine or on Azure.",
+)
+models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor models.")
+app.add_typer(models_app, name="models")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", "-s", help="Store: a directory, or az://CONTAINER. Default: $FLEETSCORE_STORE "
+    "or ./fleetscore-data.")]
+WindowOpt = Annotated[str | None, typer.Option("--window", "-w", help="Hour YYYY-MM-DDTHH (UTC).")]
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _store(spec: str | None, settings: Settings):
+    from .stores import open_store
+
+    return open_store(spec or settings.store, settings)
+
+
+def _hour(text: str | None, option: str) -> Hour:
+    if text is None:
+        raise UsageError(f"missing {option} YYYY-MM-DDTHH")
+    return Hour.parse(text)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    readings: Annotated[list[Path], typer.Argument(help="Readings CSV files: TS,Device,Tag,Value.")],
+    store: StoreOpt = None,
+    interval: Annotated[int, typer.Option(help="Window length in seconds.")] = 60,
+) -> None:
+    """Aggregate readings into windows and record their arrival (the local Stream Analytics)."""
+    from .ingest import ingest_file
+
+    settings = _settings()
+    st = _store(store, settings)
+    partial = False
+    try:
+        for path in readings:
+            result = ingest_file(st, path, interval_s=interval)
+            out.print(
+                f"{path}: {result.rows:,} rows -> {result.windows:,} windows of {result.sensors:,} "
+                f"sensors in {len(result.hours)} hours ({result.parts_written} new, "
+                f"{result.parts_existing} already ingested) in {result.seconds:.2f} s"
+            )
+            if result.rejected:
+                partial = True
+                err.print(f"{path}: rejected {result.rejected:,} rows "
+                          f"(kept in {st.url}/{result.rejects_path}):")
+                for r in result.rejects_sample:
+                    err.print(f"  line {r.line}: {r.reason}")
+                if result.rejected > len(result.rejects_sample):
+                    err.print(f"  ... and {result.rejected - len(result.rejects_sample):,} more")
+    finally:
+        st.close()
+    if partial:
+        raise typer.Exit(3)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    store: StoreOpt = None,
+    until: Annotated[str | None, typer.Option(help="Last hour of training data (default: all).")] = None,
+    since: Annotated[str | None, typer.Option(help="First hour of training data.")] = None,
+    nu: Annotated[float, typer.Option(help="OneClassSVM nu: upper bound on the outlier share.")] = 0.1,
+    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = 0.1,
+) -> None:
+    """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points."""
+    from .training import train as train_models
+
+    if not 0 < nu <= 1:
+        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
+    if gamma <= 0:
+        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        result = train_models(st, until=Hour.parse(until) if until else None,
+                              since=Hour.parse(since) if since else None, nu=nu, gamma=gamma)
+    finally:
+        st.close()
+    if not result.hours:
+        raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
+    out.print(f"trained {len(result.trained)} models on {result.hours[0]} .. {result.hours[-1]}")
+    for sensor, reason in result.skipped:
+        err.print(f"  skipped {sensor}: {reason}")
+
+
+@models_app.command("import")
+def models_import(
+    directory: Annotated[Path, typer.Argument(help="Folder of {Device}_{Tag}.skops files.")],
+    store: StoreOpt = None,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Also load .pkl/.joblib files. Only for files you trust: "
+        "unpickling runs code.")] = False,
+) -> None:
+    """Import one scikit-learn model per sensor (skops; pickles only with --trust-pickle)."""
+    from .arrivals import hours_with_arrivals, read_arrivals
+    from .models import import_models
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory")
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        known = set()
+        for hour in hours_with_arrivals(st):
+            known.update(read_arrivals(st, hour))
+        result = import_models(st, directory, trust_pickle=trust_pickle, known=known)
+    finally:
+        st.close()
+    out.print(f"imported {len(result.imported)} models from {directory}")
+    for problem in (*result.refused, *result.failed):
+        err.print(f"  skipped {problem.file}: {problem.reason}")
+    if result.refused or result.failed:
+        raise typer.Exit(3 if result.imported else 2)
+
+
+@models_app.command("list")
+def models_list(store: StoreOpt = None) -> None:
+    """List the store's models and their manifests."""
+    from .models import list_models, read_manifest
+
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        table = Table("sensor", "version", "estimator", "scikit-learn", "trained on", "source")
+        for sensor in sorted(list_models(st)):
+            m = read_manifest(st, sensor)
+            trained = f"{m.trained_on['from']} .. {m.trained_on['to']}" if m.trained_on else ""
+            table.add_row(str(sensor), str(m.version), m.estimator, m.sklearn_version, trained,
+                          m.source)
+    finally:
+        st.close()
+    out.print(table)
+
+
+# --- plan and run ---------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    store: StoreOpt = None,
+    window: WindowOpt = None,
+    unit_size: Annotated[int | None, typer.Option(help="Sensors per unit (default: automatic).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Show which sensors an hour's run would score, in which units, and who is left out."""
+    from .planning import make_plan
+
+    hour = _hour(window, "--window")
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        p = make_plan(st, hour, unit_size=unit_size)
+    finally:
+        st.close()
+    if as_json:
+        sys.stdout.write(json.dumps(p.to_json(), indent=1) + "\n")
+        return
+    out.print(f"plan for {hour}: {p.sensors} sensors in {len(p.units)} units of up to {p.unit_size}")
+    for unit in p.units[:20]:
+        out.print(f"  {unit.id}: {', '.join(map(str, unit.sensors[:8]))}"
+                  + (" ..." if len(unit.sensors) > 8 else ""))
+    if len(p.units) > 20:
+        out.print(f"  ... and {len(p.units) - 20} more units")
+    if p.no_data:
+        out.print(f"left out, no data: {', '.join(map(str, p.no_data[:20]))}"
+                  + (f" ... ({len(p.no_data)})" if len(p.no_data) > 20 else ""))
+    if p.no_model:
+        out.print(f"left out, no model: {', '.join(map(str, p.no_model[:20]))}"
+                  + (f" ... ({len(p.no_model)})" if len(p.no_model) > 20 else ""))
+
+
+@app.command()
+def run(
+    store: StoreOpt = None,
+    window: WindowOpt = None,
+    from_: Annotated[str | None, typer.Option("--from", help="First hour of a range.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last hour of a range (inclusive).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every hour that has data.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
+    unit_size: Annotated[int | None, typer.Option(help="Sensors per unit (default: automatic).")] = None,
+    backend: Annotated[str | None, typer.Option(help="local (process pool) or sequential.")] = None,
+) -> None:
+    """Score one hour, a range of hours, or every hour with data."""
+    from .arrivals import hours_with_arrivals
+    from .backends import load_backend
+    from .runs import run_window
+
+    chosen = sum(x is not None and x is not False for x in (window, from_ or to, all_ or None))
+    if chosen != 1:
+        raise UsageError("choose one of --window HOUR, --from HOUR --to HOUR, or --all")
+    if workers is not None and workers < 1:
+        raise UsageError(f"invalid --workers {workers}: expected 1 or more")
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        if window:
+            hours = [Hour.parse(window)]
+        elif all_:
+            hours = hours_with_arrivals(st)
+            if not hours:
+                raise UsageError(f"the store {st.url} has no data: run `fleetscore ingest` first")
+        else:
+            if not (from_ and to):
+                raise UsageError("--from and --to go together")
+            hours = hour_range(Hour.parse(from_), Hour.parse(to))
+        be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
+                          settings=settings, workers=workers or settings.workers)
+        summaries = []
+        try:
+            for hour in hours:
+                with _progress(f"scoring {hour}") as progress:
+                    summaries.append(run_window(st, hour, be, unit_size=unit_size, progress=progress))
+        finally:
+            be.close()
+    finally:
+        st.close()
+    _print_runs(summaries)
+    worst = max(s.exit_code for s in summaries)
+    if worst:
+        failed = [f for s in summaries for f in s.failures]
+        names = ", ".join(sorted({f["sensor"] for f in failed})[:10])
+        err.print(f"{len(failed)} sensor failures ({names}{' ...' if len(failed) > 10 else ''}); "
+                  "the others are written. Details in the run manifests.")
+        raise typer.Exit(worst)
+
+
+class _progress:
+    """A rich progress bar on a terminal; silent otherwise (logs and CI stay clean)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._bar = None
+
+    def __enter__(self):
+        if not err.is_terminal:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=None)
+
+        def update(done: int, total: int) -> None:
+            self._bar.update(task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _print_runs(summaries) -> None:
+    table = Table("window", "status", "planned", "scored", "failed", "no data", "no model",
+                  "anomalies", "seconds")
+    for s in summaries:
+        color = {"succeeded": "green", "partial": "yellow"}.get(s.status, "red")
+        table.add_row(s.window, f"[{color}]{s.status}[/]", str(s.planned), str(s.scored),
+                      str(s.failed), str(s.no_data), str(s.no_model), str(s.anomalies),
+                      f"{s.duration_s:.2f}")
+    out.print(table)
+    for s in summaries:
+        for f in s.failures[:10]:
+            err.print(f"  {s.window} {f['sensor']}: {f['kind']}: {f['message']}")
+
+
+# --- report and demo ------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    store: StoreOpt = None,
+    from_: Annotated[str | None, typer.Option("--from", help="First hour (default: first run).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last hour (default: last run).")] = None,
+    output: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """Write a self-contained HTML report: anomaly heatmap, timelines, runs."""
+    from .report import write_report
+
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        info = write_report(st, output, first=Hour.parse(from_) if from_ else None,
+                            last=Hour.parse(to) if to else None)
+    finally:
+        st.close()
+    out.print(f"report: {output} ({info})")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put everything.")] = Path("demo-output"),
+    sensors: Annotated[int, typer.Option(help="Sensors in the synthetic fleet.")] = 40,
+    hours: Annotated[int, typer.Option(help="Hours of readings.")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
+) -> None:
+    """Generate a synthetic fleet, ingest, train, score, report, and measure against the truth."""
+    from .demo import run_demo
+
+    result = run_demo(directory, sensors=sensors, hours=hours, seed=seed, workers=workers,
+                      say=out.print)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from . import __version__
+
+    out.print(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors are one line on stderr, never a traceback."""
+    try:
+        app(args=argv, prog_name="fleetscore", standalone_mode=True)
+    except FleetscoreError as exc:
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        if os.environ.get("FLEETSCORE_DEBUG"):
+            raise
+        err.print(f"internal error: {type(exc).__name__}: {exc} "
+                  "(set FLEETSCORE_DEBUG=1 for the traceback, and please report it)", markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The one error hierarchy of fleetscore.
+
+    FleetscoreError                 every error the product raises on purpose
+    ├── UsageError                  bad arguments or settings; nothing was done (exit 2)
+    ├── InputError                  an input file or value cannot be used (exit 2)
+    │   └── InvalidIdError          a Device or Tag that is not a safe identifier
+    ├── ModelError                  a sensor's model is missing, corrupt or refused
+    │   ├── ModelNotFound
+    │   └── UntrustedModelError     a pickle without --trust-pickle, a skops file with foreign types
+    ├── StoreError                  the store failed (I/O, network, permissions)
+    │   ├── NotFound                a path that does not exist
+    │   └── AlreadyExists           a conditional write lost the race
+    ├── BackendError                the compute backend failed to run a unit
+    └── ScoringError                a model could not score its points
+
+SDK and library exceptions are converted where they are caught (``raise X from exc``), so
+callers only ever handle these types. ``exit_code`` is what the CLI returns for each.
+"""
+
+from __future__ import annotations
+
+
+class FleetscoreError(Exception):
+    """Base class: the message is one line meant for the user."""
+
+    exit_code = 1
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class UsageError(FleetscoreError):
+    exit_code = 2
+
+
+class InputError(FleetscoreError):
+    exit_code = 2
+
+
+class InvalidIdError(InputError):
+    pass
+
+
+class ModelError(FleetscoreError):
+    pass
+
+
+class ModelNotFound(ModelError):
+    pass
+
+
+class UntrustedModelError(ModelError):
+    pass
+
+
+class StoreError(FleetscoreError):
+    pass
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class BackendError(FleetscoreError):
+    pass
+
+
+class ScoringError(FleetscoreError):
+    pass

@@ -1,0 +1,294 @@
+"""The model registry: one model per sensor, stored in a safe format with a manifest.
+
+Models are data, not code. The store keeps every model as a skops file, loaded with an explicit
+allowlist of scikit-learn, NumPy and SciPy types; a pickle is only ever read on import, and only
+when the user passed ``--trust-pickle``. Each model has a manifest beside it (version, sha256,
+scikit-learn version, trained-on range, created), and a model whose bytes no longer match its
+manifest's hash is refused.
+
+Layout: ``models/{Device}/{Tag}.skops`` and ``models/{Device}/{Tag}.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidIdError, ModelError, ModelNotFound, NotFound, UntrustedModelError
+from .hours import Hour
+from .sensors import Sensor, is_valid_id
+from .stores import Store
+
+SKOPS_SUFFIX = ".skops"
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+# Modules whose types a stored model may contain. Anything else (a user's own class, a
+# builtin like eval reached through a crafted file) is refused by name.
+TRUSTED_MODULE_ROOTS = ("sklearn", "numpy", "scipy")
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    device: str
+    tag: str
+    version: int
+    sha256: str
+    format: str
+    estimator: str
+    sklearn_version: str
+    trained_on: dict[str, str] | None
+    created: str
+    source: str
+
+    @property
+    def sensor(self) -> Sensor:
+        return Sensor(self.device, self.tag)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, path: str) -> ModelManifest:
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"model manifest {path} is malformed: {exc}") from exc
+
+
+def model_path(sensor: Sensor) -> str:
+    return f"models/{sensor.path}{SKOPS_SUFFIX}"
+
+
+def manifest_path(sensor: Sensor) -> str:
+    return f"models/{sensor.path}.json"
+
+
+def list_models(store: Store) -> set[Sensor]:
+    """Sensors that have a model (a manifest) in the store."""
+    out = set()
+    for path in store.list("models"):
+        parts = path.split("/")
+        if len(parts) == 3 and parts[2].endswith(".json"):
+            device, tag = parts[1], parts[2][: -len(".json")]
+            if is_valid_id(device) and is_valid_id(tag):
+                out.add(Sensor(device, tag))
+    return out
+
+
+def _sklearn_version() -> str:
+    import sklearn
+
+    return sklearn.__version__
+
+
+def check_estimator(estimator: Any, name: str) -> None:
+    if not callable(getattr(estimator, "predict", None)):
+        raise ModelError(f"{name}: {type(estimator).__name__} has no predict(); expected an "
+                         "outlier detector such as Pipeline(StandardScaler, OneClassSVM)")
+    features = getattr(estimator, "n_features_in_", 1)
+    if features != 1:
+        raise ModelError(f"{name}: the model expects {features} features; fleetscore scores one "
+                         "feature per point (the window's mean value)")
+
+
+def dumps_model(estimator: Any) -> bytes:
+    import skops.io as sio
+
+    return sio.dumps(estimator)
+
+
+def loads_model(data: bytes, name: str) -> Any:
+    """Load skops bytes, trusting only types from TRUSTED_MODULE_ROOTS."""
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise ModelError(f"{name}: not a readable skops file ({_first_line(exc)})") from exc
+    foreign = [t for t in untrusted if t.split(".", 1)[0] not in TRUSTED_MODULE_ROOTS]
+    if foreign:
+        raise UntrustedModelError(
+            f"{name}: refused, the file contains types outside scikit-learn/NumPy/SciPy: "
+            + ", ".join(sorted(foreign)[:5])
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sio.load(io.BytesIO(data), trusted=untrusted)
+    except Exception as exc:  # noqa: BLE001 - skops raises many types for damaged files
+        raise ModelError(f"{name}: cannot load the skops file ({_first_line(exc)})") from exc
+
+
+def save_model(
+    store: Store, sensor: Sensor, estimator: Any, *, source: str,
+    trained_on: tuple[Hour, Hour] | None = None,
+) -> ModelManifest:
+    check_estimator(estimator, str(sensor))
+    data = dumps_model(estimator)
+    previous = _read_manifest(store, sensor)
+    manifest = ModelManifest(
+        device=sensor.device,
+        tag=sensor.tag,
+        version=(previous.version + 1) if previous else 1,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format="skops",
+        estimator=describe(estimator),
+        sklearn_version=_sklearn_version(),
+        trained_on={"from": str(trained_on[0]), "to": str(trained_on[1])} if trained_on else None,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=source,
+    )
+    # Model first, manifest last: the manifest is what makes a model visible.
+    store.put(model_path(sensor), data)
+    store.put(manifest_path(sensor), manifest.to_json())
+    return manifest
+
+
+def describe(estimator: Any) -> str:
+    steps = getattr(estimator, "steps", None)
+    if steps:
+        return f"Pipeline({', '.join(type(step).__name__ for _, step in steps)})"
+    return type(estimator).__name__
+
+
+def _read_manifest(store: Store, sensor: Sensor) -> ModelManifest | None:
+    path = manifest_path(sensor)
+    try:
+        return ModelManifest.from_json(store.get(path), path)
+    except NotFound:
+        return None
+
+
+def read_manifest(store: Store, sensor: Sensor) -> ModelManifest:
+    manifest = _read_manifest(store, sensor)
+    if manifest is None:
+        raise ModelNotFound(f"sensor {sensor} has no model")
+    return manifest
+
+
+def load_model(store: Store, sensor: Sensor) -> Any:
+    manifest = read_manifest(store, sensor)
+    try:
+        data = store.get(model_path(sensor))
+    except NotFound as exc:
+        raise ModelNotFound(f"sensor {sensor}: model file {model_path(sensor)} is missing") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        raise ModelError(
+            f"sensor {sensor}: model file {model_path(sensor)} does not match its manifest "
+            f"(sha256 {digest[:12]} != {manifest.sha256[:12]}); retrain or re-import it"
+        )
+    estimator = loads_model(data, f"sensor {sensor}")
+    check_estimator(estimator, f"sensor {sensor}")
+    return estimator
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    imported: tuple[ModelManifest, ...]
+    refused: tuple[ImportProblem, ...]  # pickles without trust, untrusted types
+    failed: tuple[ImportProblem, ...]  # unreadable, unusable, badly named
+
+
+def sensor_from_filename(stem: str, known: set[Sensor] | None = None) -> Sensor:
+    """``{Device}_{Tag}`` or ``model_{Device}_{Tag}`` (the reference's naming).
+
+    Ids may contain '_', so a name can split several ways; sensors known to the store break
+    the tie, and a name that stays ambiguous is refused rather than guessed.
+    """
+    stems = [stem[len("model_") :], stem] if stem.startswith("model_") else [stem]
+    for candidate in stems:
+        splits = []
+        for i, ch in enumerate(candidate):
+            if ch == "_" and is_valid_id(candidate[:i]) and is_valid_id(candidate[i + 1 :]):
+                splits.append(Sensor(candidate[:i], candidate[i + 1 :]))
+        if known:
+            matching = [s for s in splits if s in known]
+            if len(matching) == 1:
+                return matching[0]
+        if len(splits) == 1:
+            return splits[0]
+        if len(splits) > 1:
+            options = " or ".join(str(s) for s in splits[:3])
+            raise InvalidIdError(f"ambiguous name: could be {options}")
+    raise InvalidIdError("name is not {Device}_{Tag} or model_{Device}_{Tag}")
+
+
+def import_models(
+    store: Store, directory: str | Path, *, trust_pickle: bool = False,
+    known: set[Sensor] | None = None,
+) -> ImportResult:
+    directory = Path(directory)
+    imported: list[ModelManifest] = []
+    refused: list[ImportProblem] = []
+    failed: list[ImportProblem] = []
+    files = sorted(p for p in directory.iterdir() if p.is_file()
+                   and p.suffix.lower() in (SKOPS_SUFFIX, *PICKLE_SUFFIXES))
+    for file in files:
+        name = file.name
+        try:
+            sensor = sensor_from_filename(file.stem, known)
+        except InvalidIdError as exc:
+            failed.append(ImportProblem(name, str(exc)))
+            continue
+        is_pickle = file.suffix.lower() in PICKLE_SUFFIXES
+        if is_pickle and not trust_pickle:
+            refused.append(ImportProblem(
+                name, "pickle files can run arbitrary code: refused without --trust-pickle"))
+            continue
+        try:
+            estimator = _load_trusted_pickle(file) if is_pickle else loads_model(file.read_bytes(), name)
+            check_estimator(estimator, name)
+            if is_pickle:
+                # Stored as skops, so the pickle is never read again; types outside the
+                # allowlist would make it unloadable later, so refuse them now.
+                loads_model(dumps_model(estimator), name)
+            manifest = save_model(store, sensor, estimator, source=f"import:{name}")
+        except UntrustedModelError as exc:
+            refused.append(ImportProblem(name, _after_name(str(exc), name)))
+            continue
+        except ModelError as exc:
+            failed.append(ImportProblem(name, _after_name(str(exc), name)))
+            continue
+        imported.append(manifest)
+    return ImportResult(tuple(imported), tuple(refused), tuple(failed))
+
+
+def _load_trusted_pickle(file: Path) -> Any:
+    import joblib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return joblib.load(file)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises anything
+        raise ModelError(f"{file.name}: cannot load the pickle ({_first_line(exc)})") from exc
+
+
+def _after_name(message: str, name: str) -> str:
+    prefix = f"{name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def sensors_of(manifests: Iterable[ModelManifest]) -> set[Sensor]:
+    return {m.sensor for m in manifests}

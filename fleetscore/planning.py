@@ -1,0 +1,137 @@
+"""The plan of an hour's run: which sensors are scored, grouped into units, and who is left out.
+
+A sensor is planned when it has both points for the hour (per the arrival records) and a
+model. Sensors with a model but no data, or data but no model, are left out and named. Units
+hold one sensor by default, and groups once the fleet is large, so the number of units (and
+of tasks, and of orchestration history) stays bounded.
+
+Store layout: ``runs/HOUR/plan.json`` (unit ids, sizes, left-out sensors) and
+``runs/HOUR/units/{unit}.json`` (one unit's sensors), so a unit reads its own list only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .arrivals import read_arrivals
+from .errors import InputError, NotFound, UsageError
+from .hours import Hour
+from .models import list_models
+from .sensors import Sensor
+from .stores import Store
+
+# Up to this many sensors, one unit per sensor; beyond, groups so units stay at about this count.
+MAX_SINGLE_UNITS = 1000
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    sensors: tuple[Sensor, ...]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "sensors": [str(s) for s in self.sensors]}
+
+    @classmethod
+    def from_json(cls, body: dict) -> Unit:
+        return cls(body["id"], tuple(Sensor.parse(s) for s in body["sensors"]))
+
+
+@dataclass(frozen=True)
+class Plan:
+    window: Hour
+    units: tuple[Unit, ...]
+    no_data: tuple[Sensor, ...]
+    no_model: tuple[Sensor, ...]
+    unit_size: int
+
+    @property
+    def sensors(self) -> int:
+        return sum(len(u.sensors) for u in self.units)
+
+    def to_json(self, *, with_sensors: bool = True) -> dict:
+        units = [u.to_json() if with_sensors else {"id": u.id, "size": len(u.sensors)}
+                 for u in self.units]
+        return {
+            "window": str(self.window),
+            "unit_size": self.unit_size,
+            "units": units,
+            "no_data": [str(s) for s in self.no_data],
+            "no_model": [str(s) for s in self.no_model],
+        }
+
+
+def auto_unit_size(n_sensors: int, max_units: int = MAX_SINGLE_UNITS) -> int:
+    return 1 if n_sensors <= max_units else math.ceil(n_sensors / max_units)
+
+
+def unit_id(index: int) -> str:
+    return f"u{index:06d}"
+
+
+def make_plan(
+    store: Store, hour: Hour, *, unit_size: int | None = None,
+    sensors: Iterable[Sensor] | None = None,
+) -> Plan:
+    if unit_size is not None and unit_size < 1:
+        raise UsageError(f"invalid unit size {unit_size}: expected 1 or more")
+    with_data = {s for s, n in read_arrivals(store, hour).items() if n > 0}
+    with_model = list_models(store)
+    if sensors is not None:
+        chosen = set(sensors)
+        with_data &= chosen
+        with_model &= chosen
+    planned = sorted(with_data & with_model)
+    size = unit_size or auto_unit_size(len(planned))
+    units = tuple(
+        Unit(unit_id(i // size), tuple(planned[i : i + size])) for i in range(0, len(planned), size)
+    )
+    return Plan(
+        window=hour, units=units, no_data=tuple(sorted(with_model - with_data)),
+        no_model=tuple(sorted(with_data - with_model)), unit_size=size,
+    )
+
+
+def run_folder(hour: Hour) -> str:
+    return f"runs/{hour}"
+
+
+def plan_path(hour: Hour) -> str:
+    return f"{run_folder(hour)}/plan.json"
+
+
+def unit_path(hour: Hour, unit: str) -> str:
+    return f"{run_folder(hour)}/units/{unit}.json"
+
+
+def save_plan(store: Store, plan: Plan) -> str:
+    for unit in plan.units:
+        store.put(unit_path(plan.window, unit.id), json.dumps(unit.to_json()).encode())
+    # Written last: a plan file means every unit file it names exists.
+    path = plan_path(plan.window)
+    store.put(path, json.dumps(plan.to_json(with_sensors=False), indent=1).encode())
+    return path
+
+
+def load_unit(store: Store, hour: Hour, unit: str) -> Unit:
+    path = unit_path(hour, unit)
+    try:
+        body = json.loads(store.get(path))
+        return Unit.from_json(body)
+    except NotFound as exc:
+        raise InputError(f"unit {unit} is not in the plan of {hour} ({path} not found)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"unit file {path} is malformed: {exc}") from exc
+
+
+def load_plan_summary(store: Store, hour: Hour) -> dict:
+    path = plan_path(hour)
+    try:
+        return json.loads(store.get(path))
+    except NotFound as exc:
+        raise InputError(f"no plan for {hour}: run `fleetscore plan` or `fleetscore run` first") from exc
+    except ValueError as exc:
+        raise InputError(f"plan file {path} is malformed: {exc}") from exc

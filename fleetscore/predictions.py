@@ -1,0 +1,79 @@
+"""Predictions CSV: ``TS,Device,Tag,Val,Prediction,Score`` (the reference's columns first).
+
+One file per unit and hour, ``predictions/YYYY/MM/DD/HH/{unit}.csv``, written whole and
+atomically, so a rerun replaces it and a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from .errors import InputError
+from .hours import Hour
+from .stores import Store
+
+COLUMNS = ("TS", "Device", "Tag", "Val", "Prediction", "Score")
+TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+SCHEMA = pa.schema(
+    [("TS", pa.string()), ("Device", pa.string()), ("Tag", pa.string()), ("Val", pa.float64()),
+     ("Prediction", pa.int8()), ("Score", pa.float64())]
+)
+
+
+def predictions_folder(hour: Hour) -> str:
+    return f"predictions/{hour.path}"
+
+
+def predictions_path(hour: Hour, unit_id: str) -> str:
+    return f"{predictions_folder(hour)}/{unit_id}.csv"
+
+
+def predictions_table(
+    device: str, tag: str, ends_ms: np.ndarray, values: np.ndarray, labels: np.ndarray,
+    scores: np.ndarray | None,
+) -> pa.Table:
+    n = len(ends_ms)
+    # Labels are whole seconds; formatting at "s" keeps the reference's TS without ".000".
+    ts = pc.strftime(pa.array(ends_ms // 1000, pa.timestamp("s", tz="UTC")), format=TS_FORMAT)
+    return pa.table(
+        [ts, pa.array([device] * n, pa.string()), pa.array([tag] * n, pa.string()),
+         pa.array(values, pa.float64()), pa.array(labels, pa.int8()),
+         pa.array(scores if scores is not None else np.full(n, np.nan), pa.float64())],
+        schema=SCHEMA,
+    )
+
+
+def encode(tables: Iterable[pa.Table]) -> bytes:
+    tables = list(tables)
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    sink = io.BytesIO()
+    sink.write((",".join(COLUMNS) + "\n").encode())
+    # Ids are validated to [A-Za-z0-9_.-], so no field ever needs quoting: plain CSV, as the
+    # reference wrote it.
+    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(include_header=False,
+                                                                 quoting_style="none"))
+    return sink.getvalue()
+
+
+def decode(data: bytes, name: str) -> pa.Table:
+    try:
+        return pcsv.read_csv(
+            io.BytesIO(data),
+            convert_options=pcsv.ConvertOptions(column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True))),
+        ).select(list(COLUMNS))
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise InputError(f"predictions file {name} is unreadable: {exc}") from exc
+
+
+def read_predictions(store: Store, hour: Hour) -> pa.Table:
+    tables = [decode(store.get(p), p) for p in store.list(predictions_folder(hour)) if p.endswith(".csv")]
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables).sort_by(
+        [("Device", "ascending"), ("Tag", "ascending"), ("TS", "ascending")])

@@ -1,0 +1,212 @@
+"""Raw readings CSV (``TS,Device,Tag,Value``, TS in UTC): streaming, validating reader.
+
+The file is read in blocks of whole lines. A block is parsed by pyarrow in one go; only a
+block that pyarrow refuses (a bad timestamp, a non-number, a short row, bad UTF-8) is parsed
+again line by line in Python, so bad rows are named by their line number while good data keeps
+the fast path. Memory stays bounded by the block size, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from .errors import InputError
+from .sensors import ID_PATTERN, is_valid_id
+
+HEADER = ("TS", "Device", "Tag", "Value")
+HEADER_TEXT = ",".join(HEADER)
+BLOCK_BYTES = 8 << 20
+_ID_REGEX = rf"^{ID_PATTERN}$"
+READINGS_SCHEMA = pa.schema(
+    [("Device", pa.string()), ("Tag", pa.string()), ("TS", pa.int64()), ("Value", pa.float64())]
+)
+
+
+@dataclass(frozen=True)
+class Reject:
+    line: int
+    reason: str
+    text: str
+
+
+def check_header(path: str | os.PathLike[str]) -> int:
+    """Validate the file's header; return the byte offset of the first data line."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(64 * 1024)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{path}: is a directory, expected a readings CSV file") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if not first.strip():
+        raise InputError(f"{path}: the file is empty; expected the header {HEADER_TEXT}")
+    text = first.decode("utf-8-sig", errors="replace").strip()
+    fields = tuple(field.strip().strip('"') for field in text.split(","))
+    if fields != HEADER:
+        raise InputError(
+            f"{path}: wrong header {text[:100]!r}; expected {HEADER_TEXT} "
+            "(TS in UTC, e.g. 2018-08-28 23:00:05.000)"
+        )
+    return len(first)
+
+
+def iter_readings(
+    path: str | os.PathLike[str], *, block_bytes: int = BLOCK_BYTES
+) -> Iterator[tuple[pa.Table, list[Reject]]]:
+    """Yield (valid readings table, rejects) per block. Columns: READINGS_SCHEMA."""
+    offset = check_header(path)
+    for first_line, block in _blocks(path, offset, block_bytes):
+        yield _parse_block(block, first_line)
+
+
+def _blocks(path, offset: int, block_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Blocks of whole lines with the file line number of each block's first line."""
+    line = 2
+    carry = b""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while True:
+            chunk = handle.read(block_bytes)
+            if not chunk:
+                break
+            data = carry + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            block, carry = data[: cut + 1], data[cut + 1 :]
+            yield line, block
+            line += block.count(b"\n")
+    if carry.strip():
+        yield line, carry + b"\n"
+
+
+def _parse_block(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
+    try:
+        return _parse_fast(block, first_line)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, _Mismatch):
+        return _parse_slow(block, first_line)
+
+
+class _Mismatch(Exception):
+    """The fast parse did not keep one row per line (blank lines): line numbers would drift."""
+
+
+def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
+    table = pcsv.read_csv(
+        io.BytesIO(block),
+        read_options=pcsv.ReadOptions(column_names=list(HEADER), use_threads=False),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in HEADER}, strings_can_be_null=False
+        ),
+    )
+    if table.num_rows != block.count(b"\n"):
+        raise _Mismatch
+    ts = pc.cast(table["TS"], pa.timestamp("ms")).cast(pa.int64())
+    value = pc.cast(table["Value"], pa.float64())
+    device, tag = table["Device"], table["Tag"]
+    good = pc.and_(
+        pc.and_(_valid_ids(device), _valid_ids(tag)),
+        pc.and_(pc.is_finite(value), pc.is_valid(ts)),
+    )
+    good_np = good.to_numpy(zero_copy_only=False)
+    out = pa.table([device, tag, ts, value], schema=READINGS_SCHEMA)
+    if good_np.all():
+        return out, []
+    lines = block.split(b"\n")
+    rejects = [_check_line(lines[i], first_line + i) for i in np.flatnonzero(~good_np)]
+    return out.filter(good), [r for r in rejects if r is not None]
+
+
+def _valid_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    shaped = pc.match_substring_regex(column, _ID_REGEX)
+    reserved = pc.is_in(column, value_set=pa.array([".", ".."]))
+    return pc.and_(shaped, pc.invert(reserved))
+
+
+def _parse_slow(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
+    devices: list[str] = []
+    tags: list[str] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    rejects: list[Reject] = []
+    for i, raw in enumerate(block.split(b"\n")[:-1]):
+        line_no = first_line + i
+        if not raw.strip():
+            continue  # a blank line carries no reading and is not worth a reject
+        parsed = _parse_line(raw, line_no)
+        if isinstance(parsed, Reject):
+            rejects.append(parsed)
+            continue
+        ts_ms, device, tag, value = parsed
+        devices.append(device)
+        tags.append(tag)
+        stamps.append(ts_ms)
+        values.append(value)
+    table = pa.table(
+        [
+            pa.array(devices, pa.string()),
+            pa.array(tags, pa.string()),
+            pa.array(stamps, pa.int64()),
+            pa.array(values, pa.float64()),
+        ],
+        schema=READINGS_SCHEMA,
+    )
+    return table, rejects
+
+
+def _check_line(raw: bytes, line_no: int) -> Reject | None:
+    parsed = _parse_line(raw, line_no)
+    return parsed if isinstance(parsed, Reject) else None
+
+
+def _parse_line(raw: bytes, line_no: int) -> Reject | tuple[int, str, str, float]:
+    shown = raw[:200].decode("utf-8", errors="replace").rstrip("\r")
+    try:
+        text = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        return Reject(line_no, "not valid UTF-8", shown)
+    try:
+        fields = next(csv.reader([text]))
+    except (csv.Error, StopIteration):
+        return Reject(line_no, "not a CSV row", shown)
+    if len(fields) != len(HEADER):
+        return Reject(line_no, f"expected 4 fields (TS,Device,Tag,Value), got {len(fields)}", shown)
+    ts_text, device, tag, value_text = fields
+    ts_ms = parse_ts(ts_text)
+    if ts_ms is None:
+        return Reject(line_no, f"bad TS {ts_text[:40]!r}: expected e.g. 2018-08-28 23:00:05.000", shown)
+    if not is_valid_id(device):
+        return Reject(line_no, f"invalid Device {device[:40]!r}", shown)
+    if not is_valid_id(tag):
+        return Reject(line_no, f"invalid Tag {tag[:40]!r}", shown)
+    try:
+        value = float(value_text)
+    except ValueError:
+        return Reject(line_no, f"Value {value_text[:40]!r} is not a number", shown)
+    if not np.isfinite(value):
+        return Reject(line_no, f"Value {value_text[:40]!r} is not finite", shown)
+    return ts_ms, device, tag, value
+
+
+def parse_ts(text: str) -> int | None:
+    """Milliseconds since the epoch, UTC; an explicit offset is converted to UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(round(moment.timestamp() * 1000))

@@ -1,0 +1,151 @@
+"""``score_unit``: the one function that scores. Every entry point calls it.
+
+A unit is a group of sensors scored together for one hour. It reads only its own sensors'
+points and models, writes one predictions file, and reports every sensor's fate: scored, no
+data, or failed with the error's kind and message. One broken sensor fails alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import FleetscoreError, ScoringError
+from .hours import Hour
+from .models import load_model
+from .predictions import encode, predictions_path, predictions_table
+from .sensors import Sensor
+from .stores import Store
+from .windows import SensorPoints, by_sensor, read_points
+
+
+@dataclass(frozen=True)
+class SensorFailure:
+    sensor: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit_id: str
+    window: str
+    sensors: int
+    scored: int
+    points: int
+    anomalies: int
+    failures: tuple[SensorFailure, ...] = ()
+    no_data: tuple[str, ...] = ()
+    predictions: str | None = None
+    duration_s: float = 0.0
+    anomalies_by_sensor: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if not self.failures:
+            return "succeeded"
+        return "partial" if self.scored else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status
+        return out
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> UnitResult:
+        body = {k: v for k, v in body.items() if k != "status"}
+        body["failures"] = tuple(SensorFailure(**f) for f in body.get("failures", ()))
+        body["no_data"] = tuple(body.get("no_data", ()))
+        return cls(**body)
+
+    @classmethod
+    def all_failed(cls, window: str, unit_id: str, sensors: Iterable[Sensor], kind: str,
+                   message: str) -> UnitResult:
+        """The whole unit could not run (worker crash, unreadable data): each sensor says why."""
+        sensors = list(sensors)
+        return cls(unit_id=unit_id, window=window, sensors=len(sensors), scored=0, points=0,
+                   anomalies=0,
+                   failures=tuple(SensorFailure(str(s), kind, message) for s in sensors))
+
+
+def adhoc_unit_id(sensors: Iterable[Sensor]) -> str:
+    digest = hashlib.sha256("\n".join(str(s) for s in sorted(sensors)).encode()).hexdigest()
+    return f"adhoc-{digest[:12]}"
+
+
+def predict_labels(model: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """scikit-learn's outlier convention (+1 inlier, -1 outlier) -> Prediction 1 = anomaly."""
+    features = values.reshape(-1, 1)
+    raw = np.asarray(model.predict(features))
+    if raw.shape != (len(values),) or not np.isin(raw, (-1, 1)).all():
+        raise ScoringError(
+            "predict() must return +1 (normal) or -1 (anomaly) per point, got "
+            f"{np.unique(raw)[:5].tolist()} with shape {raw.shape}")
+    labels = (raw == -1).astype(np.int8)
+    decision = getattr(model, "decision_function", None)
+    scores = np.asarray(decision(features), dtype=np.float64).reshape(-1) if callable(decision) else None
+    return labels, scores
+
+
+def score_unit(
+    store: Store, hour: Hour, sensors: Iterable[Sensor], *, unit_id: str | None = None
+) -> UnitResult:
+    started = time.perf_counter()
+    sensors = sorted(set(sensors))
+    unit_id = unit_id or adhoc_unit_id(sensors)
+    points = by_sensor(read_points(store, hour, sensors))
+    tables = []
+    failures: list[SensorFailure] = []
+    no_data: list[str] = []
+    anomalies: dict[str, int] = {}
+    n_points = 0
+    for sensor in sensors:
+        sensor_points = points.get(sensor)
+        if sensor_points is None or len(sensor_points.values) == 0:
+            no_data.append(str(sensor))
+            continue
+        try:
+            tables.append(_score_sensor(store, sensor_points))
+        except FleetscoreError as exc:
+            failures.append(SensorFailure(str(sensor), exc.kind, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
+            failures.append(SensorFailure(str(sensor), type(exc).__name__,
+                                          f"sensor {sensor}: {_first_line(exc)}"))
+            continue
+        count = int(np.count_nonzero(tables[-1]["Prediction"].to_numpy()))
+        anomalies[str(sensor)] = count
+        n_points += len(sensor_points.values)
+    path = predictions_path(hour, unit_id)
+    if tables:
+        store.put(path, encode(tables))
+    else:
+        # A rerun that scores nothing in this unit must not leave the last run's file behind.
+        store.delete(path)
+    return UnitResult(
+        unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(tables),
+        points=n_points, anomalies=sum(anomalies.values()), failures=tuple(failures),
+        no_data=tuple(no_data), predictions=path if tables else None,
+        duration_s=round(time.perf_counter() - started, 6),
+        anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
+    )
+
+
+def _score_sensor(store: Store, points: SensorPoints):
+    model = load_model(store, points.sensor)
+    try:
+        labels, scores = predict_labels(model, points.values)
+    except ScoringError as exc:
+        raise ScoringError(f"sensor {points.sensor}: {exc}") from exc
+    return predictions_table(points.sensor.device, points.sensor.tag, points.ends_ms,
+                             points.values, labels, scores)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{text[0][:300]}" if text else type(exc).__name__

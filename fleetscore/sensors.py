@@ -1,0 +1,64 @@
+"""Sensor identity: a (Device, Tag) pair of safe identifiers.
+
+Ids become parts of file and blob paths, so they are validated before any path is built.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidIdError
+
+ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+_ID_RE = re.compile(rf"\A{ID_PATTERN}\Z")
+# Matched by the regex but meaningful to every filesystem and to blob path normalisation.
+_RESERVED = frozenset({".", ".."})
+
+
+def is_valid_id(value: str) -> bool:
+    return isinstance(value, str) and bool(_ID_RE.match(value)) and value not in _RESERVED
+
+
+def validate_id(value: str, what: str = "id") -> str:
+    if not is_valid_id(value):
+        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
+        raise InvalidIdError(
+            f"invalid {what} {shown!r}: expected 1-64 characters from A-Z a-z 0-9 _ . - "
+            "(and not '.' or '..')"
+        )
+    return value
+
+
+@dataclass(frozen=True, order=True)
+class Sensor:
+    device: str
+    tag: str
+
+    def __post_init__(self) -> None:
+        validate_id(self.device, "Device")
+        validate_id(self.tag, "Tag")
+
+    def __str__(self) -> str:
+        return f"{self.device}/{self.tag}"
+
+    @property
+    def path(self) -> str:
+        """Relative path fragment: two components, so '_' in ids never makes names ambiguous."""
+        return f"{self.device}/{self.tag}"
+
+    @classmethod
+    def parse(cls, text: str) -> Sensor:
+        """Parse 'Device/Tag' (the form used in messages, plans and the HTTP API)."""
+        device, sep, tag = text.partition("/")
+        if not sep:
+            raise InvalidIdError(f"invalid sensor {text!r}: expected Device/Tag")
+        return cls(device, tag)
+
+    def to_json(self) -> list[str]:
+        return [self.device, self.tag]
+
+    @classmethod
+    def from_json(cls, value: list[str] | tuple[str, str]) -> Sensor:
+        device, tag = value
+        return cls(device, tag)

@@ -1,0 +1,248 @@
+"""Aggregated windows: the Stream Analytics equivalent and the window files of the store.
+
+Aggregation follows Stream Analytics' ``TumblingWindow(second, I)``: windows aligned to the
+epoch, each window ``(end - I, end]`` labelled by its end, value = mean of the readings, with
+their count. A window belongs to the run of the hour H when its label is in (H:00, H+1:00].
+
+Each ingested source writes one Parquet *part* per hour it touches, named by the source's
+content hash: ingesting the same source twice writes nothing new, and a later source with late
+points adds a part. Readers combine parts (count-weighted means), so merging never rewrites
+an existing file. Parts are sorted by Device, Tag, WindowEnd with small row groups, so a unit
+reads only the row groups of its own sensors.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import InputError, UsageError
+from .hours import MS_PER_HOUR, Hour
+from .sensors import Sensor
+from .stores import Store
+
+ROW_GROUP_ROWS = 16_384
+PART_SCHEMA = pa.schema(
+    [
+        ("Device", pa.string()),
+        ("Tag", pa.string()),
+        ("WindowEnd", pa.timestamp("ms", tz="UTC")),
+        ("Value", pa.float64()),
+        ("Count", pa.int64()),
+    ]
+)
+# Partial aggregates: sums, so parts of one window from several blocks combine exactly.
+PARTIAL_SCHEMA = pa.schema(
+    [("Device", pa.string()), ("Tag", pa.string()), ("End", pa.int64()), ("Sum", pa.float64()),
+     ("Count", pa.int64())]
+)
+_KEYS = ["Device", "Tag", "End"]
+
+
+def check_interval(interval_s: int) -> int:
+    if not isinstance(interval_s, int) or interval_s < 1 or 3600 % interval_s:
+        raise UsageError(
+            f"invalid interval {interval_s!r}: expected seconds that divide an hour (1 .. 3600, "
+            "e.g. 60), so every hour holds whole windows"
+        )
+    return interval_s
+
+
+def window_end_ms(ts_ms: np.ndarray, interval_s: int) -> np.ndarray:
+    """Label of the window (end - I, end] holding each timestamp: the end, aligned to the epoch."""
+    step = interval_s * 1000
+    return -((-ts_ms) // step) * step
+
+
+def aggregate(readings: pa.Table, interval_s: int) -> pa.Table:
+    """Readings (Device, Tag, TS ms, Value) -> partial aggregates (Device, Tag, End, Sum, Count)."""
+    if readings.num_rows == 0:
+        return PARTIAL_SCHEMA.empty_table()
+    ends = window_end_ms(readings["TS"].to_numpy(), interval_s)
+    table = pa.table(
+        {
+            "Device": readings["Device"],
+            "Tag": readings["Tag"],
+            "End": pa.array(ends, pa.int64()),
+            "Value": readings["Value"],
+        }
+    )
+    grouped = table.group_by(_KEYS, use_threads=False).aggregate(
+        [("Value", "sum"), ("Value", "count")]
+    )
+    return _partials(grouped, "Value_sum", "Value_count")
+
+
+def combine(partials: Iterable[pa.Table]) -> pa.Table:
+    """Merge partial aggregates of the same windows (sums and counts add)."""
+    tables = [t for t in partials if t.num_rows]
+    if not tables:
+        return PARTIAL_SCHEMA.empty_table()
+    if len(tables) == 1:
+        return tables[0]
+    grouped = pa.concat_tables(tables).group_by(_KEYS, use_threads=False).aggregate(
+        [("Sum", "sum"), ("Count", "sum")]
+    )
+    return _partials(grouped, "Sum_sum", "Count_sum")
+
+
+def _partials(grouped: pa.Table, sum_col: str, count_col: str) -> pa.Table:
+    return pa.table(
+        [grouped["Device"], grouped["Tag"], grouped["End"], grouped[sum_col],
+         pc.cast(grouped[count_col], pa.int64())],
+        schema=PARTIAL_SCHEMA,
+    )
+
+
+def split_hours(partials: pa.Table) -> dict[Hour, pa.Table]:
+    """Final window tables (PART_SCHEMA) per hour, sorted by Device, Tag, WindowEnd."""
+    if partials.num_rows == 0:
+        return {}
+    ends = partials["End"].to_numpy()
+    hours = (ends - 1) // MS_PER_HOUR
+    out: dict[Hour, pa.Table] = {}
+    for index in np.unique(hours):
+        part = partials.filter(pa.array(hours == index))
+        part = part.sort_by([("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")])
+        out[Hour(int(index))] = pa.table(
+            [
+                part["Device"],
+                part["Tag"],
+                pc.cast(part["End"], pa.timestamp("ms", tz="UTC")),
+                pc.divide(part["Sum"], pc.cast(part["Count"], pa.float64())),
+                part["Count"],
+            ],
+            schema=PART_SCHEMA,
+        )
+    return out
+
+
+def windows_folder(hour: Hour) -> str:
+    return f"windows/{hour.path}"
+
+
+def part_path(hour: Hour, source_id: str) -> str:
+    return f"{windows_folder(hour)}/part-{source_id}.parquet"
+
+
+def encode_part(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    return sink.getvalue()
+
+
+@dataclass(frozen=True)
+class SensorPoints:
+    """One sensor's aggregated points of one hour, in time order."""
+
+    sensor: Sensor
+    ends_ms: np.ndarray  # int64 window labels
+    values: np.ndarray  # float64 means
+    counts: np.ndarray  # int64 readings per window
+
+
+def read_points(store: Store, hour: Hour, sensors: Iterable[Sensor] | None = None) -> pa.Table:
+    """The hour's windows (Device, Tag, End ms, Value, Count), parts combined, sorted.
+
+    With ``sensors``, only the row groups that can hold them are read.
+    """
+    wanted = None if sensors is None else sorted(set(sensors))
+    tables = [_read_part(store, path, wanted) for path in store.list(windows_folder(hour))
+              if path.endswith(".parquet")]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return _POINTS_SCHEMA.empty_table()
+    if len(tables) == 1:
+        table = tables[0]
+    else:
+        table = _merge_parts(pa.concat_tables(tables))
+    return table.sort_by([("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")])
+
+
+_POINTS_SCHEMA = pa.schema(
+    [("Device", pa.string()), ("Tag", pa.string()), ("End", pa.int64()), ("Value", pa.float64()),
+     ("Count", pa.int64())]
+)
+
+
+def _read_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table:
+    try:
+        with store.open(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            groups = _row_groups(parquet, wanted)
+            table = parquet.read_row_groups(groups, columns=list(PART_SCHEMA.names)) if groups \
+                else PART_SCHEMA.empty_table()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"window file {path} is unreadable: {exc}") from exc
+    if wanted is not None and table.num_rows:
+        keys = pc.binary_join_element_wise(table["Device"], table["Tag"], "/")
+        table = table.filter(pc.is_in(keys, value_set=pa.array([str(s) for s in wanted])))
+    return pa.table(
+        [table["Device"], table["Tag"], pc.cast(table["WindowEnd"], pa.int64()),
+         pc.cast(table["Value"], pa.float64()), pc.cast(table["Count"], pa.int64())],
+        schema=_POINTS_SCHEMA,
+    )
+
+
+def _row_groups(parquet: pq.ParquetFile, wanted: list[Sensor] | None) -> list[int]:
+    meta = parquet.metadata
+    if wanted is None:
+        return list(range(meta.num_row_groups))
+    devices = sorted({s.device for s in wanted})
+    column = parquet.schema_arrow.get_field_index("Device")
+    keep = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            keep.append(i)
+            continue
+        low, high = stats.min, stats.max
+        if isinstance(low, bytes):
+            low, high = low.decode(), high.decode()
+        # Device ids are sorted within a part: keep groups whose range holds a wanted device.
+        if any(low <= d <= high for d in devices):
+            keep.append(i)
+    return keep
+
+
+def _merge_parts(table: pa.Table) -> pa.Table:
+    """Several parts may hold the same window (late points): count-weighted mean.
+
+    A window held by one part keeps its stored value bit for bit.
+    """
+    weighted = table.append_column("W", pc.multiply(table["Value"], pc.cast(table["Count"], pa.float64())))
+    grouped = weighted.group_by(["Device", "Tag", "End"], use_threads=False).aggregate(
+        [("W", "sum"), ("Count", "sum"), ("Value", "min"), ("Value", "count")]
+    )
+    single = pc.equal(grouped["Value_count"], 1)
+    mean = pc.divide(grouped["W_sum"], pc.cast(grouped["Count_sum"], pa.float64()))
+    return pa.table(
+        [grouped["Device"], grouped["Tag"], grouped["End"],
+         pc.if_else(single, grouped["Value_min"], mean), pc.cast(grouped["Count_sum"], pa.int64())],
+        schema=_POINTS_SCHEMA,
+    )
+
+
+def by_sensor(points: pa.Table) -> dict[Sensor, SensorPoints]:
+    """Split a sorted points table into per-sensor arrays."""
+    if points.num_rows == 0:
+        return {}
+    devices = points["Device"].to_numpy(zero_copy_only=False)
+    tags = points["Tag"].to_numpy(zero_copy_only=False)
+    ends = points["End"].to_numpy()
+    values = points["Value"].to_numpy()
+    counts = points["Count"].to_numpy()
+    change = np.flatnonzero((devices[1:] != devices[:-1]) | (tags[1:] != tags[:-1])) + 1
+    starts = np.concatenate(([0], change))
+    stops = np.concatenate((change, [len(devices)]))
+    out = {}
+    for a, b in zip(starts, stops, strict=True):
+        sensor = Sensor(str(devices[a]), str(tags[a]))
+        out[sensor] = SensorPoints(sensor, ends[a:b], values[a:b], counts[a:b])
+    return out
