@@ -1,0 +1,171 @@
+"""Shared fixtures: stores (a directory and a real Azurite), reference data, trained stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetscore.settings import Settings
+from fleetscore.stores import LocalStore, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
+REFDATA = ROOT.parent / "shared" / "refdata" / "sensor_data.csv"
+# The well-known development account of the storage emulators: public, not a secret.
+DEV_ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Azurite exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+class Azurite:
+    def __init__(self) -> None:
+        self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={DEV_ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/devstoreaccount1;"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{self.table_port}/devstoreaccount1;"
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(AZURITE), "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
+             "--silent", "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+             "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
+             "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        _wait_listening(self.blob_port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    if not AZURITE.exists():
+        pytest.fail(f"Azurite is not installed at {AZURITE}: run `make test`, which installs it")
+    emulator = Azurite()
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def blob_settings(azurite: Azurite) -> Settings:
+    return Settings(storage_connection_string=azurite.connection_string)
+
+
+@pytest.fixture
+def blob_store(azurite: Azurite, blob_settings: Settings) -> Iterator[Store]:
+    from fleetscore.stores.blob import BlobStore
+
+    container = f"t{uuid.uuid4().hex[:20]}"
+    store = BlobStore(container, connection_string=azurite.connection_string)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["local", "blob"])
+def store(request) -> Store:
+    """The same test on every Store: a directory and Azure Blob (Azurite)."""
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture
+def refdata() -> Path:
+    if not REFDATA.exists():
+        pytest.skip(f"reference data not found at {REFDATA} (../shared/refdata is absent)")
+    return REFDATA
+
+
+def write_readings(path: Path, rows: list[tuple], header: str = "TS,Device,Tag,Value") -> Path:
+    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def minute_readings(device: str, tag: str, start: str, minutes: int, *, seed: int = 0,
+                    level: float = 10.0, per_minute: int = 4) -> list[tuple]:
+    """Readings every 60/per_minute seconds, starting a few seconds after ``start`` (UTC)."""
+    from datetime import datetime, timedelta
+
+    rng = np.random.default_rng(seed)
+    t0 = datetime.fromisoformat(start)
+    step = 60 // per_minute
+    rows = []
+    for i in range(minutes * per_minute):
+        ts = t0 + timedelta(seconds=5 + i * step)
+        rows.append((ts.strftime("%Y-%m-%d %H:%M:%S.000"), device, tag,
+                     round(level + rng.normal(0, 1), 3)))
+    return rows
+
+
+@pytest.fixture
+def fleet_csv(tmp_path: Path) -> Path:
+    """Three sensors, three hours from 2024-03-01T00, readings every 15 s."""
+    rows = []
+    for i, (device, tag) in enumerate([("1", "1"), ("1", "2"), ("dev_a", "t.x")]):
+        rows += minute_readings(device, tag, "2024-03-01 00:00:00", 180, seed=i, level=10 * (i + 1))
+    rows.sort()
+    return write_readings(tmp_path / "fleet.csv", rows)
+
+
+@pytest.fixture
+def trained_store(local_store: LocalStore, fleet_csv: Path) -> LocalStore:
+    from fleetscore.hours import Hour
+    from fleetscore.ingest import ingest_file
+    from fleetscore.training import train
+
+    ingest_file(local_store, fleet_csv)
+    train(local_store, until=Hour.parse("2024-03-01T00"))
+    return local_store
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,54 @@
+import hashlib
+
+from fleetscore.arrivals import read_arrivals
+from fleetscore.hours import Hour
+from fleetscore.ingest import ingest_file
+from fleetscore.sensors import Sensor
+from fleetscore.windows import read_points
+from tests.conftest import minute_readings, write_readings
+
+
+def _snapshot(store):
+    return {p: hashlib.sha256(store.get(p)).hexdigest() for p in store.list("")}
+
+
+def test_reference_data_ingest(store, refdata):
+    result = ingest_file(store, refdata)
+    assert result.rows == 17_768 and result.rejected == 0
+    assert result.sensors == 15
+    assert [str(h) for h in result.hours] == ["2018-08-28T23", "2018-08-29T00", "2018-08-29T01",
+                                               "2018-08-29T02", "2018-08-29T03"]
+    arrivals = read_arrivals(store, Hour.parse("2018-08-29T01"))
+    assert len(arrivals) == 15 and sum(arrivals.values()) == result.hours_detail["2018-08-29T01"]
+
+
+def test_ingesting_the_same_file_twice_gives_the_same_store(store, fleet_csv):
+    ingest_file(store, fleet_csv)
+    before = _snapshot(store)
+    again = ingest_file(store, fleet_csv)
+    assert again.parts_written == 0 and again.parts_existing == 3
+    assert _snapshot(store) == before
+
+
+def test_a_later_file_with_late_points_merges_into_the_hour(local_store, tmp_path):
+    early = write_readings(tmp_path / "a.csv", [("2024-03-01 00:00:10", "1", "1", 1.0),
+                                                ("2024-03-01 00:05:10", "1", "1", 5.0)])
+    late = write_readings(tmp_path / "b.csv", [("2024-03-01 00:00:40", "1", "1", 3.0),
+                                               ("2024-03-01 00:10:10", "1", "2", 9.0)])
+    ingest_file(local_store, early)
+    ingest_file(local_store, late)
+    hour = Hour.parse("2024-03-01T00")
+    rows = [(r["Tag"], r["Value"], r["Count"]) for r in read_points(local_store, hour).to_pylist()]
+    assert rows == [("1", 2.0, 2), ("1", 5.0, 1), ("2", 9.0, 1)]
+    assert read_arrivals(local_store, hour) == {Sensor("1", "1"): 3, Sensor("1", "2"): 1}
+
+
+def test_bad_rows_go_to_a_rejects_file_and_good_rows_are_kept(local_store, tmp_path):
+    rows = minute_readings("1", "1", "2024-03-01 00:00:00", 5)
+    rows.insert(3, ("garbage", "1", "1", 1.0))
+    path = write_readings(tmp_path / "r.csv", rows)
+    result = ingest_file(local_store, path)
+    assert result.rejected == 1 and result.rows == 20
+    assert result.rejects_sample[0].line == 5
+    text = local_store.get(result.rejects_path).decode()
+    assert text.splitlines()[0] == "line,reason,text" and "garbage" in text
