@@ -27,8 +27,14 @@ app = typer.Typer(
 models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor models.")
 app.add_typer(models_app, name="models")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+def _console(**kw) -> Console:
+    console = Console(highlight=False, soft_wrap=True, **kw)
+    # Piped or captured output has no width: keep tables on one line per row for grep and logs.
+    return console if console.is_terminal else Console(highlight=False, soft_wrap=True, width=200, **kw)
+
+
+out = _console()
+err = _console(stderr=True)
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", "-s", help="Store: a directory, or az://CONTAINER. Default: $FLEETSCORE_STORE "

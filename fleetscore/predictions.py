@@ -44,7 +44,7 @@ def predictions_table(
     return pa.table(
         [ts, pa.array([device] * n, pa.string()), pa.array([tag] * n, pa.string()),
          pa.array(values, pa.float64()), pa.array(labels, pa.int8()),
-         pa.array(scores if scores is not None else np.full(n, np.nan), pa.float64())],
+         pa.array(scores, pa.float64()) if scores is not None else pa.nulls(n, pa.float64())],
         schema=SCHEMA,
     )
 

@@ -1,0 +1,101 @@
+import hashlib
+
+import joblib
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.ensemble import IsolationForest
+from sklearn.preprocessing import StandardScaler
+
+from fleetscore.errors import InvalidIdError, ModelError, UntrustedModelError
+from fleetscore.models import (
+    import_models, list_models, load_model, loads_model, model_path, read_manifest, save_model,
+    sensor_from_filename,
+)
+from fleetscore.sensors import Sensor
+from fleetscore.training import default_model
+
+
+class Sneaky:
+    """Not a scikit-learn type: a skops file holding it must be refused."""
+
+    def predict(self, x):
+        return np.ones(len(x))
+
+
+def _fit(seed=0, features=1):
+    return default_model().fit(np.random.default_rng(seed).normal(size=(50, features)))
+
+
+def test_save_load_roundtrip_with_manifest(store):
+    sensor = Sensor("1", "4")
+    model = _fit()
+    m1 = save_model(store, sensor, model, source="test")
+    m2 = save_model(store, sensor, model, source="test")
+    assert (m1.version, m2.version) == (1, 2)
+    manifest = read_manifest(store, sensor)
+    assert manifest.sha256 == hashlib.sha256(store.get(model_path(sensor))).hexdigest()
+    assert manifest.format == "skops" and manifest.estimator == "Pipeline(StandardScaler, OneClassSVM)"
+    x = np.linspace(-3, 3, 20).reshape(-1, 1)
+    assert (load_model(store, sensor).predict(x) == model.predict(x)).all()
+    assert list_models(store) == {sensor}
+
+
+def test_a_changed_model_file_is_detected_by_its_hash(local_store):
+    sensor = Sensor("1", "4")
+    save_model(local_store, sensor, _fit(0), source="test")
+    local_store.put(model_path(sensor), sio.dumps(_fit(1)))
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        load_model(local_store, sensor)
+
+
+def test_skops_with_foreign_types_is_refused():
+    with pytest.raises(UntrustedModelError, match="Sneaky"):
+        loads_model(sio.dumps(Sneaky()), "x.skops")
+
+
+def test_filename_parsing_with_underscores():
+    assert sensor_from_filename("1_4") == Sensor("1", "4")
+    assert sensor_from_filename("model_1_4") == Sensor("1", "4")
+    known = {Sensor("dev_a", "t")}
+    assert sensor_from_filename("dev_a_t", known) == Sensor("dev_a", "t")
+    with pytest.raises(InvalidIdError, match="ambiguous"):
+        sensor_from_filename("dev_a_t")
+    with pytest.raises(InvalidIdError):
+        sensor_from_filename("nounderscore")
+
+
+def test_import_skops_refuses_pickles_and_names_every_bad_file(local_store, tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    sio.dump(_fit(0), d / "1_1.skops")
+    sio.dump(_fit(1), d / "model_1_2.skops")
+    joblib.dump(_fit(2), d / "1_3.pkl")
+    (d / "1_5.skops").write_bytes(b"not a zip at all")
+    sio.dump(StandardScaler().fit(np.ones((3, 1))), d / "1_6.skops")
+    sio.dump(_fit(3, features=2), d / "1_7.skops")
+    sio.dump(Sneaky(), d / "1_8.skops")
+    sio.dump(_fit(4), d / "bad name.skops")
+    result = import_models(local_store, d)
+    assert sorted(str(m.sensor) for m in result.imported) == ["1/1", "1/2"]
+    refused = {p.file: p.reason for p in result.refused}
+    failed = {p.file: p.reason for p in result.failed}
+    assert "--trust-pickle" in refused["1_3.pkl"]
+    assert "Sneaky" in refused["1_8.skops"]
+    assert "not a readable skops file" in failed["1_5.skops"]
+    assert "no predict()" in failed["1_6.skops"]
+    assert "expects 2 features" in failed["1_7.skops"]
+    assert "bad name.skops" in failed
+    assert list_models(local_store) == {Sensor("1", "1"), Sensor("1", "2")}
+
+
+def test_trusted_pickles_are_converted_to_skops(local_store, tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    model = IsolationForest(random_state=0).fit(np.random.default_rng(0).normal(size=(100, 1)))
+    joblib.dump(model, d / "model_7_9.joblib")
+    result = import_models(local_store, d, trust_pickle=True)
+    assert [str(m.sensor) for m in result.imported] == ["7/9"]
+    assert local_store.get(model_path(Sensor("7", "9")))[:2] == b"PK"  # a skops zip, not a pickle
+    x = np.linspace(-5, 5, 30).reshape(-1, 1)
+    assert (load_model(local_store, Sensor("7", "9")).predict(x) == model.predict(x)).all()

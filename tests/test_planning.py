@@ -1,0 +1,37 @@
+import pytest
+
+from fleetscore.errors import UsageError
+from fleetscore.hours import Hour
+from fleetscore.models import model_path, manifest_path
+from fleetscore.planning import auto_unit_size, load_unit, make_plan, save_plan
+from fleetscore.sensors import Sensor
+
+H1 = Hour.parse("2024-03-01T01")
+
+
+def test_plan_names_sensors_without_data_or_model(trained_store, tmp_path):
+    # Drop one model; add a model-only sensor by copying a manifest.
+    trained_store.delete(manifest_path(Sensor("1", "2")))
+    trained_store.put(model_path(Sensor("9", "9")), trained_store.get(model_path(Sensor("1", "1"))))
+    trained_store.put(manifest_path(Sensor("9", "9")), trained_store.get(manifest_path(Sensor("1", "1"))))
+    plan = make_plan(trained_store, H1)
+    assert [list(map(str, u.sensors)) for u in plan.units] == [["1/1"], ["dev_a/t.x"]]
+    assert list(map(str, plan.no_model)) == ["1/2"]
+    assert list(map(str, plan.no_data)) == ["9/9"]
+
+
+def test_unit_size_groups_sensors_and_plan_roundtrips(trained_store):
+    plan = make_plan(trained_store, H1, unit_size=2)
+    assert [len(u.sensors) for u in plan.units] == [2, 1]
+    assert [u.id for u in plan.units] == ["u000000", "u000001"]
+    save_plan(trained_store, plan)
+    assert load_unit(trained_store, H1, "u000001") == plan.units[1]
+    with pytest.raises(UsageError):
+        make_plan(trained_store, H1, unit_size=0)
+
+
+def test_automatic_unit_size_bounds_the_number_of_units():
+    assert auto_unit_size(10) == 1
+    assert auto_unit_size(1000) == 1
+    assert auto_unit_size(100_000) == 100
+    assert auto_unit_size(1_000_001) == 1001
