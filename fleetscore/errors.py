@@ -72,3 +72,9 @@ class BackendError(FleetscoreError):
 
 class ScoringError(FleetscoreError):
     pass
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text (library errors can be multi-line HTTP dumps)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

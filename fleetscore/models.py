@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidIdError, ModelError, ModelNotFound, NotFound, UntrustedModelError
+from .errors import (
+    InvalidIdError, ModelError, ModelNotFound, NotFound, UntrustedModelError, first_line,
+)
 from .hours import Hour
 from .sensors import Sensor, is_valid_id
 from .stores import Store
@@ -286,8 +288,7 @@ def _after_name(message: str, name: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc, 200)}"
 
 
 def sensors_of(manifests: Iterable[ModelManifest]) -> set[Sensor]:

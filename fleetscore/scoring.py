@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FleetscoreError, ScoringError
+from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
 from .models import load_model
 from .predictions import encode, predictions_path, predictions_table
@@ -116,7 +116,7 @@ def score_unit(
             continue
         except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
             failures.append(SensorFailure(str(sensor), type(exc).__name__,
-                                          f"sensor {sensor}: {_first_line(exc)}"))
+                                          f"sensor {sensor}: {first_line(exc)}"))
             continue
         count = int(np.count_nonzero(tables[-1]["Prediction"].to_numpy()))
         anomalies[str(sensor)] = count
@@ -144,8 +144,3 @@ def _score_sensor(store: Store, points: SensorPoints):
         raise ScoringError(f"sensor {points.sensor}: {exc}") from exc
     return predictions_table(points.sensor.device, points.sensor.tag, points.ends_ms,
                              points.values, labels, scores)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{text[0][:300]}" if text else type(exc).__name__

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from azure.core.exceptions import (
@@ -19,7 +20,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import ContainerClient
 
-from ..errors import AlreadyExists, NotFound, StoreError
+from ..errors import AlreadyExists, NotFound, StoreError, first_line
 from .base import check_path, folder
 
 
@@ -52,59 +53,52 @@ class BlobStore:
             except ResourceExistsError:
                 pass
             except AzureError as exc:
-                raise StoreError(f"cannot open blob container {container!r}: {_brief(exc)}") from exc
+                raise StoreError(f"cannot open blob container {container!r}: {first_line(exc)}") from exc
 
-    def get(self, path: str) -> bytes:
+    @contextmanager
+    def _errors(self, action: str, path: str):
+        """Convert SDK exceptions where the SDK is called: callers see only StoreError types."""
         try:
-            return self._client.download_blob(check_path(path)).readall()
+            yield
         except ResourceNotFoundError as exc:
             raise NotFound(f"{path} not found in store {self.url}") from exc
-        except AzureError as exc:
-            raise StoreError(f"cannot read {path} in store {self.url}: {_brief(exc)}") from exc
-
-    def put(self, path: str, data: bytes, *, overwrite: bool = True) -> None:
-        try:
-            if overwrite:
-                self._client.upload_blob(check_path(path), data, overwrite=True)
-            else:
-                # If-None-Match: * makes the create conditional on the server.
-                self._client.upload_blob(check_path(path), data, overwrite=False)
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise AlreadyExists(f"{path} already exists in store {self.url}") from exc
         except AzureError as exc:
-            raise StoreError(f"cannot write {path} in store {self.url}: {_brief(exc)}") from exc
+            raise StoreError(f"cannot {action} {path} in store {self.url}: {first_line(exc)}") from exc
+
+    def get(self, path: str) -> bytes:
+        with self._errors("read", path):
+            return self._client.download_blob(check_path(path)).readall()
+
+    def put(self, path: str, data: bytes, *, overwrite: bool = True) -> None:
+        # overwrite=False sends If-None-Match: *, so the create is conditional on the server.
+        with self._errors("write", path):
+            self._client.upload_blob(check_path(path), data, overwrite=overwrite)
 
     def exists(self, path: str) -> bool:
-        try:
+        with self._errors("stat", path):
             return self._client.get_blob_client(check_path(path)).exists()
-        except AzureError as exc:
-            raise StoreError(f"cannot stat {path} in store {self.url}: {_brief(exc)}") from exc
 
     def list(self, prefix: str = "") -> Iterator[str]:
         try:
-            names = list(self._client.list_blob_names(name_starts_with=folder(prefix) or None))
-        except ResourceNotFoundError:
+            with self._errors("list", prefix or "/"):
+                names = list(self._client.list_blob_names(name_starts_with=folder(prefix) or None))
+        except NotFound:
             return iter(())
-        except AzureError as exc:
-            raise StoreError(f"cannot list {prefix!r} in store {self.url}: {_brief(exc)}") from exc
         return iter(sorted(names))
 
     def delete(self, path: str) -> None:
         try:
-            self._client.delete_blob(check_path(path))
-        except ResourceNotFoundError:
+            with self._errors("delete", path):
+                self._client.delete_blob(check_path(path))
+        except NotFound:
             pass
-        except AzureError as exc:
-            raise StoreError(f"cannot delete {path} in store {self.url}: {_brief(exc)}") from exc
 
     def open(self, path: str) -> BinaryIO:
         blob = self._client.get_blob_client(check_path(path))
-        try:
+        with self._errors("open", path):
             size = blob.get_blob_properties().size
-        except ResourceNotFoundError as exc:
-            raise NotFound(f"{path} not found in store {self.url}") from exc
-        except AzureError as exc:
-            raise StoreError(f"cannot open {path} in store {self.url}: {_brief(exc)}") from exc
         return io.BufferedReader(_RangeReader(blob, size, path, self.url), buffer_size=1 << 20)
 
     def close(self) -> None:
@@ -145,13 +139,7 @@ class _RangeReader(io.RawIOBase):
         try:
             data = self._blob.download_blob(offset=self._pos, length=length).readall()
         except AzureError as exc:
-            raise StoreError(f"cannot read {self._path} in store {self._url}: {_brief(exc)}") from exc
+            raise StoreError(f"cannot read {self._path} in store {self._url}: {first_line(exc)}") from exc
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
-
-
-def _brief(exc: Exception) -> str:
-    """The first line of an SDK error: its full text is a multi-line HTTP dump."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
