@@ -127,6 +127,23 @@ def load_unit(store: Store, hour: Hour, unit: str) -> Unit:
         raise InputError(f"unit file {path} is malformed: {exc}") from exc
 
 
+def load_plan(store: Store, hour: Hour) -> Plan | None:
+    """The stored plan with every unit's sensors, or None when the hour was never planned."""
+    try:
+        summary = json.loads(store.get(plan_path(hour)))
+    except NotFound:
+        return None
+    except ValueError as exc:
+        raise InputError(f"plan file {plan_path(hour)} is malformed: {exc}") from exc
+    return Plan(
+        window=hour,
+        units=tuple(load_unit(store, hour, u["id"]) for u in summary["units"]),
+        no_data=tuple(Sensor.parse(s) for s in summary.get("no_data", ())),
+        no_model=tuple(Sensor.parse(s) for s in summary.get("no_model", ())),
+        unit_size=summary.get("unit_size", 1),
+    )
+
+
 def load_plan_summary(store: Store, hour: Hour) -> dict:
     path = plan_path(hour)
     try:

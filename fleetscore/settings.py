@@ -20,6 +20,11 @@ class Settings:
     workers: int | None = None
     storage_connection_string: str | None = None
     storage_account_url: str | None = None
+    # The orchestration's knobs (the Functions app).
+    unit_size: int | None = None
+    fanout: int = 200
+    poll_seconds: int = 30
+    unit_deadline_minutes: int = 120
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -31,7 +36,19 @@ class Settings:
             workers=_int(env, "FLEETSCORE_WORKERS", None),
             storage_connection_string=env.get("FLEETSCORE_STORAGE_CONNECTION_STRING") or None,
             storage_account_url=env.get("FLEETSCORE_STORAGE_ACCOUNT_URL") or None,
+            unit_size=_int(env, "FLEETSCORE_UNIT_SIZE", None),
+            fanout=_int(env, "FLEETSCORE_FANOUT", 200),
+            poll_seconds=_int(env, "FLEETSCORE_POLL_SECONDS", 30),
+            unit_deadline_minutes=_int(env, "FLEETSCORE_UNIT_DEADLINE_MINUTES", 120),
         )
+
+    def orchestration_input(self, window: str, *, sensors: list[str] | None = None,
+                            force: bool = False) -> dict:
+        """What a starter hands the orchestrator: it reads no settings of its own."""
+        return {"window": window, "sensors": sensors, "force": force, "backend": self.backend,
+                "unit_size": self.unit_size, "fanout": self.fanout,
+                "poll_seconds": self.poll_seconds,
+                "unit_deadline_minutes": self.unit_deadline_minutes}
 
 
 def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:

@@ -169,3 +169,56 @@ def trained_store(local_store: LocalStore, fleet_csv: Path) -> LocalStore:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# --- the Functions app ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app_functions() -> dict:
+    """The app's functions as the host indexes them (get_functions() works once per app)."""
+    import function_app
+
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+@pytest.fixture
+def orchestrator_functions(app_functions) -> dict:
+    return {name: app_functions[name].get_user_function().orchestrator_function
+            for name in ("score_window", "score_units")}
+
+
+@pytest.fixture
+def functions_env(monkeypatch, azurite):
+    """The app's settings pointing at a fresh container on Azurite; clients rebuilt per test."""
+    from fleetscore import runtime
+
+    container = f"f{uuid.uuid4().hex[:20]}"
+    monkeypatch.setenv("FLEETSCORE_STORE", f"az://{container}")
+    monkeypatch.setenv("FLEETSCORE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.setenv("FLEETSCORE_BACKEND", "local")
+    monkeypatch.setenv("FLEETSCORE_POLL_SECONDS", "30")
+    runtime.reset()
+    yield runtime
+    runtime.reset()
+
+
+@pytest.fixture
+def durable_fake():
+    from tests.functions.durable_fake import DurableFake
+
+    with DurableFake() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def run_async():
+    """One event loop for the session: the Durable SDK keeps one aiohttp session per process."""
+    import asyncio
+
+    from azure.durable_functions.models.utils import http_utils
+
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.run_until_complete(http_utils._close_session())
+    loop.close()

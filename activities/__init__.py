@@ -1,0 +1,67 @@
+"""Activities: parse the input, call fleetscore, return a JSON-safe dict. Errors raise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+
+import azure.durable_functions as df
+
+from fleetscore import runtime
+from fleetscore.hours import Hour
+from fleetscore.sensors import Sensor
+from fleetscore.steps import finalize_step, plan_step, status_step, submit_step
+from orchestrators.names import FINALIZE, PLAN, STATUS, SUBMIT
+
+bp = df.Blueprint()
+log = logging.getLogger("fleetscore.activities")
+
+
+def _load(payload) -> dict:
+    return json.loads(payload) if isinstance(payload, str | bytes) else payload
+
+
+@bp.activity_trigger(input_name="payload", activity=PLAN)
+def plan_window(payload) -> dict:
+    body = _load(payload)
+    started = time.perf_counter()
+    sensors = [Sensor.parse(s) for s in body["sensors"]] if body.get("sensors") else None
+    plan = plan_step(runtime.store(), Hour.parse(body["window"]), sensors=sensors,
+                     unit_size=body.get("unit_size"))
+    log.info("plan %s: %d units", plan["window"], len(plan["units"]),
+             extra={"window": plan["window"], "units": len(plan["units"]),
+                    "sensors": plan["sensors"], "duration": time.perf_counter() - started})
+    return plan
+
+
+@bp.activity_trigger(input_name="payload", activity=SUBMIT)
+def submit_unit(payload) -> dict:
+    body = _load(payload)
+    started = time.perf_counter()
+    outcome = submit_step(runtime.store(), Hour.parse(body["window"]), body["unit"],
+                          runtime.backend())
+    log.info("unit %s of %s: %s", body["unit"], body["window"], outcome["state"],
+             extra={"window": body["window"], "unit": body["unit"], "state": outcome["state"],
+                    "sensors": outcome.get("scored"), "anomalies": outcome.get("anomalies"),
+                    "duration": time.perf_counter() - started})
+    return outcome
+
+
+@bp.activity_trigger(input_name="payload", activity=STATUS)
+def unit_status(payload) -> dict:
+    body = _load(payload)
+    return status_step(runtime.store(), Hour.parse(body["window"]), list(body["units"]),
+                       runtime.backend())
+
+
+@bp.activity_trigger(input_name="payload", activity=FINALIZE)
+def finalize_window(payload) -> dict:
+    body = _load(payload)
+    summary = finalize_step(runtime.store(), Hour.parse(body["window"]), body["outcomes"],
+                            started=datetime.fromisoformat(body["started"]),
+                            duration_s=float(body["duration_s"]), backend=body["backend"])
+    log.info("run %s: %s", summary["window"], summary["status"],
+             extra={**summary, "duration": body["duration_s"]})
+    return summary

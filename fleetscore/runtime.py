@@ -1,0 +1,44 @@
+"""Process-wide clients for the Functions app: settings read once, one store, one backend.
+
+Activities and triggers run many times in one worker process; building clients once per
+process (not once per call) keeps connections pooled and settings consistent.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .backends.base import ComputeBackend
+from .settings import Settings
+from .stores import Store, open_store
+
+
+@functools.cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.cache
+def store() -> Store:
+    return open_store(settings().store, settings())
+
+
+@functools.cache
+def backend() -> ComputeBackend | None:
+    """None: units are scored inside the submit activity (the `local` setting)."""
+    name = settings().backend
+    if name in ("local", "sequential"):
+        return None
+    from .backends import load_backend
+
+    return load_backend(name, store(), store_spec=settings().store, settings=settings())
+
+
+def reset() -> None:
+    """Close and forget the clients (tests change the environment between cases)."""
+    if backend.cache_info().currsize and backend() is not None:
+        backend().close()
+    if store.cache_info().currsize:
+        store().close()
+    for cached in (backend, store, settings):
+        cached.cache_clear()

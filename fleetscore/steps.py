@@ -1,0 +1,117 @@
+"""The steps of an hour's run as the Durable orchestration calls them: plan, submit, status,
+finalize. Each takes and returns small JSON-safe dicts (paths and ids, never data), so
+activities are one-line adapters and the orchestration history stays small.
+
+A rerun of some sensors reruns the units of the hour's stored plan that hold them (whole
+units, so each predictions file is replaced whole and never duplicated), and finalize
+rebuilds the hour's manifest from every unit's stored result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from .backends.base import FAILED, TERMINAL, ComputeBackend
+from .errors import UsageError
+from .hours import Hour
+from .planning import load_plan, make_plan, plan_path, save_plan
+from .runs import read_unit_result, result_path, run_unit
+from .runs import finalize as finalize_run
+from .scoring import UnitResult
+from .sensors import Sensor
+from .stores import Store
+
+
+def plan_step(store: Store, hour: Hour, *, sensors: Iterable[Sensor] | None = None,
+              unit_size: int | None = None) -> dict:
+    chosen = set(sensors) if sensors is not None else None
+    existing = load_plan(store, hour) if chosen else None
+    if existing is not None:
+        plan = existing
+        units = [u for u in plan.units if chosen & set(u.sensors)]
+        missing = chosen - {s for u in units for s in u.sensors}
+    else:
+        plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen)
+        save_plan(store, plan)
+        units = list(plan.units)
+        missing = set()
+    for unit in units:
+        # A result left by an earlier run must never stand for this run's.
+        store.delete(result_path(hour, unit.id))
+    return {
+        "window": str(hour),
+        "plan": plan_path(hour),
+        "units": [u.id for u in units],
+        "sensors": sum(len(u.sensors) for u in units),
+        "planned_units": len(plan.units),
+        "no_data": len(plan.no_data),
+        "no_model": len(plan.no_model),
+        "not_planned": sorted(map(str, missing)),
+    }
+
+
+def submit_step(store: Store, hour: Hour, unit_id: str, backend: ComputeBackend | None) -> dict:
+    """Start a unit. Without a backend the unit is scored here, inside the activity."""
+    if backend is None:
+        result = run_unit(store, hour, unit_id)
+        return outcome(unit_id, result.status, result)
+    from .planning import load_unit
+
+    backend.submit(hour, load_unit(store, hour, unit_id))
+    return {"unit": unit_id, "state": "pending"}
+
+
+def status_step(store: Store, hour: Hour, unit_ids: list[str],
+                backend: ComputeBackend | None) -> dict[str, dict]:
+    if backend is None:
+        out = {}
+        for unit_id in unit_ids:
+            result = read_unit_result(store, hour, unit_id)
+            out[unit_id] = outcome(unit_id, result.status, result) if result else \
+                {"unit": unit_id, "state": FAILED, "error_kind": "ResultMissing",
+                 "error": f"unit {unit_id} has no result in the store"}
+        return out
+    handles = {f"{hour}/{u}": u for u in unit_ids}
+    statuses = backend.poll(list(handles), timeout=0)
+    return {
+        unit: {"unit": unit, "state": s.state, "error_kind": s.error_kind, "error": s.error}
+        if s.result is None else outcome(unit, s.state, s.result)
+        for handle, unit in handles.items()
+        for s in [statuses[handle]]
+    }
+
+
+def outcome(unit_id: str, state: str, result: UnitResult | None) -> dict:
+    body = {"unit": unit_id, "state": state}
+    if result is not None:
+        body.update(scored=result.scored, failed=len(result.failures), anomalies=result.anomalies)
+    return body
+
+
+def finalize_step(store: Store, hour: Hour, outcomes: Mapping[str, dict], *, started: datetime,
+                  duration_s: float, backend: str) -> dict:
+    plan = load_plan(store, hour)
+    if plan is None:
+        raise UsageError(f"no plan for {hour}: the plan step did not run")
+    results = [_unit_result(store, hour, unit.id, unit.sensors, outcomes.get(unit.id))
+               for unit in plan.units]
+    summary = finalize_run(store, plan, results, started=started, duration_s=duration_s,
+                           backend=backend)
+    return {"window": summary.window, "status": summary.status, "scored": summary.scored,
+            "failed": summary.failed, "anomalies": summary.anomalies,
+            "no_data": summary.no_data, "no_model": summary.no_model,
+            "manifest": summary.manifest}
+
+
+def _unit_result(store: Store, hour: Hour, unit_id: str, sensors, state: dict | None) -> UnitResult:
+    """The unit's stored result; else why it has none, as a failure of each of its sensors."""
+    stored = read_unit_result(store, hour, unit_id)
+    if stored is not None:
+        return stored
+    if state is None:
+        kind, message = "NotRun", f"unit {unit_id} is planned but never ran: rerun the hour"
+    else:
+        kind = state.get("error_kind") or "UnitFailed"
+        message = state.get("error") or f"unit {unit_id} ended {state.get('state')} without a result"
+    return UnitResult.all_failed(str(hour), unit_id, sensors, kind, message)

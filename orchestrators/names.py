@@ -1,0 +1,13 @@
+"""Function names shared by the orchestrators, the activities and the starters."""
+
+SCORE_WINDOW = "score_window"
+SCORE_UNITS = "score_units"
+PLAN = "plan_window"
+SUBMIT = "submit_unit"
+STATUS = "unit_status"
+FINALIZE = "finalize_window"
+
+
+def instance_id(window: str) -> str:
+    """``score-YYYYMMDDTHH``: one orchestration per hour, so the hour is a singleton."""
+    return "score-" + window.replace("-", "")

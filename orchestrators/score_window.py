@@ -1,0 +1,116 @@
+"""``score_window``: plan -> bounded fan-out of units -> finalize.
+
+Units are fanned out in sub-orchestrations of at most ``fanout`` units each, so no history
+grows past a few hundred tasks even at 100,000+ units. Inside one, every unit is submitted
+(an idempotent activity: the same unit is the same task), then one monitor loop of a durable
+timer and a status activity follows all of them until each is done or the deadline passes.
+A unit whose activity keeps failing after its retries is reported failed with the reason; it
+never fails the hour.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import azure.durable_functions as df
+from azure.durable_functions.models.Task import TaskState
+
+from .names import FINALIZE, PLAN, SCORE_UNITS, SCORE_WINDOW, STATUS, SUBMIT
+
+bp = df.Blueprint()
+log = logging.getLogger("fleetscore.orchestrator")
+
+TERMINAL = ("succeeded", "partial", "failed")
+DEFAULTS = {"fanout": 200, "poll_seconds": 30, "unit_deadline_minutes": 120}
+
+
+def retry() -> df.RetryOptions:
+    """Transient errors (a store blip, Batch throttling) get two more tries, 5 s apart."""
+    options = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=3)
+    return options
+
+
+@bp.orchestration_trigger(context_name="context", orchestration=SCORE_WINDOW)
+def score_window(context: df.DurableOrchestrationContext):
+    request = {**DEFAULTS, **(context.get_input() or {})}
+    window = request["window"]
+    started = context.current_utc_datetime
+    plan = yield context.call_activity_with_retry(PLAN, retry(), {
+        "window": window, "sensors": request.get("sensors"), "unit_size": request.get("unit_size"),
+    })
+    units = plan["units"]
+    if not context.is_replaying:
+        log.info("planned %s: %d units, %d sensors", window, len(units), plan["sensors"],
+                 extra={"window": window, "units": len(units), "sensors": plan["sensors"]})
+    deadline = started + timedelta(minutes=request["unit_deadline_minutes"])
+    size = max(1, int(request["fanout"]))
+    batches = [units[i : i + size] for i in range(0, len(units), size)]
+    outcomes: dict[str, dict] = {}
+    if batches:
+        results = yield context.task_all([
+            context.call_sub_orchestrator(SCORE_UNITS, {
+                "window": window, "units": batch, "poll_seconds": request["poll_seconds"],
+                "deadline": deadline.isoformat(),
+            })
+            for batch in batches
+        ])
+        for batch_outcomes in results:
+            outcomes.update(batch_outcomes)
+    summary = yield context.call_activity_with_retry(FINALIZE, retry(), {
+        "window": window, "outcomes": outcomes, "started": started.isoformat(),
+        "duration_s": (context.current_utc_datetime - started).total_seconds(),
+        "backend": request.get("backend", "local"),
+    })
+    if not context.is_replaying:
+        log.info("finished %s: %s", window, summary["status"], extra=summary)
+    return summary
+
+
+@bp.orchestration_trigger(context_name="context", orchestration=SCORE_UNITS)
+def score_units(context: df.DurableOrchestrationContext):
+    job = context.get_input()
+    window = job["window"]
+    deadline = datetime.fromisoformat(job["deadline"])
+    outcomes: dict[str, dict] = {}
+
+    submits = [context.call_activity_with_retry(SUBMIT, retry(), {"window": window, "unit": u})
+               for u in job["units"]]
+    unit_of = dict(zip(map(id, submits), job["units"], strict=True))
+    pending_tasks = list(submits)
+    while pending_tasks:
+        # task_any instead of task_all: one unit's failure must not hide the others' results.
+        done = yield context.task_any(pending_tasks)
+        pending_tasks.remove(done)
+        unit = unit_of[id(done)]
+        if done.state is TaskState.FAILED:
+            outcomes[unit] = _failed(unit, "SubmitFailed", f"submit failed after retries: {str(done.result).strip()}")
+        else:
+            outcomes[unit] = done.result
+
+    waiting = [u for u in job["units"] if outcomes[u]["state"] not in TERMINAL]
+    while waiting:
+        if context.current_utc_datetime >= deadline:
+            for unit in waiting:
+                outcomes[unit] = _failed(unit, "DeadlineExceeded",
+                                         f"unit {unit} did not finish before {deadline.isoformat()}")
+            break
+        yield context.create_timer(context.current_utc_datetime
+                                   + timedelta(seconds=job["poll_seconds"]))
+        try:
+            states = yield context.call_activity_with_retry(
+                STATUS, retry(), {"window": window, "units": waiting})
+        except Exception as exc:  # noqa: BLE001 - the activity's error, already retried
+            if not context.is_replaying:
+                log.warning("status of %s failed, will poll again: %s", window, exc,
+                            extra={"window": window})
+            continue
+        for unit in waiting:
+            if states[unit]["state"] in TERMINAL:
+                outcomes[unit] = states[unit]
+        waiting = [u for u in waiting if u not in outcomes or outcomes[u]["state"] not in TERMINAL]
+    return outcomes
+
+
+def _failed(unit: str, kind: str, message: str) -> dict:
+    return {"unit": unit, "state": "failed", "error_kind": kind, "error": message[:1000]}

@@ -1,0 +1,196 @@
+"""The orchestrators replayed through the SDK's own Orchestrator.handle with JSON histories."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime
+
+import pytest
+
+from tests.functions.durable_driver import drive, event, handle
+from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as H
+
+WINDOW = "2024-03-01T01"
+
+
+class Doubles:
+    """Activity doubles with scripted behaviour; they record what they were asked."""
+
+    def __init__(self, units, *, running_polls=0, submit_failures=None, status_failures=0,
+                 state="succeeded"):
+        self.units = units
+        self.running_polls = running_polls
+        self.submit_failures = dict(submit_failures or {})
+        self.status_failures = status_failures
+        self.state = state
+        self.polls = Counter()
+
+    def plan(self, p):
+        return {"window": p["window"], "plan": f"runs/{p['window']}/plan.json",
+                "units": self.units, "sensors": len(self.units)}
+
+    def submit(self, p):
+        if self.submit_failures.get(p["unit"], 0) > 0:
+            self.submit_failures[p["unit"]] -= 1
+            raise RuntimeError(f"store unavailable for {p['unit']}")
+        return {"unit": p["unit"], "state": "pending" if self.running_polls else self.state}
+
+    def status(self, p):
+        if self.status_failures > 0:
+            self.status_failures -= 1
+            raise RuntimeError("status unavailable")
+        out = {}
+        for unit in p["units"]:
+            self.polls[unit] += 1
+            done = self.polls[unit] > self.running_polls
+            out[unit] = {"unit": unit, "state": self.state if done else "running"}
+        return out
+
+    @staticmethod
+    def finalize(p):
+        states = [o["state"] for o in p["outcomes"].values()]
+        failed = sum(s == "failed" for s in states)
+        return {"window": p["window"], "status": "partial" if failed else "succeeded",
+                "scored": len(states) - failed, "failed": failed, "anomalies": 0,
+                "outcomes": p["outcomes"], "duration_s": p["duration_s"]}
+
+    def activities(self):
+        return {"plan_window": self.plan, "submit_unit": self.submit,
+                "unit_status": self.status, "finalize_window": self.finalize}
+
+
+def test_orchestrator_first_episode_schedules_the_plan(orchestrator_functions):
+    clock = datetime.fromisoformat("2024-03-01T02:05:00+00:00")
+    history = [event(H.ORCHESTRATOR_STARTED, clock),
+               event(H.EXECUTION_STARTED, clock, Name="score_window", Version="",
+                     OrchestrationInstance={"InstanceId": "score-20240301T01"},
+                     Input=json.dumps({"window": WINDOW}))]
+    out, _ = handle(orchestrator_functions["score_window"], history, "score-20240301T01",
+                    {"window": WINDOW, "sensors": ["1/1"]})
+    assert out["isDone"] is False
+    [[action]] = out["actions"]
+    assert action["functionName"] == "plan_window" and action["actionType"] == 1  # with retry
+    assert json.loads(action["input"]) == {"window": WINDOW, "sensors": ["1/1"], "unit_size": None}
+    assert action["retryOptions"]["maxNumberOfAttempts"] == 3
+
+
+def test_orchestrator_fans_out_in_bounded_sub_orchestrations(orchestrator_functions):
+    units = [f"u{i:06d}" for i in range(5)]
+    doubles = Doubles(units)
+    replay = drive(orchestrator_functions, "score_window", {"window": WINDOW, "fanout": 2},
+                   doubles.activities())
+    assert [sub.output and sorted(sub.output) for sub in replay.sub_orchestrations] == \
+        [units[0:2], units[2:4], units[4:5]]
+    assert replay.output["status"] == "succeeded" and replay.output["scored"] == 5
+    assert [name for name, _ in replay.calls].count("submit_unit") == 5
+    assert replay.calls[-1][0] == "finalize_window"
+
+
+def test_orchestrator_timer_loop_polls_until_units_finish(orchestrator_functions):
+    doubles = Doubles(["u000000", "u000001"], running_polls=2)
+    replay = drive(orchestrator_functions, "score_window",
+                   {"window": WINDOW, "poll_seconds": 30}, doubles.activities())
+    sub = replay.sub_orchestrations[0]
+    timers = [e for e in sub.history if e["EventType"] == int(H.TIMER_FIRED)]
+    assert len(timers) == 3  # two polls saw "running", the third "succeeded"
+    fired = [datetime.fromisoformat(e["FireAt"]) for e in timers]
+    assert [(b - a).total_seconds() for a, b in zip(fired, fired[1:])] == [30.0, 30.0]
+    assert [n for n, _ in replay.calls].count("unit_status") == 3
+    assert replay.output["status"] == "succeeded"
+
+
+def test_orchestrator_activity_failure_retried_then_reported(orchestrator_functions):
+    doubles = Doubles(["u000000", "u000001", "u000002"],
+                      submit_failures={"u000001": 5, "u000002": 2})
+    replay = drive(orchestrator_functions, "score_window", {"window": WINDOW},
+                   doubles.activities())
+    submits = Counter(p["unit"] for n, p in replay.calls if n == "submit_unit")
+    assert submits == {"u000000": 1, "u000001": 3, "u000002": 3}  # 3 attempts at most
+    outcomes = replay.output["outcomes"]
+    assert outcomes["u000002"]["state"] == "succeeded"  # failed twice, then succeeded
+    assert outcomes["u000001"]["state"] == "failed"
+    assert outcomes["u000001"]["error_kind"] == "SubmitFailed"
+    assert "store unavailable for u000001" in outcomes["u000001"]["error"]
+    assert replay.output["status"] == "partial"
+
+
+def test_orchestrator_unit_past_its_deadline_is_failed(orchestrator_functions):
+    doubles = Doubles(["u000000"], running_polls=10_000)
+    replay = drive(orchestrator_functions, "score_window",
+                   {"window": WINDOW, "poll_seconds": 60, "unit_deadline_minutes": 5},
+                   doubles.activities())
+    outcome = replay.output["outcomes"]["u000000"]
+    assert (outcome["state"], outcome["error_kind"]) == ("failed", "DeadlineExceeded")
+    assert doubles.polls["u000000"] == 5
+
+
+def test_orchestrator_status_failure_keeps_polling(orchestrator_functions):
+    doubles = Doubles(["u000000"], running_polls=1, status_failures=3)
+    replay = drive(orchestrator_functions, "score_window", {"window": WINDOW},
+                   doubles.activities())
+    assert replay.output["outcomes"]["u000000"]["state"] == "succeeded"
+
+
+def test_orchestrator_with_no_units_goes_straight_to_finalize(orchestrator_functions):
+    replay = drive(orchestrator_functions, "score_window", {"window": WINDOW},
+                   Doubles([]).activities())
+    assert [n for n, _ in replay.calls] == ["plan_window", "finalize_window"]
+    assert replay.output["scored"] == 0
+
+
+def test_orchestrator_replaying_the_same_history_twice_gives_the_same_actions(orchestrator_functions):
+    doubles = Doubles(["u000000", "u000001"], running_polls=1, submit_failures={"u000001": 1})
+    replay = drive(orchestrator_functions, "score_window", {"window": WINDOW}, doubles.activities())
+    fn = orchestrator_functions["score_window"]
+    # Cut the history before its last completion: both replays must ask for the same next step.
+    partial = replay.history[:-1]
+    first, _ = handle(fn, partial, "test-instance", {"window": WINDOW})
+    second, _ = handle(fn, partial, "test-instance", {"window": WINDOW})
+    assert first == second and first["isDone"] is False
+    done_a, _ = handle(fn, replay.history, "test-instance", {"window": WINDOW})
+    done_b, _ = handle(fn, replay.history, "test-instance", {"window": WINDOW})
+    assert done_a == done_b and done_a["isDone"] and done_a["output"] == replay.output
+
+
+def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
+        orchestrator_functions, app_functions, functions_env, fleet_csv):
+    from fleetscore.hours import Hour
+    from fleetscore.ingest import ingest_file
+    from fleetscore.models import model_path
+    from fleetscore.predictions import read_predictions
+    from fleetscore.runs import read_manifest
+    from fleetscore.sensors import Sensor
+    from fleetscore.training import train
+
+    store = functions_env.store()
+    ingest_file(store, fleet_csv)
+    train(store, until=Hour.parse("2024-03-01T00"))
+    store.put(model_path(Sensor("1", "2")), b"corrupt")
+    activities = {name: app_functions[name].get_user_function()
+                  for name in ("plan_window", "submit_unit", "unit_status", "finalize_window")}
+    replay = drive(orchestrator_functions, "score_window",
+                   functions_env.settings().orchestration_input(WINDOW), activities)
+    assert replay.output["status"] == "partial"
+    assert (replay.output["scored"], replay.output["failed"]) == (2, 1)
+    manifest = read_manifest(store, Hour.parse(WINDOW))
+    assert [(f["sensor"], f["kind"]) for f in manifest["failures"]] == [("1/2", "ModelError")]
+    assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 120
+
+    # A rerun of just the broken sensor, after its model is fixed, completes the hour.
+    train(store, until=Hour.parse("2024-03-01T00"), sensors={Sensor("1", "2")})
+    rerun = drive(orchestrator_functions, "score_window",
+                  functions_env.settings().orchestration_input(WINDOW, sensors=["1/2"], force=True),
+                  activities)
+    assert [p["unit"] for n, p in rerun.calls if n == "submit_unit"] == ["u000001"]
+    assert (rerun.output["status"], rerun.output["scored"]) == ("succeeded", 3)
+    assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 180
+
+
+@pytest.mark.parametrize("poll", [1, 45])
+def test_orchestrator_input_carries_the_settings(poll, monkeypatch):
+    from fleetscore.settings import Settings
+
+    monkeypatch.setenv("FLEETSCORE_POLL_SECONDS", str(poll))
+    body = Settings.from_env().orchestration_input(WINDOW, sensors=["1/1"])
+    assert body["poll_seconds"] == poll and body["sensors"] == ["1/1"] and body["window"] == WINDOW

@@ -1,0 +1,129 @@
+"""Starters and the arrival recorder: the hourly timer, the runs HTTP API, the Event Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+import azure.durable_functions as df
+import azure.functions as func
+from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
+
+from fleetscore import runtime
+from fleetscore.errors import FleetscoreError
+from fleetscore.events import Event, record_events
+from fleetscore.hours import Hour, previous_full_hour
+from fleetscore.requests import RequestError, parse_run_request
+from fleetscore.runs import read_manifest
+from orchestrators.names import SCORE_WINDOW, instance_id
+
+bp = df.Blueprint()
+log = logging.getLogger("fleetscore.triggers")
+
+# A run in one of these states must not be started again by the timer.
+_ACTIVE = {OrchestrationRuntimeStatus.Pending, OrchestrationRuntimeStatus.Running,
+           OrchestrationRuntimeStatus.ContinuedAsNew, OrchestrationRuntimeStatus.Suspended}
+_DONE = {OrchestrationRuntimeStatus.Completed}
+
+
+async def _status(client: df.DurableOrchestrationClient, iid: str):
+    """The instance's status, or None when there is none (the host answers 404 with no body,
+    which the SDK cannot parse)."""
+    try:
+        status = await client.get_status(iid)
+    except TypeError:
+        return None
+    return status if status is not None and status.runtime_status is not None else None
+
+
+def _json(body: dict, status: int) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+
+
+@bp.timer_trigger(schedule="%SCORING_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def scheduled_run(timer: func.TimerRequest, client) -> None:
+    window = str(previous_full_hour(datetime.now(UTC)))
+    iid = instance_id(window)
+    existing = await _status(client, iid)
+    if existing is not None and existing.runtime_status in _ACTIVE | _DONE:
+        log.info("%s is %s: not started again (reruns go through POST /api/runs)", iid,
+                 existing.runtime_status.value, extra={"window": window})
+        return
+    await client.start_new(SCORE_WINDOW, iid, runtime.settings().orchestration_input(window))
+    log.info("started %s", iid, extra={"window": window, "past_due": timer.past_due})
+
+
+@bp.route(route="runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def start_runs(req: func.HttpRequest, client) -> func.HttpResponse:
+    try:
+        request = parse_run_request(req.get_body(), datetime.now(UTC))
+    except RequestError as exc:
+        return _json({"error": str(exc)}, 400)
+    windows = [str(h) for h in request.hours]
+    # Check every hour before starting any, so a 409 never leaves half a range started.
+    for window in windows:
+        existing = await _status(client, instance_id(window))
+        if existing is None:
+            continue
+        if existing.runtime_status in _ACTIVE:
+            return _json({"error": f"{window} is already running", "id": instance_id(window)}, 409)
+        if existing.runtime_status in _DONE and not request.force:
+            return _json({"error": f"{window} has already been scored; send \"force\": true "
+                                   "to rerun it", "id": instance_id(window)}, 409)
+    sensors = [str(s) for s in request.sensors] if request.sensors else None
+    for window in windows:
+        await client.start_new(SCORE_WINDOW, instance_id(window),
+                               runtime.settings().orchestration_input(window, sensors=sensors,
+                                                                      force=request.force))
+        log.info("started %s", instance_id(window), extra={"window": window,
+                                                           "sensors": len(sensors or [])})
+    if len(windows) == 1:
+        return client.create_check_status_response(req, instance_id(windows[0]))
+    body = {"runs": [{"window": w, **client.create_http_management_payload(instance_id(w))}
+                     for w in windows]}
+    return _json(body, 202)
+
+
+@bp.route(route="runs/{window}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def get_run(req: func.HttpRequest, client) -> func.HttpResponse:
+    try:
+        hour = Hour.parse(req.route_params.get("window", ""))
+    except FleetscoreError as exc:
+        return _json({"error": str(exc)}, 400)
+    window = str(hour)
+    status = await _status(client, instance_id(window))
+    manifest = read_manifest(runtime.store(), hour)
+    if status is None and manifest is None:
+        return _json({"error": f"{window} has never been run"}, 404)
+    body: dict = {"window": window, "id": instance_id(window)}
+    if status is not None:
+        body["runtimeStatus"] = status.runtime_status.value
+        body["createdTime"] = status.created_time.isoformat() if status.created_time else None
+        body["lastUpdatedTime"] = (status.last_updated_time.isoformat()
+                                   if status.last_updated_time else None)
+        body["output"] = status.output
+    if manifest is not None:
+        body["manifest"] = {k: manifest[k] for k in ("status", "sensors", "anomalies", "started",
+                                                     "finished", "duration_s", "failures")}
+    return _json(body, 200)
+
+
+@bp.event_hub_message_trigger(arg_name="events", event_hub_name="%WINDOWS_EVENTHUB%",
+                              connection="WindowsEventHub", cardinality="many")
+def record_arrivals(events: list[func.EventHubEvent]) -> None:
+    batch = record_events(runtime.store(), [
+        Event(body=e.get_body(), sequence_number=e.sequence_number, offset=e.offset,
+              enqueued_time=e.enqueued_time, partition_key=e.partition_key)
+        for e in events
+    ])
+    for rejected in batch.rejects:
+        # Logged and kept, never raised: a failing batch would be redelivered forever.
+        log.warning("rejected rows of event %s: %s", rejected.event_id, "; ".join(rejected.reasons[:5]),
+                    extra={"event": rejected.event_id, "rejected": len(rejected.reasons)})
+    log.info("arrivals: %d events, %d rows, %d records, %d duplicates, %d rejected",
+             batch.events, batch.rows, batch.recorded, batch.duplicates, batch.rejected_rows,
+             extra={"events": batch.events, "rows": batch.rows, "hours": ",".join(batch.hours)})
