@@ -37,23 +37,24 @@ def plan_window(payload) -> dict:
 
 
 @bp.activity_trigger(input_name="payload", activity=SUBMIT)
-def submit_unit(payload) -> dict:
+def submit_units(payload) -> dict:
     body = _load(payload)
     started = time.perf_counter()
-    outcome = submit_step(runtime.store(), Hour.parse(body["window"]), body["unit"],
-                          runtime.backend())
-    log.info("unit %s of %s: %s", body["unit"], body["window"], outcome["state"],
-             extra={"window": body["window"], "unit": body["unit"], "state": outcome["state"],
-                    "sensors": outcome.get("scored"), "anomalies": outcome.get("anomalies"),
-                    "duration": time.perf_counter() - started})
-    return outcome
+    outcomes = submit_step(runtime.store(), Hour.parse(body["window"]), list(body["units"]),
+                           runtime.backend(), run_id=body.get("run_id", ""))
+    for unit, outcome in outcomes.items():
+        log.info("unit %s of %s: %s", unit, body["window"], outcome["state"],
+                 extra={"window": body["window"], "unit": unit, "state": outcome["state"],
+                        "sensors": outcome.get("scored"), "anomalies": outcome.get("anomalies"),
+                        "duration": time.perf_counter() - started})
+    return outcomes
 
 
 @bp.activity_trigger(input_name="payload", activity=STATUS)
 def unit_status(payload) -> dict:
     body = _load(payload)
     return status_step(runtime.store(), Hour.parse(body["window"]), list(body["units"]),
-                       runtime.backend())
+                       runtime.backend(), run_id=body.get("run_id", ""))
 
 
 @bp.activity_trigger(input_name="payload", activity=FINALIZE)
@@ -61,7 +62,8 @@ def finalize_window(payload) -> dict:
     body = _load(payload)
     summary = finalize_step(runtime.store(), Hour.parse(body["window"]), body["outcomes"],
                             started=datetime.fromisoformat(body["started"]),
-                            duration_s=float(body["duration_s"]), backend=body["backend"])
+                            duration_s=float(body["duration_s"]), backend=body["backend"],
+                            compute=runtime.backend(), run_id=body.get("run_id", ""))
     log.info("run %s: %s", summary["window"], summary["status"],
              extra={**summary, "duration": body["duration_s"]})
     return summary

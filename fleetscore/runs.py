@@ -8,6 +8,7 @@ unit, and ``finalize``.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from .scoring import UnitResult, score_unit
 from .stores import Store
 
 Progress = Callable[[int, int], None]
+
+
+def new_run_id(now: datetime) -> str:
+    """Names one attempt at an hour (Batch jobs are per attempt): time plus a random suffix."""
+    return f"{now:%Y%m%d%H%M%S}{secrets.token_hex(3)}"
 
 
 def result_path(hour: Hour, unit_id: str) -> str:
@@ -75,37 +81,41 @@ def run_window(
     clock = time.perf_counter()
     plan = make_plan(store, hour, unit_size=unit_size)
     save_plan(store, plan)
-    results = execute(plan, backend, progress=progress, poll_seconds=poll_seconds)
+    for unit in plan.units:
+        store.delete(result_path(hour, unit.id))  # never mistake the last run's result for this one's
+    results = execute(plan, backend, run_id=new_run_id(started), progress=progress,
+                      poll_seconds=poll_seconds)
     return finalize(store, plan, results, started=started, duration_s=time.perf_counter() - clock,
                     backend=backend.name)
 
 
 def execute(
-    plan: Plan, backend: ComputeBackend, *, progress: Progress | None = None,
+    plan: Plan, backend: ComputeBackend, *, run_id: str = "", progress: Progress | None = None,
     poll_seconds: float = 0.5,
 ) -> list[UnitResult]:
     """Submit every unit and wait for all; a unit the backend could not run fails as a whole."""
-    handles = {backend.submit(plan.window, unit): unit for unit in plan.units}
-    pending = list(handles)
+    units = {unit.id: unit for unit in plan.units}
+    backend.submit(plan.window, plan.units, run_id=run_id)
+    pending = list(units)
     results: list[UnitResult] = []
     total = plan.sensors
     done_sensors = 0
     if progress:
         progress(0, total)
     while pending:
-        statuses = backend.poll(pending, timeout=poll_seconds)
+        statuses = backend.poll(plan.window, pending, run_id=run_id, timeout=poll_seconds)
         still = []
-        for handle in pending:
-            status = statuses[handle]
+        for unit_id in pending:
+            status = statuses[unit_id]
             if not status.done:
-                still.append(handle)
+                still.append(unit_id)
                 continue
-            unit = handles[handle]
-            results.append(_result_of(plan.window, unit.id, unit.sensors, status))
-            done_sensors += len(unit.sensors)
+            results.append(_result_of(plan.window, unit_id, units[unit_id].sensors, status))
+            done_sensors += len(units[unit_id].sensors)
         pending = still
         if progress:
             progress(done_sensors, total)
+    backend.finish(plan.window, run_id=run_id)
     return sorted(results, key=lambda r: r.unit_id)
 
 

@@ -47,6 +47,8 @@ class Settings:
         """What a starter hands the orchestrator: it reads no settings of its own."""
         return {"window": window, "sensors": sensors, "force": force, "backend": self.backend,
                 "unit_size": self.unit_size, "fanout": self.fanout,
+                # Batch takes up to 100 tasks a request; local units are scored one per activity.
+                "submit_chunk": 100 if self.backend == "batch" else 1,
                 "poll_seconds": self.poll_seconds,
                 "unit_deadline_minutes": self.unit_deadline_minutes}
 

@@ -10,13 +10,13 @@ rebuilds the hour's manifest from every unit's stored result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .backends.base import FAILED, TERMINAL, ComputeBackend
 from .errors import UsageError
 from .hours import Hour
-from .planning import load_plan, make_plan, plan_path, save_plan
-from .runs import read_unit_result, result_path, run_unit
+from .planning import load_plan, load_unit, make_plan, plan_path, save_plan
+from .runs import new_run_id, read_unit_result, result_path, run_unit
 from .runs import finalize as finalize_run
 from .scoring import UnitResult
 from .sensors import Sensor
@@ -41,6 +41,7 @@ def plan_step(store: Store, hour: Hour, *, sensors: Iterable[Sensor] | None = No
         store.delete(result_path(hour, unit.id))
     return {
         "window": str(hour),
+        "run_id": new_run_id(datetime.now(UTC)),
         "plan": plan_path(hour),
         "units": [u.id for u in units],
         "sensors": sum(len(u.sensors) for u in units),
@@ -51,19 +52,21 @@ def plan_step(store: Store, hour: Hour, *, sensors: Iterable[Sensor] | None = No
     }
 
 
-def submit_step(store: Store, hour: Hour, unit_id: str, backend: ComputeBackend | None) -> dict:
-    """Start a unit. Without a backend the unit is scored here, inside the activity."""
+def submit_step(store: Store, hour: Hour, unit_ids: list[str], backend: ComputeBackend | None,
+                *, run_id: str = "") -> dict[str, dict]:
+    """Start units. Without a backend each unit is scored here, inside the activity."""
     if backend is None:
-        result = run_unit(store, hour, unit_id)
-        return outcome(unit_id, result.status, result)
-    from .planning import load_unit
+        out = {}
+        for unit_id in unit_ids:
+            result = run_unit(store, hour, unit_id)
+            out[unit_id] = outcome(unit_id, result.status, result)
+        return out
+    backend.submit(hour, [load_unit(store, hour, u) for u in unit_ids], run_id=run_id)
+    return {u: {"unit": u, "state": "pending"} for u in unit_ids}
 
-    backend.submit(hour, load_unit(store, hour, unit_id))
-    return {"unit": unit_id, "state": "pending"}
 
-
-def status_step(store: Store, hour: Hour, unit_ids: list[str],
-                backend: ComputeBackend | None) -> dict[str, dict]:
+def status_step(store: Store, hour: Hour, unit_ids: list[str], backend: ComputeBackend | None,
+                *, run_id: str = "") -> dict[str, dict]:
     if backend is None:
         out = {}
         for unit_id in unit_ids:
@@ -72,13 +75,11 @@ def status_step(store: Store, hour: Hour, unit_ids: list[str],
                 {"unit": unit_id, "state": FAILED, "error_kind": "ResultMissing",
                  "error": f"unit {unit_id} has no result in the store"}
         return out
-    handles = {f"{hour}/{u}": u for u in unit_ids}
-    statuses = backend.poll(list(handles), timeout=0)
+    statuses = backend.poll(hour, unit_ids, run_id=run_id, timeout=0)
     return {
-        unit: {"unit": unit, "state": s.state, "error_kind": s.error_kind, "error": s.error}
-        if s.result is None else outcome(unit, s.state, s.result)
-        for handle, unit in handles.items()
-        for s in [statuses[handle]]
+        unit: outcome(unit, s.state, s.result) if s.result is not None else
+        {"unit": unit, "state": s.state, "error_kind": s.error_kind, "error": s.error}
+        for unit, s in statuses.items()
     }
 
 
@@ -90,7 +91,10 @@ def outcome(unit_id: str, state: str, result: UnitResult | None) -> dict:
 
 
 def finalize_step(store: Store, hour: Hour, outcomes: Mapping[str, dict], *, started: datetime,
-                  duration_s: float, backend: str) -> dict:
+                  duration_s: float, backend: str, compute: ComputeBackend | None = None,
+                  run_id: str = "") -> dict:
+    if compute is not None:
+        compute.finish(hour, run_id=run_id)
     plan = load_plan(store, hour)
     if plan is None:
         raise UsageError(f"no plan for {hour}: the plan step did not run")

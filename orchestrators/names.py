@@ -3,7 +3,7 @@
 SCORE_WINDOW = "score_window"
 SCORE_UNITS = "score_units"
 PLAN = "plan_window"
-SUBMIT = "submit_unit"
+SUBMIT = "submit_units"
 STATUS = "unit_status"
 FINALIZE = "finalize_window"
 

@@ -22,7 +22,7 @@ bp = df.Blueprint()
 log = logging.getLogger("fleetscore.orchestrator")
 
 TERMINAL = ("succeeded", "partial", "failed")
-DEFAULTS = {"fanout": 200, "poll_seconds": 30, "unit_deadline_minutes": 120}
+DEFAULTS = {"fanout": 200, "submit_chunk": 1, "poll_seconds": 30, "unit_deadline_minutes": 120}
 
 
 def retry() -> df.RetryOptions:
@@ -50,7 +50,8 @@ def score_window(context: df.DurableOrchestrationContext):
     if batches:
         results = yield context.task_all([
             context.call_sub_orchestrator(SCORE_UNITS, {
-                "window": window, "units": batch, "poll_seconds": request["poll_seconds"],
+                "window": window, "run_id": plan.get("run_id", ""), "units": batch,
+                "submit_chunk": request["submit_chunk"], "poll_seconds": request["poll_seconds"],
                 "deadline": deadline.isoformat(),
             })
             for batch in batches
@@ -60,7 +61,7 @@ def score_window(context: df.DurableOrchestrationContext):
     summary = yield context.call_activity_with_retry(FINALIZE, retry(), {
         "window": window, "outcomes": outcomes, "started": started.isoformat(),
         "duration_s": (context.current_utc_datetime - started).total_seconds(),
-        "backend": request.get("backend", "local"),
+        "backend": request.get("backend", "local"), "run_id": plan.get("run_id", ""),
     })
     if not context.is_replaying:
         log.info("finished %s: %s", window, summary["status"], extra=summary)
@@ -74,19 +75,22 @@ def score_units(context: df.DurableOrchestrationContext):
     deadline = datetime.fromisoformat(job["deadline"])
     outcomes: dict[str, dict] = {}
 
-    submits = [context.call_activity_with_retry(SUBMIT, retry(), {"window": window, "unit": u})
-               for u in job["units"]]
-    unit_of = dict(zip(map(id, submits), job["units"], strict=True))
+    run_id = job.get("run_id", "")
+    size = max(1, int(job.get("submit_chunk", 1)))
+    chunks = [job["units"][i : i + size] for i in range(0, len(job["units"]), size)]
+    submits = [context.call_activity_with_retry(SUBMIT, retry(), {
+        "window": window, "run_id": run_id, "units": chunk}) for chunk in chunks]
+    chunk_of = dict(zip(map(id, submits), chunks, strict=True))
     pending_tasks = list(submits)
     while pending_tasks:
         # task_any instead of task_all: one unit's failure must not hide the others' results.
         done = yield context.task_any(pending_tasks)
         pending_tasks.remove(done)
-        unit = unit_of[id(done)]
         if done.state is TaskState.FAILED:
-            outcomes[unit] = _failed(unit, "SubmitFailed", f"submit failed after retries: {str(done.result).strip()}")
+            reason = f"submit failed after retries: {str(done.result).strip()}"
+            outcomes.update({u: _failed(u, "SubmitFailed", reason) for u in chunk_of[id(done)]})
         else:
-            outcomes[unit] = done.result
+            outcomes.update(done.result)
 
     waiting = [u for u in job["units"] if outcomes[u]["state"] not in TERMINAL]
     while waiting:
@@ -99,7 +103,7 @@ def score_units(context: df.DurableOrchestrationContext):
                                    + timedelta(seconds=job["poll_seconds"]))
         try:
             states = yield context.call_activity_with_retry(
-                STATUS, retry(), {"window": window, "units": waiting})
+                STATUS, retry(), {"window": window, "run_id": run_id, "units": waiting})
         except Exception as exc:  # noqa: BLE001 - the activity's error, already retried
             if not context.is_replaying:
                 log.warning("status of %s failed, will poll again: %s", window, exc,

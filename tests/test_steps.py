@@ -14,7 +14,7 @@ T0 = datetime(2024, 3, 1, 2, 5, tzinfo=UTC)
 def test_plan_step_returns_ids_not_sensor_lists(trained_store):
     plan = plan_step(trained_store, H1)
     assert plan["units"] == ["u000000", "u000001", "u000002"] and plan["sensors"] == 3
-    assert plan["plan"] == "runs/2024-03-01T01/plan.json"
+    assert plan["plan"] == "runs/2024-03-01T01/plan.json" and plan["run_id"]
     assert all(isinstance(u, str) for u in plan["units"])
 
 
@@ -27,7 +27,7 @@ def test_subset_rerun_reuses_the_units_of_the_stored_plan(trained_store):
 
 def test_local_units_are_scored_in_submit_and_read_back_by_status(trained_store):
     plan_step(trained_store, H1)
-    outcome = submit_step(trained_store, H1, "u000000", None)
+    outcome = submit_step(trained_store, H1, ["u000000"], None)["u000000"]
     assert outcome["state"] == "succeeded" and outcome["scored"] == 1
     states = status_step(trained_store, H1, ["u000000", "u000001"], None)
     assert states["u000000"]["state"] == "succeeded"
@@ -36,7 +36,7 @@ def test_local_units_are_scored_in_submit_and_read_back_by_status(trained_store)
 
 def test_finalize_names_units_that_failed_or_never_ran(trained_store):
     plan_step(trained_store, H1)
-    submit_step(trained_store, H1, "u000000", None)
+    submit_step(trained_store, H1, ["u000000"], None)
     outcomes = {"u000000": {"unit": "u000000", "state": "succeeded"},
                 "u000001": {"unit": "u000001", "state": "failed", "error_kind": "SubmitFailed",
                             "error": "submit failed after retries: boom"}}
@@ -48,7 +48,7 @@ def test_finalize_names_units_that_failed_or_never_ran(trained_store):
 
 def test_plan_step_forgets_results_of_the_units_it_will_rerun(trained_store):
     plan_step(trained_store, H1)
-    submit_step(trained_store, H1, "u000000", None)
+    submit_step(trained_store, H1, ["u000000"], None)
     plan_step(trained_store, H1)
     states = status_step(trained_store, H1, ["u000000"], None)
     assert states["u000000"]["state"] == "failed"  # no stale result stands in for the new run

@@ -1,6 +1,7 @@
 """The ComputeBackend protocol: where units run.
 
-A backend only has to submit a unit and report its state. The unit itself always runs
+A backend only has to submit units and report their states. A run (one hour, one attempt)
+is named by ``run_id``, so a rerun never mistakes the last run's tasks for its own. The unit itself always runs
 ``fleetscore.runs.run_unit`` (load the unit's sensor list, ``score_unit``, write the unit
 result), whether in a local process, in this process, or in a container on Azure Batch.
 """
@@ -35,11 +36,15 @@ class UnitStatus:
 class ComputeBackend(Protocol):
     name: str
 
-    def submit(self, window: Hour, unit: Unit) -> str:
-        """Start the unit; return a handle. Submitting the same unit twice is harmless."""
+    def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
+        """Start units. Submitting a unit again in the same run is harmless (same task)."""
 
-    def poll(self, handles: Sequence[str], timeout: float = 1.0) -> dict[str, UnitStatus]:
-        """States of the handles, waiting up to ``timeout`` seconds for one of them to change."""
+    def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
+             timeout: float = 1.0) -> dict[str, UnitStatus]:
+        """States of the units, waiting up to ``timeout`` seconds for one of them to change."""
+
+    def finish(self, window: Hour, *, run_id: str = "") -> None:
+        """Every unit of the run is submitted and done: release what the run holds."""
 
     def close(self) -> None:
         """Stop workers and release clients. Idempotent."""

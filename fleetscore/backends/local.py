@@ -28,19 +28,23 @@ class SequentialBackend:
         self._store = store
         self._done: dict[str, UnitStatus] = {}
 
-    def submit(self, window: Hour, unit: Unit) -> str:
+    def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
         from ..runs import run_unit
 
-        handle = f"{window}/{unit.id}"
-        try:
-            result = run_unit(self._store, window, unit.id)
-            self._done[handle] = UnitStatus(_state_of(result), result)
-        except FleetscoreError as exc:
-            self._done[handle] = UnitStatus(FAILED, error_kind=exc.kind, error=str(exc))
-        return handle
+        for unit in units:
+            try:
+                result = run_unit(self._store, window, unit.id)
+                self._done[(window, unit.id)] = UnitStatus(_state_of(result), result)
+            except FleetscoreError as exc:
+                self._done[(window, unit.id)] = UnitStatus(FAILED, error_kind=exc.kind,
+                                                           error=str(exc))
 
-    def poll(self, handles: Sequence[str], timeout: float = 1.0) -> dict[str, UnitStatus]:
-        return {h: self._done.get(h, UnitStatus(PENDING)) for h in handles}
+    def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
+             timeout: float = 1.0) -> dict[str, UnitStatus]:
+        return {u: self._done.get((window, u), UnitStatus(PENDING)) for u in unit_ids}
+
+    def finish(self, window: Hour, *, run_id: str = "") -> None:
+        pass
 
     def close(self) -> None:
         self._done.clear()
@@ -79,7 +83,7 @@ class LocalBackend:
         self.workers = workers or os.cpu_count() or 1
         self._spec, self._settings = store_spec, settings or Settings.from_env()
         self._pool: ProcessPoolExecutor | None = None
-        self._futures: dict[str, Future] = {}
+        self._futures: dict[tuple[Hour, str], Future] = {}
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -88,20 +92,25 @@ class LocalBackend:
                 initargs=(self._spec, self._settings))
         return self._pool
 
-    def submit(self, window: Hour, unit: Unit) -> str:
-        handle = f"{window}/{unit.id}"
-        if handle not in self._futures:
-            try:
-                self._futures[handle] = self._executor().submit(_work, str(window), unit.id)
-            except BrokenProcessPool as exc:
-                raise BackendError(f"the local worker pool is broken: {exc}") from exc
-        return handle
+    def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
+        for unit in units:
+            key = (window, unit.id)
+            if key not in self._futures:
+                try:
+                    self._futures[key] = self._executor().submit(_work, str(window), unit.id)
+                except BrokenProcessPool as exc:
+                    raise BackendError(f"the local worker pool is broken: {exc}") from exc
 
-    def poll(self, handles: Sequence[str], timeout: float = 1.0) -> dict[str, UnitStatus]:
-        futures = [self._futures[h] for h in handles if h in self._futures]
+    def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
+             timeout: float = 1.0) -> dict[str, UnitStatus]:
+        futures = [self._futures[(window, u)] for u in unit_ids if (window, u) in self._futures]
         if futures and not any(f.done() for f in futures):
             wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
-        return {h: self._status(self._futures.get(h)) for h in handles}
+        return {u: self._status(self._futures.get((window, u))) for u in unit_ids}
+
+    def finish(self, window: Hour, *, run_id: str = "") -> None:
+        for key in [k for k in self._futures if k[0] == window]:
+            del self._futures[key]
 
     @staticmethod
     def _status(future: Future | None) -> UnitStatus:

@@ -17,7 +17,7 @@ def _bindings(function) -> dict[str, dict]:
 
 def test_function_app_indexes_every_function(app_functions):
     assert set(app_functions) == {
-        "score_window", "score_units", "plan_window", "submit_unit", "unit_status",
+        "score_window", "score_units", "plan_window", "submit_units", "unit_status",
         "finalize_window", "scheduled_run", "start_runs", "get_run", "record_arrivals",
     }
 
@@ -25,7 +25,7 @@ def test_function_app_indexes_every_function(app_functions):
 def test_function_app_orchestrations_and_activities(app_functions):
     for name in ("score_window", "score_units"):
         assert set(_bindings(app_functions[name])) == {"orchestrationTrigger"}
-    for name in ("plan_window", "submit_unit", "unit_status", "finalize_window"):
+    for name in ("plan_window", "submit_units", "unit_status", "finalize_window"):
         assert _bindings(app_functions[name])["activityTrigger"]["name"] == "payload"
 
 

@@ -25,16 +25,20 @@ class Doubles:
         self.status_failures = status_failures
         self.state = state
         self.polls = Counter()
+        self.submitted: list[list[str]] = []
 
     def plan(self, p):
-        return {"window": p["window"], "plan": f"runs/{p['window']}/plan.json",
+        return {"window": p["window"], "run_id": "r1", "plan": f"runs/{p['window']}/plan.json",
                 "units": self.units, "sensors": len(self.units)}
 
     def submit(self, p):
-        if self.submit_failures.get(p["unit"], 0) > 0:
-            self.submit_failures[p["unit"]] -= 1
-            raise RuntimeError(f"store unavailable for {p['unit']}")
-        return {"unit": p["unit"], "state": "pending" if self.running_polls else self.state}
+        self.submitted.append(list(p["units"]))
+        for unit in p["units"]:
+            if self.submit_failures.get(unit, 0) > 0:
+                self.submit_failures[unit] -= 1
+                raise RuntimeError(f"store unavailable for {unit}")
+        return {u: {"unit": u, "state": "pending" if self.running_polls else self.state}
+                for u in p["units"]}
 
     def status(self, p):
         if self.status_failures > 0:
@@ -56,7 +60,7 @@ class Doubles:
                 "outcomes": p["outcomes"], "duration_s": p["duration_s"]}
 
     def activities(self):
-        return {"plan_window": self.plan, "submit_unit": self.submit,
+        return {"plan_window": self.plan, "submit_units": self.submit,
                 "unit_status": self.status, "finalize_window": self.finalize}
 
 
@@ -83,7 +87,7 @@ def test_orchestrator_fans_out_in_bounded_sub_orchestrations(orchestrator_functi
     assert [sub.output and sorted(sub.output) for sub in replay.sub_orchestrations] == \
         [units[0:2], units[2:4], units[4:5]]
     assert replay.output["status"] == "succeeded" and replay.output["scored"] == 5
-    assert [name for name, _ in replay.calls].count("submit_unit") == 5
+    assert [name for name, _ in replay.calls].count("submit_units") == 5
     assert replay.calls[-1][0] == "finalize_window"
 
 
@@ -105,7 +109,7 @@ def test_orchestrator_activity_failure_retried_then_reported(orchestrator_functi
                       submit_failures={"u000001": 5, "u000002": 2})
     replay = drive(orchestrator_functions, "score_window", {"window": WINDOW},
                    doubles.activities())
-    submits = Counter(p["unit"] for n, p in replay.calls if n == "submit_unit")
+    submits = Counter(u for n, p in replay.calls if n == "submit_units" for u in p["units"])
     assert submits == {"u000000": 1, "u000001": 3, "u000002": 3}  # 3 attempts at most
     outcomes = replay.output["outcomes"]
     assert outcomes["u000002"]["state"] == "succeeded"  # failed twice, then succeeded
@@ -113,6 +117,17 @@ def test_orchestrator_activity_failure_retried_then_reported(orchestrator_functi
     assert outcomes["u000001"]["error_kind"] == "SubmitFailed"
     assert "store unavailable for u000001" in outcomes["u000001"]["error"]
     assert replay.output["status"] == "partial"
+
+
+def test_orchestrator_submits_in_chunks_and_passes_the_run_id(orchestrator_functions):
+    units = [f"u{i:06d}" for i in range(250)]
+    doubles = Doubles(units, running_polls=1)
+    replay = drive(orchestrator_functions, "score_window",
+                   {"window": WINDOW, "fanout": 200, "submit_chunk": 100}, doubles.activities())
+    assert [len(c) for c in doubles.submitted] == [100, 100, 50]
+    run_ids = {p.get("run_id") for n, p in replay.calls if n in ("submit_units", "unit_status")}
+    assert run_ids == {"r1"}
+    assert replay.calls[-1][1]["run_id"] == "r1" and replay.output["scored"] == 250
 
 
 def test_orchestrator_unit_past_its_deadline_is_failed(orchestrator_functions):
@@ -168,7 +183,7 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     train(store, until=Hour.parse("2024-03-01T00"))
     store.put(model_path(Sensor("1", "2")), b"corrupt")
     activities = {name: app_functions[name].get_user_function()
-                  for name in ("plan_window", "submit_unit", "unit_status", "finalize_window")}
+                  for name in ("plan_window", "submit_units", "unit_status", "finalize_window")}
     replay = drive(orchestrator_functions, "score_window",
                    functions_env.settings().orchestration_input(WINDOW), activities)
     assert replay.output["status"] == "partial"
@@ -182,7 +197,7 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     rerun = drive(orchestrator_functions, "score_window",
                   functions_env.settings().orchestration_input(WINDOW, sensors=["1/2"], force=True),
                   activities)
-    assert [p["unit"] for n, p in rerun.calls if n == "submit_unit"] == ["u000001"]
+    assert [p["units"] for n, p in rerun.calls if n == "submit_units"] == [["u000001"]]
     assert (rerun.output["status"], rerun.output["scored"]) == ("succeeded", 3)
     assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 180
 
