@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor models.")
 app.add_typer(models_app, name="models")
+batch_app = typer.Typer(no_args_is_help=True, help="Azure Batch: cost and latency on paper.")
+app.add_typer(batch_app, name="batch")
 
 def _console(**kw) -> Console:
     console = Console(highlight=False, soft_wrap=True, **kw)
@@ -186,20 +188,26 @@ def plan(
     unit_size: Annotated[int | None, typer.Option(help="Sensors per unit (default: automatic).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
-    """Show which sensors an hour's run would score, in which units, and who is left out."""
-    from .planning import make_plan
+    """Plan an hour: which sensors are scored, in which units, and who is left out.
+
+    The plan is saved in the store (runs/HOUR/), where `python -m scoring_container` reads a
+    unit's sensors."""
+    from .planning import make_plan, save_plan
 
     hour = _hour(window, "--window")
     settings = _settings()
     st = _store(store, settings)
     try:
         p = make_plan(st, hour, unit_size=unit_size)
+        saved = save_plan(st, p)
     finally:
         st.close()
     if as_json:
         sys.stdout.write(json.dumps(p.to_json(), indent=1) + "\n")
+        err.print(f"plan saved to {saved}")
         return
-    out.print(f"plan for {hour}: {p.sensors} sensors in {len(p.units)} units of up to {p.unit_size}")
+    out.print(f"plan for {hour}: {p.sensors} sensors in {len(p.units)} units of up to "
+              f"{p.unit_size} (saved to {saved})")
     for unit in p.units[:20]:
         out.print(f"  {unit.id}: {', '.join(map(str, unit.sensors[:8]))}"
                   + (" ..." if len(unit.sensors) > 8 else ""))
@@ -347,6 +355,33 @@ def demo(
                       say=out.print)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+@batch_app.command("estimate")
+def batch_estimate(
+    sensors: Annotated[int, typer.Option(help="Sensors scored every hour.")],
+    vm_size: Annotated[str, typer.Option(help="Batch node VM size.")] = "Standard_D2s_v5",
+    per_sensor_ms: Annotated[float, typer.Option(
+        help="Core milliseconds per sensor (fleetscore bench measures it).")] = 3.5,
+    deadline: Annotated[float, typer.Option(help="Minutes within which the hour must be scored.")] = 15.0,
+    price_per_hour: Annotated[float | None, typer.Option(help="Your price for one node hour.")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Spot (low-priority) nodes.")] = False,
+) -> None:
+    """Nodes, latency and cost of an hourly run: scale from zero versus a warm pool."""
+    from .estimate import estimate
+
+    e = estimate(sensors, vm_size=vm_size, per_sensor_ms=per_sensor_ms, deadline_min=deadline,
+                 price_per_hour=price_per_hour, spot=spot)
+    out.print(f"{e.sensors:,} sensors an hour on {e.vm_size} ({e.cores} cores, "
+              f"${e.price_per_hour:.4f}/node-hour{' spot' if spot else ''}), "
+              f"{e.per_sensor_ms:g} core-ms per sensor, within {e.deadline_min:g} min")
+    out.print(f"  tasks: {e.tasks:,} of about {e.unit_size:,} sensors (>= 2 min each)")
+    out.print(f"  from zero: first node after ~{e.ready_after_min:g} min, {e.nodes_from_zero} "
+              f"node(s) for {e.work_window_min:g} min of work, ${e.cost_per_run_from_zero:.4f} a run, "
+              f"${e.cost_per_run_from_zero * 24 * 30:,.2f} a month")
+    out.print(f"  warm pool: {e.nodes_warm} node(s) always on, ${e.cost_per_hour_warm:.4f} an hour, "
+              f"${e.cost_per_hour_warm * 24 * 30:,.2f} a month")
+    out.print(f"  cheaper: {e.cheaper}; ${e.cost_per_sensor_month * 1000:.4f} per 1,000 sensors a month")
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import UsageError
 
@@ -13,18 +13,60 @@ DEFAULT_INTERVAL_S = 60
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """Azure Batch: where units run when ``backend`` is ``batch``."""
+
+    endpoint: str | None = None  # https://ACCOUNT.REGION.batch.azure.com
+    account_name: str | None = None  # shared key, for development accounts only
+    account_key: str | None = field(default=None, repr=False)  # never in logs
+    pool_id: str = "fleetscore"
+    vm_size: str = "Standard_D2s_v5"
+    max_nodes: int = 10
+    tasks_per_node: int = 2  # one single-threaded unit per core
+    spot: bool = False
+    image: str = "fleetscore-scoring:latest"  # REGISTRY/fleetscore-scoring:VERSION
+    registry: str | None = None  # REGISTRY.azurecr.io, pulled with the identity below
+    identity_resource_id: str | None = None  # the pool's user-assigned identity
+    identity_client_id: str | None = None  # the same identity, for DefaultAzureCredential in tasks
+    logs_container_url: str | None = None  # https://ACCOUNT.blob.core.windows.net/CONTAINER
+    task_timeout_minutes: int = 60
+    task_retries: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BatchSettings:
+        def text(name: str) -> str | None:
+            return env.get(f"FLEETSCORE_BATCH_{name}") or None
+
+        return cls(
+            endpoint=text("ENDPOINT"), account_name=text("ACCOUNT_NAME"),
+            account_key=text("ACCOUNT_KEY"), pool_id=text("POOL_ID") or "fleetscore",
+            vm_size=text("VM_SIZE") or "Standard_D2s_v5",
+            max_nodes=_int(env, "FLEETSCORE_BATCH_MAX_NODES", 10),
+            tasks_per_node=_int(env, "FLEETSCORE_BATCH_TASKS_PER_NODE", 2),
+            spot=(text("SPOT") or "false").lower() in ("1", "true", "yes"),
+            image=text("IMAGE") or "fleetscore-scoring:latest", registry=text("REGISTRY"),
+            identity_resource_id=text("IDENTITY_RESOURCE_ID"),
+            identity_client_id=text("IDENTITY_CLIENT_ID"),
+            logs_container_url=text("LOGS_CONTAINER_URL"),
+            task_timeout_minutes=_int(env, "FLEETSCORE_BATCH_TASK_TIMEOUT_MINUTES", 60),
+            task_retries=_int(env, "FLEETSCORE_BATCH_TASK_RETRIES", 2),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     store: str = DEFAULT_STORE
     interval_s: int = DEFAULT_INTERVAL_S
     backend: str = "local"
     workers: int | None = None
-    storage_connection_string: str | None = None
+    storage_connection_string: str | None = field(default=None, repr=False)  # may hold a key
     storage_account_url: str | None = None
     # The orchestration's knobs (the Functions app).
     unit_size: int | None = None
     fanout: int = 200
     poll_seconds: int = 30
     unit_deadline_minutes: int = 120
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,6 +82,7 @@ class Settings:
             fanout=_int(env, "FLEETSCORE_FANOUT", 200),
             poll_seconds=_int(env, "FLEETSCORE_POLL_SECONDS", 30),
             unit_deadline_minutes=_int(env, "FLEETSCORE_UNIT_DEADLINE_MINUTES", 120),
+            batch=BatchSettings.from_env(env),
         )
 
     def orchestration_input(self, window: str, *, sensors: list[str] | None = None,

@@ -9,7 +9,7 @@ from .base import ComputeBackend, UnitStatus
 
 __all__ = ["ComputeBackend", "UnitStatus", "load_backend", "BACKENDS"]
 
-BACKENDS = ("local", "sequential")
+BACKENDS = ("local", "sequential", "batch")
 
 
 def load_backend(name: str, store: Store, *, store_spec: str, settings: Settings,
@@ -22,4 +22,11 @@ def load_backend(name: str, store: Store, *, store_spec: str, settings: Settings
         from .local import SequentialBackend
 
         return SequentialBackend(store)
+    if name == "batch":
+        try:
+            from .batch import BatchBackend
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise UsageError("the batch backend needs azure-batch: "
+                             "pip install 'fleetscore[functions]'") from exc
+        return BatchBackend(store, store_spec, settings)
     raise UsageError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")

@@ -1,0 +1,288 @@
+"""Azure Batch: each unit is a task running the scoring container on an autoscale-from-zero pool.
+
+One job per run of an hour (``fs-YYYYMMDDTHH-<run id>``), one task per unit (the unit's id), so
+a resubmission after an activity retry finds its task instead of adding a duplicate. Tasks are
+added at most 100 a request (the service's limit; azure-batch 15.x no longer splits for you),
+and the job is told to terminate when its tasks complete only once every task is added (at
+``finish``), because setting it at creation races the submission. A task's command line holds
+no secret: the container reaches the store with the pool's managed identity.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from datetime import timedelta
+
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+from azure.batch import BatchClient
+from azure.batch import models as bm
+
+from ..errors import BackendError, UsageError, first_line
+from ..hours import Hour
+from ..planning import Unit
+from ..settings import BatchSettings, Settings
+from ..stores import Store
+from .base import FAILED, PARTIAL, PENDING, RUNNING, SUCCEEDED, UnitStatus
+
+MAX_TASKS_PER_REQUEST = 100
+# Container-ready Ubuntu for Batch: Docker-compatible runtime preinstalled.
+IMAGE_REFERENCE = {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204",
+                   "version": "latest"}
+NODE_AGENT_SKU = "batch.node.ubuntu 22.04"
+EXIT_PARTIAL, EXIT_UNUSABLE = 3, 2
+
+# The one definition of the pool's autoscale formula. From zero: the target follows the
+# pending tasks (queued + running), using the last sample while too few samples exist yet
+# (a new or idle pool has none); nodes leave only when their tasks complete.
+AUTOSCALE_FORMULA = """\
+$samplePercent = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 5);
+$lastPending = val($PendingTasks.GetSample(1), 0);
+$pending = $samplePercent < 70 ? $lastPending : max($lastPending, avg($PendingTasks.GetSample(TimeInterval_Minute * 5)));
+$nodes = min({max_nodes}, ceil($pending / {tasks_per_node}));
+$TargetDedicatedNodes = {dedicated};
+$TargetLowPriorityNodes = {low_priority};
+$NodeDeallocationOption = taskcompletion;"""
+EVALUATION_INTERVAL = timedelta(minutes=5)
+
+
+def autoscale_formula(max_nodes: int, *, spot: bool = False, tasks_per_node: int = 1) -> str:
+    if max_nodes < 1 or tasks_per_node < 1:
+        raise UsageError("the pool needs max nodes >= 1 and tasks per node >= 1")
+    return AUTOSCALE_FORMULA.format(
+        max_nodes=int(max_nodes), tasks_per_node=int(tasks_per_node),
+        dedicated="0" if spot else "$nodes", low_priority="$nodes" if spot else "0",
+    )
+
+
+def job_id(window: Hour, run_id: str) -> str:
+    return f"fs-{window.start:%Y%m%dT%H}-{run_id}"[:64]
+
+
+def command_line(store_url: str, window: Hour, unit_id: str) -> str:
+    return " ".join(shlex.quote(a) for a in (
+        "python", "-m", "scoring_container", "--store", store_url, "--window", str(window),
+        "--unit", unit_id))
+
+
+def make_client(batch: BatchSettings) -> BatchClient:
+    if not batch.endpoint:
+        raise UsageError("the batch backend needs FLEETSCORE_BATCH_ENDPOINT "
+                         "(https://ACCOUNT.REGION.batch.azure.com)")
+    if batch.account_name and batch.account_key:
+        credential = AzureNamedKeyCredential(batch.account_name, batch.account_key)
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return BatchClient(batch.endpoint, credential)
+
+
+class BatchBackend:
+    name = "batch"
+
+    def __init__(self, store: Store, store_spec: str, settings: Settings,
+                 client: BatchClient | None = None) -> None:
+        self.settings = settings
+        self.batch = settings.batch
+        self._store = store
+        self._store_spec = store_spec
+        self._client = client or make_client(self.batch)
+        self._pool_ready = False
+        self._jobs: set[str] = set()
+
+    # --- pool -----------------------------------------------------------------------------
+
+    def pool_spec(self) -> bm.BatchPoolCreateOptions:
+        b = self.batch
+        registries = []
+        if b.registry:
+            registries.append(bm.ContainerRegistryReference(
+                registry_server=b.registry,
+                identity_reference=bm.BatchNodeIdentityReference(resource_id=b.identity_resource_id)
+                if b.identity_resource_id else None))
+        return bm.BatchPoolCreateOptions(
+            id=b.pool_id,
+            vm_size=b.vm_size,
+            virtual_machine_configuration=bm.VirtualMachineConfiguration(
+                image_reference=bm.BatchVmImageReference(**IMAGE_REFERENCE),
+                node_agent_sku_id=NODE_AGENT_SKU,
+                container_configuration=bm.BatchContainerConfiguration(
+                    type=bm.ContainerType.DOCKER_COMPATIBLE,
+                    container_image_names=[b.image],  # prefetched when a node starts
+                    container_registries=registries or None,
+                ),
+            ),
+            enable_auto_scale=True,
+            auto_scale_formula=autoscale_formula(b.max_nodes, spot=b.spot,
+                                                 tasks_per_node=b.tasks_per_node),
+            auto_scale_evaluation_interval=EVALUATION_INTERVAL,
+            task_slots_per_node=b.tasks_per_node,
+        )
+
+    def ensure_pool(self) -> None:
+        if self._pool_ready:
+            return
+        with _errors(f"pool {self.batch.pool_id}"):
+            try:
+                exists = self._client.pool_exists(self.batch.pool_id)
+            except ResourceNotFoundError:
+                # azure-batch 15.1.0's error policy raises on the 404 that pool_exists expects.
+                exists = False
+            if not exists:
+                try:
+                    self._client.create_pool(self.pool_spec())
+                except ResourceExistsError:
+                    pass  # created meanwhile by another submitter
+        self._pool_ready = True
+
+    # --- jobs and tasks -------------------------------------------------------------------
+
+    def _ensure_job(self, window: Hour, run_id: str) -> str:
+        jid = job_id(window, run_id)
+        if jid in self._jobs:
+            return jid
+        with _errors(f"job {jid}"):
+            try:
+                self._client.create_job(bm.BatchJobCreateOptions(
+                    id=jid, pool_info=bm.BatchPoolInfo(pool_id=self.batch.pool_id),
+                    # Not TERMINATE_JOB yet: that races the task submission (see finish).
+                    all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
+                ))
+            except ResourceExistsError:
+                pass  # a retried activity: the job of this run is already there
+        self._jobs.add(jid)
+        return jid
+
+    def task_spec(self, window: Hour, unit_id: str) -> bm.BatchTaskCreateOptions:
+        b = self.batch
+        environment = [bm.EnvironmentSetting(name="FLEETSCORE_STORE", value=self._store_spec)]
+        if self.settings.storage_account_url:
+            environment.append(bm.EnvironmentSetting(name="FLEETSCORE_STORAGE_ACCOUNT_URL",
+                                                     value=self.settings.storage_account_url))
+        if b.identity_client_id:
+            environment.append(bm.EnvironmentSetting(name="AZURE_CLIENT_ID",
+                                                     value=b.identity_client_id))
+        outputs = None
+        if b.logs_container_url:
+            outputs = [bm.OutputFile(
+                file_pattern="../std*.txt",  # stdout.txt and stderr.txt beside the task's wd
+                destination=bm.OutputFileDestination(container=bm.OutputFileBlobContainerDestination(
+                    container_url=b.logs_container_url, path=f"logs/{window}/{unit_id}",
+                    identity_reference=bm.BatchNodeIdentityReference(resource_id=b.identity_resource_id)
+                    if b.identity_resource_id else None)),
+                upload_options=bm.OutputFileUploadConfiguration(
+                    upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION),
+            )]
+        return bm.BatchTaskCreateOptions(
+            id=unit_id,
+            command_line=command_line(self._store_spec, window, unit_id),
+            container_settings=bm.BatchTaskContainerSettings(image_name=b.image,
+                                                             container_run_options="--rm"),
+            constraints=bm.BatchTaskConstraints(
+                max_task_retry_count=b.task_retries,
+                max_wall_clock_time=timedelta(minutes=b.task_timeout_minutes)),
+            environment_settings=environment,
+            output_files=outputs,
+        )
+
+    def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
+        if not units:
+            return
+        self.ensure_pool()
+        jid = self._ensure_job(window, run_id)
+        specs = [self.task_spec(window, u.id) for u in units]
+        for start in range(0, len(specs), MAX_TASKS_PER_REQUEST):
+            chunk = specs[start : start + MAX_TASKS_PER_REQUEST]
+            with _errors(f"tasks of job {jid}"):
+                result = self._client.create_task_collection(jid, bm.BatchTaskGroup(task_values=chunk))
+            problems = [r for r in (result.result_values or [])
+                        if r.status != bm.BatchTaskAddStatus.SUCCESS
+                        and not (r.error is not None and r.error.code == "TaskExists")]
+            if problems:
+                first = problems[0]
+                message = first.error.message if first.error is not None else None
+                text = getattr(message, "value", message) or first.status
+                raise BackendError(f"Batch refused {len(problems)} task(s) of job {jid}, "
+                                   f"first {first.task_id}: {text}")
+
+    def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
+             timeout: float = 1.0) -> dict[str, UnitStatus]:
+        jid = job_id(window, run_id)
+        with _errors(f"tasks of job {jid}"):
+            tasks = {t.id: t for t in self._client.list_tasks(
+                jid, select=["id", "state", "executionInfo"])}
+        return {u: self._status(window, jid, u, tasks.get(u)) for u in unit_ids}
+
+    def _status(self, window: Hour, jid: str, unit_id: str, task) -> UnitStatus:
+        from ..runs import read_unit_result
+
+        if task is None:
+            return UnitStatus(FAILED, error_kind="TaskMissing",
+                              error=f"job {jid} has no task {unit_id}")
+        if task.state in (bm.BatchTaskState.ACTIVE, bm.BatchTaskState.PREPARING):
+            return UnitStatus(PENDING)  # queued, or preempted and requeued by Batch
+        if task.state == bm.BatchTaskState.RUNNING:
+            return UnitStatus(RUNNING)
+        info = task.execution_info
+        exit_code = info.exit_code if info is not None else None
+        if exit_code in (0, EXIT_PARTIAL):
+            result = read_unit_result(self._store, window, unit_id)
+            if result is not None:
+                return UnitStatus(result.status, result)
+            return UnitStatus(FAILED, error_kind="ResultMissing",
+                              error=f"task {unit_id} exited {exit_code} but wrote no result")
+        reason = []
+        failure = info.failure_info if info is not None else None
+        if failure is not None:
+            reason.append(f"{failure.code}: {failure.message}")
+        if exit_code is not None:
+            reason.append(f"exit code {exit_code}")
+        tail = self._stderr_tail(jid, unit_id)
+        if tail:
+            reason.append(f"stderr: {tail}")
+        category = getattr(failure.category, "value", failure.category) if failure else None
+        kind = {"usererror": "TaskUserError", "servererror": "TaskServerError"}.get(
+            str(category).lower(), "TaskFailed")
+        return UnitStatus(FAILED, error_kind=kind, error="; ".join(reason) or "task failed")
+
+    def _stderr_tail(self, jid: str, unit_id: str, lines: int = 5) -> str:
+        try:
+            data = b"".join(self._client.download_task_file(jid, unit_id, "stderr.txt"))
+        except AzureError:
+            return ""  # the node may be gone already; the failure info still says why
+        return " | ".join(data.decode("utf-8", errors="replace").strip().splitlines()[-lines:])
+
+    def finish(self, window: Hour, *, run_id: str = "") -> None:
+        jid = job_id(window, run_id)
+        try:
+            self._client.update_job(jid, bm.BatchJobUpdateOptions(
+                all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.TERMINATE_JOB))
+        except ResourceNotFoundError:
+            pass  # nothing was submitted in this run
+        except AzureError as exc:
+            raise BackendError(f"cannot seal job {jid}: {first_line(exc)}") from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None  # type: ignore[assignment]
+
+
+class _errors:
+    """Batch SDK errors become BackendError where the SDK is called."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, ResourceExistsError):
+            return False
+        if isinstance(exc, HttpResponseError | AzureError):
+            raise BackendError(f"Azure Batch failed on {self.what}: {first_line(exc)}") from exc
+        return False

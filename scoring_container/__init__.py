@@ -1,0 +1,1 @@
+"""The scoring container: one Batch task scores one unit of one hour."""

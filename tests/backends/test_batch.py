@@ -1,0 +1,249 @@
+"""The Batch backend with the real azure-batch BatchClient talking HTTP to a local fake of the
+Batch REST API: requests are checked, task lifecycles are played, nothing is patched."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+
+import isodate
+
+import pytest
+from azure.batch import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+
+from fleetscore.backends.batch import (
+    AUTOSCALE_FORMULA, BatchBackend, autoscale_formula, command_line, job_id,
+)
+from fleetscore.errors import BackendError, UsageError
+from fleetscore.hours import Hour
+from fleetscore.planning import Unit, make_plan, save_plan
+from fleetscore.runs import execute, finalize, run_unit
+from fleetscore.sensors import Sensor
+from fleetscore.settings import BatchSettings, Settings
+from tests.backends.batch_fake import FakeBatch
+
+H1 = Hour.parse("2024-03-01T01")
+RUN = "r1"
+JOB = job_id(H1, RUN)
+IDENTITY = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fleet"
+
+
+@pytest.fixture
+def fake():
+    batch = FakeBatch().start()
+    yield batch
+    batch.stop()
+
+
+@pytest.fixture
+def batch_settings(fake) -> Settings:
+    return Settings(
+        storage_account_url="https://acct.blob.core.windows.net",
+        storage_connection_string="DefaultEndpointsProtocol=https;AccountKey=c2VjcmV0;",
+        batch=BatchSettings(
+            endpoint=fake.endpoint, account_name="acct", account_key="a2V5", max_nodes=7,
+            image="fleetacr.azurecr.io/fleetscore-scoring:0.1.0", registry="fleetacr.azurecr.io",
+            identity_resource_id=IDENTITY, identity_client_id="client-id-1",
+            logs_container_url="https://acct.blob.core.windows.net/fleetscore",
+            task_timeout_minutes=30,
+        ),
+    )
+
+
+@pytest.fixture
+def backend(trained_store, batch_settings):
+    client = BatchClient(batch_settings.batch.endpoint,
+                         AzureNamedKeyCredential("acct", batch_settings.batch.account_key))
+    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client)
+    yield be
+    be.close()
+
+
+def _units(n: int) -> list[Unit]:
+    return [Unit(f"u{i:06d}", (Sensor("1", "1"),)) for i in range(n)]
+
+
+def test_batch_formula_shape_and_settings_substitution():
+    formula = autoscale_formula(12)
+    statements = [s.strip() for s in formula.split(";") if s.strip()]
+    assigned = {s.split("=", 1)[0].strip() for s in statements}
+    assert {"$TargetDedicatedNodes", "$TargetLowPriorityNodes", "$NodeDeallocationOption"} <= assigned
+    assert "$NodeDeallocationOption = taskcompletion" in formula
+    assert "min(12, ceil($pending / 1))" in formula
+    assert "GetSamplePercent(TimeInterval_Minute * 5)" in formula  # guard for missing samples
+    assert "val($PendingTasks.GetSample(1), 0)" in formula  # from zero: last sample, default 0
+    assert "$TargetDedicatedNodes = $nodes" in formula and "$TargetLowPriorityNodes = 0" in formula
+    spot = autoscale_formula(3, spot=True)
+    assert "$TargetDedicatedNodes = 0" in spot and "$TargetLowPriorityNodes = $nodes" in spot
+    assert "{" not in formula and "}" not in formula
+    assert formula.count(";") == AUTOSCALE_FORMULA.count(";") == 7
+    with pytest.raises(UsageError):
+        autoscale_formula(0)
+
+
+def test_batch_pool_created_once_with_containers_registry_identity_and_autoscale(backend, fake):
+    backend.submit(H1, _units(1), run_id=RUN)
+    backend._pool_ready = False
+    backend.submit(H1, _units(1), run_id=RUN)  # finds the pool instead of creating it again
+    assert len(fake.requests("POST", "/pools")) == 1
+    pool = fake.pools["fleetscore"]
+    assert pool["vmSize"] == "Standard_D2s_v5"
+    assert pool["enableAutoScale"] is True
+    assert isodate.parse_duration(pool["autoScaleEvaluationInterval"]) == timedelta(minutes=5)
+    assert "min(7, ceil($pending / 2))" in pool["autoScaleFormula"]
+    assert pool["taskSlotsPerNode"] == 2
+    vm = pool["virtualMachineConfiguration"]
+    assert vm["nodeAgentSKUId"].startswith("batch.node.ubuntu")
+    containers = vm["containerConfiguration"]
+    assert containers["type"] == "dockerCompatible"
+    assert containers["containerImageNames"] == ["fleetacr.azurecr.io/fleetscore-scoring:0.1.0"]
+    assert containers["containerRegistries"] == [{
+        "registryServer": "fleetacr.azurecr.io", "identityReference": {"resourceId": IDENTITY}}]
+    assert fake.errors == []
+
+
+def test_batch_tasks_run_the_container_with_constraints_env_and_log_upload(backend, fake, batch_settings):
+    backend.submit(H1, _units(1), run_id=RUN)
+    task = fake.tasks[(JOB, "u000000")]
+    assert task["commandLine"] == command_line("az://fleetscore", H1, "u000000") == \
+        "python -m scoring_container --store az://fleetscore --window 2024-03-01T01 --unit u000000"
+    assert task["containerSettings"] == {"imageName": "fleetacr.azurecr.io/fleetscore-scoring:0.1.0",
+                                         "containerRunOptions": "--rm"}
+    assert task["constraints"]["maxTaskRetryCount"] == 2
+    assert isodate.parse_duration(task["constraints"]["maxWallClockTime"]) == timedelta(minutes=30)
+    env = {e["name"]: e["value"] for e in task["environmentSettings"]}
+    assert env == {"FLEETSCORE_STORE": "az://fleetscore", "AZURE_CLIENT_ID": "client-id-1",
+                   "FLEETSCORE_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"}
+    [output] = task["outputFiles"]
+    assert output["filePattern"] == "../std*.txt"
+    destination = output["destination"]["container"]
+    assert destination["path"] == "logs/2024-03-01T01/u000000"
+    assert destination["identityReference"] == {"resourceId": IDENTITY}
+    assert output["uploadOptions"] == {"uploadCondition": "taskcompletion"}
+    # No secret anywhere in what was sent to Batch.
+    sent = repr([c.body for c in fake.calls])
+    for secret in ("a2V5", "c2VjcmV0", "AccountKey"):
+        assert secret not in sent
+    assert fake.errors == []
+
+
+def test_batch_tasks_added_in_chunks_of_100_and_job_sealed_only_at_finish(backend, fake):
+    backend.submit(H1, _units(250), run_id=RUN)
+    chunks = [len(c.body["value"]) for c in fake.requests("POST", r"/jobs/[^/]+/addtaskcollection")]
+    assert chunks == [100, 100, 50]
+    assert fake.jobs[JOB]["onAllTasksComplete"] == "noaction"
+    assert fake.jobs[JOB]["poolInfo"] == {"poolId": "fleetscore"}
+    backend.finish(H1, run_id=RUN)
+    assert fake.jobs[JOB]["onAllTasksComplete"] == "terminatejob"
+    assert fake.errors == []
+
+
+def test_batch_resubmission_finds_existing_tasks_and_job(backend, fake):
+    units = _units(3)
+    backend.submit(H1, units, run_id=RUN)
+    fresh = BatchBackend(backend._store, "az://fleetscore", backend.settings,
+                         client=BatchClient(fake.endpoint, AzureNamedKeyCredential("acct", "a2V5")))
+    fresh.submit(H1, units, run_id=RUN)  # an activity retried in another worker
+    assert len(fake.tasks) == 3 and len(fake.requests("POST", "/jobs")) == 2
+    assert len(fake.jobs) == 1
+    fresh.close()
+    # Another run of the same hour is another job: no task of the old run stands for the new.
+    backend.submit(H1, units, run_id="r2")
+    assert len(fake.jobs) == 2 and len(fake.tasks) == 6
+
+
+def test_batch_throttling_is_retried_after_retry_after(backend, fake):
+    fake.throttle = 2
+    backend.submit(H1, _units(2), run_id=RUN)
+    assert len(fake.tasks) == 2
+    statuses = [c for c in fake.calls if c.method == "HEAD"]
+    assert len(statuses) >= 3  # two 429s, then the real answer
+
+
+def test_batch_lifecycle_success_partial_failure_retries_and_preemption(backend, fake, trained_store):
+    plan = make_plan(trained_store, H1)
+    save_plan(trained_store, plan)
+    backend.submit(H1, plan.units, run_id=RUN)
+    ids = [u.id for u in plan.units]
+    assert {s.state for s in backend.poll(H1, ids, run_id=RUN).values()} == {"pending"}
+
+    # u000000: runs, is preempted and requeued by Batch (still pending), then succeeds.
+    fake.set_task(JOB, "u000000", "running")
+    assert backend.poll(H1, ids, run_id=RUN)["u000000"].state == "running"
+    fake.set_task(JOB, "u000000", "active", requeueCount=1)
+    assert backend.poll(H1, ids, run_id=RUN)["u000000"].state == "pending"
+    run_unit(trained_store, H1, "u000000")  # what the container does on the node
+    fake.set_task(JOB, "u000000", "completed", exitCode=0, result="success")
+
+    # u000001: a broken model; the container exits 3 after Batch's two retries.
+    from fleetscore.models import model_path
+    trained_store.put(model_path(Sensor("1", "2")), b"broken")
+    run_unit(trained_store, H1, "u000001")
+    fake.set_task(JOB, "u000001", "completed", exitCode=3, retryCount=2, result="failure")
+
+    # u000002: the container crashes; Batch gives up after its retries.
+    fake.files[(JOB, "u000002", "stderr.txt")] = b"loading\nTraceback ...\nMemoryError: out of memory\n"
+    fake.set_task(JOB, "u000002", "completed", exitCode=137, retryCount=2, result="failure",
+                  failureInfo={"category": "usererror", "code": "FailureExitCode",
+                               "message": "The task exited with an exit code representing a failure"})
+    states = backend.poll(H1, ids, run_id=RUN)
+    assert states["u000000"].state == "succeeded" and states["u000000"].result.scored == 1
+    # Its one sensor failed: the unit is failed, with the sensor's reason from its result.
+    assert states["u000001"].state == "failed"
+    assert states["u000001"].result.failures[0].sensor == "1/2"
+    assert states["u000001"].result.failures[0].kind == "ModelError"
+    failed = states["u000002"]
+    assert failed.state == "failed" and failed.error_kind == "TaskUserError"
+    assert "exit code 137" in failed.error and "MemoryError: out of memory" in failed.error
+    assert "FailureExitCode" in failed.error
+
+
+def test_batch_task_completed_without_result_or_missing_is_failed(backend, fake, trained_store):
+    backend.submit(H1, _units(1), run_id=RUN)
+    fake.set_task(JOB, "u000000", "completed", exitCode=0)
+    states = backend.poll(H1, ["u000000", "u000009"], run_id=RUN)
+    assert states["u000000"].error_kind == "ResultMissing"
+    assert states["u000009"].error_kind == "TaskMissing"
+
+
+def test_batch_errors_become_backend_errors(trained_store, batch_settings):
+    dead = replace(batch_settings, batch=replace(batch_settings.batch, endpoint="http://127.0.0.1:9"))
+    client = BatchClient("http://127.0.0.1:9", AzureNamedKeyCredential("acct", "a2V5"),
+                         retry_total=0)
+    be = BatchBackend(trained_store, "az://fleetscore", dead, client=client)
+    with pytest.raises(BackendError, match="Azure Batch failed on pool fleetscore"):
+        be.submit(H1, _units(1), run_id=RUN)
+    be.close()
+
+
+def test_batch_run_of_an_hour_end_to_end_through_execute(backend, fake, trained_store):
+    """The runner drives the Batch backend; a thread plays the nodes: run the unit, complete it."""
+    import threading
+
+    plan = make_plan(trained_store, H1)
+    save_plan(trained_store, plan)
+    stop = threading.Event()
+
+    def nodes():
+        while not stop.is_set():
+            for (job, task), body in list(fake.tasks.items()):
+                if job == JOB and body["state"] == "active":
+                    run_unit(trained_store, H1, task)
+                    fake.set_task(job, task, "completed", exitCode=0)
+            stop.wait(0.05)
+
+    worker = threading.Thread(target=nodes, daemon=True)
+    worker.start()
+    try:
+        results = execute(plan, backend, run_id=RUN, poll_seconds=0.05)
+    finally:
+        stop.set()
+        worker.join()
+    from datetime import UTC, datetime
+    summary = finalize(trained_store, plan, results, started=datetime.now(UTC), duration_s=0.1,
+                       backend="batch")
+    assert (summary.status, summary.scored) == ("succeeded", 3)
+    assert fake.jobs[JOB]["onAllTasksComplete"] == "terminatejob"
+    assert not [e for e in fake.errors if not re.search("api-version", e)]
