@@ -29,14 +29,20 @@ def arrival_path(hour: Hour, source_id: str) -> str:
 
 
 def record_arrivals(
-    store: Store, hour: Hour, source_id: str, points: Counter[Sensor], *, source: str = ""
+    store: Store, hour: Hour, source_id: str, points: Counter[Sensor], *, source: str = "",
+    part: tuple[str, str] | None = None,
 ) -> bool:
-    """Write the record once; return False when this source was already recorded."""
+    """Write the record once; return False when this source was already recorded.
+
+    ``part`` is the (path, sha256) of the window file the source wrote, so a file changed or
+    truncated after the fact is detected (``fleetscore verify``)."""
     body = {
         "window": str(hour),
         "source": source,
         "sensors": [[s.device, s.tag, int(n)] for s, n in sorted(points.items())],
     }
+    if part is not None:
+        body["part"], body["sha256"] = part
     try:
         store.put(arrival_path(hour, source_id), json.dumps(body).encode(), overwrite=False)
     except AlreadyExists:

@@ -357,6 +357,24 @@ def demo(
         raise typer.Exit(result.exit_code)
 
 
+@app.command()
+def verify(store: StoreOpt = None) -> None:
+    """Check models, window files and predictions against the hashes recorded when written."""
+    from .verify import verify as verify_store
+
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        checked, problems = verify_store(st)
+    finally:
+        st.close()
+    for problem in problems:
+        err.print(f"{problem.path}: {problem.reason}", markup=False)
+    out.print(f"verified {checked} files: {len(problems)} problem(s)")
+    if problems:
+        raise typer.Exit(3)
+
+
 @batch_app.command("estimate")
 def batch_estimate(
     sensors: Annotated[int, typer.Option(help="Sensors scored every hour.")],

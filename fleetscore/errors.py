@@ -7,10 +7,11 @@
     ├── ModelError                  a sensor's model is missing, corrupt or refused
     │   ├── ModelNotFound
     │   └── UntrustedModelError     a pickle without --trust-pickle, a skops file with foreign types
-    ├── StoreError                  the store failed (I/O, network, permissions)
+    ├── StoreError                  the store failed (I/O, network, permissions) (exit 5)
     │   ├── NotFound                a path that does not exist
     │   └── AlreadyExists           a conditional write lost the race
-    ├── BackendError                the compute backend failed to run a unit
+    ├── BackendError                the compute backend failed to run a unit (exit 5)
+    ├── AlreadyRunning              another run holds the hour's lock (exit 4)
     └── ScoringError                a model could not score its points
 
 SDK and library exceptions are converted where they are caught (``raise X from exc``), so
@@ -55,7 +56,7 @@ class UntrustedModelError(ModelError):
 
 
 class StoreError(FleetscoreError):
-    pass
+    exit_code = 5
 
 
 class NotFound(StoreError):
@@ -67,7 +68,11 @@ class AlreadyExists(StoreError):
 
 
 class BackendError(FleetscoreError):
-    pass
+    exit_code = 5
+
+
+class AlreadyRunning(FleetscoreError):
+    exit_code = 4
 
 
 class ScoringError(FleetscoreError):

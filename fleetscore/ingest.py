@@ -76,13 +76,15 @@ def ingest_file(
         counts = points_per_sensor(table)
         sensors.update(counts)
         windows += table.num_rows
+        data = encode_part(table)
         try:
-            store.put(part_path(hour, sid), encode_part(table), overwrite=False)
+            store.put(part_path(hour, sid), data, overwrite=False)
             written += 1
         except AlreadyExists:
             existing += 1
         # After the part: an arrival must never announce data that is not there yet.
-        record_arrivals(store, hour, sid, counts, source=Path(path).name)
+        record_arrivals(store, hour, sid, counts, source=Path(path).name,
+                        part=(part_path(hour, sid), hashlib.sha256(data).hexdigest()))
     rejects_path = None
     if rejects:
         rejects_path = f"rejects/ingest-{sid}.csv"

@@ -95,16 +95,39 @@ def _blocks(path, offset: int, block_bytes: int) -> Iterator[tuple[int, bytes]]:
 
 def _parse_block(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
     try:
-        return _parse_fast(block, first_line)
+        table, lines, rejects = _parse_fast(block, first_line)
     except (pa.ArrowInvalid, pa.ArrowTypeError, _Mismatch):
-        return _parse_slow(block, first_line)
+        table, lines, rejects = _parse_slow(block, first_line)
+    return _drop_duplicates(table, lines, rejects)
+
+
+def _drop_duplicates(table: pa.Table, lines: np.ndarray,
+                     rejects: list[Reject]) -> tuple[pa.Table, list[Reject]]:
+    """A repeated reading (same TS, Device, Tag and Value) counts once; the repeat is named.
+
+    Duplicates are found within a block (8 MiB of consecutive lines), where a replayed or
+    double-written reading lands in practice."""
+    if table.num_rows < 2:
+        return table, rejects
+    keyed = table.append_column("_line", pa.array(lines, pa.int64()))
+    groups = keyed.group_by(list(READINGS_SCHEMA.names), use_threads=False).aggregate(
+        [("_line", "min"), ("_line", "count")])
+    if groups.num_rows == table.num_rows:
+        return table, rejects
+    keep = np.isin(lines, groups["_line_min"].to_numpy())
+    keys = list(READINGS_SCHEMA.names)
+    repeats = keyed.filter(pa.array(~keep)).join(groups.select([*keys, "_line_min"]), keys)
+    dups = [Reject(int(line), f"duplicate of line {first}", "")
+            for line, first in zip(repeats["_line"].to_pylist(), repeats["_line_min"].to_pylist(),
+                                   strict=True)]
+    return table.filter(pa.array(keep)), sorted(rejects + dups, key=lambda r: r.line)
 
 
 class _Mismatch(Exception):
     """The fast parse did not keep one row per line (blank lines): line numbers would drift."""
 
 
-def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
+def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, np.ndarray, list[Reject]]:
     table = pcsv.read_csv(
         io.BytesIO(block),
         read_options=pcsv.ReadOptions(column_names=list(HEADER), use_threads=False),
@@ -123,11 +146,12 @@ def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
     )
     good_np = good.to_numpy(zero_copy_only=False)
     out = pa.table([device, tag, ts, value], schema=READINGS_SCHEMA)
+    line_numbers = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
     if good_np.all():
-        return out, []
+        return out, line_numbers, []
     lines = block.split(b"\n")
     rejects = [_check_line(lines[i], first_line + i) for i in np.flatnonzero(~good_np)]
-    return out.filter(good), [r for r in rejects if r is not None]
+    return out.filter(good), line_numbers[good_np], [r for r in rejects if r is not None]
 
 
 def _valid_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -136,7 +160,8 @@ def _valid_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.and_(shaped, pc.invert(reserved))
 
 
-def _parse_slow(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
+def _parse_slow(block: bytes, first_line: int) -> tuple[pa.Table, np.ndarray, list[Reject]]:
+    numbers: list[int] = []
     devices: list[str] = []
     tags: list[str] = []
     stamps: list[int] = []
@@ -151,6 +176,7 @@ def _parse_slow(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
             rejects.append(parsed)
             continue
         ts_ms, device, tag, value = parsed
+        numbers.append(line_no)
         devices.append(device)
         tags.append(tag)
         stamps.append(ts_ms)
@@ -164,7 +190,7 @@ def _parse_slow(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
         ],
         schema=READINGS_SCHEMA,
     )
-    return table, rejects
+    return table, np.array(numbers, dtype=np.int64), rejects
 
 
 def _check_line(raw: bytes, line_no: int) -> Reject | None:

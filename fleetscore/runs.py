@@ -18,6 +18,7 @@ from . import __version__
 from .backends.base import FAILED, ComputeBackend, UnitStatus
 from .errors import InputError, NotFound
 from .hours import Hour
+from .locks import hour_lock
 from .planning import Plan, load_unit, make_plan, run_folder, save_plan
 from .predictions import predictions_folder
 from .scoring import UnitResult, score_unit
@@ -79,14 +80,15 @@ def run_window(
 ) -> RunSummary:
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    plan = make_plan(store, hour, unit_size=unit_size)
-    save_plan(store, plan)
-    for unit in plan.units:
-        store.delete(result_path(hour, unit.id))  # never mistake the last run's result for this one's
-    results = execute(plan, backend, run_id=new_run_id(started), progress=progress,
-                      poll_seconds=poll_seconds)
-    return finalize(store, plan, results, started=started, duration_s=time.perf_counter() - clock,
-                    backend=backend.name)
+    with hour_lock(store, hour):
+        plan = make_plan(store, hour, unit_size=unit_size)
+        save_plan(store, plan)
+        for unit in plan.units:
+            store.delete(result_path(hour, unit.id))  # never mistake the last run's result for this one's
+        results = execute(plan, backend, run_id=new_run_id(started), progress=progress,
+                          poll_seconds=poll_seconds)
+        return finalize(store, plan, results, started=started,
+                        duration_s=time.perf_counter() - clock, backend=backend.name)
 
 
 def execute(
@@ -189,7 +191,8 @@ def build_manifest(
         "anomalies_by_sensor": {k: v for r in results for k, v in r.anomalies_by_sensor.items()},
         "unit_results": [
             {"id": r.unit_id, "status": r.status, "sensors": r.sensors, "scored": r.scored,
-             "anomalies": r.anomalies, "duration_s": r.duration_s, "predictions": r.predictions}
+             "anomalies": r.anomalies, "duration_s": r.duration_s, "predictions": r.predictions,
+             "sha256": r.predictions_sha256}
             for r in results
         ],
     }

@@ -42,6 +42,7 @@ class UnitResult:
     failures: tuple[SensorFailure, ...] = ()
     no_data: tuple[str, ...] = ()
     predictions: str | None = None
+    predictions_sha256: str | None = None
     duration_s: float = 0.0
     anomalies_by_sensor: dict[str, int] = field(default_factory=dict)
 
@@ -122,15 +123,18 @@ def score_unit(
         anomalies[str(sensor)] = count
         n_points += len(sensor_points.values)
     path = predictions_path(hour, unit_id)
+    digest = None
     if tables:
-        store.put(path, encode(tables))
+        data = encode(tables)
+        digest = hashlib.sha256(data).hexdigest()
+        store.put(path, data)
     else:
         # A rerun that scores nothing in this unit must not leave the last run's file behind.
         store.delete(path)
     return UnitResult(
         unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(tables),
         points=n_points, anomalies=sum(anomalies.values()), failures=tuple(failures),
-        no_data=tuple(no_data), predictions=path if tables else None,
+        no_data=tuple(no_data), predictions=path if tables else None, predictions_sha256=digest,
         duration_s=round(time.perf_counter() - started, 6),
         anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
     )

@@ -61,6 +61,7 @@ class Settings:
     workers: int | None = None
     storage_connection_string: str | None = field(default=None, repr=False)  # may hold a key
     storage_account_url: str | None = None
+    storage_retries: int = 5
     # The orchestration's knobs (the Functions app).
     unit_size: int | None = None
     fanout: int = 200
@@ -78,6 +79,7 @@ class Settings:
             workers=_int(env, "FLEETSCORE_WORKERS", None),
             storage_connection_string=env.get("FLEETSCORE_STORAGE_CONNECTION_STRING") or None,
             storage_account_url=env.get("FLEETSCORE_STORAGE_ACCOUNT_URL") or None,
+            storage_retries=_int(env, "FLEETSCORE_STORAGE_RETRIES", 5),
             unit_size=_int(env, "FLEETSCORE_UNIT_SIZE", None),
             fanout=_int(env, "FLEETSCORE_FANOUT", 200),
             poll_seconds=_int(env, "FLEETSCORE_POLL_SECONDS", 30),

@@ -222,3 +222,43 @@ def run_async():
     yield loop.run_until_complete
     loop.run_until_complete(http_utils._close_session())
     loop.close()
+
+
+# --- a fleet large enough for faults to land mid-run ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fleet_template(tmp_path_factory) -> dict:
+    """120 sensors, trained on 2026-01-05T00, scored for 2026-01-05T01 by a clean run."""
+    from fleetscore.backends.local import SequentialBackend
+    from fleetscore.demo import make_fleet, write_readings_csv
+    from fleetscore.hours import Hour
+    from fleetscore.ingest import ingest_file
+    from fleetscore.runs import run_window
+    from fleetscore.training import train
+
+    base = tmp_path_factory.mktemp("fleet")
+    fleet = make_fleet(sensors=120, hours=2, seed=3)
+    readings = base / "readings.csv"
+    write_readings_csv(fleet.readings, readings)
+    template = base / "template"
+    store = LocalStore(template)
+    ingest_file(store, readings)
+    train(store, until=fleet.first)
+    clean_dir = base / "clean"
+    shutil.copytree(template, clean_dir)
+    clean = LocalStore(clean_dir)
+    hour = fleet.first + 1
+    run_window(clean, hour, SequentialBackend(clean), unit_size=30)
+    return {"template": template, "readings": readings, "hour": hour,
+            "clean": predictions_snapshot(clean_dir)}
+
+
+def predictions_snapshot(store_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store_dir)): p.read_bytes()
+            for p in sorted((Path(store_dir) / "predictions").rglob("*.csv"))}
+
+
+@pytest.fixture
+def fleet_store(fleet_template, tmp_path) -> LocalStore:
+    return LocalStore(copy_tree(fleet_template["template"], tmp_path / "fleet"))

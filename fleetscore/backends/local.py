@@ -74,9 +74,15 @@ def _work(window: str, unit_id: str) -> dict:
 
 
 class LocalBackend:
-    """A pool of worker processes on this machine, each with its own store client."""
+    """A pool of worker processes on this machine, each with its own store client.
+
+    A worker that dies (killed, out of memory) breaks the whole pool: every unit it held is
+    resubmitted once on a fresh pool, and a unit whose second attempt dies too is failed with
+    ``WorkerCrashed``.
+    """
 
     name = "local"
+    attempts = 2
 
     def __init__(self, store_spec: str, settings: Settings | None = None,
                  workers: int | None = None) -> None:
@@ -84,6 +90,7 @@ class LocalBackend:
         self._spec, self._settings = store_spec, settings or Settings.from_env()
         self._pool: ProcessPoolExecutor | None = None
         self._futures: dict[tuple[Hour, str], Future] = {}
+        self._tries: dict[tuple[Hour, str], int] = {}
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -94,23 +101,48 @@ class LocalBackend:
 
     def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
         for unit in units:
-            key = (window, unit.id)
-            if key not in self._futures:
-                try:
-                    self._futures[key] = self._executor().submit(_work, str(window), unit.id)
-                except BrokenProcessPool as exc:
-                    raise BackendError(f"the local worker pool is broken: {exc}") from exc
+            if (window, unit.id) not in self._futures:
+                self._start(window, unit.id)
+
+    def _start(self, window: Hour, unit_id: str) -> None:
+        key = (window, unit_id)
+        self._tries[key] = self._tries.get(key, 0) + 1
+        try:
+            self._futures[key] = self._executor().submit(_work, str(window), unit_id)
+        except BrokenProcessPool:
+            self._reset_pool()
+            try:
+                self._futures[key] = self._executor().submit(_work, str(window), unit_id)
+            except BrokenProcessPool as exc:
+                raise BackendError(f"the local worker pool cannot start: {exc}") from exc
+
+    def _reset_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _retry_crashed(self, window: Hour, unit_ids: Sequence[str]) -> None:
+        crashed = [u for u in unit_ids
+                   if (f := self._futures.get((window, u))) is not None and f.done()
+                   and isinstance(f.exception(), BrokenProcessPool)
+                   and self._tries.get((window, u), 0) < self.attempts]
+        if crashed:
+            self._reset_pool()
+            for unit_id in crashed:
+                self._start(window, unit_id)
 
     def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
              timeout: float = 1.0) -> dict[str, UnitStatus]:
         futures = [self._futures[(window, u)] for u in unit_ids if (window, u) in self._futures]
         if futures and not any(f.done() for f in futures):
             wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        self._retry_crashed(window, unit_ids)
         return {u: self._status(self._futures.get((window, u))) for u in unit_ids}
 
     def finish(self, window: Hour, *, run_id: str = "") -> None:
         for key in [k for k in self._futures if k[0] == window]:
             del self._futures[key]
+            self._tries.pop(key, None)
 
     @staticmethod
     def _status(future: Future | None) -> UnitStatus:
@@ -120,8 +152,10 @@ class LocalBackend:
             return UnitStatus(PENDING)
         exc = future.exception()
         if exc is not None:
-            kind = "WorkerCrashed" if isinstance(exc, BrokenProcessPool) else type(exc).__name__
-            return UnitStatus(FAILED, error_kind=kind, error=f"worker failed: {exc}")
+            if isinstance(exc, BrokenProcessPool):
+                return UnitStatus(FAILED, error_kind="WorkerCrashed",
+                                  error="its worker process died twice (killed, or out of memory)")
+            return UnitStatus(FAILED, error_kind=type(exc).__name__, error=f"worker failed: {exc}")
         body = future.result()
         if "result" in body:
             result = UnitResult.from_json(body["result"])
@@ -133,3 +167,4 @@ class LocalBackend:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._futures.clear()
+        self._tries.clear()

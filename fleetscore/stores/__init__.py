@@ -33,6 +33,7 @@ def open_store(spec: str, settings: Settings | None = None) -> Store:
             container,
             connection_string=settings.storage_connection_string,
             account_url=settings.storage_account_url,
+            retries=settings.storage_retries,
         )
     if "://" in spec:
         raise UsageError(f"unknown store {spec!r}: use a directory or az://CONTAINER")

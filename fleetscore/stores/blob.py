@@ -18,7 +18,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from ..errors import AlreadyExists, NotFound, StoreError, first_line
 from .base import check_path, folder
@@ -32,14 +32,21 @@ class BlobStore:
         connection_string: str | None = None,
         account_url: str | None = None,
         create: bool = True,
+        retries: int = 5,
     ) -> None:
+        # Backoff 1, 3, 5, 9, 17 s (+ jitter): rides out a restart or a throttling burst, then
+        # gives up with a clear error instead of the SDK's default of minutes.
+        policy = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries,
+                                  random_jitter_range=1)
         if connection_string:
-            self._client = ContainerClient.from_connection_string(connection_string, container)
+            self._client = ContainerClient.from_connection_string(
+                connection_string, container, retry_policy=policy)
         elif account_url:
             from azure.identity import DefaultAzureCredential
 
             self._credential = DefaultAzureCredential()
-            self._client = ContainerClient(account_url, container, credential=self._credential)
+            self._client = ContainerClient(account_url, container, credential=self._credential,
+                                           retry_policy=policy)
         else:
             raise StoreError(
                 f"no credentials for blob container {container!r}: set "
