@@ -152,6 +152,9 @@ def models_import(
         result = import_models(st, directory, trust_pickle=trust_pickle, known=known)
     finally:
         st.close()
+    if not (result.imported or result.refused or result.failed):
+        raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib with "
+                         "--trust-pickle)")
     out.print(f"imported {len(result.imported)} models from {directory}")
     for problem in (*result.refused, *result.failed):
         err.print(f"  skipped {problem.file}: {problem.reason}")

@@ -26,6 +26,7 @@ from .sensors import ID_PATTERN, is_valid_id
 HEADER = ("TS", "Device", "Tag", "Value")
 HEADER_TEXT = ",".join(HEADER)
 BLOCK_BYTES = 8 << 20
+MAX_LINE_BYTES = 4096  # a reading is about 40 bytes; anything this long is not one
 _ID_REGEX = rf"^{ID_PATTERN}$"
 READINGS_SCHEMA = pa.schema(
     [("Device", pa.string()), ("Tag", pa.string()), ("TS", pa.int64()), ("Value", pa.float64())]
@@ -200,6 +201,9 @@ def _check_line(raw: bytes, line_no: int) -> Reject | None:
 
 def _parse_line(raw: bytes, line_no: int) -> Reject | tuple[int, str, str, float]:
     shown = raw[:200].decode("utf-8", errors="replace").rstrip("\r")
+    if len(raw) > MAX_LINE_BYTES:
+        return Reject(line_no, f"line of {len(raw):,} bytes is longer than a reading can be "
+                               f"({MAX_LINE_BYTES:,})", shown)
     try:
         text = raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:

@@ -64,6 +64,10 @@ def aggregate(readings: pa.Table, interval_s: int) -> pa.Table:
     """Readings (Device, Tag, TS ms, Value) -> partial aggregates (Device, Tag, End, Sum, Count)."""
     if readings.num_rows == 0:
         return PARTIAL_SCHEMA.empty_table()
+    # A canonical order makes each float sum, and so each mean, independent of the order the
+    # readings arrived in: the same readings always give the same bits.
+    readings = readings.sort_by([("Device", "ascending"), ("Tag", "ascending"),
+                                 ("TS", "ascending"), ("Value", "ascending")])
     ends = window_end_ms(readings["TS"].to_numpy(), interval_s)
     table = pa.table(
         {

@@ -106,6 +106,7 @@ def test_partial_run_exits_3_and_names_the_sensor(cli, trained_store):
     assert code == 3 and "partial" in out and "1/2" in err
 
 
+@pytest.mark.reliability("R1")
 def test_ingest_with_bad_rows_keeps_good_ones_and_exits_3(cli, tmp_path):
     rows = minute_readings("1", "1", "2024-03-01 00:00:00", 3)
     rows.append(("2024-03-01 00:10:00", "1", "1", "oops"))
@@ -136,6 +137,7 @@ BAD_INVOCATIONS = [
 ]
 
 
+@pytest.mark.reliability("R25")
 @pytest.mark.parametrize("args", BAD_INVOCATIONS, ids=lambda a: " ".join(a))
 def test_bad_arguments_exit_2_with_one_line_and_no_traceback(args, tmp_path):
     empty = tmp_path / "empty.csv"

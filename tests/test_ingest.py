@@ -1,3 +1,4 @@
+import pytest
 import hashlib
 
 from fleetscore.arrivals import read_arrivals
@@ -22,6 +23,7 @@ def test_reference_data_ingest(store, refdata):
     assert len(arrivals) == 15 and sum(arrivals.values()) == result.hours_detail["2018-08-29T01"]
 
 
+@pytest.mark.reliability("R7")
 def test_ingesting_the_same_file_twice_gives_the_same_store(store, fleet_csv):
     ingest_file(store, fleet_csv)
     before = _snapshot(store)
@@ -30,6 +32,7 @@ def test_ingesting_the_same_file_twice_gives_the_same_store(store, fleet_csv):
     assert _snapshot(store) == before
 
 
+@pytest.mark.reliability("R6")
 def test_a_later_file_with_late_points_merges_into_the_hour(local_store, tmp_path):
     early = write_readings(tmp_path / "a.csv", [("2024-03-01 00:00:10", "1", "1", 1.0),
                                                 ("2024-03-01 00:05:10", "1", "1", 5.0)])

@@ -41,6 +41,7 @@ def test_save_load_roundtrip_with_manifest(store):
     assert list_models(store) == {sensor}
 
 
+@pytest.mark.reliability("R12")
 def test_a_changed_model_file_is_detected_by_its_hash(local_store):
     sensor = Sensor("1", "4")
     save_model(local_store, sensor, _fit(0), source="test")
@@ -49,6 +50,7 @@ def test_a_changed_model_file_is_detected_by_its_hash(local_store):
         load_model(local_store, sensor)
 
 
+@pytest.mark.reliability("R11")
 def test_skops_with_foreign_types_is_refused():
     with pytest.raises(UntrustedModelError, match="Sneaky"):
         loads_model(sio.dumps(Sneaky()), "x.skops")
@@ -65,6 +67,7 @@ def test_filename_parsing_with_underscores():
         sensor_from_filename("nounderscore")
 
 
+@pytest.mark.reliability("R10")
 def test_import_skops_refuses_pickles_and_names_every_bad_file(local_store, tmp_path):
     d = tmp_path / "models"
     d.mkdir()

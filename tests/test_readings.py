@@ -24,6 +24,7 @@ def test_good_file_parses_every_row(tmp_path):
     ]
 
 
+@pytest.mark.reliability("R1")
 @pytest.mark.parametrize("block_bytes", [16, 64, 1 << 20])
 def test_bad_rows_are_named_by_line_and_good_rows_kept(tmp_path, block_bytes):
     p = tmp_path / "r.csv"
@@ -64,6 +65,7 @@ def test_timestamps_with_offsets_are_converted_to_utc(tmp_path):
     assert rows[0]["TS"] == rows[1]["TS"] == parse_ts("2018-08-29 00:00:05")
 
 
+@pytest.mark.reliability("R3")
 def test_missing_empty_and_wrong_header_files(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         _read(tmp_path / "absent.csv")
@@ -84,6 +86,7 @@ def test_bom_and_crlf_are_accepted(tmp_path):
     assert rejects == [] and rows[0]["Value"] == 1.5
 
 
+@pytest.mark.reliability("R2")
 def test_invalid_utf8_line_is_rejected_alone(tmp_path):
     p = tmp_path / "r.csv"
     p.write_bytes(b"TS,Device,Tag,Value\n2018-08-28 23:00:05,1,1,1\n2018-08-28 23:00:05,\xff,1,1\n")

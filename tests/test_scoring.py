@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from fleetscore.hours import Hour
@@ -31,6 +32,7 @@ def test_predictions_equal_scikit_learn_for_every_point(trained_store):
     assert result.anomalies == int(preds["Prediction"].to_numpy().sum())
 
 
+@pytest.mark.reliability("R9")
 def test_a_broken_model_fails_alone(trained_store):
     trained_store.put(model_path(Sensor("1", "2")), b"garbage")
     trained_store.delete(model_path(Sensor("dev_a", "t.x")))
@@ -50,6 +52,7 @@ def test_a_unit_scores_only_its_own_sensors(trained_store):
     assert set(zip(preds["Device"].to_pylist(), preds["Tag"].to_pylist())) == {("1", "2")}
 
 
+@pytest.mark.reliability("R23")
 def test_rerun_replaces_the_file_instead_of_duplicating(trained_store):
     first = score_unit(trained_store, H1, SENSORS, unit_id="u1")
     data = trained_store.get(first.predictions)

@@ -9,6 +9,7 @@ def test_valid_ids(good):
     assert validate_id(good) == good
 
 
+@pytest.mark.reliability("R8")
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", "x" * 65, "é", "a b", "a,b", "../x"])
 def test_invalid_ids_are_refused_before_any_path(bad):
     assert not is_valid_id(bad)

@@ -162,6 +162,7 @@ def test_batch_throttling_is_retried_after_retry_after(backend, fake):
     assert len(statuses) >= 3  # two 429s, then the real answer
 
 
+@pytest.mark.reliability("R21")
 def test_batch_lifecycle_success_partial_failure_retries_and_preemption(backend, fake, trained_store):
     plan = make_plan(trained_store, H1)
     save_plan(trained_store, plan)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 from datetime import UTC, datetime
 
 import azure.functions as func
@@ -36,6 +38,7 @@ def test_trigger_records_several_objects_per_event_in_both_formats(app_functions
     assert arrivals == {Sensor("1", "1"): 10, Sensor("2", "7"): 3}
 
 
+@pytest.mark.reliability("R15")
 def test_trigger_duplicate_deliveries_do_not_double_count(app_functions, functions_env):
     fn = app_functions["record_arrivals"].get_user_function()
     body = "\n".join(json.dumps(_row("1", "1", m)) for m in range(1, 6))
@@ -46,6 +49,7 @@ def test_trigger_duplicate_deliveries_do_not_double_count(app_functions, functio
     assert read_arrivals(functions_env.store(), H) == {Sensor("1", "1"): 5, Sensor("1", "2"): 1}
 
 
+@pytest.mark.reliability("R15")
 def test_trigger_keeps_garbage_aside_and_never_fails_the_batch(app_functions, functions_env):
     fn = app_functions["record_arrivals"].get_user_function()
     mixed = "\n".join([json.dumps(_row("1", "1", 1)), "{not json", json.dumps(_row("../x", "1", 2)),

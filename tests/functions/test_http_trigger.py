@@ -63,6 +63,7 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.reliability("R14")
 @pytest.mark.parametrize("body", MALFORMED, ids=lambda b: str(b)[:40])
 def test_http_trigger_malformed_bodies_answer_400_and_start_nothing(post, durable_fake, body):
     response = post(body)
@@ -91,6 +92,7 @@ def test_http_trigger_range_starts_every_hour(post, durable_fake):
     assert [iid for _, iid, _ in durable_fake.starts] == [r["id"] for r in runs]
 
 
+@pytest.mark.reliability("R26")
 def test_http_trigger_409_while_running_and_for_completed_without_force(post, durable_fake):
     durable_fake.set_status(PAST_IID, "Running")
     response = post({"window": PAST, "force": True})

@@ -104,6 +104,7 @@ def test_orchestrator_timer_loop_polls_until_units_finish(orchestrator_functions
     assert replay.output["status"] == "succeeded"
 
 
+@pytest.mark.reliability("R22")
 def test_orchestrator_activity_failure_retried_then_reported(orchestrator_functions):
     doubles = Doubles(["u000000", "u000001", "u000002"],
                       submit_failures={"u000001": 5, "u000002": 2})
