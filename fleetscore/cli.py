@@ -120,11 +120,13 @@ def train(
     try:
         result = train_models(st, until=Hour.parse(until) if until else None,
                               since=Hour.parse(since) if since else None, nu=nu, gamma=gamma)
+        if not result.hours:
+            raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
+        bank = _rebuild_bank(st)
     finally:
         st.close()
-    if not result.hours:
-        raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
-    out.print(f"trained {len(result.trained)} models on {result.hours[0]} .. {result.hours[-1]}")
+    out.print(f"trained {len(result.trained)} models on {result.hours[0]} .. {result.hours[-1]}; "
+              f"{bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
 
@@ -150,16 +152,36 @@ def models_import(
         for hour in hours_with_arrivals(st):
             known.update(read_arrivals(st, hour))
         result = import_models(st, directory, trust_pickle=trust_pickle, known=known)
+        if not (result.imported or result.refused or result.failed):
+            raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib "
+                             "with --trust-pickle)")
+        bank = _rebuild_bank(st) if result.imported else "model bank unchanged"
     finally:
         st.close()
-    if not (result.imported or result.refused or result.failed):
-        raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib with "
-                         "--trust-pickle)")
-    out.print(f"imported {len(result.imported)} models from {directory}")
+    out.print(f"imported {len(result.imported)} models from {directory}; {bank}")
     for problem in (*result.refused, *result.failed):
         err.print(f"  skipped {problem.file}: {problem.reason}")
     if result.refused or result.failed:
         raise typer.Exit(3 if result.imported else 2)
+
+
+def _rebuild_bank(st) -> str:
+    from .bank import rebuild_bank
+
+    stats = rebuild_bank(st)
+    return (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
+            f"({stats.shards_written} shards written, {stats.shards_kept} kept)")
+
+
+@models_app.command("bank")
+def models_bank(store: StoreOpt = None) -> None:
+    """Compile the models into the bank the fast scoring path reads (train and import do it)."""
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        out.print(_rebuild_bank(st))
+    finally:
+        st.close()
 
 
 @models_app.command("list")

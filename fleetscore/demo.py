@@ -156,6 +156,7 @@ class DemoResult:
 def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 0,
              workers: int | None = None, say: Callable[[str], None] = print) -> DemoResult:
     from .backends.local import LocalBackend
+    from .bank import rebuild_bank
     from .errors import UsageError
     from .ingest import ingest_file
     from .predictions import read_predictions
@@ -182,6 +183,7 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
 
     last_train = fleet.first + (fleet.train_hours - 1)
     trained = train(store, until=last_train, nu=DEMO_NU, gamma=DEMO_GAMMA)
+    rebuild_bank(store)
     say(f"train: {len(trained.trained)} models on {fleet.first} .. {last_train} "
         f"(StandardScaler + OneClassSVM, nu={DEMO_NU}, gamma={DEMO_GAMMA})")
 

@@ -146,7 +146,11 @@ def save_model(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         source=source,
     )
-    # Model first, manifest last: the manifest is what makes a model visible.
+    # Model first, manifest last: the manifest is what makes a model visible. The bank's
+    # index goes before either, so no compiled copy outlives the model it was made from.
+    from .bank import invalidate
+
+    invalidate(store)
     store.put(model_path(sensor), data)
     store.put(manifest_path(sensor), manifest.to_json())
     return manifest

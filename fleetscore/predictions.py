@@ -38,13 +38,28 @@ def predictions_table(
     device: str, tag: str, ends_ms: np.ndarray, values: np.ndarray, labels: np.ndarray,
     scores: np.ndarray | None,
 ) -> pa.Table:
-    n = len(ends_ms)
+    return predictions_table_many([(device, tag, ends_ms, values, labels, scores)])
+
+
+def predictions_table_many(
+    rows: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+) -> pa.Table:
+    """One table for many sensors, built with a few array operations (not one per sensor)."""
+    if not rows:
+        return SCHEMA.empty_table()
+    lengths = np.array([len(r[2]) for r in rows])
+    devices = np.repeat(np.array([r[0] for r in rows], dtype=object), lengths)
+    tags = np.repeat(np.array([r[1] for r in rows], dtype=object), lengths)
+    ends = np.concatenate([r[2] for r in rows])
+    scores = np.concatenate([r[5] if r[5] is not None else np.full(len(r[2]), np.nan) for r in rows])
+    no_score = np.concatenate([np.full(len(r[2]), r[5] is None) for r in rows])
     # Labels are whole seconds; formatting at "s" keeps the reference's TS without ".000".
-    ts = pc.strftime(pa.array(ends_ms // 1000, pa.timestamp("s", tz="UTC")), format=TS_FORMAT)
+    ts = pc.strftime(pa.array(ends // 1000, pa.timestamp("s", tz="UTC")), format=TS_FORMAT)
     return pa.table(
-        [ts, pa.array([device] * n, pa.string()), pa.array([tag] * n, pa.string()),
-         pa.array(values, pa.float64()), pa.array(labels, pa.int8()),
-         pa.array(scores, pa.float64()) if scores is not None else pa.nulls(n, pa.float64())],
+        [ts, pa.array(devices, pa.string()), pa.array(tags, pa.string()),
+         pa.array(np.concatenate([r[3] for r in rows]), pa.float64()),
+         pa.array(np.concatenate([r[4] for r in rows]).astype(np.int8), pa.int8()),
+         pa.array(scores, pa.float64(), mask=no_score)],
         schema=SCHEMA,
     )
 

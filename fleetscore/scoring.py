@@ -18,7 +18,8 @@ import numpy as np
 from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
 from .models import load_model
-from .predictions import encode, predictions_path, predictions_table
+from .bank import decisions_with_magnitude, load_bank, near_boundary
+from .predictions import encode, predictions_path, predictions_table_many
 from .sensors import Sensor
 from .stores import Store
 from .windows import SensorPoints, by_sensor, read_points
@@ -94,57 +95,82 @@ def predict_labels(model: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def score_unit(
-    store: Store, hour: Hour, sensors: Iterable[Sensor], *, unit_id: str | None = None
+    store: Store, hour: Hour, sensors: Iterable[Sensor], *, unit_id: str | None = None,
+    use_bank: bool = True,
 ) -> UnitResult:
+    """Score the sensors of one unit for one hour and write their predictions.
+
+    Sensors whose model is in the bank are scored together, vectorized; the others (no bank
+    yet, an estimator the bank cannot compile) one by one with scikit-learn."""
     started = time.perf_counter()
     sensors = sorted(set(sensors))
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = by_sensor(read_points(store, hour, sensors))
-    tables = []
+    present = [s for s in sensors if s in points and len(points[s].values)]
+    no_data = [str(s) for s in sensors if s not in points or not len(points[s].values)]
+    bank = load_bank(store, present) if use_bank else {}
+    scored: dict[Sensor, tuple[np.ndarray, np.ndarray | None]] = {}
     failures: list[SensorFailure] = []
-    no_data: list[str] = []
-    anomalies: dict[str, int] = {}
-    n_points = 0
-    for sensor in sensors:
-        sensor_points = points.get(sensor)
-        if sensor_points is None or len(sensor_points.values) == 0:
-            no_data.append(str(sensor))
-            continue
+
+    def attempt(sensor: Sensor, work) -> None:
         try:
-            tables.append(_score_sensor(store, sensor_points))
+            scored[sensor] = work()
         except FleetscoreError as exc:
             failures.append(SensorFailure(str(sensor), exc.kind, str(exc)))
-            continue
         except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
             failures.append(SensorFailure(str(sensor), type(exc).__name__,
                                           f"sensor {sensor}: {first_line(exc)}"))
-            continue
-        count = int(np.count_nonzero(tables[-1]["Prediction"].to_numpy()))
-        anomalies[str(sensor)] = count
-        n_points += len(sensor_points.values)
+
+    fast = [s for s in present if s in bank]
+    computed = decisions_with_magnitude([bank[s] for s in fast], [points[s].values for s in fast])
+    for sensor, (dec, magnitude) in zip(fast, computed, strict=True):
+        attempt(sensor, lambda s=sensor, d=dec, m=magnitude: _settle_boundary(store, points[s], d, m))
+    for sensor in present:
+        if sensor not in bank:
+            attempt(sensor, lambda s=sensor: _score_plain(store, points[s]))
+
+    done = [s for s in sensors if s in scored]
+    table = predictions_table_many([
+        (s.device, s.tag, points[s].ends_ms, points[s].values, *scored[s]) for s in done])
+    anomalies = {str(s): int(np.count_nonzero(scored[s][0])) for s in done}
     path = predictions_path(hour, unit_id)
     digest = None
-    if tables:
-        data = encode(tables)
+    if done:
+        data = encode([table])
         digest = hashlib.sha256(data).hexdigest()
         store.put(path, data)
     else:
         # A rerun that scores nothing in this unit must not leave the last run's file behind.
         store.delete(path)
     return UnitResult(
-        unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(tables),
-        points=n_points, anomalies=sum(anomalies.values()), failures=tuple(failures),
-        no_data=tuple(no_data), predictions=path if tables else None, predictions_sha256=digest,
+        unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(done),
+        points=sum(len(points[s].values) for s in done), anomalies=sum(anomalies.values()),
+        failures=tuple(sorted(failures, key=lambda f: f.sensor)), no_data=tuple(no_data),
+        predictions=path if done else None, predictions_sha256=digest,
         duration_s=round(time.perf_counter() - started, 6),
         anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
     )
 
 
-def _score_sensor(store: Store, points: SensorPoints):
+def _settle_boundary(store: Store, points: SensorPoints, decision: np.ndarray,
+                     magnitude: np.ndarray):
+    """libsvm's rule (+1 only above 0); points too close to 0 to trust two float computations
+    to agree are decided by scikit-learn itself."""
+    labels = (decision <= 0).astype(np.int8)
+    edge = near_boundary(decision, magnitude)
+    if edge.any():
+        exact_labels, exact_scores = predict_labels(load_model(store, points.sensor),
+                                                    points.values[edge])
+        labels[edge] = exact_labels
+        decision = decision.copy()
+        if exact_scores is not None:
+            decision[edge] = exact_scores
+    return labels, decision
+
+
+def _score_plain(store: Store, points: SensorPoints):
     model = load_model(store, points.sensor)
     try:
-        labels, scores = predict_labels(model, points.values)
+        return predict_labels(model, points.values)
     except ScoringError as exc:
         raise ScoringError(f"sensor {points.sensor}: {exc}") from exc
-    return predictions_table(points.sensor.device, points.sensor.tag, points.ends_ms,
-                             points.values, labels, scores)

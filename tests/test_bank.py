@@ -1,0 +1,184 @@
+"""The model bank and the vectorized scoring path: labels identical to scikit-learn's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import OneClassSVM
+
+from fleetscore.bank import (
+    INDEX_PATH, compile_model, decisions_with_magnitude, decode_shard, encode_shard, load_bank,
+    near_boundary, rebuild_bank,
+)
+from fleetscore.hours import Hour
+from fleetscore.models import model_path, save_model
+from fleetscore.predictions import read_predictions
+from fleetscore.scoring import score_unit
+from fleetscore.sensors import Sensor
+
+H1 = Hour.parse("2024-03-01T01")
+SENSORS = [Sensor("1", "1"), Sensor("1", "2"), Sensor("dev_a", "t.x")]
+
+
+def _random_models(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    kernels = ["rbf", "rbf", "rbf", "linear", "poly", "sigmoid"]
+    models, data = [], []
+    for i in range(n):
+        kernel = kernels[i % len(kernels)]
+        level, spread = rng.uniform(-50, 150), rng.uniform(0.1, 20)
+        train = rng.normal(level, spread, (int(rng.integers(20, 200)), 1))
+        svm = OneClassSVM(kernel=kernel, nu=float(rng.uniform(0.01, 0.5)),
+                          gamma=float(rng.choice([0.01, 0.1, 1.0, 5.0])), degree=int(rng.integers(2, 4)),
+                          coef0=float(rng.uniform(-1, 1)))
+        model = Pipeline([("scaler", StandardScaler()), ("ocsvm", svm)]) if i % 5 else svm
+        models.append(model.fit(train))
+        data.append(rng.normal(level, spread * 2, 60))
+    return models, data
+
+
+def _boundary_points(model, lo, hi, count=4):
+    """Points where the decision function crosses 0, found by bisection."""
+    xs = np.linspace(lo, hi, 400)
+    dec = model.decision_function(xs.reshape(-1, 1))
+    roots = []
+    for i in np.flatnonzero(np.sign(dec[:-1]) != np.sign(dec[1:]))[:count]:
+        a, b = xs[i], xs[i + 1]
+        for _ in range(80):
+            m = (a + b) / 2
+            if np.sign(model.decision_function([[m]])[0]) == np.sign(model.decision_function([[a]])[0]):
+                a = m
+            else:
+                b = m
+        roots += [a, b, (a + b) / 2]
+    return np.array(roots)
+
+
+def test_bank_labels_equal_scikit_learn_on_thousands_of_random_models():
+    models, data = _random_models(2000, seed=7)
+    compiled = [compile_model(m) for m in models]
+    assert all(c is not None for c in compiled)
+    settled = 0
+    for model, values, (dec, mag) in zip(models, data, decisions_with_magnitude(compiled, data),
+                                         strict=True):
+        expected = model.decision_function(values.reshape(-1, 1))
+        assert np.allclose(dec, expected, rtol=1e-9, atol=1e-9 * mag.max())
+        labels = np.where(dec > 0, 1, -1)
+        edge = near_boundary(dec, mag)
+        if (model.steps[-1][1] if hasattr(model, "steps") else model).kernel == "rbf":
+            settled += int(edge.sum())
+        assert (labels[~edge] == model.predict(values.reshape(-1, 1))[~edge]).all()
+    # For the default kernel the slow path stays rare (saturated sigmoid or degenerate linear
+    # models put whole series exactly on the boundary, and there scikit-learn decides).
+    assert settled < 0.001 * sum(len(v) for v in data)
+
+
+def test_bank_scoring_matches_scikit_learn_at_the_boundary(local_store, tmp_path):
+    """Points placed on the decision boundary: the unit's labels are scikit-learn's own."""
+    from fleetscore.ingest import ingest_file
+    from tests.conftest import write_readings
+
+    models, _ = _random_models(60, seed=11)
+    rows, expected = [], {}
+    for i, model in enumerate(models):
+        sensor = Sensor(f"d{i:03d}", "t")
+        save_model(local_store, sensor, model, source="test")
+        svs = compile_model(model)
+        lo = svs.mean + svs.scale * (svs.support.min() - 3)
+        hi = svs.mean + svs.scale * (svs.support.max() + 3)
+        points = _boundary_points(model, lo, hi)[:50]
+        points = np.concatenate([points, np.linspace(lo, hi, 60 - len(points))])
+        for minute, value in enumerate(points, 1):
+            rows.append((f"2024-03-01 01:{minute - 1:02d}:30.000", sensor.device, sensor.tag, repr(float(value))))
+        expected[sensor] = (model, points)
+    ingest_file(local_store, write_readings(tmp_path / "edge.csv", rows))
+    rebuild_bank(local_store)
+    assert len(load_bank(local_store, expected)) == 60
+    result = score_unit(local_store, H1, expected, unit_id="edge")
+    assert result.scored == 60 and not result.failures
+    preds = read_predictions(local_store, H1)
+    for sensor, (model, points) in expected.items():
+        mask = (np.array(preds["Device"].to_pylist()) == sensor.device)
+        got = np.array(preds["Prediction"].to_pylist())[mask]
+        vals = np.array(preds["Val"].to_pylist())[mask]
+        assert (got == (model.predict(vals.reshape(-1, 1)) == -1)).all(), sensor
+
+
+def test_bank_and_plain_paths_write_the_same_predictions(trained_store):
+    plain = score_unit(trained_store, H1, SENSORS, unit_id="u", use_bank=False)
+    plain_rows = read_predictions(trained_store, H1)
+    rebuild_bank(trained_store)
+    fast = score_unit(trained_store, H1, SENSORS, unit_id="u")
+    fast_rows = read_predictions(trained_store, H1)
+    assert (plain.scored, plain.anomalies) == (fast.scored, fast.anomalies)
+    for column in ("TS", "Device", "Tag", "Val", "Prediction"):
+        assert plain_rows[column].equals(fast_rows[column])
+    assert np.allclose(plain_rows["Score"].to_numpy(), fast_rows["Score"].to_numpy(), atol=1e-9)
+
+
+def test_other_estimators_fall_back_to_scikit_learn_in_the_same_unit(trained_store):
+    forest = IsolationForest(random_state=0).fit(np.random.default_rng(0).normal(10, 1, (200, 1)))
+    save_model(trained_store, Sensor("1", "2"), forest, source="test")
+    stats = rebuild_bank(trained_store)
+    assert (stats.sensors, stats.compiled) == (3, 2)
+    result = score_unit(trained_store, H1, SENSORS, unit_id="u")
+    assert result.scored == 3 and not result.failures
+    preds = read_predictions(trained_store, H1)
+    mine = preds.filter(np.array(preds["Tag"].to_pylist()) == "2")
+    expected = (forest.predict(mine["Val"].to_numpy().reshape(-1, 1)) == -1).astype(int)
+    assert mine["Prediction"].to_pylist() == expected.tolist()
+
+
+def test_any_model_write_invalidates_the_bank_and_rebuild_is_incremental(trained_store):
+    first = rebuild_bank(trained_store, shard_sensors=2)
+    assert (first.shards_written, first.shards_kept) == (2, 0)
+    assert rebuild_bank(trained_store, shard_sensors=2).shards_kept == 2
+    from fleetscore.training import train
+
+    train(trained_store, until=Hour.parse("2024-03-01T00"), nu=0.2,
+          sensors={Sensor("dev_a", "t.x")})
+    assert not trained_store.exists(INDEX_PATH)  # a model changed: no stale bank is used
+    again = rebuild_bank(trained_store, shard_sensors=2)
+    assert (again.shards_written, again.shards_kept) == (1, 1)
+    assert len(list(trained_store.list("bank"))) == 3  # index + two live shards
+
+
+def test_bank_shards_are_plain_arrays_and_damaged_ones_are_skipped(trained_store):
+    rebuild_bank(trained_store)
+    [shard] = [p for p in trained_store.list("bank") if p.endswith(".npz")]
+    data = trained_store.get(shard)
+    assert len(decode_shard(data)) == 3  # loads with allow_pickle=False
+    trained_store.put(shard, data[:50])
+    assert load_bank(trained_store, SENSORS) == {}
+    result = score_unit(trained_store, H1, SENSORS, unit_id="u")
+    assert result.scored == 3  # the plain path took over
+
+
+def test_a_model_tampered_after_compilation_is_never_loaded_and_verify_reports_it(trained_store):
+    """The bank holds what was compiled from verified bytes: a model file changed behind
+    fleetscore's back is never unpickled or trusted, and `verify` names it."""
+    from fleetscore.verify import verify
+
+    rebuild_bank(trained_store)
+    trained_store.put(model_path(Sensor("1", "2")), b"tampered")
+    assert score_unit(trained_store, H1, SENSORS, unit_id="u").scored == 3
+    _, problems = verify(trained_store)
+    assert [p.path for p in problems] == [model_path(Sensor("1", "2"))]
+    # Without a bank (deleted, or never built) the plain path refuses the file.
+    trained_store.delete(INDEX_PATH)
+    result = score_unit(trained_store, H1, SENSORS, unit_id="u")
+    assert [(f.sensor, f.kind) for f in result.failures] == [("1/2", "ModelError")]
+
+
+@pytest.mark.parametrize("estimator", [
+    StandardScaler(), Pipeline([("a", StandardScaler()), ("b", StandardScaler())]),
+])
+def test_compile_refuses_what_it_cannot_represent(estimator):
+    assert compile_model(estimator.fit(np.ones((5, 1)))) is None
+
+
+def test_empty_shard_roundtrip():
+    assert decode_shard(encode_shard([])) == {}
