@@ -11,12 +11,15 @@ import azure.durable_functions as df
 
 from fleetscore import runtime
 from fleetscore.hours import Hour
+from fleetscore.planning import MIN_TASK_SECONDS
 from fleetscore.sensors import Sensor
 from fleetscore.steps import finalize_step, plan_step, status_step, submit_step
 from orchestrators.names import FINALIZE, PLAN, STATUS, SUBMIT
 
 bp = df.Blueprint()
 log = logging.getLogger("fleetscore.activities")
+# Activities the Functions host runs at once (host.json maxConcurrentActivityFunctions).
+LOCAL_ACTIVITY_PARALLELISM = 8
 
 
 def _load(payload) -> dict:
@@ -28,8 +31,13 @@ def plan_window(payload) -> dict:
     body = _load(payload)
     started = time.perf_counter()
     sensors = [Sensor.parse(s) for s in body["sensors"]] if body.get("sensors") else None
+    settings = runtime.settings()
+    if settings.backend == "batch":
+        parallel, min_task = settings.batch.max_nodes * settings.batch.tasks_per_node, MIN_TASK_SECONDS
+    else:
+        parallel, min_task = LOCAL_ACTIVITY_PARALLELISM, 0.0
     plan = plan_step(runtime.store(), Hour.parse(body["window"]), sensors=sensors,
-                     unit_size=body.get("unit_size"))
+                     unit_size=body.get("unit_size"), parallel=parallel, min_task_seconds=min_task)
     log.info("plan %s: %d units", plan["window"], len(plan["units"]),
              extra={"window": plan["window"], "units": len(plan["units"]),
                     "sensors": plan["sensors"], "duration": time.perf_counter() - started})

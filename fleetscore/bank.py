@@ -38,7 +38,7 @@ from .stores import Store
 
 BANK_FOLDER = "bank"  # beside models/, never inside: a device could be called "bank"
 INDEX_PATH = f"{BANK_FOLDER}/index.json"
-SHARD_SENSORS = 4096
+SHARD_SENSORS = 1024  # a unit decodes only the shards holding its sensors
 BOUNDARY_TOLERANCE = 1e-9
 KERNELS = {"rbf": 0, "linear": 1, "poly": 2, "sigmoid": 3}
 CHUNK_SENSORS = 64  # sensors per vectorized batch: padded work stays in cache

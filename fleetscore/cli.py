@@ -383,6 +383,36 @@ def demo(
 
 
 @app.command()
+def bench(
+    sensors: Annotated[int, typer.Option(help="Sensors in the synthetic fleet.")] = 10_000,
+    sample: Annotated[int, typer.Option(help="Sensors the plain path is timed on.")] = 1000,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (medians are reported).")] = 3,
+    workers: Annotated[int | None, typer.Option(help="Worker processes for the whole run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Time the fast path and the plain per-sensor loop: stages, whole unit, whole run."""
+    from .bench import run_bench
+
+    if sensors < 1 or sample < 1 or repeats < 1:
+        raise UsageError("--sensors, --sample and --repeats must be 1 or more")
+    result = run_bench(sensors, sample=sample, repeats=repeats, workers=workers)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=1) + "\n")
+        return
+    table = Table("path", "sensors", "read s", "load models s", "score s", "write s", "unit s",
+                  "us/sensor")
+    for name, st in (("fast (bank)", result.fast), ("plain (per sensor)", result.plain)):
+        table.add_row(name, f"{st.sensors:,}", f"{st.read_s:.3f}", f"{st.load_s:.3f}",
+                      f"{st.score_s:.3f}", f"{st.write_s:.3f}", f"{st.unit_s:.3f}",
+                      f"{st.per_sensor_us:.1f}")
+    out.print(table)
+    out.print(f"fast path: {result.ratio:.0f}x the plain loop per sensor; labels identical on the "
+              f"sample: {result.labels_identical}")
+    out.print(f"whole run ({result.run_workers} workers): {result.run_s:.2f} s, "
+              f"{result.run_sensors_per_s:,.0f} sensors/s; peak memory {result.peak_rss_mb:,.0f} MB")
+
+
+@app.command()
 def verify(store: StoreOpt = None) -> None:
     """Check models, window files and predictions against the hashes recorded when written."""
     from .verify import verify as verify_store

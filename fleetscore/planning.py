@@ -23,8 +23,16 @@ from .models import list_models
 from .sensors import Sensor
 from .stores import Store
 
-# Up to this many sensors, one unit per sensor; beyond, groups so units stay at about this count.
-MAX_SINGLE_UNITS = 1000
+# Small fleets get one sensor per unit (a unit is the unit of failure and of rerun); larger
+# ones are grouped so each worker gets a few units: enough to balance load, few enough that
+# per-unit costs (reading the plan, the bank's shards, a process or a container start) vanish.
+SMALL_FLEET = 200
+UNITS_PER_WORKER = 4
+MAX_UNITS = 1000
+# The fast path's cost per sensor (docs/benchmarks.md) and the shortest Batch task worth a
+# container start.
+SECONDS_PER_SENSOR = 25e-6
+MIN_TASK_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -64,8 +72,16 @@ class Plan:
         }
 
 
-def auto_unit_size(n_sensors: int, max_units: int = MAX_SINGLE_UNITS) -> int:
-    return 1 if n_sensors <= max_units else math.ceil(n_sensors / max_units)
+def auto_unit_size(n_sensors: int, *, parallel: int = 1, min_task_seconds: float = 0.0) -> int:
+    """Sensors per unit: one for small fleets; else a few units per worker (``parallel``), at
+    most MAX_UNITS units, and units of at least ``min_task_seconds`` of work (Batch tasks)."""
+    if n_sensors <= SMALL_FLEET:
+        return 1
+    size = math.ceil(n_sensors / (UNITS_PER_WORKER * max(1, parallel)))
+    size = max(size, math.ceil(n_sensors / MAX_UNITS))
+    if min_task_seconds:
+        size = max(size, math.ceil(min_task_seconds / SECONDS_PER_SENSOR))
+    return min(size, n_sensors)
 
 
 def unit_id(index: int) -> str:
@@ -74,7 +90,7 @@ def unit_id(index: int) -> str:
 
 def make_plan(
     store: Store, hour: Hour, *, unit_size: int | None = None,
-    sensors: Iterable[Sensor] | None = None,
+    sensors: Iterable[Sensor] | None = None, parallel: int = 1, min_task_seconds: float = 0.0,
 ) -> Plan:
     if unit_size is not None and unit_size < 1:
         raise UsageError(f"invalid unit size {unit_size}: expected 1 or more")
@@ -85,7 +101,8 @@ def make_plan(
         with_data &= chosen
         with_model &= chosen
     planned = sorted(with_data & with_model)
-    size = unit_size or auto_unit_size(len(planned))
+    size = unit_size or auto_unit_size(len(planned), parallel=parallel,
+                                       min_task_seconds=min_task_seconds)
     units = tuple(
         Unit(unit_id(i // size), tuple(planned[i : i + size])) for i in range(0, len(planned), size)
     )

@@ -81,7 +81,8 @@ def run_window(
     started = datetime.now(UTC)
     clock = time.perf_counter()
     with hour_lock(store, hour):
-        plan = make_plan(store, hour, unit_size=unit_size)
+        plan = make_plan(store, hour, unit_size=unit_size,
+                         parallel=getattr(backend, "workers", 1))
         save_plan(store, plan)
         for unit in plan.units:
             store.delete(result_path(hour, unit.id))  # never mistake the last run's result for this one's

@@ -24,7 +24,8 @@ from .stores import Store
 
 
 def plan_step(store: Store, hour: Hour, *, sensors: Iterable[Sensor] | None = None,
-              unit_size: int | None = None) -> dict:
+              unit_size: int | None = None, parallel: int = 1,
+              min_task_seconds: float = 0.0) -> dict:
     chosen = set(sensors) if sensors is not None else None
     existing = load_plan(store, hour) if chosen else None
     if existing is not None:
@@ -32,7 +33,8 @@ def plan_step(store: Store, hour: Hour, *, sensors: Iterable[Sensor] | None = No
         units = [u for u in plan.units if chosen & set(u.sensors)]
         missing = chosen - {s for u in units for s in u.sensors}
     else:
-        plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen)
+        plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen, parallel=parallel,
+                         min_task_seconds=min_task_seconds)
         save_plan(store, plan)
         units = list(plan.units)
         missing = set()

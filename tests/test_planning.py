@@ -31,7 +31,10 @@ def test_unit_size_groups_sensors_and_plan_roundtrips(trained_store):
 
 
 def test_automatic_unit_size_bounds_the_number_of_units():
-    assert auto_unit_size(10) == 1
-    assert auto_unit_size(1000) == 1
-    assert auto_unit_size(100_000) == 100
-    assert auto_unit_size(1_000_001) == 1001
+    assert auto_unit_size(10) == auto_unit_size(200, parallel=8) == 1  # small fleet: per sensor
+    assert auto_unit_size(1000, parallel=2) == 125  # a few units per worker
+    assert auto_unit_size(100_000, parallel=2) == 12_500
+    assert auto_unit_size(1_000_000, parallel=10_000) == 1000  # never more than 1000 units
+    # Batch tasks carry at least two minutes of work at the fast path's speed.
+    assert auto_unit_size(10_000_000, parallel=40, min_task_seconds=120) == 4_800_000
+    assert auto_unit_size(300, parallel=40, min_task_seconds=120) == 300

@@ -1,0 +1,245 @@
+"""``fleetscore bench``: time the fast path against the plain per-sensor loop.
+
+It builds a synthetic fleet straight into a store (one hour of 1-minute points per sensor and
+one ``Pipeline(StandardScaler, OneClassSVM)`` per sensor), then times each stage of scoring a
+unit (read points, load models, score, write predictions) and the whole unit, for the fast
+path (the model bank, vectorized) and for the plain path (one skops load and one scikit-learn
+``predict`` per sensor) on the same models and data, and a whole ``run`` of the hour through
+the local process pool. The plain path is timed on a sample of the fleet: its cost per sensor
+does not depend on the fleet's size.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .arrivals import record_arrivals
+from .bank import (
+    INDEX_PATH, SHARD_SENSORS, Compiled, compile_model, decisions_with_magnitude, encode_shard,
+    load_bank,
+)
+from .hours import Hour
+from .predictions import encode, predictions_path, predictions_table_many
+from .sensors import Sensor
+from .stores import LocalStore, Store
+from .windows import PART_SCHEMA, by_sensor, encode_part, part_path, read_points
+
+BENCH_HOUR = Hour.parse("2026-01-05T01")
+BASE_MODELS = 64
+
+
+@dataclass(frozen=True)
+class Stages:
+    sensors: int
+    read_s: float
+    load_s: float
+    score_s: float
+    write_s: float
+    unit_s: float
+
+    @property
+    def per_sensor_us(self) -> float:
+        return self.unit_s / self.sensors * 1e6
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    sensors: int
+    points_per_sensor: int
+    repeats: int
+    fast: Stages
+    plain: Stages
+    run_s: float
+    run_workers: int
+    labels_identical: bool
+    peak_rss_mb: float
+
+    @property
+    def ratio(self) -> float:
+        return self.plain.per_sensor_us / self.fast.per_sensor_us
+
+    @property
+    def run_sensors_per_s(self) -> float:
+        return self.sensors / self.run_s
+
+    def to_json(self) -> dict:
+        body = asdict(self)
+        body["fast"]["per_sensor_us"] = self.fast.per_sensor_us
+        body["plain"]["per_sensor_us"] = self.plain.per_sensor_us
+        body["ratio"] = self.ratio
+        body["run_sensors_per_s"] = self.run_sensors_per_s
+        body["run_vs_plain_loop"] = self.plain.per_sensor_us / (self.run_s / self.sensors * 1e6)
+        return body
+
+
+def _sensors(n: int) -> list[Sensor]:
+    return [Sensor(f"b{i // 8:06d}", f"t{i % 8}") for i in range(n)]
+
+
+def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sensor]:
+    """Points, arrivals and models for ``n`` sensors; skops models only for the sample."""
+    from .models import save_model
+    from .training import default_model
+
+    rng = np.random.default_rng(seed)
+    sensors = _sensors(n)
+    levels = rng.uniform(10, 120, n)
+    spreads = levels * rng.uniform(0.01, 0.04, n)
+    # Points: 60 one-minute means per sensor, a few of them far off.
+    ends = BENCH_HOUR.start_ms + 60_000 * np.arange(1, 61)
+    values = levels[:, None] + spreads[:, None] * rng.normal(0, 1, (n, 60))
+    values[rng.random((n, 60)) < 0.02] += 8 * spreads.repeat(60).reshape(n, 60)[0, 0]
+    table = pa.table(
+        [pa.array(np.repeat([s.device for s in sensors], 60), pa.string()),
+         pa.array(np.repeat([s.tag for s in sensors], 60), pa.string()),
+         pa.array(np.tile(ends, n), pa.timestamp("ms", tz="UTC")),
+         pa.array(values.ravel(), pa.float64()), pa.array(np.full(n * 60, 6), pa.int64())],
+        schema=PART_SCHEMA)
+    store.put(part_path(BENCH_HOUR, "bench"), encode_part(table))
+    record_arrivals(store, BENCH_HOUR, "bench", Counter({s: 60 for s in sensors}))
+    # Models: base models fitted on standardized data; each sensor's own scaler (its level and
+    # spread) makes it a distinct model, as training per sensor would.
+    bases = [default_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(BASE_MODELS)]
+    compiled_bases = [compile_model(b) for b in bases]
+    from .models import ModelManifest, manifest_path
+
+    for i in range(min(sample, n)):
+        model = _with_scaler(bases[i % BASE_MODELS], levels[i], spreads[i])
+        save_model(store, sensors[i], model, source="bench")
+    # The rest of the fleet has manifests (so runs plan it) and lives in the bank only: writing
+    # a skops file per sensor would take longer than everything measured here.
+    template = read_manifest_template(store, sensors[0])
+    for sensor in sensors[min(sample, n):]:
+        store.put(manifest_path(sensor), ModelManifest(**{**template, "device": sensor.device,
+                                                          "tag": sensor.tag}).to_json())
+    entries = []
+    for i, sensor in enumerate(sensors):
+        base = compiled_bases[i % BASE_MODELS]
+        entries.append((sensor, "bench", Compiled(base.kernel, float(levels[i]), float(spreads[i]),
+                                                  base.gamma, base.coef0, base.degree,
+                                                  base.intercept, base.support, base.dual)))
+    shards = []
+    for start in range(0, n, SHARD_SENSORS):
+        group = entries[start : start + SHARD_SENSORS]
+        path = f"bank/shard-bench{start:09d}.npz"
+        store.put(path, encode_shard(group))
+        shards.append({"key": path, "path": path, "first": str(group[0][0]),
+                       "last": str(group[-1][0]), "compiled": len(group)})
+    store.put(INDEX_PATH, json.dumps({"shards": shards}).encode())
+    return sensors
+
+
+def read_manifest_template(store: Store, sensor: Sensor) -> dict:
+    from .models import read_manifest
+
+    return asdict(read_manifest(store, sensor))
+
+
+def _with_scaler(base, mean: float, scale: float):
+    import copy
+
+    model = copy.deepcopy(base)
+    scaler = model.steps[0][1]
+    scaler.mean_ = np.array([mean])
+    scaler.scale_ = np.array([scale])
+    scaler.var_ = np.array([scale**2])
+    return model
+
+
+def time_fast(store: Store, sensors: list[Sensor]) -> Stages:
+    from .scoring import score_unit
+
+    t0 = time.perf_counter()
+    points = by_sensor(read_points(store, BENCH_HOUR, sensors))
+    t1 = time.perf_counter()
+    bank = load_bank(store, sensors)
+    t2 = time.perf_counter()
+    done = [s for s in sensors if s in points and s in bank]
+    computed = decisions_with_magnitude([bank[s] for s in done], [points[s].values for s in done])
+    labels = [(d <= 0).astype(np.int8) for d, _ in computed]
+    t3 = time.perf_counter()
+    table = predictions_table_many([(s.device, s.tag, points[s].ends_ms, points[s].values, lab, d)
+                                    for s, lab, (d, _) in zip(done, labels, computed, strict=True)])
+    store.put(predictions_path(BENCH_HOUR, "bench-stages"), encode([table]))
+    t4 = time.perf_counter()
+    score_unit(store, BENCH_HOUR, sensors, unit_id="bench-fast")
+    t5 = time.perf_counter()
+    return Stages(len(sensors), t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+
+
+def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
+    from .models import load_model
+    from .scoring import predict_labels, score_unit
+
+    t0 = time.perf_counter()
+    points = by_sensor(read_points(store, BENCH_HOUR, sensors))
+    t1 = time.perf_counter()
+    models = {s: load_model(store, s) for s in sensors}
+    t2 = time.perf_counter()
+    scored = {s: predict_labels(models[s], points[s].values) for s in sensors}
+    t3 = time.perf_counter()
+    table = predictions_table_many([(s.device, s.tag, points[s].ends_ms, points[s].values,
+                                     *scored[s]) for s in sensors])
+    store.put(predictions_path(BENCH_HOUR, "bench-stages"), encode([table]))
+    t4 = time.perf_counter()
+    score_unit(store, BENCH_HOUR, sensors, unit_id="bench-plain", use_bank=False)
+    t5 = time.perf_counter()
+    return Stages(len(sensors), t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+
+
+def _median_stages(runs: list[Stages]) -> Stages:
+    return Stages(runs[0].sensors, *(statistics.median(getattr(r, f) for r in runs)
+                                     for f in ("read_s", "load_s", "score_s", "write_s", "unit_s")))
+
+
+def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: int | None = None,
+              directory: Path | None = None, seed: int = 0) -> BenchResult:
+    from .backends.local import LocalBackend
+    from .predictions import read_predictions
+    from .runs import run_window
+    from .settings import Settings
+
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        store = LocalStore(Path(tmp) / "store")
+        fleet = build_fleet(store, sensors, sample=sample, seed=seed)
+        part = fleet[: min(sample, sensors)]
+        fast = _median_stages([time_fast(store, fleet) for _ in range(repeats)])
+        plain = _median_stages([time_plain(store, part) for _ in range(repeats)])
+        # Same labels on the sample, either path.
+        fast_rows = _labels(store, "bench-fast", part)
+        plain_rows = _labels(store, "bench-plain", part)
+        identical = fast_rows == plain_rows
+        for unit in ("bench-fast", "bench-plain", "bench-stages"):
+            store.delete(predictions_path(BENCH_HOUR, unit))
+        backend = LocalBackend(store.url, Settings(), workers)
+        try:
+            t0 = time.perf_counter()
+            summary = run_window(store, BENCH_HOUR, backend)
+            run_s = time.perf_counter() - t0
+        finally:
+            backend.close()
+        assert summary.scored == sensors, summary
+        assert read_predictions(store, BENCH_HOUR).num_rows == sensors * 60
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return BenchResult(sensors, 60, repeats, fast, plain, run_s, backend.workers, identical, peak)
+
+
+def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:
+    from .predictions import decode
+
+    table = decode(store.get(predictions_path(BENCH_HOUR, unit)), unit)
+    wanted = {(s.device, s.tag) for s in sensors}
+    return sorted((d, t, ts, p) for d, t, ts, p in zip(
+        table["Device"].to_pylist(), table["Tag"].to_pylist(), table["TS"].to_pylist(),
+        table["Prediction"].to_pylist(), strict=True) if (d, t) in wanted)
