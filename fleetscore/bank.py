@@ -22,6 +22,7 @@ disagree, are re-scored by scikit-learn itself.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -107,15 +108,23 @@ def encode_shard(entries: list[tuple[Sensor, str, Compiled]]) -> bytes:
     return sink.getvalue()
 
 
-def decode_shard(data: bytes) -> dict[Sensor, tuple[str, Compiled]]:
+def decode_shard(data: bytes, wanted: Iterable[Sensor] | None = None
+                 ) -> dict[Sensor, tuple[str, Compiled]]:
+    """A shard's entries (only the ``wanted`` ones, when given)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         device, tag, sha, params = z["device"], z["tag"], z["sha256"], z["params"]
         offsets, support, dual = z["offsets"], z["support"], z["dual"]
+    position = {(d, t): i for i, (d, t) in enumerate(zip(device.tolist(), tag.tolist(), strict=True))}
+    keys = position if wanted is None else [(s.device, s.tag) for s in wanted]
     out = {}
-    for i in range(len(device)):
-        k, mean, scale, gamma, coef0, degree, intercept = params[i]
+    for key in keys:
+        i = position.get(key)
+        if i is None:
+            continue
+        k, mean, scale, gamma, coef0, degree, intercept = params[i].tolist()
         a, b = offsets[i], offsets[i + 1]
-        out[Sensor(str(device[i]), str(tag[i]))] = (str(sha[i]), Compiled(
+        # Ids were validated when the models were saved; the bank is fleetscore's own file.
+        out[Sensor.unchecked(*key)] = (str(sha[i]), Compiled(
             int(k), mean, scale, gamma, coef0, degree, intercept, support[a:b], dual[a:b]))
     return out
 
@@ -187,18 +196,20 @@ def load_bank(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, Compiled]
     index = _read_index(store)
     if not index:
         return {}
-    wanted = sorted(set(sensors))
+    wanted = sorted({(s.device, s.tag) for s in sensors})
     out: dict[Sensor, Compiled] = {}
     for shard in index["shards"]:
         first, last = Sensor.parse(shard["first"]), Sensor.parse(shard["last"])
-        members = [s for s in wanted if first <= s <= last]
-        if not members:
+        lo = bisect.bisect_left(wanted, (first.device, first.tag))
+        hi = bisect.bisect_right(wanted, (last.device, last.tag))
+        if lo == hi:
             continue
+        members = [Sensor.unchecked(d, t) for d, t in wanted[lo:hi]]
         try:
-            entries = decode_shard(store.get(shard["path"]))
+            entries = decode_shard(store.get(shard["path"]), members)
         except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
             continue  # a damaged shard: its sensors take the plain path
-        out.update({s: entries[s][1] for s in members if s in entries})
+        out.update({s: entry[1] for s, entry in entries.items()})
     return out
 
 

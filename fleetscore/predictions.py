@@ -48,15 +48,19 @@ def predictions_table_many(
     if not rows:
         return SCHEMA.empty_table()
     lengths = np.array([len(r[2]) for r in rows])
-    devices = np.repeat(np.array([r[0] for r in rows], dtype=object), lengths)
-    tags = np.repeat(np.array([r[1] for r in rows], dtype=object), lengths)
+    owner = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)
+    devices = pa.array([r[0] for r in rows], pa.string()).take(pa.array(owner))
+    tags = pa.array([r[1] for r in rows], pa.string()).take(pa.array(owner))
     ends = np.concatenate([r[2] for r in rows])
     scores = np.concatenate([r[5] if r[5] is not None else np.full(len(r[2]), np.nan) for r in rows])
     no_score = np.concatenate([np.full(len(r[2]), r[5] is None) for r in rows])
+    # The sensors of an hour share their window labels: format each label once.
     # Labels are whole seconds; formatting at "s" keeps the reference's TS without ".000".
-    ts = pc.strftime(pa.array(ends // 1000, pa.timestamp("s", tz="UTC")), format=TS_FORMAT)
+    labels, where = np.unique(ends // 1000, return_inverse=True)
+    ts = pc.strftime(pa.array(labels, pa.timestamp("s", tz="UTC")), format=TS_FORMAT).take(
+        pa.array(where.astype(np.int64)))
     return pa.table(
-        [ts, pa.array(devices, pa.string()), pa.array(tags, pa.string()),
+        [ts, devices, tags,
          pa.array(np.concatenate([r[3] for r in rows]), pa.float64()),
          pa.array(np.concatenate([r[4] for r in rows]).astype(np.int8), pa.int8()),
          pa.array(scores, pa.float64(), mask=no_score)],

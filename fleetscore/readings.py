@@ -142,7 +142,7 @@ def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, np.ndarray, li
     value = pc.cast(table["Value"], pa.float64())
     device, tag = table["Device"], table["Tag"]
     good = pc.and_(
-        pc.and_(_valid_ids(device), _valid_ids(tag)),
+        pc.and_(valid_ids(device), valid_ids(tag)),
         pc.and_(pc.is_finite(value), pc.is_valid(ts)),
     )
     good_np = good.to_numpy(zero_copy_only=False)
@@ -155,7 +155,7 @@ def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, np.ndarray, li
     return out.filter(good), line_numbers[good_np], [r for r in rejects if r is not None]
 
 
-def _valid_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def valid_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
     shaped = pc.match_substring_regex(column, _ID_REGEX)
     reserved = pc.is_in(column, value_set=pa.array([".", ".."]))
     return pc.and_(shaped, pc.invert(reserved))

@@ -48,6 +48,14 @@ class Sensor:
         return f"{self.device}/{self.tag}"
 
     @classmethod
+    def unchecked(cls, device: str, tag: str) -> Sensor:
+        """For ids already validated in bulk (a whole column at once): skips the per-object check."""
+        sensor = object.__new__(cls)
+        object.__setattr__(sensor, "device", device)
+        object.__setattr__(sensor, "tag", tag)
+        return sensor
+
+    @classmethod
     def parse(cls, text: str) -> Sensor:
         """Parse 'Device/Tag' (the form used in messages, plans and the HTTP API)."""
         device, sep, tag = text.partition("/")

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError, UsageError
 from .hours import MS_PER_HOUR, Hour
+from .readings import valid_ids
 from .sensors import Sensor
 from .stores import Store
 
@@ -187,6 +188,13 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table
     if wanted is not None and table.num_rows:
         keys = pc.binary_join_element_wise(table["Device"], table["Tag"], "/")
         table = table.filter(pc.is_in(keys, value_set=pa.array([str(s) for s in wanted])))
+    elif table.num_rows:
+        # Window files can come from outside (Stream Analytics): check their ids in bulk.
+        bad = pc.invert(pc.and_(valid_ids(table["Device"]), valid_ids(table["Tag"])))
+        if pc.any(bad).as_py():
+            row = table.filter(bad).slice(0, 1).to_pylist()[0]
+            raise InputError(f"window file {path} holds an invalid id: Device {row['Device']!r}, "
+                             f"Tag {row['Tag']!r}")
     return pa.table(
         [table["Device"], table["Tag"], pc.cast(table["WindowEnd"], pa.int64()),
          pc.cast(table["Value"], pa.float64()), pc.cast(table["Count"], pa.int64())],
@@ -247,6 +255,7 @@ def by_sensor(points: pa.Table) -> dict[Sensor, SensorPoints]:
     stops = np.concatenate((change, [len(devices)]))
     out = {}
     for a, b in zip(starts, stops, strict=True):
-        sensor = Sensor(str(devices[a]), str(tags[a]))
+        # Ids were filtered against validated sensors or checked in bulk when read.
+        sensor = Sensor.unchecked(str(devices[a]), str(tags[a]))
         out[sensor] = SensorPoints(sensor, ends[a:b], values[a:b], counts[a:b])
     return out
