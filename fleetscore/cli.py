@@ -383,6 +383,48 @@ def demo(
 
 
 @app.command()
+def replay(
+    readings: Annotated[Path, typer.Argument(help="Readings CSV: TS,Device,Tag,Value.")],
+    hub: Annotated[str, typer.Option(help="Event hub to send to.")] = "readings",
+    namespace: Annotated[str | None, typer.Option(
+        help="NAMESPACE.servicebus.windows.net, with your Azure identity.")] = None,
+    connection_string_env: Annotated[str | None, typer.Option(
+        help="Name of an environment variable holding a connection string.")] = None,
+    speed: Annotated[str, typer.Option(help="Time speed-up: 60x, 1x, or max.")] = "60x",
+    batch_size: Annotated[int, typer.Option(help="Events per batch at most.")] = 500,
+) -> None:
+    """Send readings to Event Hubs, paced by their timestamps (partition key = Device)."""
+    from .replay import make_producer, parse_speed
+    from .replay import replay as send
+
+    if (namespace is None) == (connection_string_env is None):
+        raise UsageError("give either --namespace or --connection-string-env")
+    connection = None
+    if connection_string_env:
+        connection = os.environ.get(connection_string_env)
+        if not connection:
+            raise UsageError(f"the environment variable {connection_string_env} is not set")
+    pace = parse_speed(speed)
+    if batch_size < 1:
+        raise UsageError("--batch-size must be 1 or more")
+    from .readings import check_header
+
+    check_header(readings)
+    producer = make_producer(hub, namespace=namespace, connection_string=connection)
+    try:
+        with _progress(f"replaying {readings.name}") as progress:
+            summary = send(readings, producer, speed=pace, batch_size=batch_size,
+                           progress=(lambda n: progress(n, 0)) if progress else None)
+    finally:
+        producer.close()
+    out.print(f"sent {summary.sent:,} readings in {summary.batches:,} batches to {hub} in "
+              f"{summary.seconds:.1f} s ({summary.first} .. {summary.last}); "
+              f"{summary.rejected:,} rows rejected")
+    if summary.rejected:
+        raise typer.Exit(3)
+
+
+@app.command()
 def bench(
     sensors: Annotated[int, typer.Option(help="Sensors in the synthetic fleet.")] = 10_000,
     sample: Annotated[int, typer.Option(help="Sensors the plain path is timed on.")] = 1000,

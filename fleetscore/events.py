@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import telemetry
 from .arrivals import record_arrivals
 from .hours import Hour
 from .readings import parse_ts
@@ -138,8 +139,10 @@ def record_events(store: Store, events: Iterable[Event]) -> ArrivalBatch:
         per_hour: dict[Hour, set[WindowRow]] = defaultdict(set)
         for row in rows:
             per_hour[Hour.of_label_ms(row.end_ms)].add(row)  # a repeated row counts once
+        now_ms = datetime.now(UTC).timestamp() * 1000
         for hour, hour_rows in per_hour.items():
             hours_seen.add(hour)
+            telemetry.record_arrival_lag(str(hour), (now_ms - max(r.end_ms for r in hour_rows)) / 1000)
             counts = Counter(r.sensor for r in hour_rows)
             if record_arrivals(store, hour, f"eh-{event.id}", counts, source="eventhub"):
                 recorded += 1

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import __version__
+from . import __version__, telemetry
 from .backends.base import FAILED, ComputeBackend, UnitStatus
 from .errors import InputError, NotFound
 from .hours import Hour
@@ -42,9 +42,14 @@ def manifest_path(hour: Hour) -> str:
 
 def run_unit(store: Store, hour: Hour, unit_id: str) -> UnitResult:
     """Score one planned unit and record its result (what a worker or a Batch task runs)."""
-    unit = load_unit(store, hour, unit_id)
-    result = score_unit(store, hour, unit.sensors, unit_id=unit.id)
-    store.put(result_path(hour, unit.id), json.dumps(result.to_json()).encode())
+    with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span:
+        unit = load_unit(store, hour, unit_id)
+        result = score_unit(store, hour, unit.sensors, unit_id=unit.id)
+        store.put(result_path(hour, unit.id), json.dumps(result.to_json()).encode())
+        span.set_attribute("sensors", result.sensors)
+        span.set_attribute("anomalies", result.anomalies)
+        span.set_attribute("failed", len(result.failures))
+    telemetry.record_unit(result)
     return result
 
 
@@ -80,7 +85,7 @@ def run_window(
 ) -> RunSummary:
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    with hour_lock(store, hour):
+    with hour_lock(store, hour), telemetry.span("fleetscore.run", window=str(hour)):
         plan = make_plan(store, hour, unit_size=unit_size,
                          parallel=getattr(backend, "workers", 1))
         save_plan(store, plan)

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from fleetscore import telemetry
 from fleetscore.errors import FleetscoreError, InputError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.runs import run_unit
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage line
         return EXIT_UNUSABLE if exc.code else EXIT_OK
     settings = Settings.from_env()
+    telemetry.setup("fleetscore-scoring")  # only with APPLICATIONINSIGHTS_CONNECTION_STRING
     try:
         store = open_store(args.store, settings)
         try:

@@ -1,0 +1,141 @@
+"""fleetscore replay: serialization, pacing and batching, through a fake producer client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleetscore.errors import UsageError
+from fleetscore.replay import event_body, parse_speed, replay
+from tests.conftest import minute_readings, write_readings
+
+
+class FakeBatch:
+    def __init__(self, partition_key, max_events):
+        self.partition_key, self.events, self.max_events = partition_key, [], max_events
+
+    def add(self, event):
+        if len(self.events) >= self.max_events:
+            raise ValueError("EventDataBatch has reached its size limit")
+        self.events.append(event)
+
+    def __len__(self):
+        return len(self.events)
+
+
+class FakeProducer:
+    """The EventHubProducerClient seam: create_batch(partition_key=...), send_batch, close."""
+
+    def __init__(self, clock, max_events=10_000):
+        self.sent, self.clock, self.max_events, self.closed = [], clock, max_events, False
+
+    def create_batch(self, partition_key=None):
+        return FakeBatch(partition_key, self.max_events)
+
+    def send_batch(self, batch):
+        self.sent.append((self.clock.now, batch.partition_key,
+                          [json.loads(e.body_as_str()) for e in batch.events]))
+
+    def close(self):
+        self.closed = True
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_replay_event_shape_matches_the_stream_query():
+    body = json.loads(event_body(1535497205000, "1", "4", 84.53))
+    assert body == {"TS": "2018-08-28T23:00:05.000Z", "Device": "1", "Tag": "4", "Value": 84.53}
+
+
+def test_replay_speed_parsing():
+    assert parse_speed("60x") == 60.0 and parse_speed("1") == 1.0 and parse_speed("max") is None
+    for bad in ("fast", "-2x", "0.0x1"):
+        with pytest.raises(UsageError):
+            parse_speed(bad)
+
+
+def test_replay_paces_by_timestamps_and_keys_by_device(tmp_path):
+    rows = minute_readings("1", "1", "2024-03-01 00:00:00", 10) + \
+        minute_readings("2", "7", "2024-03-01 00:00:00", 10)
+    path = write_readings(tmp_path / "r.csv", sorted(rows))
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    summary = replay(path, producer, speed=60.0, batch_size=1000, sleep=clock.sleep, clock=clock)
+    assert summary.sent == 80 and summary.rejected == 0
+    # 10 minutes of readings at 60x take 10 seconds.
+    span_s = (parse_ts_ms(rows[-1][0]) - parse_ts_ms(rows[0][0])) / 1000 / 60
+    assert clock.now == pytest.approx(span_s, abs=0.01)
+    assert all(key == events[0]["Device"] for _, key, events in producer.sent)
+    # Events leave no later than due: each batch's last event is due at or before its send time.
+    t0 = parse_ts_ms(rows[0][0])
+    for sent_at, _, events in producer.sent:
+        due = (parse_ts_ms(events[-1]["TS"].replace("T", " ").rstrip("Z")) - t0) / 1000 / 60
+        assert due <= sent_at + 1e-9
+
+
+def test_replay_batches_respect_the_size_and_the_full_signal(tmp_path):
+    path = write_readings(tmp_path / "r.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 30))
+    clock = FakeClock()
+    producer = FakeProducer(clock, max_events=7)
+    summary = replay(path, producer, speed=None, batch_size=25, sleep=clock.sleep, clock=clock)
+    sizes = [len(events) for _, _, events in producer.sent]
+    assert summary.sent == 120 == sum(sizes) and max(sizes) == 7  # full batches were sent early
+    assert clock.sleeps == []  # --speed max never waits
+    producer2 = FakeProducer(clock)
+    replay(path, producer2, speed=None, batch_size=25, sleep=clock.sleep, clock=clock)
+    assert [len(e) for _, _, e in producer2.sent] == [25, 25, 25, 25, 20]
+
+
+def test_replay_skips_bad_rows_and_counts_them(tmp_path):
+    rows = minute_readings("1", "1", "2024-03-01 00:00:00", 2) + [("bad", "1", "1", "1")]
+    clock = FakeClock()
+    summary = replay(write_readings(tmp_path / "r.csv", rows), FakeProducer(clock), speed=None,
+                     sleep=clock.sleep, clock=clock)
+    assert (summary.sent, summary.rejected) == (8, 1)
+
+
+def test_replay_reference_data(refdata):
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    summary = replay(refdata, producer, speed=3600.0, sleep=clock.sleep, clock=clock)
+    assert summary.sent == 17_768
+    assert {key for _, key, _ in producer.sent} == {"1", "2", "3"}
+    assert clock.now == pytest.approx((4 * 3600 + 12 * 60) / 3600, rel=0.02)
+
+
+@pytest.mark.parametrize("args", [
+    ["replay", "{csv}"],
+    ["replay", "{csv}", "--namespace", "ns", "--connection-string-env", "X"],
+    ["replay", "{csv}", "--connection-string-env", "FLEETSCORE_UNSET_VARIABLE"],
+    ["replay", "{csv}", "--namespace", "ns", "--speed", "warp"],
+    ["replay", "/missing.csv", "--namespace", "ns"],
+])
+def test_replay_bad_arguments(args, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = write_readings(tmp_path / "r.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 1))
+    args = [a.format(csv=path) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "fleetscore.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def parse_ts_ms(text: str) -> int:
+    from fleetscore.readings import parse_ts
+
+    return parse_ts(text)
