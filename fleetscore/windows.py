@@ -195,8 +195,10 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table
             row = table.filter(bad).slice(0, 1).to_pylist()[0]
             raise InputError(f"window file {path} holds an invalid id: Device {row['Device']!r}, "
                              f"Tag {row['Tag']!r}")
+    # Files written by Stream Analytics may carry micro- or nanosecond timestamps.
+    ends = pc.cast(pc.cast(table["WindowEnd"], pa.timestamp("ms", tz="UTC")), pa.int64())
     return pa.table(
-        [table["Device"], table["Tag"], pc.cast(table["WindowEnd"], pa.int64()),
+        [pc.cast(table["Device"], pa.string()), pc.cast(table["Tag"], pa.string()), ends,
          pc.cast(table["Value"], pa.float64()), pc.cast(table["Count"], pa.int64())],
         schema=_POINTS_SCHEMA,
     )

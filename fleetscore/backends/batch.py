@@ -11,6 +11,7 @@ no secret: the container reaches the store with the pool's managed identity.
 from __future__ import annotations
 
 import shlex
+from importlib import resources
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -34,17 +35,11 @@ IMAGE_REFERENCE = {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": 
 NODE_AGENT_SKU = "batch.node.ubuntu 22.04"
 EXIT_PARTIAL, EXIT_UNUSABLE = 3, 2
 
-# The one definition of the pool's autoscale formula. From zero: the target follows the
+# The one definition of the pool's autoscale formula, autoscale.formula beside this module
+# (infra's Bicep loads the same file). From zero: the target follows the
 # pending tasks (queued + running), using the last sample while too few samples exist yet
 # (a new or idle pool has none); nodes leave only when their tasks complete.
-AUTOSCALE_FORMULA = """\
-$samplePercent = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 5);
-$lastPending = val($PendingTasks.GetSample(1), 0);
-$pending = $samplePercent < 70 ? $lastPending : max($lastPending, avg($PendingTasks.GetSample(TimeInterval_Minute * 5)));
-$nodes = min({max_nodes}, ceil($pending / {tasks_per_node}));
-$TargetDedicatedNodes = {dedicated};
-$TargetLowPriorityNodes = {low_priority};
-$NodeDeallocationOption = taskcompletion;"""
+AUTOSCALE_FORMULA = (resources.files(__package__) / "autoscale.formula").read_text().strip()
 EVALUATION_INTERVAL = timedelta(minutes=5)
 
 
