@@ -72,6 +72,10 @@ def finalize_window(payload) -> dict:
                             started=datetime.fromisoformat(body["started"]),
                             duration_s=float(body["duration_s"]), backend=body["backend"],
                             compute=runtime.backend(), run_id=body.get("run_id", ""))
+    top = summary.pop("top_anomalous")
     log.info("run %s: %s", summary["window"], summary["status"],
              extra={**summary, "duration": body["duration_s"]})
+    for sensor, count in top:
+        log.info("anomalies of %s in %s: %d", sensor, summary["window"], count,
+                 extra={"window": summary["window"], "sensor": sensor, "anomalies": count})
     return summary

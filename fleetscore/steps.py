@@ -92,6 +92,9 @@ def outcome(unit_id: str, state: str, result: UnitResult | None) -> dict:
     return body
 
 
+TOP_ANOMALOUS = 20  # sensors per run logged for the monitoring queries
+
+
 def finalize_step(store: Store, hour: Hour, outcomes: Mapping[str, dict], *, started: datetime,
                   duration_s: float, backend: str, compute: ComputeBackend | None = None,
                   run_id: str = "") -> dict:
@@ -104,10 +107,12 @@ def finalize_step(store: Store, hour: Hour, outcomes: Mapping[str, dict], *, sta
                for unit in plan.units]
     summary = finalize_run(store, plan, results, started=started, duration_s=duration_s,
                            backend=backend)
+    by_sensor = {k: v for r in results for k, v in r.anomalies_by_sensor.items()}
+    top = sorted(by_sensor.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ANOMALOUS]
     return {"window": summary.window, "status": summary.status, "scored": summary.scored,
             "failed": summary.failed, "anomalies": summary.anomalies,
             "no_data": summary.no_data, "no_model": summary.no_model,
-            "manifest": summary.manifest}
+            "manifest": summary.manifest, "top_anomalous": [[s, n] for s, n in top]}
 
 
 def _unit_result(store: Store, hour: Hour, unit_id: str, sensors, state: dict | None) -> UnitResult:

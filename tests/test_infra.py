@@ -114,3 +114,12 @@ def test_infra_post_provision_hook_builds_the_scoring_image():
     assert "az acr build" in hook and "scoring_container/Dockerfile" in hook
     outputs = set(re.findall(r"^output (\w+)", TEMPLATES["main.bicep"], re.M))
     assert {"AZURE_CONTAINER_REGISTRY_NAME", "SCORING_IMAGE"} <= outputs
+
+
+def test_infra_workbook_holds_the_operations_queries():
+    workbook = json.loads((INFRA / "workbook.json").read_text())
+    queries = [i["content"]["query"] for i in workbook["items"] if i["type"] == 3]
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert len(queries) == 5 and all(q in ops for q in queries)
+    for metric in ("fleetscore.arrival.lag",):
+        assert any(metric in q for q in queries)
