@@ -64,6 +64,7 @@ class BenchResult:
     labels_identical: bool
     peak_rss_mb: float
     boundary_sensors: int = 0  # sensors with a point decided by scikit-learn (outside the sample)
+    run_worker_peak_rss_mb: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -234,10 +235,11 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
         assert summary.scored + summary.failed == sensors, summary
         assert all(f["kind"] == "ModelNotFound" for f in summary.failures), summary.failures[:3]
         assert read_predictions(store, BENCH_HOUR).num_rows == summary.scored * 60
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The run's workers are this process's only children: their peak is the run's.
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return BenchResult(sensors, 60, repeats, fast, plain, run_s, backend.workers, identical, peak,
-                       summary.failed)
+                       summary.failed, workers_peak)
 
 
 def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:

@@ -451,7 +451,10 @@ def bench(
     out.print(f"fast path: {result.ratio:.0f}x the plain loop per sensor; labels identical on the "
               f"sample: {result.labels_identical}")
     out.print(f"whole run ({result.run_workers} workers): {result.run_s:.2f} s, "
-              f"{result.run_sensors_per_s:,.0f} sensors/s; peak memory {result.peak_rss_mb:,.0f} MB")
+              f"{result.run_sensors_per_s:,.0f} sensors/s, "
+              f"{result.to_json()['run_vs_plain_loop']:.0f}x the plain loop; peak memory: "
+              f"{result.run_worker_peak_rss_mb:,.0f} MB a worker, {result.peak_rss_mb:,.0f} MB this "
+              "process (which also scored the whole fleet as one unit)")
 
 
 @app.command()

@@ -31,7 +31,7 @@ UNITS_PER_WORKER = 4
 MAX_UNITS = 1000
 # The fast path's cost per sensor (docs/benchmarks.md) and the shortest Batch task worth a
 # container start.
-SECONDS_PER_SENSOR = 25e-6
+SECONDS_PER_SENSOR = 160e-6  # one core, whole run (docs/benchmarks.md)
 MIN_TASK_SECONDS = 120.0
 
 

@@ -182,3 +182,28 @@ def test_compile_refuses_what_it_cannot_represent(estimator):
 
 def test_empty_shard_roundtrip():
     assert decode_shard(encode_shard([])) == {}
+
+
+def test_bank_and_plain_paths_agree_on_the_demo_fleet(tmp_path):
+    from fleetscore.backends.local import SequentialBackend
+    from fleetscore.demo import make_fleet, write_readings_csv
+    from fleetscore.ingest import ingest_file
+    from fleetscore.runs import run_window
+    from fleetscore.stores import LocalStore
+    from fleetscore.training import train
+
+    fleet = make_fleet(sensors=25, hours=3, seed=5)
+    write_readings_csv(fleet.readings, tmp_path / "r.csv")
+    store = LocalStore(tmp_path / "s")
+    ingest_file(store, tmp_path / "r.csv")
+    train(store, until=fleet.first, nu=0.01)
+    labels = {}
+    for use_bank in (False, True):
+        if use_bank:
+            rebuild_bank(store)
+        for hour in (fleet.first + 1, fleet.first + 2):
+            run_window(store, hour, SequentialBackend(store), unit_size=25)
+            labels[(use_bank, hour)] = read_predictions(store, hour).select(
+                ["TS", "Device", "Tag", "Val", "Prediction"])
+    for hour in (fleet.first + 1, fleet.first + 2):
+        assert labels[(True, hour)].equals(labels[(False, hour)])

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from fleetscore.errors import UsageError
@@ -36,5 +38,7 @@ def test_automatic_unit_size_bounds_the_number_of_units():
     assert auto_unit_size(100_000, parallel=2) == 12_500
     assert auto_unit_size(1_000_000, parallel=10_000) == 1000  # never more than 1000 units
     # Batch tasks carry at least two minutes of work at the fast path's speed.
-    assert auto_unit_size(10_000_000, parallel=40, min_task_seconds=120) == 4_800_000
+    from fleetscore.planning import SECONDS_PER_SENSOR
+    assert auto_unit_size(10_000_000, parallel=40, min_task_seconds=120) == \
+        math.ceil(120 / SECONDS_PER_SENSOR)
     assert auto_unit_size(300, parallel=40, min_task_seconds=120) == 300
