@@ -111,56 +111,51 @@ def test_unreadable_window_file_fails_its_units_naming_the_file(trained_store):
     assert all(window in f["message"] for f in summary.failures)
 
 
-@reliability("R16")
-def test_worker_killed_mid_unit_is_retried_once(fleet_store, fleet_template):
-    backend = LocalBackend(fleet_store.url, Settings(), workers=2)
-    killed = []
+def _run_while_killing_workers(store, hour, *, times: int | None):
+    """Run the hour on a 2-worker pool while a thread SIGKILLs its workers: ``times`` of them,
+    or every worker that starts (None). Returns the summary and how many were killed."""
+    backend = LocalBackend(store.url, Settings(), workers=2)
+    stop = threading.Event()
+    killed: list[int] = []
 
     def killer():
-        deadline = time.monotonic() + 30
-        while not killed and time.monotonic() < deadline:
-            pool = backend._pool
-            if pool is not None and pool._processes:
-                pid = next(iter(pool._processes))
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
-        summary = run_window(fleet_store, fleet_template["hour"], backend, unit_size=30)
-    finally:
-        thread.join()
-        backend.close()
-    assert killed and summary.status == "succeeded"
-    assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
-
-
-@reliability("R16")
-def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, fleet_template):
-    backend = LocalBackend(fleet_store.url, Settings(), workers=2)
-    stop = threading.Event()
-
-    def killer():  # every worker that starts is killed: each unit dies twice
-        while not stop.is_set():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            if times is not None and len(killed) >= times:
+                return
             pool = backend._pool
             for pid in list(pool._processes) if pool is not None and pool._processes else []:
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 except ProcessLookupError:
                     pass
+                if times is not None and len(killed) >= times:
+                    return
             time.sleep(0.005)
 
     thread = threading.Thread(target=killer)
     thread.start()
     try:
-        summary = run_window(fleet_store, fleet_template["hour"], backend, unit_size=30)
+        summary = run_window(store, hour, backend, unit_size=30)
     finally:
         stop.set()
         thread.join()
         backend.close()
-    assert summary.status == "failed"
+    return summary, len(killed)
+
+
+@reliability("R16")
+def test_worker_killed_mid_unit_is_retried_once(fleet_store, fleet_template):
+    summary, killed = _run_while_killing_workers(fleet_store, fleet_template["hour"], times=1)
+    assert killed == 1 and summary.status == "succeeded"
+    assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
+
+
+@reliability("R16")
+def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, fleet_template):
+    summary, killed = _run_while_killing_workers(fleet_store, fleet_template["hour"], times=None)
+    assert killed >= 2 and summary.status == "failed"
     assert {f["kind"] for f in summary.failures} == {"WorkerCrashed"}
     rerun = run_window(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store), unit_size=30)
     assert rerun.status == "succeeded"
