@@ -314,6 +314,10 @@ def test_no_secret_in_the_repository_or_in_settings_repr():
     ["batch", "estimate"],
     ["report", "--to", "2024-99-01T00"],
     ["models", "import", "."],
+    ["models", "bank", "--store", "ftp://nowhere"],
+    ["bench", "--sensors", "0"],
+    ["plan", "--window", "2024-03-01T01", "--unit-size", "0"],
+    ["ingest", "--interval", "60"],
 ])
 def test_more_commands_with_bad_arguments_never_trace(args, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fleetscore.cli", *args], capture_output=True,
