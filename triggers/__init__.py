@@ -108,7 +108,8 @@ async def get_run(req: func.HttpRequest, client) -> func.HttpResponse:
         body["output"] = status.output
     if manifest is not None:
         body["manifest"] = {k: manifest[k] for k in ("status", "sensors", "anomalies", "started",
-                                                     "finished", "duration_s", "failures")}
+                                                     "finished", "duration_s")}
+        body["manifest"]["failures"] = manifest["failures"][:50]  # the full list is in the store
     return _json(body, 200)
 
 
