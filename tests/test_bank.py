@@ -157,6 +157,7 @@ def test_bank_shards_are_plain_arrays_and_damaged_ones_are_skipped(trained_store
     assert result.scored == 3  # the plain path took over
 
 
+@pytest.mark.reliability("R12")
 def test_a_model_tampered_after_compilation_is_never_loaded_and_verify_reports_it(trained_store):
     """The bank holds what was compiled from verified bytes: a model file changed behind
     fleetscore's back is never unpickled or trusted, and `verify` names it."""
