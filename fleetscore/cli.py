@@ -148,9 +148,12 @@ def models_import(
     settings = _settings()
     st = _store(store, settings)
     try:
-        known = set()
-        for hour in hours_with_arrivals(st):
-            known.update(read_arrivals(st, hour))
+        def known() -> set:
+            sensors = set()
+            for hour in hours_with_arrivals(st):
+                sensors.update(read_arrivals(st, hour))
+            return sensors
+
         result = import_models(st, directory, trust_pickle=trust_pickle, known=known)
         if not (result.imported or result.refused or result.failed):
             raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib "

@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,7 +211,9 @@ class ImportResult:
     failed: tuple[ImportProblem, ...]  # unreadable, unusable, badly named
 
 
-def sensor_from_filename(stem: str, known: set[Sensor] | None = None) -> Sensor:
+def sensor_from_filename(
+    stem: str, known: set[Sensor] | Callable[[], set[Sensor]] | None = None
+) -> Sensor:
     """``{Device}_{Tag}`` or ``model_{Device}_{Tag}`` (the reference's naming).
 
     Ids may contain '_', so a name can split several ways; sensors known to the store break
@@ -223,7 +225,10 @@ def sensor_from_filename(stem: str, known: set[Sensor] | None = None) -> Sensor:
         for i, ch in enumerate(candidate):
             if ch == "_" and is_valid_id(candidate[:i]) and is_valid_id(candidate[i + 1 :]):
                 splits.append(Sensor(candidate[:i], candidate[i + 1 :]))
-        if known:
+        if len(splits) > 1 and known:
+            # Only an ambiguous name needs the store's sensors (``known`` may be a callable,
+            # so a store's arrivals are read only when a name needs them).
+            known = known() if callable(known) else known
             matching = [s for s in splits if s in known]
             if len(matching) == 1:
                 return matching[0]
@@ -237,9 +242,11 @@ def sensor_from_filename(stem: str, known: set[Sensor] | None = None) -> Sensor:
 
 def import_models(
     store: Store, directory: str | Path, *, trust_pickle: bool = False,
-    known: set[Sensor] | None = None,
+    known: set[Sensor] | Callable[[], set[Sensor]] | None = None,
 ) -> ImportResult:
     directory = Path(directory)
+    if callable(known):
+        known = _once(known)
     imported: list[ModelManifest] = []
     refused: list[ImportProblem] = []
     failed: list[ImportProblem] = []
@@ -273,6 +280,17 @@ def import_models(
             continue
         imported.append(manifest)
     return ImportResult(tuple(imported), tuple(refused), tuple(failed))
+
+
+def _once(produce: Callable[[], set[Sensor]]) -> Callable[[], set[Sensor]]:
+    cache: list[set[Sensor]] = []
+
+    def get() -> set[Sensor]:
+        if not cache:
+            cache.append(produce())
+        return cache[0]
+
+    return get
 
 
 def _load_trusted_pickle(file: Path) -> Any:

@@ -103,7 +103,7 @@ def score_unit(
     Sensors whose model is in the bank are scored together, vectorized; the others (no bank
     yet, an estimator the bank cannot compile) one by one with scikit-learn."""
     started = time.perf_counter()
-    sensors = sorted(set(sensors))
+    sensors = sorted(set(sensors), key=_key)  # tuple keys: C comparisons, not dataclass ones
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = by_sensor(read_points(store, hour, sensors))
     present = [s for s in sensors if s in points and len(points[s].values)]
@@ -150,6 +150,10 @@ def score_unit(
         duration_s=round(time.perf_counter() - started, 6),
         anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
     )
+
+
+def _key(sensor: Sensor) -> tuple[str, str]:
+    return sensor.device, sensor.tag
 
 
 def _settle_boundary(store: Store, points: SensorPoints, decision: np.ndarray,

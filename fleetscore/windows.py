@@ -157,7 +157,7 @@ def read_points(store: Store, hour: Hour, sensors: Iterable[Sensor] | None = Non
 
     With ``sensors``, only the row groups that can hold them are read.
     """
-    wanted = None if sensors is None else sorted(set(sensors))
+    wanted = None if sensors is None else sorted(set(sensors), key=lambda s: (s.device, s.tag))
     tables = [_read_part(store, path, wanted) for path in store.list(windows_folder(hour))
               if path.endswith(".parquet")]
     tables = [t for t in tables if t.num_rows]

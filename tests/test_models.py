@@ -102,3 +102,22 @@ def test_trusted_pickles_are_converted_to_skops(local_store, tmp_path):
     assert local_store.get(model_path(Sensor("7", "9")))[:2] == b"PK"  # a skops zip, not a pickle
     x = np.linspace(-5, 5, 30).reshape(-1, 1)
     assert (load_model(local_store, Sensor("7", "9")).predict(x) == model.predict(x)).all()
+
+
+def test_the_stores_sensors_are_read_only_when_a_name_is_ambiguous(local_store, tmp_path):
+    calls = []
+
+    def known():
+        calls.append(1)
+        return {Sensor("dev_a", "t")}
+
+    d = tmp_path / "models"
+    d.mkdir()
+    sio.dump(_fit(0), d / "1_1.skops")
+    import_models(local_store, d, known=known)
+    assert calls == []
+    sio.dump(_fit(1), d / "dev_a_t.skops")
+    sio.dump(_fit(2), d / "model_dev_a_t.skops")
+    result = import_models(local_store, d, known=known)
+    assert calls == [1]  # read once for both ambiguous names
+    assert sorted(str(m.sensor) for m in result.imported) == ["1/1", "dev_a/t", "dev_a/t"]
