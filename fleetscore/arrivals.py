@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -94,10 +93,3 @@ def hours_with_arrivals(store: Store) -> list[Hour]:
             except Exception:  # noqa: BLE001 - a stray file in arrivals/ is not an hour
                 continue
     return sorted(hours)
-
-
-def sensors_with_data(records: Iterable[Counter[Sensor]]) -> set[Sensor]:
-    out: set[Sensor] = set()
-    for record in records:
-        out.update(s for s, n in record.items() if n > 0)
-    return out

@@ -216,11 +216,6 @@ def load_bank(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, Compiled]
 # --- vectorized decision --------------------------------------------------------------------
 
 
-def decisions(models: list[Compiled], values: list[np.ndarray]) -> list[np.ndarray]:
-    """The decision function of each model on its own points, many sensors at a time."""
-    return [d for d, _ in decisions_with_magnitude(models, values)]
-
-
 def decisions_with_magnitude(models: list[Compiled], values: list[np.ndarray]
                              ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Decisions and the summed magnitude of their terms (sum |dual * K| + |intercept|), which

@@ -80,7 +80,3 @@ def hour_range(first: Hour, last: Hour) -> list[Hour]:
 def previous_full_hour(now: datetime) -> Hour:
     """The last hour whose windows have all closed at ``now``."""
     return Hour.from_datetime(now - timedelta(hours=1))
-
-
-def format_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")

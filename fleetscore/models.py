@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -311,7 +311,3 @@ def _after_name(message: str, name: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc, 200)}"
-
-
-def sensors_of(manifests: Iterable[ModelManifest]) -> set[Sensor]:
-    return {m.sensor for m in manifests}

@@ -159,13 +159,3 @@ def load_plan(store: Store, hour: Hour) -> Plan | None:
         no_model=tuple(Sensor.parse(s) for s in summary.get("no_model", ())),
         unit_size=summary.get("unit_size", 1),
     )
-
-
-def load_plan_summary(store: Store, hour: Hour) -> dict:
-    path = plan_path(hour)
-    try:
-        return json.loads(store.get(path))
-    except NotFound as exc:
-        raise InputError(f"no plan for {hour}: run `fleetscore plan` or `fleetscore run` first") from exc
-    except ValueError as exc:
-        raise InputError(f"plan file {path} is malformed: {exc}") from exc

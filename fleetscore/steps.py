@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from .backends.base import FAILED, TERMINAL, ComputeBackend
+from .backends.base import FAILED, ComputeBackend
 from .errors import UsageError
 from .hours import Hour
 from .planning import load_plan, load_unit, make_plan, plan_path, save_plan

@@ -26,7 +26,7 @@ from ..hours import Hour
 from ..planning import Unit
 from ..settings import BatchSettings, Settings
 from ..stores import Store
-from .base import FAILED, PARTIAL, PENDING, RUNNING, SUCCEEDED, UnitStatus
+from .base import FAILED, PENDING, RUNNING, UnitStatus
 
 MAX_TASKS_PER_REQUEST = 100
 # Container-ready Ubuntu for Batch: Docker-compatible runtime preinstalled.
