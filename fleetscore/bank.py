@@ -1,23 +1,31 @@
-"""The model bank: per-sensor ``Pipeline(StandardScaler, OneClassSVM)`` models compiled into
-packed arrays, and the vectorized scoring of many sensors at once.
+"""The model bank: per-sensor one-class SVMs (alone or behind a scaler) compiled into packed
+arrays, and the vectorized scoring of many sensors at once.
 
-A one-feature one-class SVM is a handful of numbers: the scaler's mean and scale, the support
+A one-feature one-class SVM is a handful of numbers: the scaler's affine map, the support
 vectors, their dual coefficients, the intercept and the kernel's parameters. Scoring a unit's
 sensors is then a few array operations over all of them (padded to the chunk's largest point
 and support-vector counts), instead of one scikit-learn call per sensor.
 
+Only what is reproduced exactly is compiled. A model is compiled from its fitted attributes,
+then the compiled copy and scikit-learn itself evaluate probe points (the support vectors, the
+scaler's range, the training range's edges, random points); any disagreement beyond the
+boundary tolerance and the model stays with scikit-learn, with the reason in ``BankStats``.
+
 The bank is a derived, safe artifact: ``.npz`` shards read with ``allow_pickle=False``, each
-entry recording the sha256 of the model it was compiled from. ``bank/index.json`` lists
-the shards; writing any model deletes it, so a bank never outlives a model change, and
-``rebuild_bank`` (run at the end of ``train`` and ``models import``) recompiles only the shards
-whose models changed (shards are named by their models' hashes). Sensors missing from the
-bank, and estimators it cannot compile, are scored by scikit-learn in the same unit. A model
-file altered behind fleetscore's back (not re-imported) keeps being scored from what was
-compiled from its verified bytes; ``fleetscore verify`` reports such a file.
+entry recording the sha256 of the model bytes it was compiled from. ``load_bank`` returns an
+entry only while that hash is still the model manifest's, so a model changed after its
+compilation (by a save racing a rebuild, or an index left by an older fleetscore) is scored by
+scikit-learn from the stored model, never from the old arrays. ``rebuild_bank`` (run at the
+end of ``train`` and ``models import``) recompiles only the shards whose models changed
+(shards are named by their models' hashes), and checks the manifests again once its index is
+written: ``save_model`` deletes the index after writing a manifest, so between the two no
+stale index survives. A model file altered behind fleetscore's back (its manifest unchanged,
+not re-imported) keeps being scored from what was compiled from its verified bytes;
+``fleetscore verify`` reports such a file.
 
 Labels are identical to scikit-learn's: libsvm predicts +1 only for a decision > 0, and points
-whose decision is within ``BOUNDARY_TOLERANCE`` of 0, where the two float computations could
-disagree, are re-scored by scikit-learn itself.
+whose decision is within ``BOUNDARY_TOLERANCE`` of 0 (or not finite), where the two float
+computations could disagree, are re-scored by scikit-learn itself.
 """
 
 from __future__ import annotations
@@ -26,27 +34,43 @@ import bisect
 import hashlib
 import io
 import json
+import math
+import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NotFound
-from .models import list_models, load_model, read_manifest
+from .errors import ModelError, NotFound
+from .models import check_estimator, list_models, loads_model, model_path, read_manifest
 from .sensors import Sensor
 from .stores import Store
 
 BANK_FOLDER = "bank"  # beside models/, never inside: a device could be called "bank"
 INDEX_PATH = f"{BANK_FOLDER}/index.json"
+# Written into every shard and into the shard names: a shard of another format (an older
+# fleetscore's, compiled without the probe check) is never decoded, only rebuilt.
+BANK_FORMAT = 2
 SHARD_SENSORS = 1024  # a unit decodes only the shards holding its sensors
 BOUNDARY_TOLERANCE = 1e-9
 KERNELS = {"rbf": 0, "linear": 1, "poly": 2, "sigmoid": 3}
 CHUNK_SENSORS = 64  # sensors per vectorized batch: padded work stays in cache
+REBUILD_ROUNDS = 3  # rebuilds in a row while models keep changing, then no index at all
+PROBE_RANDOM = 48
+PROBE_SEED = 20240301  # fixed: compiling the same bytes always gives the same verdict
 
 
 @dataclass(frozen=True)
 class Compiled:
+    """x -> clip(((x - mean) / scale) * mul + add, low, high), then the SVM's decision.
+
+    The steps and their order are scikit-learn's own (StandardScaler and RobustScaler subtract
+    then divide, MinMaxScaler multiplies then adds, then clips), and a step a scaler skips is
+    the identity here (- 0, / 1, * 1, + 0 and clipping at infinities are exact), so the scaled
+    value is bit for bit scikit-learn's."""
+
     kernel: int
     mean: float
     scale: float
@@ -56,62 +80,210 @@ class Compiled:
     intercept: float
     support: np.ndarray  # scaled support vectors, float64
     dual: np.ndarray  # dual coefficients, float64
+    mul: float = 1.0
+    add: float = 0.0
+    low: float = -math.inf
+    high: float = math.inf
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A model compiled, or the reason it stays with scikit-learn."""
+
+    compiled: Compiled | None
+    reason: str | None = None
 
 
 def compile_model(estimator) -> Compiled | None:
-    """Packed parameters of a one-feature [StandardScaler ->] OneClassSVM; None otherwise."""
+    """Packed parameters of a model the bank reproduces exactly; None otherwise."""
+    return compile_verdict(estimator).compiled
+
+
+def compile_verdict(estimator) -> Verdict:
+    parts = _split_pipeline(estimator)
+    if isinstance(parts, str):
+        return Verdict(None, parts)
+    scaler, svm = parts
+    affine = _scaler_params(scaler) if scaler is not None else {"mean": 0.0, "scale": 1.0}
+    if isinstance(affine, str):
+        return Verdict(None, affine)
+    svm_params = _svm_params(svm)
+    if isinstance(svm_params, str):
+        return Verdict(None, svm_params)
+    compiled = Compiled(**svm_params, **affine)
+    reason = probe_disagreement(estimator, scaler, compiled)
+    return Verdict(None, reason) if reason else Verdict(compiled)
+
+
+def _split_pipeline(estimator):
+    """(scaler or None, svm), or why the shape is not one the bank compiles."""
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM
 
-    scaler = None
-    svm = estimator
+    steps = [estimator]
     if isinstance(estimator, Pipeline):
         steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
-        if len(steps) == 2 and type(steps[0]) is StandardScaler:
-            scaler, svm = steps
-        elif len(steps) == 1:
-            svm = steps[0]
-        else:
-            return None
-    if type(svm) is not OneClassSVM or svm.kernel not in KERNELS:
-        return None
+    if not steps or type(steps[-1]) is not OneClassSVM:
+        last = type(steps[-1]).__name__ if steps else "an empty pipeline"
+        return f"{last} is not a OneClassSVM"
+    if len(steps) > 2:
+        return "a pipeline of more than one scaler and a OneClassSVM"
+    return (steps[0] if len(steps) == 2 else None), steps[-1]
+
+
+def _first(values) -> float:
+    return float(np.asarray(values, dtype=np.float64).reshape(-1)[0])
+
+
+def _scaler_params(scaler) -> dict | str:
+    """The scaler's affine map, from its parameters (which steps it takes) and its fitted
+    attributes (the numbers). mean_ exists even when with_mean=False: the parameters decide."""
+    from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
+
+    kind = type(scaler)
+    if getattr(scaler, "n_features_in_", 1) != 1:
+        return "a scaler fitted on more than one feature"
+    p = scaler.get_params()
+    if kind is StandardScaler:
+        return {"mean": _first(scaler.mean_) if p["with_mean"] else 0.0,
+                "scale": _first(scaler.scale_) if p["with_std"] else 1.0}
+    if kind is RobustScaler:
+        return {"mean": _first(scaler.center_) if p["with_centering"] else 0.0,
+                "scale": _first(scaler.scale_) if p["with_scaling"] else 1.0}
+    if kind is MinMaxScaler:
+        low, high = (float(p["feature_range"][0]), float(p["feature_range"][1])) if p["clip"] \
+            else (-math.inf, math.inf)
+        return {"mean": 0.0, "scale": 1.0, "mul": _first(scaler.scale_),
+                "add": _first(scaler.min_), "low": low, "high": high}
+    if kind is MaxAbsScaler:
+        low, high = (-1.0, 1.0) if p["clip"] else (-math.inf, math.inf)
+        return {"mean": 0.0, "scale": _first(scaler.scale_), "low": low, "high": high}
+    return f"{kind.__name__} is not a scaler the bank compiles"
+
+
+def _svm_params(svm) -> dict | str:
+    import scipy.sparse
+
+    p = svm.get_params()
+    kernel = p["kernel"]
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        return f"OneClassSVM with kernel {kernel if isinstance(kernel, str) else 'callable'!r}"
+    if scipy.sparse.issparse(svm.support_vectors_):
+        return "OneClassSVM fitted on sparse data"
     if svm.support_vectors_.shape[1] != 1 or getattr(svm, "n_features_in_", 1) != 1:
-        return None
-    mean = float(scaler.mean_[0]) if scaler is not None and scaler.mean_ is not None else 0.0
-    scale = float(scaler.scale_[0]) if scaler is not None and scaler.scale_ is not None else 1.0
-    return Compiled(
-        kernel=KERNELS[svm.kernel], mean=mean, scale=scale, gamma=float(svm._gamma),
-        coef0=float(svm.coef0), degree=float(svm.degree), intercept=float(svm.intercept_[0]),
-        support=np.ascontiguousarray(svm.support_vectors_[:, 0], dtype=np.float64),
-        dual=np.ascontiguousarray(svm.dual_coef_[0], dtype=np.float64),
-    )
+        return "OneClassSVM fitted on more than one feature"
+    gamma = p["gamma"]
+    if gamma == "auto":
+        gamma = 1.0 / svm.n_features_in_
+    elif gamma == "scale":
+        # No public attribute keeps it: it came from the training data's variance, which the
+        # model does not store. The probe check vouches for the value read here.
+        gamma = svm._gamma
+    return {"kernel": KERNELS[kernel], "gamma": float(gamma), "coef0": float(p["coef0"]),
+            "degree": float(p["degree"]), "intercept": _first(svm.intercept_),
+            "support": np.ascontiguousarray(svm.support_vectors_[:, 0], dtype=np.float64),
+            "dual": np.ascontiguousarray(svm.dual_coef_[0], dtype=np.float64)}
+
+
+def probe_points(scaler, compiled: Compiled) -> np.ndarray:
+    """Where a compiled copy must agree with its model: the support vectors and the scaler's
+    range mapped back to values (through the scaler's own inverse_transform), the edges of
+    what the model was trained on, and random points around and far beyond them."""
+    scaled = np.concatenate([compiled.support, [-3.0, -1.0, 0.0, 0.5, 1.0, 3.0]])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        values = (scaler.inverse_transform(scaled.reshape(-1, 1)).reshape(-1)
+                  if scaler is not None else scaled.copy())
+    edges = [getattr(scaler, name, None) for name in ("data_min_", "data_max_", "max_abs_")]
+    values = np.concatenate([values, *(np.ravel(e) for e in edges if e is not None),
+                             *(-np.ravel(e) for e in edges[2:] if e is not None)])
+    values = values[np.isfinite(values)]
+    lo, hi = (values.min(), values.max()) if len(values) else (-1.0, 1.0)
+    width = max(hi - lo, abs(hi), abs(lo), 1.0)
+    rng = np.random.default_rng(PROBE_SEED)
+    spread = rng.uniform(lo - width, hi + width, PROBE_RANDOM)
+    far = np.array([lo - 10 * width, hi + 10 * width, lo - 1e3 * width, hi + 1e3 * width, 0.0])
+    return np.concatenate([values, spread, far])
+
+
+def probe_disagreement(estimator, scaler, compiled: Compiled) -> str | None:
+    """None when the compiled copy gives scikit-learn's decisions (within the boundary
+    tolerance) and labels on every probe point; otherwise why not."""
+    probes = probe_points(scaler, compiled)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        expected = np.asarray(estimator.decision_function(probes.reshape(-1, 1)), dtype=np.float64)
+        labels = np.asarray(estimator.predict(probes.reshape(-1, 1)))
+        [(decision, magnitude)] = decisions_with_magnitude([compiled], [probes])
+    if not (np.isfinite(decision).all() and np.isfinite(expected).all()):
+        return "OneClassSVM whose decisions are not finite on probe points"
+    if (np.abs(decision - expected) > BOUNDARY_TOLERANCE * np.maximum(magnitude, 1.0)).any():
+        return "OneClassSVM whose compiled decisions differ from scikit-learn's on probe points"
+    settled = near_boundary(decision, magnitude)
+    if ((decision > 0) != (labels == 1))[~settled].any():
+        return "OneClassSVM whose compiled labels differ from scikit-learn's on probe points"
+    return None
+
+
+def compile_stored(store: Store, sensor: Sensor) -> tuple[str, Verdict]:
+    """The sha256 of the model bytes read and the verdict on them. The bytes are checked
+    against the manifest read just before them, so the hash names what was compiled."""
+    manifest = read_manifest(store, sensor)
+    try:
+        data = store.get(model_path(sensor))
+    except NotFound:
+        return manifest.sha256, Verdict(None, "model file missing")
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != manifest.sha256:
+        return manifest.sha256, Verdict(None, "model file does not match its manifest")
+    try:
+        estimator = loads_model(data, f"sensor {sensor}")
+        check_estimator(estimator, f"sensor {sensor}")
+        return sha, compile_verdict(estimator)
+    except ModelError as exc:
+        return sha, Verdict(None, f"cannot be loaded ({exc.kind})")
+    except Exception as exc:  # noqa: BLE001 - a model's own bug: the plain path names it
+        return sha, Verdict(None, f"cannot be compiled ({type(exc).__name__})")
 
 
 # --- shards ---------------------------------------------------------------------------------
 
 
-def encode_shard(entries: list[tuple[Sensor, str, Compiled]]) -> bytes:
+PARAMS = ("kernel", "mean", "scale", "gamma", "coef0", "degree", "intercept", "mul", "add",
+          "low", "high")
+
+
+def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str] = ()) -> bytes:
+    """``left``: why each of the shard's other models stays with scikit-learn (for the counts
+    of a kept shard)."""
     counts = np.array([len(c.support) for _, _, c in entries], dtype=np.int64)
     arrays = {
+        "format": np.array([BANK_FORMAT], dtype=np.int64),
         "device": np.array([s.device for s, _, _ in entries], dtype="U64"),
         "tag": np.array([s.tag for s, _, _ in entries], dtype="U64"),
         "sha256": np.array([h for _, h, _ in entries], dtype="U64"),
-        "params": np.array([[c.kernel, c.mean, c.scale, c.gamma, c.coef0, c.degree, c.intercept]
-                            for _, _, c in entries], dtype=np.float64).reshape(-1, 7),
+        "params": np.array([[float(getattr(c, name)) for name in PARAMS] for _, _, c in entries],
+                           dtype=np.float64).reshape(-1, len(PARAMS)),
         "offsets": np.concatenate(([0], np.cumsum(counts))),
         "support": np.concatenate([c.support for _, _, c in entries]) if entries else np.zeros(0),
         "dual": np.concatenate([c.dual for _, _, c in entries]) if entries else np.zeros(0),
+        "left": np.array(list(left), dtype="U200"),
     }
     sink = io.BytesIO()
     np.savez(sink, **arrays)
     return sink.getvalue()
 
 
+def _check_format(z) -> None:
+    if "format" not in z.files or z["format"].tolist() != [BANK_FORMAT]:
+        raise ValueError("a bank shard of another format")
+
+
 def decode_shard(data: bytes, wanted: Iterable[Sensor] | None = None
                  ) -> dict[Sensor, tuple[str, Compiled]]:
     """A shard's entries (only the ``wanted`` ones, when given)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        _check_format(z)
         device, tag, sha, params = z["device"], z["tag"], z["sha256"], z["params"]
         offsets, support, dual = z["offsets"], z["support"], z["dual"]
     position = {(d, t): i for i, (d, t) in enumerate(zip(device.tolist(), tag.tolist(), strict=True))}
@@ -121,16 +293,23 @@ def decode_shard(data: bytes, wanted: Iterable[Sensor] | None = None
         i = position.get(key)
         if i is None:
             continue
-        k, mean, scale, gamma, coef0, degree, intercept = params[i].tolist()
+        p = dict(zip(PARAMS, params[i].tolist(), strict=True))
         a, b = offsets[i], offsets[i + 1]
         # Ids were validated when the models were saved; the bank is fleetscore's own file.
         out[Sensor.unchecked(*key)] = (str(sha[i]), Compiled(
-            int(k), mean, scale, gamma, coef0, degree, intercept, support[a:b], dual[a:b]))
+            **{**p, "kernel": int(p["kernel"])}, support=support[a:b], dual=dual[a:b]))
     return out
 
 
+def shard_left(data: bytes) -> list[str]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        _check_format(z)
+        return z["left"].tolist()
+
+
 def invalidate(store: Store) -> None:
-    """Called on every model write: the bank must never stand for a model that changed."""
+    """Called after every model write: an index written before it is gone, and a rebuild that
+    writes one after it finds the new manifest when it checks its index."""
     store.delete(INDEX_PATH)
 
 
@@ -140,48 +319,107 @@ class BankStats:
     compiled: int
     shards_written: int
     shards_kept: int
+    left: tuple[tuple[str, int], ...] = ()  # (why, how many models) scored by scikit-learn
 
 
-def rebuild_bank(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> BankStats:
+@dataclass(frozen=True)
+class _Shard:
+    entry: dict  # the index's entry
+    written: bool
+    left: tuple[str, ...]
+    compiled_from: dict[Sensor, str]  # sha256 per sensor the shard was built for
+
+
+def _group_key(group: list[Sensor], shas: dict[Sensor, str]) -> str:
+    text = f"format {BANK_FORMAT}\n" + "\n".join(f"{s}:{shas[s]}" for s in group)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _shard_path(key: str) -> str:
+    return f"{BANK_FOLDER}/shard-{key[:24]}.npz"
+
+
+def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str], existing: set[str]
+          ) -> _Shard | None:
+    """The existing shard for these exact models, if it is whole and of this format."""
+    key = _group_key(group, shas)
+    path = _shard_path(key)
+    if path not in existing:
+        return None
+    try:
+        data = store.get(path)
+        count, left = len(decode_shard(data)), tuple(shard_left(data))
+    except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
+        return None
+    entry = {"key": key, "path": path, "first": str(group[0]), "last": str(group[-1]),
+             "compiled": count}
+    return _Shard(entry, False, left, {s: shas[s] for s in group})
+
+
+def _build(store: Store, group: list[Sensor]) -> _Shard:
+    entries, left, shas = [], [], {}
+    for sensor in group:
+        try:
+            sha, verdict = compile_stored(store, sensor)
+        except ModelError:  # the manifest went away or broke: the plain path says why
+            sha, verdict = "", Verdict(None, "manifest missing or malformed")
+        shas[sensor] = sha
+        if verdict.compiled is not None:
+            entries.append((sensor, sha, verdict.compiled))
+        else:
+            left.append(verdict.reason or "not compiled")
+    # Named by the hashes actually compiled, so a kept shard always holds what its name says.
+    key = _group_key(group, shas)
+    path = _shard_path(key)
+    store.put(path, encode_shard(entries, left))
+    entry = {"key": key, "path": path, "first": str(group[0]), "last": str(group[-1]),
+             "compiled": len(entries)}
+    return _Shard(entry, True, tuple(left), shas)
+
+
+def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, str | None]:
+    out: dict[Sensor, str | None] = {}
+    for sensor in sensors:
+        try:
+            out[sensor] = read_manifest(store, sensor).sha256
+        except ModelError:
+            out[sensor] = None
+    return out
+
+
+def _rebuild_once(store: Store, shard_sensors: int) -> tuple[BankStats, dict[Sensor, str]]:
     sensors = sorted(list_models(store))
-    manifests = {s: read_manifest(store, s) for s in sensors}
+    manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))
-    shards, written, kept, compiled = [], 0, 0, 0
+    shards: list[_Shard] = []
     for start in range(0, len(sensors), shard_sensors):
         group = sensors[start : start + shard_sensors]
-        key = hashlib.sha256("\n".join(f"{s}:{manifests[s].sha256}" for s in group).encode()).hexdigest()
-        path = f"{BANK_FOLDER}/shard-{key[:24]}.npz"
-        if path in existing:
-            # Named by its models' hashes: an existing shard is still exactly right.
-            try:
-                count = len(decode_shard(store.get(path)))
-            except (ValueError, KeyError, OSError, zipfile.BadZipFile):
-                count = None
-            if count is not None:
-                shards.append({"key": key, "path": path, "first": str(group[0]),
-                               "last": str(group[-1]), "compiled": count})
-                kept += 1
-                compiled += count
-                continue
-        entries = []
-        for sensor in group:
-            try:
-                c = compile_model(load_model(store, sensor))
-            except Exception:  # noqa: BLE001 - an unloadable model is scored (and failed) the plain way
-                c = None
-            if c is not None:
-                entries.append((sensor, manifests[sensor].sha256, c))
-        store.put(path, encode_shard(entries))
-        shards.append({"key": key, "path": path, "first": str(group[0]), "last": str(group[-1]),
-                       "compiled": len(entries)})
-        written += 1
-        compiled += len(entries)
-    live = {s["path"] for s in shards}
+        shards.append(_keep(store, group, manifests, existing) or _build(store, group))
+    live = {s.entry["path"] for s in shards}
     for path in store.list(BANK_FOLDER):
         if path.endswith(".npz") and path not in live:
             store.delete(path)
-    store.put(INDEX_PATH, json.dumps({"shards": shards}, indent=1).encode())
-    return BankStats(len(sensors), compiled, written, kept)
+    store.put(INDEX_PATH, json.dumps({"shards": [s.entry for s in shards]}, indent=1).encode())
+    left = Counter(reason for s in shards for reason in s.left)
+    stats = BankStats(len(sensors), sum(s.entry["compiled"] for s in shards),
+                      sum(s.written for s in shards), sum(not s.written for s in shards),
+                      tuple(sorted(left.items(), key=lambda kv: (-kv[1], kv[0]))))
+    return stats, {sensor: sha for s in shards for sensor, sha in s.compiled_from.items()}
+
+
+def rebuild_bank(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> BankStats:
+    """Compile every model into the bank, reusing the shards whose models did not change."""
+    for _ in range(REBUILD_ROUNDS):
+        stats, built_from = _rebuild_once(store, shard_sensors)
+        # A model saved during this round has its manifest written by now if its save's
+        # index deletion came before our index: if none changed, the index is current.
+        current = _manifest_hashes(store, built_from)
+        if all(current[s] == sha for s, sha in built_from.items()):
+            return stats
+    invalidate(store)  # models keep changing: no index (the plain path) rather than a stale one
+    return BankStats(stats.sensors, 0, stats.shards_written, stats.shards_kept,
+                     (("models changed while the bank was built; run `fleetscore models bank` "
+                       "again", stats.sensors),))
 
 
 def _read_index(store: Store) -> dict | None:
@@ -192,12 +430,13 @@ def _read_index(store: Store) -> dict | None:
 
 
 def load_bank(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, Compiled]:
-    """Compiled models of the given sensors found in the bank (others are simply absent)."""
+    """Compiled models of the given sensors found in the bank and still current (others are
+    simply absent, and scored by scikit-learn)."""
     index = _read_index(store)
     if not index:
         return {}
     wanted = sorted({(s.device, s.tag) for s in sensors})
-    out: dict[Sensor, Compiled] = {}
+    found: dict[Sensor, tuple[str, Compiled]] = {}
     for shard in index["shards"]:
         first, last = Sensor.parse(shard["first"]), Sensor.parse(shard["last"])
         lo = bisect.bisect_left(wanted, (first.device, first.tag))
@@ -206,11 +445,14 @@ def load_bank(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, Compiled]
             continue
         members = [Sensor.unchecked(d, t) for d, t in wanted[lo:hi]]
         try:
-            entries = decode_shard(store.get(shard["path"]), members)
+            found.update(decode_shard(store.get(shard["path"]), members))
         except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
-            continue  # a damaged shard: its sensors take the plain path
-        out.update({s: entry[1] for s, entry in entries.items()})
-    return out
+            continue  # a damaged shard, or one of another format: its sensors take the plain path
+    # An entry stands for the model it was compiled from, and only while the manifest still
+    # names that model: a save racing a rebuild, or any index that outlived a model change,
+    # sends the sensor to scikit-learn with its current model.
+    current = _manifest_hashes(store, found)
+    return {s: compiled for s, (sha, compiled) in found.items() if current[s] == sha}
 
 
 # --- vectorized decision --------------------------------------------------------------------
@@ -221,6 +463,12 @@ def decisions_with_magnitude(models: list[Compiled], values: list[np.ndarray]
     """Decisions and the summed magnitude of their terms (sum |dual * K| + |intercept|), which
     bounds how far two float computations of the same decision can drift apart."""
     out: list = [None] * len(models)
+    with np.errstate(over="ignore", invalid="ignore"):  # such points go to scikit-learn
+        _decide_chunks(models, values, out)
+    return out
+
+
+def _decide_chunks(models: list[Compiled], values: list[np.ndarray], out: list) -> None:
     order = sorted(range(len(models)), key=lambda i: (models[i].kernel, len(models[i].support)))
     for start in range(0, len(order), CHUNK_SENSORS):
         chunk = order[start : start + CHUNK_SENSORS]
@@ -235,7 +483,6 @@ def decisions_with_magnitude(models: list[Compiled], values: list[np.ndarray]
         for i, dec in zip(chunk, _batch([models[i] for i in chunk], [values[i] for i in chunk]),
                           strict=True):
             out[i] = dec
-    return out
 
 
 def _batch(models: list[Compiled], values: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -246,9 +493,16 @@ def _batch(models: list[Compiled], values: list[np.ndarray]) -> list[tuple[np.nd
     sv = np.zeros((n, v))
     dual = np.zeros((n, v))  # padding: dual 0 contributes nothing
     for i, (m, vals) in enumerate(zip(models, values, strict=True)):
-        x[i, : len(vals)] = (vals - m.mean) / m.scale
+        x[i, : len(vals)] = vals
         sv[i, : len(m.support)] = m.support
         dual[i, : len(m.dual)] = m.dual
+    # The scalers' steps in scikit-learn's order, one array operation each for the chunk.
+    x -= np.array([m.mean for m in models])[:, None]
+    x /= np.array([m.scale for m in models])[:, None]
+    x *= np.array([m.mul for m in models])[:, None]
+    x += np.array([m.add for m in models])[:, None]
+    np.clip(x, np.array([m.low for m in models])[:, None], np.array([m.high for m in models])[:, None],
+            out=x)
     gamma = np.array([m.gamma for m in models])[:, None, None]
     kernel = models[0].kernel
     if kernel == KERNELS["rbf"]:
@@ -274,5 +528,8 @@ def _batch(models: list[Compiled], values: list[np.ndarray]) -> list[tuple[np.nd
 
 def near_boundary(decision: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     """Points whose sign two correct float computations might disagree on: |decision| below
-    BOUNDARY_TOLERANCE times the magnitude of its terms (at least 1)."""
-    return np.abs(decision) < BOUNDARY_TOLERANCE * np.maximum(magnitude, 1.0)
+    BOUNDARY_TOLERANCE times the magnitude of its terms (at least 1), or not finite (an
+    overflowing kernel: no bound holds there)."""
+    with np.errstate(invalid="ignore"):
+        close = np.abs(decision) < BOUNDARY_TOLERANCE * np.maximum(magnitude, 1.0)
+    return close | ~np.isfinite(decision) | ~np.isfinite(magnitude)

@@ -147,12 +147,14 @@ def save_model(
         source=source,
     )
     # Model first, manifest last: the manifest is what makes a model visible. The bank's
-    # index goes before either, so no compiled copy outlives the model it was made from.
+    # index goes after both: an index a racing rebuild wrote before this is deleted, and one
+    # written after it is checked by that rebuild against this manifest (the bank also checks
+    # every entry against its manifest when it is loaded).
     from .bank import invalidate
 
-    invalidate(store)
     store.put(model_path(sensor), data)
     store.put(manifest_path(sensor), manifest.to_json())
+    invalidate(store)
     return manifest
 
 

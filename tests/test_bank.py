@@ -15,12 +15,18 @@ from fleetscore.bank import (
 )
 from fleetscore.hours import Hour
 from fleetscore.models import model_path, save_model
-from fleetscore.predictions import read_predictions
+from fleetscore.predictions import decode
 from fleetscore.scoring import score_unit
 from fleetscore.sensors import Sensor
 
 H1 = Hour.parse("2024-03-01T01")
 SENSORS = [Sensor("1", "1"), Sensor("1", "2"), Sensor("dev_a", "t.x")]
+
+
+def _written(store, result):
+    """The predictions a unit wrote, read from the file its result names."""
+    return decode(store.get(result.predictions), result.predictions).sort_by(
+        [("Device", "ascending"), ("Tag", "ascending"), ("TS", "ascending")])
 
 
 def _random_models(n: int, seed: int):
@@ -99,7 +105,7 @@ def test_bank_scoring_matches_scikit_learn_at_the_boundary(local_store, tmp_path
     assert len(load_bank(local_store, expected)) == 60
     result = score_unit(local_store, H1, expected, unit_id="edge")
     assert result.scored == 60 and not result.failures
-    preds = read_predictions(local_store, H1)
+    preds = _written(local_store, result)
     for sensor, (model, points) in expected.items():
         mask = (np.array(preds["Device"].to_pylist()) == sensor.device)
         got = np.array(preds["Prediction"].to_pylist())[mask]
@@ -109,10 +115,10 @@ def test_bank_scoring_matches_scikit_learn_at_the_boundary(local_store, tmp_path
 
 def test_bank_and_plain_paths_write_the_same_predictions(trained_store):
     plain = score_unit(trained_store, H1, SENSORS, unit_id="u", use_bank=False)
-    plain_rows = read_predictions(trained_store, H1)
+    plain_rows = _written(trained_store, plain)
     rebuild_bank(trained_store)
     fast = score_unit(trained_store, H1, SENSORS, unit_id="u")
-    fast_rows = read_predictions(trained_store, H1)
+    fast_rows = _written(trained_store, fast)
     assert (plain.scored, plain.anomalies) == (fast.scored, fast.anomalies)
     for column in ("TS", "Device", "Tag", "Val", "Prediction"):
         assert plain_rows[column].equals(fast_rows[column])
@@ -126,7 +132,7 @@ def test_other_estimators_fall_back_to_scikit_learn_in_the_same_unit(trained_sto
     assert (stats.sensors, stats.compiled) == (3, 2)
     result = score_unit(trained_store, H1, SENSORS, unit_id="u")
     assert result.scored == 3 and not result.failures
-    preds = read_predictions(trained_store, H1)
+    preds = _written(trained_store, result)
     mine = preds.filter(np.array(preds["Tag"].to_pylist()) == "2")
     expected = (forest.predict(mine["Val"].to_numpy().reshape(-1, 1)) == -1).astype(int)
     assert mine["Prediction"].to_pylist() == expected.tolist()
@@ -186,10 +192,9 @@ def test_empty_shard_roundtrip():
 
 
 def test_bank_and_plain_paths_agree_on_the_demo_fleet(tmp_path):
-    from fleetscore.backends.local import SequentialBackend
     from fleetscore.demo import make_fleet, write_readings_csv
     from fleetscore.ingest import ingest_file
-    from fleetscore.runs import run_window
+    from fleetscore.models import list_models
     from fleetscore.stores import LocalStore
     from fleetscore.training import train
 
@@ -198,13 +203,132 @@ def test_bank_and_plain_paths_agree_on_the_demo_fleet(tmp_path):
     store = LocalStore(tmp_path / "s")
     ingest_file(store, tmp_path / "r.csv")
     train(store, until=fleet.first, nu=0.01)
+    sensors = sorted(list_models(store))
     labels = {}
     for use_bank in (False, True):
         if use_bank:
-            rebuild_bank(store)
+            assert rebuild_bank(store).compiled == len(sensors)
         for hour in (fleet.first + 1, fleet.first + 2):
-            run_window(store, hour, SequentialBackend(store), unit_size=25)
-            labels[(use_bank, hour)] = read_predictions(store, hour).select(
+            result = score_unit(store, hour, sensors, unit_id=f"u{use_bank}", use_bank=use_bank)
+            labels[(use_bank, hour)] = _written(store, result).select(
                 ["TS", "Device", "Tag", "Val", "Prediction"])
     for hour in (fleet.first + 1, fleet.first + 2):
         assert labels[(True, hour)].equals(labels[(False, hour)])
+
+
+# --- exactness and staleness (issue 13) -----------------------------------------------------
+
+
+def _store_points(store, sensor, values, hour=H1):
+    """One hour of one-minute points for a sensor, written as a window part (as ingest does)."""
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from fleetscore.arrivals import record_arrivals
+    from fleetscore.windows import PART_SCHEMA, encode_part, part_path
+
+    ends = hour.start_ms + 60_000 * np.arange(1, len(values) + 1)
+    table = pa.table([pa.array([sensor.device] * len(values)), pa.array([sensor.tag] * len(values)),
+                      pa.array(ends, pa.timestamp("ms", tz="UTC")), pa.array(values, pa.float64()),
+                      pa.array(np.ones(len(values), dtype=np.int64))], schema=PART_SCHEMA)
+    source = f"{sensor.device}-{sensor.tag}"
+    store.put(part_path(hour, source), encode_part(table))
+    record_arrivals(store, hour, source, Counter({sensor: len(values)}))
+
+
+def _unit_labels(store, sensors, unit_id="u"):
+    """Prediction per sensor, in time order, read from the file the unit says it wrote."""
+    result = score_unit(store, H1, sensors, unit_id=unit_id)
+    assert not result.failures, result.failures
+    table = decode(store.get(result.predictions), result.predictions)
+    out = {}
+    for sensor in sensors:
+        mask = ((np.array(table["Device"].to_pylist()) == sensor.device)
+                & (np.array(table["Tag"].to_pylist()) == sensor.tag))
+        out[sensor] = np.array(table["Prediction"].to_pylist())[mask]
+    return out
+
+
+@pytest.mark.parametrize("scaler", [
+    StandardScaler(with_mean=False), StandardScaler(with_std=False),
+    StandardScaler(with_mean=False, with_std=False),
+])
+def test_scalers_that_skip_a_step_score_exactly_as_scikit_learn(local_store, scaler):
+    """StandardScaler(with_mean=False) keeps mean_ but never subtracts it."""
+    rng = np.random.default_rng(3)
+    model = Pipeline([("scaler", scaler), ("ocsvm", OneClassSVM(gamma=0.5, nu=0.1))])
+    model.fit(rng.normal(40, 2, (60, 1)))
+    values = rng.normal(40, 4, 60)
+    sensor = Sensor("d", "t")
+    save_model(local_store, sensor, model, source="test")
+    _store_points(local_store, sensor, values)
+    rebuild_bank(local_store)
+    got = _unit_labels(local_store, [sensor])[sensor]
+    assert got.tolist() == (model.predict(values.reshape(-1, 1)) == -1).astype(int).tolist()
+
+
+class SavesDuringRebuild:
+    """A store that saves a new model for ``sensor`` the moment the rebuild writes a shard
+    (after it compiled the old model, before it writes the index)."""
+
+    def __init__(self, inner, sensor, model):
+        self.inner, self.sensor, self.model, self.saved = inner, sensor, model, False
+        self.url = inner.url
+
+    def put(self, path, data, **kw):
+        if path.startswith("bank/shard-") and not self.saved:
+            self.saved = True
+            save_model(self.inner, self.sensor, self.model, source="concurrent")
+        return self.inner.put(path, data, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _index_entries(store):
+    """sha256 per sensor of every entry the bank's index points at."""
+    import json
+
+    out = {}
+    for shard in json.loads(store.get(INDEX_PATH))["shards"]:
+        out.update({s: sha for s, (sha, _) in decode_shard(store.get(shard["path"])).items()})
+    return out
+
+
+def test_a_model_saved_while_the_bank_is_rebuilt_never_scores_with_the_old_arrays(local_store):
+    from fleetscore.models import read_manifest
+
+    rng = np.random.default_rng(5)
+    sensor = Sensor("d", "t")
+    old = Pipeline([("scaler", StandardScaler()), ("ocsvm", OneClassSVM(gamma=0.1, nu=0.1))])
+    old.fit(rng.normal(10, 1, (60, 1)))
+    new = Pipeline([("scaler", StandardScaler()), ("ocsvm", OneClassSVM(gamma=0.1, nu=0.1))])
+    new.fit(rng.normal(500, 1, (60, 1)))  # flags every point near 10
+    values = rng.normal(10, 1, 60)
+    save_model(local_store, sensor, old, source="test")
+    _store_points(local_store, sensor, values)
+    racing = SavesDuringRebuild(local_store, sensor, new)
+    rebuild_bank(racing)
+    assert racing.saved
+    expected = (new.predict(values.reshape(-1, 1)) == -1).astype(int)
+    assert expected.all()
+    assert _unit_labels(local_store, [sensor])[sensor].tolist() == expected.tolist()
+    # No stale index is left behind either: what it lists is what the manifests say.
+    if local_store.exists(INDEX_PATH):
+        current = read_manifest(local_store, sensor).sha256
+        assert all(sha == current for sha in _index_entries(local_store).values())
+
+
+def test_load_bank_never_returns_an_entry_whose_model_changed(trained_store):
+    """An index that outlived a model change (written by an older fleetscore, or by a rebuild
+    racing a save) is checked entry by entry against the manifests."""
+    rebuild_bank(trained_store)
+    index = trained_store.get(INDEX_PATH)
+    shards = {p: trained_store.get(p) for p in trained_store.list("bank") if p.endswith(".npz")}
+    forest = IsolationForest(random_state=0).fit(np.random.default_rng(0).normal(10, 1, (200, 1)))
+    save_model(trained_store, Sensor("1", "2"), forest, source="test")
+    trained_store.put(INDEX_PATH, index)  # the stale index, as a racing rebuild would leave it
+    for path, data in shards.items():
+        trained_store.put(path, data)
+    assert set(load_bank(trained_store, SENSORS)) == {Sensor("1", "1"), Sensor("dev_a", "t.x")}
