@@ -42,9 +42,12 @@ class Estimate:
     price_per_hour: float
     per_sensor_ms: float
     deadline_min: float
-    work_window_min: float
+    work_window_min: float  # the deadline less a node's start from zero
     unit_size: int
     tasks: int
+    scoring_core_s: float  # sensors x per-sensor cost, without task overhead
+    task_s: float  # the longest task: its sensors plus the container start
+    work_min: float  # wall time of the tasks on the nodes from zero (one task per core)
     nodes_from_zero: int
     nodes_warm: int
     cost_per_run_from_zero: float
@@ -61,16 +64,49 @@ class Estimate:
         return best * 24 * 30 / self.sensors
 
 
+def machine(vm_size: str, cores: int | None, price_per_hour: float | None) -> tuple[int, float]:
+    """Cores and hourly price: the table's, overridden by what the user passes.
+
+    An unknown size needs both: guessing either would print a confident, wrong estimate."""
+    if cores is not None and cores < 1:
+        raise UsageError(f"invalid --cores {cores}: expected 1 or more")
+    if price_per_hour is not None and price_per_hour < 0:
+        raise UsageError(f"invalid --price-per-hour {price_per_hour:g}: expected 0 or more")
+    known = VM_SIZES.get(vm_size)
+    if known is None:
+        missing = [name for name, value in (("--cores", cores), ("--price-per-hour", price_per_hour))
+                   if value is None]
+        if missing:
+            raise UsageError(f"unknown VM size {vm_size!r}: pass {' and '.join(missing)}, or use one "
+                             "of " + ", ".join(VM_SIZES))
+        return cores, price_per_hour
+    return (cores if cores is not None else known[0],
+            price_per_hour if price_per_hour is not None else known[1])
+
+
+def wall_s(tasks: int, slots: int, task_s: float) -> float:
+    """Tasks run one per core, in waves: the last wave ends the run."""
+    return math.ceil(tasks / slots) * task_s
+
+
+def nodes_for(tasks: int, cores: int, task_s: float, within_s: float) -> int:
+    """The fewest nodes whose cores finish every task within ``within_s`` (at least one node;
+    when a single task is longer than that, one wave on as many nodes as it takes)."""
+    most = max(1, math.ceil(tasks / cores))
+    for nodes in range(1, most + 1):
+        if wall_s(tasks, nodes * cores, task_s) <= within_s:
+            return nodes
+    return most
+
+
 def estimate(sensors: int, *, vm_size: str = "Standard_D2s_v5", per_sensor_ms: float = PER_SENSOR_MS,
              deadline_min: float = 15.0, price_per_hour: float | None = None,
-             spot: bool = False) -> Estimate:
+             cores: int | None = None, spot: bool = False) -> Estimate:
     if sensors < 1:
         raise UsageError("--sensors must be 1 or more")
-    if vm_size not in VM_SIZES and price_per_hour is None:
-        raise UsageError(f"unknown VM size {vm_size!r}: pass --price-per-hour and --cores, or one of "
-                         + ", ".join(VM_SIZES))
-    cores, list_price = VM_SIZES.get(vm_size, (2, 0.0))
-    price = price_per_hour if price_per_hour is not None else list_price
+    if per_sensor_ms <= 0:
+        raise UsageError(f"invalid --per-sensor-ms {per_sensor_ms:g}: expected more than 0")
+    cores, price = machine(vm_size, cores, price_per_hour)
     price *= SPOT_PRICE_FACTOR if spot else 1.0
     ready_after = AUTOSCALE_DELAY_MIN + NODE_START_MIN
     window = deadline_min - ready_after
@@ -81,15 +117,16 @@ def estimate(sensors: int, *, vm_size: str = "Standard_D2s_v5", per_sensor_ms: f
     unit_size = max(1, math.ceil(MIN_TASK_S / per_sensor_s))
     tasks = math.ceil(sensors / unit_size)
     unit_size = math.ceil(sensors / tasks)
-    core_seconds = sensors * per_sensor_s + tasks * TASK_OVERHEAD_S
-    nodes = max(1, math.ceil(core_seconds / (cores * window * 60)))
-    work_min = core_seconds / (nodes * cores) / 60
+    task_s = unit_size * per_sensor_s + TASK_OVERHEAD_S
+    nodes = nodes_for(tasks, cores, task_s, window * 60)
+    work_min = wall_s(tasks, nodes * cores, task_s) / 60
     billed_min = NODE_START_MIN + work_min + RELEASE_DELAY_MIN
-    warm = max(1, math.ceil(core_seconds / (cores * deadline_min * 60)))
+    warm = nodes_for(tasks, cores, task_s, deadline_min * 60)
     return Estimate(
         sensors=sensors, vm_size=vm_size, cores=cores, price_per_hour=price,
         per_sensor_ms=per_sensor_ms, deadline_min=deadline_min, work_window_min=window,
-        unit_size=unit_size, tasks=tasks, nodes_from_zero=nodes, nodes_warm=warm,
+        unit_size=unit_size, tasks=tasks, scoring_core_s=sensors * per_sensor_s, task_s=task_s,
+        work_min=work_min, nodes_from_zero=nodes, nodes_warm=warm,
         cost_per_run_from_zero=nodes * billed_min / 60 * price,
         cost_per_hour_warm=warm * price, ready_after_min=ready_after,
     )
