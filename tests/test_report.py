@@ -1,15 +1,20 @@
+import re
+
+import numpy as np
+import pyarrow as pa
+
 from fleetscore.backends.local import SequentialBackend
-from fleetscore.hours import Hour
+from fleetscore.hours import Hour, hour_range
 from fleetscore.models import model_path
-from fleetscore.report import write_report
-from fleetscore.runs import run_window
+from fleetscore.report import Axis, _Data, hour_rows, tick_hours, write_report
+from fleetscore.runs import run_hour
 from fleetscore.sensors import Sensor
 
 
 def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store, tmp_path):
-    run_window(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    run_window(trained_store, Hour.parse("2024-03-01T02"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T02"), SequentialBackend(trained_store))
     out = tmp_path / "report.html"
     info = write_report(trained_store, out)
     html = out.read_text()
@@ -19,7 +24,53 @@ def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store,
     assert "2024-03-01T01" in html and "partial" in html and "ModelError" in html
 
 
+def test_report_counts_read_as_english(trained_store, tmp_path):
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    info = write_report(trained_store, tmp_path / "r.html")
+    assert re.fullmatch(r"1 hour, 1 run, [\d,]+ predictions", info), info
+
+
 def test_report_on_an_empty_store(local_store, tmp_path):
     out = tmp_path / "r.html"
     assert "0 hours" in write_report(local_store, out)
     assert "No predictions" in out.read_text()
+
+
+def test_every_hour_of_the_range_has_a_row_run_or_not(trained_store, tmp_path):
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    hours = hour_range(Hour.parse("2024-03-01T00"), Hour.parse("2024-03-01T03"))
+    out = tmp_path / "r.html"
+    write_report(trained_store, out, first=hours[0], last=hours[-1])
+    html = out.read_text()
+    rows = dict(re.findall(r"<tr data-hour='([^']+)'><td>[^<]+</td><td class='([^']+)'>", html))
+    assert rows == {"2024-03-01T00": "not-run", "2024-03-01T01": "succeeded",
+                    "2024-03-01T02": "not-run", "2024-03-01T03": "not-run"}
+
+
+def test_hour_rows_show_manifest_figures_and_unknowns_blank():
+    hours = [Hour.parse("2024-03-01T00"), Hour.parse("2024-03-01T01")]
+    manifests = [{"window": "2024-03-01T01", "status": "no_data", "anomalies": 0,
+                  "sensors": {"planned": 1200, "scored": 0, "failed": 0, "no_data": 1200,
+                              "no_model": 0}}]
+    rows = hour_rows(hours, manifests, {"2024-03-01T00": 0, "2024-03-01T01": 0})
+    assert rows[0] == ("2024-03-01T00", "not run", ["", "", "", "", "", "", "0", ""])
+    assert rows[1] == ("2024-03-01T01", "no_data", ["1,200", "0", "0", "1,200", "0", "0", "0", ""])
+
+
+def test_time_axis_keeps_hours_without_predictions_as_gaps():
+    # Predictions at 00:01..00:03 and 02:01: hour 01 has none, and must stay empty columns.
+    start = Hour.parse("2024-03-01T00").start_ms
+    axis = Axis(start, start + 3 * 3_600_000, 60_000)
+    ts = ["2024-03-01 00:01:00", "2024-03-01 00:02:00", "2024-03-01 00:03:00", "2024-03-01 02:01:00"]
+    preds = pa.table({"TS": ts, "Device": ["d"] * 4, "Tag": ["t"] * 4, "Val": [1.0, 2.0, 3.0, 4.0],
+                      "Prediction": pa.array([0, 1, 0, 1], pa.int8())})
+    data = _Data.of(preds, axis)
+    assert axis.columns == 180
+    assert np.flatnonzero(np.isfinite(data.values[0])).tolist() == [0, 1, 2, 120]
+    assert np.isnan(data.values[0][3:120]).all()  # a line cannot join 00:03 to 02:01
+    assert data.flags[0][[0, 1, 2, 120]].tolist() == [0, 1, 0, 1]
+    assert data.share[1] == 100 and np.isnan(data.share[60])
+
+
+def test_ticks_fall_on_whole_hours_with_about_eight_labels():
+    assert [tick_hours(h) for h in (4, 8, 9, 24, 168)] == [1, 1, 2, 3, 24]
