@@ -8,6 +8,7 @@ quarter hour offset) and stuck values (the sensor reports its rail, 0, for a whi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,14 +21,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from .hours import Hour, hour_range
+from .text import count
+from .training import DEFAULT_GAMMA, DEFAULT_NU
 from .windows import window_end_ms
 
 DEMO_START = datetime(2026, 1, 5, tzinfo=UTC)
 TAGS = ("temp", "pressure", "vibration", "flow", "current")
 READING_EVERY_S = 10
 INTERVAL_S = 60
-DEMO_NU = 0.01
-DEMO_GAMMA = 0.1
+TRAIN_CHUNKS = 20  # training is reported in this many steps
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,24 @@ def make_fleet(sensors: int = 40, hours: int = 6, seed: int = 0) -> Fleet:
 
 def write_readings_csv(readings: pa.Table, path: Path) -> None:
     ts = pc.strftime(readings["TS"], format="%Y-%m-%d %H:%M:%S")
-    table = pa.table({"TS": ts, "Device": readings["Device"], "Tag": readings["Tag"],
-                      "Value": readings["Value"]})
+    _write_plain_csv(pa.table({"TS": ts, "Device": readings["Device"], "Tag": readings["Tag"],
+                               "Value": readings["Value"]}), path)
+
+
+def write_labels_csv(labels: pa.Table, path: Path) -> None:
+    """``TS,Device,Tag,Anomaly,Kind``: TS is the window's end, as in the predictions, so the
+    two files join on (TS, Device, Tag)."""
+    # Window ends are whole seconds; formatted at "s", TS has no ".000", as in the predictions.
+    seconds = pc.divide(labels["End"], 1000)
+    ts = pc.strftime(pc.cast(seconds, pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S")
+    _write_plain_csv(pa.table({"TS": ts, "Device": labels["Device"], "Tag": labels["Tag"],
+                               "Anomaly": labels["Anomaly"], "Kind": labels["Kind"]}), path)
+
+
+def _write_plain_csv(table: pa.Table, path: Path) -> None:
+    # Ids and kinds never need quoting: plain CSV with an unquoted header, like the others.
     with open(path, "wb") as handle:
-        handle.write(b"TS,Device,Tag,Value\n")
+        handle.write((",".join(table.column_names) + "\n").encode())
         pcsv.write_csv(table, handle, write_options=pcsv.WriteOptions(include_header=False,
                                                                       quoting_style="none"))
 
@@ -153,61 +169,98 @@ class DemoResult:
     exit_code: int
 
 
+Progress = Callable[[str], contextlib.AbstractContextManager]
+
+
+def _no_progress(label: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext(None)
+
+
 def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 0,
-             workers: int | None = None, say: Callable[[str], None] = print) -> DemoResult:
+             workers: int | None = None, say: Callable[[str], None] = print,
+             progress: Progress = _no_progress) -> DemoResult:
+    """The whole pipeline; ``progress(label)`` gives a context whose value, when not None, is
+    called with (done, total) as a stage advances (the CLI's progress bar)."""
     from .backends.local import LocalBackend
     from .bank import rebuild_bank
     from .errors import UsageError
     from .ingest import ingest_file
     from .predictions import read_predictions
     from .report import write_report
-    from .runs import run_window
+    from .runs import run_hour
     from .settings import Settings
     from .stores import LocalStore
-    from .training import train
 
     if sensors < 1 or hours < 2:
         raise UsageError("the demo needs at least 1 sensor and 2 hours (training, then scoring)")
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--dir {directory}: exists and is not a directory")
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
-    fleet = make_fleet(sensors, hours, seed)
-    readings_path = directory / "readings.csv"
-    write_readings_csv(fleet.readings, readings_path)
-    pcsv.write_csv(fleet.labels, directory / "labels.csv")
-    say(f"fleet: {sensors} sensors, {hours} hours, {fleet.readings.num_rows:,} readings -> {readings_path}")
+    with progress(f"generating {count(sensors, 'sensor')}"):
+        fleet = make_fleet(sensors, hours, seed)
+        readings_path = directory / "readings.csv"
+        write_readings_csv(fleet.readings, readings_path)
+        write_labels_csv(fleet.labels, directory / "labels.csv")
+    say(f"fleet: {count(sensors, 'sensor')}, {count(hours, 'hour')}, "
+        f"{count(fleet.readings.num_rows, 'reading')} -> {readings_path}")
 
     store_dir = directory / "store"
     store = LocalStore(store_dir)
-    ing = ingest_file(store, readings_path, interval_s=INTERVAL_S)
-    say(f"ingest: {ing.windows:,} one-minute windows in {len(ing.hours)} hours ({ing.seconds:.2f} s)")
+    with progress("ingesting"):
+        ing = ingest_file(store, readings_path, interval_s=INTERVAL_S)
+    say(f"ingest: {count(ing.windows, 'one-minute window')} in {count(len(ing.hours), 'hour')} "
+        f"({ing.seconds:.2f} s)")
 
     last_train = fleet.first + (fleet.train_hours - 1)
-    trained = train(store, until=last_train, nu=DEMO_NU, gamma=DEMO_GAMMA)
-    rebuild_bank(store)
-    say(f"train: {len(trained.trained)} models on {fleet.first} .. {last_train} "
-        f"(StandardScaler + OneClassSVM, nu={DEMO_NU}, gamma={DEMO_GAMMA})")
+    with progress("training") as advance:
+        trained = _train_in_chunks(store, fleet_sensors(sensors), last_train, advance)
+        rebuild_bank(store)
+    say(f"train: {count(trained, 'model')} on {fleet.first} .. {last_train} "
+        f"(StandardScaler + OneClassSVM, nu={DEFAULT_NU:g}, gamma={DEFAULT_GAMMA:g})")
 
     scored_hours = hour_range(last_train + 1, fleet.first + (fleet.hours - 1))
     backend = LocalBackend(str(store_dir), Settings.from_env(), workers)
     summaries = []
     try:
         for hour in scored_hours:
-            summaries.append(run_window(store, hour, backend))
+            with progress(f"scoring {hour}") as advance:
+                summaries.append(run_hour(store, hour, backend, progress=advance))
     finally:
         backend.close()
     for s in summaries:
-        say(f"run {s.window}: {s.status}, {s.scored} scored, {s.failed} failed, "
-            f"{s.anomalies} anomalies ({s.duration_s:.2f} s)")
+        say(f"run {s.window}: {s.status}, {s.scored:,} scored, {s.failed:,} failed, "
+            f"{count(s.anomalies, 'anomaly')} ({s.duration_s:.2f} s)")
 
     report_path = directory / "report.html"
-    write_report(store, report_path)
+    with progress("writing the report"):
+        write_report(store, report_path, truth=fleet.labels)
     predictions = pa.concat_tables([read_predictions(store, h) for h in scored_hours])
     ev = evaluate(predictions, fleet.labels)
     say(f"predictions: {store_dir / 'predictions'}")
     say(f"run manifests: {store_dir / 'runs'}")
     say(f"report: {report_path}")
+    say(f"labels (the injected anomalies): {directory / 'labels.csv'}")
     say(f"against the injected anomalies: precision {ev.precision:.2f}, recall {ev.recall:.2f} "
-        f"({ev.true_positives} of {ev.true_anomalies} anomalous windows found, {ev.flagged} "
-        f"flagged, {ev.windows:,} windows)")
+        f"({ev.true_positives:,} of {count(ev.true_anomalies, 'anomalous window')} found, "
+        f"{ev.flagged:,} flagged, {count(ev.windows, 'window')})")
     say(f"done in {time.perf_counter() - started:.1f} s")
     return DemoResult(directory, ev, max((s.exit_code for s in summaries), default=0))
+
+
+def _train_in_chunks(store, sensors: list[tuple[str, str]], until: Hour,
+                     advance: Callable[[int, int], None] | None) -> int:
+    """Train in a few chunks of sensors so a progress bar can move (``train`` reports only
+    at its end); each chunk rereads the training hours, a small cost next to fitting."""
+    from .sensors import Sensor
+    from .training import train
+
+    everyone = [Sensor(d, t) for d, t in sensors]
+    size = max(1, -(-len(everyone) // TRAIN_CHUNKS))
+    trained = 0
+    for start in range(0, len(everyone), size):
+        chunk = set(everyone[start:start + size])
+        trained += len(train(store, until=until, sensors=chunk).trained)
+        if advance:
+            advance(min(start + size, len(everyone)), len(everyone))
+    return trained

@@ -15,6 +15,12 @@ from .stores import Store
 from .windows import by_sensor, read_points
 
 MIN_POINTS = 10
+# The defaults of `fleetscore train` and the demo, chosen by docs/sweep_defaults.py on the demo
+# fleet (docs/benchmarks.md, "Model defaults"): the best precision at full recall, and no
+# window flagged in the middle of a sensor's normal range. A larger gamma bends the boundary
+# around the training points, so values between two clusters of them come out anomalous.
+DEFAULT_NU = 0.01
+DEFAULT_GAMMA = 0.01
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class TrainResult:
     hours: tuple[Hour, ...]
 
 
-def default_model(nu: float = 0.1, gamma: float = 0.1):
+def default_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
     """The reference architecture's model: Pipeline(StandardScaler, OneClassSVM)."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -47,7 +53,7 @@ def training_points(
 
 def train(
     store: Store, *, until: Hour | None = None, since: Hour | None = None,
-    nu: float = 0.1, gamma: float = 0.1, sensors: set[Sensor] | None = None,
+    nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
 ) -> TrainResult:
     data, hours = training_points(store, until=until, since=since)
     trained: list[ModelManifest] = []
