@@ -234,7 +234,7 @@ def fleet_template(tmp_path_factory) -> dict:
     from fleetscore.demo import make_fleet, write_readings_csv
     from fleetscore.hours import Hour
     from fleetscore.ingest import ingest_file
-    from fleetscore.runs import run_window
+    from fleetscore.runs import run_hour
     from fleetscore.training import train
 
     base = tmp_path_factory.mktemp("fleet")
@@ -249,7 +249,7 @@ def fleet_template(tmp_path_factory) -> dict:
     shutil.copytree(template, clean_dir)
     clean = LocalStore(clean_dir)
     hour = fleet.first + 1
-    run_window(clean, hour, SequentialBackend(clean), unit_size=30)
+    run_hour(clean, hour, SequentialBackend(clean), unit_size=30)
     return {"template": template, "readings": readings, "hour": hour,
             "clean": predictions_snapshot(clean_dir)}
 
@@ -262,3 +262,184 @@ def predictions_snapshot(store_dir: Path) -> dict[str, bytes]:
 @pytest.fixture
 def fleet_store(fleet_template, tmp_path) -> LocalStore:
     return LocalStore(copy_tree(fleet_template["template"], tmp_path / "fleet"))
+
+
+# --- the scoring image, built with podman and run as Azure Batch runs it --------------------
+# The recipe is ../shared/notes/container-testing.md: podman with runc and lowered ulimits, a
+# Debian bookworm base made with debootstrap (no registry is reachable), the project's
+# Dockerfile built on it through its BASE_IMAGE build argument. Everything slow is cached: the
+# base rootfs under CONTAINER_CACHE keyed by its recipe, the dependency layer in podman's layer
+# cache keyed by the Dockerfile and requirements, the image itself by the hash of every input.
+
+CONTAINER_CACHE = Path(os.environ.get("FLEETSCORE_CONTAINER_CACHE",
+                                      "/var/tmp/fleetscore-container-cache"))
+CONTAINER_PACKAGES = ["podman", "runc", "debootstrap"]
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+"""
+BASE_SUITE = "bookworm"
+# What the official python:3.11-slim gives: python and pip on PATH, ca-certificates, venv.
+BASE_PACKAGES = ["python3", "python3-venv", "python3-pip", "ca-certificates", "python-is-python3"]
+IMAGE_INPUTS = ["scoring_container", "fleetscore", "pyproject.toml", "README.md", ".dockerignore"]
+
+
+def containers_unavailable(reason: str):
+    """Skip where containers cannot run at all; under CI=true that is a failure, never a skip."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"the container test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(f"containers cannot run here: {reason}")
+
+
+class Podman:
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+        self.conf = cache / "containers.conf"
+        self.env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
+
+    def __call__(self, *args: str, timeout: float = 600, check: bool = True,
+                 **kwargs) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"podman {' '.join(args[:2])} exited {proc.returncode}: "
+                               f"{(proc.stderr or proc.stdout)[-3000:]}")
+        return proc
+
+    def image_exists(self, tag: str) -> bool:
+        return self("image", "exists", tag, check=False).returncode == 0
+
+
+def _tail(text: str, n: int = 1500) -> str:
+    return text.strip()[-n:]
+
+
+def _install_container_tools() -> None:
+    missing = [tool for tool in CONTAINER_PACKAGES if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        containers_unavailable(f"{', '.join(missing)} missing, and installing them needs root "
+                               "and apt-get (`apt-get install -y podman runc debootstrap`)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *CONTAINER_PACKAGES]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if proc.returncode != 0:
+            containers_unavailable(f"`{' '.join(cmd)}` failed: {_tail(proc.stderr)}")
+
+
+def _debian_mirror() -> str:
+    """The Debian mirror apt on this machine already uses (read at run time, never written down)."""
+    import re
+
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        for stanza in path.read_text().split("\n\n"):
+            uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+            suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
+            if uris and suites and BASE_SUITE in suites.group(1).split():
+                return uris.group(1)
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                parts = line.split("#", 1)[0].split()
+                if len(parts) >= 3 and parts[0] == "deb" and BASE_SUITE in parts[2:3]:
+                    return next(p for p in parts[1:] if not p.startswith("["))
+    containers_unavailable(f"no Debian {BASE_SUITE} mirror in /etc/apt/sources.list(.d)")
+    raise AssertionError("unreachable")
+
+
+def _base_image(podman: Podman) -> str:
+    """A stand-in for python:3.11-slim built from Debian packages (no registry is reachable)."""
+    import hashlib
+
+    recipe = f"{BASE_SUITE} minbase {' '.join(BASE_PACKAGES)} no-externally-managed v1"
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    tag = f"localhost/fleetscore-pybase:{BASE_SUITE}-{key}"
+    if podman.image_exists(tag):
+        return tag
+    tarball = podman.cache / f"base-{key}.tar"
+    if not tarball.exists():
+        rootfs = podman.cache / f"rootfs-{key}"
+        shutil.rmtree(rootfs, ignore_errors=True)
+        proc = subprocess.run(["debootstrap", "--variant=minbase", BASE_SUITE, str(rootfs),
+                               _debian_mirror()], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"debootstrap failed: {_tail(proc.stdout + proc.stderr)}")
+        shutil.copy("/etc/resolv.conf", rootfs / "etc" / "resolv.conf")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+               "LANG": "C.UTF-8"}
+        proc = subprocess.run(
+            ["chroot", str(rootfs), "sh", "-c",
+             "apt-get install -y -qq --no-install-recommends " + " ".join(BASE_PACKAGES)
+             + " && apt-get clean && rm -rf /var/lib/apt/lists/*"
+             # As in the official Python images, pip may install into the base's Python.
+             + " && rm -f /usr/lib/python3*/EXTERNALLY-MANAGED"],
+            capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"installing Python in the base failed: {_tail(proc.stdout + proc.stderr)}")
+        (rootfs / "etc" / "resolv.conf").unlink()
+        partial = tarball.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True, timeout=600)
+        partial.rename(tarball)
+        shutil.rmtree(rootfs, ignore_errors=True)
+    podman("import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "--change", "CMD [\"python3\"]", str(tarball), tag)
+    return tag
+
+
+def image_inputs_key() -> str:
+    """Hash of everything the image is built from: a changed source file means a new image."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in IMAGE_INPUTS:
+        path = ROOT / name
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if path.is_dir() else [path]
+        for f in files:
+            digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_scoring_image() -> tuple[Podman, str]:
+    import fcntl
+
+    _install_container_tools()
+    CONTAINER_CACHE.mkdir(parents=True, exist_ok=True)
+    podman = Podman(CONTAINER_CACHE)
+    podman.conf.write_text(CONTAINERS_CONF)
+    info = podman("info", check=False, timeout=120)
+    if info.returncode != 0:
+        containers_unavailable(f"`podman info` fails: {_tail(info.stderr, 500)}")
+    tag = f"localhost/fleetscore-scoring:test-{image_inputs_key()}"
+    with open(CONTAINER_CACHE / "build.lock", "w") as lock:  # one builder at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if podman.image_exists(tag):
+            return podman, tag
+        base = _base_image(podman)
+        probe = podman("run", "--rm", "--network", "host", base, "python", "-c", "print('ok')",
+                       check=False, timeout=120)
+        if probe.returncode != 0 or probe.stdout.strip() != "ok":
+            containers_unavailable(f"podman cannot start a container: {_tail(probe.stderr, 500)}")
+        ca_bundle = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+        # pip in the build trusts what the host trusts (outbound TLS may be re-signed locally).
+        podman("build", "--network", "host",
+               "-v", f"{ca_bundle}:/etc/ssl/certs/ca-certificates.crt:ro",
+               "--build-arg", f"BASE_IMAGE={base}",
+               "-f", str(ROOT / "scoring_container" / "Dockerfile"), "-t", tag, str(ROOT),
+               timeout=1500)
+    return podman, tag
+
+
+@pytest.fixture(scope="session")
+def scoring_image() -> tuple[Podman, str]:
+    """(podman, image tag): the project's scoring image, built from its Dockerfile."""
+    return build_scoring_image()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "container: builds and runs the scoring image with podman (make container-test)")

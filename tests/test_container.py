@@ -1,0 +1,146 @@
+"""The real scoring container, built with podman from scoring_container/Dockerfile and run the way
+Azure Batch runs a container task: the task's working directory (not the image's WORKDIR)
+mounted and current, the task's command line handed to the image's ENTRYPOINT, its environment
+settings, and the store on Azurite over the host network. ``make container-test`` runs only this
+file; ``make test`` includes it. Where containers cannot run it skips saying why (under CI=true it
+fails instead). The image build is in tests/conftest.py (``scoring_image``)."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+from fleetscore.backends.batch import BatchBackend
+from fleetscore.backends.local import SequentialBackend
+from fleetscore.hours import Hour
+from fleetscore.planning import make_plan, save_plan
+from fleetscore.settings import BatchSettings, Settings
+from fleetscore.stores import LocalStore
+
+pytestmark = pytest.mark.container
+
+WINDOW = Hour.parse("2024-03-01T01")
+TASK_DIR = "/taskdir"  # where Batch mounts the task's working directory, as seen in the container
+
+
+class _NoClient:
+    """task_spec needs no service: the backend only builds the task's description."""
+
+    def close(self) -> None:
+        pass
+
+
+def _task_spec(backend: BatchBackend, window: Hour, unit_id: str, run_id: str):
+    # The command line follows the product: whatever BatchBackend would submit, run_id included
+    # once task_spec takes one.
+    if "run_id" in inspect.signature(backend.task_spec).parameters:
+        return backend.task_spec(window, unit_id, run_id=run_id)
+    return backend.task_spec(window, unit_id)
+
+
+def _podman_run_args(spec, image: str, task_dir: Path, *, task_working_directory: bool,
+                     extra_env: dict[str, str]) -> list[str]:
+    """``podman run`` as Batch's container task runs ``docker run``: the task directory mounted
+    and (by default, ``taskWorkingDirectory``) made current, the task's environment settings,
+    the task's container run options, the task's command line as the ENTRYPOINT's arguments."""
+    settings = spec.container_settings
+    args = ["run", *shlex.split(settings.container_run_options or ""), "--network", "host",
+            "-v", f"{task_dir}:{TASK_DIR}"]
+    working = getattr(settings, "working_directory", None)
+    working = getattr(working, "value", working)
+    assert working in (None, "taskWorkingDirectory", "containerImageDefault")
+    if task_working_directory:
+        assert working in (None, "taskWorkingDirectory")
+        args += ["-w", TASK_DIR]
+    for env in spec.environment_settings or []:
+        args += ["-e", f"{env.name}={env.value}"]
+    for name, value in extra_env.items():
+        args += ["-e", f"{name}={value}"]
+    return [*args, image, *shlex.split(spec.command_line)]
+
+
+def _save_plan(store, plan, run_id: str) -> None:
+    # A plan belongs to a run once the run lifecycle keys plans by run id.
+    if "run_id" in inspect.signature(save_plan).parameters:
+        save_plan(store, plan, run_id)
+    else:
+        save_plan(store, plan)
+
+
+def _csv_rows(store, paths) -> dict[str, list[list[str]]]:
+    return {p: list(csv.reader(io.StringIO(store.get(p).decode()))) for p in sorted(paths)
+            if p.endswith(".csv")}
+
+
+def test_container_scores_units_from_a_task_directory_like_the_local_backend(
+        scoring_image, trained_store, blob_store, azurite, tmp_path):
+    podman, image = scoring_image
+    run_id = "r-container-test"
+    plan = make_plan(trained_store, WINDOW, unit_size=2)
+    assert len(plan.units) == 2
+    _save_plan(trained_store, plan, run_id)
+    # The same inputs (windows, models, bank, plan) in a blob container on Azurite.
+    for path in trained_store.list(""):
+        blob_store.put(path, trained_store.get(path))
+    before = set(blob_store.list(""))
+    # The reference: the local backend scores the same units of the same run on a copy.
+    reference = LocalStore(tmp_path / "reference")
+    for path in trained_store.list(""):
+        reference.put(path, trained_store.get(path))
+    SequentialBackend(reference).submit(WINDOW, list(plan.units), run_id=run_id)
+    expected = _csv_rows(reference, set(reference.list("")) - before)
+    assert expected and sum(len(rows) - 1 for rows in expected.values()) > 0
+
+    settings = Settings(storage_connection_string=azurite.connection_string,
+                        batch=BatchSettings(image=image))
+    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient())
+    # The storage emulator's connection string stands in for the pool's managed identity.
+    extra_env = {"FLEETSCORE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    for i, unit in enumerate(plan.units):
+        task_dir = tmp_path / f"task-{unit.id}" / "wd"
+        task_dir.mkdir(parents=True)
+        # Decoys in the task directory: the image must import its own packages, never the
+        # current directory's (a Batch task directory holds whatever resource files a job adds).
+        for name, code in (("scoring_container", 97), ("fleetscore", 98)):
+            (task_dir / name).mkdir()
+            (task_dir / name / "__init__.py").write_text(f"raise SystemExit({code})\n")
+        spec = _task_spec(backend, WINDOW, unit.id, run_id=run_id)
+        assert spec.container_settings.image_name == image
+        # The first unit as Batch runs it by default (the task directory is the container's
+        # working directory), the second with containerImageDefault (the image's WORKDIR).
+        args = _podman_run_args(spec, image, task_dir, task_working_directory=(i == 0),
+                                extra_env=extra_env)
+        started = time.monotonic()
+        proc = podman(*args, check=False, timeout=300)
+        assert proc.returncode == 0, (
+            f"unit {unit.id} exited {proc.returncode} after {time.monotonic() - started:.1f} s:\n"
+            f"podman {shlex.join(args)}\n{proc.stderr[-3000:]}")
+        assert f"unit {unit.id} of {WINDOW}: succeeded" in proc.stderr
+    got = _csv_rows(blob_store, set(blob_store.list("")) - before)
+    assert got.keys() == expected.keys()
+    assert got == expected
+
+
+def test_container_image_runs_as_non_root_with_an_installed_entry_point(scoring_image, tmp_path):
+    podman, image = scoring_image
+    proc = podman("run", "--rm", "-w", "/", "--entrypoint", "python", image, "-c",
+                  "import os, scoring_container, fleetscore, sys; "
+                  "print(os.getuid(), scoring_container.__file__, fleetscore.__file__, sys.prefix)",
+                  check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    uid, container_file, fleetscore_file, prefix = proc.stdout.split()
+    assert uid != "0"
+    # Installed into the image's environment, not imported from a source folder.
+    assert "site-packages" in container_file and "site-packages" in fleetscore_file
+    # The usage error of the entry point itself, from an arbitrary directory: exit 2, no
+    # "No module named scoring_container".
+    proc = podman("run", "--rm", "-w", "/tmp", image, "--window", "2024-03-01T01",
+                  check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "No module named" not in proc.stderr
