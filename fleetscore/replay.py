@@ -5,6 +5,14 @@ Each reading becomes one event, ``{"TS": "2018-08-28T23:00:05.000Z", "Device": "
 sent in batches per partition key (the Device, so a device's readings stay in order), and the
 file's time runs ``speed`` times faster than real time (``--speed max`` sends as fast as the
 hub takes them).
+
+Stream Analytics reads ``TS`` as the event time and drops events more than 120 s late (the job's
+event ordering policy, stream_analytics/README.md): a historical file sent as it is never reaches
+the store. ``shift_to_now`` re-times every reading by one offset, so the file's first reading is
+stamped with the moment the replay starts and the rest keep their spacing; sent in real time
+(speed 1x, required then: events more than 5 minutes early are dropped too), each arrives on time
+and lands in the current hours' windows. To score historical hours at their own times, ingest the
+file into the store instead (``fleetscore ingest``).
 """
 
 from __future__ import annotations
@@ -47,19 +55,27 @@ class ReplaySummary:
     first: str | None
     last: str | None
     seconds: float
+    shifted_s: float = 0.0  # added to every reading's timestamp (shift_to_now)
 
 
 def replay(
     path: str | Path, producer, *, speed: float | None = 60.0, batch_size: int = 500,
     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, shift_to_now: bool = False,
+    wall_clock: Callable[[], float] = time.time,
 ) -> ReplaySummary:
     """Send every valid reading of ``path`` through ``producer`` (an EventHubProducerClient or
-    anything with its ``create_batch(partition_key=...)`` / ``send_batch`` methods)."""
+    anything with its ``create_batch(partition_key=...)`` / ``send_batch`` methods).
+    ``shift_to_now``: stamp the first reading with ``wall_clock()`` and every other one with the
+    same offset (see the module's docstring); needs ``speed`` 1.0."""
     from azure.eventhub import EventData
 
     if batch_size < 1:
         raise UsageError("--batch-size must be 1 or more")
+    if shift_to_now and speed != 1.0:
+        raise UsageError("--shift-to-now sends readings at their shifted times: use --speed 1x "
+                         "(Stream Analytics drops events more than 5 minutes early)")
+    offset_ms = 0
     started = clock()
     pending: dict[str, object] = {}
     sent = batches = rejected = 0
@@ -82,6 +98,8 @@ def replay(
                                              strict=True):
             if first_ms is None:
                 first_ms = ts_ms
+                if shift_to_now:
+                    offset_ms = round(wall_clock() * 1000) - first_ms
             if speed is not None:
                 due = started + (ts_ms - first_ms) / 1000 / speed
                 wait = due - clock()
@@ -93,7 +111,7 @@ def replay(
             batch = pending.get(device)
             if batch is None:
                 batch = pending[device] = producer.create_batch(partition_key=device)
-            event = EventData(event_body(ts_ms, device, tag, value))
+            event = EventData(event_body(ts_ms + offset_ms, device, tag, value))
             try:
                 batch.add(event)
             except ValueError:  # the batch is full (1 MB): send it, start another
@@ -105,10 +123,12 @@ def replay(
     for key in list(pending):
         flush(key)
 
-    def text(ms):
-        return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+    def text(ms):  # as sent
+        return None if ms is None else datetime.fromtimestamp((ms + offset_ms) / 1000,
+                                                              tz=UTC).isoformat()
 
-    return ReplaySummary(sent, batches, rejected, text(first_ms), text(last_ms), clock() - started)
+    return ReplaySummary(sent, batches, rejected, text(first_ms), text(last_ms), clock() - started,
+                         offset_ms / 1000)
 
 
 def make_producer(hub: str, *, namespace: str | None, connection_string: str | None):

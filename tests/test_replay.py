@@ -139,3 +139,69 @@ def parse_ts_ms(text: str) -> int:
     from fleetscore.readings import parse_ts
 
     return parse_ts(text)
+
+
+# --- historical readings through Stream Analytics: --shift-to-now --------------------------------
+
+
+def _through_the_job(producer, wall0_ms: int, policy):
+    """What the Stream Analytics job does with the sent events: arrival = the send time."""
+    from datetime import UTC, datetime
+
+    from tests.test_stream_analytics import EventOrdering
+
+    job = EventOrdering(*policy)
+    out = []
+    for sent_at, _, events in producer.sent:
+        arrival = wall0_ms + round(sent_at * 1000)
+        for e in events:
+            ts = datetime.fromisoformat(e["TS"].replace("Z", "+00:00")).astimezone(UTC)
+            out.append((int(ts.timestamp() * 1000), job.accept(int(ts.timestamp() * 1000), arrival)))
+    return out
+
+
+def test_replay_shift_to_now_keeps_spacing_and_arrives_on_time(tmp_path):
+    from tests.test_stream_analytics import ordering_policy
+
+    rows = minute_readings("1", "1", "2018-08-28 23:00:00", 15) + \
+        minute_readings("2", "7", "2018-08-28 23:00:00", 15, seed=1)
+    path = write_readings(tmp_path / "r.csv", sorted(rows))
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    wall0 = 1_767_610_200.0  # 2026-01-05T10:50:00Z
+    summary = replay(path, producer, speed=1.0, sleep=clock.sleep, clock=clock,
+                     shift_to_now=True, wall_clock=lambda: wall0)
+    first = parse_ts_ms(sorted(rows)[0][0])
+    assert summary.shifted_s == wall0 - first / 1000
+    assert summary.first == "2026-01-05T10:50:00+00:00"  # the first reading is stamped now
+    sent = sorted(parse_ts_ms(e["TS"].replace("T", " ").rstrip("Z"))
+                  for _, _, events in producer.sent for e in events)
+    original = sorted(parse_ts_ms(r[0]) for r in rows)
+    assert [s - o for s, o in zip(sent, original, strict=True)] == [sent[0] - original[0]] * len(rows)
+    # Through the job's event ordering policy, every event is kept at its own (shifted) time.
+    judged = _through_the_job(producer, int(wall0 * 1000), ordering_policy())
+    assert len(judged) == len(rows) and all(kept == ts for ts, kept in judged)
+
+
+def test_replay_of_historical_readings_without_the_shift_never_reaches_a_window(tmp_path):
+    from tests.test_stream_analytics import ordering_policy
+
+    path = write_readings(tmp_path / "r.csv", minute_readings("1", "1", "2018-08-28 23:00:00", 5))
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    replay(path, producer, speed=60.0, sleep=clock.sleep, clock=clock)
+    wall0 = 1_767_610_200_000
+    action, out_of_order, late = ordering_policy()
+    assert all(kept is None for _, kept in _through_the_job(producer, wall0, ordering_policy()))
+    # Under the former policy (Adjust) they were stamped with the current time instead.
+    adjusted = _through_the_job(producer, wall0, ("Adjust", out_of_order, late))
+    assert all(kept is not None and kept >= wall0 - late * 1000 for _, kept in adjusted)
+
+
+def test_replay_shift_to_now_needs_real_time(tmp_path):
+    path = write_readings(tmp_path / "r.csv", minute_readings("1", "1", "2018-08-28 23:00:00", 2))
+    clock = FakeClock()
+    for speed in (60.0, None):
+        with pytest.raises(UsageError, match="--speed 1x"):
+            replay(path, FakeProducer(clock), speed=speed, sleep=clock.sleep, clock=clock,
+                   shift_to_now=True)
