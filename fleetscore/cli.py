@@ -6,6 +6,7 @@ or sensors failed; the rest is written and the failures are named); 1 an interna
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,15 +20,57 @@ from rich.table import Table
 from .errors import FleetscoreError, UsageError
 from .hours import Hour, hour_range
 from .settings import Settings
+from .text import count
+from .defaults import DEFAULT_GAMMA, DEFAULT_NU
+
+# -h as well as --help, on every command. Markdown mode joins a docstring's wrapped lines
+# into paragraphs, so help rewraps to the terminal instead of breaking where the source did.
+_HELP = {"context_settings": {"help_option_names": ["-h", "--help"]}, "rich_markup_mode": "markdown"}
+
+
+def _show_flags_as_flags() -> None:
+    """Typer labels every option with its type, flags included ("--all <bool>"); a flag takes
+    no value, so its help shows none."""
+    from typer.core import TyperOption
+
+    typed = TyperOption.display_type_rich
+    if getattr(typed, "_flags_as_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else typed(self, ctx)
+
+    display_type_rich._flags_as_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_show_flags_as_flags()
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, **_HELP,
     help="Score many per-sensor anomaly-detection models every hour, on one machine or on Azure.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor models.")
+models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor models.", **_HELP)
 app.add_typer(models_app, name="models")
-batch_app = typer.Typer(no_args_is_help=True, help="Azure Batch: cost and latency on paper.")
+batch_app = typer.Typer(no_args_is_help=True, help="Azure Batch: cost and latency on paper.", **_HELP)
 app.add_typer(batch_app, name="batch")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"fleetscore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", help="Print the version and exit.", is_eager=True,
+        callback=_print_version)] = False,
+) -> None:
+    """Score many per-sensor anomaly-detection models every hour, on one machine or on Azure."""
 
 def _console(**kw) -> Console:
     console = Console(highlight=False, soft_wrap=True, **kw)
@@ -48,10 +91,12 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _store(spec: str | None, settings: Settings):
+def _store(spec: str | None, settings: Settings, *, create: bool = False):
+    """The store; only commands that bring data in (ingest, models import, demo) create one,
+    so a mistyped --store is refused instead of read as an empty store."""
     from .stores import open_store
 
-    return open_store(spec or settings.store, settings)
+    return open_store(spec or settings.store, settings, create=create)
 
 
 def _hour(text: str | None, option: str) -> Hour:
@@ -73,15 +118,18 @@ def ingest(
     from .ingest import ingest_file
 
     settings = _settings()
-    st = _store(store, settings)
+    st = _store(store, settings, create=True)
     partial = False
     try:
-        for path in readings:
-            result = ingest_file(st, path, interval_s=interval)
+        for i, path in enumerate(readings):
+            label = f"ingesting {path.name}" + (f" ({i + 1} of {len(readings)})" if len(readings) > 1 else "")
+            with _progress(label):
+                result = ingest_file(st, path, interval_s=interval)
             out.print(
-                f"{path}: {result.rows:,} rows -> {result.windows:,} windows of {result.sensors:,} "
-                f"sensors in {len(result.hours)} hours ({result.parts_written} new, "
-                f"{result.parts_existing} already ingested) in {result.seconds:.2f} s"
+                f"{path}: {count(result.rows, 'row')} -> {count(result.windows, 'window')} of "
+                f"{count(result.sensors, 'sensor')} in {count(len(result.hours), 'hour')} "
+                f"({result.parts_written:,} new, {result.parts_existing:,} already ingested) in "
+                f"{result.seconds:.2f} s"
             )
             if result.rejected:
                 partial = True
@@ -105,8 +153,10 @@ def train(
     store: StoreOpt = None,
     until: Annotated[str | None, typer.Option(help="Last hour of training data (default: all).")] = None,
     since: Annotated[str | None, typer.Option(help="First hour of training data.")] = None,
-    nu: Annotated[float, typer.Option(help="OneClassSVM nu: upper bound on the outlier share.")] = 0.1,
-    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = 0.1,
+    nu: Annotated[float, typer.Option(
+        help="OneClassSVM nu: upper bound on the outlier share (default chosen on the demo fleet: "
+        "docs/benchmarks.md).")] = DEFAULT_NU,
+    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = DEFAULT_GAMMA,
 ) -> None:
     """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points."""
     from .training import train as train_models
@@ -118,35 +168,49 @@ def train(
     settings = _settings()
     st = _store(store, settings)
     try:
-        result = train_models(st, until=Hour.parse(until) if until else None,
-                              since=Hour.parse(since) if since else None, nu=nu, gamma=gamma)
+        # training.train reports nothing until it ends: the bar shows it is alive and for how long.
+        with _progress("training"):
+            result = train_models(st, until=Hour.parse(until) if until else None,
+                                  since=Hour.parse(since) if since else None, nu=nu, gamma=gamma)
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
-        bank = _rebuild_bank(st)
+        with _progress("compiling the model bank"):
+            bank = _rebuild_bank(st)
     finally:
         st.close()
-    out.print(f"trained {len(result.trained)} models on {result.hours[0]} .. {result.hours[-1]}; "
-              f"{bank}")
+    out.print(f"trained {count(len(result.trained), 'model')} on {result.hours[0]} .. "
+              f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
 
 
 @models_app.command("import")
 def models_import(
-    directory: Annotated[Path, typer.Argument(help="Folder of {Device}_{Tag}.skops files.")],
+    directory: Annotated[Path, typer.Argument(
+        metavar="PATH", help="A folder of model files named `{Device}_{Tag}.skops` or "
+        "`model_{Device}_{Tag}.skops` (the reference's naming), or one such file.")],
     store: StoreOpt = None,
+    sensor: Annotated[str | None, typer.Option(
+        metavar="DEVICE/TAG", help="The sensor of a single model file, for a name that does not "
+        "say it unambiguously (ids may contain `_`).")] = None,
     trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Also load .pkl/.joblib files. Only for files you trust: "
+        "--trust-pickle", help="Also load .pkl/.pickle/.joblib files. Only for files you trust: "
         "unpickling runs code.")] = False,
 ) -> None:
     """Import one scikit-learn model per sensor (skops; pickles only with --trust-pickle)."""
     from .arrivals import hours_with_arrivals, read_arrivals
     from .models import import_models
+    from .sensors import Sensor
 
-    if not directory.is_dir():
-        raise UsageError(f"{directory}: not a directory")
+    if not directory.exists():
+        raise UsageError(f"{directory}: no such folder or file")
+    named = Sensor.parse(sensor) if sensor is not None else None
+    if named is not None and not directory.is_file():
+        raise UsageError("--sensor names the sensor of one model file: give a file, not a folder")
     settings = _settings()
-    st = _store(store, settings)
+    new_dir = _new_local_store_dir(store or settings.store)
+    st = _store(store, settings, create=True)
+    result = None
     try:
         def known() -> set:
             sensors = set()
@@ -154,18 +218,46 @@ def models_import(
                 sensors.update(read_arrivals(st, hour))
             return sensors
 
-        result = import_models(st, directory, trust_pickle=trust_pickle, known=known)
+        result = import_models(st, directory, trust_pickle=trust_pickle, known=known, sensor=named)
         if not (result.imported or result.refused or result.failed):
             raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib "
                              "with --trust-pickle)")
         bank = _rebuild_bank(st) if result.imported else "model bank unchanged"
     finally:
         st.close()
-    out.print(f"imported {len(result.imported)} models from {directory}; {bank}")
+        if new_dir is not None and not (result and result.imported):
+            _remove_empty_tree(new_dir)
+    out.print(f"imported {count(len(result.imported), 'model')} from {directory}; {bank}")
     for problem in (*result.refused, *result.failed):
         err.print(f"  skipped {problem.file}: {problem.reason}")
     if result.refused or result.failed:
         raise typer.Exit(3 if result.imported else 2)
+
+
+def _new_local_store_dir(spec: str) -> Path | None:
+    """A directory store this command is about to create (None for one that exists or a blob
+    store): a failed import removes it again rather than leave an empty store behind."""
+    if "://" in spec:
+        return None
+    path = Path(spec)
+    return None if path.exists() else path
+
+
+def _remove_empty_tree(path: Path) -> None:
+    # Bottom-up, and only directories without a file: never deletes anything written but the
+    # marker that makes a directory a store, when it is the only file there.
+    from .stores.local import MARKER
+
+    if not path.is_dir():
+        return
+    files = [p for p in path.rglob("*") if not p.is_dir()]
+    if [p.relative_to(path).as_posix() for p in files] == [MARKER]:
+        files[0].unlink()
+    for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def _rebuild_bank(st) -> str:
@@ -188,22 +280,32 @@ def models_bank(store: StoreOpt = None) -> None:
 
 
 @models_app.command("list")
-def models_list(store: StoreOpt = None) -> None:
+def models_list(
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
+) -> None:
     """List the store's models and their manifests."""
+    from dataclasses import asdict
+
     from .models import list_models, read_manifest
 
     settings = _settings()
     st = _store(store, settings)
     try:
-        table = Table("sensor", "version", "estimator", "scikit-learn", "trained on", "source")
-        for sensor in sorted(list_models(st)):
-            m = read_manifest(st, sensor)
-            trained = f"{m.trained_on['from']} .. {m.trained_on['to']}" if m.trained_on else ""
-            table.add_row(str(sensor), str(m.version), m.estimator, m.sklearn_version, trained,
-                          m.source)
+        manifests = [(sensor, read_manifest(st, sensor)) for sensor in sorted(list_models(st))]
     finally:
         st.close()
+    if as_json:
+        sys.stdout.write(json.dumps({"models": [{"sensor": str(sensor), **asdict(m)}
+                                                for sensor, m in manifests]}, indent=1) + "\n")
+        return
+    table = Table("sensor", "version", "estimator", "scikit-learn", "trained on", "source")
+    for sensor, m in manifests:
+        trained = f"{m.trained_on['from']} .. {m.trained_on['to']}" if m.trained_on else ""
+        table.add_row(str(sensor), str(m.version), m.estimator, m.sklearn_version, trained,
+                      m.source)
     out.print(table)
+    out.print(f"{len(manifests):,} {_plural(len(manifests), 'model')}")
 
 
 # --- plan and run ---------------------------------------------------------------------------
@@ -214,39 +316,54 @@ def plan(
     store: StoreOpt = None,
     window: WindowOpt = None,
     unit_size: Annotated[int | None, typer.Option(help="Sensors per unit (default: automatic).")] = None,
+    save: Annotated[bool, typer.Option(
+        "--save", help="Store the plan under a new run id, for `python -m scoring_container "
+        "--run ID`.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Plan an hour: which sensors are scored, in which units, and who is left out.
 
-    The plan is saved in the store (runs/HOUR/), where `python -m scoring_container` reads a
-    unit's sensors."""
+    A dry run: nothing is stored unless --save, which stores the plan under a new run id so
+    that `python -m scoring_container --run ID --unit U` can score a unit into that run's
+    staging (runs/HOUR/ID/). Staged predictions become the hour's predictions only when a run
+    finalizes (`fleetscore run`, or the Functions app)."""
+    from datetime import UTC, datetime
+
     from .planning import make_plan, save_plan
+    from .runs import new_run_id
 
     hour = _hour(window, "--window")
     settings = _settings()
     st = _store(store, settings)
+    run_id = None
     try:
         p = make_plan(st, hour, unit_size=unit_size)
-        saved = save_plan(st, p)
+        if save:
+            run_id = new_run_id(datetime.now(UTC))
+            save_plan(st, p, run_id)
     finally:
         st.close()
     if as_json:
-        sys.stdout.write(json.dumps(p.to_json(), indent=1) + "\n")
-        err.print(f"plan saved to {saved}")
+        sys.stdout.write(json.dumps({**p.to_json(), "run_id": run_id}, indent=1) + "\n")
         return
-    out.print(f"plan for {hour}: {p.sensors} sensors in {len(p.units)} units of up to "
-              f"{p.unit_size} (saved to {saved})")
+    saved = f"saved as run {run_id}" if run_id else "not saved: --save stores it"
+    out.print(f"plan for {hour}: {p.sensors:,} {_plural(p.sensors, 'sensor')} in "
+              f"{len(p.units):,} {_plural(len(p.units), 'unit')} of up to {p.unit_size:,} ({saved})")
     for unit in p.units[:20]:
         out.print(f"  {unit.id}: {', '.join(map(str, unit.sensors[:8]))}"
                   + (" ..." if len(unit.sensors) > 8 else ""))
     if len(p.units) > 20:
-        out.print(f"  ... and {len(p.units) - 20} more units")
+        out.print(f"  ... and {len(p.units) - 20:,} more units")
     if p.no_data:
         out.print(f"left out, no data: {', '.join(map(str, p.no_data[:20]))}"
-                  + (f" ... ({len(p.no_data)})" if len(p.no_data) > 20 else ""))
+                  + (f" ... ({len(p.no_data):,})" if len(p.no_data) > 20 else ""))
     if p.no_model:
         out.print(f"left out, no model: {', '.join(map(str, p.no_model[:20]))}"
-                  + (f" ... ({len(p.no_model)})" if len(p.no_model) > 20 else ""))
+                  + (f" ... ({len(p.no_model):,})" if len(p.no_model) > 20 else ""))
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else f"{word}s"
 
 
 @app.command()
@@ -256,56 +373,118 @@ def run(
     from_: Annotated[str | None, typer.Option("--from", help="First hour of a range.")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Last hour of a range (inclusive).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every hour that has data.")] = False,
+    sensors: Annotated[list[str] | None, typer.Option(
+        "--sensors", help="Rerun only these sensors (DEVICE/TAG; repeat the option); the "
+        "hour's other predictions stay.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Rerun hours whose last run succeeded.")] = False,
+    missing: Annotated[bool, typer.Option(
+        "--missing", help="Only hours of the range with no successful run (what a range does "
+        "unless --force).")] = False,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
     unit_size: Annotated[int | None, typer.Option(help="Sensors per unit (default: automatic).")] = None,
-    backend: Annotated[str | None, typer.Option(help="local (process pool) or sequential.")] = None,
+    backend: Annotated[str | None, typer.Option(help="local (process pool), sequential or batch.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
-    """Score one hour, a range of hours, or every hour with data."""
+    """Score one hour, a range of hours, or every hour with data.
+
+    A range skips hours whose last run succeeded, so an interrupted backfill resumes where it
+    stopped; --force reruns them. One hour that already succeeded is refused without --force,
+    as the HTTP API does. Hours that have not ended are refused."""
+    from datetime import UTC, datetime
+
     from .arrivals import hours_with_arrivals
     from .backends import load_backend
-    from .runs import run_window
+    from .runs import check_ended, read_manifest, run_hour
+    from .sensors import Sensor
 
     chosen = sum(x is not None and x is not False for x in (window, from_ or to, all_ or None))
     if chosen != 1:
         raise UsageError("choose one of --window HOUR, --from HOUR --to HOUR, or --all")
     if workers is not None and workers < 1:
         raise UsageError(f"invalid --workers {workers}: expected 1 or more")
+    if missing and force:
+        raise UsageError("--missing and --force contradict each other")
+    if missing and window:
+        raise UsageError("--missing goes with a range (--from/--to or --all)")
+    picked = sorted({Sensor.parse(s) for s in sensors}) if sensors else None
     settings = _settings()
+    now = datetime.now(UTC)
     st = _store(store, settings)
     try:
         if window:
             hours = [Hour.parse(window)]
+            check_ended(hours[0], now)
         elif all_:
-            hours = hours_with_arrivals(st)
+            hours = [h for h in hours_with_arrivals(st) if h.end_ms <= now.timestamp() * 1000]
             if not hours:
                 raise UsageError(f"the store {st.url} has no data: run `fleetscore ingest` first")
         else:
             if not (from_ and to):
                 raise UsageError("--from and --to go together")
             hours = hour_range(Hour.parse(from_), Hour.parse(to))
+            check_ended(hours[-1], now)
+        done = set() if force else {
+            h for h in hours if (read_manifest(st, h) or {}).get("status") == "succeeded"}
+        if window and done:
+            raise UsageError(f"{window} has already been scored (succeeded): pass --force to "
+                             "rerun it")
+        todo = [h for h in hours if h not in done]
+        if done:
+            err.print(f"skipped {len(done):,} {_plural(len(done), 'hour')} whose last run "
+                      "succeeded (--force reruns them)")
         be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
                           settings=settings, workers=workers or settings.workers)
         summaries = []
         try:
-            for hour in hours:
+            for hour in todo:
                 with _progress(f"scoring {hour}") as progress:
-                    summaries.append(run_window(st, hour, be, unit_size=unit_size, progress=progress))
+                    summaries.append(run_hour(st, hour, be, sensors=picked, unit_size=unit_size,
+                                              deadline=settings.deadline, ttl=settings.lock_ttl,
+                                              progress=progress))
         finally:
             be.close()
     finally:
         st.close()
-    _print_runs(summaries)
-    worst = max(s.exit_code for s in summaries)
-    if worst:
+    if as_json:
+        sys.stdout.write(json.dumps({"runs": [s.to_json() for s in summaries],
+                                     "skipped": sorted(str(h) for h in done)}, indent=1) + "\n")
+    else:
+        _print_runs(summaries)
+    codes = {s.exit_code for s in summaries}
+    worst = 3 if 3 in codes else (6 if 6 in codes else 0)
+    if worst == 3 and not as_json:
         failed = [f for s in summaries for f in s.failures]
         names = ", ".join(sorted({f["sensor"] for f in failed})[:10])
-        err.print(f"{len(failed)} sensor failures ({names}{' ...' if len(failed) > 10 else ''}); "
-                  "the others are written. Details in the run manifests.")
+        err.print(f"{len(failed):,} sensor {_plural(len(failed), 'failure')} ({names}"
+                  f"{' ...' if len(failed) > 10 else ''}); the others are written. Details in "
+                  "the run manifests.")
+    if worst == 6 and not as_json:
+        empty = [s.window for s in summaries if s.status == "no_data"]
+        err.print(f"nothing to score in {len(empty):,} {_plural(len(empty), 'hour')} "
+                  f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): no sensor has "
+                  "both data and a model there")
+    if worst:
         raise typer.Exit(worst)
 
 
+def _count_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Count(ProgressColumn):
+        def render(self, task) -> Text:
+            if task.total is None:
+                return Text("")
+            return Text(f"{int(task.completed):,}/{int(task.total):,}", style="progress.download")
+
+    return Count()
+
+
 class _progress:
-    """A rich progress bar on a terminal; silent otherwise (logs and CI stay clean)."""
+    """A rich progress bar on a terminal; silent otherwise (logs and CI stay clean).
+
+    Until the work reports a total the bar pulses and shows the time elapsed, never "0/?"."""
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -314,10 +493,10 @@ class _progress:
     def __enter__(self):
         if not err.is_terminal:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TimeElapsedColumn
 
         self._bar = Progress("[progress.description]{task.description}", BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
+                             _count_column(), TimeElapsedColumn(), console=err, transient=True)
         self._bar.start()
         task = self._bar.add_task(self.label, total=None)
 
@@ -331,18 +510,91 @@ class _progress:
             self._bar.stop()
 
 
+ROWS_SHOWN = 50  # a backfill's summary: the first rows, then totals
+
+
 def _print_runs(summaries) -> None:
     table = Table("window", "status", "planned", "scored", "failed", "no data", "no model",
-                  "anomalies", "seconds")
-    for s in summaries:
-        color = {"succeeded": "green", "partial": "yellow"}.get(s.status, "red")
-        table.add_row(s.window, f"[{color}]{s.status}[/]", str(s.planned), str(s.scored),
-                      str(s.failed), str(s.no_data), str(s.no_model), str(s.anomalies),
+                  "anomalies", "seconds", show_footer=len(summaries) > 1)
+    for s in summaries[:ROWS_SHOWN]:
+        table.add_row(s.window, _status_cell(s.status), f"{s.planned:,}", f"{s.scored:,}",
+                      f"{s.failed:,}", f"{s.no_data:,}", f"{s.no_model:,}", f"{s.anomalies:,}",
                       f"{s.duration_s:.2f}")
+    if len(summaries) > ROWS_SHOWN:
+        table.add_row(f"... {len(summaries) - ROWS_SHOWN:,} more", "", "", "", "", "", "", "", "")
+    if len(summaries) > 1:
+        counts = {}
+        for s in summaries:
+            counts[s.status] = counts.get(s.status, 0) + 1
+        columns = table.columns
+        columns[0].footer = f"{len(summaries):,} hours"
+        columns[1].footer = ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items()))
+        for col, field in zip(columns[2:8], ("planned", "scored", "failed", "no_data",
+                                              "no_model", "anomalies"), strict=True):
+            col.footer = f"{sum(getattr(s, field) for s in summaries):,}"
+        columns[8].footer = f"{sum(s.duration_s for s in summaries):.2f}"
     out.print(table)
+    shown = 0
     for s in summaries:
         for f in s.failures[:10]:
+            if shown == 20:
+                break
             err.print(f"  {s.window} {f['sensor']}: {f['kind']}: {f['message']}")
+            shown += 1
+        for sensor in s.kept_from_earlier_run[:10]:
+            err.print(f"  {s.window} {sensor}: kept its predictions from an earlier run")
+
+
+def _status_cell(status: str) -> str:
+    color = {"succeeded": "green", "partial": "yellow", "no_data": "blue",
+             "never_run": "dim"}.get(status, "red")
+    return f"[{color}]{status}[/]"
+
+
+@app.command("runs")
+def runs_list(
+    store: StoreOpt = None,
+    from_: Annotated[str | None, typer.Option("--from", help="First hour (default: the first "
+                                              "hour with data or a run).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last hour (default: the last hour with "
+                                           "data or a run).")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="Only hours with this status: succeeded, partial, failed, no_data, never_run.")] = None,
+    limit: Annotated[int, typer.Option(help="Lines shown at most (totals follow).")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every hour as JSON.")] = False,
+) -> None:
+    """The hours of a range and how their runs went, including hours never run."""
+    from .runs_table import STATUSES, hour_rows
+
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"invalid --status {status!r}: expected one of {', '.join(STATUSES)}")
+    settings = _settings()
+    st = _store(store, settings)
+    try:
+        rows = hour_rows(st, first=Hour.parse(from_) if from_ else None,
+                         last=Hour.parse(to) if to else None)
+    finally:
+        st.close()
+    if status is not None:
+        rows = [r for r in rows if r.status == status]
+    if as_json:
+        sys.stdout.write(json.dumps({"hours": [r.to_json() for r in rows]}, indent=1) + "\n")
+        return
+    table = Table("window", "status", "scored", "failed", "anomalies", "finished", "run id")
+    for r in rows[:limit]:
+        table.add_row(r.window, _status_cell(r.status), _count(r.scored), _count(r.failed), _count(r.anomalies), r.finished or "",
+                      r.run_id or "")
+    out.print(table)
+    counts = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    more = f" ({len(rows) - limit:,} not shown: --limit, --status or --json)" if len(rows) > limit else ""
+    out.print(f"{len(rows):,} {_plural(len(rows), 'hour')}: "
+              + (", ".join(f"{n:,} {k}" for k, n in sorted(counts.items())) or "none") + more)
+
+
+def _count(n: int | None) -> str:
+    return "" if n is None else f"{n:,}"
 
 
 # --- report and demo ------------------------------------------------------------------------
@@ -356,16 +608,40 @@ def report(
     output: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
 ) -> None:
     """Write a self-contained HTML report: anomaly heatmap, timelines, runs."""
+    _check_output_file(output, "--out")
     from .report import write_report
 
+    first, last = (Hour.parse(from_) if from_ else None), (Hour.parse(to) if to else None)
     settings = _settings()
     st = _store(store, settings)
     try:
-        info = write_report(st, output, first=Hour.parse(from_) if from_ else None,
-                            last=Hour.parse(to) if to else None)
+        info = write_report(st, output, first=first, last=last)
+    except OSError as exc:
+        # Checked above, but the disk can still refuse (full, read-only, permissions).
+        raise UsageError(f"--out {output}: cannot write: {exc.strerror or exc}") from exc
     finally:
         st.close()
     out.print(f"report: {output} ({info})")
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """A file to write must be a file in an existing folder: a typo in the folder is refused
+    rather than created, and a folder is never replaced."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file name such as "
+                         f"{path / 'report.html'}")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(f"{option} {path}: the folder {parent} {what}")
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a directory")
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is not a directory")
 
 
 @app.command()
@@ -379,8 +655,9 @@ def demo(
     """Generate a synthetic fleet, ingest, train, score, report, and measure against the truth."""
     from .demo import run_demo
 
+    _check_output_dir(directory, "--dir")
     result = run_demo(directory, sensors=sensors, hours=hours, seed=seed, workers=workers,
-                      say=out.print)
+                      say=out.print, progress=_progress)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 
@@ -461,7 +738,10 @@ def bench(
 
 
 @app.command()
-def verify(store: StoreOpt = None) -> None:
+def verify(
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
     """Check models, window files and predictions against the hashes recorded when written."""
     from .verify import verify as verify_store
 
@@ -471,9 +751,14 @@ def verify(store: StoreOpt = None) -> None:
         checked, problems = verify_store(st)
     finally:
         st.close()
-    for problem in problems:
-        err.print(f"{problem.path}: {problem.reason}", markup=False)
-    out.print(f"verified {checked} files: {len(problems)} problem(s)")
+    if as_json:
+        sys.stdout.write(json.dumps({"checked": checked, "problems": [
+            {"path": p.path, "reason": p.reason} for p in problems]}, indent=1) + "\n")
+    else:
+        for problem in problems:
+            err.print(f"{problem.path}: {problem.reason}", markup=False)
+        out.print(f"verified {checked:,} {_plural(checked, 'file')}: {len(problems):,} "
+                  f"{_plural(len(problems), 'problem')}")
     if problems:
         raise typer.Exit(3)
 
@@ -482,27 +767,42 @@ def verify(store: StoreOpt = None) -> None:
 def batch_estimate(
     sensors: Annotated[int, typer.Option(help="Sensors scored every hour.")],
     vm_size: Annotated[str, typer.Option(help="Batch node VM size.")] = "Standard_D2s_v5",
+    cores: Annotated[int | None, typer.Option(
+        help="Cores of a node (default: the VM size's; required for a size not in the table).")] = None,
+    price_per_hour: Annotated[float | None, typer.Option(
+        help="Your price for one node hour in USD (default: the VM size's list price; required "
+        "for a size not in the table).")] = None,
     per_sensor_ms: Annotated[float, typer.Option(
         help="Core milliseconds per sensor (fleetscore bench measures it).")] = 3.5,
     deadline: Annotated[float, typer.Option(help="Minutes within which the hour must be scored.")] = 15.0,
-    price_per_hour: Annotated[float | None, typer.Option(help="Your price for one node hour.")] = None,
     spot: Annotated[bool, typer.Option("--spot", help="Spot (low-priority) nodes.")] = False,
 ) -> None:
     """Nodes, latency and cost of an hourly run: scale from zero versus a warm pool."""
     from .estimate import estimate
 
     e = estimate(sensors, vm_size=vm_size, per_sensor_ms=per_sensor_ms, deadline_min=deadline,
-                 price_per_hour=price_per_hour, spot=spot)
-    out.print(f"{e.sensors:,} sensors an hour on {e.vm_size} ({e.cores} cores, "
-              f"${e.price_per_hour:.4f}/node-hour{' spot' if spot else ''}), "
-              f"{e.per_sensor_ms:g} core-ms per sensor, within {e.deadline_min:g} min")
-    out.print(f"  tasks: {e.tasks:,} of about {e.unit_size:,} sensors (>= 2 min each)")
-    out.print(f"  from zero: first node after ~{e.ready_after_min:g} min, {e.nodes_from_zero} "
-              f"node(s) for {e.work_window_min:g} min of work, ${e.cost_per_run_from_zero:.4f} a run, "
-              f"${e.cost_per_run_from_zero * 24 * 30:,.2f} a month")
-    out.print(f"  warm pool: {e.nodes_warm} node(s) always on, ${e.cost_per_hour_warm:.4f} an hour, "
-              f"${e.cost_per_hour_warm * 24 * 30:,.2f} a month")
-    out.print(f"  cheaper: {e.cheaper}; ${e.cost_per_sensor_month * 1000:.4f} per 1,000 sensors a month")
+                 price_per_hour=price_per_hour, cores=cores, spot=spot)
+    for line in _estimate_lines(e, spot):
+        out.print(line)
+
+
+def _estimate_lines(e, spot: bool) -> list[str]:
+    from .text import count, duration
+
+    return [
+        f"{count(e.sensors, 'sensor')} an hour on {e.vm_size} ({count(e.cores, 'core')}, "
+        f"${e.price_per_hour:.4f}/node-hour{' spot' if spot else ''}), "
+        f"{e.per_sensor_ms:g} core-ms per sensor, within {e.deadline_min:g} min",
+        f"  work: {e.scoring_core_s:,.1f} core-seconds of scoring in {count(e.tasks, 'task')} of "
+        f"up to {count(e.unit_size, 'sensor')}, each {duration(e.task_s)} with its container start",
+        f"  from zero: first node after ~{e.ready_after_min:g} min, {count(e.nodes_from_zero, 'node')}, "
+        f"done in {duration(e.work_min * 60)} (of the {e.work_window_min:g} min left before the "
+        f"deadline), ${e.cost_per_run_from_zero:.4f} a run, "
+        f"${e.cost_per_run_from_zero * 24 * 30:,.2f} a month",
+        f"  warm pool: {count(e.nodes_warm, 'node')} always on, ${e.cost_per_hour_warm:.4f} an hour, "
+        f"${e.cost_per_hour_warm * 24 * 30:,.2f} a month",
+        f"  cheaper: {e.cheaper}; ${e.cost_per_sensor_month * 1000:.4f} per 1,000 sensors a month",
+    ]
 
 
 @app.command()

@@ -22,7 +22,7 @@ import pyarrow.csv as pcsv
 
 from .hours import Hour, hour_range
 from .text import count
-from .training import DEFAULT_GAMMA, DEFAULT_NU
+from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .windows import window_end_ms
 
 DEMO_START = datetime(2026, 1, 5, tzinfo=UTC)

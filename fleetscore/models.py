@@ -238,26 +238,42 @@ def sensor_from_filename(
             return splits[0]
         if len(splits) > 1:
             options = " or ".join(str(s) for s in splits[:3])
-            raise InvalidIdError(f"ambiguous name: could be {options}")
+            raise InvalidIdError(f"ambiguous name: could be {options}; import the file alone "
+                                 "and name its sensor: fleetscore models import FILE --sensor "
+                                 "DEVICE/TAG")
     raise InvalidIdError("name is not {Device}_{Tag} or model_{Device}_{Tag}")
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """The model files a folder holds (by suffix), or the one file given."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_file()
+                  and p.suffix.lower() in (SKOPS_SUFFIX, *PICKLE_SUFFIXES))
 
 
 def import_models(
     store: Store, directory: str | Path, *, trust_pickle: bool = False,
-    known: set[Sensor] | Callable[[], set[Sensor]] | None = None,
+    known: set[Sensor] | Callable[[], set[Sensor]] | None = None, sensor: Sensor | None = None,
 ) -> ImportResult:
-    directory = Path(directory)
+    """Import a folder of model files, or one file; ``sensor`` names the sensor of a single
+    file whose name does not say it unambiguously."""
     if callable(known):
         known = _once(known)
     imported: list[ModelManifest] = []
     refused: list[ImportProblem] = []
     failed: list[ImportProblem] = []
-    files = sorted(p for p in directory.iterdir() if p.is_file()
-                   and p.suffix.lower() in (SKOPS_SUFFIX, *PICKLE_SUFFIXES))
+    files = model_files(directory)
+    if sensor is not None and len(files) != 1:
+        from .errors import UsageError
+
+        raise UsageError("--sensor names the sensor of one model file: give a file, not a folder")
+    named = sensor
     for file in files:
         name = file.name
         try:
-            sensor = sensor_from_filename(file.stem, known)
+            sensor = named or sensor_from_filename(file.stem, known)
         except InvalidIdError as exc:
             failed.append(ImportProblem(name, str(exc)))
             continue

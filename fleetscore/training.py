@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrivals import hours_with_arrivals
+from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .hours import Hour
 from .models import ModelManifest, save_model
 from .sensors import Sensor
@@ -15,12 +16,6 @@ from .stores import Store
 from .windows import by_sensor, read_points
 
 MIN_POINTS = 10
-# The defaults of `fleetscore train` and the demo, chosen by docs/sweep_defaults.py on the demo
-# fleet (docs/benchmarks.md, "Model defaults"): the best precision at full recall, and no
-# window flagged in the middle of a sensor's normal range. A larger gamma bends the boundary
-# around the training points, so values between two clusters of them come out anomalous.
-DEFAULT_NU = 0.01
-DEFAULT_GAMMA = 0.01
 
 
 @dataclass(frozen=True)
