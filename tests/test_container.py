@@ -144,3 +144,16 @@ def test_container_image_runs_as_non_root_with_an_installed_entry_point(scoring_
                   check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "No module named" not in proc.stderr
+
+
+def test_container_test_skips_only_outside_ci(monkeypatch):
+    """Where containers cannot run, the container tests skip saying why, except under CI=true,
+    where they fail: CI must never pass without having run the real image."""
+    from tests.conftest import containers_unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot run in CI: no podman"):
+        containers_unavailable("no podman")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="containers cannot run here: no podman"):
+        containers_unavailable("no podman")
