@@ -1,19 +1,19 @@
-"""Activities: parse the input, call fleetscore, return a JSON-safe dict. Errors raise."""
+"""Activities: parse the input, call the run lifecycle (fleetscore.runs), return a JSON-safe
+dict. Errors raise; the orchestrator's retry policy and its failure handling decide."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 import azure.durable_functions as df
 
-from fleetscore import runtime
+from fleetscore import runs, runtime
 from fleetscore.hours import Hour
 from fleetscore.planning import MIN_TASK_SECONDS
 from fleetscore.sensors import Sensor
-from fleetscore.steps import finalize_step, plan_step, status_step, submit_step
 from orchestrators.names import FINALIZE, PLAN, STATUS, SUBMIT
 
 bp = df.Blueprint()
@@ -26,8 +26,13 @@ def _load(payload) -> dict:
     return json.loads(payload) if isinstance(payload, str | bytes) else payload
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 @bp.activity_trigger(input_name="payload", activity=PLAN)
 def plan_window(payload) -> dict:
+    """Take the hour's lock for the orchestration's run id and plan the hour."""
     body = _load(payload)
     started = time.perf_counter()
     sensors = [Sensor.parse(s) for s in body["sensors"]] if body.get("sensors") else None
@@ -36,20 +41,22 @@ def plan_window(payload) -> dict:
         parallel, min_task = settings.batch.max_nodes * settings.batch.tasks_per_node, MIN_TASK_SECONDS
     else:
         parallel, min_task = LOCAL_ACTIVITY_PARALLELISM, 0.0
-    plan = plan_step(runtime.store(), Hour.parse(body["window"]), sensors=sensors,
-                     unit_size=body.get("unit_size"), parallel=parallel, min_task_seconds=min_task)
-    log.info("plan %s: %d units", plan["window"], len(plan["units"]),
-             extra={"window": plan["window"], "units": len(plan["units"]),
-                    "sensors": plan["sensors"], "duration": time.perf_counter() - started})
-    return plan
+    ticket = runs.begin(runtime.store(), Hour.parse(body["window"]), run_id=body["run_id"],
+                        now=_now(), deadline=datetime.fromisoformat(body["deadline"]),
+                        sensors=sensors, unit_size=body.get("unit_size"), parallel=parallel,
+                        min_task_seconds=min_task, ttl=settings.lock_ttl)
+    log.info("plan %s: %d units", ticket.window, len(ticket.units),
+             extra={"window": ticket.window, "run_id": ticket.run_id, "units": len(ticket.units),
+                    "sensors": ticket.sensors, "duration": time.perf_counter() - started})
+    return ticket.to_json()
 
 
 @bp.activity_trigger(input_name="payload", activity=SUBMIT)
 def submit_units(payload) -> dict:
     body = _load(payload)
     started = time.perf_counter()
-    outcomes = submit_step(runtime.store(), Hour.parse(body["window"]), list(body["units"]),
-                           runtime.backend(), run_id=body.get("run_id", ""))
+    outcomes = runs.submit(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
+                           body["run_id"], list(body["units"]))
     for unit, outcome in outcomes.items():
         log.info("unit %s of %s: %s", unit, body["window"], outcome["state"],
                  extra={"window": body["window"], "unit": unit, "state": outcome["state"],
@@ -60,22 +67,26 @@ def submit_units(payload) -> dict:
 
 @bp.activity_trigger(input_name="payload", activity=STATUS)
 def unit_status(payload) -> dict:
+    """Renews the hour's lock, reads the units' states, cancels what passed the deadline."""
     body = _load(payload)
-    return status_step(runtime.store(), Hour.parse(body["window"]), list(body["units"]),
-                       runtime.backend(), run_id=body.get("run_id", ""))
+    return runs.poll(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
+                     body["run_id"], list(body["units"]), now=_now(),
+                     deadline=datetime.fromisoformat(body["deadline"]),
+                     ttl=runtime.settings().lock_ttl)
 
 
 @bp.activity_trigger(input_name="payload", activity=FINALIZE)
 def finalize_window(payload) -> dict:
     body = _load(payload)
-    summary = finalize_step(runtime.store(), Hour.parse(body["window"]), body["outcomes"],
-                            started=datetime.fromisoformat(body["started"]),
-                            duration_s=float(body["duration_s"]), backend=body["backend"],
-                            compute=runtime.backend(), run_id=body.get("run_id", ""))
+    summary = runs.finalize(runtime.store(), Hour.parse(body["window"]), body["run_id"],
+                            body["outcomes"], started=datetime.fromisoformat(body["started"]),
+                            now=_now(), backend_name=body["backend"], backend=runtime.backend(),
+                            ttl=runtime.settings().lock_ttl).to_json()
     top = summary.pop("top_anomalous")
     log.info("run %s: %s", summary["window"], summary["status"],
-             extra={**summary, "duration": body["duration_s"]})
+             extra={k: v for k, v in summary.items() if not isinstance(v, list)})
     for sensor, count in top:
         log.info("anomalies of %s in %s: %d", sensor, summary["window"], count,
                  extra={"window": summary["window"], "sensor": sensor, "anomalies": count})
+    summary["failures"] = summary["failures"][:50]  # the full list is in the manifest
     return summary

@@ -208,7 +208,7 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
               directory: Path | None = None, seed: int = 0) -> BenchResult:
     from .backends.local import LocalBackend
     from .predictions import read_predictions
-    from .runs import run_window
+    from .runs import run_hour
     from .settings import Settings
 
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -226,7 +226,7 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
         backend = LocalBackend(store.url, Settings(), workers)
         try:
             t0 = time.perf_counter()
-            summary = run_window(store, BENCH_HOUR, backend)
+            summary = run_hour(store, BENCH_HOUR, backend)
             run_s = time.perf_counter() - t0
         finally:
             backend.close()

@@ -9,9 +9,11 @@
     │   └── UntrustedModelError     a pickle without --trust-pickle, a skops file with foreign types
     ├── StoreError                  the store failed (I/O, network, permissions) (exit 5)
     │   ├── NotFound                a path that does not exist
-    │   └── AlreadyExists           a conditional write lost the race
+    │   └── Conflict                a conditional write or delete lost the race
+    │       └── AlreadyExists       a create-if-absent found the path taken
     ├── BackendError                the compute backend failed to run a unit (exit 5)
     ├── AlreadyRunning              another run holds the hour's lock (exit 4)
+    │   └── LockLost                the run's lock expired and was taken over (exit 4)
     └── ScoringError                a model could not score its points
 
 SDK and library exceptions are converted where they are caught (``raise X from exc``), so
@@ -63,7 +65,11 @@ class NotFound(StoreError):
     pass
 
 
-class AlreadyExists(StoreError):
+class Conflict(StoreError):
+    pass
+
+
+class AlreadyExists(Conflict):
     pass
 
 
@@ -73,6 +79,10 @@ class BackendError(FleetscoreError):
 
 class AlreadyRunning(FleetscoreError):
     exit_code = 4
+
+
+class LockLost(AlreadyRunning):
+    pass
 
 
 class ScoringError(FleetscoreError):

@@ -5,8 +5,9 @@ model. Sensors with a model but no data, or data but no model, are left out and 
 hold one sensor by default, and groups once the fleet is large, so the number of units (and
 of tasks, and of orchestration history) stays bounded.
 
-Store layout: ``runs/HOUR/plan.json`` (unit ids, sizes, left-out sensors) and
-``runs/HOUR/units/{unit}.json`` (one unit's sensors), so a unit reads its own list only.
+A plan belongs to one run: ``runs/HOUR/RUN/plan.json`` (unit ids, sizes, left-out sensors)
+and ``runs/HOUR/RUN/units/{unit}.json`` (one unit's sensors, so a unit reads its own list
+only). ``make_plan`` is pure reading; only a run (or ``fleetscore plan --save``) stores one.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Plan:
     no_data: tuple[Sensor, ...]
     no_model: tuple[Sensor, ...]
     unit_size: int
+    restricted: bool = False  # planned for chosen sensors only (a rerun of a few)
 
     @property
     def sensors(self) -> int:
@@ -69,6 +71,7 @@ class Plan:
             "units": units,
             "no_data": [str(s) for s in self.no_data],
             "no_model": [str(s) for s in self.no_model],
+            "restricted": self.restricted,
         }
 
 
@@ -109,53 +112,62 @@ def make_plan(
     return Plan(
         window=hour, units=units, no_data=tuple(sorted(with_model - with_data)),
         no_model=tuple(sorted(with_data - with_model)), unit_size=size,
+        restricted=sensors is not None,
     )
 
 
-def run_folder(hour: Hour) -> str:
+def hour_folder(hour: Hour) -> str:
+    """Where the runs of an hour keep their plans and staged outputs."""
     return f"runs/{hour}"
 
 
-def plan_path(hour: Hour) -> str:
-    return f"{run_folder(hour)}/plan.json"
+def run_folder(hour: Hour, run_id: str) -> str:
+    return f"{hour_folder(hour)}/{run_id}"
 
 
-def unit_path(hour: Hour, unit: str) -> str:
-    return f"{run_folder(hour)}/units/{unit}.json"
+def plan_path(hour: Hour, run_id: str) -> str:
+    return f"{run_folder(hour, run_id)}/plan.json"
 
 
-def save_plan(store: Store, plan: Plan) -> str:
+def unit_path(hour: Hour, run_id: str, unit: str) -> str:
+    return f"{run_folder(hour, run_id)}/units/{unit}.json"
+
+
+def save_plan(store: Store, plan: Plan, run_id: str) -> str:
     for unit in plan.units:
-        store.put(unit_path(plan.window, unit.id), json.dumps(unit.to_json()).encode())
+        store.put(unit_path(plan.window, run_id, unit.id), json.dumps(unit.to_json()).encode())
     # Written last: a plan file means every unit file it names exists.
-    path = plan_path(plan.window)
+    path = plan_path(plan.window, run_id)
     store.put(path, json.dumps(plan.to_json(with_sensors=False), indent=1).encode())
     return path
 
 
-def load_unit(store: Store, hour: Hour, unit: str) -> Unit:
-    path = unit_path(hour, unit)
+def load_unit(store: Store, hour: Hour, run_id: str, unit: str) -> Unit:
+    path = unit_path(hour, run_id, unit)
     try:
         body = json.loads(store.get(path))
         return Unit.from_json(body)
     except NotFound as exc:
-        raise InputError(f"unit {unit} is not in the plan of {hour} ({path} not found)") from exc
+        raise InputError(f"unit {unit} is not in the plan of run {run_id} of {hour} "
+                         f"({path} not found)") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"unit file {path} is malformed: {exc}") from exc
 
 
-def load_plan(store: Store, hour: Hour) -> Plan | None:
-    """The stored plan with every unit's sensors, or None when the hour was never planned."""
+def load_plan(store: Store, hour: Hour, run_id: str) -> Plan | None:
+    """The run's stored plan with every unit's sensors, or None when it has none."""
+    path = plan_path(hour, run_id)
     try:
-        summary = json.loads(store.get(plan_path(hour)))
+        summary = json.loads(store.get(path))
     except NotFound:
         return None
     except ValueError as exc:
-        raise InputError(f"plan file {plan_path(hour)} is malformed: {exc}") from exc
+        raise InputError(f"plan file {path} is malformed: {exc}") from exc
     return Plan(
         window=hour,
-        units=tuple(load_unit(store, hour, u["id"]) for u in summary["units"]),
+        units=tuple(load_unit(store, hour, run_id, u["id"]) for u in summary["units"]),
         no_data=tuple(Sensor.parse(s) for s in summary.get("no_data", ())),
         no_model=tuple(Sensor.parse(s) for s in summary.get("no_model", ())),
         unit_size=summary.get("unit_size", 1),
+        restricted=bool(summary.get("restricted", False)),
     )

@@ -1,7 +1,8 @@
 """Predictions CSV: ``TS,Device,Tag,Val,Prediction,Score`` (the reference's columns first).
 
-One file per unit and hour, ``predictions/YYYY/MM/DD/HH/{unit}.csv``, written whole and
-atomically, so a rerun replaces it and a reader never sees half of it.
+The hour's visible files are ``predictions/YYYY/MM/DD/HH/{unit}-{run}.csv`` (and
+``kept-{run}.csv``: earlier rows of sensors a rerun could not replace), each written whole and
+atomically; the hour's run manifest ``runs/HOUR.json`` lists them with their sha256.
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ def decode(data: bytes, name: str) -> pa.Table:
 
 
 def read_predictions(store: Store, hour: Hour) -> pa.Table:
-    tables = [decode(store.get(p), p) for p in store.list(predictions_folder(hour)) if p.endswith(".csv")]
+    """The hour's visible predictions: the files its run manifest lists."""
+    from .runs import hour_predictions  # the manifest's reader; runs imports this module
+
+    tables = [decode(store.get(p), p) for p in hour_predictions(store, hour)]
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables).sort_by(

@@ -1,30 +1,54 @@
-"""Running an hour: plan, units through a backend, then the run manifest.
+"""The run lifecycle of an hour, written once for every entry point.
 
-The same three steps run under the CLI (here, with a local backend) and under the Durable
-Functions orchestrator (each step an activity): ``make_plan``/``save_plan``, ``run_unit`` per
-unit, and ``finalize``.
+```
+begin     take the hour's lock, drop stale staging, plan, store the plan under the run id
+submit    hand the units to a backend
+poll      renew the lock, read the units' states, cancel what passed the deadline
+finalize  promote this run's outputs unit by unit, keep the last good rows of what failed,
+          write the manifest, release the lock, drop the run's staging
+```
+
+The CLI drives these in a loop (``run_hour``: polls with backoff until done or the deadline);
+the Durable orchestrator calls the same four functions as activities, between durable timers.
+Everything they exchange is small and JSON-safe (ids and states, never data).
+
+A run writes only under ``runs/HOUR/RUN/``: units read their sensor lists there and stage
+their predictions and results there. The hour's visible predictions (``predictions/HOUR/``,
+listed in the manifest ``runs/HOUR.json``) change only in ``finalize``, and only for units
+that finished within the deadline, so a crash, a failed rerun or a late straggler never
+removes or overwrites good predictions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from . import __version__, telemetry
-from .backends.base import FAILED, ComputeBackend, UnitStatus
-from .errors import InputError, NotFound
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import __version__, locks, telemetry
+from .backends.base import FAILED, PARTIAL, SUCCEEDED, TERMINAL, ComputeBackend, UnitStatus
+from .errors import InputError, NotFound, UsageError
 from .hours import Hour
-from .locks import hour_lock
-from .planning import Plan, load_unit, make_plan, run_folder, save_plan
-from .predictions import predictions_folder
+from .locks import LOCK_TTL
+from .planning import Plan, hour_folder, load_plan, load_unit, make_plan, run_folder, save_plan
+from .predictions import decode, encode, predictions_folder
 from .scoring import UnitResult, score_unit
+from .sensors import Sensor
 from .stores import Store
 
 Progress = Callable[[int, int], None]
+DEADLINE = timedelta(minutes=120)
+TOP_ANOMALOUS = 20  # sensors per run named in the summary, for the monitoring queries
+# No-data and exit codes: docs/reliability.md.
+EXIT_CODES = {"succeeded": 0, "partial": 3, "failed": 3, "no_data": 6}
 
 
 def new_run_id(now: datetime) -> str:
@@ -32,20 +56,28 @@ def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%d%H%M%S}{secrets.token_hex(3)}"
 
 
-def result_path(hour: Hour, unit_id: str) -> str:
-    return f"{run_folder(hour)}/results/{unit_id}.json"
-
-
 def manifest_path(hour: Hour) -> str:
     return f"runs/{hour}.json"
 
 
-def run_unit(store: Store, hour: Hour, unit_id: str) -> UnitResult:
-    """Score one planned unit and record its result (what a worker or a Batch task runs)."""
+def staged_path(hour: Hour, run_id: str, unit_id: str) -> str:
+    return f"{run_folder(hour, run_id)}/predictions/{unit_id}.csv"
+
+
+def result_path(hour: Hour, run_id: str, unit_id: str) -> str:
+    return f"{run_folder(hour, run_id)}/results/{unit_id}.json"
+
+
+# --- a unit (what a worker process or a Batch task runs) ------------------------------------
+
+
+def run_unit(store: Store, hour: Hour, run_id: str, unit_id: str) -> UnitResult:
+    """Score one planned unit into the run's staging and record its result."""
     with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span:
-        unit = load_unit(store, hour, unit_id)
-        result = score_unit(store, hour, unit.sensors, unit_id=unit.id)
-        store.put(result_path(hour, unit.id), json.dumps(result.to_json()).encode())
+        unit = load_unit(store, hour, run_id, unit_id)
+        result = score_unit(store, hour, unit.sensors, unit_id=unit.id,
+                            out=staged_path(hour, run_id, unit.id))
+        store.put(result_path(hour, run_id, unit.id), json.dumps(result.to_json()).encode())
         span.set_attribute("sensors", result.sensors)
         span.set_attribute("anomalies", result.anomalies)
         span.set_attribute("failed", len(result.failures))
@@ -53,16 +85,151 @@ def run_unit(store: Store, hour: Hour, unit_id: str) -> UnitResult:
     return result
 
 
-def read_unit_result(store: Store, hour: Hour, unit_id: str) -> UnitResult | None:
+def record_unusable(store: Store, hour: Hour, run_id: str, unit_id: str, kind: str,
+                    message: str) -> UnitResult:
+    """A unit that cannot run at all (no such unit, a malformed sensor list): its result says
+    so, so the backend reads a final answer instead of retrying what no retry can fix."""
+    result = UnitResult(unit_id=unit_id, window=str(hour), sensors=0, scored=0, points=0,
+                        anomalies=0, error=f"{kind}: {message}")
+    store.put(result_path(hour, run_id, unit_id), json.dumps(result.to_json()).encode())
+    return result
+
+
+def read_unit_result(store: Store, hour: Hour, run_id: str, unit_id: str) -> UnitResult | None:
     try:
-        return UnitResult.from_json(json.loads(store.get(result_path(hour, unit_id))))
+        return UnitResult.from_json(json.loads(store.get(result_path(hour, run_id, unit_id))))
     except NotFound:
         return None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"unit result {result_path(hour, run_id, unit_id)} is malformed: "
+                         f"{exc}") from exc
+
+
+# --- begin ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What ``begin`` hands the rest of the run (and the orchestrator its activities)."""
+
+    window: str
+    run_id: str
+    units: tuple[str, ...]
+    sensors: int
+    deadline: str  # ISO time: units still running then are cancelled and failed
+    no_data: int
+    no_model: int
+    not_planned: tuple[str, ...] = ()  # chosen sensors with no data or no model
+
+    def to_json(self) -> dict:
+        return {"window": self.window, "run_id": self.run_id, "units": list(self.units),
+                "sensors": self.sensors, "deadline": self.deadline, "no_data": self.no_data,
+                "no_model": self.no_model, "not_planned": list(self.not_planned)}
+
+    @classmethod
+    def from_json(cls, body: Mapping) -> Ticket:
+        return cls(window=body["window"], run_id=body["run_id"], units=tuple(body["units"]),
+                   sensors=int(body["sensors"]), deadline=body["deadline"],
+                   no_data=int(body.get("no_data", 0)), no_model=int(body.get("no_model", 0)),
+                   not_planned=tuple(body.get("not_planned", ())))
+
+
+def check_ended(hour: Hour, now: datetime) -> None:
+    if hour.end_ms > int(now.timestamp() * 1000):
+        raise UsageError(f"hour {hour} has not ended yet (now is {now:%Y-%m-%dT%H:%M}Z): "
+                         "its windows are still open")
+
+
+def begin(
+    store: Store, hour: Hour, *, run_id: str, now: datetime, deadline: datetime,
+    sensors: Iterable[Sensor] | None = None, unit_size: int | None = None, parallel: int = 1,
+    min_task_seconds: float = 0.0, ttl: timedelta = LOCK_TTL, pid: int | None = None,
+) -> Ticket:
+    """Take the hour and plan it. Idempotent for the same ``run_id`` (a retried activity)."""
+    check_ended(hour, now)
+    locks.acquire(store, hour, run_id, now=now, ttl=ttl, pid=pid)
+    try:
+        drop_staging(store, hour, keep=run_id)
+        chosen = None if sensors is None else sorted(set(sensors))
+        plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen, parallel=parallel,
+                         min_task_seconds=min_task_seconds)
+        save_plan(store, plan, run_id)
+    except BaseException:
+        locks.release(store, hour, run_id)
+        raise
+    planned = {s for u in plan.units for s in u.sensors}
+    return Ticket(window=str(hour), run_id=run_id, units=tuple(u.id for u in plan.units),
+                  sensors=len(planned), deadline=deadline.isoformat(),
+                  no_data=len(plan.no_data), no_model=len(plan.no_model),
+                  not_planned=tuple(str(s) for s in (chosen or ()) if s not in planned))
+
+
+def drop_staging(store: Store, hour: Hour, *, keep: str | None = None) -> None:
+    """Delete what runs of the hour staged, except run ``keep``'s: a crashed or superseded
+    run's files are never promoted, so they are only clutter."""
+    mine = f"{run_folder(hour, keep)}/" if keep else None
+    for path in store.list(hour_folder(hour)):
+        if mine is None or not path.startswith(mine):
+            store.delete(path)
+
+
+# --- submit and poll ------------------------------------------------------------------------
+
+
+def outcome(unit_id: str, status: UnitStatus) -> dict:
+    """A unit's state as the orchestrator and finalize read it (JSON-safe)."""
+    body: dict = {"unit": unit_id, "state": status.state, "result": status.result is not None}
+    if status.result is not None:
+        body.update(scored=status.result.scored, failed=len(status.result.failures),
+                    anomalies=status.result.anomalies)
+    if status.error_kind or status.error:
+        body.update(error_kind=status.error_kind, error=(status.error or "")[:1000])
+    return body
+
+
+def failed_outcome(unit_id: str, kind: str, message: str) -> dict:
+    return {"unit": unit_id, "state": FAILED, "result": False, "error_kind": kind,
+            "error": message[:1000]}
+
+
+def submit(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
+           unit_ids: Sequence[str]) -> dict[str, dict]:
+    """Start units; an inline backend has scored them when this returns."""
+    backend.submit(hour, [load_unit(store, hour, run_id, u) for u in unit_ids], run_id=run_id)
+    if getattr(backend, "inline", False):
+        statuses = backend.poll(hour, list(unit_ids), run_id=run_id, timeout=0)
+        return {u: outcome(u, statuses[u]) for u in unit_ids}
+    return {u: {"unit": u, "state": "pending", "result": False} for u in unit_ids}
+
+
+def poll(
+    store: Store, backend: ComputeBackend, hour: Hour, run_id: str, unit_ids: Sequence[str], *,
+    now: datetime, deadline: datetime, timeout: float = 0.0, renew: bool = True,
+    ttl: timedelta = LOCK_TTL,
+) -> dict[str, dict]:
+    """The units' states. Renews the run's lock (LockLost: another run took the hour, stop);
+    units still running at the deadline are cancelled on their backend and failed."""
+    if renew:
+        locks.renew(store, hour, run_id, now=now, ttl=ttl)
+    statuses = backend.poll(hour, list(unit_ids), run_id=run_id, timeout=timeout)
+    out = {u: outcome(u, statuses[u]) for u in unit_ids}
+    if now >= deadline:
+        late = [u for u in unit_ids if not statuses[u].done]
+        if late:
+            backend.cancel(hour, late, run_id=run_id)
+            for u in late:
+                out[u] = failed_outcome(u, "DeadlineExceeded",
+                                        f"unit {u} did not finish before {deadline.isoformat()}")
+    return out
+
+
+# --- finalize -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RunSummary:
     window: str
+    run_id: str
     status: str
     planned: int
     scored: int
@@ -71,120 +238,199 @@ class RunSummary:
     no_model: int
     anomalies: int
     failures: tuple[dict, ...]
+    kept_from_earlier_run: tuple[str, ...]
     manifest: str
     duration_s: float
+    top_anomalous: tuple[tuple[str, int], ...] = ()
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == "succeeded" else 3
+        return EXIT_CODES[self.status]
 
-
-def run_window(
-    store: Store, hour: Hour, backend: ComputeBackend, *, unit_size: int | None = None,
-    progress: Progress | None = None, poll_seconds: float = 0.5,
-) -> RunSummary:
-    started = datetime.now(UTC)
-    clock = time.perf_counter()
-    with hour_lock(store, hour), telemetry.span("fleetscore.run", window=str(hour)):
-        plan = make_plan(store, hour, unit_size=unit_size,
-                         parallel=getattr(backend, "workers", 1))
-        save_plan(store, plan)
-        for unit in plan.units:
-            store.delete(result_path(hour, unit.id))  # never mistake the last run's result for this one's
-        results = execute(plan, backend, run_id=new_run_id(started), progress=progress,
-                          poll_seconds=poll_seconds)
-        return finalize(store, plan, results, started=started,
-                        duration_s=time.perf_counter() - clock, backend=backend.name)
-
-
-def execute(
-    plan: Plan, backend: ComputeBackend, *, run_id: str = "", progress: Progress | None = None,
-    poll_seconds: float = 0.5,
-) -> list[UnitResult]:
-    """Submit every unit and wait for all; a unit the backend could not run fails as a whole."""
-    units = {unit.id: unit for unit in plan.units}
-    backend.submit(plan.window, plan.units, run_id=run_id)
-    pending = list(units)
-    results: list[UnitResult] = []
-    total = plan.sensors
-    done_sensors = 0
-    if progress:
-        progress(0, total)
-    while pending:
-        statuses = backend.poll(plan.window, pending, run_id=run_id, timeout=poll_seconds)
-        still = []
-        for unit_id in pending:
-            status = statuses[unit_id]
-            if not status.done:
-                still.append(unit_id)
-                continue
-            results.append(_result_of(plan.window, unit_id, units[unit_id].sensors, status))
-            done_sensors += len(units[unit_id].sensors)
-        pending = still
-        if progress:
-            progress(done_sensors, total)
-    backend.finish(plan.window, run_id=run_id)
-    return sorted(results, key=lambda r: r.unit_id)
-
-
-def _result_of(hour: Hour, unit_id: str, sensors, status: UnitStatus) -> UnitResult:
-    if status.result is not None:
-        return status.result
-    assert status.state == FAILED
-    return UnitResult.all_failed(str(hour), unit_id, sensors, status.error_kind or "BackendError",
-                                 status.error or "the unit failed without a reason")
+    def to_json(self) -> dict:
+        return {"window": self.window, "run_id": self.run_id, "status": self.status,
+                "exit_code": self.exit_code, "planned": self.planned, "scored": self.scored,
+                "failed": self.failed, "no_data": self.no_data, "no_model": self.no_model,
+                "anomalies": self.anomalies, "failures": list(self.failures),
+                "kept_from_earlier_run": list(self.kept_from_earlier_run),
+                "manifest": self.manifest, "duration_s": self.duration_s,
+                "top_anomalous": [list(t) for t in self.top_anomalous]}
 
 
 def finalize(
-    store: Store, plan: Plan, results: Sequence[UnitResult], *, started: datetime,
-    duration_s: float, backend: str,
+    store: Store, hour: Hour, run_id: str, outcomes: Mapping[str, dict], *, started: datetime,
+    now: datetime, backend_name: str, backend: ComputeBackend | None = None,
+    ttl: timedelta = LOCK_TTL,
 ) -> RunSummary:
-    """Write the run manifest and drop prediction files of units no longer in the plan."""
-    current = {r.predictions for r in results if r.predictions}
-    for path in store.list(predictions_folder(plan.window)):
-        if path not in current:
-            # Left by an earlier run with other units: keeping it would duplicate predictions.
-            store.delete(path)
-    manifest = build_manifest(plan, results, started=started, duration_s=duration_s,
-                              backend=backend)
-    path = manifest_path(plan.window)
+    """End the run: promote what finished, write the manifest, release the hour.
+
+    Idempotent: a retried finalize of a run that already wrote its manifest returns it."""
+    done = read_manifest(store, hour)
+    if done is not None and done.get("run_id") == run_id and not locks.holds(store, hour, run_id):
+        drop_staging(store, hour, keep=None)
+        return summary_of(done)
+    # Still ours? If another run took the hour, it owns the visible outputs: promote nothing.
+    locks.renew(store, hour, run_id, now=now, ttl=ttl)
+    plan = load_plan(store, hour, run_id)
+    if plan is None:
+        raise UsageError(f"run {run_id} of {hour} has no plan: its begin step did not run")
+    results, unfinished = [], []
+    for unit in plan.units:
+        state = outcomes.get(unit.id) or {}
+        results.append(_final_result(store, hour, run_id, unit.id, unit.sensors, state))
+        if state.get("state") not in TERMINAL:
+            unfinished.append(unit.id)
+    if backend is not None:
+        if unfinished:
+            backend.cancel(hour, unfinished, run_id=run_id)
+        backend.finish(hour, run_id=run_id)
+    files, kept = promote(store, hour, run_id, plan, results)
+    manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
+                              started=started, finished=now, backend=backend_name)
+    path = manifest_path(hour)
     store.put(path, json.dumps(manifest, indent=1).encode())
+    sweep(store, hour, {f["path"] for f in files})
+    locks.release(store, hour, run_id)
+    drop_staging(store, hour)
+    return summary_of(manifest)
+
+
+def summary_of(manifest: Mapping) -> RunSummary:
+    by_sensor = manifest.get("anomalies_by_sensor", {})
+    top = sorted(by_sensor.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ANOMALOUS]
+    sensors = manifest["sensors"]
     return RunSummary(
-        window=manifest["window"], status=manifest["status"],
-        planned=manifest["sensors"]["planned"], scored=manifest["sensors"]["scored"],
-        failed=manifest["sensors"]["failed"], no_data=manifest["sensors"]["no_data"],
-        no_model=manifest["sensors"]["no_model"], anomalies=manifest["anomalies"],
-        failures=tuple(manifest["failures"]), manifest=path, duration_s=round(duration_s, 3),
+        window=manifest["window"], run_id=manifest.get("run_id", ""), status=manifest["status"],
+        planned=sensors["planned"], scored=sensors["scored"], failed=sensors["failed"],
+        no_data=sensors["no_data"], no_model=sensors["no_model"], anomalies=manifest["anomalies"],
+        failures=tuple(manifest["failures"]),
+        kept_from_earlier_run=tuple(manifest.get("kept_from_earlier_run", ())),
+        manifest=manifest_path(Hour.parse(manifest["window"])),
+        duration_s=manifest["duration_s"], top_anomalous=tuple(top),
     )
 
 
-def build_manifest(
-    plan: Plan, results: Sequence[UnitResult], *, started: datetime, duration_s: float,
-    backend: str,
-) -> dict:
+def _final_result(store: Store, hour: Hour, run_id: str, unit_id: str,
+                  sensors: Sequence[Sensor], state: Mapping) -> UnitResult:
+    """The unit's staged result if it finished in time; else why not, per sensor."""
+    if state.get("result"):
+        stored = read_unit_result(store, hour, run_id, unit_id)
+        if stored is None:
+            return UnitResult.all_failed(str(hour), unit_id, sensors, "ResultMissing",
+                                         f"unit {unit_id} finished without a result")
+        if stored.error is not None:
+            kind, _, message = stored.error.partition(": ")
+            return UnitResult.all_failed(str(hour), unit_id, sensors, kind, message)
+        return stored
+    if state.get("state") == FAILED:
+        return UnitResult.all_failed(str(hour), unit_id, sensors,
+                                     state.get("error_kind") or "UnitFailed",
+                                     state.get("error") or f"unit {unit_id} failed")
+    return UnitResult.all_failed(str(hour), unit_id, sensors, "NotFinished",
+                                 f"unit {unit_id} did not finish in run {run_id}")
+
+
+def visible_files(store: Store, hour: Hour) -> list[dict]:
+    """The hour's visible predictions files, as its manifest lists them (or, for an hour
+    scored by an earlier version, as its folder holds them)."""
+    manifest = read_manifest(store, hour)
+    if manifest is not None and "predictions" in manifest:
+        return list(manifest["predictions"])
+    return [{"path": p, "sha256": None, "run_id": (manifest or {}).get("run_id")}
+            for p in store.list(predictions_folder(hour)) if p.endswith(".csv")]
+
+
+def promote(store: Store, hour: Hour, run_id: str, plan: Plan,
+            results: Sequence[UnitResult]) -> tuple[list[dict], list[str]]:
+    """The hour's new visible files: this run's units, plus the earlier rows of sensors this
+    run did not replace (its failed sensors; for a rerun of a few sensors, all the others).
+    Returns the files and the failed sensors whose earlier rows were kept."""
+    folder = predictions_folder(hour)
+    files = []
+    for r in results:
+        if r.predictions:
+            target = f"{folder}/{r.unit_id}-{run_id}.csv"
+            store.put(target, store.get(r.predictions))
+            files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
+                          "unit": r.unit_id})
+    failed = {f.sensor for r in results for f in r.failures}
+    planned = {str(s) for u in plan.units for s in u.sensors}
+    ours = {f["path"] for f in files}
+    previous = [f for f in visible_files(store, hour) if f["path"] not in ours]
+    if not previous or not (failed or plan.restricted):
+        return files, []
+
+    def kept_mask(keys: pa.ChunkedArray) -> pa.ChunkedArray:
+        in_failed = pc.is_in(keys, value_set=pa.array(sorted(failed), pa.string()))
+        if not plan.restricted:
+            return in_failed
+        outside = pc.invert(pc.is_in(keys, value_set=pa.array(sorted(planned), pa.string())))
+        return pc.or_(in_failed, outside)
+
+    carried, kept = [], set()
+    for entry in previous:
+        try:
+            table = decode(store.get(entry["path"]), entry["path"])
+        except NotFound:
+            continue
+        keys = pc.binary_join_element_wise(table["Device"], table["Tag"], "/")
+        mask = kept_mask(keys)
+        rows = table.filter(mask)
+        kept.update(pc.unique(pc.filter(keys, mask)).to_pylist())
+        if rows.num_rows == table.num_rows:
+            files.append(entry)  # untouched by this run: stays as it is
+        elif rows.num_rows:
+            carried.append(rows)
+    if carried:
+        data = encode(carried)
+        target = f"{folder}/kept-{run_id}.csv"
+        store.put(target, data)
+        files.append({"path": target, "sha256": hashlib.sha256(data).hexdigest(),
+                      "run_id": run_id, "unit": "kept"})
+    return files, sorted(kept & failed)
+
+
+def sweep(store: Store, hour: Hour, keep: set[str]) -> None:
+    """Remove the hour's predictions files the manifest no longer lists (replaced ones, and
+    any left by a run that crashed between promotion and its manifest)."""
+    for path in store.list(predictions_folder(hour)):
+        if path not in keep:
+            store.delete(path)
+
+
+def run_status(results: Sequence[UnitResult], plan: Plan) -> str:
+    failures = sum(len(r.failures) for r in results)
+    scored = sum(r.scored for r in results)
+    if failures:
+        return "partial" if scored else "failed"
+    if scored:
+        return "succeeded"
+    # Nothing scored, nothing failed: the hour has no sensor with both data and a model.
+    return "failed" if plan.no_model else "no_data"
+
+
+def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str, files: list[dict],
+                   kept: list[str], started: datetime, finished: datetime, backend: str) -> dict:
     failures = [
         {"sensor": f.sensor, "kind": f.kind, "message": f.message, "unit": r.unit_id}
         for r in results for f in r.failures
     ]
-    scored = sum(r.scored for r in results)
     no_data = sorted({*map(str, plan.no_data), *(s for r in results for s in r.no_data)})
-    if not failures:
-        status = "succeeded"
-    else:
-        status = "partial" if scored else "failed"
     return {
         "window": str(plan.window),
-        "status": status,
+        "run_id": run_id,
+        "status": run_status(results, plan),
+        "restricted": plan.restricted,
         "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_s": round(duration_s, 3),
+        "finished": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 3),
         "backend": backend,
         "version": __version__,
         "unit_size": plan.unit_size,
         "units": len(plan.units),
         "sensors": {
             "planned": plan.sensors,
-            "scored": scored,
+            "scored": sum(r.scored for r in results),
             "failed": len(failures),
             "no_data": len(no_data),
             "no_model": len(plan.no_model),
@@ -192,13 +438,14 @@ def build_manifest(
         "points": sum(r.points for r in results),
         "anomalies": sum(r.anomalies for r in results),
         "failures": failures,
+        "kept_from_earlier_run": kept,
         "no_data": no_data,
         "no_model": [str(s) for s in plan.no_model],
         "anomalies_by_sensor": {k: v for r in results for k, v in r.anomalies_by_sensor.items()},
+        "predictions": files,
         "unit_results": [
             {"id": r.unit_id, "status": r.status, "sensors": r.sensors, "scored": r.scored,
-             "anomalies": r.anomalies, "duration_s": r.duration_s, "predictions": r.predictions,
-             "sha256": r.predictions_sha256}
+             "anomalies": r.anomalies, "duration_s": r.duration_s}
             for r in results
         ],
     }
@@ -223,3 +470,101 @@ def list_manifests(store: Store) -> list[dict]:
             except ValueError:
                 continue
     return sorted(out, key=lambda m: m.get("window", ""))
+
+
+# --- the loop (the CLI; the orchestrator has its own, with durable timers) ------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds between polls: start small (local units finish in milliseconds), grow to
+    ``most`` (a Batch listing per poll is a request, not free)."""
+
+    first: float = 0.05
+    factor: float = 1.5
+    most: float = 5.0
+
+    def delays(self) -> Iterable[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(self.most, delay * self.factor)
+
+
+def run_hour(
+    store: Store, hour: Hour, backend: ComputeBackend, *, sensors: Iterable[Sensor] | None = None,
+    unit_size: int | None = None, deadline: timedelta = DEADLINE, ttl: timedelta = LOCK_TTL,
+    progress: Progress | None = None, backoff: Backoff = Backoff(),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunSummary:
+    """One hour, start to end, in this process: begin, submit, poll until every unit is done or
+    the deadline passes, finalize. On any error the run's lock is released and nothing it
+    staged is promoted."""
+    started = clock()
+    run_id = new_run_id(started)
+    ends = started + deadline
+    with telemetry.span("fleetscore.run", window=str(hour)):
+        ticket = begin(store, hour, run_id=run_id, now=started, deadline=ends, sensors=sensors,
+                       unit_size=unit_size, parallel=getattr(backend, "workers", 1), ttl=ttl,
+                       pid=os.getpid())
+        units = list(ticket.units)
+        try:
+            states = submit(store, backend, hour, run_id, units) if units else {}
+            states = _wait(store, backend, hour, run_id, states, ends=ends, ttl=ttl,
+                           progress=progress, backoff=backoff, clock=clock, sleep=sleep,
+                           total=ticket.sensors)
+            return finalize(store, hour, run_id, states, started=started, now=clock(),
+                            backend_name=backend.name, backend=backend, ttl=ttl)
+        except BaseException:
+            try:
+                if units:
+                    backend.cancel(hour, units, run_id=run_id)
+            finally:
+                locks.release(store, hour, run_id)
+            raise
+
+
+def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states: dict, *,
+          ends: datetime, ttl: timedelta, progress: Progress | None, backoff: Backoff,
+          clock: Callable[[], datetime], sleep: Callable[[float], None],
+          total: int) -> dict[str, dict]:
+    states = dict(states)
+    sizes = _unit_sizes(store, hour, run_id, states)
+    renew_every = min(ttl / 4, timedelta(minutes=1))
+    last_renewal = clock()
+    for delay in backoff.delays():
+        pending = [u for u, s in states.items() if s["state"] not in TERMINAL]
+        if progress:
+            progress(sum(sizes[u] for u, s in states.items() if s["state"] in TERMINAL), total)
+        if not pending:
+            return states
+        now = clock()
+        renew = now - last_renewal >= renew_every
+        states.update(poll(store, backend, hour, run_id, pending, now=now, deadline=ends,
+                           timeout=delay, renew=renew, ttl=ttl))
+        if renew:
+            last_renewal = now
+        # Backends that cannot wait (a Batch listing) return at once: sleep the rest.
+        rest = delay - (clock() - now).total_seconds()
+        if rest > 0 and any(s["state"] not in TERMINAL for s in states.values()):
+            sleep(rest)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _unit_sizes(store: Store, hour: Hour, run_id: str, states: Mapping) -> dict[str, int]:
+    plan = load_plan(store, hour, run_id)
+    sizes = {u.id: len(u.sensors) for u in plan.units} if plan else {}
+    return {u: sizes.get(u, 0) for u in states}
+
+
+def hour_predictions(store: Store, hour: Hour) -> list[str]:
+    """Paths of the hour's visible predictions files."""
+    return [f["path"] for f in visible_files(store, hour)]
+
+
+__all__ = [
+    "Backoff", "RunSummary", "Ticket", "begin", "submit", "poll", "finalize", "run_hour",
+    "run_unit", "record_unusable", "read_unit_result", "read_manifest", "list_manifests",
+    "manifest_path", "new_run_id", "SUCCEEDED", "PARTIAL", "FAILED",
+]

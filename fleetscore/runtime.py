@@ -20,15 +20,17 @@ def settings() -> Settings:
 
 @functools.cache
 def store() -> Store:
-    return open_store(settings().store, settings())
+    return open_store(settings().store, settings(), create=True)  # the app owns its container
 
 
 @functools.cache
-def backend() -> ComputeBackend | None:
-    """None: units are scored inside the submit activity (the `local` setting)."""
+def backend() -> ComputeBackend:
+    """The `local` setting scores a unit inside its submit activity (the sequential backend)."""
     name = settings().backend
     if name in ("local", "sequential"):
-        return None
+        from .backends.local import SequentialBackend
+
+        return SequentialBackend(store())
     from .backends import load_backend
 
     return load_backend(name, store(), store_spec=settings().store, settings=settings())
@@ -36,7 +38,7 @@ def backend() -> ComputeBackend | None:
 
 def reset() -> None:
     """Close and forget the clients (tests change the environment between cases)."""
-    if backend.cache_info().currsize and backend() is not None:
+    if backend.cache_info().currsize:
         backend().close()
     if store.cache_info().currsize:
         store().close()

@@ -46,9 +46,12 @@ class UnitResult:
     predictions_sha256: str | None = None
     duration_s: float = 0.0
     anomalies_by_sensor: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # the unit as a whole could not run (its sensor list unusable)
 
     @property
     def status(self) -> str:
+        if self.error is not None:
+            return "failed"
         if not self.failures:
             return "succeeded"
         return "partial" if self.scored else "failed"
@@ -96,9 +99,10 @@ def predict_labels(model: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def score_unit(
     store: Store, hour: Hour, sensors: Iterable[Sensor], *, unit_id: str | None = None,
-    use_bank: bool = True,
+    use_bank: bool = True, out: str | None = None,
 ) -> UnitResult:
-    """Score the sensors of one unit for one hour and write their predictions.
+    """Score the sensors of one unit for one hour and write their predictions to ``out``
+    (a run's staging path; default: the hour's predictions folder, for direct use).
 
     Sensors whose model is in the bank are scored together, vectorized; the others (no bank
     yet, an estimator the bank cannot compile) one by one with scikit-learn."""
@@ -133,14 +137,14 @@ def score_unit(
     table = predictions_table_many([
         (s.device, s.tag, points[s].ends_ms, points[s].values, *scored[s]) for s in done])
     anomalies = {str(s): int(np.count_nonzero(scored[s][0])) for s in done}
-    path = predictions_path(hour, unit_id)
+    path = out or predictions_path(hour, unit_id)
     digest = None
     if done:
         data = encode([table])
         digest = hashlib.sha256(data).hexdigest()
         store.put(path, data)
     else:
-        # A rerun that scores nothing in this unit must not leave the last run's file behind.
+        # A retried unit that now scores nothing must not leave its last attempt's file behind.
         store.delete(path)
     return UnitResult(
         unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(done),

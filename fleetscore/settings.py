@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from .errors import UsageError
 
@@ -67,12 +68,21 @@ class Settings:
     fanout: int = 200
     poll_seconds: int = 30
     unit_deadline_minutes: int = 120
+    lock_ttl_minutes: int = 15  # the hour lock lapses this long after its last renewal
     batch: BatchSettings = field(default_factory=BatchSettings)
+
+    @property
+    def lock_ttl(self) -> timedelta:
+        return timedelta(minutes=self.lock_ttl_minutes)
+
+    @property
+    def deadline(self) -> timedelta:
+        return timedelta(minutes=self.unit_deadline_minutes)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        return cls(
+        settings = cls(
             store=env.get("FLEETSCORE_STORE", DEFAULT_STORE),
             interval_s=_int(env, "FLEETSCORE_INTERVAL_SECONDS", DEFAULT_INTERVAL_S),
             backend=env.get("FLEETSCORE_BACKEND", "local"),
@@ -84,8 +94,15 @@ class Settings:
             fanout=_int(env, "FLEETSCORE_FANOUT", 200),
             poll_seconds=_int(env, "FLEETSCORE_POLL_SECONDS", 30),
             unit_deadline_minutes=_int(env, "FLEETSCORE_UNIT_DEADLINE_MINUTES", 120),
+            lock_ttl_minutes=_int(env, "FLEETSCORE_LOCK_TTL_MINUTES", 15),
             batch=BatchSettings.from_env(env),
         )
+        if settings.lock_ttl_minutes * 60 < 4 * settings.poll_seconds:
+            # Status polls renew the lock: it must outlive several of them.
+            raise UsageError(f"FLEETSCORE_LOCK_TTL_MINUTES={settings.lock_ttl_minutes} is too "
+                             f"short for polls every {settings.poll_seconds} s: give at least "
+                             f"{-(-4 * settings.poll_seconds // 60)} minutes")
+        return settings
 
     def orchestration_input(self, window: str, *, sensors: list[str] | None = None,
                             force: bool = False) -> dict:

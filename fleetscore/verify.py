@@ -54,9 +54,8 @@ def verify(store: Store) -> tuple[int, list[Problem]]:
             checked += 1
             problems.append(_check(store, record["part"], record.get("sha256"), "window file"))
     for manifest in list_manifests(store):
-        for unit in manifest.get("unit_results", []):
-            if unit.get("predictions"):
-                checked += 1
-                problems.append(_check(store, unit["predictions"], unit.get("sha256"),
-                                       f"predictions of {manifest['window']} {unit['id']}"))
+        for entry in manifest.get("predictions", []):
+            checked += 1
+            problems.append(_check(store, entry["path"], entry.get("sha256"),
+                                   f"predictions of {manifest['window']} ({entry.get('unit')})"))
     return checked, [p for p in problems if p is not None]

@@ -1,11 +1,15 @@
-"""``score_window``: plan -> bounded fan-out of units -> finalize.
+"""``score_window``: the run lifecycle of fleetscore.runs, driven with durable timers.
+
+plan (begin: the hour's lock, the plan) -> bounded fan-out of units -> finalize (promote,
+manifest, release the lock). The run id is made here, deterministically (replay gives the same
+one), so the lock taken in plan and released in finalize names this orchestration's run.
 
 Units are fanned out in sub-orchestrations of at most ``fanout`` units each, so no history
 grows past a few hundred tasks even at 100,000+ units. Inside one, every unit is submitted
 (an idempotent activity: the same unit is the same task), then one monitor loop of a durable
-timer and a status activity follows all of them until each is done or the deadline passes.
-A unit whose activity keeps failing after its retries is reported failed with the reason; it
-never fails the hour.
+timer and a status activity follows all of them; each status poll renews the hour's lock and
+cancels units past the deadline. A unit whose activity keeps failing after its retries is
+reported failed with the reason; it never fails the hour.
 """
 
 from __future__ import annotations
@@ -36,21 +40,24 @@ def score_window(context: df.DurableOrchestrationContext):
     request = {**DEFAULTS, **(context.get_input() or {})}
     window = request["window"]
     started = context.current_utc_datetime
+    run_id = f"{started:%Y%m%d%H%M%S}{context.new_uuid().replace('-', '')[:6]}"
+    deadline = started + timedelta(minutes=request["unit_deadline_minutes"])
     plan = yield context.call_activity_with_retry(PLAN, retry(), {
-        "window": window, "sensors": request.get("sensors"), "unit_size": request.get("unit_size"),
+        "window": window, "run_id": run_id, "deadline": deadline.isoformat(),
+        "sensors": request.get("sensors"), "unit_size": request.get("unit_size"),
     })
     units = plan["units"]
     if not context.is_replaying:
         log.info("planned %s: %d units, %d sensors", window, len(units), plan["sensors"],
-                 extra={"window": window, "units": len(units), "sensors": plan["sensors"]})
-    deadline = started + timedelta(minutes=request["unit_deadline_minutes"])
+                 extra={"window": window, "run_id": run_id, "units": len(units),
+                        "sensors": plan["sensors"]})
     size = max(1, int(request["fanout"]))
     batches = [units[i : i + size] for i in range(0, len(units), size)]
     outcomes: dict[str, dict] = {}
     if batches:
         results = yield context.task_all([
             context.call_sub_orchestrator(SCORE_UNITS, {
-                "window": window, "run_id": plan.get("run_id", ""), "units": batch,
+                "window": window, "run_id": run_id, "units": batch,
                 "submit_chunk": request["submit_chunk"], "poll_seconds": request["poll_seconds"],
                 "deadline": deadline.isoformat(),
             })
@@ -59,9 +66,8 @@ def score_window(context: df.DurableOrchestrationContext):
         for batch_outcomes in results:
             outcomes.update(batch_outcomes)
     summary = yield context.call_activity_with_retry(FINALIZE, retry(), {
-        "window": window, "outcomes": outcomes, "started": started.isoformat(),
-        "duration_s": (context.current_utc_datetime - started).total_seconds(),
-        "backend": request.get("backend", "local"), "run_id": plan.get("run_id", ""),
+        "window": window, "run_id": run_id, "outcomes": outcomes, "started": started.isoformat(),
+        "backend": request.get("backend", "local"),
     })
     if not context.is_replaying:
         log.info("finished %s: %s", window, summary["status"], extra=summary)
@@ -75,7 +81,7 @@ def score_units(context: df.DurableOrchestrationContext):
     deadline = datetime.fromisoformat(job["deadline"])
     outcomes: dict[str, dict] = {}
 
-    run_id = job.get("run_id", "")
+    run_id = job["run_id"]
     size = max(1, int(job.get("submit_chunk", 1)))
     chunks = [job["units"][i : i + size] for i in range(0, len(job["units"]), size)]
     submits = [context.call_activity_with_retry(SUBMIT, retry(), {
@@ -93,8 +99,11 @@ def score_units(context: df.DurableOrchestrationContext):
             outcomes.update(done.result)
 
     waiting = [u for u in job["units"] if outcomes[u]["state"] not in TERMINAL]
+    # The status activity fails units at the deadline (and cancels them); this guard only ends
+    # the loop if status calls themselves keep failing past it. Finalize cancels what is left.
+    give_up = deadline + 2 * timedelta(seconds=job["poll_seconds"])
     while waiting:
-        if context.current_utc_datetime >= deadline:
+        if context.current_utc_datetime >= give_up:
             for unit in waiting:
                 outcomes[unit] = _failed(unit, "DeadlineExceeded",
                                          f"unit {unit} did not finish before {deadline.isoformat()}")
@@ -103,7 +112,8 @@ def score_units(context: df.DurableOrchestrationContext):
                                    + timedelta(seconds=job["poll_seconds"]))
         try:
             states = yield context.call_activity_with_retry(
-                STATUS, retry(), {"window": window, "run_id": run_id, "units": waiting})
+                STATUS, retry(), {"window": window, "run_id": run_id, "units": waiting,
+                                  "deadline": job["deadline"]})
         except Exception as exc:  # noqa: BLE001 - the activity's error, already retried
             if not context.is_replaying:
                 log.warning("status of %s failed, will poll again: %s", window, exc,
@@ -117,4 +127,5 @@ def score_units(context: df.DurableOrchestrationContext):
 
 
 def _failed(unit: str, kind: str, message: str) -> dict:
-    return {"unit": unit, "state": "failed", "error_kind": kind, "error": message[:1000]}
+    return {"unit": unit, "state": "failed", "result": False, "error_kind": kind,
+            "error": message[:1000]}

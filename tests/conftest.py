@@ -254,9 +254,11 @@ def fleet_template(tmp_path_factory) -> dict:
             "clean": predictions_snapshot(clean_dir)}
 
 
-def predictions_snapshot(store_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store_dir)): p.read_bytes()
-            for p in sorted((Path(store_dir) / "predictions").rglob("*.csv"))}
+def predictions_snapshot(store_dir: Path) -> list[bytes]:
+    """Every predictions row in the store's predictions folder, sorted: file names carry run
+    ids, so runs are compared by their rows; a duplicated row shows up twice."""
+    return sorted(line for p in (Path(store_dir) / "predictions").rglob("*.csv")
+                  for line in p.read_bytes().splitlines()[1:])
 
 
 @pytest.fixture

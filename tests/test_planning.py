@@ -26,8 +26,8 @@ def test_unit_size_groups_sensors_and_plan_roundtrips(trained_store):
     plan = make_plan(trained_store, H1, unit_size=2)
     assert [len(u.sensors) for u in plan.units] == [2, 1]
     assert [u.id for u in plan.units] == ["u000000", "u000001"]
-    save_plan(trained_store, plan)
-    assert load_unit(trained_store, H1, "u000001") == plan.units[1]
+    save_plan(trained_store, plan, "r1")
+    assert load_unit(trained_store, H1, "r1", "u000001") == plan.units[1]
     with pytest.raises(UsageError):
         make_plan(trained_store, H1, unit_size=0)
 

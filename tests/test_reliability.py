@@ -19,8 +19,9 @@ from fleetscore.backends.local import LocalBackend, SequentialBackend
 from fleetscore.errors import AlreadyRunning, StoreError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
-from fleetscore.locks import hour_lock, lock_path
-from fleetscore.runs import read_manifest, run_window
+from fleetscore import locks
+from fleetscore.locks import lock_path
+from fleetscore.runs import read_manifest, run_hour
 from fleetscore.settings import Settings
 from fleetscore.stores import LocalStore
 from tests.conftest import ROOT, Azurite, minute_readings, predictions_snapshot, write_readings
@@ -77,7 +78,7 @@ def test_truncated_model_file_fails_its_sensor_alone(trained_store):
     path = model_path(Sensor("1", "2"))
     data = trained_store.get(path)
     trained_store.put(path, data[: len(data) // 2])
-    summary = run_window(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    summary = run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
     assert summary.status == "partial"
     assert [(f["sensor"], f["kind"]) for f in summary.failures] == [("1/2", "ModelError")]
 
@@ -86,7 +87,7 @@ def test_truncated_model_file_fails_its_sensor_alone(trained_store):
 def test_verify_names_files_changed_after_they_were_written(trained_store, capsys):
     from fleetscore.cli import main
 
-    run_window(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
     with pytest.raises(SystemExit) as clean:
         main(["verify", "--store", trained_store.url])
     assert clean.value.code in (0, None)
@@ -106,7 +107,7 @@ def test_verify_names_files_changed_after_they_were_written(trained_store, capsy
 def test_unreadable_window_file_fails_its_units_naming_the_file(trained_store):
     window = next(p for p in trained_store.list("windows/2024/03/01/01"))
     trained_store.put(window, b"PAR1 not really parquet")
-    summary = run_window(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    summary = run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
     assert summary.status == "failed" and summary.failed == 3
     assert all(window in f["message"] for f in summary.failures)
 
@@ -137,7 +138,7 @@ def _run_while_killing_workers(store, hour, *, times: int | None):
     thread = threading.Thread(target=killer)
     thread.start()
     try:
-        summary = run_window(store, hour, backend, unit_size=30)
+        summary = run_hour(store, hour, backend, unit_size=30)
     finally:
         stop.set()
         thread.join()
@@ -157,7 +158,7 @@ def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, flee
     summary, killed = _run_while_killing_workers(fleet_store, fleet_template["hour"], times=None)
     assert killed >= 2 and summary.status == "failed"
     assert {f["kind"] for f in summary.failures} == {"WorkerCrashed"}
-    rerun = run_window(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store), unit_size=30)
+    rerun = run_hour(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store), unit_size=30)
     assert rerun.status == "succeeded"
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
 
@@ -185,28 +186,52 @@ def test_run_killed_with_sigkill_then_rerun_is_complete_and_untorn(fleet_store, 
 
 @reliability("R18")
 def test_second_run_of_the_same_hour_says_already_running(fleet_store, fleet_template):
+    from datetime import UTC, datetime
+
     hour = fleet_template["hour"]
-    with hour_lock(fleet_store, hour):
-        with pytest.raises(AlreadyRunning, match="already being scored"):
-            run_window(fleet_store, hour, SequentialBackend(fleet_store))
-        proc = _fleetscore("run", "--store", fleet_store.url, "--window", str(hour))
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 4 and "already being scored" in err and "Traceback" not in err
+    locks.acquire(fleet_store, hour, "other", now=datetime.now(UTC), pid=os.getpid())
+    with pytest.raises(AlreadyRunning, match="already being scored"):
+        run_hour(fleet_store, hour, SequentialBackend(fleet_store))
+    proc = _fleetscore("run", "--store", fleet_store.url, "--window", str(hour))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4 and "already being scored" in err and "Traceback" not in err
+    assert locks.holds(fleet_store, hour, "other")  # the refused runs left the lock alone
+    locks.release(fleet_store, hour, "other")
     assert not list(fleet_store.list("predictions"))  # nothing was written meanwhile
-    summary = run_window(fleet_store, hour, SequentialBackend(fleet_store), unit_size=30)
+    summary = run_hour(fleet_store, hour, SequentialBackend(fleet_store), unit_size=30)
     assert summary.status == "succeeded"
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
 
 
 @reliability("R18")
-def test_two_runs_started_together_never_interleave(fleet_store, fleet_template):
-    window = str(fleet_template["hour"])
-    procs = [_fleetscore("run", "--store", fleet_store.url, "--window", window, "--unit-size",
-                         UNIT_SIZE, "--workers", "1") for _ in range(2)]
-    codes = sorted(p.wait(timeout=300) for p in procs)
-    assert codes in ([0, 0], [0, 4])  # the second either waited its turn or was refused
+def test_a_run_started_while_another_is_inside_is_refused(fleet_store, fleet_template):
+    """The first run is held inside (between plan and scoring) while a second CLI run starts:
+    the second must be refused with exit 4, and the first completes untouched."""
+    hour = fleet_template["hour"]
+    inside, go_on = threading.Event(), threading.Event()
+
+    class Held(SequentialBackend):
+        def submit(self, window, units, *, run_id=""):
+            inside.set()
+            go_on.wait(60)
+            super().submit(window, units, run_id=run_id)
+
+    result = {}
+    first = threading.Thread(target=lambda: result.update(
+        summary=run_hour(fleet_store, hour, Held(fleet_store), unit_size=30)))
+    first.start()
+    try:
+        assert inside.wait(60)
+        proc = _fleetscore("run", "--store", fleet_store.url, "--window", str(hour),
+                           "--unit-size", UNIT_SIZE, "--workers", "1")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        go_on.set()
+        first.join()
+    assert proc.returncode == 4 and "already being scored" in err, (proc.returncode, err)
+    assert result["summary"].status == "succeeded"
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
-    assert json.loads(fleet_store.get(f"runs/{window}.json"))["status"] == "succeeded"
+    assert json.loads(fleet_store.get(f"runs/{hour}.json"))["status"] == "succeeded"
 
 
 @pytest.fixture
@@ -250,11 +275,11 @@ def test_store_restarting_mid_run_is_ridden_out(own_azurite, fleet_template):
 
     thread = threading.Thread(target=bounce)
     thread.start()
-    summary = run_window(store, fleet_template["hour"], SequentialBackend(store), unit_size=30)
+    summary = run_hour(store, fleet_template["hour"], SequentialBackend(store), unit_size=30)
     thread.join()
     assert restarted.is_set() and summary.status == "succeeded", summary.failures[:3]
-    got = {p.replace("predictions/", "", 1): store.get(p) for p in store.list("predictions")}
-    assert got == {k.replace("predictions/", "", 1): v for k, v in fleet_template["clean"].items()}
+    got = sorted(line for p in store.list("predictions") for line in store.get(p).splitlines()[1:])
+    assert got == fleet_template["clean"]
     store.close()
 
 
@@ -281,8 +306,8 @@ def test_store_down_is_one_clear_line_and_nothing_half_written(own_azurite, flee
 @reliability("R23")
 def test_rerun_with_another_unit_size_never_duplicates(fleet_store, fleet_template):
     hour = fleet_template["hour"]
-    run_window(fleet_store, hour, SequentialBackend(fleet_store), unit_size=7)
-    run_window(fleet_store, hour, SequentialBackend(fleet_store), unit_size=30)
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store), unit_size=7)
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store), unit_size=30)
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
     assert read_manifest(fleet_store, hour)["sensors"]["scored"] == 120
 

@@ -16,57 +16,98 @@ ROOT = Path(__file__).resolve().parents[1]
 WINDOW = "2024-03-01T01"
 
 
-def _predictions(store_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store_dir)): p.read_bytes()
-            for p in sorted((store_dir / "predictions").rglob("*.csv"))}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fleetscore.cli", *args], capture_output=True,
-                          text=True, timeout=180, cwd=ROOT, check=True)
+                          text=True, timeout=180, cwd=ROOT, check=check)
 
 
-def test_container_per_unit_writes_exactly_what_the_local_run_writes(trained_store):
+def _sorted_rows(table) -> list[tuple]:
+    return sorted(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
+
+
+@pytest.mark.reliability("R30")
+def test_container_scores_a_saved_plan_into_its_run_and_changes_nothing_visible(trained_store):
+    from fleetscore.hours import Hour
+    from fleetscore.predictions import decode, read_predictions
+    from fleetscore.runs import read_unit_result, staged_path
+
+    hour = Hour.parse(WINDOW)
     store = trained_store.url
     _cli("run", "--store", store, "--window", WINDOW, "--unit-size", "2")
-    expected = _predictions(trained_store.root)
-    assert expected
-    for path in (trained_store.root / "predictions").rglob("*.csv"):
-        path.unlink()
+    visible = read_predictions(trained_store, hour)
+    files = sorted(trained_store.list(f"predictions/{hour.path}"))
+    assert visible.num_rows == 180
+    dry = json.loads(_cli("plan", "--store", store, "--window", WINDOW, "--json").stdout)
+    assert dry["run_id"] is None and list(trained_store.list(f"runs/{WINDOW}")) == []
     plan = json.loads(_cli("plan", "--store", store, "--window", WINDOW, "--unit-size", "2",
-                           "--json").stdout)
-    assert len(plan["units"]) == 2
+                           "--save", "--json").stdout)
+    run_id = plan["run_id"]
+    assert run_id and len(plan["units"]) == 2
+    staged = []
     for unit in plan["units"]:
         proc = subprocess.run([sys.executable, "-m", "scoring_container", "--store", store,
-                               "--window", WINDOW, "--unit", unit["id"]],
+                               "--window", WINDOW, "--run", run_id, "--unit", unit["id"]],
                               capture_output=True, text=True, timeout=180, cwd=ROOT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr
         assert f"unit {unit['id']} of {WINDOW}: succeeded" in proc.stderr
-    assert _predictions(trained_store.root) == expected
+        assert read_unit_result(trained_store, hour, run_id, unit["id"]).scored == len(unit["sensors"])
+        path = staged_path(hour, run_id, unit["id"])
+        staged.append(decode(trained_store.get(path), path))
+    # The container's rows are the local run's rows ...
+    import pyarrow as pa
+    assert _sorted_rows(pa.concat_tables(staged)) == _sorted_rows(visible)
+    # ... and the hour's visible predictions did not change: no second file, verify is clean.
+    assert sorted(trained_store.list(f"predictions/{hour.path}")) == files
+    assert read_predictions(trained_store, hour).equals(visible)
+    assert "0 problems" in _cli("verify", "--store", store).stdout
 
 
-def test_container_exit_codes(trained_store):
+def test_container_exit_codes_tell_batch_when_a_retry_can_help(trained_store, tmp_path):
+    """0 whenever the unit's result is recorded (scored, partial, or unusable): a Batch retry
+    would change nothing. 1 when nothing could be recorded (worth a retry), 2 for bad arguments."""
+    from fleetscore.hours import Hour
     from fleetscore.models import model_path
     from fleetscore.planning import make_plan, save_plan
-    from fleetscore.hours import Hour
+    from fleetscore.runs import read_unit_result
     from fleetscore.sensors import Sensor
 
-    save_plan(trained_store, make_plan(trained_store, Hour.parse(WINDOW), unit_size=3))
-    args = ["--store", trained_store.url, "--window", WINDOW, "--unit"]
+    hour = Hour.parse(WINDOW)
+    save_plan(trained_store, make_plan(trained_store, hour, unit_size=3), "r1")
+    args = ["--store", trained_store.url, "--window", WINDOW, "--run", "r1", "--unit"]
     assert main([*args, "u000000"]) == 0
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    assert main([*args, "u000000"]) == 3  # partial: the other two are written
-    assert main([*args, "u999999"]) == 2  # no such unit in the plan
-    assert main(["--store", trained_store.url, "--window", "2024-3-1", "--unit", "u000000"]) == 2
+    assert main([*args, "u000000"]) == 0  # partial: recorded, the other two are written
+    assert read_unit_result(trained_store, hour, "r1", "u000000").status == "partial"
+    assert main([*args, "u999999"]) == 0  # no such unit: recorded as unusable
+    assert "InputError" in read_unit_result(trained_store, hour, "r1", "u999999").error
+    assert main(["--store", trained_store.url, "--window", "2024-3-1", "--run", "r1",
+                 "--unit", "u000000"]) == 2
     assert main(["--window", WINDOW]) == 2  # missing arguments
+    assert main(["--store", str(tmp_path / "nowhere"), "--window", WINDOW, "--run", "r1",
+                 "--unit", "u000000"]) == 2
+    (trained_store.root / "runs" / WINDOW / "r1" / "results").chmod(0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anyway: the retry path is covered below
+            assert main([*args, "u000001"]) == 1
+    finally:
+        (trained_store.root / "runs" / WINDOW / "r1" / "results").chmod(0o755)
+
+
+def test_container_retry_code_when_the_store_is_unreachable(monkeypatch):
+    monkeypatch.setenv("FLEETSCORE_STORAGE_CONNECTION_STRING",
+                       "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+                       "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    monkeypatch.setenv("FLEETSCORE_STORAGE_RETRIES", "0")
+    assert main(["--store", "az://nowhere", "--window", WINDOW, "--run", "r1",
+                 "--unit", "u000000"]) == 1
 
 
 def test_container_accepts_the_full_command_as_arguments():
     # Batch may pass the task's whole command line to the image's ENTRYPOINT.
     args = parse_args(["python", "-m", "scoring_container", "--store", "az://c", "--window",
-                       WINDOW, "--unit", "u000001"])
-    assert (args.store, args.window, args.unit) == ("az://c", WINDOW, "u000001")
+                       WINDOW, "--run", "r1", "--unit", "u000001"])
+    assert (args.store, args.window, args.run, args.unit) == ("az://c", WINDOW, "r1", "u000001")
 
 
 def test_container_dockerfile_is_slim_non_root_and_pinned():

@@ -1,9 +1,10 @@
 """The ComputeBackend protocol: where units run.
 
-A backend only has to submit units and report their states. A run (one hour, one attempt)
-is named by ``run_id``, so a rerun never mistakes the last run's tasks for its own. The unit itself always runs
-``fleetscore.runs.run_unit`` (load the unit's sensor list, ``score_unit``, write the unit
-result), whether in a local process, in this process, or in a container on Azure Batch.
+A backend only has to submit units, report their states and cancel the ones a run gives up
+on. A run (one hour, one attempt) is named by ``run_id``, so a rerun never mistakes the last
+run's tasks for its own. The unit itself always runs ``fleetscore.runs.run_unit`` (load the
+unit's sensor list, ``score_unit`` into the run's staging, write the unit result), whether in
+a local process, in this process, or in a container on Azure Batch.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class ComputeBackend(Protocol):
     def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
              timeout: float = 1.0) -> dict[str, UnitStatus]:
         """States of the units, waiting up to ``timeout`` seconds for one of them to change."""
+
+    def cancel(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "") -> None:
+        """Stop units the run gave up on (past the deadline). Whatever they still write stays
+        in the run's staging and is never promoted."""
 
     def finish(self, window: Hour, *, run_id: str = "") -> None:
         """Every unit of the run is submitted and done: release what the run holds."""

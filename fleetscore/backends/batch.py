@@ -56,10 +56,10 @@ def job_id(window: Hour, run_id: str) -> str:
     return f"fs-{window.start:%Y%m%dT%H}-{run_id}"[:64]
 
 
-def command_line(store_url: str, window: Hour, unit_id: str) -> str:
+def command_line(store_url: str, window: Hour, run_id: str, unit_id: str) -> str:
     return " ".join(shlex.quote(a) for a in (
         "python", "-m", "scoring_container", "--store", store_url, "--window", str(window),
-        "--unit", unit_id))
+        "--run", run_id, "--unit", unit_id))
 
 
 def make_client(batch: BatchSettings) -> BatchClient:
@@ -151,7 +151,7 @@ class BatchBackend:
         self._jobs.add(jid)
         return jid
 
-    def task_spec(self, window: Hour, unit_id: str) -> bm.BatchTaskCreateOptions:
+    def task_spec(self, window: Hour, unit_id: str, run_id: str = "") -> bm.BatchTaskCreateOptions:
         b = self.batch
         environment = [bm.EnvironmentSetting(name="FLEETSCORE_STORE", value=self._store_spec)]
         if self.settings.storage_account_url:
@@ -173,7 +173,7 @@ class BatchBackend:
             )]
         return bm.BatchTaskCreateOptions(
             id=unit_id,
-            command_line=command_line(self._store_spec, window, unit_id),
+            command_line=command_line(self._store_spec, window, run_id, unit_id),
             container_settings=bm.BatchTaskContainerSettings(image_name=b.image,
                                                              container_run_options="--rm"),
             constraints=bm.BatchTaskConstraints(
@@ -188,7 +188,7 @@ class BatchBackend:
             return
         self.ensure_pool()
         jid = self._ensure_job(window, run_id)
-        specs = [self.task_spec(window, u.id) for u in units]
+        specs = [self.task_spec(window, u.id, run_id) for u in units]
         for start in range(0, len(specs), MAX_TASKS_PER_REQUEST):
             chunk = specs[start : start + MAX_TASKS_PER_REQUEST]
             with _errors(f"tasks of job {jid}"):
@@ -209,9 +209,9 @@ class BatchBackend:
         with _errors(f"tasks of job {jid}"):
             tasks = {t.id: t for t in self._client.list_tasks(
                 jid, select=["id", "state", "executionInfo"])}
-        return {u: self._status(window, jid, u, tasks.get(u)) for u in unit_ids}
+        return {u: self._status(window, run_id, jid, u, tasks.get(u)) for u in unit_ids}
 
-    def _status(self, window: Hour, jid: str, unit_id: str, task) -> UnitStatus:
+    def _status(self, window: Hour, run_id: str, jid: str, unit_id: str, task) -> UnitStatus:
         from ..runs import read_unit_result
 
         if task is None:
@@ -224,7 +224,7 @@ class BatchBackend:
         info = task.execution_info
         exit_code = info.exit_code if info is not None else None
         if exit_code in (0, EXIT_PARTIAL):
-            result = read_unit_result(self._store, window, unit_id)
+            result = read_unit_result(self._store, window, run_id, unit_id)
             if result is not None:
                 return UnitStatus(result.status, result)
             return UnitStatus(FAILED, error_kind="ResultMissing",
@@ -249,6 +249,24 @@ class BatchBackend:
         except AzureError:
             return ""  # the node may be gone already; the failure info still says why
         return " | ".join(data.decode("utf-8", errors="replace").strip().splitlines()[-lines:])
+
+    def cancel(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "") -> None:
+        """Terminate the tasks (REST: POST /jobs/{job}/tasks/{task}/terminate; the task moves
+        to completed). A task that already completed is left as it is."""
+        jid = job_id(window, run_id)
+        for unit_id in unit_ids:
+            try:
+                self._client.terminate_task(jid, unit_id)
+            except (ResourceNotFoundError, ResourceExistsError):
+                continue  # no such task or job, or it completed meanwhile (409)
+            except HttpResponseError as exc:
+                if exc.status_code == 409:
+                    continue
+                raise BackendError(f"cannot terminate task {unit_id} of job {jid}: "
+                                   f"{first_line(exc)}") from exc
+            except AzureError as exc:
+                raise BackendError(f"cannot terminate task {unit_id} of job {jid}: "
+                                   f"{first_line(exc)}") from exc
 
     def finish(self, window: Hour, *, run_id: str = "") -> None:
         jid = job_id(window, run_id)

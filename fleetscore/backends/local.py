@@ -15,36 +15,50 @@ from ..stores import Store, open_store
 from .base import FAILED, PENDING, UnitStatus
 
 
-def _state_of(result) -> str:
-    return result.status
-
-
 class SequentialBackend:
-    """Runs each unit inside ``submit``: deterministic, debuggable, no processes."""
+    """Runs each unit inside ``submit``: deterministic, debuggable, no processes.
+
+    Also what the Functions app uses to score a unit inside its activity: ``poll`` falls back to
+    the unit's result in the store, so a status call in another worker process finds it."""
 
     name = "sequential"
+    inline = True
+    workers = 1
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._done: dict[str, UnitStatus] = {}
+        self._done: dict[tuple[Hour, str, str], UnitStatus] = {}
 
     def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
         from ..runs import run_unit
 
         for unit in units:
             try:
-                result = run_unit(self._store, window, unit.id)
-                self._done[(window, unit.id)] = UnitStatus(_state_of(result), result)
+                result = run_unit(self._store, window, run_id, unit.id)
+                self._done[(window, run_id, unit.id)] = UnitStatus(result.status, result)
             except FleetscoreError as exc:
-                self._done[(window, unit.id)] = UnitStatus(FAILED, error_kind=exc.kind,
-                                                           error=str(exc))
+                self._done[(window, run_id, unit.id)] = UnitStatus(FAILED, error_kind=exc.kind,
+                                                                   error=str(exc))
 
     def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
              timeout: float = 1.0) -> dict[str, UnitStatus]:
-        return {u: self._done.get((window, u), UnitStatus(PENDING)) for u in unit_ids}
+        from ..runs import read_unit_result
+
+        out = {}
+        for u in unit_ids:
+            status = self._done.get((window, run_id, u))
+            if status is None:
+                result = read_unit_result(self._store, window, run_id, u)
+                status = UnitStatus(result.status, result) if result else UnitStatus(PENDING)
+            out[u] = status
+        return out
+
+    def cancel(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "") -> None:
+        pass  # nothing runs outside submit
 
     def finish(self, window: Hour, *, run_id: str = "") -> None:
-        pass
+        for key in [k for k in self._done if k[:2] == (window, run_id)]:
+            del self._done[key]
 
     def close(self) -> None:
         self._done.clear()
@@ -63,14 +77,17 @@ def _init_worker(spec: str, settings: Settings) -> None:
     _worker_store = open_store(spec, settings)
 
 
-def _work(window: str, unit_id: str) -> dict:
+def _work(window: str, run_id: str, unit_id: str) -> dict:
     from ..runs import run_unit
 
     assert _worker_store is not None
     try:
-        return {"result": run_unit(_worker_store, Hour.parse(window), unit_id).to_json()}
+        return {"result": run_unit(_worker_store, Hour.parse(window), run_id, unit_id).to_json()}
     except FleetscoreError as exc:
         return {"error_kind": exc.kind, "error": str(exc)}
+
+
+Key = tuple[Hour, str, str]  # window, run id, unit id
 
 
 class LocalBackend:
@@ -89,8 +106,8 @@ class LocalBackend:
         self.workers = workers or os.cpu_count() or 1
         self._spec, self._settings = store_spec, settings or Settings.from_env()
         self._pool: ProcessPoolExecutor | None = None
-        self._futures: dict[tuple[Hour, str], Future] = {}
-        self._tries: dict[tuple[Hour, str], int] = {}
+        self._futures: dict[Key, Future] = {}
+        self._tries: dict[Key, int] = {}
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -101,18 +118,18 @@ class LocalBackend:
 
     def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
         for unit in units:
-            if (window, unit.id) not in self._futures:
-                self._start(window, unit.id)
+            if (window, run_id, unit.id) not in self._futures:
+                self._start((window, run_id, unit.id))
 
-    def _start(self, window: Hour, unit_id: str) -> None:
-        key = (window, unit_id)
+    def _start(self, key: Key) -> None:
         self._tries[key] = self._tries.get(key, 0) + 1
+        window, run_id, unit_id = key
         try:
-            self._futures[key] = self._executor().submit(_work, str(window), unit_id)
+            self._futures[key] = self._executor().submit(_work, str(window), run_id, unit_id)
         except BrokenProcessPool:
             self._reset_pool()
             try:
-                self._futures[key] = self._executor().submit(_work, str(window), unit_id)
+                self._futures[key] = self._executor().submit(_work, str(window), run_id, unit_id)
             except BrokenProcessPool as exc:
                 raise BackendError(f"the local worker pool cannot start: {exc}") from exc
 
@@ -121,26 +138,35 @@ class LocalBackend:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _retry_crashed(self, window: Hour, unit_ids: Sequence[str]) -> None:
-        crashed = [u for u in unit_ids
-                   if (f := self._futures.get((window, u))) is not None and f.done()
+    def _retry_crashed(self, keys: Sequence[Key]) -> None:
+        crashed = [k for k in keys
+                   if (f := self._futures.get(k)) is not None and f.done() and not f.cancelled()
                    and isinstance(f.exception(), BrokenProcessPool)
-                   and self._tries.get((window, u), 0) < self.attempts]
+                   and self._tries.get(k, 0) < self.attempts]
         if crashed:
             self._reset_pool()
-            for unit_id in crashed:
-                self._start(window, unit_id)
+            for key in crashed:
+                self._start(key)
 
     def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
              timeout: float = 1.0) -> dict[str, UnitStatus]:
-        futures = [self._futures[(window, u)] for u in unit_ids if (window, u) in self._futures]
+        keys = [(window, run_id, u) for u in unit_ids]
+        futures = [self._futures[k] for k in keys if k in self._futures]
         if futures and not any(f.done() for f in futures):
             wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
-        self._retry_crashed(window, unit_ids)
-        return {u: self._status(self._futures.get((window, u))) for u in unit_ids}
+        self._retry_crashed(keys)
+        return {k[2]: self._status(self._futures.get(k)) for k in keys}
+
+    def cancel(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "") -> None:
+        # A queued unit is dropped; a running one cannot be stopped without killing the pool,
+        # and what it writes lands in the run's staging, which is never promoted.
+        for unit_id in unit_ids:
+            future = self._futures.get((window, run_id, unit_id))
+            if future is not None:
+                future.cancel()
 
     def finish(self, window: Hour, *, run_id: str = "") -> None:
-        for key in [k for k in self._futures if k[0] == window]:
+        for key in [k for k in self._futures if k[:2] == (window, run_id)]:
             del self._futures[key]
             self._tries.pop(key, None)
 
@@ -150,6 +176,8 @@ class LocalBackend:
 
         if future is None or not future.done():
             return UnitStatus(PENDING)
+        if future.cancelled():
+            return UnitStatus(FAILED, error_kind="Cancelled", error="cancelled before it started")
         exc = future.exception()
         if exc is not None:
             if isinstance(exc, BrokenProcessPool):
@@ -159,11 +187,16 @@ class LocalBackend:
         body = future.result()
         if "result" in body:
             result = UnitResult.from_json(body["result"])
-            return UnitStatus(_state_of(result), result)
+            return UnitStatus(result.status, result)
         return UnitStatus(FAILED, error_kind=body["error_kind"], error=body["error"])
 
     def close(self) -> None:
         if self._pool is not None:
+            if any(not f.done() for f in self._futures.values()):
+                # A unit given up at its deadline may still be running (a hung model): stop
+                # its worker rather than wait for it. The executor has no public way to do it.
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._futures.clear()

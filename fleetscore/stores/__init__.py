@@ -17,7 +17,9 @@ __all__ = ["Store", "LocalStore", "open_store", "check_path"]
 BLOB_SCHEME = "az://"
 
 
-def open_store(spec: str, settings: Settings | None = None) -> Store:
+def open_store(spec: str, settings: Settings | None = None, *, create: bool = False) -> Store:
+    """Open the store at ``spec``. Without ``create`` a store that does not exist is refused
+    (UsageError: a mistyped path must never look like an empty store)."""
     if spec.startswith(BLOB_SCHEME):
         settings = settings or Settings.from_env()
         container = spec[len(BLOB_SCHEME) :].strip("/")
@@ -34,7 +36,8 @@ def open_store(spec: str, settings: Settings | None = None) -> Store:
             connection_string=settings.storage_connection_string,
             account_url=settings.storage_account_url,
             retries=settings.storage_retries,
+            create=create,
         )
     if "://" in spec:
         raise UsageError(f"unknown store {spec!r}: use a directory or az://CONTAINER")
-    return LocalStore(spec)
+    return LocalStore(spec, create=create)

@@ -2,8 +2,11 @@
 
 Every pipeline step reads and writes through a Store, so the same code runs on a local
 directory and on Azure Blob storage. Writes are whole-object and atomic (a reader sees the old
-file or the new one, never a torn one); ``overwrite=False`` is the conditional put that
-makes races safe.
+file or the new one, never a torn one). Races are made safe by conditional operations, each one
+atomic on the store's side: ``put(overwrite=False)`` creates only if absent, and
+``put(if_match=etag)`` / ``delete(if_match=etag)`` act only if the file is still the version
+``get_versioned`` returned (Blob storage: ``If-None-Match: *`` and ``If-Match: <ETag>``; a
+directory: a hard link, and a compare-and-swap under an advisory lock).
 """
 
 from __future__ import annotations
@@ -21,16 +24,22 @@ class Store(Protocol):
     def get(self, path: str) -> bytes:
         """The whole file. Raises NotFound."""
 
-    def put(self, path: str, data: bytes, *, overwrite: bool = True) -> None:
-        """Write atomically. With ``overwrite=False`` raise AlreadyExists if the path exists."""
+    def get_versioned(self, path: str) -> tuple[bytes, str]:
+        """The whole file and its version tag (an ETag). Raises NotFound."""
+
+    def put(self, path: str, data: bytes, *, overwrite: bool = True,
+            if_match: str | None = None) -> None:
+        """Write atomically. With ``overwrite=False`` raise AlreadyExists if the path exists;
+        with ``if_match`` raise Conflict unless the file exists at that version."""
 
     def exists(self, path: str) -> bool: ...
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Paths under ``prefix`` (a folder, with or without the trailing '/'), sorted."""
 
-    def delete(self, path: str) -> None:
-        """Remove a file; a missing file is not an error."""
+    def delete(self, path: str, *, if_match: str | None = None) -> None:
+        """Remove a file; a missing file is not an error. With ``if_match`` remove it only
+        at that version, else raise Conflict (a missing file too)."""
 
     def open(self, path: str) -> BinaryIO:
         """A seekable reader, so columnar readers fetch only the byte ranges they need."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
@@ -20,7 +21,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
-from ..errors import AlreadyExists, NotFound, StoreError, first_line
+from ..errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError, first_line
 from .base import check_path, folder
 
 
@@ -54,13 +55,17 @@ class BlobStore:
             )
         self.url = f"az://{container}"
         self._closed = False
-        if create:
-            try:
-                self._client.create_container()
-            except ResourceExistsError:
-                pass
-            except AzureError as exc:
-                raise StoreError(f"cannot open blob container {container!r}: {first_line(exc)}") from exc
+        try:
+            if create:
+                try:
+                    self._client.create_container()
+                except ResourceExistsError:
+                    pass
+            elif not self._client.exists():
+                raise UsageError(f"no fleetscore store at {self.url}: the container does not exist "
+                                 "(create one with `fleetscore ingest` or `fleetscore models import`)")
+        except AzureError as exc:
+            raise StoreError(f"cannot open blob container {container!r}: {first_line(exc)}") from exc
 
     @contextmanager
     def _errors(self, action: str, path: str):
@@ -69,7 +74,12 @@ class BlobStore:
             yield
         except ResourceNotFoundError as exc:
             raise NotFound(f"{path} not found in store {self.url}") from exc
-        except (ResourceExistsError, ResourceModifiedError) as exc:
+        except ResourceModifiedError as exc:
+            # 412: an If-Match or If-None-Match condition failed.
+            if getattr(exc, "error_code", None) == "BlobAlreadyExists":
+                raise AlreadyExists(f"{path} already exists in store {self.url}") from exc
+            raise Conflict(f"{path} changed in store {self.url} since it was read") from exc
+        except ResourceExistsError as exc:
             raise AlreadyExists(f"{path} already exists in store {self.url}") from exc
         except AzureError as exc:
             raise StoreError(f"cannot {action} {path} in store {self.url}: {first_line(exc)}") from exc
@@ -78,10 +88,25 @@ class BlobStore:
         with self._errors("read", path):
             return self._client.download_blob(check_path(path)).readall()
 
-    def put(self, path: str, data: bytes, *, overwrite: bool = True) -> None:
-        # overwrite=False sends If-None-Match: *, so the create is conditional on the server.
+    def get_versioned(self, path: str) -> tuple[bytes, str]:
+        with self._errors("read", path):
+            downloader = self._client.download_blob(check_path(path))
+            return downloader.readall(), downloader.properties.etag
+
+    def put(self, path: str, data: bytes, *, overwrite: bool = True,
+            if_match: str | None = None) -> None:
+        # overwrite=False sends If-None-Match: *, if_match sends If-Match: ETAG, so each
+        # condition is checked by the service in the same request as the write.
         with self._errors("write", path):
-            self._client.upload_blob(check_path(path), data, overwrite=overwrite)
+            if if_match is not None:
+                try:
+                    self._client.upload_blob(check_path(path), data, overwrite=True,
+                                             etag=if_match,
+                                             match_condition=MatchConditions.IfNotModified)
+                except ResourceNotFoundError as exc:
+                    raise Conflict(f"{path} is gone from store {self.url}") from exc
+            else:
+                self._client.upload_blob(check_path(path), data, overwrite=overwrite)
 
     def exists(self, path: str) -> bool:
         with self._errors("stat", path):
@@ -95,7 +120,15 @@ class BlobStore:
             return iter(())
         return iter(sorted(names))
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str, *, if_match: str | None = None) -> None:
+        if if_match is not None:
+            try:
+                with self._errors("delete", path):
+                    self._client.delete_blob(check_path(path), etag=if_match,
+                                             match_condition=MatchConditions.IfNotModified)
+            except NotFound as exc:
+                raise Conflict(f"{path} is gone from store {self.url}") from exc
+            return
         try:
             with self._errors("delete", path):
                 self._client.delete_blob(check_path(path))

@@ -1,27 +1,64 @@
-"""A directory on the local disk: the embedded default store."""
+"""A directory on the local disk: the embedded default store.
+
+Writes go to a temporary file beside the target and are renamed into place, so a reader never
+sees a torn file. Create-if-absent is a hard link (``link`` fails on an existing name). The
+version-conditional operations (``if_match``) compare and swap under an advisory ``flock`` on
+one lock file per store: every fleetscore process that shares the directory takes the same
+lock, so no two of them can both see the same version and both replace it.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import AlreadyExists, NotFound, StoreError
+from ..errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError
 from .base import check_path, folder
 
 _TMP_PREFIX = ".tmp-"
+_CAS_LOCK = ".tmp-cas.lock"  # hidden from listings by its prefix
+MARKER = "fleetscore-store.json"
+# What a store made by an earlier version holds: any of these makes a directory a store.
+_KNOWN = ("windows", "models", "runs", "arrivals", "predictions")
+
+
+def _umask() -> int:
+    # Read once: os.umask can only be read by setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def version_of(data: bytes) -> str:
+    """A local file's version tag: its content hash (the same bytes are the same version)."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 class LocalStore:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).resolve()
         self.url = str(self.root)
+        if not create:
+            if not self.root.is_dir() or not (
+                    (self.root / MARKER).is_file() or any((self.root / k).is_dir() for k in _KNOWN)):
+                raise UsageError(f"no fleetscore store at {self.root} (create one with "
+                                 "`fleetscore ingest`, `fleetscore models import` or `fleetscore demo`)")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store directory {self.root}: {exc.strerror}") from exc
+        if not (self.root / MARKER).exists():
+            self.put(MARKER, b'{"fleetscore": 1}\n')
 
     def _file(self, path: str) -> Path:
         return self.root / check_path(path)
@@ -34,18 +71,43 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot read {path} in store {self.url}: {exc.strerror}") from exc
 
-    def put(self, path: str, data: bytes, *, overwrite: bool = True) -> None:
+    def get_versioned(self, path: str) -> tuple[bytes, str]:
+        data = self.get(path)
+        return data, version_of(data)
+
+    @contextmanager
+    def _cas(self) -> Iterator[None]:
+        fd = os.open(self.root / _CAS_LOCK, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _current(self, path: str) -> str | None:
+        try:
+            return version_of(self._file(path).read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put(self, path: str, data: bytes, *, overwrite: bool = True,
+            if_match: str | None = None) -> None:
         target = self._file(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            # Write beside the target and rename: readers never see a torn file.
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as handle:
+                    os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600: honour the umask
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                if overwrite:
+                if if_match is not None:
+                    with self._cas():
+                        if self._current(path) != if_match:
+                            raise Conflict(f"{path} changed in store {self.url} since it was read")
+                        os.replace(tmp, target)
+                elif overwrite:
                     os.replace(tmp, target)
                 else:
                     # link() fails if the target exists: an atomic create-if-absent.
@@ -76,11 +138,16 @@ class LocalStore:
                     found.append(name if rel == "." else f"{rel}/{name}")
         return iter(sorted(found))
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str, *, if_match: str | None = None) -> None:
+        target = self._file(path)
         try:
-            self._file(path).unlink()
-        except FileNotFoundError:
-            pass
+            if if_match is None:
+                target.unlink(missing_ok=True)
+                return
+            with self._cas():
+                if self._current(path) != if_match:
+                    raise Conflict(f"{path} changed in store {self.url} since it was read")
+                target.unlink()
         except OSError as exc:
             raise StoreError(f"cannot delete {path} in store {self.url}: {exc.strerror}") from exc
 

@@ -135,6 +135,18 @@ class FakeBatch:
                                                                                  "requeueCount": 0}}
                 results.append({"status": "success", "taskId": task["id"]})
             return h._reply(200, {"value": results})
+        if m := re.fullmatch(r"/jobs/([^/]+)/tasks/([^/]+)/terminate", path):
+            # REST "Tasks - Terminate Task": the task moves to the completed state (204);
+            # terminating a completed task is refused with 409 TaskCompleted.
+            key = (unquote(m.group(1)), unquote(m.group(2)))
+            if key not in self.tasks:
+                return h._error(404, "TaskNotFound", f"task {key[1]} does not exist")
+            if self.tasks[key]["state"] == "completed":
+                return h._error(409, "TaskCompleted", "the task has already completed")
+            self.set_task(*key, "completed", result="failure", exitCode=None,
+                          failureInfo={"category": "usererror", "code": "TaskEnded",
+                                       "message": "Task Was Ended by User Request"})
+            return h._reply(204)
         if m := re.fullmatch(r"/jobs/([^/]+)/tasks", path):
             job = unquote(m.group(1))
             value = [{"id": t, "state": task["state"], "executionInfo": task["executionInfo"]}

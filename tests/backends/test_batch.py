@@ -19,7 +19,7 @@ from fleetscore.backends.batch import (
 from fleetscore.errors import BackendError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.planning import Unit, make_plan, save_plan
-from fleetscore.runs import execute, finalize, run_unit
+from fleetscore.runs import Backoff, run_hour, run_unit
 from fleetscore.sensors import Sensor
 from fleetscore.settings import BatchSettings, Settings
 from tests.backends.batch_fake import FakeBatch
@@ -107,8 +107,9 @@ def test_batch_pool_created_once_with_containers_registry_identity_and_autoscale
 def test_batch_tasks_run_the_container_with_constraints_env_and_log_upload(backend, fake, batch_settings):
     backend.submit(H1, _units(1), run_id=RUN)
     task = fake.tasks[(JOB, "u000000")]
-    assert task["commandLine"] == command_line("az://fleetscore", H1, "u000000") == \
-        "python -m scoring_container --store az://fleetscore --window 2024-03-01T01 --unit u000000"
+    assert task["commandLine"] == command_line("az://fleetscore", H1, RUN, "u000000") == \
+        "python -m scoring_container --store az://fleetscore --window 2024-03-01T01 --run r1 " \
+        "--unit u000000"
     assert task["containerSettings"] == {"imageName": "fleetacr.azurecr.io/fleetscore-scoring:0.1.0",
                                          "containerRunOptions": "--rm"}
     assert task["constraints"]["maxTaskRetryCount"] == 2
@@ -165,7 +166,7 @@ def test_batch_throttling_is_retried_after_retry_after(backend, fake):
 @pytest.mark.reliability("R21")
 def test_batch_lifecycle_success_partial_failure_retries_and_preemption(backend, fake, trained_store):
     plan = make_plan(trained_store, H1)
-    save_plan(trained_store, plan)
+    save_plan(trained_store, plan, RUN)
     backend.submit(H1, plan.units, run_id=RUN)
     ids = [u.id for u in plan.units]
     assert {s.state for s in backend.poll(H1, ids, run_id=RUN).values()} == {"pending"}
@@ -175,13 +176,13 @@ def test_batch_lifecycle_success_partial_failure_retries_and_preemption(backend,
     assert backend.poll(H1, ids, run_id=RUN)["u000000"].state == "running"
     fake.set_task(JOB, "u000000", "active", requeueCount=1)
     assert backend.poll(H1, ids, run_id=RUN)["u000000"].state == "pending"
-    run_unit(trained_store, H1, "u000000")  # what the container does on the node
+    run_unit(trained_store, H1, RUN, "u000000")  # what the container does on the node
     fake.set_task(JOB, "u000000", "completed", exitCode=0, result="success")
 
     # u000001: a broken model; the container exits 3 after Batch's two retries.
     from fleetscore.models import model_path
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    run_unit(trained_store, H1, "u000001")
+    run_unit(trained_store, H1, RUN, "u000001")
     fake.set_task(JOB, "u000001", "completed", exitCode=3, retryCount=2, result="failure")
 
     # u000002: the container crashes; Batch gives up after its retries.
@@ -219,32 +220,48 @@ def test_batch_errors_become_backend_errors(trained_store, batch_settings):
     be.close()
 
 
-def test_batch_run_of_an_hour_end_to_end_through_execute(backend, fake, trained_store):
-    """The runner drives the Batch backend; a thread plays the nodes: run the unit, complete it."""
+def test_batch_run_of_an_hour_end_to_end_through_the_run_loop(backend, fake, trained_store):
+    """The run loop drives the Batch backend; a thread plays the nodes: run the unit, complete it."""
     import threading
 
-    plan = make_plan(trained_store, H1)
-    save_plan(trained_store, plan)
     stop = threading.Event()
 
     def nodes():
         while not stop.is_set():
             for (job, task), body in list(fake.tasks.items()):
-                if job == JOB and body["state"] == "active":
-                    run_unit(trained_store, H1, task)
+                if body["state"] == "active":
+                    run_unit(trained_store, H1, job.split("-", 2)[2], task)
                     fake.set_task(job, task, "completed", exitCode=0)
             stop.wait(0.05)
 
     worker = threading.Thread(target=nodes, daemon=True)
     worker.start()
     try:
-        results = execute(plan, backend, run_id=RUN, poll_seconds=0.05)
+        summary = run_hour(trained_store, H1, backend, backoff=Backoff(first=0.05, most=0.2))
     finally:
         stop.set()
         worker.join()
-    from datetime import UTC, datetime
-    summary = finalize(trained_store, plan, results, started=datetime.now(UTC), duration_s=0.1,
-                       backend="batch")
     assert (summary.status, summary.scored) == ("succeeded", 3)
-    assert fake.jobs[JOB]["onAllTasksComplete"] == "terminatejob"
+    assert [j["onAllTasksComplete"] for j in fake.jobs.values()] == ["terminatejob"]
     assert not [e for e in fake.errors if not re.search("api-version", e)]
+
+
+@pytest.mark.reliability("R29")
+def test_the_run_loop_sleeps_between_batch_listings_and_terminates_late_tasks(
+        backend, fake, trained_store):
+    """Tasks that never finish: the loop backs off between listings (no busy polling) and, at
+    the deadline, terminates the tasks on Batch."""
+    import time
+
+    started = time.monotonic()
+    summary = run_hour(trained_store, H1, backend, deadline=timedelta(seconds=1.5),
+                       backoff=Backoff(first=0.1, factor=2, most=0.4))
+    elapsed = time.monotonic() - started
+    listings = fake.requests("GET", r"/jobs/[^/]+/tasks")
+    assert 3 <= len(listings) <= 12, len(listings)  # about 1.5 s at 0.1 .. 0.4 s a poll
+    assert elapsed >= 1.4
+    terminated = fake.requests("POST", r"/jobs/[^/]+/tasks/[^/]+/terminate")
+    assert sorted(c.path.split("/")[4] for c in terminated) == ["u000000", "u000001", "u000002"]
+    assert {t["state"] for t in fake.tasks.values()} == {"completed"}
+    assert summary.status == "failed"
+    assert {f["kind"] for f in summary.failures} == {"DeadlineExceeded"}

@@ -10,7 +10,7 @@ from fleetscore.errors import UsageError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
 from fleetscore.predictions import read_predictions
-from fleetscore.runs import read_manifest, run_window
+from fleetscore.runs import read_manifest, run_hour
 from fleetscore.settings import Settings
 from fleetscore.training import train
 
@@ -25,7 +25,7 @@ def test_whole_pipeline_on_every_store_and_backend(store, fleet_csv, azurite, na
     backend = load_backend(name, store, store_spec=store.url, settings=settings, workers=2)
     assert isinstance(backend, ComputeBackend)
     try:
-        summary = run_window(store, H1, backend)
+        summary = run_hour(store, H1, backend)
     finally:
         backend.close()
     assert (summary.status, summary.scored) == ("succeeded", 3)

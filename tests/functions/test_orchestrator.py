@@ -28,8 +28,10 @@ class Doubles:
         self.submitted: list[list[str]] = []
 
     def plan(self, p):
-        return {"window": p["window"], "run_id": "r1", "plan": f"runs/{p['window']}/plan.json",
-                "units": self.units, "sensors": len(self.units)}
+        self.run_id, self.deadline = p["run_id"], p["deadline"]
+        return {"window": p["window"], "run_id": p["run_id"], "units": self.units,
+                "sensors": len(self.units), "deadline": p["deadline"], "no_data": 0,
+                "no_model": 0, "not_planned": []}
 
     def submit(self, p):
         self.submitted.append(list(p["units"]))
@@ -57,7 +59,7 @@ class Doubles:
         failed = sum(s == "failed" for s in states)
         return {"window": p["window"], "status": "partial" if failed else "succeeded",
                 "scored": len(states) - failed, "failed": failed, "anomalies": 0,
-                "outcomes": p["outcomes"], "duration_s": p["duration_s"]}
+                "outcomes": p["outcomes"], "run_id": p["run_id"]}
 
     def activities(self):
         return {"plan_window": self.plan, "submit_units": self.submit,
@@ -75,7 +77,14 @@ def test_orchestrator_first_episode_schedules_the_plan(orchestrator_functions):
     assert out["isDone"] is False
     [[action]] = out["actions"]
     assert action["functionName"] == "plan_window" and action["actionType"] == 1  # with retry
-    assert json.loads(action["input"]) == {"window": WINDOW, "sensors": ["1/1"], "unit_size": None}
+    body = json.loads(action["input"])
+    run_id = body.pop("run_id")
+    assert body == {"window": WINDOW, "sensors": ["1/1"], "unit_size": None,
+                    "deadline": "2024-03-01T04:05:00+00:00"}  # started + 120 minutes
+    assert run_id.startswith("20240301020500") and len(run_id) == 20
+    again, _ = handle(orchestrator_functions["score_window"], history, "score-20240301T01",
+                      {"window": WINDOW, "sensors": ["1/1"]})
+    assert json.loads(again["actions"][0][0]["input"])["run_id"] == run_id  # replay: same id
     assert action["retryOptions"]["maxNumberOfAttempts"] == 3
 
 
@@ -126,9 +135,10 @@ def test_orchestrator_submits_in_chunks_and_passes_the_run_id(orchestrator_funct
     replay = drive(orchestrator_functions, "score_window",
                    {"window": WINDOW, "fanout": 200, "submit_chunk": 100}, doubles.activities())
     assert [len(c) for c in doubles.submitted] == [100, 100, 50]
-    run_ids = {p.get("run_id") for n, p in replay.calls if n in ("submit_units", "unit_status")}
-    assert run_ids == {"r1"}
-    assert replay.calls[-1][1]["run_id"] == "r1" and replay.output["scored"] == 250
+    run_ids = {p.get("run_id") for n, p in replay.calls}
+    assert run_ids == {doubles.run_id}  # plan, submits, polls and finalize: one run
+    assert replay.output["scored"] == 250
+    assert {p["deadline"] for n, p in replay.calls if n == "unit_status"} == {doubles.deadline}
 
 
 def test_orchestrator_unit_past_its_deadline_is_failed(orchestrator_functions):
@@ -138,7 +148,9 @@ def test_orchestrator_unit_past_its_deadline_is_failed(orchestrator_functions):
                    doubles.activities())
     outcome = replay.output["outcomes"]["u000000"]
     assert (outcome["state"], outcome["error_kind"]) == ("failed", "DeadlineExceeded")
-    assert doubles.polls["u000000"] == 5
+    # The status activity fails units at the deadline; if it never does (here a double that
+    # ignores it), the loop gives up two polls later and finalize cancels what is left.
+    assert doubles.polls["u000000"] == 7
 
 
 def test_orchestrator_status_failure_keeps_polling(orchestrator_functions):
@@ -197,10 +209,12 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     train(store, until=Hour.parse("2024-03-01T00"), sensors={Sensor("1", "2")})
     rerun = drive(orchestrator_functions, "score_window",
                   functions_env.settings().orchestration_input(WINDOW, sensors=["1/2"], force=True),
-                  activities)
-    assert [p["units"] for n, p in rerun.calls if n == "submit_units"] == [["u000001"]]
-    assert (rerun.output["status"], rerun.output["scored"]) == ("succeeded", 3)
-    assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 180
+                  activities, start=datetime.fromisoformat("2024-03-01T03:00:00+00:00"))
+    assert [p["units"] for n, p in rerun.calls if n == "submit_units"] == [["u000000"]]
+    assert (rerun.output["status"], rerun.output["scored"]) == ("succeeded", 1)
+    assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 180  # the others kept
+    from fleetscore.locks import lock_path
+    assert not store.exists(lock_path(Hour.parse(WINDOW)))  # finalize released the hour
 
 
 @pytest.mark.parametrize("poll", [1, 45])

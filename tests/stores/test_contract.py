@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetscore.errors import AlreadyExists, NotFound, StoreError
+from fleetscore.errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError
 
 
 def test_put_get_roundtrip(store):
@@ -72,6 +72,105 @@ def test_paths_that_could_escape_are_refused(store, bad):
         store.put(bad, b"x")
 
 
-def test_close_is_idempotent(store):
-    store.close()
-    store.close()
+def test_close_is_idempotent(blob_store):
+    closes = []
+    inner = blob_store._client.close
+    blob_store._client.close = lambda: closes.append(inner())
+    blob_store.close()
+    blob_store.close()
+    assert len(closes) == 1  # the connection pool is closed once, and a second close is quiet
+
+
+def test_version_conditional_put_and_delete(store):
+    store.put("v.json", b"one")
+    data, tag = store.get_versioned("v.json")
+    assert data == b"one"
+    store.put("v.json", b"two", if_match=tag)
+    with pytest.raises(Conflict, match="v.json"):
+        store.put("v.json", b"three", if_match=tag)  # stale version: refused
+    with pytest.raises(Conflict):
+        store.delete("v.json", if_match=tag)
+    assert store.get("v.json") == b"two"
+    _, fresh = store.get_versioned("v.json")
+    store.delete("v.json", if_match=fresh)
+    assert not store.exists("v.json")
+    with pytest.raises(Conflict):  # gone: no version of it can match
+        store.put("v.json", b"four", if_match=fresh)
+    with pytest.raises(Conflict):
+        store.delete("v.json", if_match=fresh)
+
+
+def test_compare_and_swap_loses_no_update_under_contention(local_store, tmp_path):
+    """Four processes increment one counter by read + conditional write: every successful
+    write counts, so the final value is exactly the number of successes."""
+    import subprocess
+    import sys
+
+    local_store.put("counter", b"0")
+    script = f"""
+import sys
+from fleetscore.errors import Conflict
+from fleetscore.stores import LocalStore
+store = LocalStore({str(local_store.root)!r})
+wins = 0
+for _ in range(60):
+    data, tag = store.get_versioned("counter")
+    try:
+        store.put("counter", str(int(data) + 1).encode(), if_match=tag)
+        wins += 1
+    except Conflict:
+        pass
+print(wins)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    wins = sum(int(p.communicate()[0]) for p in procs)
+    assert int(local_store.get("counter")) == wins and wins >= 60
+
+
+def test_a_store_that_does_not_exist_is_refused_not_created(tmp_path, blob_settings):
+    from fleetscore.stores import open_store
+
+    with pytest.raises(UsageError, match="no fleetscore store at"):
+        open_store(str(tmp_path / "mistyped"))
+    assert not (tmp_path / "mistyped").exists()
+    with pytest.raises(UsageError, match="no fleetscore store at"):
+        open_store("az://nosuchcontainer", blob_settings)
+    open_store(str(tmp_path / "new"), create=True)
+    open_store(str(tmp_path / "new"))  # now it exists
+
+
+def test_files_follow_the_umask(local_store):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    os.umask(old)
+    local_store.put("m.txt", b"x")
+    mode = stat.S_IMODE(os.stat(local_store.root / "m.txt").st_mode)
+    assert mode == 0o666 & ~old
+
+
+def test_a_reader_never_sees_a_torn_file(local_store):
+    """Writes are a temporary file renamed into place: a reader racing a writer sees the old
+    bytes or the new ones, never a part."""
+    import threading
+
+    versions = [b"a" * (4 << 20), b"b" * (3 << 20)]
+    local_store.put("big.bin", versions[0])
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            local_store.put("big.bin", versions[i % 2])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = [local_store.get("big.bin") for _ in range(150)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(data in versions for data in seen)
