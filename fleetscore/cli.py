@@ -670,8 +670,12 @@ def replay(
         help="NAMESPACE.servicebus.windows.net, with your Azure identity.")] = None,
     connection_string_env: Annotated[str | None, typer.Option(
         help="Name of an environment variable holding a connection string.")] = None,
-    speed: Annotated[str, typer.Option(help="Time speed-up: 60x, 1x, or max.")] = "60x",
+    speed: Annotated[str | None, typer.Option(
+        help="Time speed-up: 60x, 1x, or max (default 60x; 1x with --shift-to-now).")] = None,
     batch_size: Annotated[int, typer.Option(help="Events per batch at most.")] = 500,
+    shift_to_now: Annotated[bool, typer.Option(
+        "--shift-to-now", help="Re-time the file so its first reading is now (one offset for all) "
+        "and send in real time: rehearses the live path; Stream Analytics drops late readings.")] = False,
 ) -> None:
     """Send readings to Event Hubs, paced by their timestamps (partition key = Device)."""
     from .replay import make_producer, parse_speed
@@ -684,7 +688,10 @@ def replay(
         connection = os.environ.get(connection_string_env)
         if not connection:
             raise UsageError(f"the environment variable {connection_string_env} is not set")
-    pace = parse_speed(speed)
+    pace = parse_speed(speed or ("1x" if shift_to_now else "60x"))
+    if shift_to_now and pace != 1.0:
+        raise UsageError("--shift-to-now sends readings at their shifted times: use --speed 1x "
+                         "(Stream Analytics drops events more than 5 minutes early)")
     if batch_size < 1:
         raise UsageError("--batch-size must be 1 or more")
     from .readings import check_header
@@ -694,7 +701,7 @@ def replay(
     try:
         with _progress(f"replaying {readings.name}") as progress:
             summary = send(readings, producer, speed=pace, batch_size=batch_size,
-                           progress=(lambda n: progress(n, 0)) if progress else None)
+                           shift_to_now=shift_to_now, progress=(lambda n: progress(n, 0)) if progress else None)
     finally:
         producer.close()
     out.print(f"sent {summary.sent:,} readings in {summary.batches:,} batches to {hub} in "

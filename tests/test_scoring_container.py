@@ -112,8 +112,9 @@ def test_container_accepts_the_full_command_as_arguments():
 
 def test_container_dockerfile_is_slim_non_root_and_pinned():
     text = (ROOT / "scoring_container" / "Dockerfile").read_text()
-    assert "\nFROM python:3.11-slim\n" in text
-    assert "USER scorer" in text and 'ENTRYPOINT ["python", "-m", "scoring_container"]' in text
+    assert "\nARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\n" in text
+    assert "USER scorer" in text and \
+        'ENTRYPOINT ["/opt/venv/bin/python", "-P", "-m", "scoring_container"]' in text
     assert "COPY fleetscore" in text and "COPY scoring_container" in text
     assert text.index("USER scorer") > text.index("RUN pip install")
     reqs = (ROOT / "scoring_container" / "requirements.txt").read_text().splitlines()

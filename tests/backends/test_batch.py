@@ -71,14 +71,14 @@ def test_batch_formula_shape_and_settings_substitution():
     assigned = {s.split("=", 1)[0].strip() for s in statements}
     assert {"$TargetDedicatedNodes", "$TargetLowPriorityNodes", "$NodeDeallocationOption"} <= assigned
     assert "$NodeDeallocationOption = taskcompletion" in formula
-    assert "min(12, ceil($pending / 1))" in formula
+    assert "min(12, $pending / 1)" in formula
     assert "GetSamplePercent(TimeInterval_Minute * 5)" in formula  # guard for missing samples
     assert "val($PendingTasks.GetSample(1), 0)" in formula  # from zero: last sample, default 0
     assert "$TargetDedicatedNodes = $nodes" in formula and "$TargetLowPriorityNodes = 0" in formula
     spot = autoscale_formula(3, spot=True)
     assert "$TargetDedicatedNodes = 0" in spot and "$TargetLowPriorityNodes = $nodes" in spot
     assert "{" not in formula and "}" not in formula
-    assert formula.count(";") == AUTOSCALE_FORMULA.count(";") == 7
+    assert formula.count(";") == AUTOSCALE_FORMULA.count(";") == 25
     with pytest.raises(UsageError):
         autoscale_formula(0)
 
@@ -92,7 +92,7 @@ def test_batch_pool_created_once_with_containers_registry_identity_and_autoscale
     assert pool["vmSize"] == "Standard_D2s_v5"
     assert pool["enableAutoScale"] is True
     assert isodate.parse_duration(pool["autoScaleEvaluationInterval"]) == timedelta(minutes=5)
-    assert "min(7, ceil($pending / 2))" in pool["autoScaleFormula"]
+    assert "min(7, $pending / 2)" in pool["autoScaleFormula"]
     assert pool["taskSlotsPerNode"] == 2
     vm = pool["virtualMachineConfiguration"]
     assert vm["nodeAgentSKUId"].startswith("batch.node.ubuntu")
