@@ -264,8 +264,11 @@ def _rebuild_bank(st) -> str:
     from .bank import rebuild_bank
 
     stats = rebuild_bank(st)
-    return (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
+    line = (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
             f"({stats.shards_written} shards written, {stats.shards_kept} kept)")
+    # Models the bank does not reproduce exactly are scored by scikit-learn: say how many, why.
+    left = "; ".join(f"{count} {reason}" for reason, count in stats.left)
+    return f"{line}; left to scikit-learn: {left}" if left else line
 
 
 @models_app.command("bank")
