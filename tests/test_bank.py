@@ -332,3 +332,63 @@ def test_load_bank_never_returns_an_entry_whose_model_changed(trained_store):
     for path, data in shards.items():
         trained_store.put(path, data)
     assert set(load_bank(trained_store, SENSORS)) == {Sensor("1", "1"), Sensor("dev_a", "t.x")}
+
+
+class PausesBeforeManifest:
+    """A store for save_model that stops just before the manifest is written (the model file
+    and anything save_model does before it are done) until released."""
+
+    def __init__(self, inner, manifest):
+        import threading
+
+        self.inner, self.manifest, self.url = inner, manifest, inner.url
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def put(self, path, data, **kw):
+        if path == self.manifest:
+            self.reached.set()
+            assert self.release.wait(30)
+        return self.inner.put(path, data, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class StartsSaveAtFirstShard:
+    """A store for rebuild_bank that starts ``save`` once it has compiled (at its first shard
+    write) and goes on only when the save is paused before its manifest."""
+
+    def __init__(self, inner, save, paused):
+        self.inner, self.save, self.paused, self.url, self.thread = inner, save, paused, inner.url, None
+
+    def put(self, path, data, **kw):
+        if path.startswith("bank/shard-") and self.thread is None:
+            import threading
+
+            self.thread = threading.Thread(target=self.save)
+            self.thread.start()
+            assert self.paused.wait(30)
+        return self.inner.put(path, data, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_save_straddling_the_index_write_leaves_no_stale_index(local_store):
+    """The save begins before the rebuild writes its index and writes its manifest after the
+    rebuild checked the manifests: the save itself must drop that index."""
+    from fleetscore.models import manifest_path, read_manifest
+
+    rng = np.random.default_rng(6)
+    sensor = Sensor("d", "t")
+    old = OneClassSVM(gamma=0.1).fit(rng.normal(10, 1, (60, 1)))
+    new = OneClassSVM(gamma=0.1).fit(rng.normal(500, 1, (60, 1)))
+    save_model(local_store, sensor, old, source="test")
+    saving = PausesBeforeManifest(local_store, manifest_path(sensor))
+    rebuilding = StartsSaveAtFirstShard(
+        local_store, lambda: save_model(saving, sensor, new, source="concurrent"), saving.reached)
+    rebuild_bank(rebuilding)
+    saving.release.set()
+    rebuilding.thread.join(30)
+    current = read_manifest(local_store, sensor).sha256
+    assert not local_store.exists(INDEX_PATH) or set(_index_entries(local_store).values()) == {current}

@@ -217,3 +217,18 @@ def test_kept_shards_still_count_what_is_left_to_scikit_learn(tmp_path):
     again = rebuild_bank(store)
     assert (again.shards_written, again.shards_kept) == (0, 1)
     assert again.left == first.left == (("IsolationForest is not a OneClassSVM", 1),)
+
+
+def test_models_bank_prints_what_it_left_to_scikit_learn_and_why(tmp_path):
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "store")
+    train = np.random.default_rng(0).normal(0, 1, (60, 1))
+    save_model(store, Sensor("a", "t"), IsolationForest(random_state=0).fit(train), source="test")
+    save_model(store, Sensor("b", "t"), OneClassSVM().fit(train), source="test")
+    proc = subprocess.run([sys.executable, "-m", "fleetscore.cli", "models", "bank", "--store",
+                           str(tmp_path / "store")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 models compiled" in proc.stdout
+    assert "left to scikit-learn: 1 IsolationForest is not a OneClassSVM" in proc.stdout
