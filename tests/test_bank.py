@@ -296,6 +296,7 @@ def _index_entries(store):
     return out
 
 
+@pytest.mark.reliability("R40")
 def test_a_model_saved_while_the_bank_is_rebuilt_never_scores_with_the_old_arrays(local_store):
     from fleetscore.models import read_manifest
 
@@ -320,6 +321,7 @@ def test_a_model_saved_while_the_bank_is_rebuilt_never_scores_with_the_old_array
         assert all(sha == current for sha in _index_entries(local_store).values())
 
 
+@pytest.mark.reliability("R40")
 def test_load_bank_never_returns_an_entry_whose_model_changed(trained_store):
     """An index that outlived a model change (written by an older fleetscore, or by a rebuild
     racing a save) is checked entry by entry against the manifests."""
@@ -374,6 +376,7 @@ class StartsSaveAtFirstShard:
         return getattr(self.inner, name)
 
 
+@pytest.mark.reliability("R40")
 def test_a_save_straddling_the_index_write_leaves_no_stale_index(local_store):
     """The save begins before the rebuild writes its index and writes its manifest after the
     rebuild checked the manifests: the save itself must drop that index."""

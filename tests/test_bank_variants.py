@@ -160,6 +160,7 @@ def test_the_bank_compiles_every_scaler_and_kernel_it_reproduces(scaler, svm):
     assert verdict.compiled is not None, verdict.reason
 
 
+@pytest.mark.reliability("R41")
 def test_a_model_changed_after_fitting_is_left_to_scikit_learn_with_the_reason():
     """The probe check: a gamma set after fitting is what get_params says, not what the model
     uses; the compiled copy would disagree, so the model stays with scikit-learn."""
@@ -182,6 +183,7 @@ OTHER_DETECTORS = {
 }
 
 
+@pytest.mark.reliability("R41")
 def test_other_outlier_detectors_score_through_scikit_learn_and_are_counted(tmp_path):
     rng = np.random.default_rng(4)
     store = LocalStore(tmp_path / "store")
@@ -219,6 +221,7 @@ def test_kept_shards_still_count_what_is_left_to_scikit_learn(tmp_path):
     assert again.left == first.left == (("IsolationForest is not a OneClassSVM", 1),)
 
 
+@pytest.mark.reliability("R41")
 def test_models_bank_prints_what_it_left_to_scikit_learn_and_why(tmp_path):
     import subprocess
     import sys
