@@ -128,7 +128,8 @@ def ingest(
             out.print(
                 f"{path}: {count(result.rows, 'row')} -> {count(result.windows, 'window')} of "
                 f"{count(result.sensors, 'sensor')} in {count(len(result.hours), 'hour')} "
-                f"({result.parts_written:,} new, {result.parts_existing:,} already ingested) in "
+                f"({result.parts_written:,} new, {result.parts_existing:,} already ingested, "
+                f"{count(result.duplicates, 'reading')} already stored skipped) in "
                 f"{result.seconds:.2f} s"
             )
             if result.rejected:

@@ -13,7 +13,7 @@ import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -68,30 +68,58 @@ def iter_readings(
 ) -> Iterator[tuple[pa.Table, list[Reject]]]:
     """Yield (valid readings table, rejects) per block. Columns: READINGS_SCHEMA."""
     offset = check_header(path)
-    for first_line, block in _blocks(path, offset, block_bytes):
-        yield _parse_block(block, first_line)
+    for first_line, block, too_long in _blocks(path, offset, block_bytes):
+        table, rejects = _parse_block(block, first_line) if block else (READINGS_SCHEMA.empty_table(), [])
+        if too_long:
+            rejects = sorted(rejects + too_long, key=lambda r: r.line)
+        yield table, rejects
 
 
-def _blocks(path, offset: int, block_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Blocks of whole lines with the file line number of each block's first line."""
+def _blocks(path, offset: int, block_bytes: int) -> Iterator[tuple[int, bytes, list[Reject]]]:
+    """Blocks of whole lines with the file line number of each block's first line.
+
+    A line longer than MAX_LINE_BYTES is never held whole: once the bytes since the last
+    newline pass the cap, they are dropped up to the next newline and the line is rejected by
+    its number, so memory stays bounded by the block size and the cap, whatever the file."""
     line = 2
     carry = b""
+    skipping: Reject | None = None  # the over-long line being skipped
+    skipped = 0
     with open(path, "rb") as handle:
         handle.seek(offset)
         while True:
             chunk = handle.read(block_bytes)
             if not chunk:
                 break
+            if skipping is not None:
+                cut = chunk.find(b"\n")
+                if cut < 0:
+                    skipped += len(chunk)
+                    continue
+                skipped += cut
+                yield line, b"", [_too_long(skipping, skipped)]
+                line += 1
+                skipping, chunk = None, chunk[cut + 1:]
             data = carry + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
                 carry = data
-                continue
-            block, carry = data[: cut + 1], data[cut + 1 :]
-            yield line, block
-            line += block.count(b"\n")
-    if carry.strip():
-        yield line, carry + b"\n"
+            else:
+                block, carry = data[: cut + 1], data[cut + 1 :]
+                yield line, block, []
+                line += block.count(b"\n")
+            if len(carry) > MAX_LINE_BYTES:
+                skipping = Reject(line, "", carry[:200].decode("utf-8", errors="replace"))
+                skipped, carry = len(carry), b""
+    if skipping is not None:
+        yield line, b"", [_too_long(skipping, skipped)]
+    elif carry.strip():
+        yield line, carry + b"\n", []
+
+
+def _too_long(head: Reject, length: int) -> Reject:
+    return Reject(head.line, f"line of {length:,} bytes is longer than a reading can be "
+                             f"({MAX_LINE_BYTES:,})", head.text)
 
 
 def _parse_block(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]:
@@ -138,7 +166,7 @@ def _parse_fast(block: bytes, first_line: int) -> tuple[pa.Table, np.ndarray, li
     )
     if table.num_rows != block.count(b"\n"):
         raise _Mismatch
-    ts = pc.cast(table["TS"], pa.timestamp("ms")).cast(pa.int64())
+    ts = _ceil_ms(pc.cast(pc.cast(table["TS"], pa.timestamp("ns")), pa.int64()))
     value = pc.cast(table["Value"], pa.float64())
     device, tag = table["Device"], table["Tag"]
     good = pc.and_(
@@ -231,12 +259,24 @@ def _parse_line(raw: bytes, line_no: int) -> Reject | tuple[int, str, str, float
     return ts_ms, device, tag, value
 
 
+def _ceil_ms(ns: pa.ChunkedArray) -> pa.Array:
+    """Nanoseconds to whole milliseconds, rounded *up*: windows are (end - I, end], so a
+    reading a fraction of a millisecond after a window's end belongs to the next window."""
+    values = ns.to_numpy(zero_copy_only=False) if isinstance(ns, pa.ChunkedArray) else ns.to_numpy()
+    return pa.array(-((-values) // 1_000_000), pa.int64())
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_ts(text: str) -> int | None:
-    """Milliseconds since the epoch, UTC; an explicit offset is converted to UTC."""
+    """Milliseconds since the epoch, UTC, rounded up (see _ceil_ms); an explicit offset is
+    converted to UTC."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(round(moment.timestamp() * 1000))
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)  # exact integer arithmetic
+    return -((-micros) // 1000)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from . import __version__
 from .hours import Hour, hour_range
 from .predictions import read_predictions
+from .arrivals import hours_with_arrivals
 from .runs import list_manifests
 from .stores import Store
 from .text import count
@@ -60,9 +61,12 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     """Write the report; ``truth`` (Device, Tag, End ms, Anomaly) is drawn beside the
     predictions when known (the demo's injected anomalies)."""
     manifests = list_manifests(store)
-    run_hours = [Hour.parse(m["window"]) for m in manifests]
-    first = first or (min(run_hours) if run_hours else None)
-    last = last or (max(run_hours) if run_hours else None)
+    # Default range: the hours that have data (a run of an empty hour, by mistake or far in
+    # the past, must not stretch every report to years of nothing).
+    known = hours_with_arrivals(store) or [
+        Hour.parse(m["window"]) for m in manifests if m.get("status") != "no_data"]
+    first = first or (min(known) if known else None)
+    last = last or (max(known) if known else None)
     hours = hour_range(first, last) if first is not None and last is not None else []
     in_range = set(hours)
     manifests = [m for m in manifests if Hour.parse(m["window"]) in in_range]

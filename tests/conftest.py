@@ -445,3 +445,19 @@ def scoring_image() -> tuple[Podman, str]:
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "container: builds and runs the scoring image with podman (make container-test)")
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `fleetscore ARGS` in this process: (exit code, stdout, stderr)."""
+    from fleetscore.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+        captured = capsys.readouterr()
+        return exit_info.value.code or 0, captured.out, captured.err
+    return run

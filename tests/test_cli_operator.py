@@ -21,14 +21,6 @@ from fleetscore.training import default_model
 from tests.conftest import minute_readings, write_readings
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(list(args))
-        captured = capsys.readouterr()
-        return exit_info.value.code or 0, captured.out, captured.err
-    return run
 
 
 def fleetscore(*args: str, cwd=None, columns: int = 100) -> subprocess.CompletedProcess:

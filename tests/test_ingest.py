@@ -55,3 +55,48 @@ def test_bad_rows_go_to_a_rejects_file_and_good_rows_are_kept(local_store, tmp_p
     assert result.rejects_sample[0].line == 5
     text = local_store.get(result.rejects_path).decode()
     assert text.splitlines()[0] == "line,reason,text" and "garbage" in text
+
+
+@pytest.mark.reliability("R31")
+def test_overlapping_files_count_each_reading_once(local_store, tmp_path):
+    """Exports of overlapping ranges: the second file repeats some readings of the first."""
+    first = write_readings(tmp_path / "a.csv", [("2024-03-01 00:00:10", "1", "1", 1.0),
+                                                ("2024-03-01 00:00:20", "1", "1", 2.0),
+                                                ("2024-03-01 00:00:30", "1", "1", 3.0),
+                                                ("2024-03-01 00:00:40", "1", "1", 6.0)])
+    second = write_readings(tmp_path / "b.csv", [("2024-03-01 00:00:30", "1", "1", 3.0),
+                                                 ("2024-03-01 00:00:40", "1", "1", 6.0),
+                                                 ("2024-03-01 00:00:50", "1", "1", 8.0),
+                                                 ("2024-03-01 00:01:10", "1", "1", 4.0)])
+    ingest_file(local_store, first)
+    result = ingest_file(local_store, second)
+    assert result.duplicates == 2 and result.windows == 2
+    hour = Hour.parse("2024-03-01T00")
+    rows = [(r["End"] // 1000 % 3600, r["Value"], r["Count"])
+            for r in read_points(local_store, hour).to_pylist()]
+    assert rows == [(60, 4.0, 5), (120, 4.0, 1)]  # (1+2+3+6+8)/5, not counted twice
+    again = ingest_file(local_store, second)  # the same file again: nothing new at all
+    assert again.parts_written == 0 and read_points(local_store, hour).num_rows == 2
+
+
+def test_a_repeat_with_another_value_in_a_later_file_keeps_the_first(local_store, tmp_path):
+    ingest_file(local_store, write_readings(tmp_path / "a.csv", [("2024-03-01 00:00:10", "1", "1", 1.0)]))
+    result = ingest_file(local_store, write_readings(tmp_path / "b.csv",
+                                                     [("2024-03-01 00:00:10", "1", "1", 9.0)]))
+    assert result.duplicates == 1 and result.windows == 0
+    [row] = read_points(local_store, Hour.parse("2024-03-01T00")).to_pylist()
+    assert (row["Value"], row["Count"]) == (1.0, 1)
+
+
+def test_an_ingest_that_crashed_after_its_readings_completes_when_rerun(local_store, tmp_path):
+    from fleetscore.ingest import readings_folder
+
+    path = write_readings(tmp_path / "a.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 5))
+    ingest_file(local_store, path)
+    hour = Hour.parse("2024-03-01T00")
+    for p in local_store.list(f"windows/{hour.path}"):
+        local_store.delete(p)  # the window part never got written
+    assert list(local_store.list(readings_folder(hour)))
+    result = ingest_file(local_store, path)
+    assert result.duplicates == 0 and result.parts_written == 1
+    assert read_points(local_store, hour)["Count"].to_pylist() == [4] * 5

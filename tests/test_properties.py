@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,7 +92,9 @@ def test_hour_text_roundtrip_and_arithmetic(index):
 @given(st.text(max_size=80))
 def test_id_validation_matches_the_rule_and_never_escapes(text):
     valid = is_valid_id(text)
-    assert valid == (re.fullmatch(ID_PATTERN, text) is not None and text not in (".", ".."))
+    # The rule written out independently of the regex it is implemented with.
+    allowed = set(string.ascii_letters + string.digits + "_.-")
+    assert valid == (1 <= len(text) <= 64 and set(text) <= allowed and text not in (".", ".."))
     if valid:
         parts = Sensor(text, text).path.split("/")
         assert parts == [text, text] and ".." not in parts and "" not in parts
@@ -113,3 +117,8 @@ def test_predictions_csv_roundtrip(device, tag, rows):
     assert back["Device"] == [device] * len(rows) and back["Tag"] == [tag] * len(rows)
     assert back["Val"] == values.tolist()  # exact: shortest round-trip float text
     assert back["Prediction"] == labels.tolist() and back["Score"] == scores.tolist()
+
+
+@pytest.mark.parametrize("text", ["a\n", "\na", "a\r", "a\nb", "ab\n\n", "\n", "a\x00"])
+def test_ids_with_line_breaks_anywhere_are_refused(text):
+    assert not is_valid_id(text)

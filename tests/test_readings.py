@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from fleetscore.errors import InputError
@@ -92,3 +93,23 @@ def test_invalid_utf8_line_is_rejected_alone(tmp_path):
     p.write_bytes(b"TS,Device,Tag,Value\n2018-08-28 23:00:05,1,1,1\n2018-08-28 23:00:05,\xff,1,1\n")
     rows, rejects = _read(p)
     assert len(rows) == 1 and rejects[0].line == 3 and "UTF-8" in rejects[0].reason
+
+
+@pytest.mark.parametrize("text, window_end", [
+    ("2024-03-01 01:00:00.0004", "2024-03-01 01:01:00"),   # after 01:00: the next window
+    ("2024-03-01 01:00:00.000", "2024-03-01 01:00:00"),    # exactly the end: that window
+    ("2024-03-01 00:59:59.9996", "2024-03-01 01:00:00"),
+    ("2024-03-01 01:00:00.000001+00:00", "2024-03-01 01:01:00"),
+])
+def test_sub_millisecond_readings_fall_in_the_right_window(text, window_end, tmp_path):
+    from datetime import datetime
+
+    from fleetscore.readings import iter_readings, parse_ts
+    from fleetscore.windows import window_end_ms
+
+    expected = int(datetime.fromisoformat(window_end + "+00:00").timestamp() * 1000)
+    assert window_end_ms(np.array([parse_ts(text)]), 60)[0] == expected
+    path = tmp_path / "r.csv"
+    path.write_text(f"TS,Device,Tag,Value\n{text},1,1,1.0\n")
+    [(table, rejects)] = list(iter_readings(path))
+    assert not rejects and window_end_ms(table["TS"].to_numpy(), 60)[0] == expected

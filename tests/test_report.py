@@ -18,7 +18,7 @@ def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store,
     out = tmp_path / "report.html"
     info = write_report(trained_store, out)
     html = out.read_text()
-    assert "2 hours, 2 runs" in info
+    assert "3 hours, 2 runs" in info  # by default, the hours with data
     assert html.count("data:image/png;base64,") == 3
     assert "<script" not in html and "http://" not in html and "https://" not in html
     assert "2024-03-01T01" in html and "partial" in html and "ModelError" in html
@@ -26,7 +26,8 @@ def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store,
 
 def test_report_counts_read_as_english(trained_store, tmp_path):
     run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
-    info = write_report(trained_store, tmp_path / "r.html")
+    hour = Hour.parse("2024-03-01T01")
+    info = write_report(trained_store, tmp_path / "r.html", first=hour, last=hour)
     assert re.fullmatch(r"1 hour, 1 run, [\d,]+ predictions", info), info
 
 

@@ -91,3 +91,17 @@ def test_manifest_missing_means_no_model(trained_store):
     trained_store.delete(manifest_path(Sensor("1", "1")))
     result = score_unit(trained_store, H1, [Sensor("1", "1")], unit_id="u1")
     assert result.failures[0].kind == "ModelNotFound"
+
+
+def test_a_unit_that_scores_nothing_leaves_no_file_of_an_earlier_attempt(trained_store):
+    from fleetscore.hours import Hour
+    from fleetscore.scoring import score_unit
+    from fleetscore.sensors import Sensor
+
+    hour, out = Hour.parse("2024-03-01T01"), "runs/2024-03-01T01/r1/predictions/u1.csv"
+    first = score_unit(trained_store, hour, [Sensor("1", "1")], unit_id="u1", out=out)
+    assert first.scored == 1 and trained_store.exists(out)
+    for path in trained_store.list(f"windows/{hour.path}"):
+        trained_store.delete(path)  # the points are gone: the retried attempt scores nothing
+    again = score_unit(trained_store, hour, [Sensor("1", "1")], unit_id="u1", out=out)
+    assert again.scored == 0 and again.predictions is None and not trained_store.exists(out)

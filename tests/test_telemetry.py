@@ -41,14 +41,36 @@ def test_telemetry_configured_with_the_setting():
     assert tracer == "TracerProvider" and meter == "MeterProvider"
 
 
-def test_telemetry_records_units_without_a_provider(trained_store):
-    from fleetscore.hours import Hour
-    from fleetscore.scoring import score_unit
-    from fleetscore.sensors import Sensor
-    from fleetscore import telemetry
+def test_telemetry_records_units_once_a_provider_exists_and_nothing_before():
+    """Without a provider, record_unit is a no-op (nothing is kept for later); with one, the
+    unit's counts arrive as the documented metrics."""
+    script = """
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from fleetscore import telemetry
+from fleetscore.scoring import SensorFailure, UnitResult
 
-    result = score_unit(trained_store, Hour.parse("2024-03-01T01"), [Sensor("1", "1")])
-    telemetry.record_unit(result)  # a no-op, and no error, without configuration
-    telemetry.record_arrival_lag("2024-03-01T01", 12.5)
-    with telemetry.span("fleetscore.test", window="2024-03-01T01") as span:
-        span.set_attribute("sensors", 1)
+unit = UnitResult("u1", "2024-03-01T01", sensors=4, scored=3, points=180, anomalies=7,
+                  failures=(SensorFailure("1/2", "ModelError", "broken"),), duration_s=0.25)
+telemetry.record_unit(unit)  # no provider yet: dropped
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+telemetry.record_unit(unit)
+got = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            point = m.data.data_points[0]
+            got[m.name] = (getattr(point, "value", None) or getattr(point, "sum", None),
+                           dict(point.attributes))
+print(sorted(got.items()))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    got = dict(eval(proc.stdout))  # noqa: S307 - our own subprocess's repr
+    window = {"window": "2024-03-01T01"}
+    assert got["fleetscore.sensors.scored"] == (3, window)
+    assert got["fleetscore.anomalies"] == (7, window)
+    assert got["fleetscore.sensors.failed"] == (1, window)
+    assert got["fleetscore.unit.duration"] == (0.25, window)
