@@ -6,10 +6,13 @@ one), so the lock taken in plan and released in finalize names this orchestratio
 
 Units are fanned out in sub-orchestrations of at most ``fanout`` units each, so no history
 grows past a few hundred tasks even at 100,000+ units. Inside one, every unit is submitted
-(an idempotent activity: the same unit is the same task), then one monitor loop of a durable
-timer and a status activity follows all of them; each status poll renews the hour's lock and
-cancels units past the deadline. A unit whose activity keeps failing after its retries is
-reported failed with the reason; it never fails the hour.
+(an idempotent activity: the same unit is the same task; failed chunks are retried in rounds),
+then one monitor loop of a durable timer and a status activity follows all of them; each status
+poll renews the hour's lock and cancels units past the deadline. After ``polls_per_execution``
+polls the sub-orchestration continues as new with the units still running and the outcomes so
+far, so its history stays bounded over a two-hour deadline. A unit whose activity keeps failing
+after its retries, or whose sub-orchestration fails, is reported failed with the reason; it
+never fails the hour.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ bp = df.Blueprint()
 log = logging.getLogger("fleetscore.orchestrator")
 
 TERMINAL = ("succeeded", "partial", "failed")
-DEFAULTS = {"fanout": 200, "submit_chunk": 1, "poll_seconds": 30, "unit_deadline_minutes": 120}
+DEFAULTS = {"fanout": 200, "submit_chunk": 1, "poll_seconds": 30, "unit_deadline_minutes": 120,
+            "polls_per_execution": 20}
 
 
 def retry() -> df.RetryOptions:
@@ -54,17 +58,23 @@ def score_window(context: df.DurableOrchestrationContext):
     size = max(1, int(request["fanout"]))
     batches = [units[i : i + size] for i in range(0, len(units), size)]
     outcomes: dict[str, dict] = {}
-    if batches:
-        results = yield context.task_all([
-            context.call_sub_orchestrator(SCORE_UNITS, {
-                "window": window, "run_id": run_id, "units": batch,
-                "submit_chunk": request["submit_chunk"], "poll_seconds": request["poll_seconds"],
-                "deadline": deadline.isoformat(),
-            })
-            for batch in batches
-        ])
-        for batch_outcomes in results:
-            outcomes.update(batch_outcomes)
+    # task_any over plain sub-orchestration calls: a sub-orchestration that fails (a bug, a
+    # crash) fails its own units, not the hour, and the others' outcomes are kept.
+    subs = [context.call_sub_orchestrator(SCORE_UNITS, {
+        "window": window, "run_id": run_id, "units": batch,
+        "submit_chunk": request["submit_chunk"], "poll_seconds": request["poll_seconds"],
+        "polls_per_execution": request["polls_per_execution"], "deadline": deadline.isoformat(),
+    }) for batch in batches]
+    batch_of = dict(zip(map(id, subs), batches, strict=True))
+    while subs:
+        done = yield context.task_any(subs)
+        subs.remove(done)
+        if done.state is TaskState.FAILED:
+            reason = f"score_units failed: {str(done.result).strip()}"
+            outcomes.update({u: _failed(u, "OrchestrationFailed", reason)
+                             for u in batch_of[id(done)]})
+        else:
+            outcomes.update(done.result)
     summary = yield context.call_activity_with_retry(FINALIZE, retry(), {
         "window": window, "run_id": run_id, "outcomes": outcomes, "started": started.isoformat(),
         "backend": request.get("backend", "local"),
@@ -77,37 +87,33 @@ def score_window(context: df.DurableOrchestrationContext):
 @bp.orchestration_trigger(context_name="context", orchestration=SCORE_UNITS)
 def score_units(context: df.DurableOrchestrationContext):
     job = context.get_input()
-    window = job["window"]
+    window, run_id = job["window"], job["run_id"]
     deadline = datetime.fromisoformat(job["deadline"])
-    outcomes: dict[str, dict] = {}
+    # Carried over by continue_as_new: the outcomes so far and the units still running.
+    outcomes: dict[str, dict] = dict(job.get("outcomes") or {})
+    if "waiting" in job:
+        waiting = list(job["waiting"])
+    else:
+        yield from _submit(context, job, outcomes)
+        waiting = [u for u in job["units"] if outcomes[u]["state"] not in TERMINAL]
 
-    run_id = job["run_id"]
-    size = max(1, int(job.get("submit_chunk", 1)))
-    chunks = [job["units"][i : i + size] for i in range(0, len(job["units"]), size)]
-    submits = [context.call_activity_with_retry(SUBMIT, retry(), {
-        "window": window, "run_id": run_id, "units": chunk}) for chunk in chunks]
-    chunk_of = dict(zip(map(id, submits), chunks, strict=True))
-    pending_tasks = list(submits)
-    while pending_tasks:
-        # task_any instead of task_all: one unit's failure must not hide the others' results.
-        done = yield context.task_any(pending_tasks)
-        pending_tasks.remove(done)
-        if done.state is TaskState.FAILED:
-            reason = f"submit failed after retries: {str(done.result).strip()}"
-            outcomes.update({u: _failed(u, "SubmitFailed", reason) for u in chunk_of[id(done)]})
-        else:
-            outcomes.update(done.result)
-
-    waiting = [u for u in job["units"] if outcomes[u]["state"] not in TERMINAL]
     # The status activity fails units at the deadline (and cancels them); this guard only ends
     # the loop if status calls themselves keep failing past it. Finalize cancels what is left.
     give_up = deadline + 2 * timedelta(seconds=job["poll_seconds"])
+    per_execution = max(1, int(job.get("polls_per_execution", DEFAULTS["polls_per_execution"])))
+    polls = 0
     while waiting:
         if context.current_utc_datetime >= give_up:
             for unit in waiting:
                 outcomes[unit] = _failed(unit, "DeadlineExceeded",
                                          f"unit {unit} did not finish before {deadline.isoformat()}")
             break
+        if polls == per_execution:
+            # Bounded history: a fresh execution with the units still running. Its output (all
+            # outcomes, these included) reaches the parent when the last execution returns.
+            context.continue_as_new({**job, "waiting": waiting, "outcomes": outcomes})
+            return None
+        polls += 1
         yield context.create_timer(context.current_utc_datetime
                                    + timedelta(seconds=job["poll_seconds"]))
         try:
@@ -124,6 +130,42 @@ def score_units(context: df.DurableOrchestrationContext):
                 outcomes[unit] = states[unit]
         waiting = [u for u in waiting if u not in outcomes or outcomes[u]["state"] not in TERMINAL]
     return outcomes
+
+
+def _submit(context: df.DurableOrchestrationContext, job: dict, outcomes: dict[str, dict]):
+    """Submit every unit, chunk by chunk, with up to ``ATTEMPTS`` rounds for failed chunks.
+
+    Plain activity calls under ``task_any``, retried here by rounds, never
+    ``call_activity_with_retry`` under ``task_any``: the extension allocates the retry timers'
+    and attempts' task ids while the orchestrator is still waiting on the others, and the SDK
+    and the extension then disagree on ids and the orchestration hangs
+    (azure-functions-durable-python#603). Plain calls take all their ids when scheduled, and
+    each failed chunk is caught on its own: one unit's failure never hides the others'."""
+    size = max(1, int(job.get("submit_chunk", 1)))
+    pending = [job["units"][i : i + size] for i in range(0, len(job["units"]), size)]
+    options = retry()
+    for attempt in range(1, options.max_number_of_attempts + 1):
+        tasks = [context.call_activity(SUBMIT, {"window": job["window"], "run_id": job["run_id"],
+                                                "units": chunk}) for chunk in pending]
+        chunk_of = dict(zip(map(id, tasks), pending, strict=True))
+        failed: list[tuple[list[str], str]] = []
+        while tasks:
+            done = yield context.task_any(tasks)
+            tasks.remove(done)
+            if done.state is TaskState.FAILED:
+                failed.append((chunk_of[id(done)], str(done.result).strip()))
+            else:
+                outcomes.update(done.result)
+        if not failed:
+            return
+        if attempt == options.max_number_of_attempts:
+            for chunk, error in failed:
+                reason = f"submit failed after {attempt} attempts: {error}"
+                outcomes.update({u: _failed(u, "SubmitFailed", reason) for u in chunk})
+            return
+        pending = [chunk for chunk, _ in failed]
+        yield context.create_timer(context.current_utc_datetime + timedelta(
+            milliseconds=options.first_retry_interval_in_milliseconds))
 
 
 def _failed(unit: str, kind: str, message: str) -> dict:
