@@ -203,7 +203,9 @@ def probe_points(scaler, compiled: Compiled) -> np.ndarray:
     rng = np.random.default_rng(PROBE_SEED)
     spread = rng.uniform(lo - width, hi + width, PROBE_RANDOM)
     far = np.array([lo - 10 * width, hi + 10 * width, lo - 1e3 * width, hi + 1e3 * width, 0.0])
-    return np.concatenate([values, spread, far])
+    with np.errstate(all="ignore"):
+        probes = np.concatenate([values, spread, far])
+    return probes[np.isfinite(probes)]  # scikit-learn refuses infinite input
 
 
 def probe_disagreement(estimator, scaler, compiled: Compiled) -> str | None:
@@ -327,10 +329,10 @@ class _Shard:
     entry: dict  # the index's entry
     written: bool
     left: tuple[str, ...]
-    compiled_from: dict[Sensor, str]  # sha256 per sensor the shard was built for
+    compiled_from: dict[Sensor, str | None]  # sha256 per sensor the shard was built for
 
 
-def _group_key(group: list[Sensor], shas: dict[Sensor, str]) -> str:
+def _group_key(group: list[Sensor], shas: dict[Sensor, str | None]) -> str:
     text = f"format {BANK_FORMAT}\n" + "\n".join(f"{s}:{shas[s]}" for s in group)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -339,7 +341,7 @@ def _shard_path(key: str) -> str:
     return f"{BANK_FOLDER}/shard-{key[:24]}.npz"
 
 
-def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str], existing: set[str]
+def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str | None], existing: set[str]
           ) -> _Shard | None:
     """The existing shard for these exact models, if it is whole and of this format."""
     key = _group_key(group, shas)
@@ -362,7 +364,8 @@ def _build(store: Store, group: list[Sensor]) -> _Shard:
         try:
             sha, verdict = compile_stored(store, sensor)
         except ModelError:  # the manifest went away or broke: the plain path says why
-            sha, verdict = "", Verdict(None, "manifest missing or malformed")
+            # None, as _manifest_hashes says for it: a broken manifest is not a change.
+            sha, verdict = None, Verdict(None, "manifest missing or malformed")
         shas[sensor] = sha
         if verdict.compiled is not None:
             entries.append((sensor, sha, verdict.compiled))
@@ -387,7 +390,8 @@ def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, st
     return out
 
 
-def _rebuild_once(store: Store, shard_sensors: int) -> tuple[BankStats, dict[Sensor, str]]:
+def _rebuild_once(store: Store, shard_sensors: int
+                  ) -> tuple[BankStats, dict[Sensor, str | None]]:
     sensors = sorted(list_models(store))
     manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))

@@ -235,3 +235,19 @@ def test_models_bank_prints_what_it_left_to_scikit_learn_and_why(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "1 of 2 models compiled" in proc.stdout
     assert "left to scikit-learn: 1 IsolationForest is not a OneClassSVM" in proc.stdout
+
+
+def test_a_broken_manifest_leaves_the_rest_of_the_bank_in_place(tmp_path):
+    """Rebuilds go on while manifests change; one that is merely broken is not a change."""
+    from fleetscore.bank import INDEX_PATH
+    from fleetscore.models import manifest_path
+
+    store = LocalStore(tmp_path / "store")
+    train = np.random.default_rng(0).normal(0, 1, (60, 1))
+    for name in ("a", "b"):
+        save_model(store, Sensor(name, "t"), OneClassSVM().fit(train), source="test")
+    store.put(manifest_path(Sensor("a", "t")), b"{not json")
+    stats = rebuild_bank(store)
+    assert store.exists(INDEX_PATH)
+    assert (stats.compiled, stats.left) == (1, (("manifest missing or malformed", 1),))
+    assert set(load_bank(store, [Sensor("a", "t"), Sensor("b", "t")])) == {Sensor("b", "t")}
