@@ -87,6 +87,7 @@ class Replay:
     instance_id: str = ""
     executions: int = 1
     longest_history: int = 0
+    inputs: list[Any] = field(default_factory=list)  # each execution's input
     clock: datetime | None = None
 
 
@@ -265,6 +266,7 @@ def drive(
     while True:  # one pass per execution: ContinueAsNew starts the next one
         execution_id = _execution_id(instance_id, replay.executions)
         replay.executions += 1
+        replay.inputs.append(input_)
         history = [event(H.ORCHESTRATOR_STARTED, clock),
                    event(H.EXECUTION_STARTED, clock, Name=name, Version="",
                          OrchestrationInstance={"InstanceId": instance_id,
