@@ -37,6 +37,22 @@ async def _status(client: df.DurableOrchestrationClient, iid: str):
     return status if status is not None and status.runtime_status is not None else None
 
 
+async def _start(client: df.DurableOrchestrationClient, iid: str, body: dict) -> bool:
+    """Start the instance; False when the extension refuses because it is already running.
+
+    The extension refuses to start an instance id that is Pending or Running (its default
+    ``overridableExistingInstanceStates``); the SDK raises whatever the extension answered, so
+    the instance's status decides: running now means another starter won the race."""
+    try:
+        await client.start_new(SCORE_WINDOW, iid, body)
+    except Exception:
+        existing = await _status(client, iid)
+        if existing is not None and existing.runtime_status in _ACTIVE:
+            return False
+        raise
+    return True
+
+
 def _json(body: dict, status: int) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
 
@@ -51,7 +67,10 @@ async def scheduled_run(timer: func.TimerRequest, client) -> None:
         log.info("%s is %s: not started again (reruns go through POST /api/runs)", iid,
                  existing.runtime_status.value, extra={"window": window})
         return
-    await client.start_new(SCORE_WINDOW, iid, runtime.settings().orchestration_input(window))
+    if not await _start(client, iid, runtime.settings().orchestration_input(window)):
+        log.info("%s was started by another starter at the same moment: not started again",
+                 iid, extra={"window": window})
+        return
     log.info("started %s", iid, extra={"window": window, "past_due": timer.past_due})
 
 
@@ -74,10 +93,16 @@ async def start_runs(req: func.HttpRequest, client) -> func.HttpResponse:
             return _json({"error": f"{window} has already been scored; send \"force\": true "
                                    "to rerun it", "id": instance_id(window)}, 409)
     sensors = [str(s) for s in request.sensors] if request.sensors else None
+    started: list[str] = []
     for window in windows:
-        await client.start_new(SCORE_WINDOW, instance_id(window),
-                               runtime.settings().orchestration_input(window, sensors=sensors,
-                                                                      force=request.force))
+        if not await _start(client, instance_id(window), runtime.settings().orchestration_input(
+                window, sensors=sensors, force=request.force)):
+            # Started by another starter (the hourly timer) since the check above.
+            body = {"error": f"{window} is already running", "id": instance_id(window)}
+            if started:
+                body["started"] = [{"window": w, "id": instance_id(w)} for w in started]
+            return _json(body, 409)
+        started.append(window)
         log.info("started %s", instance_id(window), extra={"window": window,
                                                            "sensors": len(sensors or [])})
     if len(windows) == 1:

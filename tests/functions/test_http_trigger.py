@@ -147,3 +147,94 @@ def test_timer_trigger_starts_the_previous_hour_once(app_functions, durable_fake
     durable_fake.set_status(iid, "Failed")
     run_async(fn(timer=TimerRequest(past_due=False), client=durable_fake.binding))
     assert len(durable_fake.starts) == 2  # a failed hour is retried by the next tick
+
+
+def _raw_get(durable_fake, iid: str):
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{durable_fake.port}/durabletask/instances/{iid}"
+    try:
+        with urllib.request.urlopen(url) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.mark.parametrize("state,code", [("Pending", 202), ("Running", 202), ("Suspended", 202),
+                                        ("Completed", 200), ("Failed", 200), ("Terminated", 200)])
+def test_durable_fake_status_codes_are_the_extensions(durable_fake, run_async, state, code):
+    from azure.durable_functions import DurableOrchestrationClient
+
+    durable_fake.set_status("score-x", state)
+    status, headers, body = _raw_get(durable_fake, "score-x")
+    assert status == code and json.loads(body)["runtimeStatus"] == state
+    if code == 202:
+        assert headers["Location"].endswith("/durabletask/instances/score-x")
+        assert headers["Retry-After"] == "5"
+    else:
+        assert "Location" not in headers and "Retry-After" not in headers
+    assert _raw_get(durable_fake, "score-unknown")[0] == 404
+    # The SDK reads every one of them as a status, never as an error.
+    client = DurableOrchestrationClient(durable_fake.binding)
+    assert run_async(client.get_status("score-x")).runtime_status.value == state
+
+
+@pytest.mark.parametrize("state,refused", [("Pending", True), ("Running", True), ("Suspended", True),
+                                           ("Completed", False), ("Failed", False),
+                                           ("Terminated", False)])
+def test_durable_fake_refuses_to_start_a_running_instance(durable_fake, run_async, state, refused):
+    from azure.durable_functions import DurableOrchestrationClient
+
+    client = DurableOrchestrationClient(durable_fake.binding)
+    durable_fake.set_status("score-x", state)
+    if refused:
+        with pytest.raises(Exception, match=f"status {state} already exists"):
+            run_async(client.start_new("score_window", "score-x", {"window": PAST}))
+        assert durable_fake.instances["score-x"]["runtimeStatus"] == state
+    else:
+        assert run_async(client.start_new("score_window", "score-x", {"window": PAST})) == "score-x"
+        assert durable_fake.instances["score-x"]["runtimeStatus"] == "Pending"
+
+
+@pytest.mark.reliability("R26")
+@pytest.mark.parametrize("winner", ["timer", "http"])
+def test_timer_and_http_race_for_the_same_hour_start_it_once(
+        app_functions, durable_fake, run_async, functions_env, caplog, winner):
+    """The hourly timer and POST /api/runs for the same hour at the same moment: both see no
+    instance, both start; the extension lets exactly one through. The other is refused and
+    says so: 409 for HTTP, a log line for the timer; nothing raises."""
+    import asyncio
+    import logging
+
+    window = str(previous_full_hour(datetime.now(UTC)))
+    iid = "score-" + window.replace("-", "")
+    timer_fn = app_functions["scheduled_run"].get_user_function()
+    post_fn = app_functions["start_runs"].get_user_function()
+    durable_fake.hold_status_reads(2)  # both read "no instance" before either starts
+
+    def delay(body):  # the HTTP request carries sensors, the timer's does not
+        is_http = bool(body.get("sensors"))
+        return 0.3 if is_http == (winner == "timer") else 0.0
+    durable_fake.start_delay = delay
+
+    async def race():
+        return await asyncio.gather(
+            timer_fn(timer=TimerRequest(past_due=False), client=durable_fake.binding),
+            post_fn(req=_post({"window": window, "sensors": ["1/1"]}), client=durable_fake.binding))
+
+    with caplog.at_level(logging.INFO, logger="fleetscore.triggers"):
+        _, response = run_async(race())
+    assert len(durable_fake.starts) == 1 and len(durable_fake.refused) == 1
+    [(_, started_iid, body)] = durable_fake.starts
+    assert started_iid == iid
+    lost = [r.getMessage() for r in caplog.records if "started by another starter" in r.getMessage()]
+    if winner == "timer":
+        assert body["sensors"] is None
+        assert response.status_code == 409
+        assert json.loads(response.get_body()) == {"error": f"{window} is already running", "id": iid}
+        assert lost == []
+    else:
+        assert body["sensors"] == ["1/1"]
+        assert response.status_code == 202 and json.loads(response.get_body())["id"] == iid
+        assert lost == [f"{iid} was started by another starter at the same moment: not started again"]
