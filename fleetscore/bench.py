@@ -115,9 +115,10 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
     compiled_bases = [compile_model(b) for b in bases]
     from .models import ModelManifest, manifest_path
 
+    digests = {}
     for i in range(min(sample, n)):
         model = _with_scaler(bases[i % BASE_MODELS], levels[i], spreads[i])
-        save_model(store, sensors[i], model, source="bench")
+        digests[sensors[i]] = save_model(store, sensors[i], model, source="bench").sha256
     # The rest of the fleet has manifests (so runs plan it) and lives in the bank only: writing
     # a skops file per sensor would take longer than everything measured here.
     template = read_manifest_template(store, sensors[0])
@@ -127,7 +128,9 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
     entries = []
     for i, sensor in enumerate(sensors):
         base = compiled_bases[i % BASE_MODELS]
-        entries.append((sensor, "bench", Compiled(base.kernel, float(levels[i]), float(spreads[i]),
+        # Bank entries name the model they were compiled from: the sample's own, else the
+        # template manifest's (load_bank uses an entry only while its manifest agrees).
+        entries.append((sensor, digests.get(sensor, template["sha256"]), Compiled(base.kernel, float(levels[i]), float(spreads[i]),
                                                   base.gamma, base.coef0, base.degree,
                                                   base.intercept, base.support, base.dual)))
     shards = []
