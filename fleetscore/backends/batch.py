@@ -34,6 +34,9 @@ IMAGE_REFERENCE = {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": 
                    "version": "latest"}
 NODE_AGENT_SKU = "batch.node.ubuntu 22.04"
 EXIT_PARTIAL, EXIT_UNUSABLE = 3, 2
+# One status listing names at most this many task ids, in at most this many characters of
+# $filter (about 2.6 KB once URL-encoded): far below URL limits, one page per listing.
+FILTER_MAX_IDS, FILTER_MAX_CHARS = 100, 2000
 
 # The one definition of the pool's autoscale formula, autoscale.formula beside this module
 # (infra's Bicep loads the same file). From zero: the target follows the
@@ -62,6 +65,23 @@ def command_line(store_url: str, window: Hour, run_id: str, unit_id: str) -> str
         "--run", run_id, "--unit", unit_id))
 
 
+def id_filters(unit_ids: Sequence[str], *, max_chars: int = FILTER_MAX_CHARS,
+               max_ids: int = FILTER_MAX_IDS) -> list[str]:
+    """``id eq 'a' or id eq 'b' ...`` expressions (OData quoting) covering ``unit_ids``, each at
+    most ``max_chars`` long and naming at most ``max_ids`` ids, so a listing's URL stays short."""
+    out, terms, size = [], [], 0
+    for unit_id in unit_ids:
+        term = "id eq '{}'".format(unit_id.replace("'", "''"))
+        if terms and (size + len(term) + 4 > max_chars or len(terms) >= max_ids):
+            out.append(" or ".join(terms))
+            terms, size = [], 0
+        terms.append(term)
+        size += len(term) + 4
+    if terms:
+        out.append(" or ".join(terms))
+    return out
+
+
 def make_client(batch: BatchSettings) -> BatchClient:
     if not batch.endpoint:
         raise UsageError("the batch backend needs FLEETSCORE_BATCH_ENDPOINT "
@@ -87,6 +107,7 @@ class BatchBackend:
         self._client = client or make_client(self.batch)
         self._pool_ready = False
         self._jobs: set[str] = set()
+        self._done: dict[str, dict[str, UnitStatus]] = {}  # job -> units seen finished
 
     # --- pool -----------------------------------------------------------------------------
 
@@ -205,11 +226,43 @@ class BatchBackend:
 
     def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
              timeout: float = 1.0) -> dict[str, UnitStatus]:
+        """The units' states, at a cost of O(units still pending), never O(tasks of the job):
+        a unit seen finished is answered from memory (its result blob read once); the others
+        are listed by id (``$filter=id eq 'a' or id eq 'b' ...``, chunked to keep URLs short).
+        A job that does not exist (404 JobNotFound) has none of the units."""
         jid = job_id(window, run_id)
-        with _errors(f"tasks of job {jid}"):
-            tasks = {t.id: t for t in self._client.list_tasks(
-                jid, select=["id", "state", "executionInfo"])}
-        return {u: self._status(window, run_id, jid, u, tasks.get(u)) for u in unit_ids}
+        if jid not in self._done and len(self._done) >= 16:
+            self._done.pop(next(iter(self._done)))  # a worker polls a few runs at most
+        done = self._done.setdefault(jid, {})
+        pending = [u for u in unit_ids if u not in done]
+        tasks: dict = {}
+        missing_job = False
+        for expression in id_filters(pending):
+            try:
+                with _errors(f"tasks of job {jid}"):
+                    for task in self._client.list_tasks(jid, filter=expression,
+                                                        select=["id", "state", "executionInfo"]):
+                        tasks[task.id] = task
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, ResourceNotFoundError):
+                    raise
+                missing_job = True
+                break
+        out: dict[str, UnitStatus] = {}
+        for unit_id in unit_ids:
+            if unit_id in done:
+                out[unit_id] = done[unit_id]
+                continue
+            if missing_job:
+                out[unit_id] = UnitStatus(FAILED, error_kind="TaskMissing",
+                                          error=f"job {jid} does not exist")
+                continue
+            task = tasks.get(unit_id)
+            status = self._status(window, run_id, jid, unit_id, task)
+            if task is not None and status.done:
+                done[unit_id] = status
+            out[unit_id] = status
+        return out
 
     def _status(self, window: Hour, run_id: str, jid: str, unit_id: str, task) -> UnitStatus:
         from ..runs import read_unit_result
@@ -270,6 +323,7 @@ class BatchBackend:
 
     def finish(self, window: Hour, *, run_id: str = "") -> None:
         jid = job_id(window, run_id)
+        self._done.pop(jid, None)
         try:
             self._client.update_job(jid, bm.BatchJobUpdateOptions(
                 all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.TERMINATE_JOB))
@@ -296,6 +350,12 @@ class _errors:
     def __exit__(self, kind, exc, tb) -> bool:
         if exc is None or isinstance(exc, ResourceExistsError):
             return False
+        if isinstance(exc, HttpResponseError) and exc.status_code in (401, 403):
+            raise BackendError(
+                f"Azure Batch refused the credential on {self.what} (HTTP {exc.status_code}): "
+                f"{first_line(exc)}. An account deployed by infra/ allows Entra ID only: leave "
+                "FLEETSCORE_BATCH_ACCOUNT_KEY unset (DefaultAzureCredential) and give the "
+                "identity a Batch role on the account") from exc
         if isinstance(exc, HttpResponseError | AzureError):
             raise BackendError(f"Azure Batch failed on {self.what}: {first_line(exc)}") from exc
         return False
