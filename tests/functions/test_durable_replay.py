@@ -46,6 +46,32 @@ def test_durable_any_order_and_batching_gives_the_same_outcome(orchestrator_func
     assert submits.count("u000003") == 3 and submits.count("u000001") == 2
 
 
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(failures=st.lists(st.integers(0, 4), min_size=1, max_size=6),
+       running=st.integers(0, 3), status_failures=st.integers(0, 3), fanout=st.integers(1, 3),
+       per_execution=st.integers(1, 3), chunk=st.integers(1, 2), seed=st.integers(0, 2**32 - 1))
+def test_durable_drawn_scenarios_any_order_same_outcome(orchestrator_functions, failures, running,
+                                                         status_failures, fanout, per_execution,
+                                                         chunk, seed):
+    units = [f"u{i:06d}" for i in range(len(failures))]
+    request = {"window": WINDOW, "fanout": fanout, "submit_chunk": chunk,
+               "polls_per_execution": per_execution}
+
+    def doubles():
+        return Doubles(units, running_polls=running, status_failures=status_failures,
+                       submit_failures=dict(zip(units, failures, strict=True))).activities()
+
+    reference = drive(orchestrator_functions, "score_window", request, doubles())
+    replay = drive(orchestrator_functions, "score_window", request, doubles(),
+                   rng=random.Random(seed), max_steps=20_000)
+    assert _outcome(replay) == _outcome(reference)
+    assert sorted(replay.output["outcomes"]) == units
+    if chunk == 1:  # a unit fails when its three submits all fail
+        assert {u for u, (state, _) in _outcome(replay).items() if state == "failed"} == \
+            {u for u, f in zip(units, failures, strict=True) if f >= 3}
+
+
 def test_durable_task_any_over_retried_calls_then_new_work_is_caught():
     """The hang of azure-functions-durable-python#603, the pattern score_units used: task_any
     over call_activity_with_retry, one fails once, then new work. The driver's model of the
@@ -141,3 +167,25 @@ def test_durable_continue_as_new_restarts_with_the_new_input(orchestrator_functi
     # Submitted once: a new execution never submits again.
     assert [n for n, _ in replay.calls].count("submit_units") == 2
     assert doubles.polls == {"u000000": 6, "u000001": 6}
+
+
+def test_durable_failed_sub_orchestration_fails_its_units_not_the_hour(orchestrator_functions):
+    real = orchestrator_functions["score_units"]
+
+    def crashing(context):
+        if "u000002" in context.get_input()["units"]:
+            raise RuntimeError("score_units crashed")
+        return (yield from real(context))
+
+    units = [f"u{i:06d}" for i in range(5)]
+    for seed in (None, 1, 2, 3):
+        replay = drive({**orchestrator_functions, "score_units": crashing}, "score_window",
+                       {"window": WINDOW, "fanout": 2}, Doubles(units).activities(),
+                       rng=None if seed is None else random.Random(seed))
+        outcomes = replay.output["outcomes"]
+        assert {u: o["state"] for u, o in outcomes.items()} == {
+            "u000000": "succeeded", "u000001": "succeeded", "u000002": "failed",
+            "u000003": "failed", "u000004": "succeeded"}
+        assert outcomes["u000003"]["error_kind"] == "OrchestrationFailed"
+        assert "score_units crashed" in outcomes["u000003"]["error"]
+        assert replay.output["status"] == "partial"
