@@ -133,7 +133,8 @@ def score_units(context: df.DurableOrchestrationContext):
 
 
 def _submit(context: df.DurableOrchestrationContext, job: dict, outcomes: dict[str, dict]):
-    """Submit every unit, chunk by chunk, with up to ``ATTEMPTS`` rounds for failed chunks.
+    """Submit every unit, chunk by chunk; failed chunks are resubmitted in rounds, as many
+    as the retry policy has attempts, ``first_retry_interval`` apart.
 
     Plain activity calls under ``task_any``, retried here by rounds, never
     ``call_activity_with_retry`` under ``task_any``: the extension allocates the retry timers'
