@@ -53,7 +53,7 @@ def _rows(table) -> list[tuple]:
 
 
 @pytest.mark.parametrize("node", ["process", pytest.param("container", marks=pytest.mark.container)])
-def test_an_hour_through_timer_orchestrator_activities_batch_container_and_blob(
+def test_an_hour_through_the_whole_cloud_path(
         node, request, app_functions, orchestrator_functions, functions_env, durable_fake,
         run_async, azurite, tmp_path, tmp_path_factory, monkeypatch):
     from fleetscore.backends.local import SequentialBackend
