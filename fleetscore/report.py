@@ -4,6 +4,11 @@ The charts share a true time axis: one column per window of the report's range, 
 without predictions is an empty stretch (and a break in every line), never squeezed out.
 Ticks fall on whole hours. The page has no script and no external resource, and reads from a
 400 px phone (charts scroll sideways inside their frame) to a wide screen.
+
+A long range (a backfill over years) is drawn in buckets instead of windows: hours, days or
+weeks, whichever keeps the axis under ``MAX_COLUMNS`` columns. A bucket's heatmap cell is the
+share of its windows flagged, its line point the mean of its window means; the runs table
+then has one row per day. The report stays a few hundred kilobytes and renders in seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ HOUR_MS = 3_600_000
 DEFAULT_STEP_MS = 60_000
 # Hour tick spacings, so a chart carries about eight labels whatever the range.
 TICK_HOURS = (1, 2, 3, 4, 6, 12, 24, 48, 96, 168)
+MAX_COLUMNS = 2000
+BUCKETS_MS = (300_000, 900_000, 3_600_000, 6 * 3_600_000, 86_400_000, 7 * 86_400_000)
+DAILY_TABLE_HOURS = 14 * 24  # longer ranges: the runs table has a row per day
 FLAGGED, TRUTH, LINE, EMPTY = "#d62728", "#ff9f1a", "#1f77b4", "#ececec"
 
 
@@ -43,7 +51,24 @@ class Axis:
 
     start_ms: int  # the first hour's start
     end_ms: int  # the last hour's end
-    step_ms: int
+    step_ms: int  # a column: one window, or a bucket of windows for a long range
+    window_ms: int = 0  # the windows' length, when the columns are buckets of them
+
+    @classmethod
+    def fitting(cls, start_ms: int, end_ms: int, window_ms: int) -> Axis:
+        """Columns of one window, or of the smallest bucket that keeps them few enough."""
+        step = window_ms
+        if (end_ms - start_ms) // step > MAX_COLUMNS:
+            step = next((b for b in BUCKETS_MS if b > window_ms
+                         and (end_ms - start_ms) // b <= MAX_COLUMNS), BUCKETS_MS[-1])
+        if step == window_ms:
+            return cls(start_ms, end_ms, step)
+        # Buckets are aligned to the epoch, like windows, so a day column is a UTC day.
+        return cls(start_ms - start_ms % step, end_ms + (-end_ms) % step, step, window_ms)
+
+    @property
+    def bucketed(self) -> bool:
+        return self.window_ms > 0 and self.step_ms > self.window_ms
 
     @property
     def columns(self) -> int:
@@ -70,10 +95,12 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     hours = hour_range(first, last) if first is not None and last is not None else []
     in_range = set(hours)
     manifests = [m for m in manifests if Hour.parse(m["window"]) in in_range]
-    tables = {h: read_predictions(store, h) for h in hours}
+    # Only hours that were run can have predictions: read those, from their manifests' files.
+    run_hours = {Hour.parse(m["window"]) for m in manifests}
+    tables = {h: read_predictions(store, h) for h in hours if h in run_hours}
     present = [t for t in tables.values() if t.num_rows]
     preds = pa.concat_tables(present) if present else None
-    rows = {str(h): t.num_rows for h, t in tables.items()}
+    rows = {str(h): tables[h].num_rows if h in tables else 0 for h in hours}
     output.write_text(render(store.url, hours, manifests, preds, rows=rows, truth=truth),
                       encoding="utf-8")
     n = preds.num_rows if preds is not None else 0
@@ -85,9 +112,10 @@ def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: 
     sections = []
     span = f"{hours[0]} .. {hours[-1]}" if hours else "no runs"
     if preds is not None and preds.num_rows and hours:
-        axis = Axis(hours[0].start_ms, hours[-1].start_ms + HOUR_MS, _step_ms(preds))
+        axis = Axis.fitting(hours[0].start_ms, hours[-1].start_ms + HOUR_MS, _step_ms(preds))
         data = _Data.of(preds, axis)
-        empty_hours = [h for h in hours if not (rows or {}).get(str(h), 1)]
+        # Bucketed (a long range): empty buckets are gaps already; shading hours would be noise.
+        empty_hours = [] if axis.bucketed else [h for h in hours if not (rows or {}).get(str(h), 1)]
         shown = data.sensors[:HEATMAP_SENSORS]
         sections.append(_section(
             "Anomalies by sensor and time",
@@ -116,7 +144,8 @@ def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: 
         peak_text = (f" The peak is {share[peak]:.0f}% at "
                      f"{_utc(axis.ends()[peak]):%Y-%m-%d %H:%M} UTC." if peak is not None else "")
         sections.append(_section(
-            "Share of the fleet flagged per window",
+            "Share of the fleet flagged per " + (_bucket_name(axis.step_ms) if axis.bucketed
+                                                 else "window"),
             _img(_fleet_share(share, axis, empty_hours),
                  f"Line chart of the percentage of scored sensors flagged anomalous in each window "
                  f"over {span}.{peak_text}"),
@@ -203,6 +232,8 @@ def _n(value) -> str:
 def _runs_table(hours: Sequence[Hour], manifests: list[dict], rows: dict[str, int] | None) -> str:
     if not hours:
         return "<p>No runs.</p>"
+    if len(hours) > DAILY_TABLE_HOURS:
+        return _daily_table(hours, manifests, rows)
     head = ("<tr><th>hour</th><th>status</th><th>planned</th><th>scored</th><th>failed</th>"
             "<th>no data</th><th>no model</th><th>anomalies</th><th>predictions</th>"
             "<th>seconds</th></tr>")
@@ -213,6 +244,36 @@ def _runs_table(hours: Sequence[Hour], manifests: list[dict], rows: dict[str, in
                     f"<td class='{html.escape(css)}'>{html.escape(status.replace('_', ' '))}</td>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<div class='scroll'><table class='runs'>{head}{''.join(body)}</table></div>"
+
+
+def _daily_table(hours: Sequence[Hour], manifests: list[dict], rows: dict[str, int] | None) -> str:
+    """A long range: one row per UTC day that has runs or data (days with neither are
+    counted in the summary line, not listed)."""
+    days: dict[str, dict[str, int]] = {}
+    for hour, status, _ in hour_rows(hours, manifests, rows):
+        day = days.setdefault(hour[:10], {})
+        day[status] = day.get(status, 0) + 1
+    by_window = {m["window"]: m for m in manifests}
+    scored: dict[str, int] = {}
+    anomalies: dict[str, int] = {}
+    for window, m in by_window.items():
+        scored[window[:10]] = scored.get(window[:10], 0) + m.get("sensors", {}).get("scored", 0)
+        anomalies[window[:10]] = anomalies.get(window[:10], 0) + m.get("anomalies", 0)
+    statuses = ["succeeded", "partial", "failed", "no_data", NOT_RUN]
+    head = ("<tr><th>day</th>" + "".join(f"<th>{html.escape(s.replace('_', ' '))}</th>"
+                                         for s in statuses)
+            + "<th>scored</th><th>anomalies</th></tr>")
+    body = []
+    for day, counts in sorted(days.items()):
+        if counts.get(NOT_RUN, 0) == sum(counts.values()) and not any(
+                (rows or {}).get(f"{day}T{h:02d}") for h in range(24)):
+            continue  # nothing ran and nothing to show that day
+        body.append(f"<tr data-day='{day}'><td>{day}</td>"
+                    + "".join(f"<td>{counts.get(s, 0) or ''}</td>" for s in statuses)
+                    + f"<td>{scored.get(day, 0):,}</td><td>{anomalies.get(day, 0):,}</td></tr>")
+    return (f"<p class='note'>{count(len(hours), 'hour')}: one row per day with runs "
+            f"(hourly rows for ranges of {DAILY_TABLE_HOURS // 24} days or less).</p>"
+            f"<div class='scroll'><table class='runs daily'>{head}{''.join(body)}</table></div>")
 
 
 def _runs_summary(hours: Sequence[Hour], manifests: list[dict]) -> str:
@@ -260,14 +321,21 @@ class _Data:
         shown = sensors[:max(HEATMAP_SENSORS, TIMELINES)]
         col = axis.column(_ends_ms(preds["TS"]))
         inside = (col >= 0) & (col < axis.columns)
-        flags = np.full((len(shown), axis.columns), np.nan)
-        values = np.full_like(flags, np.nan)
         row_of = {s: i for i, s in enumerate(shown)}
         rows = np.array([row_of.get(k, -1) for k in keys.to_pylist()])
         keep = inside & (rows >= 0)
-        flags[rows[keep], col[keep]] = preds["Prediction"].to_numpy()[keep].astype(float)
-        values[rows[keep], col[keep]] = preds["Val"].to_numpy()[keep]
-        flagged = np.bincount(col[inside], weights=preds["Prediction"].to_numpy()[inside].astype(float),
+        # Per (sensor, column): the share of windows flagged and the mean of the window means
+        # (one window per column unless the range is bucketed: then exactly that window's).
+        cell = rows[keep] * axis.columns + col[keep]
+        size = len(shown) * axis.columns
+        windows = np.bincount(cell, minlength=size).astype(float)
+        prediction = preds["Prediction"].to_numpy().astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            flags = (np.bincount(cell, weights=prediction[keep], minlength=size)
+                     / windows).reshape(len(shown), axis.columns)
+            values = (np.bincount(cell, weights=preds["Val"].to_numpy()[keep], minlength=size)
+                      / windows).reshape(len(shown), axis.columns)
+        flagged = np.bincount(col[inside], weights=prediction[inside],
                               minlength=axis.columns)
         scored = np.bincount(col[inside], minlength=axis.columns).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -311,6 +379,12 @@ def _img(fig_and_plt, alt: str) -> str:
             f'src="data:image/png;base64,{data}"></div></figure>')
 
 
+def _bucket_name(step_ms: int) -> str:
+    names = {300_000: "5 minutes", 900_000: "15 minutes", 3_600_000: "hour",
+             6 * 3_600_000: "6 hours", 86_400_000: "day", 7 * 86_400_000: "week"}
+    return names.get(step_ms, f"{step_ms // 60_000} minutes")
+
+
 def tick_hours(span_hours: float) -> int:
     """Hours between ticks: the smallest spacing that keeps about eight labels."""
     return next((k for k in TICK_HOURS if span_hours / k <= 8), TICK_HOURS[-1])
@@ -321,6 +395,17 @@ def _time_axis(ax, axis: Axis, *, labels: bool = True) -> None:
 
     ax.set_xlim(_utc(axis.start_ms), _utc(axis.end_ms))
     span = (axis.end_ms - axis.start_ms) / HOUR_MS
+    if span > TICK_HOURS[-1] * 8:  # beyond eight weeks: matplotlib's calendar ticks
+        locator = mdates.AutoDateLocator(tz=UTC, maxticks=9)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
+        ax.grid(axis="x", color="#ddd", linewidth=0.6)
+        if labels:
+            ax.tick_params(axis="x", labelsize=9)
+            ax.set_xlabel(f"UTC; one column a {_bucket_name(axis.step_ms)}")
+        else:
+            ax.tick_params(axis="x", labelbottom=False)
+        return
     ax.xaxis.set_major_locator(mdates.HourLocator(byhour=range(0, 24, min(tick_hours(span), 24)))
                                if tick_hours(span) <= 24 else
                                mdates.DayLocator(interval=tick_hours(span) // 24))
@@ -335,9 +420,18 @@ def _time_axis(ax, axis: Axis, *, labels: bool = True) -> None:
         ax.tick_params(axis="x", labelbottom=False)
 
 
+def _datetimes(ms: np.ndarray) -> np.ndarray:
+    return np.asarray(ms, dtype="datetime64[ms]")
+
+
 def _shade_hours(ax, hours_ms: Sequence[int], label: str | None) -> None:
-    for i, start in enumerate(hours_ms):
-        ax.axvspan(_utc(start), _utc(start + HOUR_MS), color=EMPTY, zorder=0,
+    """Grey spans over hours without predictions, consecutive hours merged into one span."""
+    if not hours_ms:
+        return
+    starts = np.sort(np.asarray(hours_ms, dtype=np.int64))
+    breaks = np.flatnonzero(np.diff(starts) != HOUR_MS) + 1
+    for i, run in enumerate(np.split(starts, breaks)):
+        ax.axvspan(_utc(run[0]), _utc(run[-1] + HOUR_MS), color=EMPTY, zorder=0,
                    label=label if i == 0 else None)
 
 
@@ -350,14 +444,15 @@ def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def _heatmap(data: _Data, axis: Axis, n: int):
     import matplotlib.dates as mdates
-    from matplotlib.colors import ListedColormap
+    from matplotlib.colors import LinearSegmentedColormap, ListedColormap
 
     plt, fig = _figure(10, max(2.6, 0.2 * n + 1.3))
     ax = fig.add_subplot()
     left, right = mdates.date2num(_utc(axis.start_ms)), mdates.date2num(_utc(axis.end_ms))
+    cmap = (LinearSegmentedColormap.from_list("flagged", ["#bdbdbd", FLAGGED]) if axis.bucketed
+            else ListedColormap(["#bdbdbd", FLAGGED]))
     ax.imshow(np.ma.masked_invalid(data.flags[:n]), aspect="auto", interpolation="nearest",
-              cmap=ListedColormap(["#bdbdbd", FLAGGED]), vmin=0, vmax=1,
-              extent=(left, right, n - 0.5, -0.5))
+              cmap=cmap, vmin=0, vmax=1, extent=(left, right, n - 0.5, -0.5))
     ax.set_yticks(range(n), data.sensors[:n], fontsize=8)
     _time_axis(ax, axis)
     ax.set_ylabel("sensor (Device/Tag)")
@@ -366,8 +461,8 @@ def _heatmap(data: _Data, axis: Axis, n: int):
 
 def _timelines(data: _Data, axis: Axis, n: int, truth: np.ndarray | None, empty_hours):
     plt, fig = _figure(10, 1.6 * n + 0.9)
-    ends = np.array([_utc(e) for e in axis.ends()])
-    starts = np.array([_utc(e - axis.step_ms) for e in axis.ends()])
+    ends = _datetimes(axis.ends())
+    starts = _datetimes(axis.ends() - axis.step_ms)
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
     for i, ax in enumerate(axes):
         _shade_hours(ax, [h.start_ms for h in empty_hours], "no predictions")
@@ -376,7 +471,7 @@ def _timelines(data: _Data, axis: Axis, n: int, truth: np.ndarray | None, empty_
                 ax.axvspan(starts[a], ends[b - 1], color=TRUTH, alpha=0.35, linewidth=0, zorder=1,
                            label="injected anomaly (truth)" if (a, b) == _spans(truth[i])[0] else None)
         ax.plot(ends, data.values[i], color=LINE, linewidth=0.9, zorder=2, label="window mean")
-        flagged = data.flags[i] == 1
+        flagged = data.flags[i] > 0
         ax.scatter(ends[flagged], data.values[i][flagged], color=FLAGGED, s=12, zorder=3,
                    label="flagged by the model")
         ax.set_title(data.sensors[i], loc="left", fontsize=9)
@@ -396,7 +491,7 @@ def _fleet_share(share: np.ndarray, axis: Axis, empty_hours):
     plt, fig = _figure(10, 2.4)
     ax = fig.add_subplot()
     _shade_hours(ax, [h.start_ms for h in empty_hours], "no predictions")
-    ends = np.array([_utc(e) for e in axis.ends()])
+    ends = _datetimes(axis.ends())
     ax.plot(ends, share, color=FLAGGED, linewidth=0.9)
     ax.set_ylabel("% flagged")
     ax.set_ylim(bottom=0)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from . import __version__, locks, telemetry
 from .backends.base import FAILED, PARTIAL, SUCCEEDED, TERMINAL, ComputeBackend, UnitStatus
+from .compaction import compact_for_run
 from .errors import InputError, NotFound, UsageError
 from .hours import Hour
 from .locks import LOCK_TTL
@@ -150,6 +151,7 @@ def begin(
     locks.acquire(store, hour, run_id, now=now, ttl=ttl, pid=pid)
     try:
         drop_staging(store, hour, keep=run_id)
+        compact_for_run(store, hour)  # once per hour's files: units then read O(their sensors)
         chosen = None if sensors is None else sorted(set(sensors))
         plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen, parallel=parallel,
                          min_task_seconds=min_task_seconds)
@@ -568,3 +570,7 @@ __all__ = [
     "run_unit", "record_unusable", "read_unit_result", "read_manifest", "list_manifests",
     "manifest_path", "new_run_id", "SUCCEEDED", "PARTIAL", "FAILED",
 ]
+
+
+def run_range(store: Store, hours: Sequence[Hour], backend: ComputeBackend, **kw) -> list[RunSummary]:
+    return [run_hour(store, h, backend, **kw) for h in hours]

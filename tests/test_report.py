@@ -75,3 +75,30 @@ def test_time_axis_keeps_hours_without_predictions_as_gaps():
 
 def test_ticks_fall_on_whole_hours_with_about_eight_labels():
     assert [tick_hours(h) for h in (4, 8, 9, 24, 168)] == [1, 1, 2, 3, 24]
+
+
+def test_a_report_over_years_is_drawn_in_buckets_and_stays_small(local_store, tmp_path):
+    """Two years with a few scored hours: days, not 1,000,000 one-minute columns, and a runs
+    table with a row per day that had runs."""
+    from fleetscore.ingest import ingest_file
+    from fleetscore.report import MAX_COLUMNS
+    from fleetscore.training import train
+    from tests.conftest import minute_readings, write_readings
+
+    rows = []
+    for start in ("2022-01-03 10:00:00", "2022-06-01 05:00:00", "2023-12-30 20:00:00"):
+        rows += minute_readings("1", "1", start, 60, level=10)
+    ingest_file(local_store, write_readings(tmp_path / "r.csv", sorted(rows)))
+    train(local_store)
+    for hour in ("2022-01-03T10", "2022-06-01T05", "2023-12-30T20"):
+        run_hour(local_store, Hour.parse(hour), SequentialBackend(local_store))
+    axis = Axis.fitting(Hour.parse("2022-01-03T10").start_ms, Hour.parse("2023-12-30T21").start_ms,
+                        60_000)
+    assert axis.bucketed and axis.step_ms == 86_400_000 and axis.columns <= MAX_COLUMNS
+    out = tmp_path / "r.html"
+    info = write_report(local_store, out)
+    page = out.read_text()
+    span = len(hour_range(Hour.parse("2022-01-03T10"), Hour.parse("2023-12-30T20")))
+    assert info.startswith(f"{span:,} hours, 3 runs, 180 predictions")
+    assert len(page) < 400_000 and "one column a day" in page
+    assert page.count("<tr data-day=") == 3 and "<tr data-hour=" not in page

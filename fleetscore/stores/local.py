@@ -1,7 +1,11 @@
 """A directory on the local disk: the embedded default store.
 
-Writes go to a temporary file beside the target and are renamed into place, so a reader never
-sees a torn file. Create-if-absent is a hard link (``link`` fails on an existing name). The
+Writes go to a temporary file beside the target and are renamed into place, so a reader (or a
+run killed mid-write) never sees a torn file. Files are not fsynced one by one: a backfill
+writes tens of thousands of small files, and a sync each made it crawl. A power cut (not a
+crash of fleetscore) can therefore lose the last seconds of writes, leaving such files empty
+or absent; `fleetscore verify` finds them by their recorded sha256, and rerunning or
+re-ingesting repairs them. Create-if-absent is a hard link (``link`` fails on an existing name). The
 version-conditional operations (``if_match``) compare and swap under an advisory ``flock`` on
 one lock file per store: every fleetscore process that shares the directory takes the same
 lock, so no two of them can both see the same version and both replace it.
@@ -100,8 +104,6 @@ class LocalStore:
                 with os.fdopen(fd, "wb") as handle:
                     os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600: honour the umask
                     handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
                 if if_match is not None:
                     with self._cas():
                         if self._current(path) != if_match:
@@ -137,6 +139,18 @@ class LocalStore:
                 if not name.startswith(_TMP_PREFIX):
                     found.append(name if rel == "." else f"{rel}/{name}")
         return iter(sorted(found))
+
+    def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """(path, size, version) of the files under ``prefix``; the version is the
+        modification time in nanoseconds (cheap: no file is read). Optional in the protocol."""
+        out = []
+        for path in self.list(prefix):
+            try:
+                st = self._file(path).stat()
+            except FileNotFoundError:
+                continue
+            out.append((path, st.st_size, str(st.st_mtime_ns)))
+        return iter(out)
 
     def delete(self, path: str, *, if_match: str | None = None) -> None:
         target = self._file(path)
