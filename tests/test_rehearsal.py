@@ -52,7 +52,8 @@ def _rows(table) -> list[tuple]:
     return sorted(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
 
 
-@pytest.mark.parametrize("node", ["process", pytest.param("container", marks=pytest.mark.container)])
+@pytest.mark.parametrize("node", ["process",
+                                  pytest.param("container", marks=pytest.mark.container)])
 def test_an_hour_through_the_whole_cloud_path(
         node, request, app_functions, orchestrator_functions, functions_env, durable_fake,
         run_async, azurite, tmp_path, tmp_path_factory, monkeypatch):

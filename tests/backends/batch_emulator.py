@@ -72,7 +72,8 @@ import isodate
 API_VERSION = "2025-06-01"
 PAGE_MAX = 1000
 ENTRYPOINT_PREFIX = ["python", "-m", "scoring_container"]  # stripped as parse_args does
-SHARED_KEY_REFUSED = "The specified type of authentication SharedKey is not allowed for this account."
+SHARED_KEY_REFUSED = ("The specified type of authentication SharedKey is not allowed for this "
+                      "account.")
 
 
 def _now() -> str:
@@ -476,9 +477,9 @@ class BatchEmulator:
         results = []
         for spec in values:
             if (job, spec["id"]) in self.tasks:
+                message = {"lang": "en-US", "value": "The specified task already exists."}
                 results.append({"status": "clienterror", "taskId": spec["id"],
-                                "error": {"code": "TaskExists", "message": {
-                                    "lang": "en-US", "value": "The specified task already exists."}}})
+                                "error": {"code": "TaskExists", "message": message}})
                 continue
             self.add_task(job, spec)
             results.append({"status": "success", "taskId": spec["id"]})
