@@ -115,14 +115,18 @@ def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: 
         axis = Axis.fitting(hours[0].start_ms, hours[-1].start_ms + HOUR_MS, _step_ms(preds))
         data = _Data.of(preds, axis)
         # Bucketed (a long range): empty buckets are gaps already; shading hours would be noise.
+        column = _bucket_name(axis.step_ms) if axis.bucketed else "window"
         empty_hours = [] if axis.bucketed else [h for h in hours if not (rows or {}).get(str(h), 1)]
         shown = data.sensors[:HEATMAP_SENSORS]
         sections.append(_section(
             "Anomalies by sensor and time",
             _img(_heatmap(data, axis, len(shown)),
                  f"Heatmap of anomalies over {span}: one row for each of the {len(shown)} sensors "
-                 "with the most anomalies, one column a window; red cells are windows flagged "
-                 "anomalous, grey cells normal, white cells windows without a prediction."),
+                 f"with the most anomalies, one column a {column}; " + (
+                     "the redder a cell, the larger the share of its windows flagged anomalous, "
+                     "white cells have no prediction." if axis.bucketed else
+                     "red cells are windows flagged anomalous, grey cells normal, white cells "
+                     "windows without a prediction.")),
             f"{count(len(data.sensors), 'sensor')}; the {len(shown)} with the most anomalies are "
             "shown, most first. Red: anomaly, grey: normal, white: no prediction."))
         n = min(TIMELINES, len(data.sensors))
