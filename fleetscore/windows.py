@@ -13,6 +13,7 @@ reads only the row groups of its own sensors.
 
 from __future__ import annotations
 
+import bisect
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import InputError, UsageError
+from .errors import InputError, NotFound, UsageError
 from .hours import MS_PER_HOUR, Hour
 from .readings import valid_ids
 from .sensors import Sensor
@@ -155,11 +156,35 @@ class SensorPoints:
 def read_points(store: Store, hour: Hour, sensors: Iterable[Sensor] | None = None) -> pa.Table:
     """The hour's windows (Device, Tag, End ms, Value, Count), parts combined, sorted.
 
-    With ``sensors``, only the row groups that can hold them are read.
+    With ``sensors``, only the files and row groups that can hold them are read. When the hour
+    is compacted (fleetscore/compaction.py), its compacted files stand for the raw files they
+    cover, and only raw files that arrived since (late files) are read beside them.
     """
+    from . import compaction
+
     wanted = None if sensors is None else sorted(set(sensors), key=lambda s: (s.device, s.tag))
-    tables = [_read_part(store, path, wanted) for path in store.list(windows_folder(hour))
-              if path.endswith(".parquet")]
+    raw = [path for path in store.list(windows_folder(hour)) if path.endswith(".parquet")]
+    manifest = compaction.usable_manifest(store, hour, raw)
+    if manifest is not None:
+        covered = {s["path"] for s in manifest["sources"]}
+        try:
+            tables = [_read_part(store, f["path"], wanted, tail=f.get("tail"))
+                      for f in compaction.files_for(manifest, wanted)]
+        except NotFound:  # compacted files removed under a stale manifest: read the raw ones
+            tables, covered = [], set()
+        tables += [_read_part(store, path, wanted) for path in raw if path not in covered]
+    else:
+        tables = [_read_part(store, path, wanted) for path in raw]
+    return _combine_tables(tables)
+
+
+def read_raw_points(store: Store, hour: Hour, paths: Iterable[str]) -> pa.Table:
+    """Every window of the given raw files, combined and sorted (what compaction rewrites);
+    rows whose ids are invalid are left out, as no unit could ever ask for them."""
+    return _combine_tables([_read_part(store, path, None, invalid="drop") for path in paths])
+
+
+def _combine_tables(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return _POINTS_SCHEMA.empty_table()
@@ -176,10 +201,16 @@ _POINTS_SCHEMA = pa.schema(
 )
 
 
-def _read_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table:
+def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
+               invalid: str = "raise", tail: int | None = None) -> pa.Table:
     try:
         with store.open(path) as handle:
-            parquet = pq.ParquetFile(handle)
+            # ``tail``: the footer's exact length (compacted files record it), read in one
+            # request instead of the reader's default 64 KiB guess.
+            metadata = _footer(handle, tail) if tail else None
+            # pre_buffer: the row groups' column chunks are fetched as few coalesced ranges
+            # (one request each on Blob storage), not one read per column chunk.
+            parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata)
             groups = _row_groups(parquet, wanted)
             table = parquet.read_row_groups(groups, columns=list(PART_SCHEMA.names)) if groups \
                 else PART_SCHEMA.empty_table()
@@ -191,7 +222,9 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table
     elif table.num_rows:
         # Window files can come from outside (Stream Analytics): check their ids in bulk.
         bad = pc.invert(pc.and_(valid_ids(table["Device"]), valid_ids(table["Tag"])))
-        if pc.any(bad).as_py():
+        if invalid == "drop":
+            table = table.filter(pc.invert(bad))
+        elif pc.any(bad).as_py():
             row = table.filter(bad).slice(0, 1).to_pylist()[0]
             raise InputError(f"window file {path} holds an invalid id: Device {row['Device']!r}, "
                              f"Tag {row['Tag']!r}")
@@ -202,6 +235,12 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table
          pc.cast(table["Value"], pa.float64()), pc.cast(table["Count"], pa.int64())],
         schema=_POINTS_SCHEMA,
     )
+
+
+def _footer(handle, tail: int) -> pq.FileMetaData:
+    handle.seek(-tail, io.SEEK_END)
+    data = handle.read(tail)
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + data))
 
 
 def _row_groups(parquet: pq.ParquetFile, wanted: list[Sensor] | None) -> list[int]:
@@ -219,8 +258,9 @@ def _row_groups(parquet: pq.ParquetFile, wanted: list[Sensor] | None) -> list[in
         low, high = stats.min, stats.max
         if isinstance(low, bytes):
             low, high = low.decode(), high.decode()
-        # Device ids are sorted within a part: keep groups whose range holds a wanted device.
-        if any(low <= d <= high for d in devices):
+        # Keep groups whose Device range holds a wanted device (a bisection, so a unit of
+        # many sensors costs O(groups x log devices)).
+        if bisect.bisect_left(devices, low) < bisect.bisect_right(devices, high):
             keep.append(i)
     return keep
 

@@ -120,6 +120,17 @@ class BlobStore:
             return iter(())
         return iter(sorted(names))
 
+    def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """(path, size, ETag) of the blobs under ``prefix``, from the listing itself (no extra
+        request per blob). Optional in the protocol."""
+        try:
+            with self._errors("list", prefix or "/"):
+                blobs = [(b.name, b.size, b.etag) for b in
+                         self._client.list_blobs(name_starts_with=folder(prefix) or None)]
+        except NotFound:
+            return iter(())
+        return iter(sorted(blobs))
+
     def delete(self, path: str, *, if_match: str | None = None) -> None:
         if if_match is not None:
             try:
@@ -139,7 +150,11 @@ class BlobStore:
         blob = self._client.get_blob_client(check_path(path))
         with self._errors("open", path):
             size = blob.get_blob_properties().size
-        return io.BufferedReader(_RangeReader(blob, size, path, self.url), buffer_size=1 << 20)
+        # Unbuffered: each read is one range request of exactly what the reader asked for.
+        # Parquet readers ask for the footer (one read) and the row groups they need
+        # (``pre_buffer`` coalesces their column chunks into one read per run of groups); a
+        # buffer in between would turn every small read into a 1 MiB request.
+        return _RangeReader(blob, size, path, self.url)
 
     def close(self) -> None:
         if not self._closed:
@@ -171,6 +186,9 @@ class _RangeReader(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+    def size(self) -> int:
+        return self._size
 
     def readinto(self, buffer) -> int:
         length = min(len(buffer), self._size - self._pos)
