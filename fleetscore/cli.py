@@ -722,12 +722,23 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Timed repeats (medians are reported).")] = 3,
     workers: Annotated[int | None, typer.Option(help="Worker processes for the whole run.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    stream_analytics: Annotated[bool, typer.Option(
+        "--stream-analytics", help="Instead: the cloud read path on Stream Analytics-shaped "
+        "files, bytes and requests per unit at 1, 10 and 100 units (docs/benchmarks.md).")] = False,
+    blob: Annotated[bool, typer.Option(
+        "--blob", help="With --stream-analytics: also on Blob storage "
+        "(FLEETSCORE_STORAGE_CONNECTION_STRING, e.g. Azurite's).")] = False,
+    raw: Annotated[bool, typer.Option(
+        "--raw", help="With --stream-analytics: do not compact the hour first.")] = False,
 ) -> None:
     """Time the fast path and the plain per-sensor loop: stages, whole unit, whole run."""
     from .bench import run_bench
 
     if sensors < 1 or sample < 1 or repeats < 1:
         raise UsageError("--sensors, --sample and --repeats must be 1 or more")
+    if stream_analytics:
+        _bench_sa(sensors, repeats=repeats, blob=blob, compact=not raw, as_json=as_json)
+        return
     result = run_bench(sensors, sample=sample, repeats=repeats, workers=workers)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=1) + "\n")
@@ -746,6 +757,32 @@ def bench(
               f"{result.to_json()['run_vs_plain_loop']:.0f}x the plain loop; peak memory: "
               f"{result.run_worker_peak_rss_mb:,.0f} MB a worker, {result.peak_rss_mb:,.0f} MB this "
               "process (which also scored the whole fleet as one unit)")
+
+
+def _bench_sa(sensors: int, *, repeats: int, blob: bool, compact: bool, as_json: bool) -> None:
+    from .bench_sa import figures_json, run_sa_bench
+
+    connection = _settings().storage_connection_string if blob else None
+    if blob and not connection:
+        raise UsageError("--blob needs FLEETSCORE_STORAGE_CONNECTION_STRING")
+    figures = run_sa_bench(sensors, repeats=repeats, compact=compact,
+                           connection_string=connection)
+    if as_json:
+        sys.stdout.write(json.dumps(figures_json(figures), indent=1) + "\n")
+        return
+    for f in figures:
+        compacted = (f"compacted in {f.compaction_s:.2f} s ({f.compacted_bytes:,} bytes)"
+                     if f.compacted else "raw files (not compacted)")
+        out.print(f"{f.store}: {f.sensors:,} sensors, {f.files} files, {f.hour_bytes:,} bytes; "
+                  f"{compacted}")
+        table = Table("units", "sensors/unit", "window bytes/unit", "window requests/unit",
+                      "files opened/unit", "other requests/unit", "hour read x", "us/sensor")
+        for r in f.rows:
+            table.add_row(f"{r.units:,}", f"{r.unit_size:,}", f"{r.window_bytes_per_unit:,.0f}",
+                          f"{r.window_requests_per_unit:,.0f}", f"{r.files_opened_per_unit:,.0f}",
+                          f"{r.other_requests_per_unit:,.0f}", f"{r.hour_reads:,.2f}",
+                          f"{r.us_per_sensor:,.0f}")
+        out.print(table)
 
 
 @app.command()
