@@ -188,11 +188,24 @@ def _combine_tables(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return _POINTS_SCHEMA.empty_table()
-    if len(tables) == 1:
-        table = tables[0]
-    else:
-        table = _merge_parts(pa.concat_tables(tables))
-    return table.sort_by([("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")])
+    order = [("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")]
+    # A stable sort keeps the files' order among rows of one window, so merged sums add in
+    # the same order as before; merging (a group-by) only when some window is in two files.
+    table = pa.concat_tables(tables).sort_by(order)
+    if len(tables) > 1 and _repeats(table):
+        table = _merge_parts(table).sort_by(order)
+    return table
+
+
+def _repeats(table: pa.Table) -> bool:
+    """Does a sorted points table hold a window twice?"""
+    n = table.num_rows
+    same = None
+    for name in ("End", "Tag", "Device"):
+        column = table[name]
+        eq = pc.equal(column.slice(1), column.slice(0, n - 1))
+        same = eq if same is None else pc.and_(same, eq)
+    return bool(pc.any(same).as_py())
 
 
 _POINTS_SCHEMA = pa.schema(
