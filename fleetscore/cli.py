@@ -158,10 +158,14 @@ def train(
         help="OneClassSVM nu: upper bound on the outlier share (default chosen on the demo fleet: "
         "docs/benchmarks.md).")] = DEFAULT_NU,
     gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = DEFAULT_GAMMA,
+    workers: Annotated[int | None, typer.Option(help="Processes fitting models (default: cores).")] = None,
 ) -> None:
-    """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points."""
+    """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points, on every core,
+    a group of sensors at a time (memory follows the group, not the fleet)."""
     from .training import train as train_models
 
+    if workers is not None and workers < 1:
+        raise UsageError(f"invalid --workers {workers}: expected 1 or more")
     if not 0 < nu <= 1:
         raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
     if gamma <= 0:
@@ -169,10 +173,10 @@ def train(
     settings = _settings()
     st = _store(store, settings)
     try:
-        # training.train reports nothing until it ends: the bar shows it is alive and for how long.
-        with _progress("training"):
+        with _progress("training") as progress:
             result = train_models(st, until=Hour.parse(until) if until else None,
-                                  since=Hour.parse(since) if since else None, nu=nu, gamma=gamma)
+                                  since=Hour.parse(since) if since else None, nu=nu, gamma=gamma,
+                                  workers=workers or settings.workers, progress=progress)
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
         with _progress("compiling the model bank"):

@@ -1,21 +1,34 @@
-"""``fleetscore train``: fit the default model per sensor on its stored points."""
+"""``fleetscore train``: fit the default model per sensor on its stored points.
+
+Sensors are trained in groups: a group's points are read across the training hours (window
+files are sorted by Device, so a group reads only its own row groups), fitted on every core,
+saved, and dropped before the next group is read. Memory follows one group's points, not the
+fleet's; the arrival records say how many points each sensor has, so groups are sized by
+points before anything is read.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from .arrivals import hours_with_arrivals
+from .arrivals import hours_with_arrivals, read_arrivals
 from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .hours import Hour
 from .models import ModelManifest, save_model
 from .sensors import Sensor
-from .stores import Store
+from .settings import Settings
+from .stores import Store, open_store
 from .windows import by_sensor, read_points
 
 MIN_POINTS = 10
+GROUP_POINTS = 2_000_000  # points held at once (16 MB of values, plus their windows' rows)
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -34,33 +47,112 @@ def default_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
     return Pipeline([("scaler", StandardScaler()), ("ocsvm", OneClassSVM(nu=nu, gamma=gamma))])
 
 
-def training_points(
-    store: Store, *, until: Hour | None = None, since: Hour | None = None
-) -> tuple[dict[Sensor, np.ndarray], tuple[Hour, ...]]:
-    hours = tuple(h for h in hours_with_arrivals(store)
-                  if (until is None or h <= until) and (since is None or h >= since))
+def training_hours(store: Store, *, until: Hour | None = None,
+                   since: Hour | None = None) -> tuple[Hour, ...]:
+    return tuple(h for h in hours_with_arrivals(store)
+                 if (until is None or h <= until) and (since is None or h >= since))
+
+
+def groups(points: Counter[Sensor], budget: int = GROUP_POINTS) -> list[list[Sensor]]:
+    """Consecutive sensors (in Device order, so each group reads few row groups) whose points
+    add up to at most ``budget`` (a sensor with more points is a group of its own)."""
+    out: list[list[Sensor]] = []
+    current: list[Sensor] = []
+    held = 0
+    for sensor in sorted(points, key=lambda s: (s.device, s.tag)):
+        if current and held + points[sensor] > budget:
+            out.append(current)
+            current, held = [], 0
+        current.append(sensor)
+        held += points[sensor]
+    if current:
+        out.append(current)
+    return out
+
+
+def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
+               with_data: dict[Hour, set[Sensor]]) -> dict[Sensor, np.ndarray]:
+    """The group's points over the hours (only the hours where one of them has data)."""
+    wanted = set(sensors)
     values: dict[Sensor, list[np.ndarray]] = defaultdict(list)
     for hour in hours:
-        for sensor, points in by_sensor(read_points(store, hour)).items():
+        present = with_data[hour] & wanted
+        if not present:
+            continue
+        for sensor, points in by_sensor(read_points(store, hour, present)).items():
             values[sensor].append(points.values)
-    return {s: np.concatenate(v) for s, v in values.items()}, hours
+    return {s: np.concatenate(v) for s, v in values.items()}
+
+
+# --- fitting, in this process or in a pool of workers ---------------------------------------
+
+_worker_store: Store | None = None
+
+
+def _init_worker(spec: str, settings: Settings) -> None:
+    global _worker_store
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    _worker_store = open_store(spec, settings)
+
+
+def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, gamma: float,
+                  trained_on: tuple[Hour, Hour]) -> ModelManifest:
+    model = default_model(nu, gamma).fit(values.reshape(-1, 1))
+    return save_model(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
+                      trained_on=trained_on)
+
+
+def _fit_in_worker(args) -> ModelManifest:
+    assert _worker_store is not None
+    return _fit_and_save(_worker_store, *args)
 
 
 def train(
     store: Store, *, until: Hour | None = None, since: Hour | None = None,
     nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
+    workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
 ) -> TrainResult:
-    data, hours = training_points(store, until=until, since=since)
+    """Train every sensor with data in the hours (or only ``sensors``). ``workers`` > 1 fits in
+    that many processes (None: one per core); each worker opens the store itself."""
+    hours = training_hours(store, until=until, since=since)
+    arrivals = {h: read_arrivals(store, h) for h in hours}
+    with_data = {h: set(a) for h, a in arrivals.items()}
+    points: Counter[Sensor] = Counter()
+    for counts in arrivals.values():
+        points.update(counts)
+    if sensors is not None:
+        points = Counter({s: n for s, n in points.items() if s in sensors})
+    workers = workers or os.cpu_count() or 1
+    pool = (ProcessPoolExecutor(workers, initializer=_init_worker,
+                                initargs=(store.url, Settings.from_env()))
+            if workers > 1 and len(points) > 1 else None)
     trained: list[ModelManifest] = []
     skipped: list[tuple[str, str]] = []
-    for sensor in sorted(data):
-        if sensors is not None and sensor not in sensors:
-            continue
-        values = data[sensor]
-        if len(values) < MIN_POINTS:
-            skipped.append((str(sensor), f"only {len(values)} points (at least {MIN_POINTS})"))
-            continue
-        model = default_model(nu, gamma).fit(values.reshape(-1, 1))
-        trained.append(save_model(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
-                                  trained_on=(hours[0], hours[-1])))
-    return TrainResult(tuple(trained), tuple(skipped), hours)
+    done = 0
+    try:
+        for group in groups(points, budget):
+            data = read_group(store, hours, group, with_data)
+            jobs = []
+            for sensor in group:
+                values = data.get(sensor, np.empty(0))
+                if len(values) < MIN_POINTS:
+                    skipped.append((str(sensor), f"only {len(values)} points (at least {MIN_POINTS})"))
+                    continue
+                jobs.append((sensor, values, nu, gamma, (hours[0], hours[-1])))
+            if pool is None:
+                results = (_fit_and_save(store, *job) for job in jobs)
+            else:
+                results = pool.map(_fit_in_worker, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+            for manifest in results:
+                trained.append(manifest)
+                done += 1
+                if progress and (done % 100 == 0 or done == len(points)):
+                    progress(done, len(points))
+            done += len(group) - len(jobs)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if progress:
+        progress(len(points), len(points))
+    return TrainResult(tuple(trained), tuple(sorted(skipped)), hours)

@@ -65,7 +65,19 @@ def test_an_hour_through_the_whole_cloud_path(
     from fleetscore.training import train
 
     started = time.monotonic()
-    window = previous_full_hour(datetime.now(UTC))
+    now = datetime.now(UTC)
+    window = previous_full_hour(now)
+
+    class Frozen(datetime):
+        """The timer's clock, held at the test's start: a run across an hour boundary must
+        not make the timer pick the next hour."""
+
+        @classmethod
+        def now(cls, tz=None):
+            return now
+
+    import triggers
+    monkeypatch.setattr(triggers, "datetime", Frozen)
     if node == "container":
         podman, image = request.getfixturevalue("scoring_image")
         runner = PodmanRunner(podman)
