@@ -123,8 +123,8 @@ def ingest(
     try:
         for i, path in enumerate(readings):
             label = f"ingesting {path.name}" + (f" ({i + 1} of {len(readings)})" if len(readings) > 1 else "")
-            with _progress(label):
-                result = ingest_file(st, path, interval_s=interval)
+            with _progress(label) as progress:
+                result = ingest_file(st, path, interval_s=interval, progress=progress)
             out.print(
                 f"{path}: {count(result.rows, 'row')} -> {count(result.windows, 'window')} of "
                 f"{count(result.sensors, 'sensor')} in {count(len(result.hours), 'hour')} "
@@ -780,12 +780,13 @@ def _bench_sa(sensors: int, *, repeats: int, blob: bool, compact: bool, as_json:
         out.print(f"{f.store}: {f.sensors:,} sensors, {f.files} files, {f.hour_bytes:,} bytes; "
                   f"{compacted}")
         table = Table("units", "sensors/unit", "window bytes/unit", "window requests/unit",
-                      "files opened/unit", "other requests/unit", "hour read x", "us/sensor")
+                      "files opened/unit", "other requests/unit", "hour read x",
+                      "read us/sensor", "unit us/sensor")
         for r in f.rows:
             table.add_row(f"{r.units:,}", f"{r.unit_size:,}", f"{r.window_bytes_per_unit:,.0f}",
                           f"{r.window_requests_per_unit:,.0f}", f"{r.files_opened_per_unit:,.0f}",
                           f"{r.other_requests_per_unit:,.0f}", f"{r.hour_reads:,.2f}",
-                          f"{r.us_per_sensor:,.0f}")
+                          f"{r.read_us_per_sensor:,.0f}", f"{r.us_per_sensor:,.0f}")
         out.print(table)
 
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,14 +73,15 @@ def readings_path(hour: Hour, source: str) -> str:
 
 def ingest_file(
     store: Store, path: str | os.PathLike[str], *, interval_s: int = 60,
-    block_bytes: int = BLOCK_BYTES,
+    block_bytes: int = BLOCK_BYTES, progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
+    """Ingest one readings file. ``progress(done, total)``: bytes read, then hours written."""
     check_interval(interval_s)
     started = time.perf_counter()
     by_hour: dict[int, list[pa.Table]] = {}
     rejects: list[Reject] = []
     rejected = rows = 0
-    for block, block_rejects in iter_readings(path, block_bytes=block_bytes):
+    for block, block_rejects in iter_readings(path, block_bytes=block_bytes, progress=progress):
         rows += block.num_rows
         rejected += len(block_rejects)
         rejects.extend(block_rejects[: max(0, REJECTS_KEPT - len(rejects))])
@@ -91,7 +93,10 @@ def ingest_file(
     written = existing = duplicates = windows = 0
     sensors = set()
     detail = {}
-    for index in sorted(by_hour):
+    total_hours = len(by_hour)
+    for done, index in enumerate(sorted(by_hour)):
+        if progress and done % 64 == 0:
+            progress(done, total_hours)
         hour = Hour(index)
         readings = _first_per_key(pa.concat_tables(by_hour.pop(index)))
         fresh = _not_stored(store, hour, readings, sid)
@@ -112,6 +117,8 @@ def ingest_file(
         # After the part: an arrival must never announce data that is not there yet.
         record_arrivals(store, hour, sid, counts, source=Path(path).name,
                         part=(part_path(hour, sid), hashlib.sha256(data).hexdigest()))
+    if progress:
+        progress(total_hours, total_hours)
     rejects_path = None
     if rejects:
         rejects_path = f"rejects/ingest-{sid}.csv"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -64,18 +64,22 @@ def check_header(path: str | os.PathLike[str]) -> int:
 
 
 def iter_readings(
-    path: str | os.PathLike[str], *, block_bytes: int = BLOCK_BYTES
+    path: str | os.PathLike[str], *, block_bytes: int = BLOCK_BYTES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[pa.Table, list[Reject]]]:
-    """Yield (valid readings table, rejects) per block. Columns: READINGS_SCHEMA."""
+    """Yield (valid readings table, rejects) per block. Columns: READINGS_SCHEMA.
+    ``progress(bytes read, file size)`` is called after each block."""
     offset = check_header(path)
-    for first_line, block, too_long in _blocks(path, offset, block_bytes):
+    size = os.path.getsize(path)
+    for first_line, block, too_long in _blocks(path, offset, block_bytes, progress, size):
         table, rejects = _parse_block(block, first_line) if block else (READINGS_SCHEMA.empty_table(), [])
         if too_long:
             rejects = sorted(rejects + too_long, key=lambda r: r.line)
         yield table, rejects
 
 
-def _blocks(path, offset: int, block_bytes: int) -> Iterator[tuple[int, bytes, list[Reject]]]:
+def _blocks(path, offset: int, block_bytes: int, progress=None,
+            size: int = 0) -> Iterator[tuple[int, bytes, list[Reject]]]:
     """Blocks of whole lines with the file line number of each block's first line.
 
     A line longer than MAX_LINE_BYTES is never held whole: once the bytes since the last
@@ -91,6 +95,8 @@ def _blocks(path, offset: int, block_bytes: int) -> Iterator[tuple[int, bytes, l
             chunk = handle.read(block_bytes)
             if not chunk:
                 break
+            if progress:
+                progress(handle.tell(), size)
             if skipping is not None:
                 cut = chunk.find(b"\n")
                 if cut < 0:

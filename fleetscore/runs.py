@@ -512,7 +512,17 @@ def run_hour(
                        pid=os.getpid())
         units = list(ticket.units)
         try:
-            states = submit(store, backend, hour, run_id, units) if units else {}
+            if getattr(backend, "inline", False) and progress:
+                # An inline backend scores inside submit: one unit at a time, so the bar moves.
+                sizes = _unit_sizes(store, hour, run_id, dict.fromkeys(units))
+                states, done = {}, 0
+                progress(0, ticket.sensors)
+                for unit in units:
+                    states.update(submit(store, backend, hour, run_id, [unit]))
+                    done += sizes[unit]
+                    progress(done, ticket.sensors)
+            else:
+                states = submit(store, backend, hour, run_id, units) if units else {}
             states = _wait(store, backend, hour, run_id, states, ends=ends, ttl=ttl,
                            progress=progress, backoff=backoff, clock=clock, sleep=sleep,
                            total=ticket.sensors)

@@ -100,3 +100,12 @@ def test_an_ingest_that_crashed_after_its_readings_completes_when_rerun(local_st
     result = ingest_file(local_store, path)
     assert result.duplicates == 0 and result.parts_written == 1
     assert read_points(local_store, hour)["Count"].to_pylist() == [4] * 5
+
+
+def test_ingest_reports_bytes_then_hours(local_store, fleet_csv):
+    seen = []
+    ingest_file(local_store, fleet_csv, block_bytes=4096, progress=lambda d, t: seen.append((d, t)))
+    size = fleet_csv.stat().st_size
+    byte_calls = [c for c in seen if c[1] == size]
+    assert len(byte_calls) > 3 and byte_calls[-1] == (size, size)
+    assert seen[-2:] == [(0, 3), (3, 3)]  # then the hours written

@@ -273,3 +273,10 @@ def test_a_retried_finalize_returns_the_same_summary(trained_store):
                           backend_name="sequential")
     assert again == first and first.scored == 3
     assert read_predictions(trained_store, H1).num_rows == 180
+
+
+def test_progress_moves_unit_by_unit_on_an_inline_backend(trained_store):
+    seen = []
+    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1,
+             progress=lambda done, total: seen.append((done, total)))
+    assert [d for d, _ in seen][:4] == [0, 1, 2, 3] and {t for _, t in seen} == {3}
