@@ -162,6 +162,7 @@ class UnitsFigures:
     hour_reads: float  # window bytes read by all units / the hour's window bytes
     us_per_sensor: float  # all units' time / sensors (median over repeats)
     us_per_sensor_runs: tuple[float, ...] = ()
+    read_us_per_sensor: float = 0.0  # the window read alone (read_points), all units / sensors
 
 
 @dataclass(frozen=True)
@@ -180,15 +181,19 @@ def measure_units(store: Store, sensors: list[Sensor], n_units: int, *, repeats:
                   hour: Hour = SA_HOUR, hour_bytes: int) -> UnitsFigures:
     from .planning import make_plan
     from .scoring import score_unit
+    from .windows import read_points
 
     size = math.ceil(len(sensors) / n_units)
     plan = make_plan(store, hour, unit_size=size)
     counting = CountingStore(store)
     per_unit = []
-    times = []
+    times, reads = [], []
     for r in range(repeats):
-        t_all = 0.0
+        t_all = t_read = 0.0
         for unit in plan.units:
+            t0 = time.perf_counter()
+            read_points(store, hour, unit.sensors)
+            t_read += time.perf_counter() - t0
             counting.reset()
             t0 = time.perf_counter()
             result = score_unit(counting, hour, unit.sensors, unit_id=unit.id,
@@ -202,6 +207,7 @@ def measure_units(store: Store, sensors: list[Sensor], n_units: int, *, repeats:
                                      if p.split("/", 1)[0] in WINDOW_AREAS),
                                  c.total_requests() - c.total_requests(*WINDOW_AREAS)))
         times.append(t_all / len(sensors) * 1e6)
+        reads.append(t_read / len(sensors) * 1e6)
     for unit in plan.units:
         store.delete(f"bench/sa/{unit.id}.csv")
     wb = [u[0] for u in per_unit]
@@ -213,7 +219,8 @@ def measure_units(store: Store, sensors: list[Sensor], n_units: int, *, repeats:
         files_opened_per_unit=statistics.median(u[2] for u in per_unit),
         other_requests_per_unit=statistics.median(u[3] for u in per_unit),
         hour_reads=round(sum(wb) / hour_bytes, 2), us_per_sensor=statistics.median(times),
-        us_per_sensor_runs=tuple(round(t, 1) for t in times))
+        us_per_sensor_runs=tuple(round(t, 1) for t in times),
+        read_us_per_sensor=statistics.median(reads))
 
 
 def bench_store(store: Store, name: str, n: int, *, units=(1, 10, 100), repeats: int = 3,

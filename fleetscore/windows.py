@@ -225,7 +225,8 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
             # (one request each on Blob storage), not one read per column chunk.
             parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata)
             groups = _row_groups(parquet, wanted)
-            table = parquet.read_row_groups(groups, columns=list(PART_SCHEMA.names)) if groups \
+            table = parquet.read_row_groups(groups, columns=list(PART_SCHEMA.names),
+                                            use_threads=False) if groups \
                 else PART_SCHEMA.empty_table()
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"window file {path} is unreadable: {exc}") from exc
