@@ -23,7 +23,8 @@ from .hours import Hour
 from .models import ModelManifest, save_model
 from .sensors import Sensor
 from .settings import Settings
-from .stores import Store, open_store
+from .stores import Store
+from .workers import init_worker, worker_store
 from .windows import by_sensor, read_points
 
 MIN_POINTS = 10
@@ -86,16 +87,6 @@ def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
 
 # --- fitting, in this process or in a pool of workers ---------------------------------------
 
-_worker_store: Store | None = None
-
-
-def _init_worker(spec: str, settings: Settings) -> None:
-    global _worker_store
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    _worker_store = open_store(spec, settings)
-
-
 def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, gamma: float,
                   trained_on: tuple[Hour, Hour]) -> ModelManifest:
     model = default_model(nu, gamma).fit(values.reshape(-1, 1))
@@ -104,8 +95,7 @@ def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, g
 
 
 def _fit_in_worker(args) -> ModelManifest:
-    assert _worker_store is not None
-    return _fit_and_save(_worker_store, *args)
+    return _fit_and_save(worker_store(), *args)
 
 
 def train(
@@ -124,7 +114,7 @@ def train(
     if sensors is not None:
         points = Counter({s: n for s, n in points.items() if s in sensors})
     workers = workers or os.cpu_count() or 1
-    pool = (ProcessPoolExecutor(workers, initializer=_init_worker,
+    pool = (ProcessPoolExecutor(workers, initializer=init_worker,
                                 initargs=(store.url, Settings.from_env()))
             if workers > 1 and len(points) > 1 else None)
     trained: list[ModelManifest] = []

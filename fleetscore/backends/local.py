@@ -11,7 +11,8 @@ from ..errors import BackendError, FleetscoreError
 from ..hours import Hour
 from ..planning import Unit
 from ..settings import Settings
-from ..stores import Store, open_store
+from ..stores import Store
+from ..workers import init_worker, worker_store
 from .base import FAILED, PENDING, UnitStatus
 
 
@@ -66,23 +67,11 @@ class SequentialBackend:
 
 # --- process pool ---------------------------------------------------------------------------
 
-_worker_store: Store | None = None
-
-
-def _init_worker(spec: str, settings: Settings) -> None:
-    global _worker_store
-    # One model predicts a few dozen points: BLAS threads only add contention between workers.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    _worker_store = open_store(spec, settings)
-
-
 def _work(window: str, run_id: str, unit_id: str) -> dict:
     from ..runs import run_unit
 
-    assert _worker_store is not None
     try:
-        return {"result": run_unit(_worker_store, Hour.parse(window), run_id, unit_id).to_json()}
+        return {"result": run_unit(worker_store(), Hour.parse(window), run_id, unit_id).to_json()}
     except FleetscoreError as exc:
         return {"error_kind": exc.kind, "error": str(exc)}
 
@@ -112,7 +101,7 @@ class LocalBackend:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, initializer=_init_worker,
+                max_workers=self.workers, initializer=init_worker,
                 initargs=(self._spec, self._settings))
         return self._pool
 
