@@ -230,3 +230,31 @@ def test_orchestrator_input_carries_the_settings(poll, monkeypatch):
     monkeypatch.setenv("FLEETSCORE_POLL_SECONDS", str(poll))
     body = Settings.from_env().orchestration_input(WINDOW, sensors=["1/1"])
     assert body["poll_seconds"] == poll and body["sensors"] == ["1/1"] and body["window"] == WINDOW
+
+
+@pytest.mark.reliability("R18")
+def test_the_durable_path_takes_the_hour_lock_a_cli_run_holds(
+        orchestrator_functions, app_functions, functions_env, fleet_csv):
+    """A CLI run inside the hour: the orchestration's plan activity is refused (and retried by
+    the orchestrator, then the orchestration fails naming the holder), nothing is written."""
+    import os
+    from datetime import UTC, datetime
+
+    from fleetscore import locks
+    from fleetscore.hours import Hour
+    from fleetscore.ingest import ingest_file
+    from fleetscore.runs import read_manifest
+    from fleetscore.training import train
+
+    store = functions_env.store()
+    ingest_file(store, fleet_csv)
+    train(store, until=Hour.parse("2024-03-01T00"))
+    locks.acquire(store, Hour.parse(WINDOW), "cli-run", now=datetime.now(UTC), pid=os.getpid())
+    activities = {name: app_functions[name].get_user_function()
+                  for name in ("plan_window", "submit_units", "unit_status", "finalize_window")}
+    with pytest.raises(Exception, match="already being scored"):
+        drive(orchestrator_functions, "score_window",
+              functions_env.settings().orchestration_input(WINDOW), activities)
+    assert read_manifest(store, Hour.parse(WINDOW)) is None
+    assert locks.holds(store, Hour.parse(WINDOW), "cli-run")
+    assert not list(store.list("predictions"))
