@@ -98,8 +98,11 @@ class LocalStore:
             if_match: str | None = None) -> None:
         target = self._file(path)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+            except FileNotFoundError:  # a new folder: made on demand, not checked on every write
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600: honour the umask
