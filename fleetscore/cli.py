@@ -382,7 +382,7 @@ def run(
     to: Annotated[str | None, typer.Option("--to", help="Last hour of a range (inclusive).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every hour that has data.")] = False,
     sensors: Annotated[list[str] | None, typer.Option(
-        "--sensors", help="Rerun only these sensors (DEVICE/TAG; repeat the option); the "
+        "--sensors", metavar="DEVICE/TAG", help="Rerun only these sensors (DEVICE/TAG; repeat the option); the "
         "hour's other predictions stay.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Rerun hours whose last run succeeded.")] = False,
