@@ -125,3 +125,13 @@ def test_a_run_of_an_empty_hour_does_not_stretch_the_report(cli, trained_store, 
     cli("run", "--store", trained_store.url, "--window", "2020-01-01T00")  # no data: no_data
     code, out, _ = cli("report", "--store", trained_store.url, "--out", str(tmp_path / "r.html"))
     assert code == 0 and "3 hours" in out  # 2024-03-01T00 .. T02, the hours with data
+
+
+def test_a_long_run_summary_is_bounded_with_totals(cli, trained_store, monkeypatch):
+    import fleetscore.cli
+
+    monkeypatch.setattr(fleetscore.cli, "ROWS_SHOWN", 2)
+    code, out, _ = cli("run", "--store", trained_store.url, "--all")
+    assert code == 0
+    assert "2024-03-01T00" in out and "2024-03-01T01" in out and "2024-03-01T02" not in out
+    assert "... 1 more" in out and "3 hours" in out and "3 succeeded" in out
