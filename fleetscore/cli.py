@@ -370,6 +370,14 @@ def plan(
                   + (f" ... ({len(p.no_model):,})" if len(p.no_model) > 20 else ""))
 
 
+def _scored_with_current_models(manifest: dict | None, newest_model: str | None) -> bool:
+    if manifest is None or manifest.get("status") != "succeeded":
+        return False
+    # Began after the newest model was saved: it scored with it (older manifests have no
+    # started_at, and are rerun).
+    return newest_model is None or manifest.get("started_at", "") > newest_model
+
+
 def _plural(n: int, word: str) -> str:
     return word if n == 1 else f"{word}s"
 
@@ -403,6 +411,7 @@ def run(
 
     from .arrivals import hours_with_arrivals
     from .backends import load_backend
+    from .models import newest_model_time
     from .runs import check_ended, read_manifest, run_hour
     from .sensors import Sensor
 
@@ -432,15 +441,18 @@ def run(
                 raise UsageError("--from and --to go together")
             hours = hour_range(Hour.parse(from_), Hour.parse(to))
             check_ended(hours[-1], now)
+        # A range skips hours whose last run succeeded with the current models (it began after
+        # the newest model was saved), so a backfill resumes and a retrain reruns everything.
+        newest = None if (force or window) else newest_model_time(st)
         done = set() if force else {
-            h for h in hours if (read_manifest(st, h) or {}).get("status") == "succeeded"}
+            h for h in hours if _scored_with_current_models(read_manifest(st, h), newest)}
         if window and done:
             raise UsageError(f"{window} has already been scored (succeeded): pass --force to "
                              "rerun it")
         todo = [h for h in hours if h not in done]
         if done:
             err.print(f"skipped {len(done):,} {_plural(len(done), 'hour')} whose last run "
-                      "succeeded (--force reruns them)")
+                      "succeeded with the current models (--force reruns them)")
         be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
                           settings=settings, workers=workers or settings.workers)
         summaries = []

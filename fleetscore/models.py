@@ -143,7 +143,7 @@ def save_model(
         estimator=describe(estimator),
         sklearn_version=_sklearn_version(),
         trained_on={"from": str(trained_on[0]), "to": str(trained_on[1])} if trained_on else None,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="microseconds"),
         source=source,
     )
     # Model first, manifest last: the manifest is what makes a model visible. The bank's
@@ -329,3 +329,10 @@ def _after_name(message: str, name: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc, 200)}"
+
+
+def newest_model_time(store: Store) -> str | None:
+    """When the most recent model was saved (ISO, UTC), or None without models: an hour
+    scored before it is not scored with the current models."""
+    times = [read_manifest(store, sensor).created for sensor in list_models(store)]
+    return max(times) if times else None

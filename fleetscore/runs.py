@@ -425,6 +425,7 @@ def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str, fi
         "restricted": plan.restricted,
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
+        "started_at": started.isoformat(timespec="microseconds"),  # to compare with models
         "duration_s": round((finished - started).total_seconds(), 3),
         "backend": backend,
         "version": __version__,
