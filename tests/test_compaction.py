@@ -204,3 +204,56 @@ def test_a_stale_manifest_is_ignored(store):
     store.put(compaction.manifest_path(HOUR), b"{not json")
     assert _rows(read_points(store, HOUR, sensors[:3])) == expected
     assert json.loads(json.dumps(manifest))["format"] == compaction.FORMAT
+
+
+# --- Blob reads: pyarrow's Azure filesystem where the client maps onto it, else the SDK -----
+
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.mark.parametrize("connection, expected", [
+    (f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};"
+     "EndpointSuffix=core.windows.net",
+     {"account_name": "acct", "blob_storage_authority": ".blob.core.windows.net",
+      "blob_storage_scheme": "https", "account_key": KEY}),
+    ("UseDevelopmentStorage=true",
+     {"account_name": "devstoreaccount1", "blob_storage_authority": "127.0.0.1:10000",
+      "blob_storage_scheme": "http", "dfs_storage_authority": "127.0.0.1:10000"}),
+    ("BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2020&sig=abc",
+     {"account_name": "acct", "sas_token": "sv=2020&sig=abc", "account_key": ""}),
+])
+def test_the_arrow_filesystem_uses_the_clients_account_endpoint_and_credential(connection,
+                                                                              expected):
+    from azure.storage.blob import ContainerClient
+
+    from fleetscore.stores.blob import _arrow_filesystem
+
+    fs = _arrow_filesystem(ContainerClient.from_connection_string(connection, "box"), "box")
+    options = fs.__reduce__()[1][0]
+    assert {k: options[k] for k in expected} == expected
+
+
+def test_an_anonymous_client_keeps_the_sdk_reader():
+    from azure.storage.blob import ContainerClient
+
+    from fleetscore.stores.blob import _arrow_filesystem
+
+    assert _arrow_filesystem(ContainerClient("https://acct.blob.core.windows.net", "box"),
+                             "box") is None
+
+
+def test_both_blob_readers_read_the_same_points(blob_store, azurite, small_files):
+    from fleetscore.errors import NotFound
+    from fleetscore.stores.blob import BlobStore
+
+    sensors = _sa_store(blob_store, n=200)
+    compaction.compact_hour(blob_store, HOUR)
+    sdk = BlobStore(blob_store.url[len("az://"):], connection_string=azurite.connection_string,
+                    arrow_reads=False)
+    assert blob_store._arrow is not None and sdk._arrow is None
+    for unit in (sensors[:1], sensors[100:160], None):
+        assert _rows(read_points(blob_store, HOUR, unit)) == _rows(read_points(sdk, HOUR, unit))
+    for store in (blob_store, sdk):
+        with pytest.raises(NotFound):
+            store.open("windows/none.parquet")
+    sdk.close()

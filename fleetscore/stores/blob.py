@@ -34,6 +34,7 @@ class BlobStore:
         account_url: str | None = None,
         create: bool = True,
         retries: int = 5,
+        arrow_reads: bool = True,
     ) -> None:
         # Backoff 1, 3, 5, 9, 17 s (+ jitter): rides out a restart or a throttling burst, then
         # gives up with a clear error instead of the SDK's default of minutes.
@@ -54,7 +55,11 @@ class BlobStore:
                 "FLEETSCORE_STORAGE_CONNECTION_STRING or FLEETSCORE_STORAGE_ACCOUNT_URL"
             )
         self.url = f"az://{container}"
+        self._container = container
         self._closed = False
+        # Window files are read through pyarrow's Azure filesystem when the client's account,
+        # endpoint and credential map onto it (measured faster: docs/benchmarks.md).
+        self._arrow = _arrow_filesystem(self._client, container) if arrow_reads else None
         try:
             if create:
                 try:
@@ -147,6 +152,13 @@ class BlobStore:
             pass
 
     def open(self, path: str) -> BinaryIO:
+        if self._arrow is not None:
+            try:
+                return self._arrow.open_input_file(f"{self._container}/{check_path(path)}")
+            except FileNotFoundError as exc:
+                raise NotFound(f"{path} not found in store {self.url}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot open {path} in store {self.url}: {first_line(exc)}") from exc
         blob = self._client.get_blob_client(check_path(path))
         with self._errors("open", path):
             size = blob.get_blob_properties().size
@@ -163,6 +175,47 @@ class BlobStore:
 
     def __repr__(self) -> str:
         return f"BlobStore({self.url!r})"
+
+
+def _arrow_filesystem(client: ContainerClient, container: str):
+    """pyarrow's AzureFileSystem for the same account, endpoint and credential as ``client``,
+    or None when they do not map onto it (then the SDK's range reader below serves reads).
+
+    Shared key and SAS credentials are passed on; a token credential (an account URL with
+    DefaultAzureCredential) becomes the Azure C++ SDK's own default credential chain."""
+    from urllib.parse import urlsplit
+
+    try:
+        from pyarrow.fs import AzureFileSystem
+    except ImportError:  # pragma: no cover - pyarrow built without Azure
+        return None
+    account = client.account_name
+    parts = urlsplit(client.primary_endpoint)
+    path = [p for p in parts.path.split("/") if p]
+    if not account or parts.scheme not in ("http", "https"):
+        return None
+    if parts.netloc.startswith(f"{account}.") and path == [container]:
+        authority, dfs = parts.netloc[len(account):], None  # https://ACCOUNT.blob.core...
+    elif path == [account, container]:
+        authority = dfs = parts.netloc  # path style: an emulator such as Azurite
+    else:
+        return None
+    options = {"blob_storage_authority": authority, "blob_storage_scheme": parts.scheme}
+    if dfs:
+        options.update(dfs_storage_authority=dfs, dfs_storage_scheme=parts.scheme)
+    credential = client.credential
+    key = getattr(credential, "account_key", None)
+    sas = (getattr(client, "_query_str", "") or "").lstrip("?")
+    if key:
+        options["account_key"] = key
+    elif sas:
+        options["sas_token"] = sas
+    elif credential is None or not hasattr(credential, "get_token"):
+        return None  # anonymous or unknown: keep the SDK
+    try:
+        return AzureFileSystem(account, **options)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 class _RangeReader(io.RawIOBase):
