@@ -44,7 +44,8 @@ def plan_window(payload) -> dict:
     ticket = runs.begin(runtime.store(), Hour.parse(body["window"]), run_id=body["run_id"],
                         now=_now(), deadline=datetime.fromisoformat(body["deadline"]),
                         sensors=sensors, unit_size=body.get("unit_size"), parallel=parallel,
-                        min_task_seconds=min_task, ttl=settings.lock_ttl)
+                        min_task_seconds=min_task, ttl=settings.lock_ttl,
+                        fmt=settings.predictions_format)
     log.info("plan %s: %d units", ticket.window, len(ticket.units),
              extra={"window": ticket.window, "run_id": ticket.run_id, "units": len(ticket.units),
                     "sensors": ticket.sensors, "duration": time.perf_counter() - started})

@@ -400,6 +400,9 @@ def run(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
     unit_size: Annotated[int | None, typer.Option(help="Sensors per unit (default: automatic).")] = None,
     backend: Annotated[str | None, typer.Option(help="local (process pool), sequential or batch.")] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", metavar="csv|parquet", help="Predictions files: csv (the reference's "
+        "format, default) or parquet (same columns).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Score one hour, a range of hours, or every hour with data.
@@ -461,7 +464,8 @@ def run(
                 with _progress(f"scoring {hour}") as progress:
                     summaries.append(run_hour(st, hour, be, sensors=picked, unit_size=unit_size,
                                               deadline=settings.deadline, ttl=settings.lock_ttl,
-                                              progress=progress))
+                                              progress=progress,
+                                              fmt=fmt or settings.predictions_format))
         finally:
             be.close()
     finally:

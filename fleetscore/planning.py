@@ -40,13 +40,15 @@ MIN_TASK_SECONDS = 120.0
 class Unit:
     id: str
     sensors: tuple[Sensor, ...]
+    format: str = "csv"  # of the unit's predictions file: csv or parquet
 
     def to_json(self) -> dict:
-        return {"id": self.id, "sensors": [str(s) for s in self.sensors]}
+        return {"id": self.id, "sensors": [str(s) for s in self.sensors], "format": self.format}
 
     @classmethod
     def from_json(cls, body: dict) -> Unit:
-        return cls(body["id"], tuple(Sensor.parse(s) for s in body["sensors"]))
+        return cls(body["id"], tuple(Sensor.parse(s) for s in body["sensors"]),
+                   body.get("format", "csv"))
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Plan:
     no_model: tuple[Sensor, ...]
     unit_size: int
     restricted: bool = False  # planned for chosen sensors only (a rerun of a few)
+    format: str = "csv"  # of the predictions files
 
     @property
     def sensors(self) -> int:
@@ -72,6 +75,7 @@ class Plan:
             "no_data": [str(s) for s in self.no_data],
             "no_model": [str(s) for s in self.no_model],
             "restricted": self.restricted,
+            "format": self.format,
         }
 
 
@@ -94,7 +98,12 @@ def unit_id(index: int) -> str:
 def make_plan(
     store: Store, hour: Hour, *, unit_size: int | None = None,
     sensors: Iterable[Sensor] | None = None, parallel: int = 1, min_task_seconds: float = 0.0,
+    fmt: str = "csv",
 ) -> Plan:
+    from .predictions import FORMATS
+
+    if fmt not in FORMATS:
+        raise UsageError(f"invalid predictions format {fmt!r}: expected {' or '.join(FORMATS)}")
     if unit_size is not None and unit_size < 1:
         raise UsageError(f"invalid unit size {unit_size}: expected 1 or more")
     with_data = {s for s, n in read_arrivals(store, hour).items() if n > 0}
@@ -107,12 +116,13 @@ def make_plan(
     size = unit_size or auto_unit_size(len(planned), parallel=parallel,
                                        min_task_seconds=min_task_seconds)
     units = tuple(
-        Unit(unit_id(i // size), tuple(planned[i : i + size])) for i in range(0, len(planned), size)
+        Unit(unit_id(i // size), tuple(planned[i : i + size]), fmt)
+        for i in range(0, len(planned), size)
     )
     return Plan(
         window=hour, units=units, no_data=tuple(sorted(with_model - with_data)),
         no_model=tuple(sorted(with_data - with_model)), unit_size=size,
-        restricted=sensors is not None,
+        restricted=sensors is not None, format=fmt,
     )
 
 
@@ -170,4 +180,5 @@ def load_plan(store: Store, hour: Hour, run_id: str) -> Plan | None:
         no_model=tuple(Sensor.parse(s) for s in summary.get("no_model", ())),
         unit_size=summary.get("unit_size", 1),
         restricted=bool(summary.get("restricted", False)),
+        format=summary.get("format", "csv"),
     )

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from .errors import InputError
 from .hours import Hour
@@ -69,10 +70,21 @@ def predictions_table_many(
     )
 
 
-def encode(tables: Iterable[pa.Table]) -> bytes:
+FORMATS = ("csv", "parquet")
+
+
+def format_of(path: str) -> str:
+    return "parquet" if path.endswith(".parquet") else "csv"
+
+
+def encode(tables: Iterable[pa.Table], fmt: str = "csv") -> bytes:
+    """CSV (the reference's format) or Parquet (same columns, for readers that take it)."""
     tables = list(tables)
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     sink = io.BytesIO()
+    if fmt == "parquet":
+        pq.write_table(table, sink, compression="zstd")
+        return sink.getvalue()
     sink.write((",".join(COLUMNS) + "\n").encode())
     # Ids are validated to [A-Za-z0-9_.-], so no field ever needs quoting: plain CSV, as the
     # reference wrote it.
@@ -83,6 +95,8 @@ def encode(tables: Iterable[pa.Table]) -> bytes:
 
 def decode(data: bytes, name: str) -> pa.Table:
     try:
+        if format_of(name) == "parquet":
+            return pq.read_table(io.BytesIO(data)).select(list(COLUMNS)).cast(SCHEMA)
         return pcsv.read_csv(
             io.BytesIO(data),
             convert_options=pcsv.ConvertOptions(column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True))),

@@ -40,7 +40,7 @@ from .errors import InputError, NotFound, UsageError
 from .hours import Hour
 from .locks import LOCK_TTL
 from .planning import Plan, hour_folder, load_plan, load_unit, make_plan, run_folder, save_plan
-from .predictions import decode, encode, predictions_folder
+from .predictions import decode, encode, format_of, predictions_folder
 from .scoring import UnitResult, score_unit
 from .sensors import Sensor
 from .stores import Store
@@ -61,8 +61,8 @@ def manifest_path(hour: Hour) -> str:
     return f"runs/{hour}.json"
 
 
-def staged_path(hour: Hour, run_id: str, unit_id: str) -> str:
-    return f"{run_folder(hour, run_id)}/predictions/{unit_id}.csv"
+def staged_path(hour: Hour, run_id: str, unit_id: str, fmt: str = "csv") -> str:
+    return f"{run_folder(hour, run_id)}/predictions/{unit_id}.{fmt}"
 
 
 def result_path(hour: Hour, run_id: str, unit_id: str) -> str:
@@ -77,7 +77,7 @@ def run_unit(store: Store, hour: Hour, run_id: str, unit_id: str) -> UnitResult:
     with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span:
         unit = load_unit(store, hour, run_id, unit_id)
         result = score_unit(store, hour, unit.sensors, unit_id=unit.id,
-                            out=staged_path(hour, run_id, unit.id))
+                            out=staged_path(hour, run_id, unit.id, unit.format))
         store.put(result_path(hour, run_id, unit.id), json.dumps(result.to_json()).encode())
         span.set_attribute("sensors", result.sensors)
         span.set_attribute("anomalies", result.anomalies)
@@ -145,6 +145,7 @@ def begin(
     store: Store, hour: Hour, *, run_id: str, now: datetime, deadline: datetime,
     sensors: Iterable[Sensor] | None = None, unit_size: int | None = None, parallel: int = 1,
     min_task_seconds: float = 0.0, ttl: timedelta = LOCK_TTL, pid: int | None = None,
+    fmt: str = "csv",
 ) -> Ticket:
     """Take the hour and plan it. Idempotent for the same ``run_id`` (a retried activity)."""
     check_ended(hour, now)
@@ -154,7 +155,7 @@ def begin(
         compact_for_run(store, hour)  # once per hour's files: units then read O(their sensors)
         chosen = None if sensors is None else sorted(set(sensors))
         plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen, parallel=parallel,
-                         min_task_seconds=min_task_seconds)
+                         min_task_seconds=min_task_seconds, fmt=fmt)
         save_plan(store, plan, run_id)
     except BaseException:
         locks.release(store, hour, run_id)
@@ -339,7 +340,7 @@ def visible_files(store: Store, hour: Hour) -> list[dict]:
     if manifest is not None and "predictions" in manifest:
         return list(manifest["predictions"])
     return [{"path": p, "sha256": None, "run_id": (manifest or {}).get("run_id")}
-            for p in store.list(predictions_folder(hour)) if p.endswith(".csv")]
+            for p in store.list(predictions_folder(hour)) if p.endswith((".csv", ".parquet"))]
 
 
 def promote(store: Store, hour: Hour, run_id: str, plan: Plan,
@@ -351,7 +352,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan,
     files = []
     for r in results:
         if r.predictions:
-            target = f"{folder}/{r.unit_id}-{run_id}.csv"
+            target = f"{folder}/{r.unit_id}-{run_id}.{format_of(r.predictions)}"
             store.put(target, store.get(r.predictions))
             files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
                           "unit": r.unit_id})
@@ -384,8 +385,8 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan,
         elif rows.num_rows:
             carried.append(rows)
     if carried:
-        data = encode(carried)
-        target = f"{folder}/kept-{run_id}.csv"
+        data = encode(carried, plan.format)
+        target = f"{folder}/kept-{run_id}.{plan.format}"
         store.put(target, data)
         files.append({"path": target, "sha256": hashlib.sha256(data).hexdigest(),
                       "run_id": run_id, "unit": "kept"})
@@ -497,7 +498,7 @@ class Backoff:
 def run_hour(
     store: Store, hour: Hour, backend: ComputeBackend, *, sensors: Iterable[Sensor] | None = None,
     unit_size: int | None = None, deadline: timedelta = DEADLINE, ttl: timedelta = LOCK_TTL,
-    progress: Progress | None = None, backoff: Backoff = Backoff(),
+    progress: Progress | None = None, backoff: Backoff = Backoff(), fmt: str = "csv",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunSummary:
@@ -510,7 +511,7 @@ def run_hour(
     with telemetry.span("fleetscore.run", window=str(hour)):
         ticket = begin(store, hour, run_id=run_id, now=started, deadline=ends, sensors=sensors,
                        unit_size=unit_size, parallel=getattr(backend, "workers", 1), ttl=ttl,
-                       pid=os.getpid())
+                       pid=os.getpid(), fmt=fmt)
         units = list(ticket.units)
         try:
             if getattr(backend, "inline", False) and progress:

@@ -19,7 +19,7 @@ from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
 from .models import load_model
 from .bank import decisions_with_magnitude, load_bank, near_boundary
-from .predictions import encode, predictions_path, predictions_table_many
+from .predictions import encode, format_of, predictions_path, predictions_table_many
 from .sensors import Sensor
 from .stores import Store
 from .windows import SensorPoints, by_sensor, read_points
@@ -140,7 +140,7 @@ def score_unit(
     path = out or predictions_path(hour, unit_id)
     digest = None
     if done:
-        data = encode([table])
+        data = encode([table], format_of(path))
         digest = hashlib.sha256(data).hexdigest()
         store.put(path, data)
     else:

@@ -69,6 +69,7 @@ class Settings:
     poll_seconds: int = 30
     unit_deadline_minutes: int = 120
     lock_ttl_minutes: int = 15  # the hour lock lapses this long after its last renewal
+    predictions_format: str = "csv"  # or parquet
     batch: BatchSettings = field(default_factory=BatchSettings)
 
     @property
@@ -95,6 +96,7 @@ class Settings:
             poll_seconds=_int(env, "FLEETSCORE_POLL_SECONDS", 30),
             unit_deadline_minutes=_int(env, "FLEETSCORE_UNIT_DEADLINE_MINUTES", 120),
             lock_ttl_minutes=_int(env, "FLEETSCORE_LOCK_TTL_MINUTES", 15),
+            predictions_format=env.get("FLEETSCORE_PREDICTIONS_FORMAT") or "csv",
             batch=BatchSettings.from_env(env),
         )
         if settings.lock_ttl_minutes * 60 < 4 * settings.poll_seconds:

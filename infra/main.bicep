@@ -169,6 +169,7 @@ module functionApp 'modules/functionapp.bicep' = {
       FLEETSCORE_POLL_SECONDS: '30'
       FLEETSCORE_UNIT_DEADLINE_MINUTES: '120'
       FLEETSCORE_LOCK_TTL_MINUTES: '15'
+      FLEETSCORE_PREDICTIONS_FORMAT: 'csv'
       FLEETSCORE_STORAGE_RETRIES: '5'
       FLEETSCORE_BATCH_ENDPOINT: 'https://${batch.outputs.accountEndpoint}'
       FLEETSCORE_BATCH_POOL_ID: batch.outputs.poolId

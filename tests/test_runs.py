@@ -280,3 +280,19 @@ def test_progress_moves_unit_by_unit_on_an_inline_backend(trained_store):
     run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1,
              progress=lambda done, total: seen.append((done, total)))
     assert [d for d, _ in seen][:4] == [0, 1, 2, 3] and {t for _, t in seen} == {3}
+
+
+def test_parquet_predictions_hold_the_same_rows_and_mix_with_csv_in_reruns(trained_store):
+    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=3)
+    as_csv = read_predictions(trained_store, H1)
+    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1, fmt="parquet")
+    files = list(trained_store.list(predictions_folder(H1)))
+    assert len(files) == 3 and all(f.endswith(".parquet") for f in files)
+    assert read_predictions(trained_store, H1).equals(as_csv)
+    # A rerun of one sensor in CSV keeps the others' Parquet files as they are.
+    run_hour(trained_store, H1, SequentialBackend(trained_store), sensors=[Sensor("1", "2")])
+    files = sorted(f.rsplit(".", 1)[1] for f in trained_store.list(predictions_folder(H1)))
+    assert files == ["csv", "parquet", "parquet"]
+    assert read_predictions(trained_store, H1).equals(as_csv)
+    with pytest.raises(UsageError, match="predictions format"):
+        run_hour(trained_store, H1, SequentialBackend(trained_store), fmt="xlsx")
