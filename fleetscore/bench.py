@@ -88,6 +88,22 @@ def _sensors(n: int) -> list[Sensor]:
     return [Sensor(f"b{i // 8:06d}", f"t{i % 8}") for i in range(n)]
 
 
+def write_hour_of_points(store: Store, hour: Hour, sensors: list[Sensor], values: np.ndarray,
+                         count: int = 6) -> None:
+    """One hour of one-minute windows (``values``: sensors x 60) as one window part and its
+    arrival record, as ingest would write them."""
+    n = len(sensors)
+    ends = hour.start_ms + 60_000 * np.arange(1, 61)
+    table = pa.table(
+        [pa.array(np.repeat([s.device for s in sensors], 60), pa.string()),
+         pa.array(np.repeat([s.tag for s in sensors], 60), pa.string()),
+         pa.array(np.tile(ends, n), pa.timestamp("ms", tz="UTC")),
+         pa.array(values.ravel(), pa.float64()), pa.array(np.full(n * 60, count), pa.int64())],
+        schema=PART_SCHEMA)
+    store.put(part_path(hour, "bench"), encode_part(table))
+    record_arrivals(store, hour, "bench", Counter({s: 60 for s in sensors}))
+
+
 def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sensor]:
     """Points, arrivals and models for ``n`` sensors; skops models only for the sample."""
     from .models import save_model
@@ -98,17 +114,9 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
     levels = rng.uniform(10, 120, n)
     spreads = levels * rng.uniform(0.01, 0.04, n)
     # Points: 60 one-minute means per sensor, a few of them far off.
-    ends = BENCH_HOUR.start_ms + 60_000 * np.arange(1, 61)
     values = levels[:, None] + spreads[:, None] * rng.normal(0, 1, (n, 60))
     values[rng.random((n, 60)) < 0.02] += 8 * spreads.repeat(60).reshape(n, 60)[0, 0]
-    table = pa.table(
-        [pa.array(np.repeat([s.device for s in sensors], 60), pa.string()),
-         pa.array(np.repeat([s.tag for s in sensors], 60), pa.string()),
-         pa.array(np.tile(ends, n), pa.timestamp("ms", tz="UTC")),
-         pa.array(values.ravel(), pa.float64()), pa.array(np.full(n * 60, 6), pa.int64())],
-        schema=PART_SCHEMA)
-    store.put(part_path(BENCH_HOUR, "bench"), encode_part(table))
-    record_arrivals(store, BENCH_HOUR, "bench", Counter({s: 60 for s in sensors}))
+    write_hour_of_points(store, BENCH_HOUR, sensors, values)
     # Models: base models fitted on standardized data; each sensor's own scaler (its level and
     # spread) makes it a distinct model, as training per sensor would.
     bases = [default_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(BASE_MODELS)]

@@ -12,36 +12,24 @@ import json
 import resource
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 HOURS = ("2026-01-05T00", "2026-01-05T01")
 
 
 def build(store, sensors: int, seed: int = 0) -> None:
-    from .arrivals import record_arrivals
+    from .bench import write_hour_of_points
     from .hours import Hour
     from .sensors import Sensor
-    from .windows import PART_SCHEMA, encode_part, part_path
 
     rng = np.random.default_rng(seed)
     fleet = [Sensor(f"dev{i // 10:06d}", f"t{i % 10}") for i in range(sensors)]
     levels = rng.uniform(5, 50, sensors)
     for text in HOURS:
-        hour = Hour.parse(text)
-        ends = hour.start_ms + 60_000 * np.arange(1, 61, dtype=np.int64)
-        values = levels[:, None] + rng.normal(0, 1, (sensors, 60))
-        table = pa.table(
-            [pa.array(np.repeat([s.device for s in fleet], 60), pa.string()),
-             pa.array(np.repeat([s.tag for s in fleet], 60), pa.string()),
-             pa.array(np.tile(ends, sensors), pa.timestamp("ms", tz="UTC")),
-             pa.array(values.ravel(), pa.float64()), pa.array(np.full(sensors * 60, 4), pa.int64())],
-            schema=PART_SCHEMA)
-        store.put(part_path(hour, "bench"), encode_part(table))
-        record_arrivals(store, hour, "bench", Counter({s: 60 for s in fleet}))
+        write_hour_of_points(store, Hour.parse(text), fleet,
+                             levels[:, None] + rng.normal(0, 1, (sensors, 60)), count=4)
 
 
 def run(sensors: int, workers: int | None) -> dict:
