@@ -135,6 +135,9 @@ async def get_run(req: func.HttpRequest, client) -> func.HttpResponse:
         body["manifest"] = {k: manifest[k] for k in ("status", "sensors", "anomalies", "started",
                                                      "finished", "duration_s")}
         body["manifest"]["failures"] = manifest["failures"][:50]  # the full list is in the store
+        body["manifest"]["run_id"] = manifest.get("run_id")
+        # Sensors whose rows are from an earlier run (they failed in this one): said, not hidden.
+        body["manifest"]["kept_from_earlier_run"] = manifest.get("kept_from_earlier_run", [])[:50]
     return _json(body, 200)
 
 

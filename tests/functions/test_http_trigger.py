@@ -128,6 +128,7 @@ def test_http_trigger_get_status_and_manifest(get, post, durable_fake, functions
     assert response.status_code == 200
     # The store has no data for the hour: the manifest says so, it does not claim success.
     assert body["runtimeStatus"] == "Completed" and body["manifest"]["status"] == "no_data"
+    assert body["manifest"]["run_id"] and body["manifest"]["kept_from_earlier_run"] == []
 
 
 def test_timer_trigger_starts_the_previous_hour_once(app_functions, durable_fake, run_async,
