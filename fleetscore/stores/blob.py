@@ -158,7 +158,8 @@ class BlobStore:
             except FileNotFoundError as exc:
                 raise NotFound(f"{path} not found in store {self.url}") from exc
             except OSError as exc:
-                raise StoreError(f"cannot open {path} in store {self.url}: {first_line(exc)}") from exc
+                raise StoreError(f"cannot open {path} in store {self.url}: "
+                                 f"{first_line(exc)}") from exc
         blob = self._client.get_blob_client(check_path(path))
         with self._errors("open", path):
             size = blob.get_blob_properties().size
