@@ -38,3 +38,18 @@ def test_compaction_keeps_window_reads_per_unit_flat(tmp_path):
     assert [r.files_opened_per_unit for r in done.rows] == [1, 1]
     assert [r.window_requests_per_unit for r in done.rows] == [5, 5]
     assert done.rows[1].window_bytes_per_unit < done.rows[0].window_bytes_per_unit / 2
+
+
+def test_the_command(cli, monkeypatch):
+    import json
+
+    code, out, _ = cli("bench", "--stream-analytics", "--sensors", "40", "--repeats", "1",
+                       "--json")
+    assert code == 0
+    (local,) = json.loads(out)
+    assert local["store"] == "local" and local["files"] == 60 and local["compacted"]
+    assert [r["units"] for r in local["rows"]] == [1, 10, 40]  # at most a sensor a unit
+    assert all(r["window_requests_per_unit"] == 5 for r in local["rows"])
+    monkeypatch.delenv("FLEETSCORE_STORAGE_CONNECTION_STRING", raising=False)
+    code, _, err = cli("bench", "--stream-analytics", "--blob", "--sensors", "40")
+    assert code == 2 and "FLEETSCORE_STORAGE_CONNECTION_STRING" in err
