@@ -57,6 +57,8 @@ class CountingStore:
         self.inner = inner
         self.url = inner.url
         self.counts = counts or Counts()
+        if not callable(getattr(inner, "list_info", None)):
+            self.list_info = None  # optional in the protocol: absent here when absent there
 
     def reset(self) -> Counts:
         """Start new counts; returns the old ones."""
