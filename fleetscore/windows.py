@@ -8,7 +8,9 @@ Each ingested source writes one Parquet *part* per hour it touches, named by the
 content hash: ingesting the same source twice writes nothing new, and a later source with late
 points adds a part. Readers combine parts (count-weighted means), so merging never rewrites
 an existing file. Parts are sorted by Device, Tag, WindowEnd with small row groups, so a unit
-reads only the row groups of its own sensors.
+reads only the row groups of its own sensors. The Stream Analytics job's files are not sorted:
+an hour of several files is compacted once per run (fleetscore/compaction.py) and readers read
+the compacted files, plus any raw file that arrived since.
 """
 
 from __future__ import annotations
