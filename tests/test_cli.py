@@ -79,7 +79,7 @@ def test_train_plan_json_run_and_report(cli, fleet_csv, tmp_path):
     plan = json.loads(out)
     assert plan["window"] == "2024-03-01T01"
     assert [u["sensors"] for u in plan["units"]] == [["1/1"], ["1/2"], ["dev_a/t.x"]]
-    assert all(set(u) == {"id", "sensors"} for u in plan["units"])
+    assert all(set(u) == {"id", "sensors", "format"} for u in plan["units"])
     code, out, _ = cli("run", "--store", store, "--from", "2024-03-01T01", "--to", "2024-03-01T02",
                        "--backend", "sequential")
     assert code == 0 and "2024-03-01T02" in out and "succeeded" in out
