@@ -115,7 +115,9 @@ def acquire(store: Store, hour: Hour, run_id: str, *, now: datetime, ttl: timede
 
 def renew(store: Store, hour: Hour, run_id: str, *, now: datetime,
           ttl: timedelta = LOCK_TTL) -> None:
-    """Extend this run's lock; LockLost if another run holds it now (this run must stop)."""
+    """Check that this run holds the lock and extend it; LockLost if another run holds it now
+    (this run must stop). A lock with more than half its time left is only read: hundreds of
+    sub-orchestrations polling the same hour must not all rewrite one blob."""
     path = lock_path(hour)
     for _ in range(_ATTEMPTS):
         try:
@@ -126,6 +128,8 @@ def renew(store: Store, hour: Hour, run_id: str, *, now: datetime,
         held = Holder.parse(data)
         if held.run_id != run_id:
             raise LockLost(f"{hour}: run {run_id} lost the hour's lock to {held.describe()}")
+        if held.expires is not None and held.expires - now > ttl / 2:
+            return
         try:
             store.put(path, _body(run_id, now, ttl, held.pid, held.started), if_match=etag)
             return

@@ -121,3 +121,14 @@ def test_a_lock_of_a_dead_local_process_is_stale_at_once(local_store):
     locks.acquire(local_store, HOUR, "A", now=NOW, ttl=TTL, pid=int(proc.stdout))
     locks.acquire(local_store, HOUR, "B", now=NOW, ttl=TTL)
     assert locks.holds(local_store, HOUR, "B")
+
+
+def test_renewal_rewrites_the_lock_only_past_half_its_time(local_store):
+    locks.acquire(local_store, HOUR, "A", now=NOW, ttl=TTL)
+    first = local_store.get_versioned(locks.lock_path(HOUR))[1]
+    locks.renew(local_store, HOUR, "A", now=NOW + TTL / 4, ttl=TTL)  # fresh: read only
+    assert local_store.get_versioned(locks.lock_path(HOUR))[1] == first
+    locks.renew(local_store, HOUR, "A", now=NOW + TTL * 3 / 4, ttl=TTL)  # due: rewritten
+    assert local_store.get_versioned(locks.lock_path(HOUR))[1] != first
+    with pytest.raises(AlreadyRunning):  # and now live until 3/4 + 1 TTL
+        locks.acquire(local_store, HOUR, "B", now=NOW + TTL * 3 / 2, ttl=TTL)
