@@ -14,8 +14,24 @@ from .stores import Store, open_store
 _store: Store | None = None
 
 
+def _die_with_parent() -> None:
+    """A pool worker whose parent is killed (SIGKILL, OOM) would otherwise live on, orphaned,
+    holding memory: ask Linux to kill it with its parent (PR_SET_PDEATHSIG)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the pool's own shutdown is all there is
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def init_worker(spec: str, settings: Settings) -> None:
     global _store
+    _die_with_parent()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     _store = open_store(spec, settings)

@@ -172,6 +172,18 @@ def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, flee
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 @reliability("R17")
 def test_run_killed_with_sigkill_then_rerun_is_complete_and_untorn(fleet_store, fleet_template):
     window = str(fleet_template["hour"])
@@ -181,8 +193,15 @@ def test_run_killed_with_sigkill_then_rerun_is_complete_and_untorn(fleet_store, 
     while not fleet_store.exists(lock_path(fleet_template["hour"])) and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)
+    workers = _children(proc.pid)
+    assert workers, "the run's worker pool had not started"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # Its pool's workers die with it: no orphan is left holding memory.
+    gone_by = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in workers) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert not [p for p in workers if Path(f"/proc/{p}").exists()], "orphaned workers"
     # The dead run left its lock: the next run takes it over (its holder no longer exists).
     rerun = _fleetscore("run", "--store", fleet_store.url, "--window", window, "--unit-size",
                         UNIT_SIZE, "--workers", "2")
