@@ -65,6 +65,9 @@ class BenchResult:
     peak_rss_mb: float
     boundary_sensors: int = 0  # sensors with a point decided by scikit-learn (outside the sample)
     run_worker_peak_rss_mb: float = 0.0
+    # scikit-learn's predict in a loop, models already in memory, one call a sensor: the
+    # floor of any per-sensor scoring loop (median of the repeats, one core).
+    memory_loop_us: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -81,6 +84,7 @@ class BenchResult:
         body["ratio"] = self.ratio
         body["run_sensors_per_s"] = self.run_sensors_per_s
         body["run_vs_plain_loop"] = self.plain.per_sensor_us / (self.run_s / self.sensors * 1e6)
+        body["run_vs_memory_loop"] = self.memory_loop_us / (self.run_s / self.sensors * 1e6)
         return body
 
 
@@ -210,6 +214,18 @@ def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
     return Stages(len(sensors), t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
 
 
+def time_memory_loop(store: Store, sensors: list[Sensor]) -> float:
+    """Microseconds a sensor of ``model.predict(points)`` with every model already loaded."""
+    from .models import load_model
+
+    points = by_sensor(read_points(store, BENCH_HOUR, sensors))
+    models = {s: load_model(store, s) for s in sensors}
+    t0 = time.perf_counter()
+    for s in sensors:
+        models[s].predict(points[s].values.reshape(-1, 1))
+    return (time.perf_counter() - t0) / len(sensors) * 1e6
+
+
 def _median_stages(runs: list[Stages]) -> Stages:
     return Stages(runs[0].sensors, *(statistics.median(getattr(r, f) for r in runs)
                                      for f in ("read_s", "load_s", "score_s", "write_s", "unit_s")))
@@ -228,6 +244,7 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
         part = fleet[: min(sample, sensors)]
         fast = _median_stages([time_fast(store, fleet) for _ in range(repeats)])
         plain = _median_stages([time_plain(store, part) for _ in range(repeats)])
+        memory_loop = statistics.median(time_memory_loop(store, part) for _ in range(repeats))
         # Same labels on the sample, either path.
         fast_rows = _labels(store, "bench-fast", part)
         plain_rows = _labels(store, "bench-plain", part)
@@ -250,7 +267,7 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
     # The run's workers are this process's only children: their peak is the run's.
     workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return BenchResult(sensors, 60, repeats, fast, plain, run_s, backend.workers, identical, peak,
-                       summary.failed, workers_peak)
+                       summary.failed, workers_peak, round(memory_loop, 1))
 
 
 def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:

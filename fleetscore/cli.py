@@ -774,7 +774,9 @@ def bench(
               f"sample: {result.labels_identical}")
     out.print(f"whole run ({result.run_workers} workers): {result.run_s:.2f} s, "
               f"{result.run_sensors_per_s:,.0f} sensors/s, "
-              f"{result.to_json()['run_vs_plain_loop']:.0f}x the plain loop; peak memory: "
+              f"{result.to_json()['run_vs_plain_loop']:.0f}x the plain loop, "
+              f"{result.to_json()['run_vs_memory_loop']:.1f}x scikit-learn's predict in a loop "
+              f"with the models in memory ({result.memory_loop_us:.0f} us a sensor); peak memory: "
               f"{result.run_worker_peak_rss_mb:,.0f} MB a worker, {result.peak_rss_mb:,.0f} MB this "
               "process (which also scored the whole fleet as one unit)")
 

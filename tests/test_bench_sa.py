@@ -53,3 +53,13 @@ def test_the_command(cli, monkeypatch):
     monkeypatch.delenv("FLEETSCORE_STORAGE_CONNECTION_STRING", raising=False)
     code, _, err = cli("bench", "--stream-analytics", "--blob", "--sensors", "40")
     assert code == 2 and "FLEETSCORE_STORAGE_CONNECTION_STRING" in err
+
+
+def test_the_scoring_bench_compares_the_run_with_the_in_memory_predict_loop(tmp_path):
+    from fleetscore.bench import run_bench
+
+    result = run_bench(60, sample=20, repeats=1, workers=1, directory=tmp_path)
+    body = result.to_json()
+    assert result.labels_identical and result.memory_loop_us > 0
+    expected = result.memory_loop_us / (result.run_s / result.sensors * 1e6)
+    assert body["run_vs_memory_loop"] == expected
