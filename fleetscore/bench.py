@@ -145,15 +145,21 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
         entries.append((sensor, digests.get(sensor, template["sha256"]), Compiled(base.kernel, float(levels[i]), float(spreads[i]),
                                                   base.gamma, base.coef0, base.degree,
                                                   base.intercept, base.support, base.dual)))
+    write_bank(store, entries, "bench")
+    return sensors
+
+
+def write_bank(store: Store, entries: list, prefix: str) -> None:
+    """A bench's bank, written directly: shards of (sensor, model sha256, Compiled) entries and
+    the index, as rebuild_bank lays them out."""
     shards = []
-    for start in range(0, n, SHARD_SENSORS):
+    for start in range(0, len(entries), SHARD_SENSORS):
         group = entries[start : start + SHARD_SENSORS]
-        path = f"bank/shard-bench{start:09d}.npz"
+        path = f"bank/shard-{prefix}{start:09d}.npz"
         store.put(path, encode_shard(group))
         shards.append({"key": path, "path": path, "first": str(group[0][0]),
                        "last": str(group[-1][0]), "compiled": len(group)})
     store.put(INDEX_PATH, json.dumps({"shards": shards}).encode())
-    return sensors
 
 
 def read_manifest_template(store: Store, sensor: Sensor) -> dict:

@@ -17,7 +17,6 @@ units read the raw files, as every run did before compaction existed.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -32,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .arrivals import record_arrivals
-from .bank import INDEX_PATH, SHARD_SENSORS, Compiled, compile_model, encode_shard
+from .bank import Compiled, compile_model
 from .hours import Hour
 from .sensors import Sensor
 from .stores import LocalStore, Store
@@ -116,7 +115,7 @@ def install_models(store: Store, sensors: list[Sensor], *, seed: int = 0,
                    base_models: int = 16) -> None:
     """One skops model (for the manifest template), a manifest per sensor, and the bank: every
     sensor scored by the fast path, as in ``fleetscore bench``."""
-    from .bench import read_manifest_template
+    from .bench import read_manifest_template, write_bank
     from .models import ModelManifest, manifest_path, save_model
     from .training import default_model
 
@@ -139,14 +138,7 @@ def install_models(store: Store, sensors: list[Sensor], *, seed: int = 0,
         entries.append((sensor, sha, Compiled(b.kernel, float(levels[i]), float(spreads[i]),
                                               b.gamma, b.coef0, b.degree, b.intercept, b.support,
                                               b.dual)))
-    shards = []
-    for start in range(0, len(entries), SHARD_SENSORS):
-        group = entries[start : start + SHARD_SENSORS]
-        path = f"bank/shard-sa{start:09d}.npz"
-        store.put(path, encode_shard(group))
-        shards.append({"key": path, "path": path, "first": str(group[0][0]),
-                       "last": str(group[-1][0]), "compiled": len(group)})
-    store.put(INDEX_PATH, json.dumps({"shards": shards}).encode())
+    write_bank(store, entries, "sa")
 
 
 @dataclass(frozen=True)
