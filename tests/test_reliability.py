@@ -173,14 +173,18 @@ def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, flee
 
 
 def _children(pid: int) -> list[int]:
-    out = []
+    """Every descendant of ``pid`` (pool workers are children of a fork server)."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
+        parents[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier}
+        out += frontier
     return out
 
 
@@ -201,7 +205,8 @@ def test_run_killed_with_sigkill_then_rerun_is_complete_and_untorn(fleet_store, 
     gone_by = time.monotonic() + 10
     while any(Path(f"/proc/{p}").exists() for p in workers) and time.monotonic() < gone_by:
         time.sleep(0.05)
-    assert not [p for p in workers if Path(f"/proc/{p}").exists()], "orphaned workers"
+    left = [p for p in workers if Path(f"/proc/{p}").exists()]
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
     # The dead run left its lock: the next run takes it over (its holder no longer exists).
     rerun = _fleetscore("run", "--store", fleet_store.url, "--window", window, "--unit-size",
                         UNIT_SIZE, "--workers", "2")

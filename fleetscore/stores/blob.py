@@ -178,13 +178,26 @@ class BlobStore:
         return f"BlobStore({self.url!r})"
 
 
+# The process that first made an AzureFileSystem. The Azure C++ SDK keeps one connection pool
+# per process; a forked child (a worker of the local pool) inherits its open sockets, and
+# reading through it there was seen to return corrupt Parquet pages (two processes on one
+# connection). Forked children of that process read with the Python SDK instead.
+_ARROW_PID: int | None = None
+
+
 def _arrow_filesystem(client: ContainerClient, container: str):
     """pyarrow's AzureFileSystem for the same account, endpoint and credential as ``client``,
-    or None when they do not map onto it (then the SDK's range reader below serves reads).
+    or None when they do not map onto it, or in a fork of a process that already used one
+    (then the SDK's range reader below serves reads).
 
     Shared key and SAS credentials are passed on; a token credential (an account URL with
     DefaultAzureCredential) becomes the Azure C++ SDK's own default credential chain."""
+    import os
     from urllib.parse import urlsplit
+
+    global _ARROW_PID
+    if _ARROW_PID is not None and _ARROW_PID != os.getpid():
+        return None
 
     try:
         from pyarrow.fs import AzureFileSystem
@@ -214,9 +227,11 @@ def _arrow_filesystem(client: ContainerClient, container: str):
     elif credential is None or not hasattr(credential, "get_token"):
         return None  # anonymous or unknown: keep the SDK
     try:
-        return AzureFileSystem(account, **options)
+        filesystem = AzureFileSystem(account, **options)
     except (OSError, ValueError, TypeError):
         return None
+    _ARROW_PID = os.getpid()
+    return filesystem
 
 
 class _RangeReader(io.RawIOBase):

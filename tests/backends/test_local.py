@@ -28,7 +28,7 @@ def test_whole_pipeline_on_every_store_and_backend(store, fleet_csv, azurite, na
         summary = run_hour(store, H1, backend)
     finally:
         backend.close()
-    assert (summary.status, summary.scored) == ("succeeded", 3)
+    assert (summary.status, summary.scored) == ("succeeded", 3), summary.failures
     assert read_predictions(store, H1).num_rows == 180
     assert read_manifest(store, H1)["backend"] == name
 

@@ -174,3 +174,23 @@ def test_a_reader_never_sees_a_torn_file(local_store):
         stop.set()
         thread.join()
     assert all(data in versions for data in seen)
+
+
+def _arrow_in_fork(connection_string: str, container: str):
+    from fleetscore.stores.blob import BlobStore
+
+    return BlobStore(container, connection_string=connection_string)._arrow is None
+
+
+def test_a_forked_worker_never_reads_through_its_parents_arrow_connections(azurite, blob_store):
+    """The Azure C++ SDK's connection pool is per process: a fork shares its sockets with the
+    parent. A worker forked after the parent read through pyarrow uses the Python SDK."""
+    import multiprocessing
+
+    from fleetscore.stores.blob import BlobStore
+
+    parent = BlobStore(blob_store.url[len("az://"):], connection_string=azurite.connection_string)
+    assert parent._arrow is not None  # Azurite's account maps onto pyarrow's filesystem
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_arrow_in_fork, (azurite.connection_string,
+                                           blob_store.url[len("az://"):]))
