@@ -287,7 +287,7 @@ def finalize(
         if unfinished:
             backend.cancel(hour, unfinished, run_id=run_id)
         backend.finish(hour, run_id=run_id)
-    files, kept = promote(store, hour, run_id, plan, results)
+    files, kept = promote(store, hour, run_id, plan, results, manifest=done)
     manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
                               started=started, finished=now, backend=backend_name)
     path = manifest_path(hour)
@@ -333,18 +333,18 @@ def _final_result(store: Store, hour: Hour, run_id: str, unit_id: str,
                                  f"unit {unit_id} did not finish in run {run_id}")
 
 
-def visible_files(store: Store, hour: Hour) -> list[dict]:
+def visible_files(store: Store, hour: Hour, manifest: Mapping | None = None) -> list[dict]:
     """The hour's visible predictions files, as its manifest lists them (or, for an hour
-    scored by an earlier version, as its folder holds them)."""
-    manifest = read_manifest(store, hour)
+    scored by an earlier version, as its folder holds them). ``manifest``: already read."""
+    manifest = manifest if manifest is not None else read_manifest(store, hour)
     if manifest is not None and "predictions" in manifest:
         return list(manifest["predictions"])
     return [{"path": p, "sha256": None, "run_id": (manifest or {}).get("run_id")}
             for p in store.list(predictions_folder(hour)) if p.endswith((".csv", ".parquet"))]
 
 
-def promote(store: Store, hour: Hour, run_id: str, plan: Plan,
-            results: Sequence[UnitResult]) -> tuple[list[dict], list[str]]:
+def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult],
+            *, manifest: Mapping | None = None) -> tuple[list[dict], list[str]]:
     """The hour's new visible files: this run's units, plus the earlier rows of sensors this
     run did not replace (its failed sensors; for a rerun of a few sensors, all the others).
     Returns the files and the failed sensors whose earlier rows were kept."""
@@ -359,7 +359,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan,
     failed = {f.sensor for r in results for f in r.failures}
     planned = {str(s) for u in plan.units for s in u.sensors}
     ours = {f["path"] for f in files}
-    previous = [f for f in visible_files(store, hour) if f["path"] not in ours]
+    previous = [f for f in visible_files(store, hour, manifest) if f["path"] not in ours]
     if not previous or not (failed or plan.restricted):
         return files, []
 
