@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -72,6 +73,11 @@ def read_arrivals(store: Store, hour: Hour) -> Counter[Sensor]:
         if path.endswith(".json"):
             total.update(_parse(store.get(path), path))
     return total
+
+
+def read_arrivals_many(store: Store, hours: Iterable[Hour]) -> dict[Hour, Counter[Sensor]]:
+    """``read_arrivals`` for many hours at once (planning a backfill)."""
+    return {hour: read_arrivals(store, hour) for hour in hours}
 
 
 def _parse(data: bytes, path: str) -> Counter[Sensor]:

@@ -180,6 +180,14 @@ def read_points(store: Store, hour: Hour, sensors: Iterable[Sensor] | None = Non
     return _combine_tables(tables)
 
 
+def read_points_many(store: Store, hours: Iterable[Hour],
+                     sensors: Iterable[Sensor] | None = None) -> dict[Hour, pa.Table]:
+    """``read_points`` for many hours at once (a backfill's span of hours): each hour's table,
+    as ``read_points`` gives it."""
+    wanted = None if sensors is None else list(sensors)
+    return {hour: read_points(store, hour, wanted) for hour in hours}
+
+
 def read_raw_points(store: Store, hour: Hour, paths: Iterable[str]) -> pa.Table:
     """Every window of the given raw files, combined and sorted (what compaction rewrites);
     rows whose ids are invalid are left out, as no unit could ever ask for them."""
