@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from . import __version__
-from .hours import Hour, hour_range
-from .predictions import read_predictions
 from .arrivals import hours_with_arrivals
-from .runs import list_manifests
-from .stores import Store
+from .errors import InputError
+from .hours import Hour, hour_range
+from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
+from .runs_table import no_runs, read_many, read_runs
+from .stores import LocalStore, Store
 from .text import count
 
 HEATMAP_SENSORS = 60
@@ -85,43 +88,203 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
                  last: Hour | None = None, truth: pa.Table | None = None) -> str:
     """Write the report; ``truth`` (Device, Tag, End ms, Anomaly) is drawn beside the
     predictions when known (the demo's injected anomalies)."""
-    manifests = list_manifests(store)
-    # Default range: the hours that have data (a run of an empty hour, by mistake or far in
-    # the past, must not stretch every report to years of nothing).
-    known = hours_with_arrivals(store) or [
-        Hour.parse(m["window"]) for m in manifests if m.get("status") != "no_data"]
-    first = first or (min(known) if known else None)
-    last = last or (max(known) if known else None)
-    hours = hour_range(first, last) if first is not None and last is not None else []
-    in_range = set(hours)
-    manifests = [m for m in manifests if Hour.parse(m["window"]) in in_range]
+    if first is None or last is None:
+        # Default range: the hours that have data (a run of an empty hour, by mistake or far
+        # in the past, must not stretch every report to years of nothing).
+        bounds = _arrival_bounds(store)
+        if bounds is None:
+            runs = read_runs(store)
+            ran = runs.filter(pc.fill_null(pc.not_equal(runs["status"], "no_data"), True))
+            hours = ran["hour"].to_numpy()
+            bounds = (Hour(int(hours.min())), Hour(int(hours.max()))) if len(hours) else None
+        if bounds is not None:
+            first, last = first or bounds[0], last or bounds[1]
+    if first is not None and last is not None:
+        if last < first:
+            hour_range(first, last)  # raises: the range is reversed
+        span = _Span(first, last, read_runs(store, first=first, last=last))
+    else:
+        span = _Span.empty()
     # Only hours that were run can have predictions: read those, from their manifests' files.
-    run_hours = {Hour.parse(m["window"]) for m in manifests}
-    tables = {h: read_predictions(store, h) for h in hours if h in run_hours}
-    present = [t for t in tables.values() if t.num_rows]
-    preds = pa.concat_tables(present) if present else None
-    rows = {str(h): tables[h].num_rows if h in tables else 0 for h in hours}
-    output.write_text(render(store.url, hours, manifests, preds, rows=rows, truth=truth),
-                      encoding="utf-8")
+    preds, rows = _read_predictions(store, span.runs)
+    span = span.with_rows(rows)
+    output.write_text(render(store.url, span, preds, truth=truth), encoding="utf-8")
     n = preds.num_rows if preds is not None else 0
-    return f"{count(len(hours), 'hour')}, {count(len(manifests), 'run')}, {count(n, 'prediction')}"
+    return (f"{count(span.hours, 'hour')}, {count(span.runs.num_rows, 'run')}, "
+            f"{count(n, 'prediction')}")
 
 
-def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: pa.Table | None,
-           *, rows: dict[str, int] | None = None, truth: pa.Table | None = None) -> str:
+@dataclass(frozen=True)
+class _Span:
+    """The report's hours and their runs, as arrays (a backfill's range is tens of
+    thousands of hours: nothing below walks them one by one)."""
+
+    first: Hour | None
+    last: Hour | None
+    runs: pa.Table  # runs_table.read_runs of the range: one row per run hour, in order
+    rows: np.ndarray | None = None  # predictions per run (the files its manifest lists)
+
+    @classmethod
+    def empty(cls) -> _Span:
+        return cls(None, None, no_runs())
+
+    def with_rows(self, rows: np.ndarray) -> _Span:
+        return _Span(self.first, self.last, self.runs, rows)
+
+    @property
+    def hours(self) -> int:
+        return 0 if self.first is None else self.last.index - self.first.index + 1
+
+    @property
+    def text(self) -> str:
+        return f"{self.first} .. {self.last}" if self.first is not None else "no runs"
+
+    def offsets(self) -> np.ndarray:
+        """Each run's hour, counted from the first hour of the range."""
+        return self.runs["hour"].to_numpy() - (self.first.index if self.first else 0)
+
+    def predictions_per_hour(self) -> np.ndarray:
+        """Predictions in each hour of the range (0 where none or not run)."""
+        per_hour = np.zeros(self.hours, dtype=np.int64)
+        if self.rows is not None and len(self.rows):
+            per_hour[self.offsets()] = self.rows
+        return per_hour
+
+    def hour_list(self) -> list[Hour]:
+        return hour_range(self.first, self.last) if self.first is not None else []
+
+    def manifests(self) -> list[dict]:
+        """The runs as manifest-shaped dicts (for the hourly table: a short range)."""
+        out = []
+        for r in self.runs.drop_columns(["failures", "predictions"]).to_pylist():
+            m = {k: v for k, v in r.items() if v is not None and k not in _SENSOR_COUNTS}
+            m["sensors"] = {k: r[k] for k in _SENSOR_COUNTS if r[k] is not None}
+            out.append(m)
+        return out
+
+
+_SENSOR_COUNTS = ("planned", "scored", "failed", "no_data", "no_model")
+
+
+def _arrival_bounds(store: Store) -> tuple[Hour, Hour] | None:
+    """The first and last hours with arrival records (``arrivals.hours_with_arrivals``'
+    ends). On a directory only the two ends of the folder tree are walked."""
+    if not isinstance(store, LocalStore):
+        known = hours_with_arrivals(store)
+        return (known[0], known[-1]) if known else None
+    base = store.root / "arrivals"
+    first = _edge_hour(base, reverse=False)
+    return None if first is None else (first, _edge_hour(base, reverse=True))
+
+
+def _edge_hour(folder: Path, *, reverse: bool, parts: tuple[str, ...] = ()) -> Hour | None:
+    """The first (last) ``YYYY/MM/DD/HH`` folder under ``folder`` holding a file."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name, reverse=reverse)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if len(parts) == 4:
+        if not any(e.is_file() and not e.name.startswith(".tmp-") for e in entries):
+            return None
+        try:
+            return Hour.parse(f"{parts[0]}-{parts[1]}-{parts[2]}T{parts[3]}")
+        except Exception:  # noqa: BLE001 - a stray folder in arrivals/ is not an hour
+            return None
+    for e in entries:
+        if e.is_dir():
+            found = _edge_hour(Path(e.path), reverse=reverse, parts=(*parts, e.name))
+            if found is not None:
+                return found
+    return None
+
+
+PREDICTION_COLUMNS = ("TS", "Device", "Tag", "Val", "Prediction")
+_CSV_HEADER = (",".join(COLUMNS) + "\n").encode()
+
+
+def _read_predictions(store: Store, runs: pa.Table) -> tuple[pa.Table | None, np.ndarray]:
+    """The predictions of the runs' visible files (``runs.visible_files``), each file read
+    once, and the number of predictions in each run's files."""
+    if runs.num_rows == 0:
+        return None, np.zeros(0, dtype=np.int64)
+    listed = runs["predictions"]
+    owner = pc.list_parent_indices(listed).to_numpy()
+    paths = pc.list_flatten(listed).combine_chunks().field("path").to_pylist()
+    # Hours scored by an earlier version have no list: their folder's files are visible.
+    for i in np.flatnonzero(pc.is_null(listed).to_numpy(zero_copy_only=False)):
+        window = Hour(int(runs["hour"][int(i)].as_py()))
+        folder = [p for p in store.list(predictions_folder(window))
+                  if p.endswith((".csv", ".parquet"))]
+        paths += folder
+        owner = np.append(owner, np.full(len(folder), i, dtype=owner.dtype))
+    if any(p is None for p in paths):
+        raise InputError("a run manifest lists a predictions file without a path")
+    unique = list(dict.fromkeys(paths))
+    tables, counts = _read_files(store, unique)
+    per_path = dict(zip(unique, counts, strict=True))
+    rows = np.bincount(owner, weights=[per_path[p] for p in paths],
+                       minlength=runs.num_rows).astype(np.int64)
+    present = [t for t in tables if t.num_rows]
+    return (pa.concat_tables(present) if present else None), rows
+
+
+def _read_files(store: Store, paths: list[str]) -> tuple[list[pa.Table], list[int]]:
+    """Decode predictions files (``predictions.decode``): the CSVs as written (the usual
+    header, a line a row) parsed together in one pass, any other file on its own."""
+    datas = read_many(store, paths)
+    counts = [0] * len(paths)
+    tables, bodies, written = [], [], []
+    for i, (path, data) in enumerate(zip(paths, datas, strict=True)):
+        if format_of(path) == "csv" and data.startswith(_CSV_HEADER):
+            body = memoryview(data)[len(_CSV_HEADER):]
+            counts[i] = data.count(b"\n") - 1 + (0 if data.endswith(b"\n") else 1)
+            bodies += [body, b"\n"] if len(body) and not data.endswith(b"\n") else [body]
+            written.append(i)
+        else:
+            table = decode(data, path).select(list(PREDICTION_COLUMNS))
+            counts[i] = table.num_rows
+            tables.append(table)
+    if written:
+        joined = b"".join(bodies)
+        table = None
+        if joined:
+            try:
+                table = pcsv.read_csv(
+                    pa.py_buffer(joined),
+                    read_options=pcsv.ReadOptions(column_names=list(COLUMNS)),
+                    convert_options=pcsv.ConvertOptions(
+                        column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True)),
+                        include_columns=list(PREDICTION_COLUMNS)))
+            except pa.ArrowInvalid:
+                table = None  # one file is not as written: each on its own says which
+        if table is not None and table.num_rows == sum(counts[i] for i in written):
+            tables.append(table)
+        elif joined:
+            for i in written:
+                table = decode(datas[i], paths[i]).select(list(PREDICTION_COLUMNS))
+                counts[i] = table.num_rows
+                tables.append(table)
+    return tables, counts
+
+
+def render(store_url: str, span: _Span, preds: pa.Table | None, *,
+           truth: pa.Table | None = None) -> str:
     sections = []
-    span = f"{hours[0]} .. {hours[-1]}" if hours else "no runs"
-    if preds is not None and preds.num_rows and hours:
-        axis = Axis.fitting(hours[0].start_ms, hours[-1].start_ms + HOUR_MS, _step_ms(preds))
+    text = span.text
+    per_hour = span.predictions_per_hour()
+    if preds is not None and preds.num_rows and span.hours:
+        axis = Axis.fitting(span.first.start_ms, span.last.end_ms, _step_ms(preds))
         data = _Data.of(preds, axis)
         # Bucketed (a long range): empty buckets are gaps already; shading hours would be noise.
         column = _bucket_name(axis.step_ms) if axis.bucketed else "window"
-        empty_hours = [] if axis.bucketed else [h for h in hours if not (rows or {}).get(str(h), 1)]
+        empty_hours = [] if axis.bucketed else [
+            Hour(span.first.index + int(i)) for i in np.flatnonzero(per_hour == 0)]
         shown = data.sensors[:HEATMAP_SENSORS]
         sections.append(_section(
             "Anomalies by sensor and time",
             _img(_heatmap(data, axis, len(shown)),
-                 f"Heatmap of anomalies over {span}: one row for each of the {len(shown)} sensors "
+                 f"Heatmap of anomalies over {text}: one row for each of the {len(shown)} sensors "
                  f"with the most anomalies, one column a {column}; " + (
                      "the redder a cell, the larger the share of its windows flagged anomalous, "
                      "white cells have no prediction." if axis.bucketed else
@@ -136,7 +299,7 @@ def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: 
             "Most anomalous sensors",
             _img(_timelines(data, axis, n, truth_grid, empty_hours),
                  f"Line charts of the window means of the {n} sensors with the most anomalies "
-                 f"({names}) over {span}; red dots are windows the model flagged anomalous"
+                 f"({names}) over {text}; red dots are windows the model flagged anomalous"
                  + ("; orange bands are the anomalies injected into the data" if truth_grid is not None
                     else "")
                  + "; breaks in a line are windows without a prediction."),
@@ -152,17 +315,18 @@ def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: 
                                                  else "window"),
             _img(_fleet_share(share, axis, empty_hours),
                  f"Line chart of the percentage of scored sensors flagged anomalous in each window "
-                 f"over {span}.{peak_text}"),
+                 f"over {text}.{peak_text}"),
             f"Percentage of the sensors scored in a window that were flagged.{peak_text}"))
     else:
         sections.append(_section("Predictions", "<p>No predictions in this range.</p>", ""))
-    sections.append(_section("Runs", _runs_table(hours, manifests, rows), _runs_summary(hours, manifests)))
-    failures = [(m["window"], f) for m in manifests for f in m.get("failures", [])]
+    sections.append(_section("Runs", _runs_table(span), _runs_summary(span)))
+    failures = _failures(span.runs, 200)
     if failures:
         body = "".join(
-            f"<tr><td>{html.escape(w)}</td><td>{html.escape(f['sensor'])}</td>"
-            f"<td>{html.escape(f['kind'])}</td><td class='message'>{html.escape(f['message'])}</td></tr>"
-            for w, f in failures[:200])
+            f"<tr><td>{html.escape(w)}</td><td>{html.escape(f['sensor'] or '')}</td>"
+            f"<td>{html.escape(f['kind'] or '')}</td>"
+            f"<td class='message'>{html.escape(f['message'] or '')}</td></tr>"
+            for w, f in failures)
         sections.append(_section("Failed sensors", f"<div class='scroll'><table><tr><th>hour</th>"
                                  f"<th>sensor</th><th>kind</th><th>message</th></tr>{body}</table>"
                                  "</div>", ""))
@@ -170,7 +334,7 @@ def render(store_url: str, hours: Sequence[Hour], manifests: list[dict], preds: 
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>fleetscore report {html.escape(span)}</title>
+<title>fleetscore report {html.escape(text)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 0 auto; padding: 0.5em 1em 2em;
        max-width: 1100px; color: #222; line-height: 1.4; }}
@@ -187,7 +351,7 @@ td.message {{ white-space: normal; min-width: 14em; text-align: left; }}
 .note {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>fleetscore report</h1>
-<p>Store <code>{html.escape(store_url)}</code>, hours {html.escape(span)} (UTC). Created {created}
+<p>Store <code>{html.escape(store_url)}</code>, hours {html.escape(text)} (UTC). Created {created}
 by fleetscore {__version__}.</p>
 {''.join(sections)}
 </body></html>
@@ -233,16 +397,18 @@ def _n(value) -> str:
     return "" if value is None else f"{value:,}"
 
 
-def _runs_table(hours: Sequence[Hour], manifests: list[dict], rows: dict[str, int] | None) -> str:
-    if not hours:
+def _runs_table(span: _Span) -> str:
+    if not span.hours:
         return "<p>No runs.</p>"
-    if len(hours) > DAILY_TABLE_HOURS:
-        return _daily_table(hours, manifests, rows)
+    if span.hours > DAILY_TABLE_HOURS:
+        return _daily_table(span)
     head = ("<tr><th>hour</th><th>status</th><th>planned</th><th>scored</th><th>failed</th>"
             "<th>no data</th><th>no model</th><th>anomalies</th><th>predictions</th>"
             "<th>seconds</th></tr>")
+    hours = span.hour_list()
+    rows = {str(h): int(n) for h, n in zip(hours, span.predictions_per_hour(), strict=True)}
     body = []
-    for hour, status, cells in hour_rows(hours, manifests, rows):
+    for hour, status, cells in hour_rows(hours, span.manifests(), rows):
         css = "not-run" if status == NOT_RUN else status
         body.append(f"<tr data-hour='{html.escape(hour)}'><td>{html.escape(hour)}</td>"
                     f"<td class='{html.escape(css)}'>{html.escape(status.replace('_', ' '))}</td>"
@@ -250,44 +416,81 @@ def _runs_table(hours: Sequence[Hour], manifests: list[dict], rows: dict[str, in
     return f"<div class='scroll'><table class='runs'>{head}{''.join(body)}</table></div>"
 
 
-def _daily_table(hours: Sequence[Hour], manifests: list[dict], rows: dict[str, int] | None) -> str:
+DAILY_STATUSES = ("succeeded", "partial", "failed", "no_data", NOT_RUN)
+
+
+def _daily_table(span: _Span) -> str:
     """A long range: one row per UTC day that has runs or data (days with neither are
     counted in the summary line, not listed)."""
-    days: dict[str, dict[str, int]] = {}
-    for hour, status, _ in hour_rows(hours, manifests, rows):
-        day = days.setdefault(hour[:10], {})
-        day[status] = day.get(status, 0) + 1
-    by_window = {m["window"]: m for m in manifests}
-    scored: dict[str, int] = {}
-    anomalies: dict[str, int] = {}
-    for window, m in by_window.items():
-        scored[window[:10]] = scored.get(window[:10], 0) + m.get("sensors", {}).get("scored", 0)
-        anomalies[window[:10]] = anomalies.get(window[:10], 0) + m.get("anomalies", 0)
-    statuses = ["succeeded", "partial", "failed", "no_data", NOT_RUN]
+    first_day = span.first.index // 24
+    days = span.last.index // 24 - first_day + 1
+    day_of_hour = (np.arange(span.first.index, span.last.index + 1) // 24) - first_day
+    day_of_run = span.runs["hour"].to_numpy() // 24 - first_day
+    hours = np.bincount(day_of_hour, minlength=days)
+    ran = np.bincount(day_of_run, minlength=days)
+    status = _statuses(span.runs)
+    counts = {s: np.bincount(day_of_run[status == s], minlength=days)
+              for s in DAILY_STATUSES if s != NOT_RUN}
+    counts[NOT_RUN] = hours - ran
+    with_rows = np.bincount(day_of_hour, weights=span.predictions_per_hour() > 0,
+                            minlength=days)
+    scored = np.bincount(day_of_run, weights=_filled(span.runs["scored"]), minlength=days)
+    anomalies = np.bincount(day_of_run, weights=_filled(span.runs["anomalies"]), minlength=days)
+    shown = np.flatnonzero((ran > 0) | (with_rows > 0))  # days with neither: nothing to show
+    names = np.datetime_as_string((shown + first_day).astype("datetime64[D]"))
     head = ("<tr><th>day</th>" + "".join(f"<th>{html.escape(s.replace('_', ' '))}</th>"
-                                         for s in statuses)
+                                         for s in DAILY_STATUSES)
             + "<th>scored</th><th>anomalies</th></tr>")
     body = []
-    for day, counts in sorted(days.items()):
-        if counts.get(NOT_RUN, 0) == sum(counts.values()) and not any(
-                (rows or {}).get(f"{day}T{h:02d}") for h in range(24)):
-            continue  # nothing ran and nothing to show that day
+    for day, d in zip(names.tolist(), shown.tolist(), strict=True):
         body.append(f"<tr data-day='{day}'><td>{day}</td>"
-                    + "".join(f"<td>{counts.get(s, 0) or ''}</td>" for s in statuses)
-                    + f"<td>{scored.get(day, 0):,}</td><td>{anomalies.get(day, 0):,}</td></tr>")
-    return (f"<p class='note'>{count(len(hours), 'hour')}: one row per day with runs "
+                    + "".join(f"<td>{counts[s][d] or ''}</td>" for s in DAILY_STATUSES)
+                    + f"<td>{int(scored[d]):,}</td><td>{int(anomalies[d]):,}</td></tr>")
+    return (f"<p class='note'>{count(span.hours, 'hour')}: one row per day with runs "
             f"(hourly rows for ranges of {DAILY_TABLE_HOURS // 24} days or less).</p>"
             f"<div class='scroll'><table class='runs daily'>{head}{''.join(body)}</table></div>")
 
 
-def _runs_summary(hours: Sequence[Hour], manifests: list[dict]) -> str:
-    if not hours:
+def _statuses(runs: pa.Table) -> np.ndarray:
+    """Each run's status as the tables show it ('?' where its manifest has none)."""
+    return np.asarray(pc.fill_null(runs["status"], "?").to_pylist(), dtype=object)
+
+
+def _filled(column: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(column, 0).to_numpy().astype(float)
+
+
+def _runs_summary(span: _Span) -> str:
+    if not span.hours:
         return ""
-    statuses: dict[str, int] = {}
-    for _, status, _ in hour_rows(hours, manifests):
-        statuses[status.replace("_", " ")] = statuses.get(status.replace("_", " "), 0) + 1
-    parts = ", ".join(f"{n:,} {s}" for s, n in sorted(statuses.items(), key=lambda kv: -kv[1]))
-    return f"Every hour of the range, run or not: {count(len(hours), 'hour')} ({parts})."
+    # Statuses by count, most first; ties in the order the hours first show them.
+    status = _statuses(span.runs)
+    offsets = span.offsets()
+    firsts: dict[str, tuple[int, int]] = {}  # status: (hours, first hour offset)
+    for s in dict.fromkeys(status.tolist()):
+        where = status == s
+        firsts[s.replace("_", " ")] = (int(where.sum()), int(offsets[where].min()))
+    not_run = span.hours - len(status)
+    if not_run:
+        ran = np.zeros(span.hours, dtype=bool)
+        ran[offsets] = True
+        firsts[NOT_RUN] = (not_run, int(np.argmin(ran)))
+    merged: dict[str, tuple[int, int]] = {}
+    for s, (n, at) in firsts.items():  # "no_data" and "no data" read the same
+        m = merged.get(s, (0, at))
+        merged[s] = (m[0] + n, min(m[1], at))
+    parts = ", ".join(f"{n:,} {s}" for s, (n, _) in
+                      sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[1][1])))
+    return f"Every hour of the range, run or not: {count(span.hours, 'hour')} ({parts})."
+
+
+def _failures(runs: pa.Table, most: int) -> list[tuple[str, dict]]:
+    """The first ``most`` failed sensors of the runs, in hour order, with their hour."""
+    listed = runs["failures"]
+    owner = pc.list_parent_indices(listed).to_numpy()[:most]
+    failures = pc.list_flatten(listed).combine_chunks()[:most].to_pylist()
+    windows = runs["window"].to_pylist() if len(failures) else []
+    return [(windows[i], f) for i, f in zip(owner.tolist(), failures, strict=True)]
 
 
 # --- data on the time axis ------------------------------------------------------------------
