@@ -87,7 +87,7 @@ def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | N
     from .bank import rebuild_bank
     from .ingest import ingest_file
     from .report import write_report
-    from .runs import run_range
+    from .ranges import run_range
     from .settings import Settings
     from .stores import LocalStore
     from .training import train
@@ -103,7 +103,7 @@ def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | N
     t2 = time.perf_counter()
     backend = LocalBackend(store.url, Settings(), workers)
     try:
-        summaries = run_range(store, hours_with_arrivals(store), backend)
+        summaries = run_range(store, hours_with_arrivals(store), backend).summaries
     finally:
         backend.close()
     t3 = time.perf_counter()

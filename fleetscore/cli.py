@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import FleetscoreError, UsageError
+from .errors import AlreadyRunning, FleetscoreError, UsageError
 from .hours import Hour, hour_range
 from .settings import Settings
 from .text import count
@@ -415,6 +415,7 @@ def run(
     from .arrivals import hours_with_arrivals
     from .backends import load_backend
     from .models import newest_model_time
+    from .ranges import run_range
     from .runs import check_ended, read_manifest, run_hour
     from .sensors import Sensor
 
@@ -458,21 +459,27 @@ def run(
                       "succeeded with the current models (--force reruns them)")
         be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
                           settings=settings, workers=workers or settings.workers)
-        summaries = []
+        summaries, not_run = [], ()
+        options = dict(sensors=picked, unit_size=unit_size, deadline=settings.deadline,
+                       ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format)
         try:
-            for hour in todo:
-                with _progress(f"scoring {hour}") as progress:
-                    summaries.append(run_hour(st, hour, be, sensors=picked, unit_size=unit_size,
-                                              deadline=settings.deadline, ttl=settings.lock_ttl,
-                                              progress=progress,
-                                              fmt=fmt or settings.predictions_format))
+            if window:
+                with _progress(f"scoring {window}") as progress:
+                    summaries = [run_hour(st, hours[0], be, progress=progress, **options)]
+            elif todo:
+                label = f"scoring {len(todo):,} {_plural(len(todo), 'hour')}"
+                with _progress(label) as progress:
+                    ranged = run_range(st, todo, be, progress=progress, **options)
+                summaries, not_run = list(ranged.summaries), ranged.not_run
         finally:
             be.close()
     finally:
         st.close()
     if as_json:
-        sys.stdout.write(json.dumps({"runs": [s.to_json() for s in summaries],
-                                     "skipped": sorted(str(h) for h in done)}, indent=1) + "\n")
+        sys.stdout.write(json.dumps({
+            "runs": [s.to_json() for s in summaries], "skipped": sorted(str(h) for h in done),
+            "not_run": [{"window": h, "kind": k, "error": m} for h, k, m in not_run]},
+            indent=1) + "\n")
     else:
         _print_runs(summaries)
     codes = {s.exit_code for s in summaries}
@@ -488,6 +495,11 @@ def run(
         err.print(f"nothing to score in {len(empty):,} {_plural(len(empty), 'hour')} "
                   f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): no sensor has "
                   "both data and a model there")
+    if not_run:
+        if not as_json:
+            err.print(f"{len(not_run):,} {_plural(len(not_run), 'hour')} not run: "
+                      f"{not_run[0][2]}{' ...' if len(not_run) > 1 else ''}")
+        worst = AlreadyRunning.exit_code
     if worst:
         raise typer.Exit(worst)
 

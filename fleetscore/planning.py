@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .arrivals import read_arrivals
@@ -100,18 +100,29 @@ def make_plan(
     sensors: Iterable[Sensor] | None = None, parallel: int = 1, min_task_seconds: float = 0.0,
     fmt: str = "csv",
 ) -> Plan:
+    return plan_hour(hour, read_arrivals(store, hour), list_models(store), unit_size=unit_size,
+                     sensors=sensors, parallel=parallel, min_task_seconds=min_task_seconds,
+                     fmt=fmt)
+
+
+def plan_hour(
+    hour: Hour, arrivals: Mapping[Sensor, int], with_model: set[Sensor], *,
+    unit_size: int | None = None, sensors: Iterable[Sensor] | None = None, parallel: int = 1,
+    min_task_seconds: float = 0.0, fmt: str = "csv",
+) -> Plan:
+    """The plan, from what the store says (the hour's arrival counts, the sensors with a
+    model): pure, so a backfill plans many hours from one read of each."""
     from .predictions import FORMATS
 
     if fmt not in FORMATS:
         raise UsageError(f"invalid predictions format {fmt!r}: expected {' or '.join(FORMATS)}")
     if unit_size is not None and unit_size < 1:
         raise UsageError(f"invalid unit size {unit_size}: expected 1 or more")
-    with_data = {s for s, n in read_arrivals(store, hour).items() if n > 0}
-    with_model = list_models(store)
+    with_data = {s for s, n in arrivals.items() if n > 0}
     if sensors is not None:
         chosen = set(sensors)
         with_data &= chosen
-        with_model &= chosen
+        with_model = with_model & chosen
     planned = sorted(with_data & with_model)
     size = unit_size or auto_unit_size(len(planned), parallel=parallel,
                                        min_task_seconds=min_task_seconds)

@@ -259,6 +259,17 @@ class RunSummary:
                 "manifest": self.manifest, "duration_s": self.duration_s,
                 "top_anomalous": [list(t) for t in self.top_anomalous]}
 
+    @classmethod
+    def from_json(cls, body: Mapping) -> RunSummary:
+        return cls(
+            window=body["window"], run_id=body["run_id"], status=body["status"],
+            planned=body["planned"], scored=body["scored"], failed=body["failed"],
+            no_data=body["no_data"], no_model=body["no_model"], anomalies=body["anomalies"],
+            failures=tuple(body["failures"]),
+            kept_from_earlier_run=tuple(body["kept_from_earlier_run"]),
+            manifest=body["manifest"], duration_s=body["duration_s"],
+            top_anomalous=tuple(tuple(t) for t in body.get("top_anomalous", ())))
+
 
 def finalize(
     store: Store, hour: Hour, run_id: str, outcomes: Mapping[str, dict], *, started: datetime,
@@ -287,11 +298,24 @@ def finalize(
         if unfinished:
             backend.cancel(hour, unfinished, run_id=run_id)
         backend.finish(hour, run_id=run_id)
-    files, kept = promote(store, hour, run_id, plan, results, manifest=done)
+    return close_hour(store, hour, run_id, plan, results, previous=done, started=started,
+                      now=now, backend_name=backend_name)
+
+
+def close_hour(
+    store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult], *,
+    previous: Mapping | None, started: datetime, now: datetime, backend_name: str,
+    payloads: Mapping[str, bytes] | None = None,
+) -> RunSummary:
+    """The end of every run of an hour, its lock just renewed: promote, write the manifest,
+    sweep what it no longer lists, release the hour, drop the run's staging. ``previous``:
+    the hour's manifest before this run; ``payloads``: the units' predictions when they are in
+    memory (a backfill's), else they are read from the run's staging."""
+    files, kept = promote(store, hour, run_id, plan, results, manifest=previous,
+                          payloads=payloads)
     manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
                               started=started, finished=now, backend=backend_name)
-    path = manifest_path(hour)
-    store.put(path, json.dumps(manifest, indent=1).encode())
+    store.put(manifest_path(hour), json.dumps(manifest, separators=(",", ":")).encode())
     sweep(store, hour, {f["path"] for f in files})
     locks.release(store, hour, run_id)
     drop_staging(store, hour)
@@ -344,7 +368,8 @@ def visible_files(store: Store, hour: Hour, manifest: Mapping | None = None) -> 
 
 
 def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult],
-            *, manifest: Mapping | None = None) -> tuple[list[dict], list[str]]:
+            *, manifest: Mapping | None = None, payloads: Mapping[str, bytes] | None = None,
+            ) -> tuple[list[dict], list[str]]:
     """The hour's new visible files: this run's units, plus the earlier rows of sensors this
     run did not replace (its failed sensors; for a rerun of a few sensors, all the others).
     Returns the files and the failed sensors whose earlier rows were kept."""
@@ -353,7 +378,8 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
     for r in results:
         if r.predictions:
             target = f"{folder}/{r.unit_id}-{run_id}.{format_of(r.predictions)}"
-            store.put(target, store.get(r.predictions))
+            data = payloads[r.unit_id] if payloads is not None else store.get(r.predictions)
+            store.put(target, data)
             files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
                           "unit": r.unit_id})
     failed = {f.sensor for r in results for f in r.failures}
@@ -583,6 +609,3 @@ __all__ = [
     "manifest_path", "new_run_id", "SUCCEEDED", "PARTIAL", "FAILED",
 ]
 
-
-def run_range(store: Store, hours: Sequence[Hour], backend: ComputeBackend, **kw) -> list[RunSummary]:
-    return [run_hour(store, h, backend, **kw) for h in hours]

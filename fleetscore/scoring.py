@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
@@ -111,10 +112,38 @@ def score_unit(
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = by_sensor(read_points(store, hour, sensors))
     present = [s for s in sensors if s in points and len(points[s].values)]
-    no_data = [str(s) for s in sensors if s not in points or not len(points[s].values)]
     bank = load_bank(store, present) if use_bank else {}
+    result, table = score_points(store, hour, sensors, points, unit_id=unit_id, bank=bank)
+    path = out or predictions_path(hour, unit_id)
+    if result.scored:
+        data = encode([table], format_of(path))
+        store.put(path, data)
+        result = replace(result, predictions=path,
+                         predictions_sha256=hashlib.sha256(data).hexdigest())
+    else:
+        # A retried unit that now scores nothing must not leave its last attempt's file behind.
+        store.delete(path)
+    return replace(result, duration_s=round(time.perf_counter() - started, 6))
+
+
+def score_points(
+    store: Store, hour: Hour, sensors: Sequence[Sensor], points: Mapping[Sensor, SensorPoints],
+    *, unit_id: str, bank: Mapping[Sensor, Any], models: dict[Sensor, Any] | None = None,
+) -> tuple[UnitResult, pa.Table]:
+    """The scoring itself, on points already read: the unit's result (with no predictions
+    file yet) and its predictions table. ``sensors`` sorted; ``models``: scikit-learn models
+    already loaded (a backfill scores a sensor in many hours and loads its model once)."""
+    started = time.perf_counter()
+    models = {} if models is None else models
+    present = [s for s in sensors if s in points and len(points[s].values)]
+    no_data = [str(s) for s in sensors if s not in points or not len(points[s].values)]
     scored: dict[Sensor, tuple[np.ndarray, np.ndarray | None]] = {}
     failures: list[SensorFailure] = []
+
+    def model_of(sensor: Sensor) -> Any:
+        if sensor not in models:
+            models[sensor] = load_model(store, sensor)
+        return models[sensor]
 
     def attempt(sensor: Sensor, work) -> None:
         try:
@@ -128,46 +157,38 @@ def score_unit(
     fast = [s for s in present if s in bank]
     computed = decisions_with_magnitude([bank[s] for s in fast], [points[s].values for s in fast])
     for sensor, (dec, magnitude) in zip(fast, computed, strict=True):
-        attempt(sensor, lambda s=sensor, d=dec, m=magnitude: _settle_boundary(store, points[s], d, m))
+        attempt(sensor, lambda s=sensor, d=dec, m=magnitude:
+                _settle_boundary(model_of, points[s], d, m))
     for sensor in present:
         if sensor not in bank:
-            attempt(sensor, lambda s=sensor: _score_plain(store, points[s]))
+            attempt(sensor, lambda s=sensor: _score_plain(model_of, points[s]))
 
     done = [s for s in sensors if s in scored]
     table = predictions_table_many([
         (s.device, s.tag, points[s].ends_ms, points[s].values, *scored[s]) for s in done])
     anomalies = {str(s): int(np.count_nonzero(scored[s][0])) for s in done}
-    path = out or predictions_path(hour, unit_id)
-    digest = None
-    if done:
-        data = encode([table], format_of(path))
-        digest = hashlib.sha256(data).hexdigest()
-        store.put(path, data)
-    else:
-        # A retried unit that now scores nothing must not leave its last attempt's file behind.
-        store.delete(path)
-    return UnitResult(
+    result = UnitResult(
         unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(done),
         points=sum(len(points[s].values) for s in done), anomalies=sum(anomalies.values()),
         failures=tuple(sorted(failures, key=lambda f: f.sensor)), no_data=tuple(no_data),
-        predictions=path if done else None, predictions_sha256=digest,
         duration_s=round(time.perf_counter() - started, 6),
         anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
     )
+    return result, table
 
 
 def _key(sensor: Sensor) -> tuple[str, str]:
     return sensor.device, sensor.tag
 
 
-def _settle_boundary(store: Store, points: SensorPoints, decision: np.ndarray,
+def _settle_boundary(model_of, points: SensorPoints, decision: np.ndarray,
                      magnitude: np.ndarray):
     """libsvm's rule (+1 only above 0); points too close to 0 to trust two float computations
     to agree are decided by scikit-learn itself."""
     labels = (decision <= 0).astype(np.int8)
     edge = near_boundary(decision, magnitude)
     if edge.any():
-        exact_labels, exact_scores = predict_labels(load_model(store, points.sensor),
+        exact_labels, exact_scores = predict_labels(model_of(points.sensor),
                                                     points.values[edge])
         labels[edge] = exact_labels
         decision = decision.copy()
@@ -176,8 +197,8 @@ def _settle_boundary(store: Store, points: SensorPoints, decision: np.ndarray,
     return labels, decision
 
 
-def _score_plain(store: Store, points: SensorPoints):
-    model = load_model(store, points.sensor)
+def _score_plain(model_of, points: SensorPoints):
+    model = model_of(points.sensor)
     try:
         return predict_labels(model, points.values)
     except ScoringError as exc:

@@ -57,6 +57,20 @@ class SequentialBackend:
     def cancel(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "") -> None:
         pass  # nothing runs outside submit
 
+    def submit_span(self, hours: Sequence[Hour], job) -> Future:
+        """Run a backfill's span (fleetscore/ranges.py) here and now."""
+        from ..ranges import run_span
+
+        future: Future = Future()
+        try:
+            future.set_result(run_span(self._store, hours, job))
+        except Exception as exc:  # noqa: BLE001 - the range reads it as the span's failure
+            future.set_exception(exc)
+        return future
+
+    def reset_spans(self) -> None:
+        pass
+
     def finish(self, window: Hour, *, run_id: str = "") -> None:
         for key in [k for k in self._done if k[:2] == (window, run_id)]:
             del self._done[key]
@@ -74,6 +88,12 @@ def _work(window: str, run_id: str, unit_id: str) -> dict:
         return {"result": run_unit(worker_store(), Hour.parse(window), run_id, unit_id).to_json()}
     except FleetscoreError as exc:
         return {"error_kind": exc.kind, "error": str(exc)}
+
+
+def _span_work(hours: Sequence[Hour], job) -> list[dict]:
+    from ..ranges import run_span
+
+    return run_span(worker_store(), hours, job)
 
 
 Key = tuple[Hour, str, str]  # window, run id, unit id
@@ -125,6 +145,23 @@ class LocalBackend:
     def _reset_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def submit_span(self, hours: Sequence[Hour], job) -> Future:
+        """Run a backfill's span (fleetscore/ranges.py) on the pool."""
+        try:
+            return self._executor().submit(_span_work, hours, job)
+        except BrokenProcessPool:
+            self._reset_pool()
+            return self._executor().submit(_span_work, hours, job)
+
+    def reset_spans(self) -> None:
+        """A fresh pool: after a worker died (the pool is broken), or to stop spans past their
+        deadline (their workers are stopped, not waited for)."""
+        if self._pool is not None:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def _retry_crashed(self, keys: Sequence[Key]) -> None:

@@ -1,0 +1,355 @@
+"""Backfills: many hours run with the per-hour overhead amortized, each hour still its own run.
+
+Every hour of a range keeps what an hourly run gives it: its lock, its plan, its own manifest
+(``runs/HOUR.json``) and predictions files, promoted only when it succeeds, the earlier rows of
+failed sensors kept. What changes is how the work is cut:
+
+```
+pack   one read of the arrival records sizes every hour; hours are packed, in order, into
+       *spans* of about equal work: a unit that covers several hours
+span   a worker takes its span's hours (each hour's lock), plans them from one read of their
+       arrival records, scores them with one read of each data file and one load of the bank
+       and models, and closes each hour (runs.close_hour: promote from memory, manifest,
+       release). Nothing is staged; the pool, not this process, does the per-hour writing;
+       an hour is locked only while its span runs.
+```
+
+Hours with more than SPAN_MAX_SENSORS sensors to score are not packed: they run as an hourly
+run does (``runs.run_hour``: units, staging, a deadline per hour), and so do all hours on a
+backend that cannot run spans (Azure Batch: a backfill there is the orchestrator's reruns).
+
+A span whose worker dies is run once more on a fresh pool (hours it closed stay closed); a
+span that dies twice, or is still running at the deadline, fails the hours it did not close,
+as a unit failure fails its hour: each gets a manifest saying why, the earlier predictions
+stay. An hour another run holds is left to it and named at the end (AlreadyRunning), after
+every other hour of the range is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from . import locks
+from .arrivals import read_arrivals_many
+from .bank import load_bank
+from .compaction import compact_for_run
+from .errors import AlreadyRunning, FleetscoreError, LockLost
+from .hours import Hour
+from .locks import LOCK_TTL
+from .models import list_models
+from .planning import SMALL_FLEET, Plan, Unit, plan_hour
+from .predictions import encode, predictions_folder
+from .runs import (
+    DEADLINE, Progress, RunSummary, check_ended, close_hour, drop_staging, new_run_id,
+    read_manifest, run_hour, summary_of,
+)
+from .scoring import UnitResult, score_points
+from .sensors import Sensor
+from .stores import Store
+from .windows import by_sensor, read_points, read_points_many
+
+SPAN_MAX_SENSORS = SMALL_FLEET  # an hour with more sensors to score runs as an hourly run
+SPAN_MAX_SENSOR_HOURS = 4096  # a span's work: small enough to balance, big enough to amortize
+SPANS_PER_WORKER = 4
+ATTEMPTS = 2  # a span whose worker dies is run once more on a fresh pool
+
+
+def span_id(index: int) -> str:
+    return f"s{index:06d}"
+
+
+def pack(sizes: Sequence[tuple[Hour, int]], *, workers: int) -> list[list[Hour]]:
+    """Cut hours (with their sensors to score) into spans of about equal work, in order."""
+    work = sum(n for _, n in sizes)
+    target = max(1, min(SPAN_MAX_SENSOR_HOURS,
+                        math.ceil(work / (SPANS_PER_WORKER * max(1, workers)))))
+    spans: list[list[Hour]] = []
+    current: list[Hour] = []
+    size = 0
+    for hour, n in sizes:
+        if current and size + max(n, 1) > target:
+            spans.append(current)
+            current, size = [], 0
+        current.append(hour)
+        size += max(n, 1)  # an hour with nothing to score still costs its manifest
+    if current:
+        spans.append(current)
+    return spans
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every span of one range shares (sent to the workers with each span)."""
+
+    run_id: str
+    started: str  # ISO time the range began: each hour's manifest says so
+    backend: str
+    ttl_s: float
+    sensors: tuple[Sensor, ...] | None  # a rerun of chosen sensors; None: all
+    fmt: str
+
+
+# --- a span (what a worker runs) -------------------------------------------------------------
+
+
+def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
+    """Run a span's hours, each as its own run. Returns, per hour, its summary, or why it
+    was not run or not closed (``{"window", "error_kind", "error"}``)."""
+    ttl = timedelta(seconds=job.ttl_s)
+    started = datetime.fromisoformat(job.started)
+    out: list[dict] = []
+    taken = []
+    for hour in hours:
+        try:
+            locks.acquire(store, hour, job.run_id, now=datetime.now(UTC), ttl=ttl,
+                          pid=os.getpid())
+        except AlreadyRunning as exc:
+            out.append(_error(hour, exc))
+            continue
+        taken.append(hour)
+    try:
+        for hour in taken:
+            drop_staging(store, hour, keep=job.run_id)
+            compact_for_run(store, hour)
+        arrivals = read_arrivals_many(store, taken)
+        with_model = list_models(store)
+        plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
+                                     fmt=job.fmt), span_unit(h)) for h in taken]
+        union = sorted({s for p in plans for s in p.units[0].sensors}, key=_key)
+        try:
+            tables = read_points_many(store, taken, union)
+        except FleetscoreError:
+            tables = None  # read hour by hour, so only the unreadable hours fail
+        bank = load_bank(store, union)
+    except BaseException:
+        for hour in taken:
+            locks.release(store, hour, job.run_id)
+        raise
+    models: dict = {}
+    for plan in plans:
+        unit = plan.units[0]
+        result, data = _score(store, plan, unit, tables, bank, models)
+        try:
+            summary = close_span_hour(store, plan, job, [result] if unit.sensors else [],
+                                      {unit.id: data} if data else {}, started=started, ttl=ttl)
+            out.append({"summary": summary.to_json()})
+        except FleetscoreError as exc:
+            locks.release(store, plan.window, job.run_id)
+            out.append(_error(plan.window, exc))
+    return out
+
+
+def span_unit(hour: Hour) -> str:
+    """The unit id of an hour run in a span (one unit an hour; its span is the run)."""
+    return "span"
+
+
+def _one_unit(plan: Plan, unit_id: str) -> Plan:
+    sensors = tuple(s for u in plan.units for s in u.sensors)
+    return replace(plan, units=(Unit(unit_id, sensors, plan.format),) if sensors else (),
+                   unit_size=max(1, len(sensors)))
+
+
+def _error(hour: Hour, exc: FleetscoreError) -> dict:
+    return {"window": str(hour), "error_kind": exc.kind, "error": str(exc)}
+
+
+def _score(store: Store, plan: Plan, unit: Unit, tables: Mapping | None, bank: Mapping,
+           models: dict) -> tuple[UnitResult, bytes | None]:
+    hour = plan.window
+    try:
+        table = tables[hour] if tables is not None else read_points(store, hour, unit.sensors)
+        sensors = sorted(unit.sensors, key=_key)
+        result, predictions = score_points(store, hour, sensors, by_sensor(table),
+                                           unit_id=unit.id, bank=bank, models=models)
+    except FleetscoreError as exc:
+        return UnitResult.all_failed(str(hour), unit.id, unit.sensors, exc.kind, str(exc)), None
+    if not result.scored:
+        return result, None
+    data = encode([predictions], plan.format)
+    target = f"{predictions_folder(hour)}/{unit.id}.{plan.format}"  # names the format only
+    return replace(result, predictions=target,
+                   predictions_sha256=hashlib.sha256(data).hexdigest()), data
+
+
+def close_span_hour(store: Store, plan: Plan, job: Job, results: Sequence[UnitResult],
+                    payloads: Mapping[str, bytes], *, started: datetime,
+                    ttl: timedelta) -> RunSummary:
+    hour = plan.window
+    now = datetime.now(UTC)
+    previous = read_manifest(store, hour)
+    locks.renew(store, hour, job.run_id, now=now, ttl=ttl)  # LockLost: another run owns it
+    return close_hour(store, hour, job.run_id, plan, results, previous=previous,
+                      started=started, now=now, backend_name=job.backend, payloads=payloads)
+
+
+def _key(sensor: Sensor) -> tuple[str, str]:
+    return sensor.device, sensor.tag
+
+
+# --- the range (this process) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    summaries: tuple[RunSummary, ...]
+    not_run: tuple[tuple[str, str, str], ...]  # (hour, error kind, message)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all succeeded; 4 some hour was not run (held by another run); else the worst
+        of the runs' own codes (3 failures, 6 no data)."""
+        if self.not_run:
+            return AlreadyRunning.exit_code
+        codes = {s.exit_code for s in self.summaries}
+        return 3 if 3 in codes else (6 if 6 in codes else 0)
+
+
+def run_range(
+    store: Store, hours: Sequence[Hour], backend, *, sensors: Iterable[Sensor] | None = None,
+    unit_size: int | None = None, deadline: timedelta = DEADLINE, ttl: timedelta = LOCK_TTL,
+    progress: Progress | None = None, fmt: str = "csv",
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> RangeResult:
+    """Run every hour of ``hours``, each its own run: their summaries, in order, and the hours
+    that could not be run (another run held them, or took them over)."""
+    hours = sorted(set(hours))
+    started = clock()
+    for hour in hours:
+        check_ended(hour, started)
+    chosen = None if sensors is None else tuple(sorted(set(sensors)))
+    total, finished = len(hours), 0
+    out: dict[Hour, RunSummary] = {}
+    errors: list[tuple[str, FleetscoreError]] = []
+
+    def advance(n: int) -> None:
+        nonlocal finished
+        finished += n
+        if progress:
+            progress(finished, total)
+
+    def hourly(hour: Hour) -> None:
+        try:
+            out[hour] = run_hour(store, hour, backend, sensors=chosen, unit_size=unit_size,
+                                 deadline=deadline, ttl=ttl, fmt=fmt, clock=clock)
+        except (AlreadyRunning, LockLost) as exc:
+            errors.append((str(hour), exc))
+        advance(1)
+
+    advance(0)
+    if not callable(getattr(backend, "submit_span", None)):
+        for hour in hours:
+            hourly(hour)
+    else:
+        with_model = list_models(store)
+        arrivals = read_arrivals_many(store, hours)
+        sizes = [(h, plan_hour(h, arrivals[h], with_model, sensors=chosen).sensors)
+                 for h in hours]
+        job = Job(run_id=new_run_id(started), started=started.isoformat(), backend=backend.name,
+                  ttl_s=ttl.total_seconds(), sensors=chosen, fmt=fmt)
+        spans = pack([(h, n) for h, n in sizes if n <= SPAN_MAX_SENSORS],
+                     workers=getattr(backend, "workers", 1))
+        _drive(store, backend, spans, job, ends=started + deadline, clock=clock, out=out,
+               errors=errors, advance=advance)
+        for hour, n in sizes:
+            if n > SPAN_MAX_SENSORS:
+                hourly(hour)
+    return RangeResult(tuple(out[h] for h in hours if h in out),
+                       tuple((h, e.kind, str(e)) for h, e in errors))
+
+
+def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, ends: datetime,
+           clock: Callable[[], datetime], out: dict[Hour, RunSummary],
+           errors: list[tuple[str, FleetscoreError]], advance: Callable[[int], None]) -> None:
+    """Run the spans on the backend's pool until all are done or the deadline passes."""
+    tries = dict.fromkeys(range(len(spans)), 1)
+    running: dict[Future, int] = {backend.submit_span(span, job): i
+                                  for i, span in enumerate(spans)}
+    while running:
+        timeout = max(0.0, (ends - clock()).total_seconds())
+        done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
+        retry = []
+        for future in done:
+            index = running.pop(future)
+            exc = future.exception()
+            if exc is None:
+                for body in future.result():
+                    hour = Hour.parse(body["summary"]["window"] if "summary" in body
+                                      else body["window"])
+                    if "summary" in body:
+                        out[hour] = RunSummary.from_json(body["summary"])
+                    else:
+                        errors.append((body["window"], _rebuild(body)))
+                advance(len(spans[index]))
+            elif isinstance(exc, BrokenProcessPool) and tries[index] < ATTEMPTS:
+                retry.append(index)
+            else:
+                kind, message = (("WorkerCrashed", "its worker process died twice (killed, or "
+                                  "out of memory)") if isinstance(exc, BrokenProcessPool)
+                                 else (type(exc).__name__, f"span failed: {exc}"))
+                _fail(store, spans[index], job, kind, message, out=out, errors=errors)
+                advance(len(spans[index]))
+        if retry:
+            # A dead worker breaks the pool: every span still on it is run again, once, for
+            # the hours it had not closed.
+            broken = [i for f, i in running.items() if not f.done() or f.exception()]
+            running = {f: i for f, i in running.items() if i not in broken}
+            backend.reset_spans()
+            for index in sorted({*retry, *broken}):
+                tries[index] += 1
+                left = [h for h in spans[index] if not _closed_into(store, h, job, out)]
+                running[backend.submit_span(left, job)] = index
+        if running and clock() >= ends:
+            backend.reset_spans()  # stops the workers: nothing they held closes an hour now
+            for index in running.values():
+                _fail(store, spans[index], job, "DeadlineExceeded",
+                      f"span {span_id(index)} did not finish before {ends.isoformat()}",
+                      out=out, errors=errors)
+                advance(len(spans[index]))
+            running = {}
+
+
+def _rebuild(body: Mapping) -> FleetscoreError:
+    kinds = {"AlreadyRunning": AlreadyRunning, "LockLost": LockLost}
+    return kinds.get(body["error_kind"], FleetscoreError)(body["error"])
+
+
+def _closed_into(store: Store, hour: Hour, job: Job, out: dict[Hour, RunSummary]) -> bool:
+    """Did this run already close the hour (a worker that died after closing some hours of
+    its span)? If so its summary goes to ``out``."""
+    manifest = read_manifest(store, hour)
+    if manifest is not None and manifest.get("run_id") == job.run_id \
+            and not locks.holds(store, hour, job.run_id):
+        out[hour] = summary_of(manifest)
+        return True
+    return False
+
+
+def _fail(store: Store, span: Sequence[Hour], job: Job, kind: str, message: str, *,
+          out: dict[Hour, RunSummary], errors: list[tuple[str, FleetscoreError]]) -> None:
+    """Close the span's hours it did not close itself, each planned sensor failed with
+    ``kind``: their manifests say why, their earlier predictions stay."""
+    ttl = timedelta(seconds=job.ttl_s)
+    started = datetime.fromisoformat(job.started)
+    with_model = list_models(store)
+    for hour in span:
+        if _closed_into(store, hour, job, out):
+            continue
+        try:
+            locks.acquire(store, hour, job.run_id, now=datetime.now(UTC), ttl=ttl,
+                          pid=os.getpid())
+            plan = _one_unit(plan_hour(hour, read_arrivals_many(store, [hour])[hour],
+                                       with_model, sensors=job.sensors, fmt=job.fmt),
+                             span_unit(hour))
+            results = [UnitResult.all_failed(str(hour), u.id, u.sensors, kind, message)
+                       for u in plan.units]
+            out[hour] = close_span_hour(store, plan, job, results, {}, started=started, ttl=ttl)
+        except (AlreadyRunning, LockLost) as exc:
+            errors.append((str(hour), exc))

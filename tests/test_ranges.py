@@ -1,0 +1,270 @@
+"""Backfills (fleetscore.ranges): many hours in spans, each hour still its own run."""
+
+import json
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from fleetscore import locks, ranges
+from fleetscore.arrivals import hours_with_arrivals
+from fleetscore.backends.local import LocalBackend, SequentialBackend
+from fleetscore.bank import rebuild_bank
+from fleetscore.errors import UsageError
+from fleetscore.hours import Hour
+from fleetscore.ingest import ingest_file
+from fleetscore.models import model_path
+from fleetscore.predictions import predictions_folder, read_predictions
+from fleetscore.ranges import run_range
+from fleetscore.runs import read_manifest, run_hour
+from fleetscore.sensors import Sensor
+from fleetscore.stores import LocalStore
+from fleetscore.training import train
+from tests.conftest import copy_tree
+
+reliability = pytest.mark.reliability
+
+
+def _hours(store) -> list[Hour]:
+    return hours_with_arrivals(store)
+
+
+def _visible(store, hours):
+    return {str(h): read_predictions(store, h) for h in hours}
+
+
+def _check_hour_is_clean(store, hour, manifest) -> None:
+    """What every run leaves: its manifest's files and nothing else, no staging, no lock."""
+    assert sorted(f["path"] for f in manifest["predictions"]) == \
+        list(store.list(predictions_folder(hour)))
+    assert list(store.list(f"runs/{hour}")) == []
+    assert not store.exists(locks.lock_path(hour))
+
+
+def test_a_range_scores_each_hour_as_its_hourly_run_does(trained_store, tmp_path):
+    hourly = LocalStore(copy_tree(trained_store.root, tmp_path / "hourly"))
+    hours = _hours(trained_store)
+    assert len(hours) >= 3
+    for hour in hours:
+        run_hour(hourly, hour, SequentialBackend(hourly))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    assert [s.window for s in result.summaries] == [str(h) for h in hours]
+    assert result.not_run == () and result.exit_code == 0
+    for hour, summary in zip(hours, result.summaries, strict=True):
+        assert read_predictions(trained_store, hour).equals(read_predictions(hourly, hour))
+        manifest = read_manifest(trained_store, hour)
+        assert manifest["run_id"] == summary.run_id and manifest["status"] == summary.status
+        assert manifest["sensors"] == read_manifest(hourly, hour)["sensors"]
+        _check_hour_is_clean(trained_store, hour, manifest)
+    # One run id for the range, one manifest per hour.
+    assert len({s.run_id for s in result.summaries}) == 1
+
+
+def test_the_process_pool_gives_the_same_predictions(trained_store, tmp_path):
+    pooled = LocalStore(copy_tree(trained_store.root, tmp_path / "pooled"))
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    backend = LocalBackend(pooled.url, workers=2)
+    try:
+        result = run_range(pooled, hours, backend)
+    finally:
+        backend.close()
+    assert {s.status for s in result.summaries} == {"succeeded"}
+    for hour in hours:
+        assert read_predictions(pooled, hour).equals(read_predictions(trained_store, hour))
+        _check_hour_is_clean(pooled, hour, read_manifest(pooled, hour))
+
+
+def test_a_broken_model_fails_alone_and_keeps_its_earlier_rows(trained_store):
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    before = _visible(trained_store, hours)
+    trained_store.put(model_path(Sensor("1", "2")), b"broken")
+    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    assert result.exit_code == 3
+    for hour, summary in zip(hours, result.summaries, strict=True):
+        if summary.planned:
+            assert summary.status == "partial"
+            assert [f["sensor"] for f in summary.failures] == ["1/2"]
+            assert summary.kept_from_earlier_run == ("1/2",)
+        # Every row of the hour is still there: new ones for the others, the old ones of 1/2.
+        assert read_predictions(trained_store, hour).sort_by(
+            [("Device", "ascending"), ("Tag", "ascending"), ("TS", "ascending")]
+        ).select(["Device", "Tag", "TS"]).equals(before[str(hour)].select(["Device", "Tag", "TS"]))
+
+
+def test_a_rerun_of_chosen_sensors_keeps_the_others(trained_store):
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    before = _visible(trained_store, hours)
+    result = run_range(trained_store, hours, SequentialBackend(trained_store),
+                       sensors=[Sensor("1", "1")])
+    for hour, summary in zip(hours, result.summaries, strict=True):
+        assert summary.scored <= 1
+        assert read_predictions(trained_store, hour).equals(before[str(hour)])
+
+
+def test_parquet_predictions(trained_store):
+    hours = _hours(trained_store)[:2]
+    run_range(trained_store, hours, SequentialBackend(trained_store), fmt="parquet")
+    for hour in hours:
+        assert all(p.endswith(".parquet") for p in trained_store.list(predictions_folder(hour)))
+        assert read_predictions(trained_store, hour).num_rows > 0
+
+
+@reliability
+def test_an_hour_another_run_holds_is_left_to_it_and_named(trained_store):
+    hours = _hours(trained_store)
+    held = hours[1]
+    from datetime import UTC, datetime
+
+    locks.acquire(trained_store, held, "other-run", now=datetime.now(UTC), pid=os.getpid())
+    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    assert [h for h, _, _ in result.not_run] == [str(held)]
+    assert result.not_run[0][1] == "AlreadyRunning" and result.exit_code == 4
+    assert [s.window for s in result.summaries] == [str(h) for h in hours if h != held]
+    assert read_manifest(trained_store, held) is None  # nothing written for the held hour
+    assert locks.holds(trained_store, held, "other-run")  # and its lock untouched
+    for hour in hours:
+        if hour != held:
+            assert not trained_store.exists(locks.lock_path(hour))
+
+
+def test_an_hour_not_ended_is_refused_before_anything_runs(trained_store):
+    future = Hour.from_datetime(__import__("datetime").datetime.now()) + 2
+    with pytest.raises(UsageError, match="has not ended"):
+        run_range(trained_store, [*_hours(trained_store), future], SequentialBackend(trained_store))
+    assert all(read_manifest(trained_store, h) is None for h in _hours(trained_store))
+
+
+def test_hours_with_many_sensors_run_as_hourly_runs(trained_store, monkeypatch):
+    monkeypatch.setattr(ranges, "SPAN_MAX_SENSORS", 2)  # the fixture's hours have 3 sensors
+    hours = _hours(trained_store)
+    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    for hour in hours:
+        units = {u["id"] for u in read_manifest(trained_store, hour)["unit_results"]}
+        assert units and "span" not in units  # planned in units, as an hourly run
+    assert {s.status for s in result.summaries} == {"succeeded"}
+
+
+def test_progress_counts_every_hour(trained_store):
+    seen = []
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store),
+              progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, len(hours)) and seen[-1] == (len(hours), len(hours))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_spans_cover_every_hour_once_in_order():
+    sizes = [(Hour(i), n) for i, n in enumerate([3, 0, 5, 1, 1, 9, 2, 0, 4])]
+    spans = ranges.pack(sizes, workers=2)
+    assert [h for span in spans for h in span] == [h for h, _ in sizes]
+    assert len(spans) > 1
+
+
+# --- workers that die or hang ---------------------------------------------------------------
+
+
+def _die_first(marker: Path, times: int):
+    """A run_span that kills its worker, after closing the span's first hour, ``times`` times
+    (counted in a file: each attempt runs in a fresh process)."""
+    real = ranges.run_span
+
+    def run_span(store, hours, job):
+        attempts = int(marker.read_text()) if marker.exists() else 0
+        if attempts < times:
+            marker.write_text(str(attempts + 1))
+            real(store, hours[:1], job)
+            os._exit(1)
+        return real(store, hours, job)
+
+    return run_span
+
+
+@reliability
+def test_a_dead_worker_s_span_runs_again_once(trained_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(ranges, "SPANS_PER_WORKER", 1)  # one span of every hour
+    monkeypatch.setattr(ranges, "run_span", _die_first(tmp_path / "deaths", 1))
+    hours = _hours(trained_store)
+    backend = LocalBackend(trained_store.url, workers=1)
+    try:
+        result = run_range(trained_store, hours, backend)
+    finally:
+        backend.close()
+    assert (tmp_path / "deaths").read_text() == "1"
+    assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
+    # The hour closed before the worker died stays as it was closed, the rest by the retry.
+    assert len({read_manifest(trained_store, h)["run_id"] for h in hours}) == 1
+    for hour in hours:
+        _check_hour_is_clean(trained_store, hour, read_manifest(trained_store, hour))
+
+
+@reliability
+def test_a_span_that_dies_twice_fails_its_hours_and_keeps_earlier_rows(trained_store, tmp_path,
+                                                                      monkeypatch):
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    before = _visible(trained_store, hours)
+    monkeypatch.setattr(ranges, "SPANS_PER_WORKER", 1)
+    monkeypatch.setattr(ranges, "run_span", _die_first(tmp_path / "deaths", 2))
+    backend = LocalBackend(trained_store.url, workers=1)
+    try:
+        result = run_range(trained_store, hours, backend)
+    finally:
+        backend.close()
+    statuses = [s.status for s in result.summaries]
+    # Each attempt closed one hour before its worker died; the others failed, saying why.
+    assert statuses[:2] == ["succeeded"] * 2 and set(statuses[2:]) == {"failed"}
+    failed = result.summaries[2:]
+    assert all(f["kind"] == "WorkerCrashed" for s in failed for f in s.failures)
+    for hour in hours[2:]:
+        assert read_predictions(trained_store, hour).equals(before[str(hour)])
+        _check_hour_is_clean(trained_store, hour, read_manifest(trained_store, hour))
+
+
+def _late(store, hours, job):
+    """A span that finishes, but only after the deadline."""
+    time.sleep(4)
+    return ranges.__dict__["_real_run_span"](store, hours, job)
+
+
+@reliability
+def test_a_span_past_the_deadline_is_stopped_and_its_hours_failed(trained_store, monkeypatch):
+    monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
+    monkeypatch.setattr(ranges, "run_span", _late)
+    hours = _hours(trained_store)
+    backend = LocalBackend(trained_store.url, workers=1)
+    started = time.monotonic()
+    try:
+        result = run_range(trained_store, hours, backend, deadline=timedelta(seconds=1))
+    finally:
+        backend.close()
+    assert time.monotonic() - started < 30
+    assert result.summaries and all(s.status in ("failed", "no_data") for s in result.summaries)
+    kinds = {f["kind"] for s in result.summaries for f in s.failures}
+    assert kinds == {"DeadlineExceeded"}
+    # The late worker was stopped: it never closes an hour the range already failed.
+    time.sleep(5)
+    for hour in hours:
+        manifest = read_manifest(trained_store, hour)
+        assert manifest["status"] in ("failed", "no_data")
+        _check_hour_is_clean(trained_store, hour, manifest)
+
+
+# --- the same on Azure Blob (Azurite) -------------------------------------------------------
+
+
+def test_a_range_on_blob_storage(store, fleet_csv):
+    ingest_file(store, fleet_csv)
+    train(store, until=Hour.parse("2024-03-01T00"))
+    rebuild_bank(store)
+    hours = _hours(store)
+    result = run_range(store, hours, SequentialBackend(store))
+    assert {s.status for s in result.summaries} == {"succeeded"}
+    for hour in hours:
+        manifest = json.loads(store.get(f"runs/{hour}.json"))
+        _check_hour_is_clean(store, hour, manifest)
+        assert read_predictions(store, hour).num_rows > 0
