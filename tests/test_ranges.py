@@ -114,7 +114,7 @@ def test_parquet_predictions(trained_store):
         assert read_predictions(trained_store, hour).num_rows > 0
 
 
-@reliability
+@reliability("R44")
 def test_an_hour_another_run_holds_is_left_to_it_and_named(trained_store):
     hours = _hours(trained_store)
     held = hours[1]
@@ -184,7 +184,7 @@ def _die_first(marker: Path, times: int):
     return run_span
 
 
-@reliability
+@reliability("R42")
 def test_a_dead_worker_s_span_runs_again_once(trained_store, tmp_path, monkeypatch):
     monkeypatch.setattr(ranges, "SPANS_PER_WORKER", 1)  # one span of every hour
     monkeypatch.setattr(ranges, "run_span", _die_first(tmp_path / "deaths", 1))
@@ -202,7 +202,7 @@ def test_a_dead_worker_s_span_runs_again_once(trained_store, tmp_path, monkeypat
         _check_hour_is_clean(trained_store, hour, read_manifest(trained_store, hour))
 
 
-@reliability
+@reliability("R42")
 def test_a_span_that_dies_twice_fails_its_hours_and_keeps_earlier_rows(trained_store, tmp_path,
                                                                       monkeypatch):
     hours = _hours(trained_store)
@@ -231,7 +231,7 @@ def _late(store, hours, job):
     return ranges.__dict__["_real_run_span"](store, hours, job)
 
 
-@reliability
+@reliability("R43")
 def test_a_span_past_the_deadline_is_stopped_and_its_hours_failed(trained_store, monkeypatch):
     monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
     monkeypatch.setattr(ranges, "run_span", _late)
