@@ -16,14 +16,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError
-from .base import check_path, folder
+from .base import check_path
 
 _TMP_PREFIX = ".tmp-"
 _CAS_LOCK = ".tmp-cas.lock"  # hidden from listings by its prefix
@@ -50,7 +50,7 @@ def version_of(data: bytes) -> str:
 class LocalStore:
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.url = str(self.root)
+        self.url = self._root = str(self.root)
         if not create:
             if not self.root.is_dir() or not (
                     (self.root / MARKER).is_file() or any((self.root / k).is_dir() for k in _KNOWN)):
@@ -64,12 +64,14 @@ class LocalStore:
         if not (self.root / MARKER).exists():
             self.put(MARKER, b'{"fleetscore": 1}\n')
 
-    def _file(self, path: str) -> Path:
-        return self.root / check_path(path)
+    def _file(self, path: str) -> str:
+        # Plain strings, not Path objects: a backfill makes tens of thousands of calls.
+        return os.path.join(self._root, check_path(path))
 
     def get(self, path: str) -> bytes:
         try:
-            return self._file(path).read_bytes()
+            with open(self._file(path), "rb") as handle:
+                return handle.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise NotFound(f"{path} not found in store {self.url}") from exc
         except OSError as exc:
@@ -81,7 +83,7 @@ class LocalStore:
 
     @contextmanager
     def _cas(self) -> Iterator[None]:
-        fd = os.open(self.root / _CAS_LOCK, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        fd = os.open(os.path.join(self._root, _CAS_LOCK), os.O_RDWR | os.O_CREAT, _FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -90,57 +92,82 @@ class LocalStore:
 
     def _current(self, path: str) -> str | None:
         try:
-            return version_of(self._file(path).read_bytes())
+            with open(self._file(path), "rb") as handle:
+                return version_of(handle.read())
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def _temp(self, parent: str) -> tuple[int, str]:
+        """A new hidden file beside the target (O_EXCL: never one another writer uses)."""
+        for _ in range(100):
+            tmp = os.path.join(parent, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE), tmp
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free temporary name in {parent}")
 
     def put(self, path: str, data: bytes, *, overwrite: bool = True,
             if_match: str | None = None) -> None:
         target = self._file(path)
+        parent = os.path.dirname(target)
         try:
             try:
-                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+                fd, tmp = self._temp(parent)
             except FileNotFoundError:  # a new folder: made on demand, not checked on every write
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+                os.makedirs(parent, exist_ok=True)
+                fd, tmp = self._temp(parent)
+            placed = False
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600: honour the umask
                     handle.write(data)
                 if if_match is not None:
                     with self._cas():
                         if self._current(path) != if_match:
                             raise Conflict(f"{path} changed in store {self.url} since it was read")
                         os.replace(tmp, target)
+                        placed = True
                 elif overwrite:
                     os.replace(tmp, target)
+                    placed = True
                 else:
                     # link() fails if the target exists: an atomic create-if-absent.
                     os.link(tmp, target)
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                if not placed:
+                    try:
+                        os.unlink(tmp)
+                    except FileNotFoundError:
+                        pass
         except FileExistsError as exc:
             raise AlreadyExists(f"{path} already exists in store {self.url}") from exc
         except OSError as exc:
             raise StoreError(f"cannot write {path} in store {self.url}: {exc.strerror}") from exc
 
     def exists(self, path: str) -> bool:
-        return self._file(path).is_file()
+        return os.path.isfile(self._file(path))
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        base = self.root / folder(prefix) if prefix.strip("/") else self.root
-        if prefix.strip("/"):
-            check_path(prefix.strip("/"))
-        if not base.is_dir():
-            return iter(())
-        found = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            for name in filenames:
-                if not name.startswith(_TMP_PREFIX):
-                    found.append(name if rel == "." else f"{rel}/{name}")
+        rel = prefix.strip("/")
+        if rel:
+            check_path(rel)
+        base = os.path.join(self._root, rel) if rel else self._root
+        found: list[str] = []
+        stack = [(base, f"{rel}/" if rel else "")]
+        while stack:
+            directory, shown = stack.pop()
+            try:
+                entries = os.scandir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, f"{shown}{entry.name}/"))
+                    elif entry.is_symlink() and entry.is_dir():
+                        continue  # as os.walk: a linked folder is not followed
+                    elif not entry.name.startswith(_TMP_PREFIX):
+                        found.append(f"{shown}{entry.name}")
         return iter(sorted(found))
 
     def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
@@ -149,7 +176,7 @@ class LocalStore:
         out = []
         for path in self.list(prefix):
             try:
-                st = self._file(path).stat()
+                st = os.stat(self._file(path))
             except FileNotFoundError:
                 continue
             out.append((path, st.st_size, str(st.st_mtime_ns)))
@@ -159,12 +186,15 @@ class LocalStore:
         target = self._file(path)
         try:
             if if_match is None:
-                target.unlink(missing_ok=True)
+                try:
+                    os.unlink(target)
+                except FileNotFoundError:
+                    pass
                 return
             with self._cas():
                 if self._current(path) != if_match:
                     raise Conflict(f"{path} changed in store {self.url} since it was read")
-                target.unlink()
+                os.unlink(target)
         except OSError as exc:
             raise StoreError(f"cannot delete {path} in store {self.url}: {exc.strerror}") from exc
 
