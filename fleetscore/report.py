@@ -14,9 +14,9 @@ then has one row per day. The report stays a few hundred kilobytes and renders i
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ from .errors import InputError
 from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
 from .runs_table import no_runs, read_many, read_runs
-from .stores import LocalStore, Store
+from .stores import Store
 from .text import count
 
 HEATMAP_SENSORS = 60
@@ -91,7 +91,8 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     if first is None or last is None:
         # Default range: the hours that have data (a run of an empty hour, by mistake or far
         # in the past, must not stretch every report to years of nothing).
-        bounds = _arrival_bounds(store)
+        known = hours_with_arrivals(store)
+        bounds = (known[0], known[-1]) if known else None
         if bounds is None:
             runs = read_runs(store)
             ran = runs.filter(pc.fill_null(pc.not_equal(runs["status"], "no_data"), True))
@@ -164,39 +165,6 @@ class _Span:
 
 
 _SENSOR_COUNTS = ("planned", "scored", "failed", "no_data", "no_model")
-
-
-def _arrival_bounds(store: Store) -> tuple[Hour, Hour] | None:
-    """The first and last hours with arrival records (``arrivals.hours_with_arrivals``'
-    ends). On a directory only the two ends of the folder tree are walked."""
-    if not isinstance(store, LocalStore):
-        known = hours_with_arrivals(store)
-        return (known[0], known[-1]) if known else None
-    base = store.root / "arrivals"
-    first = _edge_hour(base, reverse=False)
-    return None if first is None else (first, _edge_hour(base, reverse=True))
-
-
-def _edge_hour(folder: Path, *, reverse: bool, parts: tuple[str, ...] = ()) -> Hour | None:
-    """The first (last) ``YYYY/MM/DD/HH`` folder under ``folder`` holding a file."""
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name, reverse=reverse)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if len(parts) == 4:
-        if not any(e.is_file() and not e.name.startswith(".tmp-") for e in entries):
-            return None
-        try:
-            return Hour.parse(f"{parts[0]}-{parts[1]}-{parts[2]}T{parts[3]}")
-        except Exception:  # noqa: BLE001 - a stray folder in arrivals/ is not an hour
-            return None
-    for e in entries:
-        if e.is_dir():
-            found = _edge_hour(Path(e.path), reverse=reverse, parts=(*parts, e.name))
-            if found is not None:
-                return found
-    return None
 
 
 PREDICTION_COLUMNS = ("TS", "Device", "Tag", "Val", "Prediction")
@@ -603,7 +571,7 @@ def _time_axis(ax, axis: Axis, *, labels: bool = True) -> None:
     ax.set_xlim(_utc(axis.start_ms), _utc(axis.end_ms))
     span = (axis.end_ms - axis.start_ms) / HOUR_MS
     if span > TICK_HOURS[-1] * 8:  # beyond eight weeks: matplotlib's calendar ticks
-        locator = mdates.AutoDateLocator(tz=UTC, maxticks=9)
+        locator = _calendar_locator()
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
         ax.grid(axis="x", color="#ddd", linewidth=0.6)
@@ -625,6 +593,32 @@ def _time_axis(ax, axis: Axis, *, labels: bool = True) -> None:
         ax.set_xlabel(f"window end (UTC), {day}" if span <= 24 else "window end (UTC)")
     else:
         ax.tick_params(axis="x", labelbottom=False)
+
+
+def _calendar_locator():
+    return _calendar_locator_class()(tz=UTC, maxticks=9)
+
+
+@functools.cache
+def _calendar_locator_class():
+    """matplotlib's AutoDateLocator, its ticks worked out once per view: a report's charts
+    share one time axis, and every layout and drawing pass of each of their axes asks again
+    (a walk over the calendar each time)."""
+    import matplotlib.dates as mdates
+
+    class CalendarLocator(mdates.AutoDateLocator):
+        def __call__(self):
+            key = tuple(self.viewlim_to_dt())
+            if key not in _TICKS:
+                if len(_TICKS) > 64:
+                    _TICKS.clear()
+                _TICKS[key] = super().__call__()
+            return np.array(_TICKS[key], copy=True)
+
+    return CalendarLocator
+
+
+_TICKS: dict[tuple, np.ndarray] = {}
 
 
 def _datetimes(ms: np.ndarray) -> np.ndarray:

@@ -25,10 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pjson
 
 from .arrivals import hours_with_arrivals
-from .errors import NotFound, StoreError
 from .hours import Hour
 from .stores import LocalStore, Store
-from .stores.base import check_path
 
 STATUSES = ("succeeded", "partial", "failed", "no_data", "never_run")
 READERS = 16  # concurrent reads on a remote store (each read is a request)
@@ -119,25 +117,13 @@ def manifest_paths(store: Store) -> list[str]:
 
 
 def read_many(store: Store, paths: Sequence[str]) -> list[bytes]:
-    """The files' contents, in order (raises NotFound like ``store.get``)."""
-    if isinstance(store, LocalStore):
-        return [_read_local(store, p) for p in paths]
-    if len(paths) <= 1:
+    """The files' contents, in order (raises NotFound like ``store.get``): one after the
+    other on a directory (reads there are CPU-bound under the GIL), concurrently elsewhere
+    (each read is a request)."""
+    if isinstance(store, LocalStore) or len(paths) <= 1:
         return [store.get(p) for p in paths]
     with ThreadPoolExecutor(min(READERS, len(paths))) as pool:
         return list(pool.map(store.get, paths))
-
-
-def _read_local(store: LocalStore, path: str) -> bytes:
-    # store.get builds a Path per file; at tens of thousands of small files that is most of
-    # the time. Same checks, same errors.
-    try:
-        with open(os.path.join(store.url, check_path(path)), "rb", buffering=0) as f:
-            return f.readall()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        raise NotFound(f"{path} not found in store {store.url}") from exc
-    except OSError as exc:
-        raise StoreError(f"cannot read {path} in store {store.url}: {exc.strerror}") from exc
 
 
 def read_runs(store: Store, *, first: Hour | None = None, last: Hour | None = None) -> pa.Table:
