@@ -68,6 +68,7 @@ class BenchResult:
     # scikit-learn's predict in a loop, models already in memory, one call a sensor: the
     # floor of any per-sensor scoring loop (median of the repeats, one core).
     memory_loop_us: float = 0.0
+    run_parquet_s: float = 0.0  # the same whole run, predictions written as Parquet
 
     @property
     def ratio(self) -> float:
@@ -85,6 +86,9 @@ class BenchResult:
         body["run_sensors_per_s"] = self.run_sensors_per_s
         body["run_vs_plain_loop"] = self.plain.per_sensor_us / (self.run_s / self.sensors * 1e6)
         body["run_vs_memory_loop"] = self.memory_loop_us / (self.run_s / self.sensors * 1e6)
+        if self.run_parquet_s:
+            body["run_parquet_vs_memory_loop"] = \
+                self.memory_loop_us / (self.run_parquet_s / self.sensors * 1e6)
         return body
 
 
@@ -262,6 +266,10 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
             t0 = time.perf_counter()
             summary = run_hour(store, BENCH_HOUR, backend)
             run_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            parquet = run_hour(store, BENCH_HOUR, backend, fmt="parquet")
+            run_parquet_s = time.perf_counter() - t0
+            assert parquet.scored == summary.scored, parquet
         finally:
             backend.close()
         # Sensors with a point on the decision boundary need their skops file, which only the
@@ -273,7 +281,7 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
     # The run's workers are this process's only children: their peak is the run's.
     workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return BenchResult(sensors, 60, repeats, fast, plain, run_s, backend.workers, identical, peak,
-                       summary.failed, workers_peak, round(memory_loop, 1))
+                       summary.failed, workers_peak, round(memory_loop, 1), run_parquet_s)
 
 
 def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:

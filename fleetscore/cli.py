@@ -791,6 +791,9 @@ def bench(
               f"with the models in memory ({result.memory_loop_us:.0f} us a sensor); peak memory: "
               f"{result.run_worker_peak_rss_mb:,.0f} MB a worker, {result.peak_rss_mb:,.0f} MB this "
               "process (which also scored the whole fleet as one unit)")
+    if result.run_parquet_s:
+        out.print(f"whole run, Parquet predictions: {result.run_parquet_s:.2f} s, "
+                  f"{result.to_json()['run_parquet_vs_memory_loop']:.1f}x the in-memory loop")
 
 
 def _bench_sa(sensors: int, *, repeats: int, blob: bool, compact: bool, as_json: bool) -> None:

@@ -63,3 +63,6 @@ def test_the_scoring_bench_compares_the_run_with_the_in_memory_predict_loop(tmp_
     assert result.labels_identical and result.memory_loop_us > 0
     expected = result.memory_loop_us / (result.run_s / result.sensors * 1e6)
     assert body["run_vs_memory_loop"] == expected
+    assert result.run_parquet_s > 0
+    assert body["run_parquet_vs_memory_loop"] == \
+        result.memory_loop_us / (result.run_parquet_s / result.sensors * 1e6)
