@@ -32,7 +32,7 @@ from .arrivals import hours_with_arrivals
 from .errors import InputError
 from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
-from .runs_table import no_runs, read_many, read_runs
+from .runs_table import between, no_runs, read_many, read_runs
 from .stores import Store
 from .text import count
 
@@ -88,14 +88,16 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
                  last: Hour | None = None, truth: pa.Table | None = None) -> str:
     """Write the report; ``truth`` (Device, Tag, End ms, Anomaly) is drawn beside the
     predictions when known (the demo's injected anomalies)."""
+    every_run = None
     if first is None or last is None:
         # Default range: the hours that have data (a run of an empty hour, by mistake or far
         # in the past, must not stretch every report to years of nothing).
         known = hours_with_arrivals(store)
         bounds = (known[0], known[-1]) if known else None
         if bounds is None:
-            runs = read_runs(store)
-            ran = runs.filter(pc.fill_null(pc.not_equal(runs["status"], "no_data"), True))
+            every_run = read_runs(store)
+            ran = every_run.filter(pc.fill_null(pc.not_equal(every_run["status"], "no_data"),
+                                                True))
             hours = ran["hour"].to_numpy()
             bounds = (Hour(int(hours.min())), Hour(int(hours.max()))) if len(hours) else None
         if bounds is not None:
@@ -103,7 +105,9 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     if first is not None and last is not None:
         if last < first:
             hour_range(first, last)  # raises: the range is reversed
-        span = _Span(first, last, read_runs(store, first=first, last=last))
+        runs = (between(every_run, first, last) if every_run is not None
+                else read_runs(store, first=first, last=last))
+        span = _Span(first, last, runs)
     else:
         span = _Span.empty()
     # Only hours that were run can have predictions: read those, from their manifests' files.

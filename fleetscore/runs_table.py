@@ -74,8 +74,7 @@ def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = No
     hi = last.index if last is not None else (known[-1] if known else None)
     if lo is None or hi is None:
         return []
-    inside = (run_hours >= lo) & (run_hours <= hi)
-    runs = runs.filter(pa.array(inside))
+    runs = between(runs, Hour(lo), Hour(hi))
     columns = {name: runs[name].to_pylist() for name in
                ("status", "scored", "failed", "anomalies", "finished", "run_id")}
     at = {h: i for i, h in enumerate(runs["hour"].to_pylist())}
@@ -136,11 +135,23 @@ def read_runs(store: Store, *, first: Hour | None = None, last: Hour | None = No
     With ``first``/``last``, manifests named for hours outside them (``runs/HOUR.json``, as
     runs write them) are not read at all."""
     paths = manifest_paths(store)
-    if first is not None or last is not None:
-        lo = first.index if first is not None else -(2**62)
-        hi = last.index if last is not None else 2**62
-        paths = [p for p in paths if _named_inside(p, lo, hi)]
-    return summarize(_parse_manifests(read_many(store, paths)))
+    if first is None and last is None:
+        return summarize(_parse_manifests(read_many(store, paths)))
+    lo = first.index if first is not None else -(2**62)
+    hi = last.index if last is not None else 2**62
+    paths = [p for p in paths if _named_inside(p, lo, hi)]
+    return between(summarize(_parse_manifests(read_many(store, paths))), first, last)
+
+
+def between(runs: pa.Table, first: Hour | None, last: Hour | None) -> pa.Table:
+    """The runs of the hours from ``first`` to ``last`` (either end open when None)."""
+    hour = runs["hour"].to_numpy()
+    inside = np.ones(len(hour), dtype=bool)
+    if first is not None:
+        inside &= hour >= first.index
+    if last is not None:
+        inside &= hour <= last.index
+    return runs if inside.all() else runs.filter(pa.array(inside))
 
 
 def no_runs() -> pa.Table:

@@ -307,3 +307,18 @@ def test_the_summary_orders_ties_as_the_hours_first_show_them():
     assert _runs_summary(span) == expected
     long = span_of(first, 400, manifests, dict.fromkeys((m["window"] for m in manifests), 0))
     assert _runs_summary(long) == old_runs_summary(hour_range(first, first + 399), manifests)
+
+
+def test_a_range_takes_the_runs_whose_window_is_in_it_whatever_the_file_name(local_store,
+                                                                            tmp_path):
+    for name, window in (("2024-03-01T01", "2024-03-01T01"), ("copy-a", "2024-03-01T02"),
+                         ("copy-b", "2023-01-01T00")):
+        local_store.put(f"runs/{name}.json", json.dumps(
+            {"window": window, "status": "no_data", "predictions": []}).encode())
+    first, last = Hour.parse("2024-03-01T00"), Hour.parse("2024-03-01T03")
+    assert read_runs(local_store, first=first, last=last)["window"].to_pylist() == [
+        "2024-03-01T01", "2024-03-01T02"]
+    info = write_report(local_store, tmp_path / "r.html", first=first, last=last)
+    assert info == "4 hours, 2 runs, 0 predictions"
+    # No data anywhere: the default range is the runs' hours but no_data ones, so none here.
+    assert write_report(local_store, tmp_path / "r.html").startswith("0 hours, 0 runs")
