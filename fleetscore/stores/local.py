@@ -112,11 +112,15 @@ class LocalStore:
         target = self._file(path)
         parent = os.path.dirname(target)
         try:
-            try:
-                fd, tmp = self._temp(parent)
-            except FileNotFoundError:  # a new folder: made on demand, not checked on every write
-                os.makedirs(parent, exist_ok=True)
-                fd, tmp = self._temp(parent)
+            for attempt in range(3):
+                try:
+                    fd, tmp = self._temp(parent)
+                    break
+                except FileNotFoundError:  # a new folder: made on demand, not on every write
+                    if attempt == 2:
+                        raise
+                    # (again, should a delete prune the folder between the two steps)
+                    os.makedirs(parent, exist_ok=True)
             placed = False
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -189,14 +193,25 @@ class LocalStore:
                 try:
                     os.unlink(target)
                 except FileNotFoundError:
-                    pass
-                return
-            with self._cas():
-                if self._current(path) != if_match:
-                    raise Conflict(f"{path} changed in store {self.url} since it was read")
-                os.unlink(target)
+                    return
+            else:
+                with self._cas():
+                    if self._current(path) != if_match:
+                        raise Conflict(f"{path} changed in store {self.url} since it was read")
+                    os.unlink(target)
         except OSError as exc:
             raise StoreError(f"cannot delete {path} in store {self.url}: {exc.strerror}") from exc
+        self._prune(os.path.dirname(target))
+
+    def _prune(self, directory: str) -> None:
+        """Remove folders a delete left empty (a run's staging), up to the store's root, as a
+        blob store has no empty folders: listings never walk thousands of them."""
+        while directory != self._root and directory.startswith(self._root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty (or in use): done
+                return
+            directory = os.path.dirname(directory)
 
     def open(self, path: str) -> BinaryIO:
         try:

@@ -194,3 +194,15 @@ def test_a_forked_worker_never_reads_through_its_parents_arrow_connections(azuri
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply(_arrow_in_fork, (azurite.connection_string,
                                            blob_store.url[len("az://"):]))
+
+
+def test_a_local_delete_leaves_no_empty_folders(local_store):
+    local_store.put("runs/2024-01-01T00/r1/predictions/u1.csv", b"x")
+    local_store.put("runs/2024-01-01T00/r1/plan.json", b"{}")
+    local_store.delete("runs/2024-01-01T00/r1/predictions/u1.csv")
+    assert not (local_store.root / "runs/2024-01-01T00/r1/predictions").exists()
+    local_store.delete("runs/2024-01-01T00/r1/plan.json")
+    assert not (local_store.root / "runs").exists() and local_store.root.is_dir()
+    # A folder pruned between a writer's two steps is made again.
+    local_store.put("runs/2024-01-01T00/r1/plan.json", b"{}")
+    assert local_store.get("runs/2024-01-01T00/r1/plan.json") == b"{}"
