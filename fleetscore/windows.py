@@ -11,6 +11,13 @@ an existing file. Parts are sorted by Device, Tag, WindowEnd with small row grou
 reads only the row groups of its own sensors. The Stream Analytics job's files are not sorted:
 an hour of several files is compacted once per run (fleetscore/compaction.py) and readers read
 the compacted files, plus any raw file that arrived since.
+
+Sparse hours (a source with few windows in the hour, ``ingest.SPARSE_HOUR_WINDOWS``) are not
+worth a file each: a source's sparse hours of one day go into one *day part*,
+``windows/YYYY/MM/DD/day/part-{source}.parquet`` (same schema, sorted the same way). Readers
+read an hour's files plus the rows of that hour in the day's day parts, merged by the same
+rules, in the order the hour files would have had (by file name), so the layout never changes
+a value. ``read_points_many`` reads each day part once for all the hours asked of its day.
 """
 
 from __future__ import annotations
@@ -139,6 +146,63 @@ def part_path(hour: Hour, source_id: str) -> str:
     return f"{windows_folder(hour)}/part-{source_id}.parquet"
 
 
+DAY_FOLDER = "day"  # beside a day's hour folders (00 .. 23): the day parts of its sparse hours
+HOURS_PER_DAY = 24
+
+
+def day_of(hour: Hour) -> int:
+    """The UTC day holding the hour, as whole days since the epoch."""
+    return hour.index // HOURS_PER_DAY
+
+
+def day_path(hour: Hour) -> str:
+    """``YYYY/MM/DD``: the folder of the hour's day (its hour folders and its ``day`` folder)."""
+    return hour.path[:10]
+
+
+def day_windows_folder(hour: Hour) -> str:
+    return f"windows/{day_path(hour)}/{DAY_FOLDER}"
+
+
+def day_part_path(hour: Hour, source_id: str) -> str:
+    """The day part holding a source's sparse hours of the hour's day."""
+    return f"{day_windows_folder(hour)}/part-{source_id}.parquet"
+
+
+def by_day(hours: Iterable[Hour]) -> dict[int, list[Hour]]:
+    """Hours grouped by their day, each day's hours in the order given."""
+    out: dict[int, list[Hour]] = {}
+    for hour in hours:
+        out.setdefault(day_of(hour), []).append(hour)
+    return out
+
+
+MONTH_LISTING_DAYS = 15  # a month with this many days asked of it is listed once, not by day
+
+
+def list_days(store: Store, area: str, days: Iterable[int]) -> dict[int, list[str]]:
+    """What ``store.list(f"{area}/YYYY/MM/DD")`` gives for each of the days (whole days since
+    the epoch): a month of which many days are wanted is listed once, the others by day."""
+    months: dict[str, list[int]] = {}
+    for day in sorted(set(days)):
+        months.setdefault(Hour(day * HOURS_PER_DAY).path[:7], []).append(day)
+    out: dict[int, list[str]] = {}
+    for month, month_days in months.items():
+        if len(month_days) >= MONTH_LISTING_DAYS:
+            by_name = {Hour(d * HOURS_PER_DAY).path[8:10]: d for d in month_days}
+            for d in month_days:
+                out[d] = []
+            start = len(area) + len(month) + 2  # area/YYYY/MM/ then DD/...
+            for path in store.list(f"{area}/{month}"):
+                day = by_name.get(path[start:start + 2])
+                if day is not None and path[start + 2:start + 3] == "/":
+                    out[day].append(path)
+        else:
+            for d in month_days:
+                out[d] = list(store.list(f"{area}/{Hour(d * HOURS_PER_DAY).path[:10]}"))
+    return out
+
+
 def encode_part(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd")
@@ -160,32 +224,54 @@ def read_points(store: Store, hour: Hour, sensors: Iterable[Sensor] | None = Non
 
     With ``sensors``, only the files and row groups that can hold them are read. When the hour
     is compacted (fleetscore/compaction.py), its compacted files stand for the raw files they
-    cover, and only raw files that arrived since (late files) are read beside them.
+    cover, and only raw files that arrived since (late files) are read beside them. The rows of
+    the hour in the day's day parts are read beside them too.
     """
-    from . import compaction
-
-    wanted = None if sensors is None else sorted(set(sensors), key=lambda s: (s.device, s.tag))
+    wanted = _wanted(sensors)
     raw = [path for path in store.list(windows_folder(hour)) if path.endswith(".parquet")]
-    manifest = compaction.usable_manifest(store, hour, raw)
-    if manifest is not None:
-        covered = {s["path"] for s in manifest["sources"]}
-        try:
-            tables = [_read_part(store, f["path"], wanted, tail=f.get("tail"))
-                      for f in compaction.files_for(manifest, wanted)]
-        except NotFound:  # compacted files removed under a stale manifest: read the raw ones
-            tables, covered = [], set()
-        tables += [_read_part(store, path, wanted) for path in raw if path not in covered]
-    else:
-        tables = [_read_part(store, path, wanted) for path in raw]
-    return _combine_tables(tables)
+    slices = {}
+    for path in store.list(day_windows_folder(hour)):
+        if path.endswith(".parquet"):
+            table = _read_day_part(store, path, wanted)
+            ends = table["End"].to_numpy()
+            keep = (ends > hour.start_ms) & (ends <= hour.end_ms)
+            slices[path] = table if keep.all() else table.filter(pa.array(keep))
+    return _hour_points(store, hour, raw, slices, wanted)
 
 
 def read_points_many(store: Store, hours: Iterable[Hour],
                      sensors: Iterable[Sensor] | None = None) -> dict[Hour, pa.Table]:
     """``read_points`` for many hours at once (a backfill's span of hours): each hour's table,
-    as ``read_points`` gives it."""
-    wanted = None if sensors is None else list(sensors)
-    return {hour: read_points(store, hour, wanted) for hour in hours}
+    as ``read_points`` gives it. Each day is listed once (its hour folders and its day parts
+    together) and each day part is read once for all the hours asked of its day."""
+    wanted = _wanted(sensors)
+    hours = list(hours)
+    out: dict[Hour, pa.Table] = {}
+    days = by_day(hours)
+    listed = list_days(store, "windows", days)
+    for day, day_hours in days.items():
+        folder = f"windows/{day_path(day_hours[0])}/"
+        raw: dict[str, list[str]] = {}
+        day_parts = []
+        for path in listed[day]:
+            if not path.endswith(".parquet"):
+                continue
+            sub = path[len(folder):].split("/", 1)
+            if len(sub) < 2:
+                continue  # a file directly in the day's folder belongs to no hour
+            if sub[0] == DAY_FOLDER:
+                day_parts.append(path)
+            else:
+                raw.setdefault(sub[0], []).append(path)
+        slices: dict[Hour, dict[str, pa.Table]] = {}
+        for path in day_parts:
+            for hour, table in _split_by_hour(_read_day_part(store, path, wanted)).items():
+                slices.setdefault(hour, {})[path] = table
+        for hour in day_hours:
+            if hour not in out:
+                out[hour] = _hour_points(store, hour, raw.get(_hour_name(hour), []),
+                                         slices.get(hour, {}), wanted)
+    return {hour: out[hour] for hour in hours}
 
 
 def read_raw_points(store: Store, hour: Hour, paths: Iterable[str]) -> pa.Table:
@@ -194,11 +280,77 @@ def read_raw_points(store: Store, hour: Hour, paths: Iterable[str]) -> pa.Table:
     return _combine_tables([_read_part(store, path, None, invalid="drop") for path in paths])
 
 
+def _hour_name(hour: Hour) -> str:
+    """The hour's folder name within its day: ``HH``."""
+    return f"{hour.index % HOURS_PER_DAY:02d}"
+
+
+def _wanted(sensors: Iterable[Sensor] | None) -> list[Sensor] | None:
+    return None if sensors is None else sorted(set(sensors), key=lambda s: (s.device, s.tag))
+
+
+_ORDER = [("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")]
+
+
+def _read_day_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table:
+    """A day part's rows (of the wanted sensors), sorted by Device, Tag, End: ingest writes
+    them so, and sorting here keeps every hour's slice sorted whoever wrote the file."""
+    table = _read_part(store, path, wanted, whole=True)
+    return table.sort_by(_ORDER) if table.num_rows > 1 else table
+
+
+def _split_by_hour(table: pa.Table) -> dict[Hour, pa.Table]:
+    """A sorted points table's rows per hour (one stable sort), each hour's rows still sorted."""
+    if table.num_rows == 0:
+        return {}
+    hours = (table["End"].to_numpy() - 1) // MS_PER_HOUR
+    if hours[0] == hours[-1] and (hours == hours[0]).all():
+        return {Hour(int(hours[0])): table}
+    order = np.argsort(hours, kind="stable")
+    hours = hours[order]
+    table = table.take(pa.array(order))
+    cuts = np.flatnonzero(hours[1:] != hours[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    stops = np.concatenate((cuts, [len(hours)]))
+    return {Hour(int(hours[a])): table.slice(a, b - a) for a, b in zip(starts, stops, strict=True)}
+
+
+def _hour_points(store: Store, hour: Hour, raw: list[str], slices: dict[str, pa.Table],
+                 wanted: list[Sensor] | None) -> pa.Table:
+    """Combine the hour's raw files (or their compaction) with its rows of the day parts.
+
+    Files are combined in the order of their names (an hour file by its path in the hour
+    folder, a day part by its path in the day folder), the order the hour's folder would list
+    them in had the day parts been hour parts: merged means add up in the same order."""
+    from . import compaction
+
+    manifest = compaction.usable_manifest(store, hour, raw)
+    tables: list[pa.Table] = []
+    covered: set[str] = set()
+    if manifest is not None:
+        covered = {s["path"] for s in manifest["sources"]}
+        try:
+            tables = [_read_part(store, f["path"], wanted, tail=f.get("tail"))
+                      for f in compaction.files_for(manifest, wanted)]
+        except NotFound:  # compacted files removed under a stale manifest: read the raw ones
+            tables, covered = [], set()
+    # windows/YYYY/MM/DD/HH/name, windows/YYYY/MM/DD/day/name: compared by name
+    named = [(path.split("/", 5)[5], 0, path) for path in raw if path not in covered]
+    named += [(path.split("/", 5)[5], 1, path) for path in slices]
+    for _, kind, path in sorted(named):
+        tables.append(_read_part(store, path, wanted) if kind == 0 else slices[path])
+    if not manifest and not raw:
+        present = [t for t in tables if t.num_rows]
+        if len(present) == 1:
+            return present[0]  # one day part's rows: already sorted, nothing to merge
+    return _combine_tables(tables)
+
+
 def _combine_tables(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return _POINTS_SCHEMA.empty_table()
-    order = [("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")]
+    order = _ORDER
     # A stable sort keeps the files' order among rows of one window, so merged sums add in
     # the same order as before; merging (a group-by) only when some window is in two files.
     table = pa.concat_tables(tables).sort_by(order)
@@ -225,19 +377,22 @@ _POINTS_SCHEMA = pa.schema(
 
 
 def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
-               invalid: str = "raise", tail: int | None = None) -> pa.Table:
+               invalid: str = "raise", tail: int | None = None, whole: bool = False) -> pa.Table:
+    """``whole``: fetch the file in one request and parse it in memory (day parts: small by
+    construction, so one request beats a footer read and then ranges)."""
     try:
-        with store.open(path) as handle:
-            # ``tail``: the footer's exact length (compacted files record it), read in one
-            # request instead of the reader's default 64 KiB guess.
-            metadata = _footer(handle, tail) if tail else None
-            # pre_buffer: the row groups' column chunks are fetched as few coalesced ranges
-            # (one request each on Blob storage), not one read per column chunk.
-            parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata)
-            groups = _row_groups(parquet, wanted)
-            table = parquet.read_row_groups(groups, columns=list(PART_SCHEMA.names),
-                                            use_threads=False) if groups \
-                else PART_SCHEMA.empty_table()
+        if whole:
+            parquet = pq.ParquetFile(pa.BufferReader(store.get(path)))
+            table = _read_groups(parquet, wanted)
+        else:
+            with store.open(path) as handle:
+                # ``tail``: the footer's exact length (compacted files record it), read in
+                # one request instead of the reader's default 64 KiB guess.
+                metadata = _footer(handle, tail) if tail else None
+                # pre_buffer: the row groups' column chunks are fetched as few coalesced
+                # ranges (one request each on Blob storage), not one read per column chunk.
+                parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata)
+                table = _read_groups(parquet, wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"window file {path} is unreadable: {exc}") from exc
     if wanted is not None and table.num_rows:
@@ -259,6 +414,13 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
          pc.cast(table["Value"], pa.float64()), pc.cast(table["Count"], pa.int64())],
         schema=_POINTS_SCHEMA,
     )
+
+
+def _read_groups(parquet: pq.ParquetFile, wanted: list[Sensor] | None) -> pa.Table:
+    groups = _row_groups(parquet, wanted)
+    if not groups:
+        return PART_SCHEMA.empty_table()
+    return parquet.read_row_groups(groups, columns=list(PART_SCHEMA.names), use_threads=False)
 
 
 def _footer(handle, tail: int) -> pq.FileMetaData:

@@ -64,8 +64,9 @@ def test_a_unit_reads_only_its_own_files_and_row_groups(store, small_files):
     # No raw file is opened; of the compacted files, only the unit's own.
     assert set(c.opened) == {manifest["files"][1]["path"]}
     assert "windows" not in c.bytes_read
-    # list the raw folder, get current.json, open, read the footer, read one row group
-    assert c.total_requests("windows", "compacted") == 5
+    # list the raw folder and the day's day parts folder, get current.json, open, read the
+    # footer, read one row group
+    assert c.total_requests("windows", "compacted") == 6
     whole = manifest["files"][1]["size"]
     current = len(store.get(compaction.manifest_path(HOUR)))
     assert c.total_bytes("compacted") < whole * 0.75 + current
