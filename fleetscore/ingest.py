@@ -3,10 +3,22 @@
 A reading is counted once, whatever files it arrives in. Each source keeps its readings, per
 hour, in ``readings/YYYY/MM/DD/HH/part-{source}.parquet`` (sorted by Device, Tag, TS): a new
 file's readings whose (Device, Tag, TS) another source already stored are skipped and counted
-as duplicates, and only the fresh ones are aggregated into the source's window part. Memory
-follows the file being ingested and one hour of stored keys at a time, never the whole store.
+as duplicates, and only the fresh ones are aggregated into the source's window part.
 Parts are immutable and named by the source's content hash, so ingesting a file again (or
 again after a crash) writes nothing it wrote before.
+
+Sparse hours: an hour in which the source has fewer than ``SPARSE_HOUR_WINDOWS`` windows is
+not given files of its own. All the source's sparse hours of one day share one readings part
+(``readings/YYYY/MM/DD/day/part-{source}.parquet``), one window part
+(``windows/YYYY/MM/DD/day/...``, see fleetscore/windows.py) and one arrival record with each
+hour's counts (``arrivals/YYYY/MM/DD/day/{source}.json``), so a backfill of years of a small
+fleet writes files per day with data, not per hour. Dense hours keep their hour files.
+
+The file is worked on as a whole: readings are deduplicated with one anti-join per batch of
+stored keys, aggregated once, and split into parts with one sort. Memory follows the file
+being ingested plus a bounded batch of stored keys (``STORED_KEYS_BATCH``), never the whole
+store. For each part, the readings go first, the windows next, the arrival record last: an
+arrival record never announces data that is not there yet.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import hashlib
 import io
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +38,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .arrivals import points_per_sensor, record_arrivals
+from .arrivals import record_arrivals, record_day_arrivals
 from .errors import AlreadyExists, InputError
 from .hours import MS_PER_HOUR, Hour
 from .readings import BLOCK_BYTES, READINGS_SCHEMA, Reject, iter_readings
+from .sensors import Sensor
 from .stores import Store
-from .windows import aggregate, check_interval, encode_part, part_path, split_hours, window_end_ms
+from .windows import (
+    DAY_FOLDER, HOURS_PER_DAY, PART_SCHEMA, aggregate, by_day, check_interval, day_part_path,
+    day_path, encode_part, list_days, part_path, window_end_ms,
+)
 
 REJECTS_KEPT = 100_000
+# Fewer windows than this in an hour (for one source): the hour goes into the source's day
+# part. 128 is two sensors' full hour of 1-minute windows: a fleet's hour keeps its own files
+# (what compaction, units and tests address), a trickle of readings shares a file per day.
+SPARSE_HOUR_WINDOWS = 128
+STORED_KEYS_BATCH = 4_000_000  # stored reading keys held at once while deduplicating
 _KEY = ["Device", "Tag", "TS"]
+_KEY_SCHEMA = pa.schema([READINGS_SCHEMA.field(k) for k in _KEY])
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,14 @@ def readings_path(hour: Hour, source: str) -> str:
     return f"{readings_folder(hour)}/part-{source}.parquet"
 
 
+def day_readings_folder(hour: Hour) -> str:
+    return f"readings/{day_path(hour)}/{DAY_FOLDER}"
+
+
+def day_readings_path(hour: Hour, source: str) -> str:
+    return f"{day_readings_folder(hour)}/part-{source}.parquet"
+
+
 def ingest_file(
     store: Store, path: str | os.PathLike[str], *, interval_s: int = 60,
     block_bytes: int = BLOCK_BYTES, progress: Callable[[int, int], None] | None = None,
@@ -78,47 +109,73 @@ def ingest_file(
     """Ingest one readings file. ``progress(done, total)``: bytes read, then hours written."""
     check_interval(interval_s)
     started = time.perf_counter()
-    by_hour: dict[int, list[pa.Table]] = {}
+    blocks: list[pa.Table] = []
     rejects: list[Reject] = []
     rejected = rows = 0
     for block, block_rejects in iter_readings(path, block_bytes=block_bytes, progress=progress):
         rows += block.num_rows
         rejected += len(block_rejects)
         rejects.extend(block_rejects[: max(0, REJECTS_KEPT - len(rejects))])
-        # The hour whose run scores the reading's window, so each hour's readings sit together.
-        hours = (window_end_ms(block["TS"].to_numpy(), interval_s) - 1) // MS_PER_HOUR
-        for index in np.unique(hours):
-            by_hour.setdefault(int(index), []).append(block.filter(pa.array(hours == index)))
+        if block.num_rows:
+            blocks.append(block)
     sid = source_id(path, interval_s)
-    written = existing = duplicates = windows = 0
-    sensors = set()
-    detail = {}
-    total_hours = len(by_hour)
-    for done, index in enumerate(sorted(by_hour)):
-        if progress and done % 64 == 0:
-            progress(done, total_hours)
-        hour = Hour(index)
-        readings = _first_per_key(pa.concat_tables(by_hour.pop(index)))
-        fresh = _not_stored(store, hour, readings, sid)
-        duplicates += readings.num_rows - fresh.num_rows
-        if not fresh.num_rows:
-            continue
-        _put_once(store, readings_path(hour, sid), _encode_readings(fresh))
-        table = split_hours(aggregate(fresh, interval_s))[hour]
-        counts = points_per_sensor(table)
-        sensors.update(counts)
-        windows += table.num_rows
-        detail[str(hour)] = table.num_rows
-        data = encode_part(table)
-        if _put_once(store, part_path(hour, sid), data):
+    readings = _first_per_key(pa.concat_tables(blocks) if blocks
+                              else READINGS_SCHEMA.empty_table())
+    # The hour whose run scores the reading's window, so each hour's readings sit together.
+    reading_hours = _hours_of(readings["TS"].to_numpy(), interval_s)
+    touched = np.unique(reading_hours)
+    total_hours = len(touched)
+    if progress and total_hours:
+        progress(0, total_hours)
+    stored, own_hours, own_days = _stored_parts(store, touched, sid)
+    fresh = _not_stored(store, readings, stored)
+    duplicates = readings.num_rows - fresh.num_rows
+    windows_table, window_hours = _windows(fresh, interval_s)
+    # Which hours get files of their own: the dense ones, and any this source already gave
+    # hour files (or a day part) in an earlier ingest of the same file, so a rerun or a
+    # re-ingest completes the layout it started and never lays one hour out twice.
+    hours, per_hour = np.unique(window_hours, return_counts=True)
+    dense = (per_hour >= SPARSE_HOUR_WINDOWS) | np.isin(hours, own_hours)
+    if len(own_days):
+        dense &= ~np.isin(hours, _hours_in_parts(store, own_days))
+    dense_hours = hours[dense]
+    fresh_hours = _hours_of(fresh["TS"].to_numpy(), interval_s)
+    readings_sorted, reading_keys = _by_part(fresh, fresh_hours, dense_hours, "TS")
+    windows_sorted, window_keys = _by_part(windows_table, window_hours, dense_hours, "WindowEnd")
+    counts = _arrivals_by_part(windows_sorted, window_keys)
+    written = existing = 0
+    done_hours = 0
+    source = Path(path).name
+    # Every fresh reading has its window in the same part, and every window its readings.
+    reading_cuts = {key: (r0, r1) for key, r0, r1 in _cuts(reading_keys)}
+    for index, (key, w0, w1) in enumerate(_cuts(window_keys)):
+        r0, r1 = reading_cuts[key]
+        if progress and index and index % 64 == 0:
+            progress(done_hours, total_hours)
+        day, slot = divmod(key, _SLOTS)
+        part_hours = counts[key]
+        if slot == _DAY_SLOT:
+            first = Hour(day * HOURS_PER_DAY)
+            paths = (day_readings_path(first, sid), day_part_path(first, sid))
+        else:
+            first = Hour(day * HOURS_PER_DAY + slot - 1)
+            paths = (readings_path(first, sid), part_path(first, sid))
+        _put_once(store, paths[0], _encode_readings(readings_sorted.slice(r0, r1 - r0)))
+        data = encode_part(windows_sorted.slice(w0, w1 - w0))
+        if _put_once(store, paths[1], data):
             written += 1
         else:
             existing += 1
-        # After the part: an arrival must never announce data that is not there yet.
-        record_arrivals(store, hour, sid, counts, source=Path(path).name,
-                        part=(part_path(hour, sid), hashlib.sha256(data).hexdigest()))
+        # After the parts: an arrival must never announce data that is not there yet.
+        part = (paths[1], hashlib.sha256(data).hexdigest())
+        if slot == _DAY_SLOT:
+            record_day_arrivals(store, first, sid, part_hours, source=source, part=part)
+        else:
+            record_arrivals(store, first, sid, part_hours[first], source=source, part=part)
+        done_hours += len(part_hours)
     if progress:
         progress(total_hours, total_hours)
+    detail = {str(Hour(int(h))): int(n) for h, n in zip(hours, per_hour, strict=True)}
     rejects_path = None
     if rejects:
         rejects_path = f"rejects/ingest-{sid}.csv"
@@ -126,10 +183,89 @@ def ingest_file(
     return IngestResult(
         source=str(path), source_id=sid, rows=rows, rejected=rejected,
         rejects_sample=tuple(rejects[:10]), rejects_path=rejects_path,
-        hours=tuple(Hour.parse(h) for h in detail), parts_written=written,
-        parts_existing=existing, duplicates=duplicates, sensors=len(sensors), windows=windows,
+        hours=tuple(Hour(int(h)) for h in hours), parts_written=written,
+        parts_existing=existing, duplicates=duplicates,
+        sensors=_distinct_sensors(windows_table), windows=windows_table.num_rows,
         seconds=time.perf_counter() - started, hours_detail=detail,
     )
+
+
+# A part's key: day * _SLOTS + slot, slot 0 for the day part, 1 + hour of the day for an hour
+# part; so sorting by key puts a day's parts together, the day part first.
+_SLOTS = HOURS_PER_DAY + 1
+_DAY_SLOT = 0
+
+
+def _hours_of(ts_ms: np.ndarray, interval_s: int) -> np.ndarray:
+    return (window_end_ms(ts_ms, interval_s) - 1) // MS_PER_HOUR
+
+
+def _part_keys(hours: np.ndarray, dense_hours: np.ndarray) -> np.ndarray:
+    days, slots = np.divmod(hours, HOURS_PER_DAY)
+    return days * _SLOTS + np.where(np.isin(hours, dense_hours), slots + 1, _DAY_SLOT)
+
+
+def _by_part(table: pa.Table, hours: np.ndarray, dense_hours: np.ndarray,
+             time_column: str) -> tuple[pa.Table, np.ndarray]:
+    """The table sorted by part, then Device, Tag, time (one sort), with each row's part key."""
+    keys = _part_keys(hours, dense_hours)
+    keyed = table.append_column("_part", pa.array(keys, pa.int64()))
+    order = pc.sort_indices(keyed, sort_keys=[("_part", "ascending"), ("Device", "ascending"),
+                                              ("Tag", "ascending"), (time_column, "ascending")])
+    return table.take(order), keys[order.to_numpy()]
+
+
+def _cuts(keys: np.ndarray) -> list[tuple[int, int, int]]:
+    """(key, first row, end row) of each run of equal keys in a sorted key array."""
+    if len(keys) == 0:
+        return []
+    change = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    stops = np.concatenate((change, [len(keys)]))
+    return list(zip(keys[starts].tolist(), starts.tolist(), stops.tolist(), strict=True))
+
+
+def _windows(fresh: pa.Table, interval_s: int) -> tuple[pa.Table, np.ndarray]:
+    """The fresh readings' windows (PART_SCHEMA, unordered) and each window's hour."""
+    partials = aggregate(fresh, interval_s)
+    ends = partials["End"].to_numpy()
+    table = pa.table(
+        [partials["Device"], partials["Tag"],
+         pc.cast(partials["End"], pa.timestamp("ms", tz="UTC")),
+         pc.divide(partials["Sum"], pc.cast(partials["Count"], pa.float64())),
+         partials["Count"]],
+        schema=PART_SCHEMA,
+    )
+    return table, (ends - 1) // MS_PER_HOUR
+
+
+def _arrivals_by_part(windows: pa.Table, keys: np.ndarray) -> dict[int, dict[Hour, Counter]]:
+    """Windows per sensor, per hour, per part (one group-by for the whole file)."""
+    if windows.num_rows == 0:
+        return {}
+    ends = pc.cast(windows["WindowEnd"], pa.int64()).to_numpy()
+    grouped = pa.table({
+        "_part": pa.array(keys, pa.int64()),
+        "_hour": pa.array((ends - 1) // MS_PER_HOUR, pa.int64()),
+        "Device": windows["Device"], "Tag": windows["Tag"],
+    }).group_by(["_part", "_hour", "Device", "Tag"], use_threads=False).aggregate(
+        [("_hour", "count")])
+    out: dict[int, dict[Hour, Counter]] = {}
+    hours: dict[int, Hour] = {}
+    for key, hour, device, tag, n in zip(
+            grouped["_part"].to_pylist(), grouped["_hour"].to_pylist(),
+            grouped["Device"].to_pylist(), grouped["Tag"].to_pylist(),
+            grouped["_hour_count"].to_pylist(), strict=True):
+        h = hours.get(hour) or hours.setdefault(hour, Hour(hour))
+        # Ids were validated in bulk when the file was read.
+        out.setdefault(key, {}).setdefault(h, Counter())[Sensor.unchecked(device, tag)] = n
+    return out
+
+
+def _distinct_sensors(windows: pa.Table) -> int:
+    if windows.num_rows == 0:
+        return 0
+    return windows.group_by(["Device", "Tag"], use_threads=False).aggregate([]).num_rows
 
 
 def _put_once(store: Store, path: str, data: bytes) -> bool:
@@ -150,31 +286,82 @@ def _first_per_key(readings: pa.Table) -> pa.Table:
                     schema=READINGS_SCHEMA)
 
 
-def _not_stored(store: Store, hour: Hour, readings: pa.Table, sid: str) -> pa.Table:
-    """The readings no other source has stored for the hour. This source's own part is left
-    out of the comparison, so a crashed ingest of the same file completes when rerun."""
-    own = readings_path(hour, sid)
-    stored = []
-    for path in store.list(readings_folder(hour)):
-        if path.endswith(".parquet") and path != own:
+def _stored_parts(store: Store, hours: np.ndarray,
+                  sid: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """The readings parts other sources stored for the hours (their hour parts and the day
+    parts of their days), listed one day at a time; and this source's own parts: the hours it
+    already gave hour files, the day parts it already wrote.
+
+    This source's own parts are left out of the comparison, so a crashed ingest of the same
+    file completes when rerun."""
+    stored: list[str] = []
+    own_hours: list[int] = []
+    own_days: list[str] = []
+    wanted = {int(h) for h in hours}
+    days = by_day(Hour(int(h)) for h in hours)
+    listed = list_days(store, "readings", days)
+    for day, day_hours in days.items():
+        folder = f"readings/{day_path(day_hours[0])}/"
+        own_day = day_readings_path(day_hours[0], sid)
+        first = day * HOURS_PER_DAY
+        for path in listed[day]:
+            if not path.endswith(".parquet"):
+                continue
+            sub = path[len(folder):].split("/", 1)
+            if len(sub) < 2:
+                continue
+            if sub[0] == DAY_FOLDER:
+                (own_days if path == own_day else stored).append(path)
+                continue
             try:
-                with store.open(path) as handle:
-                    stored.append(pq.read_table(handle, columns=_KEY))
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(f"readings file {path} is unreadable: {exc}") from exc
-    if not stored:
-        return readings
-    keys = pa.concat_tables(stored).append_column("_seen", pa.array(
-        np.ones(sum(t.num_rows for t in stored), dtype=bool)))
-    joined = readings.join(keys, _KEY, join_type="left outer", use_threads=False)
-    fresh = joined.filter(pc.is_null(joined["_seen"]))
-    return fresh.select(READINGS_SCHEMA.names).cast(READINGS_SCHEMA)
+                hour = first + int(sub[0])
+            except ValueError:
+                continue  # not an hour folder: no reading of the hours can be there
+            if hour not in wanted:
+                continue
+            if path == readings_path(Hour(hour), sid):
+                own_hours.append(hour)
+            else:
+                stored.append(path)
+    return stored, np.array(own_hours, dtype=np.int64), own_days
+
+
+def _read_keys(store: Store, path: str, columns: list[str]) -> pa.Table:
+    try:
+        with store.open(path) as handle:
+            return pq.read_table(handle, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"readings file {path} is unreadable: {exc}") from exc
+
+
+def _not_stored(store: Store, readings: pa.Table, stored: list[str]) -> pa.Table:
+    """The readings none of the ``stored`` parts holds: one anti-join per batch of parts of at
+    most STORED_KEYS_BATCH keys (so memory holds one batch, not the store)."""
+    batch: list[pa.Table] = []
+    held = 0
+    for index, path in enumerate(stored):
+        keys = _read_keys(store, path, _KEY).select(_KEY).cast(_KEY_SCHEMA)
+        batch.append(keys)
+        held += keys.num_rows
+        if held >= STORED_KEYS_BATCH or index == len(stored) - 1:
+            if readings.num_rows:
+                readings = readings.join(pa.concat_tables(batch), _KEY, join_type="left anti",
+                                         use_threads=False)
+            batch, held = [], 0
+    return readings.select(READINGS_SCHEMA.names).cast(READINGS_SCHEMA)
+
+
+def _hours_in_parts(store: Store, paths: list[str]) -> np.ndarray:
+    """The hours of the readings in the given readings parts."""
+    hours = [(-(-_read_keys(store, p, ["TS"])["TS"].to_numpy() // MS_PER_HOUR)) - 1
+             for p in paths]
+    return np.unique(np.concatenate(hours)) if hours else np.empty(0, np.int64)
 
 
 def _encode_readings(readings: pa.Table) -> bytes:
-    ordered = readings.sort_by([(k, "ascending") for k in _KEY])
+    """A part of readings already sorted by Device, Tag, TS."""
     sink = io.BytesIO()
-    pq.write_table(ordered, sink, compression="zstd")
+    pq.write_table(readings, sink, compression="zstd")
     return sink.getvalue()
 
 

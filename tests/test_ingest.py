@@ -88,8 +88,13 @@ def test_a_repeat_with_another_value_in_a_later_file_keeps_the_first(local_store
     assert (row["Value"], row["Count"]) == (1.0, 1)
 
 
-def test_an_ingest_that_crashed_after_its_readings_completes_when_rerun(local_store, tmp_path):
+def test_an_ingest_that_crashed_after_its_readings_completes_when_rerun(local_store, tmp_path,
+                                                                       monkeypatch):
+    import fleetscore.ingest
     from fleetscore.ingest import readings_folder
+
+    # Hour files (tests/test_day_parts.py crashes an ingest of day parts).
+    monkeypatch.setattr(fleetscore.ingest, "SPARSE_HOUR_WINDOWS", 0)
 
     path = write_readings(tmp_path / "a.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 5))
     ingest_file(local_store, path)
