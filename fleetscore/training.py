@@ -5,6 +5,11 @@ files are sorted by Device, so a group reads only its own row groups), fitted on
 saved, and dropped before the next group is read. Memory follows one group's points, not the
 fleet's; the arrival records say how many points each sensor has, so groups are sized by
 points before anything is read.
+
+Reads go by day (``read_points_many`` / ``read_arrivals_many``): a day's folder is listed
+once and its day parts read once for all its hours, ``DAYS_PER_READ`` days at a time, so a
+history of sparse hours costs per day with data, not per hour, and memory still follows the
+group.
 """
 
 from __future__ import annotations
@@ -16,19 +21,22 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from .arrivals import hours_with_arrivals, read_arrivals
+from .arrivals import hours_with_arrivals, read_arrivals_many
 from .defaults import DEFAULT_GAMMA, DEFAULT_NU
-from .hours import Hour
+from .hours import MS_PER_HOUR, Hour
 from .models import ModelManifest, save_model
 from .sensors import Sensor
 from .settings import Settings
 from .stores import Store
 from .workers import init_worker, worker_store
-from .windows import by_sensor, read_points
+from .windows import by_day, by_sensor, read_points_many
 
 MIN_POINTS = 10
 GROUP_POINTS = 2_000_000  # points held at once (16 MB of values, plus their windows' rows)
+DAYS_PER_READ = 32  # days of a group's points read at once (then kept as arrays only)
 Progress = Callable[[int, int], None]
 
 
@@ -73,14 +81,31 @@ def groups(points: Counter[Sensor], budget: int = GROUP_POINTS) -> list[list[Sen
 
 def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
                with_data: dict[Hour, set[Sensor]]) -> dict[Sensor, np.ndarray]:
-    """The group's points over the hours (only the hours where one of them has data)."""
+    """The group's points over the hours (only the hours where one of them has data, and of
+    each hour only the sensors its arrival records name), read a few days at a time: each
+    sensor's values in hour order, then window order, as the hours' tables hold them."""
     wanted = set(sensors)
+    needed = [h for h in hours if with_data[h] & wanted]
     values: dict[Sensor, list[np.ndarray]] = defaultdict(list)
-    for hour in hours:
-        present = with_data[hour] & wanted
-        if not present:
+    days = list(by_day(needed).values())
+    for first in range(0, len(days), DAYS_PER_READ):
+        chunk = sorted(h for day in days[first:first + DAYS_PER_READ] for h in day)
+        tables = read_points_many(store, chunk, wanted)
+        table = pa.concat_tables([tables.pop(h) for h in chunk])
+        if table.num_rows == 0:
             continue
-        for sensor, points in by_sensor(read_points(store, hour, present)).items():
+        # Rows of sensors the hour's records do not name are left out (as if each hour were
+        # read for its own sensors); then one stable sort puts each sensor's rows together,
+        # still in hour and window order.
+        named = pa.array([f"{h.index}/{s.device}/{s.tag}" for h in chunk
+                          for s in with_data[h] & wanted])
+        hours_of = pc.cast(pa.array((table["End"].to_numpy() - 1) // MS_PER_HOUR), pa.string())
+        keep = pc.is_in(pc.binary_join_element_wise(hours_of, table["Device"], table["Tag"], "/"),
+                        value_set=named)
+        if not pc.all(keep).as_py():
+            table = table.filter(keep)
+        table = table.sort_by([("Device", "ascending"), ("Tag", "ascending")])
+        for sensor, points in by_sensor(table).items():
             values[sensor].append(points.values)
     return {s: np.concatenate(v) for s, v in values.items()}
 
@@ -106,7 +131,7 @@ def train(
     """Train every sensor with data in the hours (or only ``sensors``). ``workers`` > 1 fits in
     that many processes (None: one per core); each worker opens the store itself."""
     hours = training_hours(store, until=until, since=since)
-    arrivals = {h: read_arrivals(store, h) for h in hours}
+    arrivals = read_arrivals_many(store, hours)
     with_data = {h: set(a) for h, a in arrivals.items()}
     points: Counter[Sensor] = Counter()
     for counts in arrivals.values():
