@@ -22,7 +22,9 @@ compacted files plus the raw files the manifest does not cover, so a late file's
 never lost and no window is counted twice (a covered raw file is never read beside its
 compacted copy). A manifest that covers a file no longer present is ignored (raw files are
 read). Hours of fewer than ``MIN_FILES`` raw files are not compacted: one file (what a local
-ingest of one CSV writes, already sorted) is read as it is.
+ingest of one CSV writes, already sorted) is read as it is. Day parts
+(``windows/YYYY/MM/DD/day/``, a source's sparse hours of a day: fleetscore/windows.py) are not
+compacted: they are sorted already, and readers read them beside the compacted files.
 
 ``runs.begin`` calls ``compact_for_run`` once per run, under the hour's lock, so two
 compactions of an hour never race. The compacted files of the previous manifest are kept (a

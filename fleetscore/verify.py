@@ -1,8 +1,9 @@
 """``fleetscore verify``: find store files changed or truncated after they were written.
 
 Every file fleetscore writes for later use has its sha256 recorded where it is referenced:
-models in their manifests, window parts in their arrival records, predictions in the run
-manifest. Verification reads each file once and compares.
+models in their manifests, window parts in their arrival records (hour parts in hour records,
+day parts in day records, ``arrivals/YYYY/MM/DD/day/``: both carry ``part`` and ``sha256``),
+predictions in the run manifest. Verification reads each file once and compares.
 """
 
 from __future__ import annotations
