@@ -79,26 +79,26 @@ class GetCounter:
 
 # --- layout ---------------------------------------------------------------------------------
 
-def test_sparse_hours_of_a_day_share_one_file_per_area(local_store, tmp_path):
+def test_sparse_hours_of_a_day_share_one_file_per_area(store, tmp_path):
     rows = _rows(DAY, 1, "d1", "t", 3) + _rows(DAY, 5, "d2", "t", 10) + \
         _rows("2024-03-02", 7, "d1", "t", 1)
-    result = ingest_file(local_store, write_readings(tmp_path / "r.csv", rows))
+    result = ingest_file(store, write_readings(tmp_path / "r.csv", rows))
     sid = result.source_id
     second = Hour.parse("2024-03-02T07")
-    assert _files(local_store, "windows") == sorted([day_part_path(H[1], sid),
+    assert _files(store, "windows") == sorted([day_part_path(H[1], sid),
                                                      day_part_path(second, sid)])
-    assert _files(local_store, "readings") == sorted([day_readings_path(H[1], sid),
+    assert _files(store, "readings") == sorted([day_readings_path(H[1], sid),
                                                       day_readings_path(second, sid)])
-    assert _files(local_store, "arrivals") == sorted([day_arrival_path(H[1], sid),
+    assert _files(store, "arrivals") == sorted([day_arrival_path(H[1], sid),
                                                       day_arrival_path(second, sid)])
     assert result.parts_written == 2 and result.windows == 14 and result.sensors == 2
     assert result.hours == (H[1], H[5], second)
     assert result.hours_detail == {"2024-03-01T01": 3, "2024-03-01T05": 10, "2024-03-02T07": 1}
-    record = json.loads(local_store.get(day_arrival_path(H[1], sid)))
+    record = json.loads(store.get(day_arrival_path(H[1], sid)))
     assert record["hours"] == {"2024-03-01T01": [["d1", "t", 3]],
                                "2024-03-01T05": [["d2", "t", 10]]}
     assert record["part"] == day_part_path(H[1], sid)
-    assert record["sha256"] == hashlib.sha256(local_store.get(record["part"])).hexdigest()
+    assert record["sha256"] == hashlib.sha256(store.get(record["part"])).hexdigest()
 
 
 def test_dense_hours_keep_their_hour_files_beside_the_day_part(local_store, tmp_path, monkeypatch):
@@ -157,23 +157,23 @@ def test_day_parts_read_exactly_as_hour_parts(local_store, tmp_path, monkeypatch
         assert read_arrivals(local_store, hour) == read_arrivals(by_hour, hour)
 
 
-def test_read_points_many_equals_read_points_and_reads_each_day_part_once(local_store, tmp_path):
+def test_read_points_many_equals_read_points_and_reads_each_day_part_once(store, tmp_path):
     rows = []
     for day in ("2024-03-01", "2024-03-02"):
         for hour in (0, 5, 6, 23):
             rows += _rows(day, hour, "d1", "t", 5) + _rows(day, hour, "d2", "u", 2)
-    ingest_file(local_store, write_readings(tmp_path / "a.csv", rows))
+    ingest_file(store, write_readings(tmp_path / "a.csv", rows))
     late = _rows("2024-03-01", 5, "d1", "t", 3, value=50.0, second=30)
-    ingest_file(local_store, write_readings(tmp_path / "b.csv", late))
+    ingest_file(store, write_readings(tmp_path / "b.csv", late))
     hours = [Hour.parse("2024-02-29T23") + i for i in range(60)]
-    day_parts = [p for p in local_store.list("windows") if "/day/" in p]
+    day_parts = [p for p in store.list("windows") if "/day/" in p]
     assert len(day_parts) == 3
     for sensors in (None, [Sensor("d1", "t")]):
-        counting = GetCounter(local_store)
+        counting = GetCounter(store)
         many = read_points_many(counting, hours, sensors)
         assert list(many) == hours
         for hour in hours:
-            assert many[hour].equals(read_points(local_store, hour, sensors))
+            assert many[hour].equals(read_points(store, hour, sensors))
         assert {p: counting.calls[p] for p in day_parts} == {p: 1 for p in day_parts}
 
 
@@ -200,22 +200,22 @@ def test_read_points_many_reads_day_parts_beside_compacted_hours(local_store):
     assert many[SA_HOUR + 3]["Device"].to_pylist() == ["zz"]
 
 
-def test_arrival_readers_see_day_records_and_read_each_once(local_store, tmp_path, monkeypatch):
+def test_arrival_readers_see_day_records_and_read_each_once(store, tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_module, "SPARSE_HOUR_WINDOWS", 4)
     rows = _rows(DAY, 2, "d1", "t", 3) + _rows(DAY, 9, "d1", "t", 4) + \
         _rows("2024-03-03", 1, "d2", "t", 2)
-    ingest_file(local_store, write_readings(tmp_path / "a.csv", rows))
-    ingest_file(local_store, write_readings(tmp_path / "b.csv", _rows(DAY, 2, "d3", "t", 1)))
+    ingest_file(store, write_readings(tmp_path / "a.csv", rows))
+    ingest_file(store, write_readings(tmp_path / "b.csv", _rows(DAY, 2, "d3", "t", 1)))
     expected = [H[2], H[9], Hour.parse("2024-03-03T01")]
-    counting = GetCounter(local_store)
+    counting = GetCounter(store)
     assert hours_with_arrivals(counting) == expected
-    records = [p for p in local_store.list("arrivals") if "/day/" in p]
+    records = [p for p in store.list("arrivals") if "/day/" in p]
     assert len(records) == 3 and all(counting.calls[p] == 1 for p in records)
     hours = [H[0] + i for i in range(60)]
-    counting = GetCounter(local_store)
+    counting = GetCounter(store)
     many = read_arrivals_many(counting, hours)
     assert all(counting.calls[p] == 1 for p in records)
-    assert many == {h: read_arrivals(local_store, h) for h in hours}
+    assert many == {h: read_arrivals(store, h) for h in hours}
     assert many[H[2]] == {Sensor("d1", "t"): 3, Sensor("d3", "t"): 1}
     assert many[H[9]] == {Sensor("d1", "t"): 4}  # an hour file (dense at 4)
 
@@ -263,18 +263,18 @@ def test_reingesting_a_file_writes_nothing(local_store, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("lost", ["windows", "windows+arrivals", "arrivals"])
-def test_a_crashed_ingest_of_a_day_completes_when_rerun(local_store, tmp_path, lost):
+def test_a_crashed_ingest_of_a_day_completes_when_rerun(store, tmp_path, lost):
     rows = _rows(DAY, 1, "d1", "t", 3) + _rows(DAY, 2, "d2", "t", 4)
     path = write_readings(tmp_path / "r.csv", rows)
-    sid = ingest_file(local_store, path).source_id
-    complete = _snapshot(local_store)
+    sid = ingest_file(store, path).source_id
+    complete = _snapshot(store)
     if "windows" in lost:
-        local_store.delete(day_part_path(H[1], sid))
+        store.delete(day_part_path(H[1], sid))
     if "arrivals" in lost:
-        local_store.delete(day_arrival_path(H[1], sid))
-    result = ingest_file(local_store, path)
+        store.delete(day_arrival_path(H[1], sid))
+    result = ingest_file(store, path)
     assert result.duplicates == 0 and result.parts_written == int("windows" in lost)
-    assert _snapshot(local_store) == complete
+    assert _snapshot(store) == complete
 
 
 def test_a_late_file_for_a_sparse_hour_merges_with_the_day_part(local_store, tmp_path):
@@ -314,14 +314,14 @@ def test_a_reingest_keeps_the_layout_an_earlier_ingest_gave_the_file(
     assert [read_points(local_store, h) for h in H[:3]] == points
 
 
-def test_verify_names_a_truncated_day_part(local_store, tmp_path):
+def test_verify_names_a_truncated_day_part(store, tmp_path):
     from fleetscore.verify import verify
 
-    result = ingest_file(local_store, write_readings(tmp_path / "r.csv", _rows(DAY, 1, "d", "t", 3)))
-    assert verify(local_store) == (1, [])
+    result = ingest_file(store, write_readings(tmp_path / "r.csv", _rows(DAY, 1, "d", "t", 3)))
+    assert verify(store) == (1, [])
     part = day_part_path(H[1], result.source_id)
-    local_store.put(part, local_store.get(part)[:-20])
-    checked, problems = verify(local_store)
+    store.put(part, store.get(part)[:-20])
+    checked, problems = verify(store)
     assert checked == 1 and [p.path for p in problems] == [part]
     assert "changed or truncated" in problems[0].reason
 
