@@ -26,7 +26,7 @@ from fleetscore.ingest import day_readings_path, ingest_file, readings_path
 from fleetscore.sensors import Sensor
 from fleetscore.stores import LocalStore
 from fleetscore.windows import (
-    day_part_path, part_path, read_points, read_points_many, windows_folder,
+    day_part_path, part_path, read_points, read_points_many,
 )
 from tests.conftest import write_readings
 
