@@ -203,7 +203,7 @@ def models_import(
         "unpickling runs code.")] = False,
 ) -> None:
     """Import one scikit-learn model per sensor (skops; pickles only with --trust-pickle)."""
-    from .arrivals import hours_with_arrivals, read_arrivals
+    from .arrivals import hours_with_arrivals, read_arrivals_many
     from .models import import_models
     from .sensors import Sensor
 
@@ -219,8 +219,8 @@ def models_import(
     try:
         def known() -> set:
             sensors = set()
-            for hour in hours_with_arrivals(st):
-                sensors.update(read_arrivals(st, hour))
+            for counts in read_arrivals_many(st, hours_with_arrivals(st)).values():
+                sensors.update(counts)
             return sensors
 
         result = import_models(st, directory, trust_pickle=trust_pickle, known=known, sensor=named)

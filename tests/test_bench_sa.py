@@ -34,9 +34,9 @@ def test_compaction_keeps_window_reads_per_unit_flat(tmp_path):
     # Raw: every unit opens every file; the hour is read once per unit.
     assert [r.files_opened_per_unit for r in raw.rows] == [raw.files, raw.files]
     assert raw.rows[1].hour_reads > 9 * raw.rows[0].hour_reads
-    # Compacted: one file a unit, 5 requests, and a tenth of the sensors reads far less.
+    # Compacted: one file a unit, 6 requests, and a tenth of the sensors reads far less.
     assert [r.files_opened_per_unit for r in done.rows] == [1, 1]
-    assert [r.window_requests_per_unit for r in done.rows] == [5, 5]
+    assert [r.window_requests_per_unit for r in done.rows] == [6, 6]
     assert done.rows[1].window_bytes_per_unit < done.rows[0].window_bytes_per_unit / 2
 
 
@@ -49,7 +49,7 @@ def test_the_command(cli, monkeypatch):
     (local,) = json.loads(out)
     assert local["store"] == "local" and local["files"] == 60 and local["compacted"]
     assert [r["units"] for r in local["rows"]] == [1, 10, 40]  # at most a sensor a unit
-    assert all(r["window_requests_per_unit"] == 5 for r in local["rows"])
+    assert all(r["window_requests_per_unit"] == 6 for r in local["rows"])
     monkeypatch.delenv("FLEETSCORE_STORAGE_CONNECTION_STRING", raising=False)
     code, _, err = cli("bench", "--stream-analytics", "--blob", "--sensors", "40")
     assert code == 2 and "FLEETSCORE_STORAGE_CONNECTION_STRING" in err
