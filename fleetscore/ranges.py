@@ -45,12 +45,12 @@ from .hours import Hour
 from .locks import LOCK_TTL
 from .models import list_models
 from .planning import SMALL_FLEET, Plan, Unit, plan_hour
-from .predictions import encode, predictions_folder
+from .predictions import encode_split, predictions_folder
 from .runs import (
     DEADLINE, Progress, RunSummary, check_ended, close_hour, drop_staging, new_run_id,
     read_manifest, run_hour, summary_of,
 )
-from .scoring import UnitResult, score_points
+from .scoring import Group, UnitResult, score_many
 from .sensors import Sensor
 from .stores import Store
 from .windows import by_sensor, read_points, read_points_many
@@ -122,23 +122,22 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
         with_model = list_models(store)
         plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
                                      fmt=job.fmt), span_unit(h)) for h in taken]
-        union = sorted({s for p in plans for s in p.units[0].sensors}, key=_key)
+        union = sorted({s for p in plans for u in p.units for s in u.sensors}, key=_key)
         try:
             tables = read_points_many(store, taken, union)
         except FleetscoreError:
             tables = None  # read hour by hour, so only the unreadable hours fail
-        bank = load_bank(store, union)
+        scored = _score(store, plans, tables, load_bank(store, union))
     except BaseException:
         for hour in taken:
             locks.release(store, hour, job.run_id)
         raise
-    models: dict = {}
     for plan in plans:
-        unit = plan.units[0]
-        result, data = _score(store, plan, unit, tables, bank, models)
+        result, data = scored.get(plan.window, (None, None))
         try:
-            summary = close_span_hour(store, plan, job, [result] if unit.sensors else [],
-                                      {unit.id: data} if data else {}, started=started, ttl=ttl)
+            summary = close_span_hour(store, plan, job, [result] if result else [],
+                                      {result.unit_id: data} if data else {}, started=started,
+                                      ttl=ttl)
             out.append({"summary": summary.to_json()})
         except FleetscoreError as exc:
             locks.release(store, plan.window, job.run_id)
@@ -161,22 +160,33 @@ def _error(hour: Hour, exc: FleetscoreError) -> dict:
     return {"window": str(hour), "error_kind": exc.kind, "error": str(exc)}
 
 
-def _score(store: Store, plan: Plan, unit: Unit, tables: Mapping | None, bank: Mapping,
-           models: dict) -> tuple[UnitResult, bytes | None]:
-    hour = plan.window
-    try:
-        table = tables[hour] if tables is not None else read_points(store, hour, unit.sensors)
-        sensors = sorted(unit.sensors, key=_key)
-        result, predictions = score_points(store, hour, sensors, by_sensor(table),
-                                           unit_id=unit.id, bank=bank, models=models)
-    except FleetscoreError as exc:
-        return UnitResult.all_failed(str(hour), unit.id, unit.sensors, exc.kind, str(exc)), None
-    if not result.scored:
-        return result, None
-    data = encode([predictions], plan.format)
-    target = f"{predictions_folder(hour)}/{unit.id}.{plan.format}"  # names the format only
-    return replace(result, predictions=target,
-                   predictions_sha256=hashlib.sha256(data).hexdigest()), data
+def _score(store: Store, plans: Sequence[Plan], tables: Mapping | None,
+           bank: Mapping) -> dict[Hour, tuple[UnitResult, bytes | None]]:
+    """Every hour of the span scored in one pass (score_many): each hour's unit result and
+    its encoded predictions. An hour whose data cannot be read fails alone."""
+    out: dict[Hour, tuple[UnitResult, bytes | None]] = {}
+    groups = []
+    for plan in plans:
+        if not plan.units:
+            continue
+        unit, hour = plan.units[0], plan.window
+        try:
+            table = tables[hour] if tables is not None else read_points(store, hour, unit.sensors)
+        except FleetscoreError as exc:
+            out[hour] = (UnitResult.all_failed(str(hour), unit.id, unit.sensors, exc.kind,
+                                               str(exc)), None)
+            continue
+        groups.append(Group(hour, unit.id, sorted(unit.sensors, key=_key), by_sensor(table)))
+    fmt = plans[0].format if plans else "csv"
+    results, table, rows = score_many(store, groups, bank=bank)
+    for group, result, data in zip(groups, results, encode_split(table, rows, fmt), strict=True):
+        if not result.scored:
+            out[group.hour] = (result, None)
+            continue
+        target = f"{predictions_folder(group.hour)}/{group.unit_id}.{fmt}"  # names the format
+        out[group.hour] = (replace(result, predictions=target,
+                                   predictions_sha256=hashlib.sha256(data).hexdigest()), data)
+    return out
 
 
 def close_span_hour(store: Store, plan: Plan, job: Job, results: Sequence[UnitResult],

@@ -133,48 +133,78 @@ def score_points(
     """The scoring itself, on points already read: the unit's result (with no predictions
     file yet) and its predictions table. ``sensors`` sorted; ``models``: scikit-learn models
     already loaded (a backfill scores a sensor in many hours and loads its model once)."""
+    (result,), table, _ = score_many(store, [Group(hour, unit_id, sensors, points)], bank=bank,
+                                     models=models)
+    return result, table
+
+
+@dataclass(frozen=True)
+class Group:
+    """A unit's sensors in one hour, with their points: what ``score_many`` scores."""
+
+    hour: Hour
+    unit_id: str
+    sensors: Sequence[Sensor]  # sorted
+    points: Mapping[Sensor, SensorPoints]
+
+
+def score_many(
+    store: Store, groups: Sequence[Group], *, bank: Mapping[Sensor, Any],
+    models: dict[Sensor, Any] | None = None,
+) -> tuple[list[UnitResult], pa.Table, list[int]]:
+    """Score many groups (a backfill's hours) in one pass: one vectorized computation for
+    every banked (hour, sensor), one predictions table. Returns each group's result, the
+    table (the groups' rows, in order) and each group's number of rows in it."""
     started = time.perf_counter()
     models = {} if models is None else models
-    present = [s for s in sensors if s in points and len(points[s].values)]
-    no_data = [str(s) for s in sensors if s not in points or not len(points[s].values)]
-    scored: dict[Sensor, tuple[np.ndarray, np.ndarray | None]] = {}
-    failures: list[SensorFailure] = []
+    scored: list[dict[Sensor, tuple[np.ndarray, np.ndarray | None]]] = [{} for _ in groups]
+    failures: list[list[SensorFailure]] = [[] for _ in groups]
 
     def model_of(sensor: Sensor) -> Any:
         if sensor not in models:
             models[sensor] = load_model(store, sensor)
         return models[sensor]
 
-    def attempt(sensor: Sensor, work) -> None:
+    def attempt(index: int, sensor: Sensor, work) -> None:
         try:
-            scored[sensor] = work()
+            scored[index][sensor] = work()
         except FleetscoreError as exc:
-            failures.append(SensorFailure(str(sensor), exc.kind, str(exc)))
+            failures[index].append(SensorFailure(str(sensor), exc.kind, str(exc)))
         except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
-            failures.append(SensorFailure(str(sensor), type(exc).__name__,
-                                          f"sensor {sensor}: {first_line(exc)}"))
+            failures[index].append(SensorFailure(str(sensor), type(exc).__name__,
+                                                 f"sensor {sensor}: {first_line(exc)}"))
 
-    fast = [s for s in present if s in bank]
-    computed = decisions_with_magnitude([bank[s] for s in fast], [points[s].values for s in fast])
-    for sensor, (dec, magnitude) in zip(fast, computed, strict=True):
-        attempt(sensor, lambda s=sensor, d=dec, m=magnitude:
-                _settle_boundary(model_of, points[s], d, m))
-    for sensor in present:
-        if sensor not in bank:
-            attempt(sensor, lambda s=sensor: _score_plain(model_of, points[s]))
+    present = [[s for s in g.sensors if s in g.points and len(g.points[s].values)]
+               for g in groups]
+    fast = [(i, s) for i, sensors in enumerate(present) for s in sensors if s in bank]
+    computed = decisions_with_magnitude([bank[s] for _, s in fast],
+                                        [groups[i].points[s].values for i, s in fast])
+    for (i, sensor), (dec, magnitude) in zip(fast, computed, strict=True):
+        attempt(i, sensor, lambda p=groups[i].points[sensor], d=dec, m=magnitude:
+                _settle_boundary(model_of, p, d, m))
+    for i, sensors in enumerate(present):
+        for sensor in sensors:
+            if sensor not in bank:
+                attempt(i, sensor, lambda p=groups[i].points[sensor]: _score_plain(model_of, p))
 
-    done = [s for s in sensors if s in scored]
-    table = predictions_table_many([
-        (s.device, s.tag, points[s].ends_ms, points[s].values, *scored[s]) for s in done])
-    anomalies = {str(s): int(np.count_nonzero(scored[s][0])) for s in done}
-    result = UnitResult(
-        unit_id=unit_id, window=str(hour), sensors=len(sensors), scored=len(done),
-        points=sum(len(points[s].values) for s in done), anomalies=sum(anomalies.values()),
-        failures=tuple(sorted(failures, key=lambda f: f.sensor)), no_data=tuple(no_data),
-        duration_s=round(time.perf_counter() - started, 6),
-        anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
-    )
-    return result, table
+    rows, counts, results = [], [], []
+    share = round((time.perf_counter() - started) / max(1, len(groups)), 6)
+    for i, g in enumerate(groups):
+        done = [s for s in g.sensors if s in scored[i]]
+        rows += [(s.device, s.tag, g.points[s].ends_ms, g.points[s].values, *scored[i][s])
+                 for s in done]
+        counts.append(sum(len(g.points[s].values) for s in done))
+        anomalies = {str(s): int(np.count_nonzero(scored[i][s][0])) for s in done}
+        results.append(UnitResult(
+            unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
+            points=counts[-1], anomalies=sum(anomalies.values()),
+            failures=tuple(sorted(failures[i], key=lambda f: f.sensor)),
+            no_data=tuple(str(s) for s in g.sensors
+                          if s not in g.points or not len(g.points[s].values)),
+            duration_s=share,
+            anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
+        ))
+    return results, predictions_table_many(rows), counts
 
 
 def _key(sensor: Sensor) -> tuple[str, str]:

@@ -268,3 +268,30 @@ def test_a_range_on_blob_storage(store, fleet_csv):
         manifest = json.loads(store.get(f"runs/{hour}.json"))
         _check_hour_is_clean(store, hour, manifest)
         assert read_predictions(store, hour).num_rows > 0
+
+
+def test_hours_with_nothing_to_score_close_in_a_span(trained_store):
+    """An hour whose sensors all lack a model (or, here, fall outside the chosen sensors)
+    closes with its own status beside hours that score."""
+    hours = _hours(trained_store)
+    trained_store.delete("models/dev_a/t.x.json")
+    result = run_range(trained_store, hours, SequentialBackend(trained_store),
+                       sensors=[Sensor("dev_a", "t.x")])
+    assert [s.status for s in result.summaries] == ["failed"] * len(hours)  # data, no model
+    assert all(s.no_model == 1 and s.planned == 0 for s in result.summaries)
+    for hour in hours:
+        _check_hour_is_clean(trained_store, hour, read_manifest(trained_store, hour))
+
+
+def test_an_unreadable_data_file_fails_only_its_hours(trained_store):
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    before = _visible(trained_store, hours)
+    bad = hours[1]
+    (part,) = [p for p in trained_store.list(f"windows/{bad.path}") if p.endswith(".parquet")]
+    trained_store.put(part, b"not parquet")
+    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    status = {s.window: s.status for s in result.summaries}
+    assert status.pop(str(bad)) == "failed"
+    assert set(status.values()) == {"succeeded"}
+    assert read_predictions(trained_store, bad).equals(before[str(bad)])
