@@ -32,12 +32,15 @@ from .arrivals import hours_with_arrivals
 from .errors import InputError
 from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
-from .runs_table import between, no_runs, read_many, read_runs
-from .stores import Store
+from .runs_table import READERS, between, no_runs, read_many, read_runs
+from .stores import LocalStore, Store
 from .text import count
 
 HEATMAP_SENSORS = 60
 TIMELINES = 6
+TOP_SENSORS = 20  # rows of the top sensors' table, whatever the fleet's size
+FAILURES_SHOWN = 200  # rows of the failed sensors' table; the rest are counted
+BATCH_BYTES = 64 << 20  # predictions files parsed together (their bytes, about)
 HOUR_MS = 3_600_000
 DEFAULT_STEP_MS = 60_000
 # Hour tick spacings, so a chart carries about eight labels whatever the range.
@@ -111,10 +114,10 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     else:
         span = _Span.empty()
     # Only hours that were run can have predictions: read those, from their manifests' files.
-    preds, rows = _read_predictions(store, span.runs)
-    span = span.with_rows(rows)
-    output.write_text(render(store.url, span, preds, truth=truth), encoding="utf-8")
-    n = preds.num_rows if preds is not None else 0
+    fold = _Fold()
+    span = span.with_rows(_fold_predictions(store, span.runs, fold))
+    output.write_text(render(store.url, span, fold, truth=truth), encoding="utf-8")
+    n = fold.rows
     return (f"{count(span.hours, 'hour')}, {count(span.runs.num_rows, 'run')}, "
             f"{count(n, 'prediction')}")
 
@@ -177,9 +180,21 @@ _CSV_HEADER = (",".join(COLUMNS) + "\n").encode()
 
 def _read_predictions(store: Store, runs: pa.Table) -> tuple[pa.Table | None, np.ndarray]:
     """The predictions of the runs' visible files (``runs.visible_files``), each file read
-    once, and the number of predictions in each run's files."""
+    once, and the number of predictions in each run's files, as one table (the report itself
+    folds them batch by batch: ``_fold_predictions``)."""
+    tables: list[pa.Table] = []
+    rows = _fold_predictions(store, runs, tables.append)
+    present = [t for t in tables if t.num_rows]
+    return (pa.concat_tables(present) if present else None), rows
+
+
+def _fold_predictions(store: Store, runs: pa.Table, fold) -> np.ndarray:
+    """Hand the predictions of the runs' visible files to ``fold``, a table at a time (files
+    parsed together up to ``BATCH_BYTES``, so memory follows a batch, not the range: a fleet's
+    day is gigabytes of CSV), each file read once; returns the number of predictions in each
+    run's files."""
     if runs.num_rows == 0:
-        return None, np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
     listed = runs["predictions"]
     owner = pc.list_parent_indices(listed).to_numpy()
     paths = pc.list_flatten(listed).combine_chunks().field("path").to_pylist()
@@ -193,18 +208,31 @@ def _read_predictions(store: Store, runs: pa.Table) -> tuple[pa.Table | None, np
     if any(p is None for p in paths):
         raise InputError("a run manifest lists a predictions file without a path")
     unique = list(dict.fromkeys(paths))
-    tables, counts = _read_files(store, unique)
-    per_path = dict(zip(unique, counts, strict=True))
+    per_path: dict[str, int] = {}
+    batch: list[str] = []
+    datas: list[bytes] = []
+    size = 0
+    step = 1 if isinstance(store, LocalStore) else READERS
+    for at in range(0, len(unique), step):
+        chunk = unique[at:at + step]
+        for path, data in zip(chunk, read_many(store, chunk), strict=True):
+            batch.append(path)
+            datas.append(data)
+            size += len(data)
+        if size >= BATCH_BYTES or at + step >= len(unique):
+            tables, counts = _decode_files(batch, datas)
+            per_path.update(zip(batch, counts, strict=True))
+            batch, datas, size = [], [], 0
+            for table in tables:
+                fold(table)
     rows = np.bincount(owner, weights=[per_path[p] for p in paths],
                        minlength=runs.num_rows).astype(np.int64)
-    present = [t for t in tables if t.num_rows]
-    return (pa.concat_tables(present) if present else None), rows
+    return rows
 
 
-def _read_files(store: Store, paths: list[str]) -> tuple[list[pa.Table], list[int]]:
+def _decode_files(paths: list[str], datas: list[bytes]) -> tuple[list[pa.Table], list[int]]:
     """Decode predictions files (``predictions.decode``): the CSVs as written (the usual
     header, a line a row) parsed together in one pass, any other file on its own."""
-    datas = read_many(store, paths)
     counts = [0] * len(paths)
     tables, bodies, written = [], [], []
     for i, (path, data) in enumerate(zip(paths, datas, strict=True)):
@@ -219,6 +247,7 @@ def _read_files(store: Store, paths: list[str]) -> tuple[list[pa.Table], list[in
             tables.append(table)
     if written:
         joined = b"".join(bodies)
+        del bodies
         table = None
         if joined:
             try:
@@ -240,14 +269,20 @@ def _read_files(store: Store, paths: list[str]) -> tuple[list[pa.Table], list[in
     return tables, counts
 
 
-def render(store_url: str, span: _Span, preds: pa.Table | None, *,
+def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,
            truth: pa.Table | None = None) -> str:
+    """The page: ``preds`` a table of predictions, or already folded (``_Fold``)."""
     sections = []
     text = span.text
     per_hour = span.predictions_per_hour()
-    if preds is not None and preds.num_rows and span.hours:
-        axis = Axis.fitting(span.first.start_ms, span.last.end_ms, _step_ms(preds))
-        data = _Data.of(preds, axis)
+    fold = preds
+    if isinstance(preds, pa.Table):
+        fold = _Fold()
+        fold(preds)
+    if fold is not None and fold.rows and span.hours:
+        axis = Axis.fitting(span.first.start_ms, span.last.end_ms, fold.step_ms())
+        data = fold.data(axis)
+        sections.append(_section("Sensors", _top_table(data), _totals(data)))
         # Bucketed (a long range): empty buckets are gaps already; shading hours would be noise.
         column = _bucket_name(axis.step_ms) if axis.bucketed else "window"
         empty_hours = [] if axis.bucketed else [
@@ -292,16 +327,20 @@ def render(store_url: str, span: _Span, preds: pa.Table | None, *,
     else:
         sections.append(_section("Predictions", "<p>No predictions in this range.</p>", ""))
     sections.append(_section("Runs", _runs_table(span), _runs_summary(span)))
-    failures = _failures(span.runs, 200)
+    failures = _failures(span.runs, FAILURES_SHOWN)
     if failures:
         body = "".join(
             f"<tr><td>{html.escape(w)}</td><td>{html.escape(f['sensor'] or '')}</td>"
             f"<td>{html.escape(f['kind'] or '')}</td>"
             f"<td class='message'>{html.escape(f['message'] or '')}</td></tr>"
             for w, f in failures)
+        total = int(pc.sum(pc.list_value_length(span.runs["failures"])).as_py() or 0)
+        note = (f"{count(total, 'failed sensor')} over the range, one row a sensor and hour"
+                + (f"; the first {len(failures):,}, in hour order, are listed." if total > len(failures)
+                   else "."))
         sections.append(_section("Failed sensors", f"<div class='scroll'><table><tr><th>hour</th>"
                                  f"<th>sensor</th><th>kind</th><th>message</th></tr>{body}</table>"
-                                 "</div>", ""))
+                                 "</div>", note))
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -328,6 +367,33 @@ by fleetscore {__version__}.</p>
 {''.join(sections)}
 </body></html>
 """
+
+
+def _totals(data: _Data) -> str:
+    scored = int(data.windows.sum())
+    flagged = int(data.anomalies.sum())
+    with_any = int((data.anomalies > 0).sum())
+    return (f"{count(len(data.sensors), 'sensor')} scored, {count(scored, 'window')}, "
+            f"{count(flagged, 'anomaly')} ({_percent(flagged, scored)}); "
+            f"{with_any:,} of the sensors had at least one anomaly. The "
+            f"{min(TOP_SENSORS, len(data.sensors))} with the most anomalies:")
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _top_table(data: _Data) -> str:
+    """The sensors with the most anomalies (``TOP_SENSORS`` rows, whatever the fleet)."""
+    body = "".join(
+        f"<tr data-sensor='{html.escape(name, quote=True)}'><td>{i + 1}</td>"
+        f"<td>{html.escape(name)}</td><td>{int(a):,}</td><td>{int(w):,}</td>"
+        f"<td>{_percent(int(a), int(w))}</td></tr>"
+        for i, (name, a, w) in enumerate(zip(data.sensors[:TOP_SENSORS],
+                                             data.anomalies[:TOP_SENSORS].tolist(),
+                                             data.windows[:TOP_SENSORS].tolist(), strict=True)))
+    return ("<div class='scroll'><table class='top'><tr><th>#</th><th>sensor</th>"
+            f"<th>anomalies</th><th>windows</th><th>flagged</th></tr>{body}</table></div>")
 
 
 def _section(title: str, body: str, note: str) -> str:
@@ -476,10 +542,85 @@ def _ends_ms(ts: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _step_ms(preds: pa.Table) -> int:
     """The window length: the smallest gap between window labels (60 s unless ingested
     with another --interval)."""
-    ends = np.unique(_ends_ms(pc.unique(preds["TS"])))
+    return _step_of(np.unique(_ends_ms(pc.unique(preds["TS"]))))
+
+
+def _step_of(ends: np.ndarray) -> int:
     gaps = np.diff(ends)
     gaps = gaps[gaps > 0]
     return int(gaps.min()) if len(gaps) else DEFAULT_STEP_MS
+
+
+class _Fold:
+    """The predictions, folded a table at a time into what the charts need, in arrays: each
+    sensor a number (its name kept once), each prediction 17 bytes (sensor, window end,
+    value, label) instead of a row of strings; no Python per prediction, only per sensor."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.anomalies = np.zeros(0, dtype=np.int64)
+        self.windows = np.zeros(0, dtype=np.int64)
+        self.ends: list[np.ndarray] = []  # the distinct window ends of each table
+        self.rows = 0
+
+    def __call__(self, preds: pa.Table) -> None:
+        if not preds.num_rows:
+            return
+        keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
+        distinct = pc.unique(keys)
+        local = pc.index_in(keys, value_set=distinct).to_numpy(zero_copy_only=False)
+        known = np.fromiter((self.ids.setdefault(k, len(self.ids))
+                             for k in distinct.to_pylist()), dtype=np.int64, count=len(distinct))
+        sensor = known[local].astype(np.int32)
+        timestamps = pc.unique(preds["TS"])
+        ends = _ends_ms(timestamps)
+        end = ends[pc.index_in(preds["TS"], value_set=timestamps).to_numpy(zero_copy_only=False)]
+        label = pc.fill_null(preds["Prediction"], 0).to_numpy().astype(np.int8)
+        value = preds["Val"].to_numpy().astype(np.float32)
+        n = len(self.ids)
+        self.anomalies = np.pad(self.anomalies, (0, n - len(self.anomalies)))
+        self.windows = np.pad(self.windows, (0, n - len(self.windows)))
+        self.anomalies += np.bincount(sensor, weights=label, minlength=n).astype(np.int64)
+        self.windows += np.bincount(sensor, minlength=n)
+        self.ends.append(np.unique(ends))
+        self.parts.append((sensor, end, value, label))
+        self.rows += preds.num_rows
+
+    def step_ms(self) -> int:
+        return _step_of(np.unique(np.concatenate(self.ends)) if self.ends else np.zeros(0))
+
+    def data(self, axis: Axis) -> _Data:
+        names = np.array(list(self.ids), dtype=object)
+        order = np.lexsort((names, -self.anomalies))  # most anomalies first, ties by name
+        shown = min(len(order), max(HEATMAP_SENSORS, TIMELINES))
+        row_of = np.full(len(names), -1, dtype=np.int64)
+        row_of[order[:shown]] = np.arange(shown)
+        size = shown * axis.columns
+        windows = np.zeros(size)
+        flagged_cells = np.zeros(size)
+        value_cells = np.zeros(size)
+        flagged = np.zeros(axis.columns)
+        scored = np.zeros(axis.columns)
+        # Per (sensor, column): the share of windows flagged and the mean of the window means
+        # (one window per column unless the range is bucketed: then exactly that window's).
+        for sensor, end, value, label in self.parts:
+            col = axis.column(end)
+            inside = (col >= 0) & (col < axis.columns)
+            rows = row_of[sensor]
+            keep = inside & (rows >= 0)
+            cell = rows[keep] * axis.columns + col[keep]
+            windows += np.bincount(cell, minlength=size)
+            flagged_cells += np.bincount(cell, weights=label[keep], minlength=size)
+            value_cells += np.bincount(cell, weights=value[keep].astype(float), minlength=size)
+            flagged += np.bincount(col[inside], weights=label[inside], minlength=axis.columns)
+            scored += np.bincount(col[inside], minlength=axis.columns)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            flags = (flagged_cells / windows).reshape(shown, axis.columns)
+            values = (value_cells / windows).reshape(shown, axis.columns)
+            share = np.where(scored > 0, flagged / scored * 100, np.nan)
+        return _Data([str(s) for s in names[order]], flags, values, share,
+                     self.anomalies[order], self.windows[order])
 
 
 @dataclass(frozen=True)
@@ -488,38 +629,14 @@ class _Data:
     flags: np.ndarray  # shown sensors x columns: 1 anomaly, 0 normal, NaN no prediction
     values: np.ndarray  # shown sensors x columns: window means
     share: np.ndarray  # columns: % of the scored sensors flagged, NaN where none scored
+    anomalies: np.ndarray  # all sensors, in ``sensors`` order: windows flagged
+    windows: np.ndarray  # all sensors, in ``sensors`` order: windows scored
 
     @classmethod
     def of(cls, preds: pa.Table, axis: Axis) -> _Data:
-        keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
-        per_sensor = pa.table({"k": keys, "p": preds["Prediction"]}).group_by("k").aggregate(
-            [("p", "sum")])
-        names = np.array(per_sensor["k"].to_pylist(), dtype=object)
-        order = np.lexsort((names, -per_sensor["p_sum"].to_numpy()))  # ties by name
-        sensors = [str(s) for s in names[order]]
-        shown = sensors[:max(HEATMAP_SENSORS, TIMELINES)]
-        col = axis.column(_ends_ms(preds["TS"]))
-        inside = (col >= 0) & (col < axis.columns)
-        row_of = {s: i for i, s in enumerate(shown)}
-        rows = np.array([row_of.get(k, -1) for k in keys.to_pylist()])
-        keep = inside & (rows >= 0)
-        # Per (sensor, column): the share of windows flagged and the mean of the window means
-        # (one window per column unless the range is bucketed: then exactly that window's).
-        cell = rows[keep] * axis.columns + col[keep]
-        size = len(shown) * axis.columns
-        windows = np.bincount(cell, minlength=size).astype(float)
-        prediction = preds["Prediction"].to_numpy().astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            flags = (np.bincount(cell, weights=prediction[keep], minlength=size)
-                     / windows).reshape(len(shown), axis.columns)
-            values = (np.bincount(cell, weights=preds["Val"].to_numpy()[keep], minlength=size)
-                      / windows).reshape(len(shown), axis.columns)
-        flagged = np.bincount(col[inside], weights=prediction[inside],
-                              minlength=axis.columns)
-        scored = np.bincount(col[inside], minlength=axis.columns).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(scored > 0, flagged / scored * 100, np.nan)
-        return cls(sensors, flags, values, share)
+        fold = _Fold()
+        fold(preds)
+        return fold.data(axis)
 
 
 def _truth_grid(truth: pa.Table, sensors: Sequence[str], axis: Axis) -> np.ndarray:
