@@ -84,12 +84,13 @@ def time_report(store, output: Path, repeats: int) -> tuple[list[float], str]:
 
 
 def run(sensors: int, hours: int = 24, *, directory: Path | None = None, repeats: int = 3,
-        workers: int | None = None, seed: int = 0) -> dict:
+        workers: int | None = None, seed: int = 0, reuse: bool = False) -> dict:
     from .stores import LocalStore
 
     def measure(root: Path) -> dict:
         store = LocalStore(root / "store")
-        built = build(store, sensors, hours, seed=seed, workers=workers)
+        built = ({"reused": True} if reuse else
+                 build(store, sensors, hours, seed=seed, workers=workers))
         build_peak = _peak_mb()
         output = root / "report.html"
         seconds, said = time_report(store, output, repeats)
@@ -117,9 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="default: one per core")
     parser.add_argument("--dir", type=Path, default=None, help="keep the store and report here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time the report of the store an earlier run left in --dir")
     args = parser.parse_args(argv)
+    if args.reuse and args.dir is None:
+        parser.error("--reuse needs --dir")
     print(json.dumps(run(args.sensors, args.hours, directory=args.dir, repeats=args.repeats,
-                         workers=args.workers), indent=1))
+                         workers=args.workers, reuse=args.reuse), indent=1))
 
 
 if __name__ == "__main__":
