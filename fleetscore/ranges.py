@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -103,7 +104,10 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
     """Run a span's hours, each as its own run. Returns, per hour, its summary, or why it
     was not run or not closed (``{"window", "error_kind", "error"}``)."""
     ttl = timedelta(seconds=job.ttl_s)
+    # The manifests' start is the range's (before any model was loaded: what a resumed range
+    # compares with the models' times); each hour's duration is its share of the span.
     started = datetime.fromisoformat(job.started)
+    last = time.perf_counter()
     out: list[dict] = []
     taken = []
     for hour in hours:
@@ -135,9 +139,11 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
     for plan in plans:
         result, data = scored.get(plan.window, (None, None))
         try:
+            now = time.perf_counter()
             summary = close_span_hour(store, plan, job, [result] if result else [],
                                       {result.unit_id: data} if data else {}, started=started,
-                                      ttl=ttl)
+                                      ttl=ttl, duration_s=now - last)
+            last = now
             out.append({"summary": summary.to_json()})
         except FleetscoreError as exc:
             locks.release(store, plan.window, job.run_id)
@@ -191,13 +197,14 @@ def _score(store: Store, plans: Sequence[Plan], tables: Mapping | None,
 
 def close_span_hour(store: Store, plan: Plan, job: Job, results: Sequence[UnitResult],
                     payloads: Mapping[str, bytes], *, started: datetime,
-                    ttl: timedelta) -> RunSummary:
+                    ttl: timedelta, duration_s: float | None = None) -> RunSummary:
     hour = plan.window
     now = datetime.now(UTC)
     previous = read_manifest(store, hour)
     locks.renew(store, hour, job.run_id, now=now, ttl=ttl)  # LockLost: another run owns it
     return close_hour(store, hour, job.run_id, plan, results, previous=previous,
-                      started=started, now=now, backend_name=job.backend, payloads=payloads)
+                      started=started, now=now, backend_name=job.backend, payloads=payloads,
+                      duration_s=duration_s)
 
 
 def _key(sensor: Sensor) -> tuple[str, str]:

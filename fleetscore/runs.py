@@ -305,16 +305,19 @@ def finalize(
 def close_hour(
     store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult], *,
     previous: Mapping | None, started: datetime, now: datetime, backend_name: str,
-    payloads: Mapping[str, bytes] | None = None,
+    payloads: Mapping[str, bytes] | None = None, duration_s: float | None = None,
 ) -> RunSummary:
     """The end of every run of an hour, its lock just renewed: promote, write the manifest,
     sweep what it no longer lists, release the hour, drop the run's staging. ``previous``:
     the hour's manifest before this run; ``payloads``: the units' predictions when they are in
-    memory (a backfill's), else they are read from the run's staging."""
+    memory (a backfill's), else they are read from the run's staging. ``duration_s``: the
+    hour's own share of a run that did many hours (default: from ``started`` to ``now``)."""
     files, kept = promote(store, hour, run_id, plan, results, manifest=previous,
                           payloads=payloads)
     manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
                               started=started, finished=now, backend=backend_name)
+    if duration_s is not None:
+        manifest["duration_s"] = round(duration_s, 3)
     store.put(manifest_path(hour), json.dumps(manifest, separators=(",", ":")).encode())
     sweep(store, hour, {f["path"] for f in files})
     locks.release(store, hour, run_id)

@@ -295,3 +295,12 @@ def test_an_unreadable_data_file_fails_only_its_hours(trained_store):
     assert status.pop(str(bad)) == "failed"
     assert set(status.values()) == {"succeeded"}
     assert read_predictions(trained_store, bad).equals(before[str(bad)])
+
+
+def test_each_hour_reports_its_own_share_of_the_time(trained_store):
+    started = time.perf_counter()
+    result = run_range(trained_store, _hours(trained_store), SequentialBackend(trained_store))
+    elapsed = time.perf_counter() - started
+    # Shares of the span, not each hour's time since the range began: they add up to no more
+    # than the range took.
+    assert 0 < sum(s.duration_s for s in result.summaries) <= elapsed
