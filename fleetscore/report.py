@@ -40,7 +40,8 @@ HEATMAP_SENSORS = 60
 TIMELINES = 6
 TOP_SENSORS = 20  # rows of the top sensors' table, whatever the fleet's size
 FAILURES_SHOWN = 200  # rows of the failed sensors' table; the rest are counted
-BATCH_BYTES = 64 << 20  # predictions files parsed together (their bytes, about)
+BATCH_BYTES = 64 << 20  # predictions files read, then parsed and folded, together
+SEPARATE_BYTES = 4 << 20  # a CSV this large is parsed on its own (small ones are joined)
 HOUR_MS = 3_600_000
 DEFAULT_STEP_MS = 60_000
 # Hour tick spacings, so a chart carries about eight labels whatever the range.
@@ -232,41 +233,51 @@ def _fold_predictions(store: Store, runs: pa.Table, fold) -> np.ndarray:
 
 def _decode_files(paths: list[str], datas: list[bytes]) -> tuple[list[pa.Table], list[int]]:
     """Decode predictions files (``predictions.decode``): the CSVs as written (the usual
-    header, a line a row) parsed together in one pass, any other file on its own."""
+    header, a line a row) parsed in one pass, small ones together (a backfill's hours have a
+    few rows each), a large one on its own (no copy); any other file on its own."""
     counts = [0] * len(paths)
-    tables, bodies, written = [], [], []
+    tables: list[pa.Table] = []
+    small, large = [], []
     for i, (path, data) in enumerate(zip(paths, datas, strict=True)):
         if format_of(path) == "csv" and data.startswith(_CSV_HEADER):
-            body = memoryview(data)[len(_CSV_HEADER):]
             counts[i] = data.count(b"\n") - 1 + (0 if data.endswith(b"\n") else 1)
-            bodies += [body, b"\n"] if len(body) and not data.endswith(b"\n") else [body]
-            written.append(i)
+            (large if len(data) >= SEPARATE_BYTES else small).append(i)
         else:
             table = decode(data, path).select(list(PREDICTION_COLUMNS))
             counts[i] = table.num_rows
             tables.append(table)
-    if written:
-        joined = b"".join(bodies)
-        del bodies
-        table = None
-        if joined:
-            try:
-                table = pcsv.read_csv(
-                    pa.py_buffer(joined),
-                    read_options=pcsv.ReadOptions(column_names=list(COLUMNS)),
-                    convert_options=pcsv.ConvertOptions(
-                        column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True)),
-                        include_columns=list(PREDICTION_COLUMNS)))
-            except pa.ArrowInvalid:
-                table = None  # one file is not as written: each on its own says which
-        if table is not None and table.num_rows == sum(counts[i] for i in written):
-            tables.append(table)
-        elif joined:
-            for i in written:
-                table = decode(datas[i], paths[i]).select(list(PREDICTION_COLUMNS))
-                counts[i] = table.num_rows
-                tables.append(table)
+    for group in [small, *([i] for i in large)]:
+        if group:
+            _decode_written(paths, datas, group, counts, tables)
     return tables, counts
+
+
+def _decode_written(paths: list[str], datas: list[bytes], group: list[int], counts: list[int],
+                    tables: list[pa.Table]) -> None:
+    """CSVs with the usual header, parsed together (each on its own if one is not as written)."""
+    bodies = []
+    for i in group:
+        body = memoryview(datas[i])[len(_CSV_HEADER):]
+        bodies += [body, b"\n"] if len(body) and not datas[i].endswith(b"\n") else [body]
+    joined = pa.py_buffer(bodies[0]) if len(bodies) == 1 else pa.py_buffer(b"".join(bodies))
+    del bodies
+    table = None
+    if joined.size:
+        try:
+            table = pcsv.read_csv(
+                joined, read_options=pcsv.ReadOptions(column_names=list(COLUMNS)),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True)),
+                    include_columns=list(PREDICTION_COLUMNS)))
+        except pa.ArrowInvalid:
+            table = None  # one file is not as written: each on its own says which
+    if table is not None and table.num_rows == sum(counts[i] for i in group):
+        tables.append(table)
+    elif joined.size:
+        for i in group:
+            table = decode(datas[i], paths[i]).select(list(PREDICTION_COLUMNS))
+            counts[i] = table.num_rows
+            tables.append(table)
 
 
 def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,

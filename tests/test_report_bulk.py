@@ -247,7 +247,12 @@ def test_predictions_files_are_read_once_each_and_counted_per_run(local_store, u
         assert sorted(store.read) == sorted(files)
 
 
-def test_a_csv_not_as_written_is_read_on_its_own(local_store):
+@pytest.mark.parametrize("separate", [None, 0])
+def test_a_csv_not_as_written_is_read_on_its_own(local_store, monkeypatch, separate):
+    if separate is not None:  # every CSV parsed on its own, as a large one is
+        import fleetscore.report
+
+        monkeypatch.setattr(fleetscore.report, "SEPARATE_BYTES", separate)
     a = table([("2024-03-01 00:01:00", "d", "t", 1.0, 0, 0.1)])
     odd = (b"Device,Tag,TS,Val,Prediction,Score\n"  # another column order
            b"d,x,2024-03-01 00:03:00,7.5,1,0.9\n")

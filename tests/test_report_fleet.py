@@ -102,6 +102,7 @@ def test_predictions_folded_in_small_batches_give_the_same_figures(fleet, monkey
         return fold, add
 
     monkeypatch.setattr(report, "BATCH_BYTES", 1)  # a file a batch
+    monkeypatch.setattr(report, "SEPARATE_BYTES", 0)  # parsed on its own, without a copy
     fold, add = batched_fold()
     assert _fold_predictions(store, runs, add).tolist() == rows.tolist()
     files = sum(len(p) for p in runs["predictions"].to_pylist())
