@@ -139,9 +139,15 @@ def train(
     if sensors is not None:
         points = Counter({s: n for s, n in points.items() if s in sensors})
     workers = workers or os.cpu_count() or 1
-    pool = (ProcessPoolExecutor(workers, initializer=init_worker,
-                                initargs=(store.url, Settings.from_env()))
-            if workers > 1 and len(points) > 1 else None)
+    pool = None
+    if workers > 1 and len(points) > 1:
+        # Import what fitting needs before the pool forks: each worker then starts with
+        # scikit-learn and skops loaded, instead of importing them itself (a second each).
+        import sklearn.svm  # noqa: F401
+        import skops.io  # noqa: F401
+
+        pool = ProcessPoolExecutor(workers, initializer=init_worker,
+                                   initargs=(store.url, Settings.from_env()))
     trained: list[ModelManifest] = []
     skipped: list[tuple[str, str]] = []
     done = 0
