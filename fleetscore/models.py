@@ -79,7 +79,7 @@ def list_models(store: Store) -> set[Sensor]:
         if len(parts) == 3 and parts[2].endswith(".json"):
             device, tag = parts[1], parts[2][: -len(".json")]
             if is_valid_id(device) and is_valid_id(tag):
-                out.add(Sensor(device, tag))
+                out.add(Sensor.unchecked(device, tag))
     return out
 
 

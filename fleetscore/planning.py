@@ -175,6 +175,17 @@ def load_unit(store: Store, hour: Hour, run_id: str, unit: str) -> Unit:
         raise InputError(f"unit file {path} is malformed: {exc}") from exc
 
 
+def plan_sizes(store: Store, hour: Hour, run_id: str) -> dict[str, int]:
+    """Sensors per unit of the run's plan, from the plan file alone (no unit file read)."""
+    try:
+        summary = json.loads(store.get(plan_path(hour, run_id)))
+        return {u["id"]: int(u.get("size", 0)) for u in summary["units"]}
+    except NotFound:
+        return {}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"plan file {plan_path(hour, run_id)} is malformed: {exc}") from exc
+
+
 def load_plan(store: Store, hour: Hour, run_id: str) -> Plan | None:
     """The run's stored plan with every unit's sensors, or None when it has none."""
     path = plan_path(hour, run_id)

@@ -39,7 +39,9 @@ from .compaction import compact_for_run
 from .errors import InputError, NotFound, UsageError
 from .hours import Hour
 from .locks import LOCK_TTL
-from .planning import Plan, hour_folder, load_plan, load_unit, make_plan, run_folder, save_plan
+from .planning import (
+    Plan, hour_folder, load_plan, load_unit, make_plan, plan_sizes, run_folder, save_plan,
+)
 from .predictions import decode, encode, format_of, predictions_folder
 from .scoring import UnitResult, score_unit
 from .sensors import Sensor
@@ -596,8 +598,7 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states
 
 
 def _unit_sizes(store: Store, hour: Hour, run_id: str, states: Mapping) -> dict[str, int]:
-    plan = load_plan(store, hour, run_id)
-    sizes = {u.id: len(u.sensors) for u in plan.units} if plan else {}
+    sizes = plan_sizes(store, hour, run_id)
     return {u: sizes.get(u, 0) for u in states}
 
 

@@ -5,6 +5,7 @@ Ids become parts of file and blob paths, so they are validated before any path i
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -16,8 +17,14 @@ _ID_RE = re.compile(rf"\A{ID_PATTERN}\Z")
 _RESERVED = frozenset({".", ".."})
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _valid(value: str) -> bool:
+    return bool(_ID_RE.match(value)) and value not in _RESERVED
+
+
 def is_valid_id(value: str) -> bool:
-    return isinstance(value, str) and bool(_ID_RE.match(value)) and value not in _RESERVED
+    # Cached: a fleet's ids recur in every hour, plan and listing (a device has many tags).
+    return isinstance(value, str) and _valid(value)
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -36,8 +43,9 @@ class Sensor:
     tag: str
 
     def __post_init__(self) -> None:
-        validate_id(self.device, "Device")
-        validate_id(self.tag, "Tag")
+        if not (is_valid_id(self.device) and is_valid_id(self.tag)):
+            validate_id(self.device, "Device")
+            validate_id(self.tag, "Tag")
 
     def __str__(self) -> str:
         return f"{self.device}/{self.tag}"
