@@ -229,9 +229,12 @@ def models_import(
                              "with --trust-pickle)")
         bank = _rebuild_bank(st) if result.imported else "model bank unchanged"
     finally:
+        if not (result and result.imported):
+            if new_dir is not None:
+                _remove_empty_tree(new_dir)
+            elif callable(getattr(st, "remove_if_empty", None)):
+                st.remove_if_empty()  # a blob container this command created, still empty
         st.close()
-        if new_dir is not None and not (result and result.imported):
-            _remove_empty_tree(new_dir)
     out.print(f"imported {count(len(result.imported), 'model')} from {directory}; {bank}")
     for problem in (*result.refused, *result.failed):
         err.print(f"  skipped {problem.file}: {problem.reason}")

@@ -205,3 +205,25 @@ def test_an_ambiguous_model_name_can_be_given_its_sensor(cli, tmp_path):
     assert (tmp_path / "s" / "models" / "a_b" / "c.skops").exists()
     code, _, err = cli("models", "import", str(models), "--sensor", "a_b/c", "--store", store)
     assert code == 2 and "give a file, not a folder" in err
+
+
+def test_a_failed_import_leaves_no_empty_blob_container_behind(cli, tmp_path, azurite,
+                                                                monkeypatch):
+    import uuid
+
+    from azure.storage.blob import BlobServiceClient
+
+    monkeypatch.setenv("FLEETSCORE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "nounderscore.skops").write_bytes(b"x")
+    container = f"t{uuid.uuid4().hex[:20]}"
+    code, _, err = cli("models", "import", str(models), "--store", f"az://{container}")
+    assert code == 2 and "nounderscore.skops" in err
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    assert not service.get_container_client(container).exists()
+    # A container that existed before is left alone, even when empty.
+    service.create_container(container)
+    code, _, _ = cli("models", "import", str(models), "--store", f"az://{container}")
+    assert code == 2 and service.get_container_client(container).exists()
+    service.delete_container(container)

@@ -60,10 +60,12 @@ class BlobStore:
         # Window files are read through pyarrow's Azure filesystem when the client's account,
         # endpoint and credential map onto it (measured faster: docs/benchmarks.md).
         self._arrow = _arrow_filesystem(self._client, container) if arrow_reads else None
+        self.created = False  # this client made the container (a failed import removes it)
         try:
             if create:
                 try:
                     self._client.create_container()
+                    self.created = True
                 except ResourceExistsError:
                     pass
             elif not self._client.exists():
@@ -124,6 +126,23 @@ class BlobStore:
         except NotFound:
             return iter(())
         return iter(sorted(names))
+
+    def remove_if_empty(self) -> bool:
+        """Delete the container if this client created it and it is still empty (a command
+        that failed before writing anything). True if removed."""
+        if not self.created:
+            return False
+        try:
+            with self._errors("list", "/"):
+                names = list(self._client.list_blob_names())
+            if names:
+                return False
+            with self._errors("delete", "/"):
+                self._client.delete_container()
+        except NotFound:
+            return False
+        self.created = False
+        return True
 
     def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
         """(path, size, ETag) of the blobs under ``prefix``, from the listing itself (no extra
