@@ -346,9 +346,9 @@ def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,
             f"<td class='message'>{html.escape(f['message'] or '')}</td></tr>"
             for w, f in failures)
         total = int(pc.sum(pc.list_value_length(span.runs["failures"])).as_py() or 0)
-        note = (f"{count(total, 'failed sensor')} over the range, one row a sensor and hour"
-                + (f"; the first {len(failures):,}, in hour order, are listed." if total > len(failures)
-                   else "."))
+        shown = (f"; the first {len(failures):,}, in hour order, are listed."
+                 if total > len(failures) else ".")
+        note = f"{count(total, 'failed sensor')} over the range, one row a sensor and hour{shown}"
         sections.append(_section("Failed sensors", f"<div class='scroll'><table><tr><th>hour</th>"
                                  f"<th>sensor</th><th>kind</th><th>message</th></tr>{body}</table>"
                                  "</div>", note))
