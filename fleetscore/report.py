@@ -9,6 +9,12 @@ A long range (a backfill over years) is drawn in buckets instead of windows: hou
 weeks, whichever keeps the axis under ``MAX_COLUMNS`` columns. A bucket's heatmap cell is the
 share of its windows flagged, its line point the mean of its window means; the runs table
 then has one row per day. The report stays a few hundred kilobytes and renders in seconds.
+
+A fleet's range is read the same way whatever its size: the predictions files are parsed in
+batches and folded into arrays as they come (a number a sensor, 17 bytes a prediction), and
+the page shows the sensors with the most anomalies (``TOP_SENSORS`` in a table with the
+fleet's totals, ``HEATMAP_SENSORS`` in the heatmap, ``TIMELINES`` as lines), never a row or a
+line a sensor.
 """
 
 from __future__ import annotations
