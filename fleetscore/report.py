@@ -556,13 +556,9 @@ def _ends_ms(ts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
 
 
-def _step_ms(preds: pa.Table) -> int:
-    """The window length: the smallest gap between window labels (60 s unless ingested
-    with another --interval)."""
-    return _step_of(np.unique(_ends_ms(pc.unique(preds["TS"]))))
-
-
 def _step_of(ends: np.ndarray) -> int:
+    """The window length: the smallest gap between distinct window ends (60 s unless
+    ingested with another --interval)."""
     gaps = np.diff(ends)
     gaps = gaps[gaps > 0]
     return int(gaps.min()) if len(gaps) else DEFAULT_STEP_MS
