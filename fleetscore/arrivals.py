@@ -56,13 +56,7 @@ def record_arrivals(
         "source": source,
         "sensors": [[s.device, s.tag, int(n)] for s, n in sorted(points.items())],
     }
-    if part is not None:
-        body["part"], body["sha256"] = part
-    try:
-        store.put(arrival_path(hour, source_id), json.dumps(body).encode(), overwrite=False)
-    except AlreadyExists:
-        return False
-    return True
+    return _put_record(store, arrival_path(hour, source_id), body, part)
 
 
 def record_day_arrivals(
@@ -80,10 +74,16 @@ def record_day_arrivals(
         "hours": {str(h): [[s.device, s.tag, int(n)] for s, n in sorted(points.items())]
                   for h, points in sorted(hours.items())},
     }
+    return _put_record(store, day_arrival_path(day, source_id), body, part)
+
+
+def _put_record(store: Store, path: str, body: dict, part: tuple[str, str] | None) -> bool:
+    """Create the record once (the part's path and sha256 beside the counts); False when this
+    source's record is already there."""
     if part is not None:
         body["part"], body["sha256"] = part
     try:
-        store.put(day_arrival_path(day, source_id), json.dumps(body).encode(), overwrite=False)
+        store.put(path, json.dumps(body).encode(), overwrite=False)
     except AlreadyExists:
         return False
     return True
