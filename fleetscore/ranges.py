@@ -19,7 +19,8 @@ run does (``runs.run_hour``: units, staging, a deadline per hour), and so do all
 backend that cannot run spans (Azure Batch: a backfill there is the orchestrator's reruns).
 
 A span whose worker dies is run once more on a fresh pool (hours it closed stay closed); a
-span that dies twice, or is still running at the deadline, fails the hours it did not close,
+span that dies twice, or runs longer than the deadline (counted from its start, so a range
+of any length can run), fails the hours it did not close,
 as a unit failure fails its hour: each gets a manifest saying why, the earlier predictions
 stay. An hour another run holds is left to it and named at the end (AlreadyRunning), after
 every other hour of the range is done.
@@ -273,7 +274,7 @@ def run_range(
                   ttl_s=ttl.total_seconds(), sensors=chosen, fmt=fmt)
         spans = pack([(h, n) for h, n in sizes if n <= SPAN_MAX_SENSORS],
                      workers=getattr(backend, "workers", 1))
-        _drive(store, backend, spans, job, ends=started + deadline, clock=clock, out=out,
+        _drive(store, backend, spans, job, deadline=deadline, clock=clock, out=out,
                errors=errors, advance=advance)
         for hour, n in sizes:
             if n > SPAN_MAX_SENSORS:
@@ -282,15 +283,40 @@ def run_range(
                        tuple((h, e.kind, str(e)) for h, e in errors))
 
 
-def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, ends: datetime,
+def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, deadline: timedelta,
            clock: Callable[[], datetime], out: dict[Hour, RunSummary],
            errors: list[tuple[str, FleetscoreError]], advance: Callable[[int], None]) -> None:
-    """Run the spans on the backend's pool until all are done or the deadline passes."""
-    tries = dict.fromkeys(range(len(spans)), 1)
-    running: dict[Future, int] = {backend.submit_span(span, job): i
-                                  for i, span in enumerate(spans)}
-    while running:
-        timeout = max(0.0, (ends - clock()).total_seconds())
+    """Run the spans on the backend's pool, a few more at a time than it has workers (so a
+    span's deadline counts from about when it starts), until all are done."""
+    waiting = list(range(len(spans)))[::-1]
+    tries = dict.fromkeys(range(len(spans)), 0)
+    ends: dict[int, datetime] = {}
+    running: dict[Future, int] = {}
+    room = 2 * max(1, getattr(backend, "workers", 1))
+
+    def start(index: int, *, again: bool = False) -> None:
+        tries[index] += 0 if again else 1
+        ends[index] = clock() + deadline
+        hours = [h for h in spans[index] if not _closed_into(store, h, job, out)] \
+            if tries[index] > 1 or again else spans[index]
+        running[backend.submit_span(hours, job)] = index
+
+    def restart_all(but: set[int]) -> None:
+        """A fresh pool (a worker died, or one was stopped): every span that was on the old
+        one starts again for the hours it had not closed."""
+        on_pool = [i for f, i in running.items() if i not in but
+                   and (not f.done() or isinstance(f.exception(), BrokenProcessPool))]
+        for future in [f for f, i in running.items() if i in on_pool]:
+            del running[future]
+        backend.reset_spans()
+        for index in on_pool:
+            start(index, again=True)
+
+    while waiting or running:
+        while waiting and len(running) < room:
+            start(waiting.pop())
+        now = clock()
+        timeout = max(0.0, min((ends[i] - now).total_seconds() for i in running.values()))
         done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
         retry = []
         for future in done:
@@ -298,10 +324,9 @@ def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, ends: da
             exc = future.exception()
             if exc is None:
                 for body in future.result():
-                    hour = Hour.parse(body["summary"]["window"] if "summary" in body
-                                      else body["window"])
                     if "summary" in body:
-                        out[hour] = RunSummary.from_json(body["summary"])
+                        out[Hour.parse(body["summary"]["window"])] = \
+                            RunSummary.from_json(body["summary"])
                     else:
                         errors.append((body["window"], _rebuild(body)))
                 advance(len(spans[index]))
@@ -314,23 +339,23 @@ def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, ends: da
                 _fail(store, spans[index], job, kind, message, out=out, errors=errors)
                 advance(len(spans[index]))
         if retry:
-            # A dead worker breaks the pool: every span still on it is run again, once, for
-            # the hours it had not closed.
-            broken = [i for f, i in running.items() if not f.done() or f.exception()]
-            running = {f: i for f, i in running.items() if i not in broken}
-            backend.reset_spans()
-            for index in sorted({*retry, *broken}):
-                tries[index] += 1
-                left = [h for h in spans[index] if not _closed_into(store, h, job, out)]
-                running[backend.submit_span(left, job)] = index
-        if running and clock() >= ends:
-            backend.reset_spans()  # stops the workers: nothing they held closes an hour now
-            for index in running.values():
+            # A dead worker breaks the pool: the span it ran is tried once more, and every
+            # other span on the pool starts again (that was not their failure).
+            restart_all(but=set(retry))
+            for index in retry:
+                start(index)
+        now = clock()
+        late = {i for i in running.values() if now >= ends[i]}
+        if late:
+            # Stop the pool first, so a late span cannot close an hour after it is failed.
+            for future in [f for f, i in running.items() if i in late]:
+                del running[future]
+            restart_all(but=late)
+            for index in sorted(late):
                 _fail(store, spans[index], job, "DeadlineExceeded",
-                      f"span {span_id(index)} did not finish before {ends.isoformat()}",
+                      f"span {span_id(index)} did not finish within {deadline} of its start",
                       out=out, errors=errors)
                 advance(len(spans[index]))
-            running = {}
 
 
 def _rebuild(body: Mapping) -> FleetscoreError:

@@ -304,3 +304,24 @@ def test_each_hour_reports_its_own_share_of_the_time(trained_store):
     # Shares of the span, not each hour's time since the range began: they add up to no more
     # than the range took.
     assert 0 < sum(s.duration_s for s in result.summaries) <= elapsed
+
+
+def _slow(store, hours, job):
+    time.sleep(2)
+    return ranges.__dict__["_real_run_span"](store, hours, job)
+
+
+@reliability("R43")
+def test_the_deadline_counts_per_span_not_for_the_whole_range(trained_store, monkeypatch):
+    """Three spans of 2 s each on one worker take 6 s: more than the 5 s deadline in all, but
+    each ends well within 5 s of its start, so none is failed."""
+    monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
+    monkeypatch.setattr(ranges, "run_span", _slow)
+    hours = _hours(trained_store)
+    backend = LocalBackend(trained_store.url, workers=1)
+    try:
+        result = run_range(trained_store, hours, backend, deadline=timedelta(seconds=5))
+    finally:
+        backend.close()
+    assert len({tuple(s) for s in ranges.pack([(h, 3) for h in hours], workers=1)}) == 3
+    assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
