@@ -123,7 +123,7 @@ def plan_hour(
         chosen = set(sensors)
         with_data &= chosen
         with_model = with_model & chosen
-    planned = sorted(with_data & with_model)
+    planned = sorted(with_data & with_model, key=lambda s: (s.device, s.tag))  # tuple keys: fast
     size = unit_size or auto_unit_size(len(planned), parallel=parallel,
                                        min_task_seconds=min_task_seconds)
     units = tuple(

@@ -383,8 +383,13 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
     for r in results:
         if r.predictions:
             target = f"{folder}/{r.unit_id}-{run_id}.{format_of(r.predictions)}"
-            data = payloads[r.unit_id] if payloads is not None else store.get(r.predictions)
-            store.put(target, data)
+            copy = getattr(store, "copy", None)
+            if payloads is not None:
+                store.put(target, payloads[r.unit_id])
+            elif callable(copy):
+                copy(r.predictions, target)  # a directory store: a link, not a copy of the bytes
+            else:
+                store.put(target, store.get(r.predictions))
             files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
                           "unit": r.unit_id})
     failed = {f.sensor for r in results for f in r.failures}
@@ -590,9 +595,11 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states
                            timeout=delay, renew=renew, ttl=ttl))
         if renew:
             last_renewal = now
-        # Backends that cannot wait (a Batch listing) return at once: sleep the rest.
+        # Backends that cannot wait (a Batch listing) return at once: sleep the rest. One that
+        # waits (a local pool) returned because a unit ended: poll again at once.
         rest = delay - (clock() - now).total_seconds()
-        if rest > 0 and any(s["state"] not in TERMINAL for s in states.values()):
+        if rest > 0 and not getattr(backend, "waits", False) \
+                and any(s["state"] not in TERMINAL for s in states.values()):
             sleep(rest)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -109,6 +109,7 @@ class LocalBackend:
 
     name = "local"
     attempts = 2
+    waits = True  # poll blocks until a unit ends (or its timeout): no sleeping between polls
 
     def __init__(self, store_spec: str, settings: Settings | None = None,
                  workers: int | None = None) -> None:

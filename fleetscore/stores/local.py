@@ -164,6 +164,27 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot write {path} in store {self.url}: {exc.strerror}") from exc
 
+    def copy(self, source: str, target: str) -> None:
+        """Make ``target`` the same bytes as ``source``, atomically, without copying them (a
+        hard link, renamed into place). Optional in the protocol: callers fall back to get
+        and put."""
+        src, dst = self._file(source), self._file(target)
+        parent = os.path.dirname(dst)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+            os.link(src, tmp)
+            try:
+                os.replace(tmp, dst)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except FileNotFoundError as exc:
+            raise NotFound(f"{source} not found in store {self.url}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot copy {source} to {target} in store {self.url}: "
+                             f"{exc.strerror}") from exc
+
     def exists(self, path: str) -> bool:
         return os.path.isfile(self._file(path))
 

@@ -206,3 +206,14 @@ def test_a_local_delete_leaves_no_empty_folders(local_store):
     # A folder pruned between a writer's two steps is made again.
     local_store.put("runs/2024-01-01T00/r1/plan.json", b"{}")
     assert local_store.get("runs/2024-01-01T00/r1/plan.json") == b"{}"
+
+
+def test_a_local_copy_is_atomic_and_independent_of_its_source(local_store):
+    local_store.put("runs/h/r/predictions/u.csv", b"a,b\n1,2\n")
+    local_store.copy("runs/h/r/predictions/u.csv", "predictions/h/u-r.csv")
+    local_store.put("runs/h/r/predictions/u.csv", b"rewritten")  # a straggler's rewrite
+    local_store.delete("runs/h/r/predictions/u.csv")
+    assert local_store.get("predictions/h/u-r.csv") == b"a,b\n1,2\n"
+    with pytest.raises(NotFound):
+        local_store.copy("runs/h/r/predictions/u.csv", "predictions/h/x.csv")
+    assert list(local_store.list("predictions")) == ["predictions/h/u-r.csv"]
