@@ -355,8 +355,12 @@ def test_any_split_into_files_reads_as_one_file(tmp_path_factory, readings, assi
     base = tmp_path_factory.mktemp("prop")
     t0 = datetime(2024, 3, 1, tzinfo=UTC)
     rows = []
+    # A reading repeated in several files repeats its value: which of two *different* values
+    # at one (Device, Tag, TS) is kept depends on which file came first, not on the layout.
+    value_of: dict[tuple, int] = {}
     for day, hour, second, (device, tag), tenths in readings:
         ts = t0 + timedelta(days=day, hours=hour, seconds=second)
+        tenths = value_of.setdefault((ts, device, tag), tenths)
         rows.append((ts.strftime("%Y-%m-%d %H:%M:%S.000"), device, tag, tenths / 10))
     files: dict[int, list[tuple]] = {}
     for row, f in zip(rows, assignment, strict=False):
