@@ -483,7 +483,7 @@ def run(
             "runs": [s.to_json() for s in summaries], "skipped": sorted(str(h) for h in done),
             "not_run": [{"window": h, "kind": k, "error": m} for h, k, m in not_run]},
             indent=1) + "\n")
-    else:
+    elif summaries:
         _print_runs(summaries)
     codes = {s.exit_code for s in summaries}
     worst = 3 if 3 in codes else (6 if 6 in codes else 0)

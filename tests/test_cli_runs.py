@@ -151,3 +151,10 @@ def test_a_range_reruns_hours_scored_before_a_model_changed(cli, trained_store):
     code, out, _ = cli("run", "--store", trained_store.url, "--all", "--json")
     assert [r["window"] for r in json.loads(out)["runs"]] == [
         "2024-03-01T00", "2024-03-01T01", "2024-03-01T02"]
+
+
+def test_a_range_with_nothing_left_to_run_says_so_without_an_empty_table(cli, trained_store):
+    cli("run", "--store", trained_store.url, "--all")
+    code, out, err = cli("run", "--store", trained_store.url, "--all")
+    assert code == 0 and out == ""
+    assert "skipped 3 hours whose last run succeeded" in err
