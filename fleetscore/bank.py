@@ -44,9 +44,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError, NotFound
-from .models import check_estimator, list_models, loads_model, model_path, read_manifest
+from .models import (
+    ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
+    read_manifest,
+)
 from .sensors import Sensor
 from .stores import Store
+from .stores.base import get_many
 
 BANK_FOLDER = "bank"  # beside models/, never inside: a device could be called "bank"
 INDEX_PATH = f"{BANK_FOLDER}/index.json"
@@ -381,10 +385,15 @@ def _build(store: Store, group: list[Sensor]) -> _Shard:
 
 
 def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, str | None]:
+    """Each sensor's model hash as its manifest names it now (None: no usable manifest).
+    Read concurrently on a remote store: one request a sensor, the bank's exactness check."""
+    sensors = list(sensors)
+    paths = [manifest_path(s) for s in sensors]
     out: dict[Sensor, str | None] = {}
-    for sensor in sensors:
+    for sensor, path, data in zip(sensors, paths, get_many(store, paths, missing_ok=True),
+                                  strict=True):
         try:
-            out[sensor] = read_manifest(store, sensor).sha256
+            out[sensor] = None if data is None else ModelManifest.from_json(data, path).sha256
         except ModelError:
             out[sensor] = None
     return out

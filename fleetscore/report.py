@@ -38,7 +38,8 @@ from .arrivals import hours_with_arrivals
 from .errors import InputError
 from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
-from .runs_table import READERS, between, no_runs, read_many, read_runs
+from .runs_table import between, no_runs, read_runs
+from .stores.base import READERS, get_many
 from .stores import LocalStore, Store
 from .text import count
 
@@ -222,7 +223,7 @@ def _fold_predictions(store: Store, runs: pa.Table, fold) -> np.ndarray:
     step = 1 if isinstance(store, LocalStore) else READERS
     for at in range(0, len(unique), step):
         chunk = unique[at:at + step]
-        for path, data in zip(chunk, read_many(store, chunk), strict=True):
+        for path, data in zip(chunk, get_many(store, chunk), strict=True):
             batch.append(path)
             datas.append(data)
             size += len(data)

@@ -16,7 +16,6 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,9 +26,9 @@ import pyarrow.json as pjson
 from .arrivals import hours_with_arrivals
 from .hours import Hour
 from .stores import LocalStore, Store
+from .stores.base import get_many
 
 STATUSES = ("succeeded", "partial", "failed", "no_data", "never_run")
-READERS = 16  # concurrent reads on a remote store (each read is a request)
 _HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}$"
 _HOUR_RE = re.compile(_HOUR_PATTERN)
 _COUNTS = ("planned", "scored", "failed", "no_data", "no_model")
@@ -115,16 +114,6 @@ def manifest_paths(store: Store) -> list[str]:
     return [p for p in store.list("runs") if p.count("/") == 1 and p.endswith(".json")]
 
 
-def read_many(store: Store, paths: Sequence[str]) -> list[bytes]:
-    """The files' contents, in order (raises NotFound like ``store.get``): one after the
-    other on a directory (reads there are CPU-bound under the GIL), concurrently elsewhere
-    (each read is a request)."""
-    if isinstance(store, LocalStore) or len(paths) <= 1:
-        return [store.get(p) for p in paths]
-    with ThreadPoolExecutor(min(READERS, len(paths))) as pool:
-        return list(pool.map(store.get, paths))
-
-
 def read_runs(store: Store, *, first: Hour | None = None, last: Hour | None = None) -> pa.Table:
     """One row per run hour, in hour order: the manifests' summary fields, flattened
     (``window``, ``hour`` (index), ``status``, ``run_id``, ``finished``, ``duration_s``,
@@ -136,11 +125,11 @@ def read_runs(store: Store, *, first: Hour | None = None, last: Hour | None = No
     runs write them) are not read at all."""
     paths = manifest_paths(store)
     if first is None and last is None:
-        return summarize(_parse_manifests(read_many(store, paths)))
+        return summarize(_parse_manifests(get_many(store, paths)))
     lo = first.index if first is not None else -(2**62)
     hi = last.index if last is not None else 2**62
     paths = [p for p in paths if _named_inside(p, lo, hi)]
-    return between(summarize(_parse_manifests(read_many(store, paths))), first, last)
+    return between(summarize(_parse_manifests(get_many(store, paths))), first, last)
 
 
 def between(runs: pa.Table, first: Hour | None, last: Hour | None) -> pa.Table:

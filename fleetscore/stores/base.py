@@ -11,10 +11,13 @@ directory: a hard link, and a compare-and-swap under an advisory lock).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from ..errors import StoreError
+from ..errors import NotFound, StoreError
+
+READERS = 16  # concurrent reads on a remote store (each read is a request)
 
 
 @runtime_checkable
@@ -46,6 +49,25 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections. Idempotent."""
+
+
+def get_many(store: Store, paths: Sequence[str], *,
+             missing_ok: bool = False) -> list[bytes | None]:
+    """The files' contents, in order: one after the other on a directory (reads there are
+    CPU-bound under the GIL), READERS at a time elsewhere (each read is a request). A missing
+    file raises NotFound, or is None with ``missing_ok``."""
+    def get(path: str) -> bytes | None:
+        try:
+            return store.get(path)
+        except NotFound:
+            if missing_ok:
+                return None
+            raise
+
+    if getattr(store, "local", False) or len(paths) <= 1:
+        return [get(p) for p in paths]
+    with ThreadPoolExecutor(min(READERS, len(paths))) as pool:
+        return list(pool.map(get, paths))
 
 
 def check_path(path: str) -> str:

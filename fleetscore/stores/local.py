@@ -62,6 +62,7 @@ def version_of(data: bytes) -> str:
 
 
 class LocalStore:
+    local = True  # reads are system calls, not requests: nothing to gain reading concurrently
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).resolve()
         self.url = self._root = str(self.root)

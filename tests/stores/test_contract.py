@@ -217,3 +217,16 @@ def test_a_local_copy_is_atomic_and_independent_of_its_source(local_store):
     with pytest.raises(NotFound):
         local_store.copy("runs/h/r/predictions/u.csv", "predictions/h/x.csv")
     assert list(local_store.list("predictions")) == ["predictions/h/u-r.csv"]
+
+
+def test_get_many_keeps_order_and_says_what_is_missing(store):
+    from fleetscore.stores.base import get_many
+
+    paths = [f"m/{i:03d}.json" for i in range(40)]
+    for i, path in enumerate(paths):
+        if i % 7:
+            store.put(path, str(i).encode())
+    got = get_many(store, paths, missing_ok=True)  # concurrent on Blob, in order either way
+    assert got == [None if i % 7 == 0 else str(i).encode() for i in range(40)]
+    with pytest.raises(NotFound, match="m/000.json"):
+        get_many(store, paths)
