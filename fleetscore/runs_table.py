@@ -102,8 +102,9 @@ def window_names(first: int, last: int) -> list[str]:
 def manifest_paths(store: Store) -> list[str]:
     """The run manifests ``runs/*.json`` (not the runs' folders beneath), sorted."""
     if isinstance(store, LocalStore):
-        # The runs' emptied staging folders stay behind on a directory (four per hour run):
-        # walking them all costs far more than reading the manifests.
+        # Only the top level: the manifests. (Stores written before deletes pruned their
+        # folders keep four emptied staging folders an hour run; walking them cost more than
+        # reading the manifests.)
         try:
             with os.scandir(store.root / "runs") as entries:
                 return sorted(f"runs/{e.name}" for e in entries
