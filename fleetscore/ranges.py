@@ -108,18 +108,20 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
     # The manifests' start is the range's (before any model was loaded: what a resumed range
     # compares with the models' times); each hour's duration is its share of the span.
     started = datetime.fromisoformat(job.started)
-    last = time.perf_counter()
+    begun = time.perf_counter()
     out: list[dict] = []
     taken = []
-    for hour in hours:
-        try:
-            locks.acquire(store, hour, job.run_id, now=datetime.now(UTC), ttl=ttl,
-                          pid=os.getpid())
-        except AlreadyRunning as exc:
-            out.append(_error(hour, exc))
-            continue
-        taken.append(hour)
+    open_hours: set[Hour] = set()
     try:
+        for hour in hours:
+            try:
+                locks.acquire(store, hour, job.run_id, now=datetime.now(UTC), ttl=ttl,
+                              pid=os.getpid())
+            except AlreadyRunning as exc:
+                out.append(_error(hour, exc))
+                continue
+            taken.append(hour)
+            open_hours.add(hour)
         for hour in taken:
             drop_staging(store, hour, keep=job.run_id)
             compact_for_run(store, hour)
@@ -133,22 +135,26 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
         except FleetscoreError:
             tables = None  # read hour by hour, so only the unreadable hours fail
         scored = _score(store, plans, tables, load_bank(store, union))
+        # Each hour's duration: an even share of the span's common work, plus its own close.
+        shared = (time.perf_counter() - begun) / max(1, len(plans))
+        for plan in plans:
+            result, data = scored.get(plan.window, (None, None))
+            closing = time.perf_counter()
+            try:
+                summary = close_span_hour(
+                    store, plan, job, [result] if result else [],
+                    {result.unit_id: data} if data else {}, started=started, ttl=ttl,
+                    duration_s=shared + time.perf_counter() - closing)
+                out.append({"summary": summary.to_json()})
+            except FleetscoreError as exc:
+                locks.release(store, plan.window, job.run_id)
+                out.append(_error(plan.window, exc))
+            open_hours.discard(plan.window)
     except BaseException:
-        for hour in taken:
+        # Whatever stops the span (an interrupt, a bug) leaves no hour of it locked.
+        for hour in open_hours:
             locks.release(store, hour, job.run_id)
         raise
-    for plan in plans:
-        result, data = scored.get(plan.window, (None, None))
-        try:
-            now = time.perf_counter()
-            summary = close_span_hour(store, plan, job, [result] if result else [],
-                                      {result.unit_id: data} if data else {}, started=started,
-                                      ttl=ttl, duration_s=now - last)
-            last = now
-            out.append({"summary": summary.to_json()})
-        except FleetscoreError as exc:
-            locks.release(store, plan.window, job.run_id)
-            out.append(_error(plan.window, exc))
     return out
 
 
@@ -222,10 +228,11 @@ class RangeResult:
 
     @property
     def exit_code(self) -> int:
-        """0 all succeeded; 4 some hour was not run (held by another run); else the worst
-        of the runs' own codes (3 failures, 6 no data)."""
+        """0 all succeeded; an hour that could not be run: its error's code (4: another run
+        held it); else the worst of the runs' own codes (3 failures, 6 no data)."""
         if self.not_run:
-            return AlreadyRunning.exit_code
+            codes = {error_class(kind).exit_code for _, kind, _ in self.not_run}
+            return max(codes - {AlreadyRunning.exit_code}, default=AlreadyRunning.exit_code)
         codes = {s.exit_code for s in self.summaries}
         return 3 if 3 in codes else (6 if 6 in codes else 0)
 
@@ -286,39 +293,41 @@ def run_range(
 def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, deadline: timedelta,
            clock: Callable[[], datetime], out: dict[Hour, RunSummary],
            errors: list[tuple[str, FleetscoreError]], advance: Callable[[int], None]) -> None:
-    """Run the spans on the backend's pool, a few more at a time than it has workers (so a
-    span's deadline counts from about when it starts), until all are done."""
+    """Run the spans on the backend's pool, no more at a time than it has workers (so a
+    span starts when it is handed over, and its deadline counts from then).
+
+    A worker that dies breaks the whole pool, and with it every span on it: none of them is
+    blamed. They run again one at a time on a fresh pool, so the span that kills its worker
+    again is known; it fails (WorkerCrashed) and the others go on."""
     waiting = list(range(len(spans)))[::-1]
-    tries = dict.fromkeys(range(len(spans)), 0)
+    suspects: list[int] = []  # spans on a pool that broke: run again, one at a time
+    deaths = dict.fromkeys(range(len(spans)), 0)
     ends: dict[int, datetime] = {}
     running: dict[Future, int] = {}
-    room = 2 * max(1, getattr(backend, "workers", 1))
+    room = max(1, getattr(backend, "workers", 1))
 
-    def start(index: int, *, again: bool = False) -> None:
-        tries[index] += 0 if again else 1
+    def start(index: int) -> None:
         ends[index] = clock() + deadline
         hours = [h for h in spans[index] if not _closed_into(store, h, job, out)] \
-            if tries[index] > 1 or again else spans[index]
+            if deaths[index] else spans[index]
         running[backend.submit_span(hours, job)] = index
 
-    def restart_all(but: set[int]) -> None:
-        """A fresh pool (a worker died, or one was stopped): every span that was on the old
-        one starts again for the hours it had not closed."""
-        on_pool = [i for f, i in running.items() if i not in but
-                   and (not f.done() or isinstance(f.exception(), BrokenProcessPool))]
-        for future in [f for f, i in running.items() if i in on_pool]:
-            del running[future]
-        backend.reset_spans()
-        for index in on_pool:
-            start(index, again=True)
+    def finish(index: int, kind: str, message: str) -> None:
+        _fail(store, spans[index], job, kind, message, out=out, errors=errors)
+        advance(len(spans[index]))
 
-    while waiting or running:
-        while waiting and len(running) < room:
-            start(waiting.pop())
+    while waiting or suspects or running:
+        if suspects:
+            if not running:
+                start(suspects.pop(0))
+        else:
+            while waiting and len(running) < room:
+                start(waiting.pop())
         now = clock()
         timeout = max(0.0, min((ends[i] - now).total_seconds() for i in running.values()))
+        alone = len(running) == 1
         done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
-        retry = []
+        broke = False
         for future in done:
             index = running.pop(future)
             exc = future.exception()
@@ -330,37 +339,52 @@ def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, deadline
                     else:
                         errors.append((body["window"], _rebuild(body)))
                 advance(len(spans[index]))
-            elif isinstance(exc, BrokenProcessPool) and tries[index] < ATTEMPTS:
-                retry.append(index)
+            elif isinstance(exc, BrokenProcessPool):
+                broke = True
+                deaths[index] += 1
+                if alone and deaths[index] >= ATTEMPTS:
+                    finish(index, "WorkerCrashed",
+                           "its worker process died twice (killed, or out of memory)")
+                else:
+                    suspects.append(index)
             else:
-                kind, message = (("WorkerCrashed", "its worker process died twice (killed, or "
-                                  "out of memory)") if isinstance(exc, BrokenProcessPool)
-                                 else (type(exc).__name__, f"span failed: {exc}"))
-                _fail(store, spans[index], job, kind, message, out=out, errors=errors)
-                advance(len(spans[index]))
-        if retry:
-            # A dead worker breaks the pool: the span it ran is tried once more, and every
-            # other span on the pool starts again (that was not their failure).
-            restart_all(but=set(retry))
-            for index in retry:
-                start(index)
+                finish(index, type(exc).__name__, f"span failed: {exc}")
+        if broke:
+            # Every span still on the broken pool is a suspect too; a fresh pool takes them.
+            suspects += [i for f, i in running.items()
+                         if not f.done() or isinstance(f.exception(), BrokenProcessPool)]
+            running = {f: i for f, i in running.items() if i not in suspects}
+            for index in suspects:
+                deaths[index] = max(deaths[index], 1)  # closed hours are skipped on rerun
+            backend.reset_spans()
         now = clock()
         late = {i for i in running.values() if now >= ends[i]}
         if late:
-            # Stop the pool first, so a late span cannot close an hour after it is failed.
-            for future in [f for f, i in running.items() if i in late]:
-                del running[future]
-            restart_all(but=late)
+            # Stop the pool first, so a late span cannot close an hour after it is failed;
+            # the other spans on it start again.
+            others = [i for i in running.values() if i not in late]
+            running = {}
+            backend.reset_spans()
+            for index in others:
+                deaths[index] = max(deaths[index], 1)
+            waiting += others
             for index in sorted(late):
-                _fail(store, spans[index], job, "DeadlineExceeded",
-                      f"span {span_id(index)} did not finish within {deadline} of its start",
-                      out=out, errors=errors)
-                advance(len(spans[index]))
+                finish(index, "DeadlineExceeded",
+                       f"span {span_id(index)} did not finish within {deadline} of its start")
 
 
 def _rebuild(body: Mapping) -> FleetscoreError:
-    kinds = {"AlreadyRunning": AlreadyRunning, "LockLost": LockLost}
-    return kinds.get(body["error_kind"], FleetscoreError)(body["error"])
+    """The error a worker reported, as its own type (its kind and exit code kept)."""
+    return error_class(body["error_kind"])(body["error"])
+
+
+def error_class(kind: str) -> type[FleetscoreError]:
+    stack, found = [FleetscoreError], {}
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.__name__, cls)
+        stack.extend(cls.__subclasses__())
+    return found.get(kind, FleetscoreError)
 
 
 def _closed_into(store: Store, hour: Hour, job: Job, out: dict[Hour, RunSummary]) -> bool:
@@ -387,11 +411,20 @@ def _fail(store: Store, span: Sequence[Hour], job: Job, kind: str, message: str,
         try:
             locks.acquire(store, hour, job.run_id, now=datetime.now(UTC), ttl=ttl,
                           pid=os.getpid())
+        except AlreadyRunning as exc:
+            errors.append((str(hour), exc))
+            continue
+        try:
             plan = _one_unit(plan_hour(hour, read_arrivals_many(store, [hour])[hour],
                                        with_model, sensors=job.sensors, fmt=job.fmt),
                              span_unit(hour))
             results = [UnitResult.all_failed(str(hour), u.id, u.sensors, kind, message)
                        for u in plan.units]
-            out[hour] = close_span_hour(store, plan, job, results, {}, started=started, ttl=ttl)
-        except (AlreadyRunning, LockLost) as exc:
+            out[hour] = close_span_hour(store, plan, job, results, {}, started=started, ttl=ttl,
+                                        duration_s=0.0)
+        except FleetscoreError as exc:
+            locks.release(store, hour, job.run_id)
             errors.append((str(hour), exc))
+        except BaseException:
+            locks.release(store, hour, job.run_id)
+            raise

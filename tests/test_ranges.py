@@ -12,7 +12,7 @@ from fleetscore import locks, ranges
 from fleetscore.arrivals import hours_with_arrivals
 from fleetscore.backends.local import LocalBackend, SequentialBackend
 from fleetscore.bank import rebuild_bank
-from fleetscore.errors import UsageError
+from fleetscore.errors import FleetscoreError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
 from fleetscore.models import model_path
@@ -325,3 +325,142 @@ def test_the_deadline_counts_per_span_not_for_the_whole_range(trained_store, mon
         backend.close()
     assert len({tuple(s) for s in ranges.pack([(h, 3) for h in hours], workers=1)}) == 3
     assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
+
+
+def _forever(store, hours, job):
+    time.sleep(120)
+
+
+def test_closing_the_pool_stops_spans_still_running(trained_store, monkeypatch):
+    """An interrupted range (Ctrl-C) closes its backend: spans still running are stopped,
+    not waited for."""
+    from fleetscore.ranges import Job
+
+    monkeypatch.setattr(ranges, "run_span", _forever)
+    backend = LocalBackend(trained_store.url, workers=1)
+    job = Job("r1", "2024-03-02T00:00:00+00:00", "local", 900.0, None, "csv")
+    future = backend.submit_span(_hours(trained_store), job)
+    time.sleep(0.5)
+    started = time.monotonic()
+    backend.close()
+    assert time.monotonic() - started < 30 and future.done()
+
+
+# --- found in review: pools, interrupts, error kinds ---------------------------------------
+
+
+def _locks_left(store, hours):
+    return [str(h) for h in hours if store.exists(locks.lock_path(h))]
+
+
+
+
+def _slow3(store, hours, job):
+    time.sleep(3)
+    return ranges.__dict__["_real_run_span"](store, hours, job)
+
+
+def test_a_queued_span_is_not_failed_for_time_it_spent_waiting(trained_store, monkeypatch):
+    """Each span takes 3 s, the deadline is 5 s: no span runs longer than the deadline from
+    its start, so none fails, however long the others waited before it."""
+    monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
+    monkeypatch.setattr(ranges, "run_span", _slow3)
+    hours = _hours(trained_store)
+    backend = LocalBackend(trained_store.url, workers=1)
+    try:
+        result = run_range(trained_store, hours, backend, deadline=timedelta(seconds=5))
+    finally:
+        backend.close()
+    assert len(ranges.pack([(h, 3) for h in hours], workers=1)) >= 2
+    kinds = {f["kind"] for s in result.summaries for f in s.failures}
+    assert kinds == set(), kinds
+    assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
+
+
+
+
+def _one_span_dies(marker: Path, bad_hour: str):
+    """The span holding ``bad_hour`` kills its worker every time (a hour that OOMs); the other
+    spans are innocent: they take 1.5 s and succeed."""
+    real = ranges.run_span
+
+    def run_span(store, hours, job):
+        if any(str(h) == bad_hour for h in hours):
+            deaths = int(marker.read_text()) if marker.exists() else 0
+            marker.write_text(str(deaths + 1))
+            os._exit(1)
+        time.sleep(1.5)
+        return real(store, hours, job)
+
+    return run_span
+
+
+def test_spans_on_a_pool_broken_by_another_span_are_not_failed_as_crashed(
+        trained_store, tmp_path, monkeypatch):
+    hours = _hours(trained_store)
+    bad = hours[0]
+    monkeypatch.setattr(ranges, "run_span", _one_span_dies(tmp_path / "deaths", str(bad)))
+    backend = LocalBackend(trained_store.url, workers=2)
+    try:
+        result = run_range(trained_store, hours, backend)
+    finally:
+        backend.close()
+    spans = ranges.pack([(h, 3) for h in hours], workers=2)
+    assert len(spans) >= 2 and spans[0] == [bad]
+    status = {s.window: s.status for s in result.summaries}
+    # The dying span's hour fails, as documented ...
+    assert status[str(bad)] == "failed"
+    # ... and the spans that only shared its pool start again and succeed.
+    others = {h: status.get(str(h)) for h in hours if h != bad}
+    assert set(others.values()) == {"succeeded"}, (others, [
+        (s.window, {f["kind"] for f in s.failures}) for s in result.summaries])
+
+
+
+
+def test_an_interrupt_while_closing_a_span_releases_its_hours(trained_store, monkeypatch):
+    """As run_hour does, a span releases its hours on any BaseException, also while it
+    closes them."""
+    monkeypatch.setattr(ranges, "SPANS_PER_WORKER", 1)  # one span of every hour
+    def close_span_hour(store, plan, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ranges, "close_span_hour", close_span_hour)
+    hours = _hours(trained_store)
+    with pytest.raises(KeyboardInterrupt):
+        run_range(trained_store, hours, SequentialBackend(trained_store))
+    assert _locks_left(trained_store, hours) == []
+
+
+
+
+def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_store, monkeypatch):
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    # An earlier predictions file that cannot be read (any FleetscoreError in close_hour does).
+    (first,) = read_manifest(trained_store, hours[0])["predictions"]
+    trained_store.put(first["path"], b"\x00not,a\ncsv\xff")
+
+    def broken_span(store, hours, job):
+        raise RuntimeError("the span failed")
+
+    monkeypatch.setattr(ranges, "run_span", broken_span)
+    try:
+        run_range(trained_store, hours, SequentialBackend(trained_store))
+    except FleetscoreError:
+        pass  # raising is what the hourly path does too; leaving the lock is not
+    assert _locks_left(trained_store, hours) == []
+
+
+
+
+def test_an_hour_that_fails_to_close_in_a_span_keeps_its_error_kind(trained_store):
+    hours = _hours(trained_store)
+    run_range(trained_store, hours, SequentialBackend(trained_store))
+    (first,) = read_manifest(trained_store, hours[0])["predictions"]
+    trained_store.put(first["path"], b"\x00not,a\ncsv\xff")
+    trained_store.put(model_path(Sensor("1", "2")), b"broken")  # failures: earlier rows read
+    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    assert [h for h, _, _ in result.not_run] == [str(hours[0])]
+    # The error keeps its kind and exit code (not 4, "held by another run").
+    assert result.not_run[0][1] == "InputError" and result.exit_code == 2

@@ -118,6 +118,7 @@ class LocalBackend:
         self._pool: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future] = {}
         self._tries: dict[Key, int] = {}
+        self._spans: list[Future] = []  # a backfill's spans on the pool
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -151,10 +152,12 @@ class LocalBackend:
     def submit_span(self, hours: Sequence[Hour], job) -> Future:
         """Run a backfill's span (fleetscore/ranges.py) on the pool."""
         try:
-            return self._executor().submit(_span_work, hours, job)
+            future = self._executor().submit(_span_work, hours, job)
         except BrokenProcessPool:
             self._reset_pool()
-            return self._executor().submit(_span_work, hours, job)
+            future = self._executor().submit(_span_work, hours, job)
+        self._spans = [f for f in self._spans if not f.done()] + [future]
+        return future
 
     def reset_spans(self) -> None:
         """A fresh pool: after a worker died (the pool is broken), or to stop spans past their
@@ -164,6 +167,7 @@ class LocalBackend:
                 process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._spans.clear()
 
     def _retry_crashed(self, keys: Sequence[Key]) -> None:
         crashed = [k for k in keys
@@ -219,7 +223,7 @@ class LocalBackend:
 
     def close(self) -> None:
         if self._pool is not None:
-            if any(not f.done() for f in self._futures.values()):
+            if any(not f.done() for f in [*self._futures.values(), *self._spans]):
                 # A unit given up at its deadline may still be running (a hung model): stop
                 # its worker rather than wait for it. The executor has no public way to do it.
                 for process in list(getattr(self._pool, "_processes", {}).values()):
@@ -228,3 +232,4 @@ class LocalBackend:
             self._pool = None
         self._futures.clear()
         self._tries.clear()
+        self._spans.clear()
