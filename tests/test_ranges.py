@@ -306,25 +306,30 @@ def test_each_hour_reports_its_own_share_of_the_time(trained_store):
     assert 0 < sum(s.duration_s for s in result.summaries) <= elapsed
 
 
-def _slow(store, hours, job):
-    time.sleep(2)
-    return ranges.__dict__["_real_run_span"](store, hours, job)
+def _range_of_slow_spans(store, monkeypatch, seconds: float, deadline_s: float):
+    """Every hour its own span (one worker), each taking ``seconds``: the range's result."""
+    real = ranges.run_span
+
+    def slow(store, hours, job):
+        time.sleep(seconds)
+        return real(store, hours, job)
+
+    monkeypatch.setattr(ranges, "run_span", slow)
+    hours = _hours(store)
+    assert len(ranges.pack([(h, 3) for h in hours], workers=1)) == len(hours) == 3
+    backend = LocalBackend(store.url, workers=1)
+    try:
+        return run_range(store, hours, backend, deadline=timedelta(seconds=deadline_s))
+    finally:
+        backend.close()
 
 
 @reliability("R43")
 def test_the_deadline_counts_per_span_not_for_the_whole_range(trained_store, monkeypatch):
     """Three spans of 2 s each on one worker take 6 s: more than the 5 s deadline in all, but
     each ends well within 5 s of its start, so none is failed."""
-    monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
-    monkeypatch.setattr(ranges, "run_span", _slow)
-    hours = _hours(trained_store)
-    backend = LocalBackend(trained_store.url, workers=1)
-    try:
-        result = run_range(trained_store, hours, backend, deadline=timedelta(seconds=5))
-    finally:
-        backend.close()
-    assert len({tuple(s) for s in ranges.pack([(h, 3) for h in hours], workers=1)}) == 3
-    assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
+    result = _range_of_slow_spans(trained_store, monkeypatch, 2, 5)
+    assert [s.status for s in result.summaries] == ["succeeded"] * 3
 
 
 def _forever(store, hours, job):
@@ -355,26 +360,12 @@ def _locks_left(store, hours):
 
 
 
-def _slow3(store, hours, job):
-    time.sleep(3)
-    return ranges.__dict__["_real_run_span"](store, hours, job)
-
-
 def test_a_queued_span_is_not_failed_for_time_it_spent_waiting(trained_store, monkeypatch):
     """Each span takes 3 s, the deadline is 5 s: no span runs longer than the deadline from
     its start, so none fails, however long the others waited before it."""
-    monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
-    monkeypatch.setattr(ranges, "run_span", _slow3)
-    hours = _hours(trained_store)
-    backend = LocalBackend(trained_store.url, workers=1)
-    try:
-        result = run_range(trained_store, hours, backend, deadline=timedelta(seconds=5))
-    finally:
-        backend.close()
-    assert len(ranges.pack([(h, 3) for h in hours], workers=1)) >= 2
-    kinds = {f["kind"] for s in result.summaries for f in s.failures}
-    assert kinds == set(), kinds
-    assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
+    result = _range_of_slow_spans(trained_store, monkeypatch, 3, 5)
+    assert {f["kind"] for s in result.summaries for f in s.failures} == set()
+    assert [s.status for s in result.summaries] == ["succeeded"] * 3
 
 
 
