@@ -55,6 +55,7 @@ REJECTS_KEPT = 100_000
 # (what compaction, units and tests address), a trickle of readings shares a file per day.
 SPARSE_HOUR_WINDOWS = 128
 STORED_KEYS_BATCH = 4_000_000  # stored reading keys held at once while deduplicating
+DEDUP_ROWS = 1_000_000  # a file's readings deduplicated at once (whole hours)
 _KEY = ["Device", "Tag", "TS"]
 _KEY_SCHEMA = pa.schema([READINGS_SCHEMA.field(k) for k in _KEY])
 
@@ -119,9 +120,10 @@ def ingest_file(
         if block.num_rows:
             blocks.append(block)
     sid = source_id(path, interval_s)
-    readings = _first_per_key(pa.concat_tables(blocks) if blocks
-                              else READINGS_SCHEMA.empty_table())
+    readings = pa.concat_tables(blocks) if blocks else READINGS_SCHEMA.empty_table()
+    del blocks
     # The hour whose run scores the reading's window, so each hour's readings sit together.
+    readings = _first_per_key(readings, _hours_of(readings["TS"].to_numpy(), interval_s))
     reading_hours = _hours_of(readings["TS"].to_numpy(), interval_s)
     touched = np.unique(reading_hours)
     total_hours = len(touched)
@@ -276,9 +278,38 @@ def _put_once(store: Store, path: str, data: bytes) -> bool:
         return False
 
 
-def _first_per_key(readings: pa.Table) -> pa.Table:
+def _first_per_key(readings: pa.Table, hours: np.ndarray) -> pa.Table:
     """One reading per (Device, Tag, TS) within the file: the first one (exact repeats were
-    already named as duplicates by the reader; a repeat with another value is dropped)."""
+    already named as duplicates by the reader; a repeat with another value is dropped).
+
+    A key's readings all fall in one hour, so runs of whole hours of at most DEDUP_ROWS
+    readings are deduplicated one at a time: the hash table follows a run, not the file
+    (10 million readings held 1.9 GB in one)."""
+    runs = _hour_runs(hours, DEDUP_ROWS)
+    if len(runs) <= 1:
+        return _first_per_key_of(readings)
+    return pa.concat_tables([_first_per_key_of(readings.filter(pa.array(
+        (hours >= lo) & (hours <= hi)))) for lo, hi in runs])
+
+
+def _hour_runs(hours: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive hours (first, last) of at most ``limit`` readings each (a bigger hour
+    alone)."""
+    if not len(hours):
+        return []
+    values, counts = np.unique(hours, return_counts=True)
+    cumulative = np.cumsum(counts)
+    out, start, base = [], 0, 0
+    while start < len(values):
+        # The last hour that keeps the run within the limit (at least one hour).
+        end = max(start, int(np.searchsorted(cumulative, base + limit, side="right")) - 1)
+        out.append((int(values[start]), int(values[end])))
+        base = int(cumulative[end])
+        start = end + 1
+    return out
+
+
+def _first_per_key_of(readings: pa.Table) -> pa.Table:
     grouped = readings.group_by(_KEY, use_threads=False).aggregate([("Value", "first")])
     if grouped.num_rows == readings.num_rows:
         return readings

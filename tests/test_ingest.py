@@ -1,10 +1,13 @@
-import pytest
 import hashlib
+
+import numpy as np
+import pytest
 
 from fleetscore.arrivals import read_arrivals
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
 from fleetscore.sensors import Sensor
+from fleetscore.stores import LocalStore
 from fleetscore.windows import read_points
 from tests.conftest import minute_readings, write_readings
 
@@ -114,3 +117,27 @@ def test_ingest_reports_bytes_then_hours(local_store, fleet_csv):
     byte_calls = [c for c in seen if c[1] == size]
     assert len(byte_calls) > 3 and byte_calls[-1] == (size, size)
     assert seen[-2:] == [(0, 3), (3, 3)]  # then the hours written
+
+
+def test_runs_of_hours_deduplicate_as_one_pass(tmp_path, monkeypatch):
+    """A file is deduplicated a run of whole hours at a time (memory follows a run): any run
+    size keeps the same first reading of every repeated key."""
+    from fleetscore import ingest as ingest_module
+
+    rows = []
+    for hour in range(5):
+        for minute in range(3):
+            ts = f"2024-03-01 {hour:02d}:{minute:02d}:05.000"
+            rows += [(ts, "d", "t", 1.0 + hour), (ts, "d", "t", 99.0), (ts, "e", "u", 2.0)]
+    path = write_readings(tmp_path / "r.csv", rows)
+    seen = {}
+    for name, limit in (("one", 10**9), ("runs", 4)):
+        monkeypatch.setattr(ingest_module, "DEDUP_ROWS", limit)
+        store = LocalStore(tmp_path / name)
+        result = ingest_file(store, path)
+        hours = [Hour.parse(f"2024-03-01T{h:02d}") for h in range(-1, 5) if h >= 0]
+        seen[name] = ([read_points(store, h).to_pylist() for h in hours], result.windows)
+    assert seen["one"] == seen["runs"]
+    assert len(ingest_module._hour_runs(np.repeat(np.arange(5), 9), 4)) == 5
+    values = [p["Value"] for ps in seen["runs"][0] for p in ps if p["Device"] == "d"]
+    assert 99.0 not in values  # the first reading of a key wins, in every run
