@@ -23,11 +23,13 @@ from .errors import AlreadyExists, InputError, UsageError
 from .hours import Hour
 from .sensors import Sensor
 from .stores import Store
-from .windows import DAY_FOLDER, HOURS_PER_DAY, by_day, day_of, day_path, list_days
+from .windows import (
+    DAY_FOLDER, HOURS_PER_DAY, area_folder, by_day, day_of, day_path, list_days,
+)
 
 
 def arrivals_folder(hour: Hour) -> str:
-    return f"arrivals/{hour.path}"
+    return area_folder("arrivals", hour)
 
 
 def arrival_path(hour: Hour, source_id: str) -> str:
@@ -35,7 +37,7 @@ def arrival_path(hour: Hour, source_id: str) -> str:
 
 
 def day_arrivals_folder(hour: Hour) -> str:
-    return f"arrivals/{day_path(hour)}/{DAY_FOLDER}"
+    return area_folder("arrivals", hour, day=True)
 
 
 def day_arrival_path(hour: Hour, source_id: str) -> str:

@@ -93,3 +93,14 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's text (library errors can be multi-line HTTP dumps)."""
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def error_class(kind: str) -> type[FleetscoreError]:
+    """The error type named ``kind`` (an error reported across a process boundary by its
+    kind), FleetscoreError when none is."""
+    stack, found = [FleetscoreError], {}
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.__name__, cls)
+        stack.extend(cls.__subclasses__())
+    return found.get(kind, FleetscoreError)

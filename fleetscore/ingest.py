@@ -45,8 +45,8 @@ from .readings import BLOCK_BYTES, READINGS_SCHEMA, Reject, iter_readings
 from .sensors import Sensor
 from .stores import Store
 from .windows import (
-    DAY_FOLDER, HOURS_PER_DAY, PART_SCHEMA, aggregate, by_day, check_interval, day_part_path,
-    day_path, encode_part, list_days, part_path, window_end_ms,
+    DAY_FOLDER, HOURS_PER_DAY, PART_SCHEMA, aggregate, area_folder, by_day, check_interval,
+    day_part_path, day_path, encode_part, list_days, part_path, window_end_ms,
 )
 
 REJECTS_KEPT = 100_000
@@ -88,7 +88,7 @@ def source_id(path: str | os.PathLike[str], interval_s: int) -> str:
 
 
 def readings_folder(hour: Hour) -> str:
-    return f"readings/{hour.path}"
+    return area_folder("readings", hour)
 
 
 def readings_path(hour: Hour, source: str) -> str:
@@ -96,7 +96,7 @@ def readings_path(hour: Hour, source: str) -> str:
 
 
 def day_readings_folder(hour: Hour) -> str:
-    return f"readings/{day_path(hour)}/{DAY_FOLDER}"
+    return area_folder("readings", hour, day=True)
 
 
 def day_readings_path(hour: Hour, source: str) -> str:

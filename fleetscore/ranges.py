@@ -42,15 +42,15 @@ from . import locks
 from .arrivals import read_arrivals_many
 from .bank import load_bank
 from .compaction import compact_for_run
-from .errors import AlreadyRunning, FleetscoreError, LockLost
+from .errors import AlreadyRunning, FleetscoreError, LockLost, error_class
 from .hours import Hour
 from .locks import LOCK_TTL
 from .models import list_models
 from .planning import SMALL_FLEET, Plan, Unit, plan_hour
 from .predictions import encode_split, predictions_folder
 from .runs import (
-    DEADLINE, Progress, RunSummary, check_ended, close_hour, drop_staging, new_run_id,
-    read_manifest, run_hour, summary_of,
+    DEADLINE, Progress, RunSummary, check_ended, close_hour, closed_manifest, drop_staging,
+    new_run_id, read_manifest, run_hour, summary_of,
 )
 from .scoring import Group, UnitResult, score_many
 from .sensors import Sensor
@@ -60,6 +60,7 @@ from .windows import by_sensor, read_points, read_points_many
 SPAN_MAX_SENSORS = SMALL_FLEET  # an hour with more sensors to score runs as an hourly run
 SPAN_MAX_SENSOR_HOURS = 4096  # a span's work: small enough to balance, big enough to amortize
 SPANS_PER_WORKER = 4
+SPAN_UNIT = "span"  # the unit id of an hour run in a span (one unit an hour)
 ATTEMPTS = 2  # a span whose worker dies is run once more on a fresh pool
 
 
@@ -128,7 +129,7 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
         arrivals = read_arrivals_many(store, taken)
         with_model = list_models(store)
         plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
-                                     fmt=job.fmt), span_unit(h)) for h in taken]
+                                     fmt=job.fmt), SPAN_UNIT) for h in taken]
         union = sorted({s for p in plans for u in p.units for s in u.sensors}, key=_key)
         try:
             tables = read_points_many(store, taken, union)
@@ -156,11 +157,6 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
             locks.release(store, hour, job.run_id)
         raise
     return out
-
-
-def span_unit(hour: Hour) -> str:
-    """The unit id of an hour run in a span (one unit an hour; its span is the run)."""
-    return "span"
 
 
 def _one_unit(plan: Plan, unit_id: str) -> Plan:
@@ -378,24 +374,13 @@ def _rebuild(body: Mapping) -> FleetscoreError:
     return error_class(body["error_kind"])(body["error"])
 
 
-def error_class(kind: str) -> type[FleetscoreError]:
-    stack, found = [FleetscoreError], {}
-    while stack:
-        cls = stack.pop()
-        found.setdefault(cls.__name__, cls)
-        stack.extend(cls.__subclasses__())
-    return found.get(kind, FleetscoreError)
-
-
 def _closed_into(store: Store, hour: Hour, job: Job, out: dict[Hour, RunSummary]) -> bool:
     """Did this run already close the hour (a worker that died after closing some hours of
     its span)? If so its summary goes to ``out``."""
-    manifest = read_manifest(store, hour)
-    if manifest is not None and manifest.get("run_id") == job.run_id \
-            and not locks.holds(store, hour, job.run_id):
+    manifest = closed_manifest(store, hour, job.run_id)
+    if manifest is not None:
         out[hour] = summary_of(manifest)
-        return True
-    return False
+    return manifest is not None
 
 
 def _fail(store: Store, span: Sequence[Hour], job: Job, kind: str, message: str, *,
@@ -417,7 +402,7 @@ def _fail(store: Store, span: Sequence[Hour], job: Job, kind: str, message: str,
         try:
             plan = _one_unit(plan_hour(hour, read_arrivals_many(store, [hour])[hour],
                                        with_model, sensors=job.sensors, fmt=job.fmt),
-                             span_unit(hour))
+                             SPAN_UNIT)
             results = [UnitResult.all_failed(str(hour), u.id, u.sensors, kind, message)
                        for u in plan.units]
             out[hour] = close_span_hour(store, plan, job, results, {}, started=started, ttl=ttl,

@@ -40,7 +40,7 @@ from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
 from .runs_table import between, no_runs, read_runs
 from .stores.base import READERS, get_many
-from .stores import LocalStore, Store
+from .stores import Store
 from .text import count
 
 HEATMAP_SENSORS = 60
@@ -220,7 +220,7 @@ def _fold_predictions(store: Store, runs: pa.Table, fold) -> np.ndarray:
     batch: list[str] = []
     datas: list[bytes] = []
     size = 0
-    step = 1 if isinstance(store, LocalStore) else READERS
+    step = 1 if getattr(store, "local", False) else READERS  # as get_many reads
     for at in range(0, len(unique), step):
         chunk = unique[at:at + step]
         for path, data in zip(chunk, get_many(store, chunk), strict=True):

@@ -281,10 +281,11 @@ def finalize(
     """End the run: promote what finished, write the manifest, release the hour.
 
     Idempotent: a retried finalize of a run that already wrote its manifest returns it."""
-    done = read_manifest(store, hour)
-    if done is not None and done.get("run_id") == run_id and not locks.holds(store, hour, run_id):
+    closed = closed_manifest(store, hour, run_id)
+    if closed is not None:
         drop_staging(store, hour, keep=None)
-        return summary_of(done)
+        return summary_of(closed)
+    done = read_manifest(store, hour)
     # Still ours? If another run took the hour, it owns the visible outputs: promote nothing.
     locks.renew(store, hour, run_id, now=now, ttl=ttl)
     plan = load_plan(store, hour, run_id)
@@ -500,15 +501,28 @@ def read_manifest(store: Store, hour: Hour) -> dict | None:
         raise InputError(f"run manifest {manifest_path(hour)} is malformed: {exc}") from exc
 
 
+def closed_manifest(store: Store, hour: Hour, run_id: str) -> dict | None:
+    """The hour's manifest if run ``run_id`` wrote it and let the hour go (it is closed:
+    a retried finalize, or a backfill's span that died after closing it), else None."""
+    manifest = read_manifest(store, hour)
+    if manifest is not None and manifest.get("run_id") == run_id \
+            and not locks.holds(store, hour, run_id):
+        return manifest
+    return None
+
+
+def manifest_paths(store: Store) -> list[str]:
+    """The run manifests ``runs/HOUR.json`` (not the runs' folders beneath them), sorted."""
+    return [p for p in store.list("runs") if p.count("/") == 1 and p.endswith(".json")]
+
+
 def list_manifests(store: Store) -> list[dict]:
     out = []
-    for path in store.list("runs"):
-        name = path.split("/")[-1]
-        if path.count("/") == 1 and name.endswith(".json"):
-            try:
-                out.append(json.loads(store.get(path)))
-            except ValueError:
-                continue
+    for path in manifest_paths(store):
+        try:
+            out.append(json.loads(store.get(path)))
+        except ValueError:
+            continue
     return sorted(out, key=lambda m: m.get("window", ""))
 
 

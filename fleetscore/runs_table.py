@@ -13,7 +13,6 @@ pyarrow JSON pass (a per-file ``json.loads`` only if one of them is unusual).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +24,8 @@ import pyarrow.json as pjson
 
 from .arrivals import hours_with_arrivals
 from .hours import Hour
-from .stores import LocalStore, Store
+from .runs import manifest_paths
+from .stores import Store
 from .stores.base import get_many
 
 STATUSES = ("succeeded", "partial", "failed", "no_data", "never_run")
@@ -97,22 +97,6 @@ def window_names(first: int, last: int) -> list[str]:
 
 
 # --- the manifests, in bulk -----------------------------------------------------------------
-
-
-def manifest_paths(store: Store) -> list[str]:
-    """The run manifests ``runs/*.json`` (not the runs' folders beneath), sorted."""
-    if isinstance(store, LocalStore):
-        # Only the top level: the manifests. (Stores written before deletes pruned their
-        # folders keep four emptied staging folders an hour run; walking them cost more than
-        # reading the manifests.)
-        try:
-            with os.scandir(store.root / "runs") as entries:
-                return sorted(f"runs/{e.name}" for e in entries
-                              if e.name.endswith(".json") and not e.name.startswith(".tmp-")
-                              and e.is_file())
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-    return [p for p in store.list("runs") if p.count("/") == 1 and p.endswith(".json")]
 
 
 def read_runs(store: Store, *, first: Hour | None = None, last: Hour | None = None) -> pa.Table:

@@ -139,7 +139,7 @@ def split_hours(partials: pa.Table) -> dict[Hour, pa.Table]:
 
 
 def windows_folder(hour: Hour) -> str:
-    return f"windows/{hour.path}"
+    return area_folder("windows", hour)
 
 
 def part_path(hour: Hour, source_id: str) -> str:
@@ -160,8 +160,14 @@ def day_path(hour: Hour) -> str:
     return hour.path[:10]
 
 
+def area_folder(area: str, hour: Hour, *, day: bool = False) -> str:
+    """Where an area of ingested data (windows, readings, arrivals) keeps the hour's files,
+    or with ``day`` the day files of the hour's day (its sparse hours)."""
+    return f"{area}/{day_path(hour)}/{DAY_FOLDER}" if day else f"{area}/{hour.path}"
+
+
 def day_windows_folder(hour: Hour) -> str:
-    return f"windows/{day_path(hour)}/{DAY_FOLDER}"
+    return area_folder("windows", hour, day=True)
 
 
 def day_part_path(hour: Hour, source_id: str) -> str:
