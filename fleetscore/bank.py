@@ -38,10 +38,12 @@ import math
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import ModelError, NotFound
 from .models import (
@@ -60,7 +62,6 @@ BANK_FORMAT = 2
 SHARD_SENSORS = 1024  # a unit decodes only the shards holding its sensors
 BOUNDARY_TOLERANCE = 1e-9
 KERNELS = {"rbf": 0, "linear": 1, "poly": 2, "sigmoid": 3}
-CHUNK_SENSORS = 64  # sensors per vectorized batch: padded work stays in cache
 REBUILD_ROUNDS = 3  # rebuilds in a row while models keep changing, then no index at all
 PROBE_RANDOM = 48
 PROBE_SEED = 20240301  # fixed: compiling the same bytes always gives the same verdict
@@ -442,30 +443,144 @@ def _read_index(store: Store) -> dict | None:
         return None
 
 
-def load_bank(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, Compiled]:
+def load_bank(store: Store, sensors: Iterable[Sensor]) -> Bank:
     """Compiled models of the given sensors found in the bank and still current (others are
-    simply absent, and scored by scikit-learn)."""
+    simply absent, and scored by scikit-learn), as packed arrays."""
     index = _read_index(store)
     if not index:
-        return {}
+        return Bank.empty()
     wanted = sorted({(s.device, s.tag) for s in sensors})
-    found: dict[Sensor, tuple[str, Compiled]] = {}
+    wanted_keys = pa.array([f"{d}/{t}" for d, t in wanted], pa.string())
+    parts = []
     for shard in index["shards"]:
         first, last = Sensor.parse(shard["first"]), Sensor.parse(shard["last"])
         lo = bisect.bisect_left(wanted, (first.device, first.tag))
         hi = bisect.bisect_right(wanted, (last.device, last.tag))
         if lo == hi:
             continue
-        members = [Sensor.unchecked(d, t) for d, t in wanted[lo:hi]]
         try:
-            found.update(decode_shard(store.get(shard["path"]), members))
+            bank = Bank.decode(store.get(shard["path"]))
         except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
             continue  # a damaged shard, or one of another format: its sensors take the plain path
+        parts.append(bank.select(np.flatnonzero(
+            pc.is_in(bank.ids, value_set=wanted_keys[lo:hi]).to_numpy(zero_copy_only=False))))
+    found = Bank.concat(parts)
     # An entry stands for the model it was compiled from, and only while the manifest still
     # names that model: a save racing a rebuild, or any index that outlived a model change,
     # sends the sensor to scikit-learn with its current model.
-    current = _manifest_hashes(store, found)
-    return {s: compiled for s, (sha, compiled) in found.items() if current[s] == sha}
+    current = _manifest_shas(store, found.ids.to_pylist())
+    return found.select(np.flatnonzero(np.array(
+        [c == sha for c, sha in zip(current, found.sha.tolist(), strict=True)], dtype=bool)))
+
+
+def _manifest_shas(store: Store, keys: list[str]) -> list[str | None]:
+    """The model hash each ``Device/Tag`` key's manifest names now (None: no usable one)."""
+    out: list[str | None] = []
+    for data in get_many(store, [f"models/{key}.json" for key in keys], missing_ok=True):
+        try:
+            sha = json.loads(data)["sha256"] if data is not None else None
+        except (ValueError, KeyError, TypeError):
+            sha = None
+        out.append(sha if isinstance(sha, str) else None)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Bank(Mapping):
+    """Compiled models as packed arrays: entry i is sensor ``ids[i]`` (``Device/Tag``),
+    compiled from the model bytes of hash ``sha[i]``, with parameters ``params[i]`` (named by
+    PARAMS) and support vectors and dual coefficients ``offsets[i]:offsets[i + 1]``. A
+    Mapping from Sensor to Compiled as well, for code that wants one model at a time."""
+
+    ids: pa.Array
+    sha: np.ndarray
+    params: np.ndarray
+    offsets: np.ndarray
+    support: np.ndarray
+    dual: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Bank:
+        return cls(pa.array([], pa.string()), np.zeros(0, "U64"), np.zeros((0, len(PARAMS))),
+                   np.zeros(1, np.int64), np.zeros(0), np.zeros(0))
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[Sensor, str, Compiled]]) -> Bank:
+        entries = list(entries)
+        if not entries:
+            return cls.empty()
+        counts = np.array([len(c.support) for _, _, c in entries], dtype=np.int64)
+        return cls(
+            pa.array([f"{s.device}/{s.tag}" for s, _, _ in entries], pa.string()),
+            np.array([h for _, h, _ in entries], dtype="U64"),
+            np.array([[float(getattr(c, name)) for name in PARAMS] for _, _, c in entries],
+                     dtype=np.float64).reshape(-1, len(PARAMS)),
+            np.concatenate(([0], np.cumsum(counts))),
+            np.concatenate([np.asarray(c.support, np.float64) for _, _, c in entries]),
+            np.concatenate([np.asarray(c.dual, np.float64) for _, _, c in entries]))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Bank:
+        """A shard's entries."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            _check_format(z)
+            device, tag, sha = z["device"], z["tag"], z["sha256"]
+            params, offsets, support, dual = z["params"], z["offsets"], z["support"], z["dual"]
+        keys = pc.binary_join_element_wise(pa.array(device, pa.string()),
+                                           pa.array(tag, pa.string()), "/")
+        return cls(keys, sha, params.reshape(-1, len(PARAMS)), offsets.astype(np.int64),
+                   support, dual)
+
+    @classmethod
+    def concat(cls, banks: list[Bank]) -> Bank:
+        banks = [b for b in banks if len(b.ids)]
+        if not banks:
+            return cls.empty()
+        if len(banks) == 1:
+            return banks[0]
+        shift = np.cumsum([0] + [len(b.support) for b in banks[:-1]])
+        return cls(pa.concat_arrays([b.ids for b in banks]),
+                   np.concatenate([b.sha for b in banks]),
+                   np.concatenate([b.params for b in banks]),
+                   np.concatenate([[0]] + [b.offsets[1:] + k for b, k in zip(banks, shift,
+                                                                               strict=True)]),
+                   np.concatenate([b.support for b in banks]),
+                   np.concatenate([b.dual for b in banks]))
+
+    def select(self, entries: np.ndarray) -> Bank:
+        """The given entries, in that order."""
+        entries = np.asarray(entries, dtype=np.int64)
+        if len(entries) == len(self.ids) and (entries == np.arange(len(entries))).all():
+            return self
+        starts, stops = self.offsets[entries], self.offsets[entries + 1]
+        lengths = stops - starts
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        vectors = np.repeat(starts, lengths) + within
+        return Bank(self.ids.take(pa.array(entries)), self.sha[entries], self.params[entries],
+                    np.concatenate(([0], np.cumsum(lengths))), self.support[vectors],
+                    self.dual[vectors])
+
+    def index(self, keys: pa.Array) -> np.ndarray:
+        """Each ``Device/Tag`` key's entry, -1 for keys the bank does not hold."""
+        if not len(self.ids):
+            return np.full(len(keys), -1, dtype=np.int64)
+        return pc.fill_null(pc.index_in(keys, value_set=self.ids), -1).to_numpy().astype(np.int64)
+
+    def __getitem__(self, sensor: Sensor) -> Compiled:
+        [i] = self.index(pa.array([f"{sensor.device}/{sensor.tag}"], pa.string()))
+        if i < 0:
+            raise KeyError(sensor)
+        p = dict(zip(PARAMS, self.params[i].tolist(), strict=True))
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return Compiled(**{**p, "kernel": int(p["kernel"])}, support=self.support[a:b],
+                        dual=self.dual[a:b])
+
+    def __iter__(self):
+        # Ids were validated when the models were saved; the bank is fleetscore's own file.
+        return (Sensor.unchecked(*key.split("/", 1)) for key in self.ids.to_pylist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 # --- vectorized decision --------------------------------------------------------------------
@@ -474,69 +589,102 @@ def load_bank(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, Compiled]
 def decisions_with_magnitude(models: list[Compiled], values: list[np.ndarray]
                              ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Decisions and the summed magnitude of their terms (sum |dual * K| + |intercept|), which
-    bounds how far two float computations of the same decision can drift apart."""
-    out: list = [None] * len(models)
-    with np.errstate(over="ignore", invalid="ignore"):  # such points go to scikit-learn
-        _decide_chunks(models, values, out)
-    return out
+    bounds how far two float computations of the same decision can drift apart: model i on
+    ``values[i]``."""
+    bank = Bank.of((Sensor.unchecked("m", str(i)), "", m) for i, m in enumerate(models))
+    lengths = np.array([len(v) for v in values], dtype=np.int64)
+    stops = np.cumsum(lengths)
+    flat = np.concatenate(values).astype(np.float64) if len(values) else np.zeros(0)
+    dec, mag = decide(bank, np.arange(len(models)), stops - lengths, stops, flat)
+    return [(dec[b - n:b], mag[b - n:b]) for n, b in zip(lengths, stops, strict=True)]
 
 
-def _decide_chunks(models: list[Compiled], values: list[np.ndarray], out: list) -> None:
-    order = sorted(range(len(models)), key=lambda i: (models[i].kernel, len(models[i].support)))
-    for start in range(0, len(order), CHUNK_SENSORS):
-        chunk = order[start : start + CHUNK_SENSORS]
-        kernels = {models[i].kernel for i in chunk}
-        if len(kernels) > 1:  # keep each batch to one kernel
-            for kernel in kernels:
-                part = [i for i in chunk if models[i].kernel == kernel]
-                for i, dec in zip(part, _batch([models[i] for i in part], [values[i] for i in part]),
-                                  strict=True):
-                    out[i] = dec
-            continue
-        for i, dec in zip(chunk, _batch([models[i] for i in chunk], [values[i] for i in chunk]),
-                          strict=True):
-            out[i] = dec
+def decide(bank: Bank, entries: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+           values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decisions and magnitudes for rows of ``values``: rows ``starts[i]:stops[i]`` are scored
+    by the bank's entry ``entries[i]``. Rows no run covers are NaN. All runs at once: a few
+    array operations per block of runs of one kernel, sized to stay in cache."""
+    dec = np.full(len(values), np.nan)
+    mag = np.full(len(values), np.nan)
+    if not len(entries):
+        return dec, mag
+    entries = np.asarray(entries, dtype=np.int64)
+    lengths = np.asarray(stops, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths  # each run's first row in x
+    rows = np.repeat(np.asarray(starts, dtype=np.int64) - first, lengths) + np.arange(lengths.sum())
+    owner = np.repeat(np.arange(len(entries)), lengths)
+    p = {name: bank.params[entries, k] for k, name in enumerate(PARAMS)}
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # such points go to scikit-learn
+        # The scalers' steps in scikit-learn's order, one array operation each.
+        x = values[rows] - p["mean"][owner]
+        x /= p["scale"][owner]
+        x *= p["mul"][owner]
+        x += p["add"][owner]
+        np.clip(x, p["low"][owner], p["high"][owner], out=x)
+        x_dec = np.empty(len(x))
+        x_mag = np.empty(len(x))
+        counts = bank.offsets[entries + 1] - bank.offsets[entries]
+        kernels = p["kernel"].astype(np.int64)
+        order = np.lexsort((lengths, counts, kernels))
+        start = 0
+        while start < len(order):
+            run = order[start]
+            # A block: runs of one kernel, padded to its widest run, about BLOCK elements.
+            width = max(1, int(counts[order[min(len(order) - 1, start + 63)]])) * max(
+                1, int(lengths[order[min(len(order) - 1, start + 63)]]))
+            stop = min(len(order), start + max(1, BLOCK_ELEMENTS // width))
+            same = kernels[order[start:stop]] == kernels[run]
+            if not same.all():
+                stop = start + int(np.argmin(same))
+            block = order[start:stop]
+            _decide_block(bank, entries[block], first[block], lengths[block], int(kernels[run]),
+                          {k: v[block] for k, v in p.items()}, x, x_dec, x_mag)
+            start = stop
+    dec[rows] = x_dec
+    mag[rows] = x_mag
+    return dec, mag
 
 
-def _batch(models: list[Compiled], values: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    n = len(models)
-    p = max(len(v) for v in values)
-    v = max(len(m.support) for m in models)
-    x = np.zeros((n, p))
-    sv = np.zeros((n, v))
-    dual = np.zeros((n, v))  # padding: dual 0 contributes nothing
-    for i, (m, vals) in enumerate(zip(models, values, strict=True)):
-        x[i, : len(vals)] = vals
-        sv[i, : len(m.support)] = m.support
-        dual[i, : len(m.dual)] = m.dual
-    # The scalers' steps in scikit-learn's order, one array operation each for the chunk.
-    x -= np.array([m.mean for m in models])[:, None]
-    x /= np.array([m.scale for m in models])[:, None]
-    x *= np.array([m.mul for m in models])[:, None]
-    x += np.array([m.add for m in models])[:, None]
-    np.clip(x, np.array([m.low for m in models])[:, None], np.array([m.high for m in models])[:, None],
-            out=x)
-    gamma = np.array([m.gamma for m in models])[:, None, None]
-    kernel = models[0].kernel
+BLOCK_ELEMENTS = 1 << 17  # kernel values per block (1 MiB of float64)
+
+
+def _decide_block(bank: Bank, entries: np.ndarray, first: np.ndarray, lengths: np.ndarray,
+                  kernel: int, p: dict, x: np.ndarray, out_dec: np.ndarray,
+                  out_mag: np.ndarray) -> None:
+    width = int(lengths.max())
+    counts = bank.offsets[entries + 1] - bank.offsets[entries]
+    vmax = max(1, int(counts.max()))
+    points = np.arange(width)
+    at = first[:, None] + np.minimum(points, lengths[:, None] - 1)  # padding repeats a point
+    xs = x[at]
+    vectors = np.arange(vmax)
+    inside = vectors < counts[:, None]
+    sv_at = bank.offsets[entries][:, None] + np.minimum(vectors, np.maximum(counts, 1)[:, None] - 1)
+    sv = bank.support[sv_at] if len(bank.support) else np.zeros(sv_at.shape)
+    dual = np.where(inside, bank.dual[sv_at] if len(bank.dual) else 0.0, 0.0)  # padding adds 0
+    gamma = p["gamma"][:, None, None]
     if kernel == KERNELS["rbf"]:
-        k = x[:, :, None] - sv[:, None, :]
+        k = xs[:, :, None] - sv[:, None, :]
         np.square(k, out=k)
         np.multiply(k, -gamma, out=k)
         np.exp(k, out=k)
     else:
-        k = x[:, :, None] * sv[:, None, :]
+        k = xs[:, :, None] * sv[:, None, :]
         if kernel == KERNELS["poly"]:
-            coef0 = np.array([m.coef0 for m in models])[:, None, None]
-            degree = np.array([m.degree for m in models])[:, None, None]
-            k = (gamma * k + coef0) ** degree
+            k = (gamma * k + p["coef0"][:, None, None]) ** p["degree"][:, None, None]
         elif kernel == KERNELS["sigmoid"]:
-            coef0 = np.array([m.coef0 for m in models])[:, None, None]
-            k = np.tanh(gamma * k + coef0)
-    intercept = np.array([m.intercept for m in models])[:, None]
-    dec = np.einsum("npv,nv->np", k, dual) + intercept
-    np.abs(k, out=k)
-    magnitude = np.einsum("npv,nv->np", k, np.abs(dual)) + np.abs(intercept)
-    return [(dec[i, : len(vals)], magnitude[i, : len(vals)]) for i, vals in enumerate(values)]
+            k = np.tanh(gamma * k + p["coef0"][:, None, None])
+    intercept = p["intercept"][:, None]
+    total = np.matmul(k, dual[:, :, None])[:, :, 0]
+    dec = total + intercept
+    if kernel == KERNELS["rbf"] and (dual >= 0).all():
+        magnitude = total + np.abs(intercept)  # every term is already non-negative
+    else:
+        np.abs(k, out=k)
+        magnitude = np.matmul(k, np.abs(dual)[:, :, None])[:, :, 0] + np.abs(intercept)
+    real = points < lengths[:, None]
+    out_dec[at[real]] = dec[real]
+    out_mag[at[real]] = magnitude[real]
 
 
 def near_boundary(decision: np.ndarray, magnitude: np.ndarray) -> np.ndarray:

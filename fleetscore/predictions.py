@@ -50,22 +50,41 @@ def predictions_table_many(
     if not rows:
         return SCHEMA.empty_table()
     lengths = np.array([len(r[2]) for r in rows])
-    owner = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)
-    devices = pa.array([r[0] for r in rows], pa.string()).take(pa.array(owner))
-    tags = pa.array([r[1] for r in rows], pa.string()).take(pa.array(owner))
-    ends = np.concatenate([r[2] for r in rows])
-    scores = np.concatenate([r[5] if r[5] is not None else np.full(len(r[2]), np.nan) for r in rows])
-    no_score = np.concatenate([np.full(len(r[2]), r[5] is None) for r in rows])
+    owner = pa.array(np.repeat(np.arange(len(rows), dtype=np.int32), lengths))
+    return predictions_columns(
+        np.concatenate([r[2] for r in rows]),
+        pa.array([r[0] for r in rows], pa.string()).take(owner),
+        pa.array([r[1] for r in rows], pa.string()).take(owner),
+        np.concatenate([r[3] for r in rows]),
+        np.concatenate([r[4] for r in rows]),
+        np.concatenate([r[5] if r[5] is not None else np.full(len(r[2]), np.nan) for r in rows]),
+        np.concatenate([np.full(len(r[2]), r[5] is not None) for r in rows]))
+
+
+def predictions_columns(ends_ms: np.ndarray, devices, tags, values: np.ndarray,
+                        labels: np.ndarray, scores: np.ndarray, has_score: np.ndarray) -> pa.Table:
+    """The predictions table from its columns (window ends in ms; a score only where
+    ``has_score``)."""
+    if len(ends_ms) == 0:
+        return SCHEMA.empty_table()
     # The sensors of an hour share their window labels: format each label once.
     # Labels are whole seconds; formatting at "s" keeps the reference's TS without ".000".
-    labels, where = np.unique(ends // 1000, return_inverse=True)
-    ts = pc.strftime(pa.array(labels, pa.timestamp("s", tz="UTC")), format=TS_FORMAT).take(
+    seconds = np.asarray(ends_ms, dtype=np.int64) // 1000
+    low, high = int(seconds.min()), int(seconds.max())
+    if high - low <= 4 * len(seconds) + 100_000:  # an hour or a span of hours: no sort
+        seen = np.zeros(high - low + 1, dtype=bool)
+        seen[seconds - low] = True
+        labels_s = np.flatnonzero(seen) + low
+        where = (np.cumsum(seen) - 1)[seconds - low]
+    else:
+        labels_s, where = np.unique(seconds, return_inverse=True)
+    ts = pc.strftime(pa.array(labels_s, pa.timestamp("s", tz="UTC")), format=TS_FORMAT).take(
         pa.array(where.astype(np.int64)))
     return pa.table(
-        [ts, devices, tags,
-         pa.array(np.concatenate([r[3] for r in rows]), pa.float64()),
-         pa.array(np.concatenate([r[4] for r in rows]).astype(np.int8), pa.int8()),
-         pa.array(scores, pa.float64(), mask=no_score)],
+        [ts, pc.cast(devices, pa.string()), pc.cast(tags, pa.string()),
+         pa.array(values, pa.float64()),
+         pa.array(np.asarray(labels).astype(np.int8), pa.int8()),
+         pa.array(scores, pa.float64(), mask=~np.asarray(has_score, bool))],
         schema=SCHEMA,
     )
 

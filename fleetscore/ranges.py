@@ -55,7 +55,7 @@ from .runs import (
 from .scoring import Group, UnitResult, score_many
 from .sensors import Sensor
 from .stores import Store
-from .windows import by_sensor, read_points, read_points_many
+from .windows import read_points, read_points_many
 
 SPAN_MAX_SENSORS = SMALL_FLEET  # an hour with more sensors to score runs as an hourly run
 SPAN_MAX_SENSOR_HOURS = 4096  # a span's work: small enough to balance, big enough to amortize
@@ -185,7 +185,7 @@ def _score(store: Store, plans: Sequence[Plan], tables: Mapping | None,
             out[hour] = (UnitResult.all_failed(str(hour), unit.id, unit.sensors, exc.kind,
                                                str(exc)), None)
             continue
-        groups.append(Group(hour, unit.id, sorted(unit.sensors, key=_key), by_sensor(table)))
+        groups.append(Group(hour, unit.id, sorted(unit.sensors, key=_key), table))
     fmt = plans[0].format if plans else "csv"
     results, table, rows = score_many(store, groups, bank=bank)
     for group, result, data in zip(groups, results, encode_split(table, rows, fmt), strict=True):

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
 from .models import load_model
-from .bank import decisions_with_magnitude, load_bank, near_boundary
-from .predictions import encode, format_of, predictions_path, predictions_table_many
+from .bank import Bank, decide, load_bank, near_boundary
+from .predictions import encode, format_of, predictions_columns, predictions_path
 from .sensors import Sensor
 from .stores import Store
-from .windows import SensorPoints, by_sensor, read_points
+from .windows import read_points
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,8 @@ def score_unit(
     started = time.perf_counter()
     sensors = sorted(set(sensors), key=_key)  # tuple keys: C comparisons, not dataclass ones
     unit_id = unit_id or adhoc_unit_id(sensors)
-    points = by_sensor(read_points(store, hour, sensors))
-    present = [s for s in sensors if s in points and len(points[s].values)]
-    bank = load_bank(store, present) if use_bank else {}
+    points = read_points(store, hour, sensors)
+    bank = load_bank(store, present_sensors(points)) if use_bank else Bank.empty()
     result, table = score_points(store, hour, sensors, points, unit_id=unit_id, bank=bank)
     path = out or predictions_path(hour, unit_id)
     if result.scored:
@@ -126,13 +126,37 @@ def score_unit(
     return replace(result, duration_s=round(time.perf_counter() - started, 6))
 
 
+def present_sensors(points: pa.Table) -> list[Sensor]:
+    """The sensors a sorted points table holds rows of."""
+    _, _, keys = sensor_runs(points)
+    # Ids were filtered against validated sensors or checked in bulk when read.
+    return [Sensor.unchecked(*key.split("/", 1)) for key in keys.to_pylist()]
+
+
+def sensor_runs(points: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Where each sensor's rows start and stop in a sorted points table, and its
+    ``Device/Tag`` key."""
+    n = points.num_rows
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string())
+    devices, tags = points["Device"], points["Tag"]
+    change = pc.or_(pc.not_equal(devices.slice(1), devices.slice(0, n - 1)),
+                    pc.not_equal(tags.slice(1), tags.slice(0, n - 1)))
+    starts = np.concatenate(([0], np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1))
+    stops = np.concatenate((starts[1:], [n]))
+    at = pa.array(starts)
+    keys = pc.binary_join_element_wise(devices.take(at), tags.take(at), "/")
+    return starts, stops, keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+
+
 def score_points(
-    store: Store, hour: Hour, sensors: Sequence[Sensor], points: Mapping[Sensor, SensorPoints],
-    *, unit_id: str, bank: Mapping[Sensor, Any], models: dict[Sensor, Any] | None = None,
+    store: Store, hour: Hour, sensors: Sequence[Sensor], points: pa.Table,
+    *, unit_id: str, bank: Bank, models: dict[Sensor, Any] | None = None,
 ) -> tuple[UnitResult, pa.Table]:
-    """The scoring itself, on points already read: the unit's result (with no predictions
-    file yet) and its predictions table. ``sensors`` sorted; ``models``: scikit-learn models
-    already loaded (a backfill scores a sensor in many hours and loads its model once)."""
+    """The scoring itself, on points already read (a sorted points table): the unit's result
+    (with no predictions file yet) and its predictions table. ``sensors`` sorted; ``models``:
+    scikit-learn models already loaded (a backfill scores a sensor in many hours and loads
+    its model once)."""
     (result,), table, _ = score_many(store, [Group(hour, unit_id, sensors, points)], bank=bank,
                                      models=models)
     return result, table
@@ -145,91 +169,152 @@ class Group:
     hour: Hour
     unit_id: str
     sensors: Sequence[Sensor]  # sorted
-    points: Mapping[Sensor, SensorPoints]
+    points: pa.Table  # sorted by Device, Tag, End, as read_points returns it
 
 
 def score_many(
-    store: Store, groups: Sequence[Group], *, bank: Mapping[Sensor, Any],
+    store: Store, groups: Sequence[Group], *, bank: Bank,
     models: dict[Sensor, Any] | None = None,
 ) -> tuple[list[UnitResult], pa.Table, list[int]]:
     """Score many groups (a backfill's hours) in one pass: one vectorized computation for
     every banked (hour, sensor), one predictions table. Returns each group's result, the
-    table (the groups' rows, in order) and each group's number of rows in it."""
+    table (the groups' rows, in order) and each group's number of rows in it.
+
+    Columnar throughout: a group's sensors are runs of rows of its points table; only a
+    sensor that scikit-learn must score (not in the bank, or a point on the decision
+    boundary) becomes a Python object."""
     started = time.perf_counter()
     models = {} if models is None else models
-    scored: list[dict[Sensor, tuple[np.ndarray, np.ndarray | None]]] = [{} for _ in groups]
-    failures: list[list[SensorFailure]] = [[] for _ in groups]
+    # Every group's rows, one after the other; runs of (group, sensor) over them.
+    tables = [g.points.select(["Device", "Tag", "End", "Value"]) for g in groups]
+    run_parts, offset = [], 0
+    for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
+        starts, stops, keys = sensor_runs(table)
+        member = pc.is_in(keys, value_set=pa.array([f"{s.device}/{s.tag}" for s in g.sensors],
+                                                   pa.string())).to_numpy(zero_copy_only=False)
+        run_parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,
+                          member))
+        offset += table.num_rows
+    if run_parts:
+        group_of = np.concatenate([r[0] for r in run_parts]).astype(np.int64)
+        starts = np.concatenate([r[1] for r in run_parts]).astype(np.int64)
+        stops = np.concatenate([r[2] for r in run_parts]).astype(np.int64)
+        keys = pa.concat_arrays([r[3] for r in run_parts])
+        member = np.concatenate([r[4] for r in run_parts]).astype(bool)
+    else:
+        group_of = starts = stops = np.zeros(0, np.int64)
+        keys, member = pa.array([], pa.string()), np.zeros(0, bool)
+    values = (np.concatenate([t["Value"].to_numpy() for t in tables]) if tables
+              else np.zeros(0))
+    entries = np.where(member, bank.index(keys), -1)
+    fast = np.flatnonzero(entries >= 0)
+    decision, magnitude = decide(bank, entries[fast], starts[fast], stops[fast], values)
+    labels = (decision <= 0).astype(np.int8)  # libsvm: +1 only for a decision above 0
+    has_score = np.ones(len(values), dtype=bool)
+    failed: dict[int, SensorFailure] = {}  # run -> why its sensor failed
+    names = keys.to_pylist() if (len(fast) < len(keys)) else None
+
+    def sensor_of(run: int) -> Sensor:
+        key = names[run] if names is not None else keys[run].as_py()
+        return Sensor.unchecked(*key.split("/", 1))
 
     def model_of(sensor: Sensor) -> Any:
         if sensor not in models:
             models[sensor] = load_model(store, sensor)
         return models[sensor]
 
-    def attempt(index: int, sensor: Sensor, work) -> None:
+    def attempt(run: int, work) -> None:
+        sensor = sensor_of(run)
+        a, b = starts[run], stops[run]
         try:
-            scored[index][sensor] = work()
+            got_labels, got_scores = work(sensor, a, b)
         except FleetscoreError as exc:
-            failures[index].append(SensorFailure(str(sensor), exc.kind, str(exc)))
+            failed[run] = SensorFailure(str(sensor), exc.kind, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
-            failures[index].append(SensorFailure(str(sensor), type(exc).__name__,
-                                                 f"sensor {sensor}: {first_line(exc)}"))
+            failed[run] = SensorFailure(str(sensor), type(exc).__name__,
+                                        f"sensor {sensor}: {first_line(exc)}")
+            return
+        labels[a:b] = got_labels
+        if got_scores is None:
+            has_score[a:b] = False
+        else:
+            decision[a:b] = got_scores
 
-    present = [[s for s in g.sensors if s in g.points and len(g.points[s].values)]
-               for g in groups]
-    fast = [(i, s) for i, sensors in enumerate(present) for s in sensors if s in bank]
-    computed = decisions_with_magnitude([bank[s] for _, s in fast],
-                                        [groups[i].points[s].values for i, s in fast])
-    for (i, sensor), (dec, magnitude) in zip(fast, computed, strict=True):
-        attempt(i, sensor, lambda p=groups[i].points[sensor], d=dec, m=magnitude:
-                _settle_boundary(model_of, p, d, m))
-    for i, sensors in enumerate(present):
-        for sensor in sensors:
-            if sensor not in bank:
-                attempt(i, sensor, lambda p=groups[i].points[sensor]: _score_plain(model_of, p))
+    # Points too close to 0 to trust two float computations to agree: scikit-learn decides.
+    lengths = stops - starts
+    edge = near_boundary(decision, magnitude) & np.repeat(entries >= 0, lengths)
+    if edge.any():
+        for run in np.flatnonzero(np.add.reduceat(edge, starts) > 0):
+            attempt(run, lambda sensor, a, b: _settle_boundary(
+                model_of(sensor), sensor, values[a:b], decision[a:b], edge[a:b]))
+    for run in np.flatnonzero(member & (entries < 0)):
+        attempt(run, lambda sensor, a, b: _score_plain(model_of(sensor), sensor, values[a:b]))
 
-    rows, counts, results = [], [], []
+    scored_runs = member.copy()
+    scored_runs[list(failed)] = False
+    keep = np.repeat(scored_runs, lengths)
+    table = _predictions(tables, keep, labels, decision, has_score, values)
+    anomalies = (np.add.reduceat(labels.astype(np.int64), starts) if len(starts)
+                 else np.zeros(0, np.int64))
+    rows, results = [], []
     share = round((time.perf_counter() - started) / max(1, len(groups)), 6)
-    for i, g in enumerate(groups):
-        done = [s for s in g.sensors if s in scored[i]]
-        rows += [(s.device, s.tag, g.points[s].ends_ms, g.points[s].values, *scored[i][s])
-                 for s in done]
-        counts.append(sum(len(g.points[s].values) for s in done))
-        anomalies = {str(s): int(np.count_nonzero(scored[i][s][0])) for s in done}
+    for index, g in enumerate(groups):
+        mine = np.flatnonzero(group_of == index)
+        done = mine[scored_runs[mine]]
+        rows.append(int(lengths[done].sum()))
+        hot = done[anomalies[done] > 0]
+        found = keys.take(pa.array(mine[member[mine]], pa.int64()))
+        wanted = pa.array([f"{s.device}/{s.tag}" for s in g.sensors], pa.string())
+        absent = pc.invert(pc.is_in(wanted, value_set=found)).to_numpy(zero_copy_only=False)
         results.append(UnitResult(
             unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
-            points=counts[-1], anomalies=sum(anomalies.values()),
-            failures=tuple(sorted(failures[i], key=lambda f: f.sensor)),
-            no_data=tuple(str(s) for s in g.sensors
-                          if s not in g.points or not len(g.points[s].values)),
+            points=rows[-1], anomalies=int(anomalies[done].sum()),
+            failures=tuple(sorted((failed[r] for r in mine if r in failed),
+                                  key=lambda f: f.sensor)),
+            no_data=tuple(str(s) for s, gone in zip(g.sensors, absent, strict=True) if gone),
             duration_s=share,
-            anomalies_by_sensor={k: v for k, v in anomalies.items() if v},
+            anomalies_by_sensor=dict(zip(keys.take(pa.array(hot, pa.int64())).to_pylist(),
+                                         anomalies[hot].tolist(), strict=True)),
         ))
-    return results, predictions_table_many(rows), counts
+    return results, table, rows
+
+
+def _predictions(tables: list[pa.Table], keep: np.ndarray, labels: np.ndarray,
+                 decision: np.ndarray, has_score: np.ndarray, values: np.ndarray) -> pa.Table:
+    if not tables or not keep.any():
+        return predictions_columns(np.zeros(0, np.int64), pa.array([], pa.string()),
+                                   pa.array([], pa.string()), np.zeros(0), np.zeros(0, np.int8),
+                                   np.zeros(0), np.zeros(0, bool))
+    rows = pa.concat_tables(tables)
+    if not keep.all():
+        mask = pa.array(keep)
+        rows = rows.filter(mask)
+        labels, decision, has_score, values = (a[keep] for a in (labels, decision, has_score,
+                                                                 values))
+    return predictions_columns(rows["End"].to_numpy(), rows["Device"], rows["Tag"], values,
+                               labels, decision, has_score)
 
 
 def _key(sensor: Sensor) -> tuple[str, str]:
     return sensor.device, sensor.tag
 
 
-def _settle_boundary(model_of, points: SensorPoints, decision: np.ndarray,
-                     magnitude: np.ndarray):
+def _settle_boundary(model, sensor: Sensor, values: np.ndarray, decision: np.ndarray,
+                     edge: np.ndarray):
     """libsvm's rule (+1 only above 0); points too close to 0 to trust two float computations
     to agree are decided by scikit-learn itself."""
     labels = (decision <= 0).astype(np.int8)
-    edge = near_boundary(decision, magnitude)
-    if edge.any():
-        exact_labels, exact_scores = predict_labels(model_of(points.sensor),
-                                                    points.values[edge])
-        labels[edge] = exact_labels
-        decision = decision.copy()
-        if exact_scores is not None:
-            decision[edge] = exact_scores
+    decision = decision.copy()
+    exact_labels, exact_scores = predict_labels(model, values[edge])
+    labels[edge] = exact_labels
+    if exact_scores is not None:
+        decision[edge] = exact_scores
     return labels, decision
 
 
-def _score_plain(model_of, points: SensorPoints):
-    model = model_of(points.sensor)
+def _score_plain(model, sensor: Sensor, values: np.ndarray):
     try:
-        return predict_labels(model, points.values)
+        return predict_labels(model, values)
     except ScoringError as exc:
-        raise ScoringError(f"sensor {points.sensor}: {exc}") from exc
+        raise ScoringError(f"sensor {sensor}: {exc}") from exc

@@ -305,7 +305,9 @@ def _read_day_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.T
     """A day part's rows (of the wanted sensors), sorted by Device, Tag, End: ingest writes
     them so, and sorting here keeps every hour's slice sorted whoever wrote the file."""
     table = _read_part(store, path, wanted, whole=True)
-    return table.sort_by(_ORDER) if table.num_rows > 1 else table
+    if table.num_rows < 2 or table.schema.metadata == _SORTED:
+        return table
+    return table.sort_by(_ORDER)
 
 
 def _split_by_hour(table: pa.Table) -> dict[Hour, pa.Table]:
@@ -351,7 +353,8 @@ def _hour_points(store: Store, hour: Hour, raw: list[str], slices: dict[str, pa.
     if not manifest and not raw:
         present = [t for t in tables if t.num_rows]
         if len(present) == 1:
-            return present[0]  # one day part's rows: already sorted, nothing to merge
+            # one day part's rows: already sorted, nothing to merge
+            return present[0].replace_schema_metadata(None)
     return _combine_tables(tables)
 
 
@@ -359,6 +362,8 @@ def _combine_tables(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return _POINTS_SCHEMA.empty_table()
+    if len(tables) == 1 and tables[0].schema.metadata == _SORTED:
+        return tables[0].replace_schema_metadata(None)
     order = _ORDER
     # A stable sort keeps the files' order among rows of one window, so merged sums add in
     # the same order as before; merging (a group-by) only when some window is in two files.
@@ -391,7 +396,7 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
     construction, so one request beats a footer read and then ranges)."""
     try:
         if whole:
-            parquet = pq.ParquetFile(pa.BufferReader(store.get(path)))
+            parquet = pq.ParquetFile(pa.BufferReader(store.get(path)), **_dictionary(wanted))
             table = _read_groups(parquet, wanted)
         else:
             with store.open(path) as handle:
@@ -400,14 +405,14 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
                 metadata = _footer(handle, tail) if tail else None
                 # pre_buffer: the row groups' column chunks are fetched as few coalesced
                 # ranges (one request each on Blob storage), not one read per column chunk.
-                parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata)
+                parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata,
+                                         **_dictionary(wanted))
                 table = _read_groups(parquet, wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"window file {path} is unreadable: {exc}") from exc
-    if wanted is not None and table.num_rows:
-        keys = pc.binary_join_element_wise(table["Device"], table["Tag"], "/")
-        table = table.filter(pc.is_in(keys, value_set=pa.array([str(s) for s in wanted])))
-    elif table.num_rows:
+    if wanted is not None:
+        return _wanted_rows(table, wanted)
+    if table.num_rows:
         # Window files can come from outside (Stream Analytics): check their ids in bulk.
         bad = pc.invert(pc.and_(valid_ids(table["Device"]), valid_ids(table["Tag"])))
         if invalid == "drop":
@@ -416,13 +421,69 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
             row = table.filter(bad).slice(0, 1).to_pylist()[0]
             raise InputError(f"window file {path} holds an invalid id: Device {row['Device']!r}, "
                              f"Tag {row['Tag']!r}")
-    # Files written by Stream Analytics may carry micro- or nanosecond timestamps.
-    ends = pc.cast(pc.cast(table["WindowEnd"], pa.timestamp("ms", tz="UTC")), pa.int64())
     return pa.table(
-        [pc.cast(table["Device"], pa.string()), pc.cast(table["Tag"], pa.string()), ends,
-         pc.cast(table["Value"], pa.float64()), pc.cast(table["Count"], pa.int64())],
+        [pc.cast(table["Device"], pa.string()), pc.cast(table["Tag"], pa.string()),
+         _ends_ms(table["WindowEnd"]), pc.cast(table["Value"], pa.float64()),
+         pc.cast(table["Count"], pa.int64())],
         schema=_POINTS_SCHEMA,
     )
+
+
+def _dictionary(wanted: list[Sensor] | None) -> dict:
+    """A unit's read takes ids as dictionaries: it matches the few distinct ids of its row
+    groups against its sensors, not every row's strings."""
+    return {} if wanted is None else {"read_dictionary": ["Device", "Tag"]}
+
+
+def _ends_ms(column) -> pa.ChunkedArray:
+    # Files written by Stream Analytics may carry micro- or nanosecond timestamps.
+    return pc.cast(pc.cast(column, pa.timestamp("ms", tz="UTC")), pa.int64())
+
+
+_SORTED = {b"fleetscore.sorted": b"Device,Tag,End"}
+
+
+def _wanted_rows(table: pa.Table, wanted: list[Sensor]) -> pa.Table:
+    """The rows of the ``wanted`` sensors (sorted), ids as plain strings. Each row's sensor
+    is found through its row group's id dictionaries (a few thousand distinct ids, not a
+    string per row); a table found in the wanted order is marked sorted, so combining one
+    file's rows sorts nothing."""
+    if table.num_rows == 0:
+        return _POINTS_SCHEMA.empty_table()
+    keys = pa.array([f"{s.device}/{s.tag}" for s in wanted], pa.string())
+    codes = []
+    for device, tag in zip(_dictionary_chunks(table["Device"]), _dictionary_chunks(table["Tag"]),
+                           strict=True):
+        devices, tags = device.dictionary, tag.dictionary
+        pairs = np.arange(len(devices) * len(tags))
+        names = pc.binary_join_element_wise(
+            pc.cast(devices, pa.string()).take(pa.array(pairs // max(1, len(tags)))),
+            pc.cast(tags, pa.string()).take(pa.array(pairs % max(1, len(tags)))), "/")
+        lookup = pc.fill_null(pc.index_in(names, value_set=keys), -1).to_numpy()
+        row_pair = (device.indices.to_numpy(zero_copy_only=False).astype(np.int64) * len(tags)
+                    + tag.indices.to_numpy(zero_copy_only=False))
+        codes.append(lookup[row_pair] if len(lookup) else np.full(len(device), -1))
+    code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    rows = np.flatnonzero(code >= 0)
+    code = code[rows]
+    ends = _ends_ms(table["WindowEnd"]).to_numpy()[rows] if len(rows) else np.zeros(0, np.int64)
+    take = pa.array(rows)
+    devices = pa.array([s.device for s in wanted], pa.string()).take(pa.array(code))
+    tags = pa.array([s.tag for s in wanted], pa.string()).take(pa.array(code))
+    out = pa.table(
+        [devices, tags, pa.array(ends, pa.int64()),
+         pc.cast(table["Value"].take(take), pa.float64()),
+         pc.cast(table["Count"].take(take), pa.int64())],
+        schema=_POINTS_SCHEMA)
+    ordered = len(code) < 2 or bool(
+        ((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (ends[1:] > ends[:-1]))).all())
+    return out.replace_schema_metadata(_SORTED) if ordered else out
+
+
+def _dictionary_chunks(column: pa.ChunkedArray) -> list[pa.DictionaryArray]:
+    if not pa.types.is_dictionary(column.type):  # an empty read has no dictionaries
+        column = pc.dictionary_encode(column)
+    return [chunk for chunk in column.chunks]
 
 
 def _read_groups(parquet: pq.ParquetFile, wanted: list[Sensor] | None) -> pa.Table:
