@@ -35,17 +35,19 @@ import hashlib
 import io
 import json
 import math
+import uuid
 import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import ModelError, NotFound
+from .errors import Conflict, ModelError, NotFound
 from .models import (
     ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
     read_manifest,
@@ -401,7 +403,7 @@ def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, st
 
 
 def _rebuild_once(store: Store, shard_sensors: int
-                  ) -> tuple[BankStats, dict[Sensor, str | None]]:
+                  ) -> tuple[BankStats, dict, dict[Sensor, str | None]]:
     sensors = sorted(list_models(store))
     manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))
@@ -413,27 +415,105 @@ def _rebuild_once(store: Store, shard_sensors: int
     for path in store.list(BANK_FOLDER):
         if path.endswith(".npz") and path not in live:
             store.delete(path)
-    store.put(INDEX_PATH, json.dumps({"shards": [s.entry for s in shards]}, indent=1).encode())
+    # Unsealed: loaders check every entry against its manifest until rebuild_bank seals it.
+    # The nonce makes this write a version of its own, so the seal's compare-and-swap fails
+    # if anything replaced or deleted it meanwhile, even with the same shards.
+    body = {"shards": [s.entry for s in shards], "rebuild": uuid.uuid4().hex, "sealed": False}
+    store.put(INDEX_PATH, json.dumps(body, indent=1).encode())
     left = Counter(reason for s in shards for reason in s.left)
     stats = BankStats(len(sensors), sum(s.entry["compiled"] for s in shards),
                       sum(s.written for s in shards), sum(not s.written for s in shards),
                       tuple(sorted(left.items(), key=lambda kv: (-kv[1], kv[0]))))
-    return stats, {sensor: sha for s in shards for sensor, sha in s.compiled_from.items()}
+    return stats, body, {sensor: sha for s in shards for sensor, sha in s.compiled_from.items()}
 
 
-def rebuild_bank(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> BankStats:
-    """Compile every model into the bank, reusing the shards whose models did not change."""
+def rebuild_bank(store: Store, *, shard_sensors: int = SHARD_SENSORS,
+                 now: datetime | None = None) -> BankStats:
+    """Compile every model into the bank, reusing the shards whose models did not change,
+    then seal the index (see ``seal``)."""
+    drop_stale_saves(store, now or datetime.now(UTC))
     for _ in range(REBUILD_ROUNDS):
-        stats, built_from = _rebuild_once(store, shard_sensors)
-        # A model saved during this round has its manifest written by now if its save's
-        # index deletion came before our index: if none changed, the index is current.
-        current = _manifest_hashes(store, built_from)
-        if all(current[s] == sha for s, sha in built_from.items()):
+        stats, body, built_from = _rebuild_once(store, shard_sensors)
+        if seal(store, body, built_from):
             return stats
     invalidate(store)  # models keep changing: no index (the plain path) rather than a stale one
     return BankStats(stats.sensors, 0, stats.shards_written, stats.shards_kept,
                      (("models changed while the bank was built; run `fleetscore models bank` "
                        "again", stats.sensors),))
+
+
+def seal(store: Store, body: dict, built_from: Mapping[Sensor, str | None]) -> bool:
+    """Vouch for the index just written, so loaders need not read a manifest a sensor.
+
+    The protocol (save_model's side is ``begin_save``/``end_save``): a save writes a marker,
+    deletes the index, writes the model and its manifest, deletes the index again, then
+    removes its marker. A rebuild writes the index, checks every manifest against what it
+    compiled, lists the markers, and seals the index with a compare-and-swap on the version it
+    wrote. A sealed index read at time I is then stale for a sensor only if a save of it
+    wrote its manifest after the rebuild's check and has not yet deleted the index at I; such
+    a save deleted the index before the rebuild wrote it (else the seal fails) and still had
+    its marker when the rebuild listed them (it removes the marker after its last deletion),
+    so the sensor is in the sealed index's ``check`` list and loaders read its manifest. A
+    save that died mid-way leaves its marker: its sensor is checked until a rebuild more than
+    SAVE_GRACE later drops the marker (by then the save is surely over: its manifest is
+    final, and that rebuild reads it). Returns False when the index changed or a model did:
+    the caller rebuilds."""
+    try:
+        data, version = store.get_versioned(INDEX_PATH)
+        if json.loads(data).get("rebuild") != body["rebuild"]:
+            return False
+    except (NotFound, ValueError):
+        return False
+    current = _manifest_hashes(store, built_from)
+    if any(current[s] != sha for s, sha in built_from.items()):
+        return False
+    check = sorted(saving(store))
+    sealed = {**body, "sealed": True, "check": check}
+    try:
+        store.put(INDEX_PATH, json.dumps(sealed, indent=1).encode(), if_match=version)
+    except (Conflict, NotFound):
+        return False
+    return True
+
+
+SAVING_FOLDER = f"{BANK_FOLDER}/saving"  # a marker a model save in progress
+SAVE_GRACE = timedelta(hours=1)  # no save of one model takes this long
+
+
+def begin_save(store: Store, sensor: Sensor, now: datetime | None = None) -> str:
+    """Before a model's files are written: its marker, then no index (see ``seal``)."""
+    marker = f"{SAVING_FOLDER}/{sensor.device}/{sensor.tag}/{uuid.uuid4().hex}.json"
+    started = (now or datetime.now(UTC)).isoformat()
+    store.put(marker, json.dumps({"sensor": str(sensor), "started": started}).encode())
+    invalidate(store)
+    return marker
+
+
+def end_save(store: Store, marker: str) -> None:
+    """After a model's files are written: no index, then no marker (the order matters)."""
+    invalidate(store)
+    store.delete(marker)
+
+
+def saving(store: Store) -> set[str]:
+    """``Device/Tag`` of every model whose save has a marker (in progress, or died)."""
+    out = set()
+    for path in store.list(SAVING_FOLDER):
+        parts = path.split("/")
+        if len(parts) == 5:
+            out.add(f"{parts[2]}/{parts[3]}")
+    return out
+
+
+def drop_stale_saves(store: Store, now: datetime) -> None:
+    """Remove the markers of saves that began more than SAVE_GRACE ago (they died)."""
+    for path in list(store.list(SAVING_FOLDER)):
+        try:
+            started = datetime.fromisoformat(json.loads(store.get(path))["started"])
+        except (NotFound, ValueError, KeyError, TypeError):
+            continue  # unreadable: its sensor stays checked, the safe side
+        if now - started > SAVE_GRACE:
+            store.delete(path)
 
 
 def _read_index(store: Store) -> dict | None:
@@ -466,11 +546,20 @@ def load_bank(store: Store, sensors: Iterable[Sensor]) -> Bank:
             pc.is_in(bank.ids, value_set=wanted_keys[lo:hi]).to_numpy(zero_copy_only=False))))
     found = Bank.concat(parts)
     # An entry stands for the model it was compiled from, and only while the manifest still
-    # names that model: a save racing a rebuild, or any index that outlived a model change,
-    # sends the sensor to scikit-learn with its current model.
-    current = _manifest_shas(store, found.ids.to_pylist())
-    return found.select(np.flatnonzero(np.array(
-        [c == sha for c, sha in zip(current, found.sha.tolist(), strict=True)], dtype=bool)))
+    # names that model. A sealed index vouches for its entries but those of saves that were
+    # in progress when it was sealed (``seal``); an unsealed one (being rebuilt, or written
+    # by an older fleetscore) vouches for none. An entry not vouched for is checked against
+    # its manifest, and a mismatch sends the sensor to scikit-learn with its current model.
+    if index.get("sealed") is True:
+        unsure = pc.is_in(found.ids, value_set=pa.array(index.get("check", []), pa.string()))
+        unsure = unsure.to_numpy(zero_copy_only=False)
+    else:
+        unsure = np.ones(len(found), dtype=bool)
+    keep = ~unsure
+    at = np.flatnonzero(unsure)
+    current = _manifest_shas(store, found.ids.take(pa.array(at, pa.int64())).to_pylist())
+    keep[at] = [c == sha for c, sha in zip(current, found.sha[at].tolist(), strict=True)]
+    return found.select(np.flatnonzero(keep))
 
 
 def _manifest_shas(store: Store, keys: list[str]) -> list[str | None]:

@@ -146,15 +146,16 @@ def save_model(
         created=datetime.now(UTC).isoformat(timespec="microseconds"),
         source=source,
     )
-    # Model first, manifest last: the manifest is what makes a model visible. The bank's
-    # index goes after both: an index a racing rebuild wrote before this is deleted, and one
-    # written after it is checked by that rebuild against this manifest (the bank also checks
-    # every entry against its manifest when it is loaded).
-    from .bank import invalidate
+    # Model first, manifest last: the manifest is what makes a model visible. Around both,
+    # the bank's protocol (bank.seal): a marker and no index before, no index and then no
+    # marker after, so no sealed index ever vouches for the model this replaces. A save that
+    # fails keeps its marker: its sensor stays checked against its manifest.
+    from .bank import begin_save, end_save
 
+    marker = begin_save(store, sensor)
     store.put(model_path(sensor), data)
     store.put(manifest_path(sensor), manifest.to_json())
-    invalidate(store)
+    end_save(store, marker)
     return manifest
 
 

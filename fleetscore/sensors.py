@@ -6,9 +6,8 @@ Ids become parts of file and blob paths, so they are validated before any path i
 from __future__ import annotations
 
 import functools
+import operator
 import re
-from dataclasses import dataclass
-
 from .errors import InvalidIdError
 
 ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
@@ -37,15 +36,26 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
-@dataclass(frozen=True, order=True)
-class Sensor:
-    device: str
-    tag: str
+class Sensor(tuple):
+    """A (device, tag) pair. A tuple underneath: hashing, equality and ordering (by device,
+    then tag) run in C, which sets and sorts of a whole fleet's sensors feel."""
 
-    def __post_init__(self) -> None:
-        if not (is_valid_id(self.device) and is_valid_id(self.tag)):
-            validate_id(self.device, "Device")
-            validate_id(self.tag, "Tag")
+    __slots__ = ()
+
+    def __new__(cls, device: str, tag: str) -> Sensor:
+        if not (is_valid_id(device) and is_valid_id(tag)):
+            validate_id(device, "Device")
+            validate_id(tag, "Tag")
+        return tuple.__new__(cls, (device, tag))
+
+    device = property(operator.itemgetter(0))
+    tag = property(operator.itemgetter(1))
+
+    def __getnewargs__(self) -> tuple[str, str]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return f"Sensor(device={self[0]!r}, tag={self[1]!r})"
 
     def __str__(self) -> str:
         return f"{self.device}/{self.tag}"
@@ -58,10 +68,7 @@ class Sensor:
     @classmethod
     def unchecked(cls, device: str, tag: str) -> Sensor:
         """For ids already validated in bulk (a whole column at once): skips the per-object check."""
-        sensor = object.__new__(cls)
-        object.__setattr__(sensor, "device", device)
-        object.__setattr__(sensor, "tag", tag)
-        return sensor
+        return tuple.__new__(cls, (device, tag))
 
     @classmethod
     def parse(cls, text: str) -> Sensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
@@ -322,18 +324,121 @@ def test_a_model_saved_while_the_bank_is_rebuilt_never_scores_with_the_old_array
 
 
 @pytest.mark.reliability("R40")
-def test_load_bank_never_returns_an_entry_whose_model_changed(trained_store):
-    """An index that outlived a model change (written by an older fleetscore, or by a rebuild
-    racing a save) is checked entry by entry against the manifests."""
+def test_an_unsealed_index_that_outlived_a_model_change_is_checked_entry_by_entry(trained_store):
+    """An index no rebuild sealed (an older fleetscore's, or one caught mid-rebuild) vouches
+    for nothing: every entry is checked against its manifest."""
+    import json
+
     rebuild_bank(trained_store)
-    index = trained_store.get(INDEX_PATH)
+    index = json.loads(trained_store.get(INDEX_PATH))
     shards = {p: trained_store.get(p) for p in trained_store.list("bank") if p.endswith(".npz")}
     forest = IsolationForest(random_state=0).fit(np.random.default_rng(0).normal(10, 1, (200, 1)))
     save_model(trained_store, Sensor("1", "2"), forest, source="test")
-    trained_store.put(INDEX_PATH, index)  # the stale index, as a racing rebuild would leave it
-    for path, data in shards.items():
-        trained_store.put(path, data)
-    assert set(load_bank(trained_store, SENSORS)) == {Sensor("1", "1"), Sensor("dev_a", "t.x")}
+    for legacy in ({"shards": index["shards"]}, {**index, "sealed": False}):
+        trained_store.put(INDEX_PATH, json.dumps(legacy).encode())
+        for path, data in shards.items():
+            trained_store.put(path, data)
+        assert set(load_bank(trained_store, SENSORS)) == {Sensor("1", "1"), Sensor("dev_a", "t.x")}
+
+
+class CountsManifestReads:
+    def __init__(self, inner):
+        self.inner, self.url, self.reads = inner, inner.url, 0
+
+    def get(self, path):
+        if path.startswith("models/") and path.endswith(".json"):
+            self.reads += 1
+        return self.inner.get(path)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_sealed_index_vouches_for_its_entries_without_reading_manifests(trained_store):
+    rebuild_bank(trained_store)
+    counting = CountsManifestReads(trained_store)
+    assert len(load_bank(counting, SENSORS)) == 3
+    assert counting.reads == 0
+
+
+@pytest.mark.reliability("R40")
+@pytest.mark.parametrize("rebuilt", ["during the save", "before the save"])
+def test_a_save_that_died_after_its_manifest_is_checked_until_its_marker_expires(local_store,
+                                                                                 rebuilt):
+    """A save wrote its model and manifest and died before its last index deletion, with a
+    whole rebuild sealed before it began or while it ran: no index may vouch for the old
+    arrays. A rebuild more than SAVE_GRACE later drops the marker."""
+    from datetime import UTC, datetime
+
+    from fleetscore.bank import SAVE_GRACE, begin_save, saving
+    from fleetscore.models import ModelManifest, dumps_model, manifest_path, model_path
+
+    rng = np.random.default_rng(7)
+    sensor, other = Sensor("d", "t"), Sensor("d", "u")
+    old = OneClassSVM(gamma=0.1).fit(rng.normal(10, 1, (60, 1)))
+    new = OneClassSVM(gamma=0.1).fit(rng.normal(500, 1, (60, 1)))
+    for s in (sensor, other):
+        save_model(local_store, s, old, source="test")
+        _store_points(local_store, s, rng.normal(10, 1, 60))
+    begun = datetime.now(UTC)
+    if rebuilt == "before the save":
+        rebuild_bank(local_store)
+    begin_save(local_store, sensor, now=begun)
+    if rebuilt == "during the save":
+        rebuild_bank(local_store)
+        assert set(load_bank(local_store, [sensor, other])) == {sensor, other}  # the old model
+    data = dumps_model(new)
+    manifest = ModelManifest.from_json(local_store.get(manifest_path(sensor)), "m")
+    local_store.put(model_path(sensor), data)
+    local_store.put(manifest_path(sensor), ModelManifest(**{
+        **manifest.__dict__, "sha256": hashlib.sha256(data).hexdigest(), "version": 2}).to_json())
+    # ... and the save died here: no index deletion, marker left.
+    assert sensor not in load_bank(local_store, [sensor, other])
+    labels = _unit_labels(local_store, [sensor, other])
+    assert labels[sensor].tolist() == [1] * 60  # the new model flags every point near 10
+    rebuild_bank(local_store, now=begun + SAVE_GRACE / 2)
+    assert saving(local_store) == {"d/t"}
+    rebuild_bank(local_store, now=begun + SAVE_GRACE * 2)
+    assert saving(local_store) == set()
+    assert set(load_bank(local_store, [sensor, other])) == {sensor, other}
+    assert _index_entries(local_store)[sensor] == hashlib.sha256(data).hexdigest()
+
+
+class SavesBeforeSeal:
+    """A store for rebuild_bank that runs a whole save of ``sensor`` when the rebuild lists
+    the save markers: after it checked the manifests, before it seals."""
+
+    def __init__(self, inner, sensor, model):
+        self.inner, self.sensor, self.model, self.url, self.saved = inner, sensor, model, inner.url, 0
+
+    def list(self, prefix=""):
+        from fleetscore.bank import SAVING_FOLDER
+
+        if prefix == SAVING_FOLDER and self.inner.exists(INDEX_PATH) and not self.saved:
+            self.saved += 1
+            save_model(self.inner, self.sensor, self.model, source="concurrent")
+        return self.inner.list(prefix)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.reliability("R40")
+def test_a_save_between_the_check_and_the_seal_makes_the_seal_fail(local_store):
+    """The seal is a compare-and-swap on the index the rebuild wrote: the save's deletion
+    makes it fail, and the next round compiles the new model."""
+    from fleetscore.models import read_manifest
+
+    rng = np.random.default_rng(8)
+    sensor = Sensor("d", "t")
+    old = OneClassSVM(gamma=0.1).fit(rng.normal(10, 1, (60, 1)))
+    new = OneClassSVM(gamma=0.1).fit(rng.normal(500, 1, (60, 1)))
+    save_model(local_store, sensor, old, source="test")
+    racing = SavesBeforeSeal(local_store, sensor, new)
+    rebuild_bank(racing)
+    assert racing.saved
+    current = read_manifest(local_store, sensor).sha256
+    assert not local_store.exists(INDEX_PATH) or _index_entries(local_store) == {sensor: current}
 
 
 class PausesBeforeManifest:
