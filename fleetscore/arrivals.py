@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .errors import AlreadyExists, InputError, UsageError
 from .hours import Hour
-from .sensors import Sensor
+from .sensors import Sensor, sensors_of
 from .stores import Store
 from .windows import (
     DAY_FOLDER, HOURS_PER_DAY, area_folder, by_day, day_of, day_path, list_days,
@@ -146,8 +146,9 @@ def read_arrivals_many(store: Store, hours: Iterable[Hour]) -> dict[Hour, Counte
 
 def _parse(data: bytes, path: str) -> Counter[Sensor]:
     try:
-        body = json.loads(data)
-        return Counter({Sensor(d, t): int(n) for d, t, n in body["sensors"]})
+        rows = json.loads(data)["sensors"]
+        return Counter(dict(zip(sensors_of((d, t) for d, t, _ in rows),
+                                (int(n) for _, _, n in rows), strict=True)))
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"arrival record {path} is malformed: {exc}") from exc
 
@@ -164,7 +165,9 @@ def _parse_day(data: bytes, path: str) -> dict[Hour, Counter[Sensor]]:
             hour_of_day = int(name[len(prefix):]) if name.startswith(prefix) else -1
             if not 0 <= hour_of_day < HOURS_PER_DAY or len(name) != len(prefix) + 2:
                 raise ValueError(f"hour {name!r} is not an hour of the day {prefix[:-1]}")
-            hours[first + hour_of_day] = Counter({Sensor(d, t): int(n) for d, t, n in rows})
+            hours[first + hour_of_day] = Counter(dict(zip(
+                sensors_of((d, t) for d, t, _ in rows), (int(n) for _, _, n in rows),
+                strict=True)))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UsageError) as exc:
         raise InputError(f"arrival record {path} is malformed: {exc}") from exc
     return hours

@@ -523,13 +523,14 @@ def _read_index(store: Store) -> dict | None:
         return None
 
 
-def load_bank(store: Store, sensors: Iterable[Sensor]) -> Bank:
-    """Compiled models of the given sensors found in the bank and still current (others are
-    simply absent, and scored by scikit-learn), as packed arrays."""
+def load_bank(store: Store, sensors: Iterable[tuple[str, str]]) -> Bank:
+    """Compiled models of the given sensors (Sensors, or (device, tag) pairs) found in the
+    bank and still current (others are simply absent, and scored by scikit-learn), as packed
+    arrays."""
     index = _read_index(store)
     if not index:
         return Bank.empty()
-    wanted = sorted({(s.device, s.tag) for s in sensors})
+    wanted = sorted({(d, t) for d, t in sensors})
     wanted_keys = pa.array([f"{d}/{t}" for d, t in wanted], pa.string())
     parts = []
     for shard in index["shards"]:

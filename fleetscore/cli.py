@@ -904,6 +904,9 @@ def version() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr, never a traceback."""
+    from .workers import tune_gc
+
+    tune_gc()
     try:
         app(args=argv, prog_name="fleetscore", standalone_mode=True)
     except FleetscoreError as exc:

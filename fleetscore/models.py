@@ -25,7 +25,7 @@ from .errors import (
     InvalidIdError, ModelError, ModelNotFound, NotFound, UntrustedModelError, first_line,
 )
 from .hours import Hour
-from .sensors import Sensor, is_valid_id
+from .sensors import Sensor, is_valid_id, sensors_of
 from .stores import Store
 
 SKOPS_SUFFIX = ".skops"
@@ -73,14 +73,16 @@ def manifest_path(sensor: Sensor) -> str:
 
 def list_models(store: Store) -> set[Sensor]:
     """Sensors that have a model (a manifest) in the store."""
-    out = set()
+    pairs = []
     for path in store.list("models"):
-        parts = path.split("/")
-        if len(parts) == 3 and parts[2].endswith(".json"):
-            device, tag = parts[1], parts[2][: -len(".json")]
-            if is_valid_id(device) and is_valid_id(tag):
-                out.add(Sensor.unchecked(device, tag))
-    return out
+        if path.endswith(".json"):
+            parts = path.split("/")
+            if len(parts) == 3:
+                pairs.append((parts[1], parts[2][: -len(".json")]))
+    # Files with ids no sensor can have are not models (as before): skipped, not refused.
+    devices = {d for d, _ in pairs if is_valid_id(d)}
+    tags = {t for _, t in pairs if is_valid_id(t)}
+    return set(sensors_of((d, t) for d, t in pairs if d in devices and t in tags))
 
 
 def _sklearn_version() -> str:

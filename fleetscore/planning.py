@@ -21,7 +21,7 @@ from .arrivals import read_arrivals
 from .errors import InputError, NotFound, UsageError
 from .hours import Hour
 from .models import list_models
-from .sensors import Sensor
+from .sensors import Sensor, parse_sensors
 from .stores import Store
 
 # Small fleets get one sensor per unit (a unit is the unit of failure and of rerun); larger
@@ -41,14 +41,18 @@ class Unit:
     id: str
     sensors: tuple[Sensor, ...]
     format: str = "csv"  # of the unit's predictions file: csv or parquet
+    size: int | None = None  # its sensors' number when ``sensors`` was not read (a summary)
+
+    @property
+    def count(self) -> int:
+        return len(self.sensors) if self.size is None else self.size
 
     def to_json(self) -> dict:
         return {"id": self.id, "sensors": [str(s) for s in self.sensors], "format": self.format}
 
     @classmethod
     def from_json(cls, body: dict) -> Unit:
-        return cls(body["id"], tuple(Sensor.parse(s) for s in body["sensors"]),
-                   body.get("format", "csv"))
+        return cls(body["id"], tuple(parse_sensors(body["sensors"])), body.get("format", "csv"))
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,10 @@ class Plan:
 
     @property
     def sensors(self) -> int:
-        return sum(len(u.sensors) for u in self.units)
+        return sum(u.count for u in self.units)
 
     def to_json(self, *, with_sensors: bool = True) -> dict:
-        units = [u.to_json() if with_sensors else {"id": u.id, "size": len(u.sensors)}
+        units = [u.to_json() if with_sensors else {"id": u.id, "size": u.count}
                  for u in self.units]
         return {
             "window": str(self.window),
@@ -118,12 +122,15 @@ def plan_hour(
         raise UsageError(f"invalid predictions format {fmt!r}: expected {' or '.join(FORMATS)}")
     if unit_size is not None and unit_size < 1:
         raise UsageError(f"invalid unit size {unit_size}: expected 1 or more")
-    with_data = {s for s, n in arrivals.items() if n > 0}
+    # In arrival order (ingest writes records sorted): sorting then costs one linear pass.
+    with_data = [s for s, n in arrivals.items() if n > 0]
     if sensors is not None:
         chosen = set(sensors)
-        with_data &= chosen
+        with_data = [s for s in with_data if s in chosen]
         with_model = with_model & chosen
-    planned = sorted(with_data & with_model, key=lambda s: (s.device, s.tag))  # tuple keys: fast
+    planned = sorted([s for s in with_data if s in with_model])  # Sensors are tuples: a C sort
+    no_model = sorted([s for s in with_data if s not in with_model])
+    no_data = sorted(with_model.difference(with_data))
     size = unit_size or auto_unit_size(len(planned), parallel=parallel,
                                        min_task_seconds=min_task_seconds)
     units = tuple(
@@ -131,8 +138,7 @@ def plan_hour(
         for i in range(0, len(planned), size)
     )
     return Plan(
-        window=hour, units=units, no_data=tuple(sorted(with_model - with_data)),
-        no_model=tuple(sorted(with_data - with_model)), unit_size=size,
+        window=hour, units=units, no_data=tuple(no_data), no_model=tuple(no_model), unit_size=size,
         restricted=sensors is not None, format=fmt,
     )
 
@@ -186,8 +192,10 @@ def plan_sizes(store: Store, hour: Hour, run_id: str) -> dict[str, int]:
         raise InputError(f"plan file {plan_path(hour, run_id)} is malformed: {exc}") from exc
 
 
-def load_plan(store: Store, hour: Hour, run_id: str) -> Plan | None:
-    """The run's stored plan with every unit's sensors, or None when it has none."""
+def load_plan(store: Store, hour: Hour, run_id: str, *, sensors: bool = True) -> Plan | None:
+    """The run's stored plan with every unit's sensors, or None when it has none. With
+    ``sensors=False`` only the plan file is read: units have their ``size``, no sensors (a
+    fleet's unit files are read by the units themselves, not again by whoever ends the run)."""
     path = plan_path(hour, run_id)
     try:
         summary = json.loads(store.get(path))
@@ -197,7 +205,9 @@ def load_plan(store: Store, hour: Hour, run_id: str) -> Plan | None:
         raise InputError(f"plan file {path} is malformed: {exc}") from exc
     return Plan(
         window=hour,
-        units=tuple(load_unit(store, hour, run_id, u["id"]) for u in summary["units"]),
+        units=tuple(load_unit(store, hour, run_id, u["id"]) if sensors else
+                    Unit(u["id"], (), summary.get("format", "csv"), int(u.get("size", 0)))
+                    for u in summary["units"]),
         no_data=tuple(Sensor.parse(s) for s in summary.get("no_data", ())),
         no_model=tuple(Sensor.parse(s) for s in summary.get("no_model", ())),
         unit_size=summary.get("unit_size", 1),

@@ -130,7 +130,7 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
         with_model = list_models(store)
         plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
                                      fmt=job.fmt), SPAN_UNIT) for h in taken]
-        union = sorted({s for p in plans for u in p.units for s in u.sensors}, key=_key)
+        union = sorted({s for p in plans for u in p.units for s in u.sensors})
         try:
             tables = read_points_many(store, taken, union)
         except FleetscoreError:
@@ -185,7 +185,7 @@ def _score(store: Store, plans: Sequence[Plan], tables: Mapping | None,
             out[hour] = (UnitResult.all_failed(str(hour), unit.id, unit.sensors, exc.kind,
                                                str(exc)), None)
             continue
-        groups.append(Group(hour, unit.id, sorted(unit.sensors, key=_key), table))
+        groups.append(Group(hour, unit.id, sorted(unit.sensors), table))
     fmt = plans[0].format if plans else "csv"
     results, table, rows = score_many(store, groups, bank=bank)
     for group, result, data in zip(groups, results, encode_split(table, rows, fmt), strict=True):
@@ -208,10 +208,6 @@ def close_span_hour(store: Store, plan: Plan, job: Job, results: Sequence[UnitRe
     return close_hour(store, hour, job.run_id, plan, results, previous=previous,
                       started=started, now=now, backend_name=job.backend, payloads=payloads,
                       duration_s=duration_s)
-
-
-def _key(sensor: Sensor) -> tuple[str, str]:
-    return sensor.device, sensor.tag
 
 
 # --- the range (this process) ----------------------------------------------------------------

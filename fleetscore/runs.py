@@ -199,8 +199,14 @@ def failed_outcome(unit_id: str, kind: str, message: str) -> dict:
 
 def submit(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
            unit_ids: Sequence[str]) -> dict[str, dict]:
-    """Start units; an inline backend has scored them when this returns."""
-    backend.submit(hour, [load_unit(store, hour, run_id, u) for u in unit_ids], run_id=run_id)
+    """Start units; an inline backend has scored them when this returns. Backends start a
+    unit by its id and the unit reads its own sensors: only the plan file is read here."""
+    plan = load_plan(store, hour, run_id, sensors=False)
+    known = {u.id: u for u in plan.units} if plan is not None else {}
+    for u in unit_ids:
+        if u not in known:
+            load_unit(store, hour, run_id, u)  # raises: says which unit, and why
+    backend.submit(hour, [known[u] for u in unit_ids], run_id=run_id)
     if getattr(backend, "inline", False):
         statuses = backend.poll(hour, list(unit_ids), run_id=run_id, timeout=0)
         return {u: outcome(u, statuses[u]) for u in unit_ids}
@@ -288,13 +294,13 @@ def finalize(
     done = read_manifest(store, hour)
     # Still ours? If another run took the hour, it owns the visible outputs: promote nothing.
     locks.renew(store, hour, run_id, now=now, ttl=ttl)
-    plan = load_plan(store, hour, run_id)
+    plan = load_plan(store, hour, run_id, sensors=False)
     if plan is None:
         raise UsageError(f"run {run_id} of {hour} has no plan: its begin step did not run")
     results, unfinished = [], []
     for unit in plan.units:
         state = outcomes.get(unit.id) or {}
-        results.append(_final_result(store, hour, run_id, unit.id, unit.sensors, state))
+        results.append(_final_result(store, hour, run_id, unit.id, state))
         if state.get("state") not in TERMINAL:
             unfinished.append(unit.id)
     if backend is not None:
@@ -344,23 +350,31 @@ def summary_of(manifest: Mapping) -> RunSummary:
 
 
 def _final_result(store: Store, hour: Hour, run_id: str, unit_id: str,
-                  sensors: Sequence[Sensor], state: Mapping) -> UnitResult:
+                  state: Mapping) -> UnitResult:
     """The unit's staged result if it finished in time; else why not, per sensor."""
+    result = _staged_result(hour, run_id, unit_id, state, store)
+    if isinstance(result, UnitResult):
+        return result
+    kind, message = result
+    return UnitResult.all_failed(str(hour), unit_id, load_unit(store, hour, run_id, unit_id).sensors,
+                                 kind, message)
+
+
+def _staged_result(hour: Hour, run_id: str, unit_id: str, state: Mapping,
+                   store: Store) -> UnitResult | tuple[str, str]:
+    """The unit's result, or (kind, message) of why it has none."""
     if state.get("result"):
         stored = read_unit_result(store, hour, run_id, unit_id)
         if stored is None:
-            return UnitResult.all_failed(str(hour), unit_id, sensors, "ResultMissing",
-                                         f"unit {unit_id} finished without a result")
+            return "ResultMissing", f"unit {unit_id} finished without a result"
         if stored.error is not None:
             kind, _, message = stored.error.partition(": ")
-            return UnitResult.all_failed(str(hour), unit_id, sensors, kind, message)
+            return kind, message
         return stored
     if state.get("state") == FAILED:
-        return UnitResult.all_failed(str(hour), unit_id, sensors,
-                                     state.get("error_kind") or "UnitFailed",
-                                     state.get("error") or f"unit {unit_id} failed")
-    return UnitResult.all_failed(str(hour), unit_id, sensors, "NotFinished",
-                                 f"unit {unit_id} did not finish in run {run_id}")
+        return (state.get("error_kind") or "UnitFailed",
+                state.get("error") or f"unit {unit_id} failed")
+    return "NotFinished", f"unit {unit_id} did not finish in run {run_id}"
 
 
 def visible_files(store: Store, hour: Hour, manifest: Mapping | None = None) -> list[dict]:
@@ -394,11 +408,14 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
             files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
                           "unit": r.unit_id})
     failed = {f.sensor for r in results for f in r.failures}
-    planned = {str(s) for u in plan.units for s in u.sensors}
     ours = {f["path"] for f in files}
     previous = [f for f in visible_files(store, hour, manifest) if f["path"] not in ours]
     if not previous or not (failed or plan.restricted):
         return files, []
+    # A rerun of chosen sensors (a few): its units' sensors, read if the plan is a summary.
+    planned = {str(s) for u in plan.units
+               for s in (u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors)
+               } if plan.restricted else set()
 
     def kept_mask(keys: pa.ChunkedArray) -> pa.ChunkedArray:
         in_failed = pc.is_in(keys, value_set=pa.array(sorted(failed), pa.string()))

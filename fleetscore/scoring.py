@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,10 @@ class UnitResult:
         return "partial" if self.scored else "failed"
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        # Shallow, field by field: asdict deep-copies the per-sensor counts of a big unit.
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["failures"] = [asdict(f) for f in self.failures]
+        out["no_data"] = list(self.no_data)
         out["status"] = self.status
         return out
 
@@ -109,10 +112,10 @@ def score_unit(
     Sensors whose model is in the bank are scored together, vectorized; the others (no bank
     yet, an estimator the bank cannot compile) one by one with scikit-learn."""
     started = time.perf_counter()
-    sensors = sorted(set(sensors), key=_key)  # tuple keys: C comparisons, not dataclass ones
+    sensors = sorted(set(sensors))  # Sensors are tuples: C comparisons
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = read_points(store, hour, sensors)
-    bank = load_bank(store, present_sensors(points)) if use_bank else Bank.empty()
+    bank = load_bank(store, present_pairs(points)) if use_bank else Bank.empty()
     result, table = score_points(store, hour, sensors, points, unit_id=unit_id, bank=bank)
     path = out or predictions_path(hour, unit_id)
     if result.scored:
@@ -126,11 +129,12 @@ def score_unit(
     return replace(result, duration_s=round(time.perf_counter() - started, 6))
 
 
-def present_sensors(points: pa.Table) -> list[Sensor]:
-    """The sensors a sorted points table holds rows of."""
-    _, _, keys = sensor_runs(points)
-    # Ids were filtered against validated sensors or checked in bulk when read.
-    return [Sensor.unchecked(*key.split("/", 1)) for key in keys.to_pylist()]
+def present_pairs(points: pa.Table) -> list[tuple[str, str]]:
+    """(device, tag) of each sensor a sorted points table holds rows of."""
+    starts, _, _ = sensor_runs(points)
+    at = pa.array(starts)
+    return list(zip(points["Device"].take(at).to_pylist(), points["Tag"].take(at).to_pylist(),
+                    strict=True))
 
 
 def sensor_runs(points: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Array]:
@@ -294,10 +298,6 @@ def _predictions(tables: list[pa.Table], keep: np.ndarray, labels: np.ndarray,
                                                                  values))
     return predictions_columns(rows["End"].to_numpy(), rows["Device"], rows["Tag"], values,
                                labels, decision, has_score)
-
-
-def _key(sensor: Sensor) -> tuple[str, str]:
-    return sensor.device, sensor.tag
 
 
 def _settle_boundary(model, sensor: Sensor, values: np.ndarray, decision: np.ndarray,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+from collections.abc import Iterable
 from .errors import InvalidIdError
 
 ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
@@ -85,3 +86,28 @@ class Sensor(tuple):
     def from_json(cls, value: list[str] | tuple[str, str]) -> Sensor:
         device, tag = value
         return cls(device, tag)
+
+
+def sensors_of(pairs: Iterable[tuple[str, str]]) -> list[Sensor]:
+    """Sensors of many (device, tag) pairs, each distinct id checked once (a fleet has far
+    fewer devices and tags than sensors). Raises InvalidIdError like Sensor()."""
+    pairs = list(pairs)
+    for device in {d for d, _ in pairs}:
+        if not is_valid_id(device):
+            validate_id(device, "Device")
+    for tag in {t for _, t in pairs}:
+        if not is_valid_id(tag):
+            validate_id(tag, "Tag")
+    new = tuple.__new__
+    return [new(Sensor, (d, t)) for d, t in pairs]
+
+
+def parse_sensors(texts: Iterable[str]) -> list[Sensor]:
+    """``Sensor.parse`` of many 'Device/Tag' texts (a unit's list), ids checked in bulk."""
+    pairs = []
+    for text in texts:
+        device, sep, tag = text.partition("/")
+        if not sep:
+            raise InvalidIdError(f"invalid sensor {text!r}: expected Device/Tag")
+        pairs.append((device, tag))
+    return sensors_of(pairs)

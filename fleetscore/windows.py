@@ -295,7 +295,7 @@ def _hour_name(hour: Hour) -> str:
 
 
 def _wanted(sensors: Iterable[Sensor] | None) -> list[Sensor] | None:
-    return None if sensors is None else sorted(set(sensors), key=lambda s: (s.device, s.tag))
+    return None if sensors is None else sorted(set(sensors))
 
 
 _ORDER = [("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")]

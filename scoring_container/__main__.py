@@ -23,6 +23,7 @@ from fleetscore.hours import Hour
 from fleetscore.runs import record_unusable, run_unit
 from fleetscore.settings import Settings
 from fleetscore.stores import open_store
+from fleetscore.workers import tune_gc
 
 EXIT_OK, EXIT_RETRY, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("scoring_container")
@@ -43,6 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_gc()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
