@@ -52,12 +52,13 @@ from .models import (
     ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
     read_manifest,
 )
-from .sensors import Sensor
+from .sensors import Sensor, parse_sensors
 from .stores import Store
 from .stores.base import get_many
 
 BANK_FOLDER = "bank"  # beside models/, never inside: a device could be called "bank"
 INDEX_PATH = f"{BANK_FOLDER}/index.json"
+MODELS_PATH = f"{BANK_FOLDER}/models.json"  # the sensors with a model, as the index saw them
 # Written into every shard and into the shard names: a shard of another format (an older
 # fleetscore's, compiled without the probe check) is never decoded, only rebuilt.
 BANK_FORMAT = 2
@@ -405,6 +406,10 @@ def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, st
 def _rebuild_once(store: Store, shard_sensors: int
                   ) -> tuple[BankStats, dict, dict[Sensor, str | None]]:
     sensors = sorted(list_models(store))
+    nonce = uuid.uuid4().hex
+    # Which sensors have a model, for planners: one read instead of a listing of models/.
+    store.put(MODELS_PATH, json.dumps({"rebuild": nonce, "sensors": [str(s) for s in sensors]},
+                                      separators=(",", ":")).encode())
     manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))
     shards: list[_Shard] = []
@@ -418,7 +423,7 @@ def _rebuild_once(store: Store, shard_sensors: int
     # Unsealed: loaders check every entry against its manifest until rebuild_bank seals it.
     # The nonce makes this write a version of its own, so the seal's compare-and-swap fails
     # if anything replaced or deleted it meanwhile, even with the same shards.
-    body = {"shards": [s.entry for s in shards], "rebuild": uuid.uuid4().hex, "sealed": False}
+    body = {"shards": [s.entry for s in shards], "rebuild": nonce, "sealed": False}
     store.put(INDEX_PATH, json.dumps(body, indent=1).encode())
     left = Counter(reason for s in shards for reason in s.left)
     stats = BankStats(len(sensors), sum(s.entry["compiled"] for s in shards),
@@ -467,6 +472,8 @@ def seal(store: Store, body: dict, built_from: Mapping[Sensor, str | None]) -> b
     current = _manifest_hashes(store, built_from)
     if any(current[s] != sha for s, sha in built_from.items()):
         return False
+    if list_models(store) != set(built_from):  # a model of a new sensor appeared meanwhile
+        return False
     check = sorted(saving(store))
     sealed = {**body, "sealed": True, "check": check}
     try:
@@ -474,6 +481,26 @@ def seal(store: Store, body: dict, built_from: Mapping[Sensor, str | None]) -> b
     except (Conflict, NotFound):
         return False
     return True
+
+
+def sensors_with_models(store: Store) -> set[Sensor]:
+    """``models.list_models``, from the sealed bank when there is one: its list of sensors
+    with a model (written with the index, checked against a new listing before the seal)
+    plus those of saves in flight then that have a manifest now. The same argument as for
+    the entries (``seal``) makes it exact; without a sealed bank, models/ is listed."""
+    index = _read_index(store)
+    if index and index.get("sealed") is True:
+        try:
+            body = json.loads(store.get(MODELS_PATH))
+        except (NotFound, ValueError):
+            body = None
+        if isinstance(body, dict) and body.get("rebuild") == index.get("rebuild"):
+            out = set(parse_sensors(body["sensors"]))
+            for sensor in parse_sensors(index.get("check", [])):
+                if store.exists(manifest_path(sensor)):
+                    out.add(sensor)
+            return out
+    return list_models(store)
 
 
 SAVING_FOLDER = f"{BANK_FOLDER}/saving"  # a marker a model save in progress

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from .arrivals import record_arrivals
 from .bank import (
-    INDEX_PATH, SHARD_SENSORS, Compiled, compile_model, decisions_with_magnitude, encode_shard,
+    INDEX_PATH, MODELS_PATH, SHARD_SENSORS, Compiled, compile_model, decisions_with_magnitude, encode_shard,
     load_bank,
 )
 from .hours import Hour
@@ -164,7 +164,11 @@ def write_bank(store: Store, entries: list, prefix: str) -> None:
         shards.append({"key": path, "path": path, "first": str(group[0][0]),
                        "last": str(group[-1][0]), "compiled": len(group)})
     # Sealed (bank.seal): the bench wrote every manifest and entry itself, nothing raced it.
-    store.put(INDEX_PATH, json.dumps({"shards": shards, "sealed": True, "check": []}).encode())
+    nonce = f"{prefix}-bench"
+    store.put(MODELS_PATH, json.dumps({"rebuild": nonce,
+                                       "sensors": [str(e[0]) for e in entries]}).encode())
+    store.put(INDEX_PATH, json.dumps({"shards": shards, "rebuild": nonce, "sealed": True,
+                                      "check": []}).encode())
 
 
 def read_manifest_template(store: Store, sensor: Sensor) -> dict:

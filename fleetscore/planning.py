@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from .arrivals import read_arrivals
 from .errors import InputError, NotFound, UsageError
 from .hours import Hour
-from .models import list_models
 from .sensors import Sensor, parse_sensors
 from .stores import Store
 
@@ -104,7 +103,9 @@ def make_plan(
     sensors: Iterable[Sensor] | None = None, parallel: int = 1, min_task_seconds: float = 0.0,
     fmt: str = "csv",
 ) -> Plan:
-    return plan_hour(hour, read_arrivals(store, hour), list_models(store), unit_size=unit_size,
+    from .bank import sensors_with_models
+
+    return plan_hour(hour, read_arrivals(store, hour), sensors_with_models(store), unit_size=unit_size,
                      sensors=sensors, parallel=parallel, min_task_seconds=min_task_seconds,
                      fmt=fmt)
 

@@ -40,12 +40,11 @@ from datetime import UTC, datetime, timedelta
 
 from . import locks
 from .arrivals import read_arrivals_many
-from .bank import load_bank
+from .bank import load_bank, sensors_with_models
 from .compaction import compact_for_run
 from .errors import AlreadyRunning, FleetscoreError, LockLost, error_class
 from .hours import Hour
 from .locks import LOCK_TTL
-from .models import list_models
 from .planning import SMALL_FLEET, Plan, Unit, plan_hour
 from .predictions import encode_split, predictions_folder
 from .runs import (
@@ -127,7 +126,7 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
             drop_staging(store, hour, keep=job.run_id)
             compact_for_run(store, hour)
         arrivals = read_arrivals_many(store, taken)
-        with_model = list_models(store)
+        with_model = sensors_with_models(store)
         plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
                                      fmt=job.fmt), SPAN_UNIT) for h in taken]
         union = sorted({s for p in plans for u in p.units for s in u.sensors})
@@ -265,7 +264,7 @@ def run_range(
         for hour in hours:
             hourly(hour)
     else:
-        with_model = list_models(store)
+        with_model = sensors_with_models(store)
         arrivals = read_arrivals_many(store, hours)
         sizes = [(h, plan_hour(h, arrivals[h], with_model, sensors=chosen).sensors)
                  for h in hours]
@@ -385,7 +384,7 @@ def _fail(store: Store, span: Sequence[Hour], job: Job, kind: str, message: str,
     ``kind``: their manifests say why, their earlier predictions stay."""
     ttl = timedelta(seconds=job.ttl_s)
     started = datetime.fromisoformat(job.started)
-    with_model = list_models(store)
+    with_model = sensors_with_models(store)
     for hour in span:
         if _closed_into(store, hour, job, out):
             continue

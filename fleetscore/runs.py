@@ -22,6 +22,7 @@ removes or overwrites good predictions.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import secrets
@@ -287,11 +288,11 @@ def finalize(
     """End the run: promote what finished, write the manifest, release the hour.
 
     Idempotent: a retried finalize of a run that already wrote its manifest returns it."""
-    closed = closed_manifest(store, hour, run_id)
+    done = read_manifest(store, hour)
+    closed = closed_manifest(store, hour, run_id, manifest=done)
     if closed is not None:
         drop_staging(store, hour, keep=None)
         return summary_of(closed)
-    done = read_manifest(store, hour)
     # Still ours? If another run took the hour, it owns the visible outputs: promote nothing.
     locks.renew(store, hour, run_id, now=now, ttl=ttl)
     plan = load_plan(store, hour, run_id, sensors=False)
@@ -336,7 +337,7 @@ def close_hour(
 
 def summary_of(manifest: Mapping) -> RunSummary:
     by_sensor = manifest.get("anomalies_by_sensor", {})
-    top = sorted(by_sensor.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ANOMALOUS]
+    top = heapq.nsmallest(TOP_ANOMALOUS, by_sensor.items(), key=lambda kv: (-kv[1], kv[0]))
     sensors = manifest["sensors"]
     return RunSummary(
         window=manifest["window"], run_id=manifest.get("run_id", ""), status=manifest["status"],
@@ -518,10 +519,12 @@ def read_manifest(store: Store, hour: Hour) -> dict | None:
         raise InputError(f"run manifest {manifest_path(hour)} is malformed: {exc}") from exc
 
 
-def closed_manifest(store: Store, hour: Hour, run_id: str) -> dict | None:
+def closed_manifest(store: Store, hour: Hour, run_id: str, *,
+                    manifest: Mapping | None = None) -> dict | None:
     """The hour's manifest if run ``run_id`` wrote it and let the hour go (it is closed:
-    a retried finalize, or a backfill's span that died after closing it), else None."""
-    manifest = read_manifest(store, hour)
+    a retried finalize, or a backfill's span that died after closing it), else None.
+    ``manifest``: the hour's manifest, already read."""
+    manifest = manifest if manifest is not None else read_manifest(store, hour)
     if manifest is not None and manifest.get("run_id") == run_id \
             and not locks.holds(store, hour, run_id):
         return manifest

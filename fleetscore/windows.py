@@ -396,7 +396,7 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
     construction, so one request beats a footer read and then ranges)."""
     try:
         if whole:
-            parquet = pq.ParquetFile(pa.BufferReader(store.get(path)), **_dictionary(wanted))
+            parquet = pq.ParquetFile(pa.BufferReader(store.get(path)), **_dictionary_ids(wanted))
             table = _read_groups(parquet, wanted)
         else:
             with store.open(path) as handle:
@@ -406,7 +406,7 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
                 # pre_buffer: the row groups' column chunks are fetched as few coalesced
                 # ranges (one request each on Blob storage), not one read per column chunk.
                 parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata,
-                                         **_dictionary(wanted))
+                                         **_dictionary_ids(wanted))
                 table = _read_groups(parquet, wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"window file {path} is unreadable: {exc}") from exc
@@ -429,7 +429,7 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
     )
 
 
-def _dictionary(wanted: list[Sensor] | None) -> dict:
+def _dictionary_ids(wanted: list[Sensor] | None) -> dict:
     """A unit's read takes ids as dictionaries: it matches the few distinct ids of its row
     groups against its sensors, not every row's strings."""
     return {} if wanted is None else {"read_dictionary": ["Device", "Tag"]}
@@ -445,34 +445,32 @@ _SORTED = {b"fleetscore.sorted": b"Device,Tag,End"}
 
 def _wanted_rows(table: pa.Table, wanted: list[Sensor]) -> pa.Table:
     """The rows of the ``wanted`` sensors (sorted), ids as plain strings. Each row's sensor
-    is found through its row group's id dictionaries (a few thousand distinct ids, not a
-    string per row); a table found in the wanted order is marked sorted, so combining one
-    file's rows sorts nothing."""
+    is found through the id dictionaries (a few thousand distinct ids, not a string per
+    row); a table found in the wanted order is marked sorted, so combining one file's rows
+    sorts nothing."""
     if table.num_rows == 0:
         return _POINTS_SCHEMA.empty_table()
-    keys = pa.array([f"{s.device}/{s.tag}" for s in wanted], pa.string())
-    codes = []
-    for device, tag in zip(_dictionary_chunks(table["Device"]), _dictionary_chunks(table["Tag"]),
-                           strict=True):
-        devices, tags = device.dictionary, tag.dictionary
-        pairs = np.arange(len(devices) * len(tags))
-        names = pc.binary_join_element_wise(
-            pc.cast(devices, pa.string()).take(pa.array(pairs // max(1, len(tags)))),
-            pc.cast(tags, pa.string()).take(pa.array(pairs % max(1, len(tags)))), "/")
-        lookup = pc.fill_null(pc.index_in(names, value_set=keys), -1).to_numpy()
-        row_pair = (device.indices.to_numpy(zero_copy_only=False).astype(np.int64) * len(tags)
-                    + tag.indices.to_numpy(zero_copy_only=False))
-        codes.append(lookup[row_pair] if len(lookup) else np.full(len(device), -1))
-    code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    table = table.unify_dictionaries()  # one dictionary per column for all row groups
+    device, tag = _dictionary(table["Device"]), _dictionary(table["Tag"])
+    n_tags = max(1, len(tag.dictionary))
+    wanted_devices = pa.array([s.device for s in wanted], pa.string())
+    wanted_tags = pa.array([s.tag for s in wanted], pa.string())
+    at_device = pc.index_in(wanted_devices, value_set=device.dictionary)
+    at_tag = pc.index_in(wanted_tags, value_set=tag.dictionary)
+    both = pc.and_(pc.is_valid(at_device), pc.is_valid(at_tag)).to_numpy(zero_copy_only=False)
+    # Sensor of each (device, tag) pair of the dictionaries: its place in ``wanted``, or -1.
+    lookup = np.full(max(1, len(device.dictionary)) * n_tags, -1, dtype=np.int64)
+    lookup[pc.fill_null(at_device, 0).to_numpy()[both].astype(np.int64) * n_tags
+           + pc.fill_null(at_tag, 0).to_numpy()[both]] = np.flatnonzero(both)
+    code = lookup[device.indices.to_numpy(zero_copy_only=False).astype(np.int64) * n_tags
+                  + tag.indices.to_numpy(zero_copy_only=False)]
     rows = np.flatnonzero(code >= 0)
     code = code[rows]
     ends = _ends_ms(table["WindowEnd"]).to_numpy()[rows] if len(rows) else np.zeros(0, np.int64)
     take = pa.array(rows)
-    devices = pa.array([s.device for s in wanted], pa.string()).take(pa.array(code))
-    tags = pa.array([s.tag for s in wanted], pa.string()).take(pa.array(code))
     out = pa.table(
-        [devices, tags, pa.array(ends, pa.int64()),
-         pc.cast(table["Value"].take(take), pa.float64()),
+        [wanted_devices.take(pa.array(code)), wanted_tags.take(pa.array(code)),
+         pa.array(ends, pa.int64()), pc.cast(table["Value"].take(take), pa.float64()),
          pc.cast(table["Count"].take(take), pa.int64())],
         schema=_POINTS_SCHEMA)
     ordered = len(code) < 2 or bool(
@@ -480,10 +478,12 @@ def _wanted_rows(table: pa.Table, wanted: list[Sensor]) -> pa.Table:
     return out.replace_schema_metadata(_SORTED) if ordered else out
 
 
-def _dictionary_chunks(column: pa.ChunkedArray) -> list[pa.DictionaryArray]:
+def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
     if not pa.types.is_dictionary(column.type):  # an empty read has no dictionaries
         column = pc.dictionary_encode(column)
-    return [chunk for chunk in column.chunks]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
 
 
 def _read_groups(parquet: pq.ParquetFile, wanted: list[Sensor] | None) -> pa.Table:

@@ -151,7 +151,7 @@ def test_any_model_write_invalidates_the_bank_and_rebuild_is_incremental(trained
     assert not trained_store.exists(INDEX_PATH)  # a model changed: no stale bank is used
     again = rebuild_bank(trained_store, shard_sensors=2)
     assert (again.shards_written, again.shards_kept) == (1, 1)
-    assert len(list(trained_store.list("bank"))) == 3  # index + two live shards
+    assert len(list(trained_store.list("bank"))) == 4  # index, models list, two live shards
 
 
 def test_bank_shards_are_plain_arrays_and_damaged_ones_are_skipped(trained_store):
@@ -439,6 +439,54 @@ def test_a_save_between_the_check_and_the_seal_makes_the_seal_fail(local_store):
     assert racing.saved
     current = read_manifest(local_store, sensor).sha256
     assert not local_store.exists(INDEX_PATH) or _index_entries(local_store) == {sensor: current}
+
+
+@pytest.mark.reliability("R40")
+def test_the_sealed_bank_lists_the_sensors_with_a_model_exactly(local_store):
+    """Planners read the sealed bank's list of sensors with a model instead of listing
+    models/: a model of a new sensor saved after the seal, during the rebuild, or by a save
+    that died mid-way is in it all the same."""
+    from datetime import UTC, datetime
+
+    from fleetscore.bank import begin_save, sensors_with_models
+    from fleetscore.models import (
+        ModelManifest, dumps_model, list_models, manifest_path, model_path,
+    )
+
+    rng = np.random.default_rng(9)
+    model = OneClassSVM(gamma=0.1).fit(rng.normal(10, 1, (60, 1)))
+    save_model(local_store, Sensor("d", "a"), model, source="test")
+    rebuild_bank(local_store)
+    counting = CountsListings(local_store)
+    assert sensors_with_models(counting) == {Sensor("d", "a")} and not counting.listed
+    save_model(local_store, Sensor("d", "b"), model, source="test")  # after the seal
+    assert sensors_with_models(local_store) == list_models(local_store)
+    racing = SavesDuringRebuild(local_store, Sensor("d", "c"), model)  # after the rebuild listed
+    rebuild_bank(racing)
+    assert racing.saved and local_store.exists(INDEX_PATH)
+    assert sensors_with_models(local_store) == list_models(local_store) == {
+        Sensor("d", "a"), Sensor("d", "b"), Sensor("d", "c")}
+    begin_save(local_store, Sensor("d", "e"), now=datetime.now(UTC))  # a save that will die
+    rebuild_bank(local_store)
+    data = dumps_model(model)
+    local_store.put(model_path(Sensor("d", "e")), data)
+    local_store.put(manifest_path(Sensor("d", "e")), ModelManifest(
+        "d", "e", 1, hashlib.sha256(data).hexdigest(), "skops", "OneClassSVM", "x", None, "t",
+        "test").to_json())
+    assert local_store.exists(INDEX_PATH)
+    assert Sensor("d", "e") in sensors_with_models(local_store)
+
+
+class CountsListings:
+    def __init__(self, inner):
+        self.inner, self.url, self.listed = inner, inner.url, []
+
+    def list(self, prefix=""):
+        self.listed.append(prefix)
+        return self.inner.list(prefix)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 class PausesBeforeManifest:
