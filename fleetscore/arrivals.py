@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .errors import AlreadyExists, InputError, UsageError
 from .hours import Hour
-from .sensors import Sensor, sensors_of
+from .sensors import Sensor, sensor_columns
 from .stores import Store
 from .windows import (
     DAY_FOLDER, HOURS_PER_DAY, area_folder, by_day, day_of, day_path, list_days,
@@ -144,11 +144,20 @@ def read_arrivals_many(store: Store, hours: Iterable[Hour]) -> dict[Hour, Counte
     return {hour: out[hour] for hour in hours}
 
 
+def _counts(rows: list) -> Counter[Sensor]:
+    """A record's ``[[device, tag, points], ...]``, column by column (a fleet's hour has
+    hundreds of thousands of rows)."""
+    if not rows:
+        return Counter()
+    if set(map(len, rows)) != {3}:
+        raise ValueError("expected rows of [device, tag, points]")
+    devices, tags, points = zip(*rows)
+    return Counter(dict(zip(sensor_columns(devices, tags), map(int, points), strict=True)))
+
+
 def _parse(data: bytes, path: str) -> Counter[Sensor]:
     try:
-        rows = json.loads(data)["sensors"]
-        return Counter(dict(zip(sensors_of((d, t) for d, t, _ in rows),
-                                (int(n) for _, _, n in rows), strict=True)))
+        return _counts(json.loads(data)["sensors"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"arrival record {path} is malformed: {exc}") from exc
 
@@ -165,9 +174,7 @@ def _parse_day(data: bytes, path: str) -> dict[Hour, Counter[Sensor]]:
             hour_of_day = int(name[len(prefix):]) if name.startswith(prefix) else -1
             if not 0 <= hour_of_day < HOURS_PER_DAY or len(name) != len(prefix) + 2:
                 raise ValueError(f"hour {name!r} is not an hour of the day {prefix[:-1]}")
-            hours[first + hour_of_day] = Counter(dict(zip(
-                sensors_of((d, t) for d, t, _ in rows), (int(n) for _, _, n in rows),
-                strict=True)))
+            hours[first + hour_of_day] = _counts(rows)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UsageError) as exc:
         raise InputError(f"arrival record {path} is malformed: {exc}") from exc
     return hours

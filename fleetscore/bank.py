@@ -3,8 +3,8 @@ arrays, and the vectorized scoring of many sensors at once.
 
 A one-feature one-class SVM is a handful of numbers: the scaler's affine map, the support
 vectors, their dual coefficients, the intercept and the kernel's parameters. Scoring a unit's
-sensors is then a few array operations over all of them (padded to the chunk's largest point
-and support-vector counts), instead of one scikit-learn call per sensor.
+sensors is then a few array operations over all of them (blocks of sensors padded to their
+largest point and support-vector counts), instead of one scikit-learn call per sensor.
 
 Only what is reproduced exactly is compiled. A model is compiled from its fitted attributes,
 then the compiled copy and scikit-learn itself evaluate probe points (the support vectors, the
@@ -15,12 +15,12 @@ The bank is a derived, safe artifact: ``.npz`` shards read with ``allow_pickle=F
 entry recording the sha256 of the model bytes it was compiled from. ``load_bank`` returns an
 entry only while that hash is still the model manifest's, so a model changed after its
 compilation (by a save racing a rebuild, or an index left by an older fleetscore) is scored by
-scikit-learn from the stored model, never from the old arrays. ``rebuild_bank`` (run at the
-end of ``train`` and ``models import``) recompiles only the shards whose models changed
-(shards are named by their models' hashes), and checks the manifests again once its index is
-written: ``save_model`` deletes the index after writing a manifest, so between the two no
-stale index survives. A model file altered behind fleetscore's back (its manifest unchanged,
-not re-imported) keeps being scored from what was compiled from its verified bytes;
+scikit-learn from the stored model, never from the old arrays. A sealed index vouches for
+that without a manifest read a sensor (``seal`` gives the protocol and why it holds); an
+unsealed one is checked entry by entry. ``rebuild_bank`` (run at the end of ``train`` and
+``models import``) recompiles only the shards whose models changed (shards are named by their
+models' hashes). A model file altered behind fleetscore's back (its manifest unchanged, not
+re-imported) keeps being scored from what was compiled from its verified bytes;
 ``fleetscore verify`` reports such a file.
 
 Labels are identical to scikit-learn's: libsvm predicts +1 only for a decision > 0, and points
@@ -31,6 +31,7 @@ computations could disagree, are re-scored by scikit-learn itself.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import io
 import json
@@ -52,7 +53,7 @@ from .models import (
     ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
     read_manifest,
 )
-from .sensors import Sensor, parse_sensors
+from .sensors import Sensor, parse_sensors, sensor_columns, sorted_unique
 from .stores import Store
 from .stores.base import get_many
 
@@ -408,8 +409,7 @@ def _rebuild_once(store: Store, shard_sensors: int
     sensors = sorted(list_models(store))
     nonce = uuid.uuid4().hex
     # Which sensors have a model, for planners: one read instead of a listing of models/.
-    store.put(MODELS_PATH, json.dumps({"rebuild": nonce, "sensors": [str(s) for s in sensors]},
-                                      separators=(",", ":")).encode())
+    store.put(MODELS_PATH, models_list(nonce, sensors))
     manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))
     shards: list[_Shard] = []
@@ -495,12 +495,19 @@ def sensors_with_models(store: Store) -> set[Sensor]:
         except (NotFound, ValueError):
             body = None
         if isinstance(body, dict) and body.get("rebuild") == index.get("rebuild"):
-            out = set(parse_sensors(body["sensors"]))
+            out = set(sensor_columns(body["devices"], body["tags"]))
             for sensor in parse_sensors(index.get("check", [])):
                 if store.exists(manifest_path(sensor)):
                     out.add(sensor)
             return out
     return list_models(store)
+
+
+def models_list(nonce: str, sensors: Iterable[Sensor]) -> bytes:
+    """``bank/models.json``: the sensors with a model, as two columns (fast to read back)."""
+    sensors = list(sensors)
+    return json.dumps({"rebuild": nonce, "devices": [s[0] for s in sensors],
+                       "tags": [s[1] for s in sensors]}, separators=(",", ":")).encode()
 
 
 SAVING_FOLDER = f"{BANK_FOLDER}/saving"  # a marker a model save in progress
@@ -550,15 +557,17 @@ def _read_index(store: Store) -> dict | None:
         return None
 
 
-def load_bank(store: Store, sensors: Iterable[tuple[str, str]]) -> Bank:
-    """Compiled models of the given sensors (Sensors, or (device, tag) pairs) found in the
-    bank and still current (others are simply absent, and scored by scikit-learn), as packed
-    arrays."""
+def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool = False
+              ) -> Bank:
+    """Compiled models of the given sensors (Sensors, or (device, tag) pairs; ``ordered``:
+    already sorted, each once) found in the bank and still current (others are simply
+    absent, and scored by scikit-learn), as packed arrays."""
     index = _read_index(store)
     if not index:
         return Bank.empty()
-    wanted = sorted({(d, t) for d, t in sensors})
-    wanted_keys = pa.array([f"{d}/{t}" for d, t in wanted], pa.string())
+    wanted = list(sensors) if ordered else [(d, t) for d, t in sorted_unique(sensors)]
+    wanted_keys = pc.binary_join_element_wise(pa.array([d for d, _ in wanted], pa.string()),
+                                              pa.array([t for _, t in wanted], pa.string()), "/")
     parts = []
     for shard in index["shards"]:
         first, last = Sensor.parse(shard["first"]), Sensor.parse(shard["last"])
@@ -683,9 +692,13 @@ class Bank(Mapping):
             return np.full(len(keys), -1, dtype=np.int64)
         return pc.fill_null(pc.index_in(keys, value_set=self.ids), -1).to_numpy().astype(np.int64)
 
+    @functools.cached_property
+    def _position(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.ids.to_pylist())}
+
     def __getitem__(self, sensor: Sensor) -> Compiled:
-        [i] = self.index(pa.array([f"{sensor.device}/{sensor.tag}"], pa.string()))
-        if i < 0:
+        i = self._position.get(f"{sensor[0]}/{sensor[1]}")
+        if i is None:
             raise KeyError(sensor)
         p = dict(zip(PARAMS, self.params[i].tolist(), strict=True))
         a, b = self.offsets[i], self.offsets[i + 1]
@@ -726,82 +739,102 @@ def decide(bank: Bank, entries: np.ndarray, starts: np.ndarray, stops: np.ndarra
     if not len(entries):
         return dec, mag
     entries = np.asarray(entries, dtype=np.int64)
-    lengths = np.asarray(stops, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
-    first = np.cumsum(lengths) - lengths  # each run's first row in x
-    rows = np.repeat(np.asarray(starts, dtype=np.int64) - first, lengths) + np.arange(lengths.sum())
-    owner = np.repeat(np.arange(len(entries)), lengths)
-    p = {name: bank.params[entries, k] for k, name in enumerate(PARAMS)}
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(stops, dtype=np.int64) - starts
+    counts = bank.offsets[entries + 1] - bank.offsets[entries]
+    kernels = bank.params[entries, PARAMS.index("kernel")].astype(np.int64)
+    order = np.lexsort((lengths, counts, kernels))
+    cost = np.maximum(counts, 1) * np.maximum(lengths, 1)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # such points go to scikit-learn
-        # The scalers' steps in scikit-learn's order, one array operation each.
-        x = values[rows] - p["mean"][owner]
-        x /= p["scale"][owner]
-        x *= p["mul"][owner]
-        x += p["add"][owner]
-        np.clip(x, p["low"][owner], p["high"][owner], out=x)
-        x_dec = np.empty(len(x))
-        x_mag = np.empty(len(x))
-        counts = bank.offsets[entries + 1] - bank.offsets[entries]
-        kernels = p["kernel"].astype(np.int64)
-        order = np.lexsort((lengths, counts, kernels))
         start = 0
         while start < len(order):
-            run = order[start]
+            kernel = kernels[order[start]]
             # A block: runs of one kernel, padded to its widest run, about BLOCK elements.
-            width = max(1, int(counts[order[min(len(order) - 1, start + 63)]])) * max(
-                1, int(lengths[order[min(len(order) - 1, start + 63)]]))
-            stop = min(len(order), start + max(1, BLOCK_ELEMENTS // width))
-            same = kernels[order[start:stop]] == kernels[run]
+            stop = min(len(order), start + max(1, BLOCK_ELEMENTS // int(cost[order[start]])))
+            while stop - start > 1 and (int(cost[order[start:stop]].max()) * (stop - start)
+                                        > 2 * BLOCK_ELEMENTS):
+                stop = start + (stop - start) // 2
+            same = kernels[order[start:stop]] == kernel
             if not same.all():
                 stop = start + int(np.argmin(same))
             block = order[start:stop]
-            _decide_block(bank, entries[block], first[block], lengths[block], int(kernels[run]),
-                          {k: v[block] for k, v in p.items()}, x, x_dec, x_mag)
+            _decide_block(bank, entries[block], starts[block], lengths[block], int(kernel),
+                          values, dec, mag)
             start = stop
-    dec[rows] = x_dec
-    mag[rows] = x_mag
     return dec, mag
 
 
 BLOCK_ELEMENTS = 1 << 17  # kernel values per block (1 MiB of float64)
 
 
-def _decide_block(bank: Bank, entries: np.ndarray, first: np.ndarray, lengths: np.ndarray,
-                  kernel: int, p: dict, x: np.ndarray, out_dec: np.ndarray,
+def _decide_block(bank: Bank, entries: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                  kernel: int, values: np.ndarray, out_dec: np.ndarray,
                   out_mag: np.ndarray) -> None:
+    p = {name: bank.params[entries, k][:, None] for k, name in enumerate(PARAMS)}
     width = int(lengths.max())
-    counts = bank.offsets[entries + 1] - bank.offsets[entries]
-    vmax = max(1, int(counts.max()))
     points = np.arange(width)
-    at = first[:, None] + np.minimum(points, lengths[:, None] - 1)  # padding repeats a point
-    xs = x[at]
-    vectors = np.arange(vmax)
+    at = starts[:, None] + np.minimum(points, lengths[:, None] - 1)  # padding repeats a point
+    # The scalers' steps in scikit-learn's order, elementwise: bit for bit its scaled values.
+    x = values[at] - p["mean"]
+    x /= p["scale"]
+    x *= p["mul"]
+    x += p["add"]
+    np.clip(x, p["low"], p["high"], out=x)
+    counts = bank.offsets[entries + 1] - bank.offsets[entries]
+    vectors = np.arange(max(1, int(counts.max())))
     inside = vectors < counts[:, None]
     sv_at = bank.offsets[entries][:, None] + np.minimum(vectors, np.maximum(counts, 1)[:, None] - 1)
     sv = bank.support[sv_at] if len(bank.support) else np.zeros(sv_at.shape)
     dual = np.where(inside, bank.dual[sv_at] if len(bank.dual) else 0.0, 0.0)  # padding adds 0
-    gamma = p["gamma"][:, None, None]
-    if kernel == KERNELS["rbf"]:
-        k = xs[:, :, None] - sv[:, None, :]
-        np.square(k, out=k)
-        np.multiply(k, -gamma, out=k)
-        np.exp(k, out=k)
-    else:
-        k = xs[:, :, None] * sv[:, None, :]
-        if kernel == KERNELS["poly"]:
-            k = (gamma * k + p["coef0"][:, None, None]) ** p["degree"][:, None, None]
-        elif kernel == KERNELS["sigmoid"]:
-            k = np.tanh(gamma * k + p["coef0"][:, None, None])
-    intercept = p["intercept"][:, None]
-    total = np.matmul(k, dual[:, :, None])[:, :, 0]
-    dec = total + intercept
+    gamma, intercept = p["gamma"], p["intercept"]
     if kernel == KERNELS["rbf"] and (dual >= 0).all():
-        magnitude = total + np.abs(intercept)  # every term is already non-negative
+        dec, magnitude = _rbf_factored(x, sv, dual, gamma, intercept)
+        bad = ~(np.isfinite(dec) & np.isfinite(magnitude))
+        if bad.any():  # a factor overflowed: those points the direct way
+            rows = np.flatnonzero(bad.any(axis=1))
+            d2, m2 = _kernel_terms(kernel, x[rows], sv[rows], dual[rows], gamma[rows],
+                                   p["coef0"][rows], p["degree"][rows], intercept[rows])
+            dec[rows], magnitude[rows] = d2, m2
     else:
-        np.abs(k, out=k)
-        magnitude = np.matmul(k, np.abs(dual)[:, :, None])[:, :, 0] + np.abs(intercept)
+        dec, magnitude = _kernel_terms(kernel, x, sv, dual, gamma, p["coef0"], p["degree"],
+                                       intercept)
     real = points < lengths[:, None]
     out_dec[at[real]] = dec[real]
     out_mag[at[real]] = magnitude[real]
+
+
+def _rbf_factored(x, sv, dual, gamma, intercept):
+    """exp(-g (x - s)^2) = exp(-g x^2) * exp(2 g x s) * exp(-g s^2): one exponential of an
+    outer product per term instead of a difference, a square, a product and an exponential
+    (each term's relative error stays near 1e-13, far inside the boundary tolerance; an
+    overflowing factor is caught by the caller). Dual coefficients are non-negative, so every
+    term is, and the magnitude is the terms' sum plus |intercept|."""
+    k = (2.0 * gamma * x)[:, :, None] * sv[:, None, :]
+    np.exp(k, out=k)
+    weights = dual * np.exp(-gamma * sv * sv)
+    total = np.exp(-gamma * x * x) * np.matmul(k, weights[:, :, None])[:, :, 0]
+    return total + intercept, total + np.abs(intercept)
+
+
+def _kernel_terms(kernel, x, sv, dual, gamma, coef0, degree, intercept):
+    """libsvm's kernel, term by term (its own formula for the RBF)."""
+    g = gamma[:, :, None]
+    if kernel == KERNELS["rbf"]:
+        k = x[:, :, None] - sv[:, None, :]
+        np.square(k, out=k)
+        np.multiply(k, -g, out=k)
+        np.exp(k, out=k)
+    else:
+        k = x[:, :, None] * sv[:, None, :]
+        if kernel == KERNELS["poly"]:
+            k = (g * k + coef0[:, :, None]) ** degree[:, :, None]
+        elif kernel == KERNELS["sigmoid"]:
+            k = np.tanh(g * k + coef0[:, :, None])
+    total = np.matmul(k, dual[:, :, None])[:, :, 0]
+    if kernel == KERNELS["rbf"] and (dual >= 0).all():
+        return total + intercept, total + np.abs(intercept)
+    np.abs(k, out=k)
+    return total + intercept, np.matmul(k, np.abs(dual)[:, :, None])[:, :, 0] + np.abs(intercept)
 
 
 def near_boundary(decision: np.ndarray, magnitude: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ class Unit:
         return len(self.sensors) if self.size is None else self.size
 
     def to_json(self) -> dict:
-        return {"id": self.id, "sensors": [str(s) for s in self.sensors], "format": self.format}
+        return {"id": self.id, "sensors": list(map("/".join, self.sensors)), "format": self.format}
 
     @classmethod
     def from_json(cls, body: dict) -> Unit:
@@ -124,14 +124,21 @@ def plan_hour(
     if unit_size is not None and unit_size < 1:
         raise UsageError(f"invalid unit size {unit_size}: expected 1 or more")
     # In arrival order (ingest writes records sorted): sorting then costs one linear pass.
-    with_data = [s for s, n in arrivals.items() if n > 0]
+    # The usual hour (every sensor with data has a model) takes only set operations in C.
+    with_data = list(arrivals) if all(map((0).__lt__, arrivals.values())) else \
+        [s for s, n in arrivals.items() if n > 0]
     if sensors is not None:
         chosen = set(sensors)
         with_data = [s for s in with_data if s in chosen]
         with_model = with_model & chosen
-    planned = sorted([s for s in with_data if s in with_model])  # Sensors are tuples: a C sort
-    no_model = sorted([s for s in with_data if s not in with_model])
-    no_data = sorted(with_model.difference(with_data))
+    if with_model.issuperset(with_data):
+        planned, no_model = sorted(with_data), []
+        no_data = [] if len(with_model) == len(planned) else \
+            sorted(with_model.difference(planned))
+    else:
+        planned = sorted([s for s in with_data if s in with_model])  # Sensors are tuples
+        no_model = sorted([s for s in with_data if s not in with_model])
+        no_data = sorted(with_model.difference(with_data))
     size = unit_size or auto_unit_size(len(planned), parallel=parallel,
                                        min_task_seconds=min_task_seconds)
     units = tuple(

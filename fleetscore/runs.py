@@ -22,7 +22,6 @@ removes or overwrites good predictions.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import os
 import secrets
@@ -44,13 +43,12 @@ from .planning import (
     Plan, hour_folder, load_plan, load_unit, make_plan, plan_sizes, run_folder, save_plan,
 )
 from .predictions import decode, encode, format_of, predictions_folder
-from .scoring import UnitResult, score_unit
+from .scoring import UnitResult, score_unit, top_counts
 from .sensors import Sensor
 from .stores import Store
 
 Progress = Callable[[int, int], None]
 DEADLINE = timedelta(minutes=120)
-TOP_ANOMALOUS = 20  # sensors per run named in the summary, for the monitoring queries
 # No-data and exit codes: docs/reliability.md.
 EXIT_CODES = {"succeeded": 0, "partial": 3, "failed": 3, "no_data": 6}
 
@@ -336,8 +334,10 @@ def close_hour(
 
 
 def summary_of(manifest: Mapping) -> RunSummary:
-    by_sensor = manifest.get("anomalies_by_sensor", {})
-    top = heapq.nsmallest(TOP_ANOMALOUS, by_sensor.items(), key=lambda kv: (-kv[1], kv[0]))
+    if "top_anomalous" in manifest:
+        top = [tuple(t) for t in manifest["top_anomalous"]]
+    else:  # a manifest of an older fleetscore: every sensor's anomalies
+        top = top_counts(manifest.get("anomalies_by_sensor", {}).items())
     sensors = manifest["sensors"]
     return RunSummary(
         window=manifest["window"], run_id=manifest.get("run_id", ""), status=manifest["status"],
@@ -500,7 +500,8 @@ def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str, fi
         "kept_from_earlier_run": kept,
         "no_data": no_data,
         "no_model": [str(s) for s in plan.no_model],
-        "anomalies_by_sensor": {k: v for r in results for k, v in r.anomalies_by_sensor.items()},
+        "top_anomalous": [list(t) for t in top_counts(
+            kv for r in results for kv in r.top_anomalous.items())],
         "predictions": files,
         "unit_results": [
             {"id": r.unit_id, "status": r.status, "sensors": r.sensors, "scored": r.scored,

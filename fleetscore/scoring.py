@@ -8,6 +8,7 @@ data, or failed with the error's kind and message. One broken sensor fails alone
 from __future__ import annotations
 
 import hashlib
+import heapq
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -22,7 +23,7 @@ from .hours import Hour
 from .models import load_model
 from .bank import Bank, decide, load_bank, near_boundary
 from .predictions import encode, format_of, predictions_columns, predictions_path
-from .sensors import Sensor
+from .sensors import Sensor, sorted_unique
 from .stores import Store
 from .windows import read_points
 
@@ -47,7 +48,9 @@ class UnitResult:
     predictions: str | None = None
     predictions_sha256: str | None = None
     duration_s: float = 0.0
-    anomalies_by_sensor: dict[str, int] = field(default_factory=dict)
+    # The unit's most anomalous sensors (at most TOP_ANOMALOUS, most anomalies first, then by
+    # name) and their anomalies: enough for any run's top, whatever its units.
+    top_anomalous: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # the unit as a whole could not run (its sensor list unusable)
 
     @property
@@ -69,6 +72,8 @@ class UnitResult:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> UnitResult:
         body = {k: v for k, v in body.items() if k != "status"}
+        if "anomalies_by_sensor" in body:  # a result of an older fleetscore: every sensor's
+            body["top_anomalous"] = dict(top_counts(body.pop("anomalies_by_sensor").items()))
         body["failures"] = tuple(SensorFailure(**f) for f in body.get("failures", ()))
         body["no_data"] = tuple(body.get("no_data", ()))
         return cls(**body)
@@ -112,11 +117,13 @@ def score_unit(
     Sensors whose model is in the bank are scored together, vectorized; the others (no bank
     yet, an estimator the bank cannot compile) one by one with scikit-learn."""
     started = time.perf_counter()
-    sensors = sorted(set(sensors))  # Sensors are tuples: C comparisons
+    sensors = sorted_unique(sensors)
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = read_points(store, hour, sensors)
-    bank = load_bank(store, present_pairs(points)) if use_bank else Bank.empty()
-    result, table = score_points(store, hour, sensors, points, unit_id=unit_id, bank=bank)
+    bank = load_bank(store, present_pairs(points), ordered=True) if use_bank else Bank.empty()
+    # read_points returned only these sensors' rows: no membership to check.
+    (result,), table, _ = score_many(store, [Group(hour, unit_id, sensors, points, exact=True)],
+                                     bank=bank)
     path = out or predictions_path(hour, unit_id)
     if result.scored:
         data = encode([table], format_of(path))
@@ -153,19 +160,6 @@ def sensor_runs(points: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     return starts, stops, keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
-def score_points(
-    store: Store, hour: Hour, sensors: Sequence[Sensor], points: pa.Table,
-    *, unit_id: str, bank: Bank, models: dict[Sensor, Any] | None = None,
-) -> tuple[UnitResult, pa.Table]:
-    """The scoring itself, on points already read (a sorted points table): the unit's result
-    (with no predictions file yet) and its predictions table. ``sensors`` sorted; ``models``:
-    scikit-learn models already loaded (a backfill scores a sensor in many hours and loads
-    its model once)."""
-    (result,), table, _ = score_many(store, [Group(hour, unit_id, sensors, points)], bank=bank,
-                                     models=models)
-    return result, table
-
-
 @dataclass(frozen=True)
 class Group:
     """A unit's sensors in one hour, with their points: what ``score_many`` scores."""
@@ -174,6 +168,7 @@ class Group:
     unit_id: str
     sensors: Sequence[Sensor]  # sorted
     points: pa.Table  # sorted by Device, Tag, End, as read_points returns it
+    exact: bool = False  # the points hold rows of ``sensors`` only (read for them alone)
 
 
 def score_many(
@@ -194,8 +189,8 @@ def score_many(
     run_parts, offset = [], 0
     for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
         starts, stops, keys = sensor_runs(table)
-        member = pc.is_in(keys, value_set=pa.array([f"{s.device}/{s.tag}" for s in g.sensors],
-                                                   pa.string())).to_numpy(zero_copy_only=False)
+        member = np.ones(len(keys), dtype=bool) if g.exact else pc.is_in(
+            keys, value_set=_keys(g.sensors)).to_numpy(zero_copy_only=False)
         run_parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,
                           member))
         offset += table.num_rows
@@ -268,20 +263,45 @@ def score_many(
         done = mine[scored_runs[mine]]
         rows.append(int(lengths[done].sum()))
         hot = done[anomalies[done] > 0]
-        found = keys.take(pa.array(mine[member[mine]], pa.int64()))
-        wanted = pa.array([f"{s.device}/{s.tag}" for s in g.sensors], pa.string())
-        absent = pc.invert(pc.is_in(wanted, value_set=found)).to_numpy(zero_copy_only=False)
+        present = mine[member[mine]]
+        if g.exact and len(present) == len(g.sensors):
+            absent = np.zeros(len(g.sensors), dtype=bool)
+        else:
+            absent = pc.invert(pc.is_in(_keys(g.sensors), value_set=keys.take(
+                pa.array(present, pa.int64())))).to_numpy(zero_copy_only=False)
         results.append(UnitResult(
             unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
             points=rows[-1], anomalies=int(anomalies[done].sum()),
             failures=tuple(sorted((failed[r] for r in mine if r in failed),
                                   key=lambda f: f.sensor)),
-            no_data=tuple(str(s) for s, gone in zip(g.sensors, absent, strict=True) if gone),
+            no_data=tuple(str(g.sensors[i]) for i in np.flatnonzero(absent)),
             duration_s=share,
-            anomalies_by_sensor=dict(zip(keys.take(pa.array(hot, pa.int64())).to_pylist(),
-                                         anomalies[hot].tolist(), strict=True)),
+            top_anomalous=_top(keys.take(pa.array(hot, pa.int64())), anomalies[hot]),
         ))
     return results, table, rows
+
+
+TOP_ANOMALOUS = 20  # sensors per run named in its summary, for the monitoring queries
+
+
+def top_counts(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The TOP_ANOMALOUS (sensor, anomalies) pairs with the most anomalies, then by name."""
+    return heapq.nsmallest(TOP_ANOMALOUS, items, key=lambda kv: (-kv[1], kv[0]))
+
+
+def _top(names: pa.Array, counts: np.ndarray) -> dict[str, int]:
+    """``top_counts`` of a unit's sensors, sorted in C."""
+    if not len(counts):
+        return {}
+    order = pc.sort_indices(pa.table({"n": pa.array(-counts), "k": names}),
+                            sort_keys=[("n", "ascending"), ("k", "ascending")])
+    first = order.slice(0, TOP_ANOMALOUS)
+    return dict(zip(names.take(first).to_pylist(), counts[first.to_numpy()].tolist(),
+                    strict=True))
+
+
+def _keys(sensors: Sequence[Sensor]) -> pa.Array:
+    return pa.array([f"{s.device}/{s.tag}" for s in sensors], pa.string())
 
 
 def _predictions(tables: list[pa.Table], keep: np.ndarray, labels: np.ndarray,

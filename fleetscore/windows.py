@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from .errors import InputError, NotFound, UsageError
 from .hours import MS_PER_HOUR, Hour
 from .readings import valid_ids
-from .sensors import Sensor
+from .sensors import Sensor, sorted_unique
 from .stores import Store
 
 ROW_GROUP_ROWS = 16_384
@@ -295,7 +295,7 @@ def _hour_name(hour: Hour) -> str:
 
 
 def _wanted(sensors: Iterable[Sensor] | None) -> list[Sensor] | None:
-    return None if sensors is None else sorted(set(sensors))
+    return None if sensors is None else sorted_unique(sensors)
 
 
 _ORDER = [("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")]

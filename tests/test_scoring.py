@@ -1,5 +1,7 @@
-import pytest
+from datetime import UTC, datetime
+
 import numpy as np
+import pytest
 
 from fleetscore.hours import Hour
 from fleetscore.models import load_model, manifest_path, model_path
@@ -105,3 +107,33 @@ def test_a_unit_that_scores_nothing_leaves_no_file_of_an_earlier_attempt(trained
         trained_store.delete(path)  # the points are gone: the retried attempt scores nothing
     again = score_unit(trained_store, hour, [Sensor("1", "1")], unit_id="u1", out=out)
     assert again.scored == 0 and again.predictions is None and not trained_store.exists(out)
+
+
+def test_a_units_top_sensors_are_the_most_anomalous_then_by_name():
+    """Units keep their TOP_ANOMALOUS sensors only; the run's top is the top of those tops,
+    which is the top of every sensor (each sensor is in one unit), ties broken by name."""
+    import pyarrow as pa
+
+    from fleetscore.runs import build_manifest
+    from fleetscore.scoring import TOP_ANOMALOUS, UnitResult, _top, top_counts
+
+    rng = np.random.default_rng(4)
+    counts = {f"d{i % 97}/t{i}": int(n) for i, n in enumerate(rng.integers(1, 4, 500))}
+    names = sorted(counts)
+    units = [names[i::7] for i in range(7)]
+    results = []
+    for i, unit in enumerate(units):
+        top = _top(pa.array(unit, pa.string()), np.array([counts[k] for k in unit]))
+        assert list(top.items()) == top_counts((k, counts[k]) for k in unit)
+        assert len(top) == TOP_ANOMALOUS
+        results.append(UnitResult(f"u{i}", "2024-01-01T00", len(unit), len(unit), 0,
+                                  sum(top.values()), top_anomalous=top))
+    plan = type("P", (), {"window": "2024-01-01T00", "restricted": False, "unit_size": 1,
+                          "units": (), "sensors": 500, "no_data": (), "no_model": ()})()
+    manifest = build_manifest(plan, results, run_id="r", files=[], kept=[],
+                              started=datetime(2024, 1, 1, tzinfo=UTC),
+                              finished=datetime(2024, 1, 1, tzinfo=UTC), backend="x")
+    assert [tuple(t) for t in manifest["top_anomalous"]] == top_counts(counts.items())
+    assert UnitResult.from_json({**results[0].to_json(), "top_anomalous": {},
+                                 "anomalies_by_sensor": counts}).top_anomalous == \
+        dict(top_counts(counts.items()))
