@@ -112,10 +112,10 @@ def read_arrivals(store: Store, hour: Hour) -> Counter[Sensor]:
     total: Counter[Sensor] = Counter()
     for path in store.list(arrivals_folder(hour)):
         if path.endswith(".json"):
-            total.update(_parse(store.get(path), path))
+            _add(total, _parse(store.get(path), path))
     for path in store.list(day_arrivals_folder(hour)):
         if path.endswith(".json"):
-            total.update(_parse_day(store.get(path), path).get(hour, ()))
+            _add(total, _parse_day(store.get(path), path).get(hour, {}))
     return total
 
 
@@ -139,30 +139,38 @@ def read_arrivals_many(store: Store, hours: Iterable[Hour]) -> dict[Hour, Counte
                     if hour in totals:
                         totals[hour].update(points)
             elif sub[0] in wanted:
-                totals[wanted[sub[0]]].update(_parse(store.get(path), path))
+                _add(totals[wanted[sub[0]]], _parse(store.get(path), path))
         out.update(totals)
     return {hour: out[hour] for hour in hours}
 
 
-def _counts(rows: list) -> Counter[Sensor]:
+def _counts(rows: list) -> dict[Sensor, int]:
     """A record's ``[[device, tag, points], ...]``, column by column (a fleet's hour has
     hundreds of thousands of rows)."""
     if not rows:
-        return Counter()
+        return {}
     if set(map(len, rows)) != {3}:
         raise ValueError("expected rows of [device, tag, points]")
     devices, tags, points = zip(*rows)
-    return Counter(dict(zip(sensor_columns(devices, tags), map(int, points), strict=True)))
+    return dict(zip(sensor_columns(devices, tags), map(int, points), strict=True))
 
 
-def _parse(data: bytes, path: str) -> Counter[Sensor]:
+def _add(total: Counter[Sensor], counts: dict[Sensor, int]) -> None:
+    """Sum a record's counts into ``total`` (the first record is copied in C, not summed)."""
+    if total:
+        total.update(counts)
+    else:
+        dict.update(total, counts)
+
+
+def _parse(data: bytes, path: str) -> dict[Sensor, int]:
     try:
         return _counts(json.loads(data)["sensors"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"arrival record {path} is malformed: {exc}") from exc
 
 
-def _parse_day(data: bytes, path: str) -> dict[Hour, Counter[Sensor]]:
+def _parse_day(data: bytes, path: str) -> dict[Hour, dict[Sensor, int]]:
     """A day record's points per sensor, per hour of its day (its folder's day)."""
     parts = path.split("/")
     try:

@@ -569,6 +569,8 @@ def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool
     wanted_keys = pc.binary_join_element_wise(pa.array([d for d, _ in wanted], pa.string()),
                                               pa.array([t for _, t in wanted], pa.string()), "/")
     parts = []
+    sealed = index.get("sealed") is True
+    hashes = not sealed or bool(index.get("check"))  # only entries not vouched for need them
     for shard in index["shards"]:
         first, last = Sensor.parse(shard["first"]), Sensor.parse(shard["last"])
         lo = bisect.bisect_left(wanted, (first.device, first.tag))
@@ -576,7 +578,7 @@ def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool
         if lo == hi:
             continue
         try:
-            bank = Bank.decode(store.get(shard["path"]))
+            bank = Bank.decode(store.get(shard["path"]), sha=hashes)
         except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
             continue  # a damaged shard, or one of another format: its sensors take the plain path
         parts.append(bank.select(np.flatnonzero(
@@ -587,7 +589,7 @@ def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool
     # in progress when it was sealed (``seal``); an unsealed one (being rebuilt, or written
     # by an older fleetscore) vouches for none. An entry not vouched for is checked against
     # its manifest, and a mismatch sends the sensor to scikit-learn with its current model.
-    if index.get("sealed") is True:
+    if sealed:
         unsure = pc.is_in(found.ids, value_set=pa.array(index.get("check", []), pa.string()))
         unsure = unsure.to_numpy(zero_copy_only=False)
     else:
@@ -646,15 +648,17 @@ class Bank(Mapping):
             np.concatenate([np.asarray(c.dual, np.float64) for _, _, c in entries]))
 
     @classmethod
-    def decode(cls, data: bytes) -> Bank:
-        """A shard's entries."""
+    def decode(cls, data: bytes, *, sha: bool = True) -> Bank:
+        """A shard's entries (``sha=False``: without their hashes, which a sealed index that
+        vouches for every entry makes unneeded; an npz reads only the arrays asked for)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             _check_format(z)
-            device, tag, sha = z["device"], z["tag"], z["sha256"]
+            device, tag = z["device"], z["tag"]
+            hashes = z["sha256"] if sha else np.zeros(len(device), "U1")
             params, offsets, support, dual = z["params"], z["offsets"], z["support"], z["dual"]
         keys = pc.binary_join_element_wise(pa.array(device, pa.string()),
                                            pa.array(tag, pa.string()), "/")
-        return cls(keys, sha, params.reshape(-1, len(PARAMS)), offsets.astype(np.int64),
+        return cls(keys, hashes, params.reshape(-1, len(PARAMS)), offsets.astype(np.int64),
                    support, dual)
 
     @classmethod
@@ -764,13 +768,14 @@ def decide(bank: Bank, entries: np.ndarray, starts: np.ndarray, stops: np.ndarra
     return dec, mag
 
 
-BLOCK_ELEMENTS = 1 << 17  # kernel values per block (1 MiB of float64)
+BLOCK_ELEMENTS = 1 << 18  # kernel values per block (2 MiB of float64: an L2 cache here)
 
 
 def _decide_block(bank: Bank, entries: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
                   kernel: int, values: np.ndarray, out_dec: np.ndarray,
                   out_mag: np.ndarray) -> None:
-    p = {name: bank.params[entries, k][:, None] for k, name in enumerate(PARAMS)}
+    taken = bank.params[entries]
+    p = {name: taken[:, k : k + 1] for k, name in enumerate(PARAMS)}
     width = int(lengths.max())
     points = np.arange(width)
     at = starts[:, None] + np.minimum(points, lengths[:, None] - 1)  # padding repeats a point

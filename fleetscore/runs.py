@@ -46,6 +46,7 @@ from .predictions import decode, encode, format_of, predictions_folder
 from .scoring import UnitResult, score_unit, top_counts
 from .sensors import Sensor
 from .stores import Store
+from .workers import paused_gc
 
 Progress = Callable[[int, int], None]
 DEADLINE = timedelta(minutes=120)
@@ -75,7 +76,8 @@ def result_path(hour: Hour, run_id: str, unit_id: str) -> str:
 
 def run_unit(store: Store, hour: Hour, run_id: str, unit_id: str) -> UnitResult:
     """Score one planned unit into the run's staging and record its result."""
-    with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span:
+    with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span, \
+            paused_gc():
         unit = load_unit(store, hour, run_id, unit_id)
         result = score_unit(store, hour, unit.sensors, unit_id=unit.id,
                             out=staged_path(hour, run_id, unit.id, unit.format))
@@ -155,15 +157,16 @@ def begin(
         drop_staging(store, hour, keep=run_id)
         compact_for_run(store, hour)  # once per hour's files: units then read O(their sensors)
         chosen = None if sensors is None else sorted(set(sensors))
-        plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen, parallel=parallel,
-                         min_task_seconds=min_task_seconds, fmt=fmt)
-        save_plan(store, plan, run_id)
+        with paused_gc():
+            plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen,
+                             parallel=parallel, min_task_seconds=min_task_seconds, fmt=fmt)
+            save_plan(store, plan, run_id)
     except BaseException:
         locks.release(store, hour, run_id)
         raise
-    planned = {s for u in plan.units for s in u.sensors}
+    planned = {s for u in plan.units for s in u.sensors} if chosen else set()
     return Ticket(window=str(hour), run_id=run_id, units=tuple(u.id for u in plan.units),
-                  sensors=len(planned), deadline=deadline.isoformat(),
+                  sensors=plan.sensors, deadline=deadline.isoformat(),
                   no_data=len(plan.no_data), no_model=len(plan.no_model),
                   not_planned=tuple(str(s) for s in (chosen or ()) if s not in planned))
 
@@ -580,6 +583,9 @@ def run_hour(
     run_id = new_run_id(started)
     ends = started + deadline
     with telemetry.span("fleetscore.run", window=str(hour)):
+        start = getattr(backend, "start", None)
+        if callable(start):
+            start()  # workers get ready while the hour is planned
         ticket = begin(store, hour, run_id=run_id, now=started, deadline=ends, sensors=sensors,
                        unit_size=unit_size, parallel=getattr(backend, "workers", 1), ttl=ttl,
                        pid=os.getpid(), fmt=fmt)

@@ -120,10 +120,12 @@ def score_unit(
     sensors = sorted_unique(sensors)
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = read_points(store, hour, sensors)
-    bank = load_bank(store, present_pairs(points), ordered=True) if use_bank else Bank.empty()
+    runs = sensor_runs(points)
+    bank = load_bank(store, present_pairs(points, runs), ordered=True) if use_bank \
+        else Bank.empty()
     # read_points returned only these sensors' rows: no membership to check.
-    (result,), table, _ = score_many(store, [Group(hour, unit_id, sensors, points, exact=True)],
-                                     bank=bank)
+    (result,), table, _ = score_many(
+        store, [Group(hour, unit_id, sensors, points, exact=True, runs=runs)], bank=bank)
     path = out or predictions_path(hour, unit_id)
     if result.scored:
         data = encode([table], format_of(path))
@@ -136,9 +138,10 @@ def score_unit(
     return replace(result, duration_s=round(time.perf_counter() - started, 6))
 
 
-def present_pairs(points: pa.Table) -> list[tuple[str, str]]:
-    """(device, tag) of each sensor a sorted points table holds rows of."""
-    starts, _, _ = sensor_runs(points)
+def present_pairs(points: pa.Table, runs: tuple | None = None) -> list[tuple[str, str]]:
+    """(device, tag) of each sensor a sorted points table holds rows of (``runs``: its
+    ``sensor_runs``, if already known)."""
+    starts, _, _ = runs or sensor_runs(points)
     at = pa.array(starts)
     return list(zip(points["Device"].take(at).to_pylist(), points["Tag"].take(at).to_pylist(),
                     strict=True))
@@ -169,6 +172,7 @@ class Group:
     sensors: Sequence[Sensor]  # sorted
     points: pa.Table  # sorted by Device, Tag, End, as read_points returns it
     exact: bool = False  # the points hold rows of ``sensors`` only (read for them alone)
+    runs: tuple | None = None  # sensor_runs(points), if already known
 
 
 def score_many(
@@ -188,7 +192,7 @@ def score_many(
     tables = [g.points.select(["Device", "Tag", "End", "Value"]) for g in groups]
     run_parts, offset = [], 0
     for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
-        starts, stops, keys = sensor_runs(table)
+        starts, stops, keys = g.runs or sensor_runs(table)
         member = np.ones(len(keys), dtype=bool) if g.exact else pc.is_in(
             keys, value_set=_keys(g.sensors)).to_numpy(zero_copy_only=False)
         run_parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .settings import Settings
 from .stores import Store, open_store
@@ -16,12 +18,49 @@ _store: Store | None = None
 # A run builds hundreds of thousands of small objects (sensors, ids, rows of plans) that live
 # as long as it does; at the default thresholds the collector rescans them over and over
 # (a third of planning a 100,000-sensor hour). Larger batches, same collection of cycles.
-GC_THRESHOLDS = (50_000, 20, 50)
+GC_THRESHOLDS = (100_000, 20, 50)
 
 
 def tune_gc() -> None:
-    """For a process that runs fleetscore's work (the CLI, a pool worker, the container)."""
+    """For a process that runs fleetscore's work (the CLI, a pool worker, the container):
+    the collector's thresholds, and the C allocator's (``tune_malloc``)."""
     gc.set_threshold(*GC_THRESHOLDS)
+    tune_malloc()
+
+
+# glibc's mallopt parameters. A unit's arrays (a few MB each, a few hundred MB in all) are
+# by default mapped fresh and unmapped again, each time: the kernel zeroes every page on its
+# first touch, and a fleet-size run paid 7% of its time for that (docs/benchmarks.md).
+# Arrays up to 32 MB (glibc's maximum) then come from the heap, which keeps what is freed.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30),
+                   (_M_TOP_PAD, 64 << 20))
+
+
+def tune_malloc() -> None:
+    """Apply MALLOC_SETTINGS where the C library is glibc (elsewhere: nothing to do)."""
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    for parameter, value in MALLOC_SETTINGS:
+        mallopt(parameter, value)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cycle collection inside: for a step that builds a fleet's worth of acyclic objects
+    (a plan, a unit), where full collections would scan them again and again (a fifth of
+    planning 100,000 sensors). Collection resumes after, at its usual thresholds."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _die_with_parent() -> None:
@@ -46,6 +85,37 @@ def init_worker(spec: str, settings: Settings) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     _store = open_store(spec, settings)
+    warm_up()
+
+
+def warm_up() -> None:
+    """Score a few points of a made-up sensor in memory, through every step a unit takes
+    (Parquet read and write, the bank's arithmetic, CSV): a fresh process pays for its first
+    use of each (about 60 ms a worker here) now, while the run is still being planned,
+    instead of in its first unit."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .bank import Bank, Compiled, decide
+    from .predictions import encode, predictions_columns
+    from .sensors import Sensor
+
+    values = np.linspace(-1.0, 1.0, 60)
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"Value": values}), sink, compression="zstd")
+    values = pq.read_table(pa.BufferReader(sink.getvalue()))["Value"].to_numpy()
+    bank = Bank.of([(Sensor("warm", "up"), "", Compiled(0, 0.0, 1.0, 1.0, 0.0, 3.0, -0.5,
+                                                        np.array([0.0]), np.array([1.0])))])
+    decision, _ = decide(bank, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                         np.array([len(values)]), values)
+    table = predictions_columns(np.arange(1, 61) * 60_000, pa.array(["warm"] * 60),
+                                pa.array(["up"] * 60), values, (decision <= 0).astype(np.int8),
+                                decision, np.ones(60, bool))
+    for fmt in ("parquet", "csv"):
+        encode([table], fmt)
 
 
 def worker_store() -> Store:

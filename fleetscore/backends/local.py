@@ -127,6 +127,11 @@ class LocalBackend:
                 initargs=(self._spec, self._settings))
         return self._pool
 
+    def start(self) -> None:
+        """Start the workers now (each warms up as it starts, see workers.warm_up): a run
+        calls this before it plans, so they are ready when its units are."""
+        self._executor().submit(int)  # launches the processes; nothing to wait for
+
     def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
         for unit in units:
             if (window, run_id, unit.id) not in self._futures:
