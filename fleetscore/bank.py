@@ -292,24 +292,10 @@ def _check_format(z) -> None:
 
 def decode_shard(data: bytes, wanted: Iterable[Sensor] | None = None
                  ) -> dict[Sensor, tuple[str, Compiled]]:
-    """A shard's entries (only the ``wanted`` ones, when given)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        _check_format(z)
-        device, tag, sha, params = z["device"], z["tag"], z["sha256"], z["params"]
-        offsets, support, dual = z["offsets"], z["support"], z["dual"]
-    position = {(d, t): i for i, (d, t) in enumerate(zip(device.tolist(), tag.tolist(), strict=True))}
-    keys = position if wanted is None else [(s.device, s.tag) for s in wanted]
-    out = {}
-    for key in keys:
-        i = position.get(key)
-        if i is None:
-            continue
-        p = dict(zip(PARAMS, params[i].tolist(), strict=True))
-        a, b = offsets[i], offsets[i + 1]
-        # Ids were validated when the models were saved; the bank is fleetscore's own file.
-        out[Sensor.unchecked(*key)] = (str(sha[i]), Compiled(
-            **{**p, "kernel": int(p["kernel"])}, support=support[a:b], dual=dual[a:b]))
-    return out
+    """A shard's entries (only the ``wanted`` ones, when given), one object each."""
+    bank = Bank.decode(data)
+    sensors = list(bank) if wanted is None else [s for s in wanted if s in bank]
+    return {s: (str(bank.sha[bank._position[f"{s[0]}/{s[1]}"]]), bank[s]) for s in sensors}
 
 
 def shard_left(data: bytes) -> list[str]:

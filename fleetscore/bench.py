@@ -12,6 +12,7 @@ does not depend on the fleet's size.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -71,6 +72,7 @@ class BenchResult:
     # floor of any per-sensor scoring loop (median of the repeats, one core).
     memory_loop_us: float = 0.0
     run_parquet_s: float = 0.0  # the same whole run, predictions written as Parquet
+    run_peak_rss_mb: float = 0.0  # the whole run's own process (its workers: above)
 
     @property
     def ratio(self) -> float:
@@ -274,11 +276,16 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
             store.delete(predictions_path(BENCH_HOUR, unit))
         # The whole runs, each in a fresh process (as `fleetscore run` after its imports), so
         # what this process did above (it scored the whole fleet as one unit) weighs nothing.
-        runs_s = {}
+        runs_s, run_peak, workers_peak = {}, 0.0, 0.0
         for fmt in ("csv", "parquet"):
-            timed = [run_in_child(store, workers, fmt) for _ in range(repeats)]
-            runs_s[fmt] = statistics.median(t for t, _ in timed)
+            timed = []
+            for _ in range(repeats):
+                fresh_hour(store)
+                timed.append(run_in_child(store, workers, fmt))
+            runs_s[fmt] = statistics.median(t for t, _, _ in timed)
             summary = timed[-1][1]
+            run_peak = max([run_peak, *(p for _, _, (p, _) in timed)])
+            workers_peak = max([workers_peak, *(w for _, _, (_, w) in timed)])
             # Sensors with a point on the decision boundary need their skops file, which only
             # the sample has (see build_fleet): outside it they fail, and are counted.
             assert summary.scored + summary.failed == sensors, summary
@@ -288,10 +295,23 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
         run_s, run_parquet_s = runs_s["csv"], runs_s["parquet"]
         run_workers = workers or LocalBackend(store.url, Settings()).workers
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # The run's workers are this process's only children: their peak is the run's.
-    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return BenchResult(sensors, 60, repeats, fast, plain, run_s, run_workers, identical, peak,
-                       summary.failed, workers_peak, round(memory_loop, 1), run_parquet_s)
+                       summary.failed, workers_peak, round(memory_loop, 1), run_parquet_s,
+                       run_peak)
+
+
+def fresh_hour(store: LocalStore) -> None:
+    """Forget the bench hour's earlier run (its manifest and predictions), and let the file
+    system finish deleting them, so each timed run scores the hour afresh as the hourly run
+    does: replacing an earlier run's files is a rerun's cost, and on a disk that discards
+    freed blocks it lands, unpredictably, in whatever runs next."""
+    from .predictions import predictions_folder
+    from .runs import manifest_path
+
+    for path in list(store.list(predictions_folder(BENCH_HOUR))):
+        store.delete(path)
+    store.delete(manifest_path(BENCH_HOUR))
+    os.sync()
 
 
 def run_in_child(store: LocalStore, workers: int | None, fmt: str):
@@ -305,7 +325,8 @@ def run_in_child(store: LocalStore, workers: int | None, fmt: str):
     if done.returncode != 0:
         raise RuntimeError(f"the timed run failed: {done.stderr.strip()[-2000:]}")
     body = json.loads(done.stdout.strip().splitlines()[-1])
-    return body["seconds"], RunSummary.from_json(body["summary"])
+    return body["seconds"], RunSummary.from_json(body["summary"]), (body["peak_mb"],
+                                                                    body["workers_peak_mb"])
 
 
 def _child_run(argv: list[str]) -> None:
@@ -324,7 +345,24 @@ def _child_run(argv: list[str]) -> None:
         seconds = time.perf_counter() - started
     finally:
         backend.close()
-    print(json.dumps({"seconds": seconds, "summary": summary.to_json()}))
+    mb = 1024  # ru_maxrss is in KiB on Linux
+    print(json.dumps({"seconds": seconds, "summary": summary.to_json(), "peak_mb": _own_peak_mb(),
+                      "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                      / mb}))
+
+
+def _own_peak_mb() -> float:
+    """This process's peak resident memory since it started its program. ru_maxrss would
+    count the copy of the parent it was forked from (the bench, gigabytes) before exec;
+    Linux's VmHWM belongs to the program's own memory."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:

@@ -756,6 +756,9 @@ def bench(
     sample: Annotated[int, typer.Option(help="Sensors the plain path is timed on.")] = 1000,
     repeats: Annotated[int, typer.Option(help="Timed repeats (medians are reported).")] = 3,
     workers: Annotated[int | None, typer.Option(help="Worker processes for the whole run.")] = None,
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="Where the bench's temporary store goes (default: the system's temporary "
+        "folder); its file system shows in the figures.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     stream_analytics: Annotated[bool, typer.Option(
         "--stream-analytics", help="Instead: the cloud read path on Stream Analytics-shaped "
@@ -774,7 +777,10 @@ def bench(
     if stream_analytics:
         _bench_sa(sensors, repeats=repeats, blob=blob, compact=not raw, as_json=as_json)
         return
-    result = run_bench(sensors, sample=sample, repeats=repeats, workers=workers)
+    if directory is not None and not directory.is_dir():
+        raise UsageError(f"--dir {directory} is not a folder")
+    result = run_bench(sensors, sample=sample, repeats=repeats, workers=workers,
+                       directory=directory)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=1) + "\n")
         return
@@ -787,13 +793,14 @@ def bench(
     out.print(table)
     out.print(f"fast path: {result.ratio:.0f}x the plain loop per sensor; labels identical on the "
               f"sample: {result.labels_identical}")
-    out.print(f"whole run ({result.run_workers} workers): {result.run_s:.2f} s, "
+    out.print(f"whole run ({result.run_workers} workers, CSV predictions, median of "
+              f"{result.repeats}): {result.run_s:.2f} s, "
               f"{result.run_sensors_per_s:,.0f} sensors/s, "
               f"{result.to_json()['run_vs_plain_loop']:.0f}x the plain loop, "
               f"{result.to_json()['run_vs_memory_loop']:.1f}x scikit-learn's predict in a loop "
               f"with the models in memory ({result.memory_loop_us:.0f} us a sensor); peak memory: "
-              f"{result.run_worker_peak_rss_mb:,.0f} MB a worker, {result.peak_rss_mb:,.0f} MB this "
-              "process (which also scored the whole fleet as one unit)")
+              f"{result.run_peak_rss_mb:,.0f} MB the run's process, "
+              f"{result.run_worker_peak_rss_mb:,.0f} MB a worker")
     if result.run_parquet_s:
         out.print(f"whole run, Parquet predictions: {result.run_parquet_s:.2f} s, "
                   f"{result.to_json()['run_parquet_vs_memory_loop']:.1f}x the in-memory loop")

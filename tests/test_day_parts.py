@@ -231,6 +231,21 @@ def test_a_malformed_day_record_is_named(local_store):
             read_arrivals(local_store, H[1])
 
 
+def test_malformed_rows_of_an_hour_record_are_named(local_store):
+    """Records are read column by column: a row of another shape, or a count that is not a
+    number, still names the file."""
+    from fleetscore.arrivals import arrival_path
+
+    path = arrival_path(H[1], "bad")
+    for rows in ([["d", "t"]], [["d", "t", 1, 2]], [5], [["d", "t", "x"]], [["d", "t", 1], "abc"]):
+        local_store.put(path, json.dumps({"window": str(H[1]), "sensors": rows}).encode())
+        with pytest.raises(InputError, match=f"arrival record {path} is malformed"):
+            read_arrivals(local_store, H[1])
+    local_store.put(path, json.dumps({"sensors": [["d", "t", 2], ["d", "u", 3]]}).encode())
+    local_store.put(arrival_path(H[1], "more"), json.dumps({"sensors": [["d", "t", 1]]}).encode())
+    assert read_arrivals(local_store, H[1]) == {Sensor("d", "t"): 3, Sensor("d", "u"): 3}
+
+
 # --- dedup, re-ingest, crashes --------------------------------------------------------------
 
 @pytest.mark.parametrize("dense_first", [True, False])
