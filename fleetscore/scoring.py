@@ -62,7 +62,7 @@ class UnitResult:
         return "partial" if self.scored else "failed"
 
     def to_json(self) -> dict[str, Any]:
-        # Shallow, field by field: asdict deep-copies the per-sensor counts of a big unit.
+        # Shallow, field by field: asdict would deep-copy every container of a big unit.
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["failures"] = [asdict(f) for f in self.failures]
         out["no_data"] = list(self.no_data)
@@ -262,8 +262,9 @@ def score_many(
                  else np.zeros(0, np.int64))
     rows, results = [], []
     share = round((time.perf_counter() - started) / max(1, len(groups)), 6)
+    bounds = np.searchsorted(group_of, np.arange(len(groups) + 1))  # runs are in group order
     for index, g in enumerate(groups):
-        mine = np.flatnonzero(group_of == index)
+        mine = np.arange(bounds[index], bounds[index + 1])
         done = mine[scored_runs[mine]]
         rows.append(int(lengths[done].sum()))
         hot = done[anomalies[done] > 0]
@@ -295,8 +296,8 @@ def top_counts(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
 
 def _top(names: pa.Array, counts: np.ndarray) -> dict[str, int]:
     """``top_counts`` of a unit's sensors, sorted in C."""
-    if not len(counts):
-        return {}
+    if len(counts) <= 4 * TOP_ANOMALOUS:  # a backfill's small hours: plain Python is quicker
+        return dict(top_counts(zip(names.to_pylist(), counts.tolist(), strict=True)))
     order = pc.sort_indices(pa.table({"n": pa.array(-counts), "k": names}),
                             sort_keys=[("n", "ascending"), ("k", "ascending")])
     first = order.slice(0, TOP_ANOMALOUS)

@@ -118,7 +118,7 @@ def test_a_units_top_sensors_are_the_most_anomalous_then_by_name():
     from fleetscore.scoring import TOP_ANOMALOUS, UnitResult, _top, top_counts
 
     rng = np.random.default_rng(4)
-    counts = {f"d{i % 97}/t{i}": int(n) for i, n in enumerate(rng.integers(1, 4, 500))}
+    counts = {f"d{i % 97}/t{i}": int(n) for i, n in enumerate(rng.integers(1, 4, 2000))}
     names = sorted(counts)
     units = [names[i::7] for i in range(7)]
     results = []
@@ -128,8 +128,11 @@ def test_a_units_top_sensors_are_the_most_anomalous_then_by_name():
         assert len(top) == TOP_ANOMALOUS
         results.append(UnitResult(f"u{i}", "2024-01-01T00", len(unit), len(unit), 0,
                                   sum(top.values()), top_anomalous=top))
+    small = names[:30]  # a backfill's hour: the same answer the short way
+    assert list(_top(pa.array(small, pa.string()), np.array([counts[k] for k in small])).items()) \
+        == top_counts((k, counts[k]) for k in small)
     plan = type("P", (), {"window": "2024-01-01T00", "restricted": False, "unit_size": 1,
-                          "units": (), "sensors": 500, "no_data": (), "no_model": ()})()
+                          "units": (), "sensors": 2000, "no_data": (), "no_model": ()})()
     manifest = build_manifest(plan, results, run_id="r", files=[], kept=[],
                               started=datetime(2024, 1, 1, tzinfo=UTC),
                               finished=datetime(2024, 1, 1, tzinfo=UTC), backend="x")
