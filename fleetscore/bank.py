@@ -305,9 +305,18 @@ def shard_left(data: bytes) -> list[str]:
 
 
 def invalidate(store: Store) -> None:
-    """Called after every model write: an index written before it is gone, and a rebuild that
-    writes one after it finds the new manifest when it checks its index."""
-    store.delete(INDEX_PATH)
+    """No index. Deleted by compare-and-swap, as the seal writes it: on a directory store a
+    plain unlink is not ordered against the seal's check and rename, and could land between
+    them and be undone."""
+    while True:
+        try:
+            _, version = store.get_versioned(INDEX_PATH)
+            store.delete(INDEX_PATH, if_match=version)
+            return
+        except NotFound:
+            return
+        except Conflict:
+            continue  # replaced meanwhile (sealed, or rewritten): delete that one
 
 
 @dataclass(frozen=True)
@@ -444,10 +453,13 @@ def seal(store: Store, body: dict, built_from: Mapping[Sensor, str | None]) -> b
     wrote its manifest after the rebuild's check and has not yet deleted the index at I; such
     a save deleted the index before the rebuild wrote it (else the seal fails) and still had
     its marker when the rebuild listed them (it removes the marker after its last deletion),
-    so the sensor is in the sealed index's ``check`` list and loaders read its manifest. A
-    save that died mid-way leaves its marker: its sensor is checked until a rebuild more than
-    SAVE_GRACE later drops the marker (by then the save is surely over: its manifest is
-    final, and that rebuild reads it). Returns False when the index changed or a model did:
+    so the sensor is in the sealed index's ``check`` list and loaders read its manifest. (The
+    saves' deletions are compare-and-swaps too, ``invalidate``: on a directory store a plain
+    unlink could fall between the seal's check and its rename.) A save that died mid-way
+    leaves its marker: its sensor is checked until a rebuild more than SAVE_GRACE later drops
+    the marker (by then the save is surely over: its manifest is final, and that rebuild
+    reads it). That compares the saver's clock with the rebuilder's: clocks an hour apart, or
+    a save paused for an hour, would drop a live marker. Returns False when the index changed or a model did:
     the caller rebuilds."""
     try:
         data, version = store.get_versioned(INDEX_PATH)
@@ -741,8 +753,10 @@ def decide(bank: Bank, entries: np.ndarray, starts: np.ndarray, stops: np.ndarra
             kernel = kernels[order[start]]
             # A block: runs of one kernel, padded to its widest run, about BLOCK elements.
             stop = min(len(order), start + max(1, BLOCK_ELEMENTS // int(cost[order[start]])))
-            while stop - start > 1 and (int(cost[order[start:stop]].max()) * (stop - start)
-                                        > 2 * BLOCK_ELEMENTS):
+            # Padded to the longest run and the most vectors in it, which may be two runs.
+            while stop - start > 1 and (int(lengths[order[start:stop]].max())
+                                        * int(np.maximum(counts[order[start:stop]], 1).max())
+                                        * (stop - start) > 2 * BLOCK_ELEMENTS):
                 stop = start + (stop - start) // 2
             same = kernels[order[start:stop]] == kernel
             if not same.all():
@@ -775,6 +789,7 @@ def _decide_block(bank: Bank, entries: np.ndarray, starts: np.ndarray, lengths: 
     vectors = np.arange(max(1, int(counts.max())))
     inside = vectors < counts[:, None]
     sv_at = bank.offsets[entries][:, None] + np.minimum(vectors, np.maximum(counts, 1)[:, None] - 1)
+    sv_at = np.minimum(sv_at, max(0, len(bank.support) - 1))  # a model of no vectors: padding
     sv = bank.support[sv_at] if len(bank.support) else np.zeros(sv_at.shape)
     dual = np.where(inside, bank.dual[sv_at] if len(bank.dual) else 0.0, 0.0)  # padding adds 0
     gamma, intercept = p["gamma"], p["intercept"]

@@ -367,7 +367,7 @@ def _combine_tables(tables: list[pa.Table]) -> pa.Table:
     order = _ORDER
     # A stable sort keeps the files' order among rows of one window, so merged sums add in
     # the same order as before; merging (a group-by) only when some window is in two files.
-    table = pa.concat_tables(tables).sort_by(order)
+    table = pa.concat_tables(tables).sort_by(order).replace_schema_metadata(None)
     if len(tables) > 1 and _repeats(table):
         table = _merge_parts(table).sort_by(order)
     return table
@@ -441,6 +441,7 @@ def _ends_ms(column) -> pa.ChunkedArray:
 
 
 _SORTED = {b"fleetscore.sorted": b"Device,Tag,End"}
+DENSE_PAIRS = 1 << 22  # (device, tag) pairs a unit's read may tabulate (32 MB), else bisects
 
 
 def _wanted_rows(table: pa.Table, wanted: list[Sensor]) -> pa.Table:
@@ -458,12 +459,27 @@ def _wanted_rows(table: pa.Table, wanted: list[Sensor]) -> pa.Table:
     at_device = pc.index_in(wanted_devices, value_set=device.dictionary)
     at_tag = pc.index_in(wanted_tags, value_set=tag.dictionary)
     both = pc.and_(pc.is_valid(at_device), pc.is_valid(at_tag)).to_numpy(zero_copy_only=False)
-    # Sensor of each (device, tag) pair of the dictionaries: its place in ``wanted``, or -1.
-    lookup = np.full(max(1, len(device.dictionary)) * n_tags, -1, dtype=np.int64)
-    lookup[pc.fill_null(at_device, 0).to_numpy()[both].astype(np.int64) * n_tags
-           + pc.fill_null(at_tag, 0).to_numpy()[both]] = np.flatnonzero(both)
-    code = lookup[device.indices.to_numpy(zero_copy_only=False).astype(np.int64) * n_tags
-                  + tag.indices.to_numpy(zero_copy_only=False)]
+    # Each wanted sensor's (device, tag) pair of the dictionaries as one number; each row's
+    # pair is looked up among them: in a table of every pair when that stays small, else by
+    # bisection (memory then follows the rows, not devices x tags).
+    pairs = (pc.fill_null(at_device, 0).to_numpy().astype(np.int64) * n_tags
+             + pc.fill_null(at_tag, 0).to_numpy())[both]
+    valid = (pc.is_valid(device.indices).to_numpy(zero_copy_only=False)
+             & pc.is_valid(tag.indices).to_numpy(zero_copy_only=False))  # a null id: no sensor
+    row_pairs = np.where(valid, pc.fill_null(device.indices, 0).to_numpy().astype(np.int64)
+                         * n_tags + pc.fill_null(tag.indices, 0).to_numpy(), 0)
+    size = max(1, len(device.dictionary)) * n_tags
+    if size <= DENSE_PAIRS:
+        lookup = np.full(size, -1, dtype=np.int64)
+        lookup[pairs] = np.flatnonzero(both)
+        code = np.where(valid, lookup[row_pairs], -1)
+    elif len(pairs):
+        which = np.flatnonzero(both)[np.argsort(pairs, kind="stable")]
+        pairs = np.sort(pairs)
+        at = np.minimum(np.searchsorted(pairs, row_pairs), len(pairs) - 1)
+        code = np.where(valid & (pairs[at] == row_pairs), which[at], -1)
+    else:
+        code = np.full(len(row_pairs), -1, dtype=np.int64)
     rows = np.flatnonzero(code >= 0)
     code = code[rows]
     ends = _ends_ms(table["WindowEnd"]).to_numpy()[rows] if len(rows) else np.zeros(0, np.int64)

@@ -548,3 +548,75 @@ def test_a_save_straddling_the_index_write_leaves_no_stale_index(local_store):
     rebuilding.thread.join(30)
     current = read_manifest(local_store, sensor).sha256
     assert not local_store.exists(INDEX_PATH) or set(_index_entries(local_store).values()) == {current}
+
+
+@pytest.mark.reliability("R40")
+def test_a_save_during_the_seals_compare_and_swap_is_not_undone(local_store, monkeypatch):
+    """On a directory store the seal checks the index's version and renames under a lock: a
+    save's deletion of the index, from another thread, arriving between the two, must wait
+    and then delete the sealed index, not be overwritten by it."""
+    import threading
+
+    from fleetscore.bank import _rebuild_once, begin_save, seal
+    from fleetscore.models import ModelManifest, dumps_model, manifest_path, read_manifest
+    from fleetscore.stores.local import LocalStore
+
+    rng = np.random.default_rng(10)
+    sensor = Sensor("d", "t")
+    old = OneClassSVM(gamma=0.5, nu=0.2).fit(rng.normal(0, 1, (40, 1)))
+    new = OneClassSVM(gamma=0.5, nu=0.2).fit(rng.normal(50, 1, (40, 1)))
+    save_model(local_store, sensor, old, source="test")
+    rebuild_bank(local_store)
+    _, body, built = _rebuild_once(local_store, 1024)
+    current, threads = LocalStore._current, []
+
+    def racing(self, path):
+        version = current(self, path)
+        if path == INDEX_PATH and not threads:  # inside the seal's compare-and-swap
+            threads.append(threading.Thread(target=begin_save, args=(local_store, sensor)))
+            threads[0].start()
+            threads[0].join(0.3)  # a plain delete lands now; one that waits for the lock cannot
+        return version
+
+    monkeypatch.setattr(LocalStore, "_current", racing)
+    seal(local_store, body, built)
+    monkeypatch.setattr(LocalStore, "_current", current)
+    threads[0].join(10)
+    data = dumps_model(new)  # the save goes on: its model and manifest, then it dies
+    local_store.put(model_path(sensor), data)
+    local_store.put(manifest_path(sensor), ModelManifest(**{
+        **read_manifest(local_store, sensor).__dict__,
+        "sha256": hashlib.sha256(data).hexdigest()}).to_json())
+    assert sensor not in load_bank(local_store, [sensor])
+
+
+def test_decisions_of_mixed_runs_stay_in_bounded_blocks():
+    """Long runs with few support vectors next to a short run with many: blocks are padded to
+    both maxima, so they must be sized by both, not by the largest run's product."""
+    import tracemalloc
+
+    from fleetscore.bank import Bank, Compiled, decide
+
+    rng = np.random.default_rng(11)
+    models = [Compiled(0, 0.0, 1.0, 0.5, 0.0, 3.0, -0.1, rng.normal(0, 1, n), np.full(n, 0.01))
+              for n in [5] * 13 + [5000]]
+    lengths = np.array([3600] * 13 + [1])
+    values = rng.normal(0, 1, lengths.sum())
+    bank = Bank.of((Sensor("d", f"t{i}"), "", m) for i, m in enumerate(models))
+    stops = np.cumsum(lengths)
+    tracemalloc.start()
+    dec, _ = decide(bank, np.arange(len(models)), stops - lengths, stops, values)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200 << 20, peak  # one padded block of all of them: about 2 GB
+    expected = decisions_with_magnitude(models[-1:], [values[-1:]])[0][0]
+    assert np.allclose(dec[-1:], expected) and np.isfinite(dec).all()
+
+
+def test_a_model_of_no_support_vectors_decides_its_intercept():
+    from fleetscore.bank import Bank, Compiled, decide
+
+    empty = Compiled(0, 0.0, 1.0, 0.5, 0.0, 3.0, -0.25, np.zeros(0), np.zeros(0))
+    bank = Bank.of([(Sensor("d", "t"), "", empty)])
+    dec, mag = decide(bank, np.array([0]), np.array([0]), np.array([3]), np.array([0., 1., 2.]))
+    assert dec.tolist() == [-0.25] * 3 and mag.tolist() == [0.25] * 3

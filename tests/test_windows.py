@@ -107,3 +107,21 @@ def test_reading_a_few_sensors_skips_other_row_groups(local_store, monkeypatch):
     points = read_points(local_store, hour, [Sensor("d007", "t"), Sensor("d042", "t")])
     assert set(points["Device"].to_pylist()) == {"d007", "d042"}
     assert points.num_rows == 120
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_a_units_read_skips_rows_with_no_id(local_store, monkeypatch, dense):
+    """A window file from outside may hold a row with a null Device or Tag: no sensor's row,
+    left out of a unit's read (matching ids through dictionaries must not trip on it)."""
+    from fleetscore.windows import PART_SCHEMA
+
+    hour = Hour.parse("2024-03-01T01")
+    ends = [hour.start_ms + 60_000 * i for i in (1, 2, 3, 4)]
+    table = pa.table([pa.array([None, "d", "d", "e"]), pa.array(["t", "t", None, "t"]),
+                      pa.array(ends, pa.timestamp("ms", tz="UTC")),
+                      pa.array([1.0, 2.0, 3.0, 4.0]), pa.array([1, 1, 1, 1])], schema=PART_SCHEMA)
+    local_store.put(part_path(hour, "outside"), encode_part(table))
+    if not dense:  # the lookup by bisection, as for a fleet of very many tags
+        monkeypatch.setattr("fleetscore.windows.DENSE_PAIRS", 0)
+    got = read_points(local_store, hour, [Sensor("d", "t"), Sensor("e", "t")])
+    assert got["Device"].to_pylist() == ["d", "e"] and got["Value"].to_pylist() == [2.0, 4.0]
