@@ -267,18 +267,14 @@ PARAMS = ("kernel", "mean", "scale", "gamma", "coef0", "degree", "intercept", "m
 def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str] = ()) -> bytes:
     """``left``: why each of the shard's other models stays with scikit-learn (for the counts
     of a kept shard)."""
-    counts = np.array([len(c.support) for _, _, c in entries], dtype=np.int64)
+    packed = Bank.of(entries)  # the same arrays a unit loads
     arrays = {
         "format": np.array([BANK_FORMAT], dtype=np.int64),
         "device": np.array([s.device for s, _, _ in entries], dtype="U64"),
         "tag": np.array([s.tag for s, _, _ in entries], dtype="U64"),
         "sha256": np.array([h for _, h, _ in entries], dtype="U64"),
-        "params": np.array([[float(getattr(c, name)) for name in PARAMS] for _, _, c in entries],
-                           dtype=np.float64).reshape(-1, len(PARAMS)),
-        "offsets": np.concatenate(([0], np.cumsum(counts))),
-        "support": np.concatenate([c.support for _, _, c in entries]) if entries else np.zeros(0),
-        "dual": np.concatenate([c.dual for _, _, c in entries]) if entries else np.zeros(0),
-        "left": np.array(list(left), dtype="U200"),
+        "params": packed.params, "offsets": packed.offsets, "support": packed.support,
+        "dual": packed.dual, "left": np.array(list(left), dtype="U200"),
     }
     sink = io.BytesIO()
     np.savez(sink, **arrays)
@@ -305,18 +301,9 @@ def shard_left(data: bytes) -> list[str]:
 
 
 def invalidate(store: Store) -> None:
-    """No index. Deleted by compare-and-swap, as the seal writes it: on a directory store a
-    plain unlink is not ordered against the seal's check and rename, and could land between
-    them and be undone."""
-    while True:
-        try:
-            _, version = store.get_versioned(INDEX_PATH)
-            store.delete(INDEX_PATH, if_match=version)
-            return
-        except NotFound:
-            return
-        except Conflict:
-            continue  # replaced meanwhile (sealed, or rewritten): delete that one
+    """No index. (Stores order a plain deletion against a compare-and-swap, so it cannot fall
+    inside the seal's check and write and be undone.)"""
+    store.delete(INDEX_PATH)
 
 
 @dataclass(frozen=True)
@@ -453,9 +440,10 @@ def seal(store: Store, body: dict, built_from: Mapping[Sensor, str | None]) -> b
     wrote its manifest after the rebuild's check and has not yet deleted the index at I; such
     a save deleted the index before the rebuild wrote it (else the seal fails) and still had
     its marker when the rebuild listed them (it removes the marker after its last deletion),
-    so the sensor is in the sealed index's ``check`` list and loaders read its manifest. (The
-    saves' deletions are compare-and-swaps too, ``invalidate``: on a directory store a plain
-    unlink could fall between the seal's check and its rename.) A save that died mid-way
+    so the sensor is in the sealed index's ``check`` list and loaders read its manifest. (That a deletion
+    never falls inside the seal's compare-and-swap is the store's promise: Blob storage
+    checks If-Match as it writes; a directory store orders plain writes and deletions under
+    the same lock.) A save that died mid-way
     leaves its marker: its sensor is checked until a rebuild more than SAVE_GRACE later drops
     the marker (by then the save is surely over: its manifest is final, and that rebuild
     reads it). That compares the saver's clock with the rebuilder's: clocks an hour apart, or

@@ -552,12 +552,13 @@ def test_a_save_straddling_the_index_write_leaves_no_stale_index(local_store):
 
 @pytest.mark.reliability("R40")
 def test_a_save_during_the_seals_compare_and_swap_is_not_undone(local_store, monkeypatch):
-    """On a directory store the seal checks the index's version and renames under a lock: a
-    save's deletion of the index, from another thread, arriving between the two, must wait
-    and then delete the sealed index, not be overwritten by it."""
+    """A save begins after the seal listed the markers, and its deletion of the index (from
+    another thread) arrives between the seal's version check and its rename: on a directory
+    store it must wait and then delete the sealed index, not be overwritten by it."""
     import threading
 
-    from fleetscore.bank import _rebuild_once, begin_save, seal
+    import fleetscore.bank as bank_module
+    from fleetscore.bank import SAVING_FOLDER, _rebuild_once, invalidate, seal
     from fleetscore.models import ModelManifest, dumps_model, manifest_path, read_manifest
     from fleetscore.stores.local import LocalStore
 
@@ -568,16 +569,22 @@ def test_a_save_during_the_seals_compare_and_swap_is_not_undone(local_store, mon
     save_model(local_store, sensor, old, source="test")
     rebuild_bank(local_store)
     _, body, built = _rebuild_once(local_store, 1024)
-    current, threads = LocalStore._current, []
+    listed, current, threads = bank_module.saving, LocalStore._current, []
+
+    def listing(store):  # the save's marker lands just after the seal listed them
+        found = listed(store)
+        local_store.put(f"{SAVING_FOLDER}/d/t/late.json", b'{"started": "now"}')
+        return found
 
     def racing(self, path):
         version = current(self, path)
         if path == INDEX_PATH and not threads:  # inside the seal's compare-and-swap
-            threads.append(threading.Thread(target=begin_save, args=(local_store, sensor)))
+            threads.append(threading.Thread(target=invalidate, args=(local_store,)))
             threads[0].start()
-            threads[0].join(0.3)  # a plain delete lands now; one that waits for the lock cannot
+            threads[0].join(0.3)  # a plain unlink lands now; one that waits for the lock cannot
         return version
 
+    monkeypatch.setattr(bank_module, "saving", listing)
     monkeypatch.setattr(LocalStore, "_current", racing)
     seal(local_store, body, built)
     monkeypatch.setattr(LocalStore, "_current", current)

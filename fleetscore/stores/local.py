@@ -8,7 +8,10 @@ or absent; `fleetscore verify` finds them by their recorded sha256, and rerunnin
 re-ingesting repairs them. Create-if-absent is a hard link (``link`` fails on an existing name). The
 version-conditional operations (``if_match``) compare and swap under an advisory ``flock`` on
 one lock file per store: every fleetscore process that shares the directory takes the same
-lock, so no two of them can both see the same version and both replace it.
+lock, so no two of them can both see the same version and both replace it. Plain replacements
+and deletions take it too, around their one system call: otherwise one could land between a
+compare-and-swap's check and its rename and be undone, which Blob storage (where the service
+checks If-Match as it writes) never allows.
 """
 
 from __future__ import annotations
@@ -149,7 +152,8 @@ class LocalStore:
                         os.replace(tmp, target)
                         placed = True
                 elif overwrite:
-                    os.replace(tmp, target)
+                    with self._cas():
+                        os.replace(tmp, target)
                     placed = True
                 else:
                     # link() fails if the target exists: an atomic create-if-absent.
@@ -229,7 +233,8 @@ class LocalStore:
         try:
             if if_match is None:
                 try:
-                    os.unlink(target)
+                    with self._cas():
+                        os.unlink(target)
                 except FileNotFoundError:
                     return
             else:

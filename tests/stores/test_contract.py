@@ -230,3 +230,35 @@ def test_get_many_keeps_order_and_says_what_is_missing(store):
     assert got == [None if i % 7 == 0 else str(i).encode() for i in range(40)]
     with pytest.raises(NotFound, match="m/000.json"):
         get_many(store, paths)
+
+
+@pytest.mark.parametrize("write", ["put", "delete"])
+def test_a_plain_write_never_falls_inside_a_compare_and_swap(local_store, monkeypatch, write):
+    """Blob storage checks If-Match as it writes. A directory store checks, then renames: a
+    plain put or delete from another thread arriving in between must wait for the rename and
+    land after it, not be undone by it."""
+    import threading
+
+    from fleetscore.stores.local import LocalStore
+
+    local_store.put("a.json", b"v1")
+    _, version = local_store.get_versioned("a.json")
+    current, threads = LocalStore._current, []
+
+    def racing(self, path):
+        seen = current(self, path)
+        if not threads:
+            work = (lambda: local_store.put("a.json", b"plain")) if write == "put" else \
+                (lambda: local_store.delete("a.json"))
+            threads.append(threading.Thread(target=work))
+            threads[0].start()
+            threads[0].join(0.3)  # one that does not wait lands now
+        return seen
+
+    monkeypatch.setattr(LocalStore, "_current", racing)
+    local_store.put("a.json", b"swapped", if_match=version)
+    threads[0].join(10)
+    if write == "put":
+        assert local_store.get("a.json") == b"plain"
+    else:
+        assert not local_store.exists("a.json")
