@@ -253,14 +253,16 @@ def _new_local_store_dir(spec: str) -> Path | None:
 
 def _remove_empty_tree(path: Path) -> None:
     # Bottom-up, and only directories without a file: never deletes anything written but the
-    # marker that makes a directory a store, when it is the only file there.
-    from .stores.local import MARKER
+    # store's own bookkeeping (the marker that makes a directory a store, its lock file), when
+    # they are the only files there.
+    from .stores.local import BOOKKEEPING
 
     if not path.is_dir():
         return
     files = [p for p in path.rglob("*") if not p.is_dir()]
-    if [p.relative_to(path).as_posix() for p in files] == [MARKER]:
-        files[0].unlink()
+    if files and {p.relative_to(path).as_posix() for p in files} <= BOOKKEEPING:
+        for file in files:
+            file.unlink()
     for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):
             folder.rmdir()

@@ -31,6 +31,7 @@ from .base import check_path
 _TMP_PREFIX = ".tmp-"
 _CAS_LOCK = ".tmp-cas.lock"  # hidden from listings by its prefix
 MARKER = "fleetscore-store.json"
+BOOKKEEPING = frozenset({MARKER, _CAS_LOCK})  # the store's own files, not anybody's data
 # What a store made by an earlier version holds: any of these makes a directory a store.
 _KNOWN = ("windows", "models", "runs", "arrivals", "predictions")
 
