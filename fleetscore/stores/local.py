@@ -16,14 +16,15 @@ checks If-Match as it writes) never allows.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ..errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError
 from .base import check_path
@@ -44,6 +45,7 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()
+T = TypeVar("T")
 
 
 def _read(path: str) -> bytes:
@@ -58,6 +60,26 @@ def _read(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# A delete prunes the folders it empties; a writer makes the folders it needs. The two can
+# interleave: the writer's next level, or the entry it is about to create, finds its parent
+# pruned. Folders are made again and the step retried, as git's raceproof_create_file does
+# against its own pruning. Each retry needs another writer to empty and prune the folder in
+# between, so a few suffice.
+_FOLDER_ATTEMPTS = 16
+
+
+def _in_folder(parent: str, make: Callable[[], T]) -> T:
+    """``make()`` creates an entry in ``parent``; the folder is made on demand (not before
+    every write: a backfill writes tens of thousands of files into existing folders)."""
+    for _ in range(_FOLDER_ATTEMPTS - 1):
+        try:
+            return make()
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):  # an ancestor pruned mid-way: again
+                os.makedirs(parent, exist_ok=True)
+    return make()
 
 
 def version_of(data: bytes) -> str:
@@ -129,15 +151,7 @@ class LocalStore:
         target = self._file(path)
         parent = os.path.dirname(target)
         try:
-            for attempt in range(3):
-                try:
-                    fd, tmp = self._temp(parent)
-                    break
-                except FileNotFoundError:  # a new folder: made on demand, not on every write
-                    if attempt == 2:
-                        raise
-                    # (again, should a delete prune the folder between the two steps)
-                    os.makedirs(parent, exist_ok=True)
+            fd, tmp = _in_folder(parent, lambda: self._temp(parent))
             placed = False
             try:
                 try:
@@ -176,17 +190,25 @@ class LocalStore:
         and put."""
         src, dst = self._file(source), self._file(target)
         parent = os.path.dirname(dst)
-        try:
-            os.makedirs(parent, exist_ok=True)
+
+        def link() -> str:
             tmp = os.path.join(parent, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
-            os.link(src, tmp)
             try:
-                os.replace(tmp, dst)
+                os.link(src, tmp)
+            except FileNotFoundError:
+                if not os.path.isfile(src):
+                    raise NotFound(f"{source} not found in store {self.url}") from None
+                raise  # the target's folder is missing: made by _in_folder
+            return tmp
+
+        try:
+            tmp = _in_folder(parent, link)
+            try:
+                with self._cas():  # a plain replacement, as put's
+                    os.replace(tmp, dst)
             except BaseException:
                 os.unlink(tmp)
                 raise
-        except FileNotFoundError as exc:
-            raise NotFound(f"{source} not found in store {self.url}") from exc
         except OSError as exc:
             raise StoreError(f"cannot copy {source} to {target} in store {self.url}: "
                              f"{exc.strerror}") from exc

@@ -262,3 +262,57 @@ def test_a_plain_write_never_falls_inside_a_compare_and_swap(local_store, monkey
         assert local_store.get("a.json") == b"plain"
     else:
         assert not local_store.exists("a.json")
+
+
+@pytest.mark.reliability("R45")
+@pytest.mark.parametrize("write", ["put", "copy"])
+def test_a_local_write_survives_a_prune_of_the_folders_it_is_making(local_store, monkeypatch,
+                                                                     write):
+    """A delete prunes the folders it empties while another writer (a training worker saving
+    a sensor's model beside it) is making the same folders one level at a time: the writer's
+    next level then has no parent. Git's raceproof_create_file has the same race with its own
+    pruning, and the same answer: make the folders again and retry."""
+    import os
+
+    local_store.put("bank/saving/d1/t1/m.json", b"{}")
+    local_store.put("src.csv", b"a\n")
+    real_mkdir, pruned = os.mkdir, []
+
+    def mkdir(path, *args, **kwargs):
+        if not pruned and str(path).endswith(os.path.join("saving", "d2")):
+            pruned.append(path)  # the other worker's save ends here: bank/ is pruned away
+            local_store.delete("bank/saving/d1/t1/m.json")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    if write == "put":
+        local_store.put("bank/saving/d2/t2/n.json", b"{}")
+    else:
+        local_store.copy("src.csv", "bank/saving/d2/t2/n.json")
+    assert pruned and not local_store.exists("bank/saving/d1/t1/m.json")
+    assert local_store.get("bank/saving/d2/t2/n.json") in (b"{}", b"a\n")
+
+
+def _save_and_forget(root: str, worker: int, rounds: int) -> list[str]:
+    from fleetscore.stores.local import LocalStore
+
+    store, failures = LocalStore(root), []
+    for i in range(rounds):
+        path = f"bank/saving/d{worker}/t{i % 3}/{i}.json"
+        try:
+            store.put(path, b"{}")
+            store.delete(path)
+        except StoreError as exc:
+            failures.append(str(exc))
+    return failures
+
+
+@pytest.mark.reliability("R45")
+def test_local_writers_and_deletes_in_sibling_folders_never_fail(local_store):
+    """Two processes each write a file and delete it again (a model save's marker), in sibling
+    folders, so each delete prunes folders the other is making: none of it may fail."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        failed = pool.starmap(_save_and_forget, [(str(local_store.root), w, 1500) for w in (1, 2)])
+    assert failed == [[], []], (sum(map(len, failed)), failed[0][:1] or failed[1][:1])
