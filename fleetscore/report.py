@@ -11,10 +11,11 @@ share of its windows flagged, its line point the mean of its window means; the r
 then has one row per day. The report stays a few hundred kilobytes and renders in seconds.
 
 A fleet's range is read the same way whatever its size: the predictions files are parsed in
-batches and folded into arrays as they come (a number a sensor, 17 bytes a prediction), and
-the page shows the sensors with the most anomalies (``TOP_SENSORS`` in a table with the
-fleet's totals, ``HEATMAP_SENSORS`` in the heatmap, ``TIMELINES`` as lines), never a row or a
-line a sensor.
+batches and folded into arrays as they come (a number a sensor, 17 bytes a prediction, up to
+``KEPT_BYTES``; a larger range is read a second time for the shown sensors' rows instead, so
+memory follows the fleet, not the range), and the page shows the sensors with the most
+anomalies (``TOP_SENSORS`` in a table with the fleet's totals, ``HEATMAP_SENSORS`` in the
+heatmap, ``TIMELINES`` as lines), never a row or a line a sensor.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import base64
 import functools
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,9 @@ TIMELINES = 6
 TOP_SENSORS = 20  # rows of the top sensors' table, whatever the fleet's size
 FAILURES_SHOWN = 200  # rows of the failed sensors' table; the rest are counted
 BATCH_BYTES = 64 << 20  # predictions files read, then parsed and folded, together
+# Predictions kept for the charts (17 bytes each: 24 hours of 10,000 sensors); a larger range
+# is read twice instead (``_Fold``).
+KEPT_BYTES = 256 << 20
 SEPARATE_BYTES = 4 << 20  # a CSV this large is parsed on its own (small ones are joined)
 HOUR_MS = 3_600_000
 DEFAULT_STEP_MS = 60_000
@@ -122,8 +126,9 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     else:
         span = _Span.empty()
     # Only hours that were run can have predictions: read those, from their manifests' files.
-    fold = _Fold()
-    span = span.with_rows(_fold_predictions(store, span.runs, fold))
+    runs = span.runs
+    fold = _Fold(again=lambda add: _fold_predictions(store, runs, add))
+    span = span.with_rows(_fold_predictions(store, runs, fold))
     output.write_text(render(store.url, span, fold, truth=truth), encoding="utf-8")
     n = fold.rows
     return (f"{count(span.hours, 'hour')}, {count(span.runs.num_rows, 'run')}, "
@@ -568,73 +573,125 @@ def _step_of(ends: np.ndarray) -> int:
 class _Fold:
     """The predictions, folded a table at a time into what the charts need, in arrays: each
     sensor a number (its name kept once), each prediction 17 bytes (sensor, window end,
-    value, label) instead of a row of strings; no Python per prediction, only per sensor."""
+    value, label) instead of a row of strings; no Python per prediction, only per sensor.
 
-    def __init__(self) -> None:
+    Which sensors the charts draw is known only once every prediction is counted. Up to
+    ``KEPT_BYTES`` of predictions are kept for that; beyond, they are dropped, and ``data``
+    reads the range a second time (``again``) for the shown sensors' rows only: memory then
+    follows the fleet and the range's windows, not the number of predictions, for one more
+    read of the files."""
+
+    def __init__(self, again: Callable[[Callable[[pa.Table], None]], object] | None = None,
+                 *, kept_bytes: int | None = None) -> None:
+        self.again = again  # hands every table of predictions to its argument, once more
+        self.kept_bytes = KEPT_BYTES if kept_bytes is None else kept_bytes
         self.ids: dict[str, int] = {}
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = []
         self.anomalies = np.zeros(0, dtype=np.int64)
         self.windows = np.zeros(0, dtype=np.int64)
-        self.ends: list[np.ndarray] = []  # the distinct window ends of each table
         self.rows = 0
+        self._kept = 0
+        # The fleet's share per window: (ends, flagged, scored) chunks, merged as they pile up.
+        self._ends: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def __call__(self, preds: pa.Table) -> None:
         if not preds.num_rows:
             return
-        keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
-        distinct = pc.unique(keys)
-        local = pc.index_in(keys, value_set=distinct).to_numpy(zero_copy_only=False)
-        known = np.fromiter((self.ids.setdefault(k, len(self.ids))
-                             for k in distinct.to_pylist()), dtype=np.int64, count=len(distinct))
-        sensor = known[local].astype(np.int32)
-        timestamps = pc.unique(preds["TS"])
-        ends = _ends_ms(timestamps)
-        end = ends[pc.index_in(preds["TS"], value_set=timestamps).to_numpy(zero_copy_only=False)]
-        label = pc.fill_null(preds["Prediction"], 0).to_numpy().astype(np.int8)
-        value = preds["Val"].to_numpy().astype(np.float32)
+        sensor, end, value, label = _numbers(
+            preds, lambda names: [self.ids.setdefault(k, len(self.ids)) for k in names])
         n = len(self.ids)
         self.anomalies = np.pad(self.anomalies, (0, n - len(self.anomalies)))
         self.windows = np.pad(self.windows, (0, n - len(self.windows)))
         self.anomalies += np.bincount(sensor, weights=label, minlength=n).astype(np.int64)
         self.windows += np.bincount(sensor, minlength=n)
-        self.ends.append(np.unique(ends))
-        self.parts.append((sensor, end, value, label))
+        ends, at = np.unique(end, return_inverse=True)
+        self._ends.append((ends, np.bincount(at, weights=label, minlength=len(ends)),
+                           np.bincount(at, minlength=len(ends)).astype(float)))
+        if len(self._ends) >= 64:
+            self._ends = [self.end_counts()]
         self.rows += preds.num_rows
+        if self.parts is not None:
+            self.parts.append((sensor, end, value, label))
+            self._kept += sensor.nbytes + end.nbytes + value.nbytes + label.nbytes
+            if self._kept > self.kept_bytes and self.again is not None:
+                self.parts = None  # read again for the shown sensors: see ``data``
+
+    def end_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every window end seen, with the predictions flagged and scored at it."""
+        if not self._ends:
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        ends, at = np.unique(np.concatenate([e for e, _, _ in self._ends]), return_inverse=True)
+        flagged = np.bincount(at, weights=np.concatenate([f for _, f, _ in self._ends]),
+                              minlength=len(ends))
+        scored = np.bincount(at, weights=np.concatenate([s for _, _, s in self._ends]),
+                             minlength=len(ends))
+        return ends, flagged, scored
 
     def step_ms(self) -> int:
-        return _step_of(np.unique(np.concatenate(self.ends)) if self.ends else np.zeros(0))
+        return _step_of(self.end_counts()[0])
 
     def data(self, axis: Axis) -> _Data:
         names = np.array(list(self.ids), dtype=object)
         order = np.lexsort((names, -self.anomalies))  # most anomalies first, ties by name
         shown = min(len(order), max(HEATMAP_SENSORS, TIMELINES))
-        row_of = np.full(len(names), -1, dtype=np.int64)
-        row_of[order[:shown]] = np.arange(shown)
         size = shown * axis.columns
-        windows = np.zeros(size)
-        flagged_cells = np.zeros(size)
-        value_cells = np.zeros(size)
-        flagged = np.zeros(axis.columns)
-        scored = np.zeros(axis.columns)
+        cells = np.zeros((3, size))  # windows, flagged, sum of values per (sensor, column)
+
+        def add(rows: np.ndarray, end: np.ndarray, value: np.ndarray, label: np.ndarray) -> None:
+            col = axis.column(end)
+            keep = (col >= 0) & (col < axis.columns) & (rows >= 0)
+            cell = rows[keep] * axis.columns + col[keep]
+            cells[0] += np.bincount(cell, minlength=size)
+            cells[1] += np.bincount(cell, weights=label[keep], minlength=size)
+            cells[2] += np.bincount(cell, weights=value[keep].astype(float), minlength=size)
+
         # Per (sensor, column): the share of windows flagged and the mean of the window means
         # (one window per column unless the range is bucketed: then exactly that window's).
-        for sensor, end, value, label in self.parts:
-            col = axis.column(end)
-            inside = (col >= 0) & (col < axis.columns)
-            rows = row_of[sensor]
-            keep = inside & (rows >= 0)
-            cell = rows[keep] * axis.columns + col[keep]
-            windows += np.bincount(cell, minlength=size)
-            flagged_cells += np.bincount(cell, weights=label[keep], minlength=size)
-            value_cells += np.bincount(cell, weights=value[keep].astype(float), minlength=size)
-            flagged += np.bincount(col[inside], weights=label[inside], minlength=axis.columns)
-            scored += np.bincount(col[inside], minlength=axis.columns)
+        if self.parts is not None:
+            row_of = np.full(len(names), -1, dtype=np.int64)
+            row_of[order[:shown]] = np.arange(shown)
+            for sensor, end, value, label in self.parts:
+                add(row_of[sensor], end, value, label)
+        else:
+            top = [str(s) for s in names[order[:shown]]]
+            row = {name: i for i, name in enumerate(top)}
+            wanted = pa.array(top, pa.string())
+
+            def again(preds: pa.Table) -> None:
+                keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
+                mine = preds.filter(pc.is_in(keys, value_set=wanted))
+                if mine.num_rows:
+                    add(*_numbers(mine, lambda found: [row[k] for k in found]))
+
+            self.again(again)
+        ends, flagged_at, scored_at = self.end_counts()
+        col = axis.column(ends)
+        inside = (col >= 0) & (col < axis.columns)
+        flagged = np.bincount(col[inside], weights=flagged_at[inside], minlength=axis.columns)
+        scored = np.bincount(col[inside], weights=scored_at[inside], minlength=axis.columns)
         with np.errstate(invalid="ignore", divide="ignore"):
-            flags = (flagged_cells / windows).reshape(shown, axis.columns)
-            values = (value_cells / windows).reshape(shown, axis.columns)
+            flags = (cells[1] / cells[0]).reshape(shown, axis.columns)
+            values = (cells[2] / cells[0]).reshape(shown, axis.columns)
             share = np.where(scored > 0, flagged / scored * 100, np.nan)
         return _Data([str(s) for s in names[order]], flags, values, share,
                      self.anomalies[order], self.windows[order])
+
+
+def _numbers(preds: pa.Table, number_of: Callable[[list[str]], list[int]]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A table of predictions as arrays: (sensor, window end ms, value, label). Sensors are
+    numbered by ``number_of`` (their Device/Tag names, each distinct one once)."""
+    keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
+    distinct = pc.unique(keys)
+    local = pc.index_in(keys, value_set=distinct).to_numpy(zero_copy_only=False)
+    known = np.asarray(number_of(distinct.to_pylist()), dtype=np.int64)
+    sensor = known[local].astype(np.int32)
+    timestamps = pc.unique(preds["TS"])
+    ends = _ends_ms(timestamps)
+    end = ends[pc.index_in(preds["TS"], value_set=timestamps).to_numpy(zero_copy_only=False)]
+    label = pc.fill_null(preds["Prediction"], 0).to_numpy().astype(np.int8)
+    value = preds["Val"].to_numpy().astype(np.float32)
+    return sensor, end, value, label
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,45 @@ def test_predictions_folded_in_small_batches_give_the_same_figures(fleet, monkey
     assert fold.rows == whole.num_rows == int(rows.sum())
     # Each prediction is kept as numbers: 17 bytes, no string.
     assert sum(sum(x.nbytes for x in part) for part in fold.parts) == 17 * fold.rows
+    # Hundreds of small tables: the fleet's counts per window are merged as they pile up.
+    sliced = _Fold()
+    for at in range(0, whole.num_rows, whole.num_rows // 300 + 1):
+        sliced(whole.slice(at, whole.num_rows // 300 + 1))
+    c = sliced.data(axis)
+    assert len(sliced._ends) < 64 and c.sensors == a.sensors
+    np.testing.assert_allclose(c.share, a.share, rtol=1e-9)
+    np.testing.assert_allclose(c.flags, a.flags, rtol=1e-6)
+
+
+def test_a_range_too_large_to_keep_is_read_twice_with_the_same_figures(fleet, monkeypatch,
+                                                                       tmp_path):
+    """Beyond ``KEPT_BYTES`` of predictions the fold drops them and reads the range again for
+    the shown sensors only: memory follows the fleet and the windows, not the predictions."""
+    store, _, _, page = fleet
+    runs = read_runs(store)
+    axis = Axis.fitting(BENCH_HOUR.start_ms, Hour(BENCH_HOUR.index + HOURS - 1).end_ms, 60_000)
+    kept = _Fold()
+    _fold_predictions(store, runs, kept)
+    reads = []
+
+    def again(add):
+        reads.append(1)
+        return _fold_predictions(store, runs, add)
+
+    monkeypatch.setattr(report, "BATCH_BYTES", 1 << 20)  # several batches: some kept, then not
+    dropped = _Fold(again, kept_bytes=2 << 20)
+    _fold_predictions(store, runs, dropped)
+    assert dropped.parts is None and kept.parts and not reads
+    a, b = kept.data(axis), dropped.data(axis)
+    assert reads == [1]
+    assert a.sensors == b.sensors
+    for name in ("flags", "values", "share", "anomalies", "windows"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-6)
+    # The whole page, read twice, says what the page read once says.
+    monkeypatch.setattr(report, "KEPT_BYTES", 0)
+    write_report(store, tmp_path / "twice.html")
+    created = re.compile(r"Created [^<]* by")
+    assert created.sub("", (tmp_path / "twice.html").read_text()) == created.sub("", page)
 
 
 def test_an_empty_run_list_folds_nothing(local_store):
