@@ -42,6 +42,7 @@ from .arrivals import record_arrivals, record_day_arrivals
 from .errors import AlreadyExists, InputError
 from .hours import MS_PER_HOUR, Hour
 from .readings import BLOCK_BYTES, READINGS_SCHEMA, Reject, iter_readings
+from .sensor_codes import sensor_codes
 from .sensors import Sensor
 from .stores import Store
 from .windows import (
@@ -211,9 +212,13 @@ def _by_part(table: pa.Table, hours: np.ndarray, dense_hours: np.ndarray,
              time_column: str) -> tuple[pa.Table, np.ndarray]:
     """The table sorted by part, then Device, Tag, time (one sort), with each row's part key."""
     keys = _part_keys(hours, dense_hours)
-    keyed = table.append_column("_part", pa.array(keys, pa.int64()))
-    order = pc.sort_indices(keyed, sort_keys=[("_part", "ascending"), ("Device", "ascending"),
-                                              ("Tag", "ascending"), (time_column, "ascending")])
+    if table.num_rows == 0:
+        return table, keys
+    keyed = pa.table({"_part": pa.array(keys, pa.int64()),
+                      "_sensor": sensor_codes(table["Device"], table["Tag"]).codes,
+                      "_time": table[time_column]})
+    order = pc.sort_indices(keyed, sort_keys=[("_part", "ascending"), ("_sensor", "ascending"),
+                                              ("_time", "ascending")])
     return table.take(order), keys[order.to_numpy()]
 
 

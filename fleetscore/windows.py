@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from .errors import InputError, NotFound, UsageError
 from .hours import MS_PER_HOUR, Hour
 from .readings import valid_ids
+from .sensor_codes import sensor_codes
 from .sensors import Sensor, sorted_unique
 from .stores import Store
 
@@ -76,22 +77,24 @@ def aggregate(readings: pa.Table, interval_s: int) -> pa.Table:
     if readings.num_rows == 0:
         return PARTIAL_SCHEMA.empty_table()
     # A canonical order makes each float sum, and so each mean, independent of the order the
-    # readings arrived in: the same readings always give the same bits.
-    readings = readings.sort_by([("Device", "ascending"), ("Tag", "ascending"),
-                                 ("TS", "ascending"), ("Value", "ascending")])
-    ends = window_end_ms(readings["TS"].to_numpy(), interval_s)
-    table = pa.table(
-        {
-            "Device": readings["Device"],
-            "Tag": readings["Tag"],
-            "End": pa.array(ends, pa.int64()),
-            "Value": readings["Value"],
-        }
-    )
-    grouped = table.group_by(_KEYS, use_threads=False).aggregate(
+    # readings arrived in: the same readings always give the same bits. The order is that of
+    # (Device, Tag, TS, Value); sensors are sorted and grouped by their codes, not their names.
+    codes = sensor_codes(readings["Device"], readings["Tag"])
+    keyed = pa.table({"_sensor": codes.codes, "TS": readings["TS"], "Value": readings["Value"]})
+    keyed = keyed.take(pc.sort_indices(keyed, sort_keys=[
+        ("_sensor", "ascending"), ("TS", "ascending"), ("Value", "ascending")]))
+    ends = window_end_ms(keyed["TS"].to_numpy(), interval_s)
+    table = pa.table({"_sensor": keyed["_sensor"], "End": pa.array(ends, pa.int64()),
+                      "Value": keyed["Value"]})
+    grouped = table.group_by(["_sensor", "End"], use_threads=False).aggregate(
         [("Value", "sum"), ("Value", "count")]
     )
-    return _partials(grouped, "Value_sum", "Value_count")
+    device, tag = codes.device_tag(grouped["_sensor"].to_numpy())
+    return pa.table(
+        [device, tag, grouped["End"], grouped["Value_sum"],
+         pc.cast(grouped["Value_count"], pa.int64())],
+        schema=PARTIAL_SCHEMA,
+    )
 
 
 def combine(partials: Iterable[pa.Table]) -> pa.Table:
