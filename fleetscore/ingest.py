@@ -42,7 +42,7 @@ from .arrivals import record_arrivals, record_day_arrivals
 from .errors import AlreadyExists, InputError
 from .hours import MS_PER_HOUR, Hour
 from .readings import BLOCK_BYTES, READINGS_SCHEMA, Reject, iter_readings
-from .sensor_codes import sensor_codes
+from .sensor_codes import sort_by_sensor
 from .sensors import Sensor
 from .stores import Store
 from .windows import (
@@ -212,13 +212,7 @@ def _by_part(table: pa.Table, hours: np.ndarray, dense_hours: np.ndarray,
              time_column: str) -> tuple[pa.Table, np.ndarray]:
     """The table sorted by part, then Device, Tag, time (one sort), with each row's part key."""
     keys = _part_keys(hours, dense_hours)
-    if table.num_rows == 0:
-        return table, keys
-    keyed = pa.table({"_part": pa.array(keys, pa.int64()),
-                      "_sensor": sensor_codes(table["Device"], table["Tag"]).codes,
-                      "_time": table[time_column]})
-    order = pc.sort_indices(keyed, sort_keys=[("_part", "ascending"), ("_sensor", "ascending"),
-                                              ("_time", "ascending")])
+    order = sort_by_sensor(table, [time_column], first=keys)
     return table.take(order), keys[order.to_numpy()]
 
 

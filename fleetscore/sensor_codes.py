@@ -3,6 +3,7 @@ two string columns row by row is most of the cost of sorting millions of rows by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -45,3 +46,20 @@ def _ranks(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order), dtype=np.int64)
     return rank[encoded.indices.to_numpy()], encoded.dictionary.take(pa.array(order))
+
+
+def sort_by_sensor(table: pa.Table, then: Sequence[str],
+                   first: np.ndarray | None = None) -> pa.Array:
+    """Indices that sort the rows by ``first`` (when given), Device, Tag, then the ``then``
+    columns, all ascending. Stable: rows equal in all of them keep their order. A table with
+    a missing id (a raw file read whole) sorts by the strings, which put nulls last."""
+    columns: dict[str, pa.Array | pa.ChunkedArray | np.ndarray] = {}
+    if first is not None:
+        columns["_first"] = first
+    if table["Device"].null_count or table["Tag"].null_count:
+        columns["_device"], columns["_tag"] = table["Device"], table["Tag"]
+    else:
+        columns["_sensor"] = sensor_codes(table["Device"], table["Tag"]).codes
+    for i, name in enumerate(then):
+        columns[f"_then{i}"] = table[name]
+    return pc.sort_indices(pa.table(columns), sort_keys=[(k, "ascending") for k in columns])

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from .errors import InputError, NotFound, UsageError
 from .hours import MS_PER_HOUR, Hour
 from .readings import valid_ids
-from .sensor_codes import sensor_codes
+from .sensor_codes import sensor_codes, sort_by_sensor
 from .sensors import Sensor, sorted_unique
 from .stores import Store
 
@@ -301,16 +301,13 @@ def _wanted(sensors: Iterable[Sensor] | None) -> list[Sensor] | None:
     return None if sensors is None else sorted_unique(sensors)
 
 
-_ORDER = [("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")]
-
-
 def _read_day_part(store: Store, path: str, wanted: list[Sensor] | None) -> pa.Table:
     """A day part's rows (of the wanted sensors), sorted by Device, Tag, End: ingest writes
     them so, and sorting here keeps every hour's slice sorted whoever wrote the file."""
     table = _read_part(store, path, wanted, whole=True)
     if table.num_rows < 2 or table.schema.metadata == _SORTED:
         return table
-    return table.sort_by(_ORDER)
+    return table.take(sort_by_sensor(table, ["End"]))
 
 
 def _split_by_hour(table: pa.Table) -> dict[Hour, pa.Table]:
@@ -367,12 +364,13 @@ def _combine_tables(tables: list[pa.Table]) -> pa.Table:
         return _POINTS_SCHEMA.empty_table()
     if len(tables) == 1 and tables[0].schema.metadata == _SORTED:
         return tables[0].replace_schema_metadata(None)
-    order = _ORDER
     # A stable sort keeps the files' order among rows of one window, so merged sums add in
     # the same order as before; merging (a group-by) only when some window is in two files.
-    table = pa.concat_tables(tables).sort_by(order).replace_schema_metadata(None)
+    table = pa.concat_tables(tables).replace_schema_metadata(None)
+    table = table.take(sort_by_sensor(table, ["End"]))
     if len(tables) > 1 and _repeats(table):
-        table = _merge_parts(table).sort_by(order)
+        table = _merge_parts(table)
+        table = table.take(sort_by_sensor(table, ["End"]))
     return table
 
 

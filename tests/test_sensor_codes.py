@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetscore.sensor_codes import sensor_codes
+from fleetscore.sensor_codes import sensor_codes, sort_by_sensor
 from fleetscore.windows import PARTIAL_SCHEMA, aggregate, window_end_ms
 
 # Valid ids, with the characters whose byte order differs from a naive guess (digits before
@@ -93,3 +93,22 @@ def test_a_window_sums_its_readings_in_time_then_value_order(same_time):
                              "Value": pa.array([values[i] for i in arrival], pa.float64())})
         windows = aggregate(readings, 60)
         assert windows["Sum"].to_pylist() == [expected] and windows["Count"].to_pylist() == [5]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.one_of(ids, st.none()), st.one_of(ids, st.none()),
+                          st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=80),
+       st.booleans(), st.booleans())
+def test_sorting_by_sensor_is_the_stable_sort_by_the_strings(rows, with_first, nulls):
+    if not nulls:
+        rows = [(d or "d", t or "t", e, f) for d, t, e, f in rows]
+    table = pa.table({"Device": pa.array([r[0] for r in rows], pa.string()),
+                      "Tag": pa.array([r[1] for r in rows], pa.string()),
+                      "End": pa.array([r[2] for r in rows], pa.int64())})
+    first = np.array([r[3] for r in rows], np.int64) if with_first else None
+    keyed = table.append_column("_first", pa.array(first if with_first else np.zeros(len(rows),
+                                                                                    np.int64)))
+    by_strings = pc.sort_indices(keyed, sort_keys=[
+        ("_first", "ascending"), ("Device", "ascending"), ("Tag", "ascending"),
+        ("End", "ascending")]).to_numpy()
+    assert sort_by_sensor(table, ["End"], first=first).to_numpy().tolist() == by_strings.tolist()
