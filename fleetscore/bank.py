@@ -53,6 +53,7 @@ from .models import (
     ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
     read_manifest,
 )
+from .sensor_codes import sensor_keys
 from .sensors import Sensor, parse_sensors, sensor_columns, sorted_unique
 from .stores import Store
 from .stores.base import get_many
@@ -341,7 +342,7 @@ def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str | None], exi
         return None
     try:
         data = store.get(path)
-        count, left = len(decode_shard(data)), tuple(shard_left(data))
+        count, left = len(Bank.decode(data)), tuple(shard_left(data))
     except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
         return None
     entry = {"key": key, "path": path, "first": str(group[0]), "last": str(group[-1]),
@@ -552,8 +553,7 @@ def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool
     if not index:
         return Bank.empty()
     wanted = list(sensors) if ordered else [(d, t) for d, t in sorted_unique(sensors)]
-    wanted_keys = pc.binary_join_element_wise(pa.array([d for d, _ in wanted], pa.string()),
-                                              pa.array([t for _, t in wanted], pa.string()), "/")
+    wanted_keys = sensor_keys([d for d, _ in wanted], [t for _, t in wanted])
     parts = []
     sealed = index.get("sealed") is True
     hashes = not sealed or bool(index.get("check"))  # only entries not vouched for need them
@@ -642,8 +642,7 @@ class Bank(Mapping):
             device, tag = z["device"], z["tag"]
             hashes = z["sha256"] if sha else np.zeros(len(device), "U1")
             params, offsets, support, dual = z["params"], z["offsets"], z["support"], z["dual"]
-        keys = pc.binary_join_element_wise(pa.array(device, pa.string()),
-                                           pa.array(tag, pa.string()), "/")
+        keys = sensor_keys(device, tag)
         return cls(keys, hashes, params.reshape(-1, len(PARAMS)), offsets.astype(np.int64),
                    support, dual)
 

@@ -195,14 +195,16 @@ def time_fast(store: Store, sensors: list[Sensor]) -> Stages:
     """The stages of ``score_unit``'s fast path, one by one, then the whole call."""
     from .bank import decide
     from .predictions import predictions_columns
-    from .scoring import present_pairs, score_unit, sensor_runs
+    from .scoring import present_pairs, score_unit
+    from .windows import sensor_runs
 
     t0 = time.perf_counter()
     points = read_points(store, BENCH_HOUR, sensors)
+    runs = sensor_runs(points)  # as score_unit: right after the read
     t1 = time.perf_counter()
-    bank = load_bank(store, present_pairs(points), ordered=True)
+    bank = load_bank(store, present_pairs(points, runs), ordered=True)
     t2 = time.perf_counter()
-    starts, stops, keys = sensor_runs(points)
+    starts, stops, keys = runs
     entries = bank.index(keys)
     fast = entries >= 0
     values = points["Value"].to_numpy()

@@ -40,6 +40,7 @@ from .errors import InputError
 from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
 from .runs_table import between, no_runs, read_runs
+from .sensor_codes import sensor_keys
 from .stores.base import READERS, get_many
 from .stores import Store
 from .text import count
@@ -658,7 +659,7 @@ class _Fold:
             wanted = pa.array(top, pa.string())
 
             def again(preds: pa.Table) -> None:
-                keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
+                keys = sensor_keys(preds["Device"], preds["Tag"])
                 mine = preds.filter(pc.is_in(keys, value_set=wanted))
                 if mine.num_rows:
                     add(*_numbers(mine, lambda found: [row[k] for k in found]))
@@ -681,7 +682,7 @@ def _numbers(preds: pa.Table, number_of: Callable[[list[str]], list[int]]
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A table of predictions as arrays: (sensor, window end ms, value, label). Sensors are
     numbered by ``number_of`` (their Device/Tag names, each distinct one once)."""
-    keys = pc.binary_join_element_wise(preds["Device"], preds["Tag"], "/")
+    keys = sensor_keys(preds["Device"], preds["Tag"])
     distinct = pc.unique(keys)
     local = pc.index_in(keys, value_set=distinct).to_numpy(zero_copy_only=False)
     known = np.asarray(number_of(distinct.to_pylist()), dtype=np.int64)
@@ -713,7 +714,7 @@ class _Data:
 def _truth_grid(truth: pa.Table, sensors: Sequence[str], axis: Axis) -> np.ndarray:
     """Shown sensors x columns: 1 where an anomaly was injected."""
     grid = np.zeros((len(sensors), axis.columns))
-    keys = pc.binary_join_element_wise(truth["Device"], truth["Tag"], "/").to_pylist()
+    keys = sensor_keys(truth["Device"], truth["Tag"]).to_pylist()
     ends = truth["End"].to_numpy()
     anomaly = truth["Anomaly"].to_numpy().astype(bool)
     col = axis.column(ends)

@@ -44,6 +44,7 @@ from .planning import (
 )
 from .predictions import decode, encode, format_of, predictions_folder
 from .scoring import UnitResult, score_unit, top_counts
+from .sensor_codes import sensor_keys
 from .sensors import Sensor
 from .stores import Store
 from .workers import paused_gc
@@ -434,7 +435,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
             table = decode(store.get(entry["path"]), entry["path"])
         except NotFound:
             continue
-        keys = pc.binary_join_element_wise(table["Device"], table["Tag"], "/")
+        keys = sensor_keys(table["Device"], table["Tag"])
         mask = kept_mask(keys)
         rows = table.filter(mask)
         kept.update(pc.unique(pc.filter(keys, mask)).to_pylist())

@@ -25,7 +25,7 @@ from .bank import Bank, decide, load_bank, near_boundary
 from .predictions import encode, format_of, predictions_columns, predictions_path
 from .sensors import Sensor, sorted_unique
 from .stores import Store
-from .windows import read_points
+from .windows import read_points, sensor_runs
 
 
 @dataclass(frozen=True)
@@ -147,22 +147,6 @@ def present_pairs(points: pa.Table, runs: tuple | None = None) -> list[tuple[str
                     strict=True))
 
 
-def sensor_runs(points: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """Where each sensor's rows start and stop in a sorted points table, and its
-    ``Device/Tag`` key."""
-    n = points.num_rows
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string())
-    devices, tags = points["Device"], points["Tag"]
-    change = pc.or_(pc.not_equal(devices.slice(1), devices.slice(0, n - 1)),
-                    pc.not_equal(tags.slice(1), tags.slice(0, n - 1)))
-    starts = np.concatenate(([0], np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1))
-    stops = np.concatenate((starts[1:], [n]))
-    at = pa.array(starts)
-    keys = pc.binary_join_element_wise(devices.take(at), tags.take(at), "/")
-    return starts, stops, keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-
-
 @dataclass(frozen=True)
 class Group:
     """A unit's sensors in one hour, with their points: what ``score_many`` scores."""
@@ -191,10 +175,12 @@ def score_many(
     # Every group's rows, one after the other; runs of (group, sensor) over them.
     tables = [g.points.select(["Device", "Tag", "End", "Value"]) for g in groups]
     run_parts, offset = [], 0
+    # Each group's sensors as keys, once: needed to pick its runs and to name its absent ones.
+    group_keys: list[pa.Array | None] = [None if g.exact else _keys(g.sensors) for g in groups]
     for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
         starts, stops, keys = g.runs or sensor_runs(table)
         member = np.ones(len(keys), dtype=bool) if g.exact else pc.is_in(
-            keys, value_set=_keys(g.sensors)).to_numpy(zero_copy_only=False)
+            keys, value_set=group_keys[index]).to_numpy(zero_copy_only=False)
         run_parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,
                           member))
         offset += table.num_rows
@@ -272,7 +258,8 @@ def score_many(
         if g.exact and len(present) == len(g.sensors):
             absent = np.zeros(len(g.sensors), dtype=bool)
         else:
-            absent = pc.invert(pc.is_in(_keys(g.sensors), value_set=keys.take(
+            wanted = group_keys[index] if group_keys[index] is not None else _keys(g.sensors)
+            absent = pc.invert(pc.is_in(wanted, value_set=keys.take(
                 pa.array(present, pa.int64())))).to_numpy(zero_copy_only=False)
         results.append(UnitResult(
             unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
@@ -306,7 +293,7 @@ def _top(names: pa.Array, counts: np.ndarray) -> dict[str, int]:
 
 
 def _keys(sensors: Sequence[Sensor]) -> pa.Array:
-    return pa.array([f"{s.device}/{s.tag}" for s in sensors], pa.string())
+    return pa.array(list(map(str, sensors)), pa.string())
 
 
 def _predictions(tables: list[pa.Table], keep: np.ndarray, labels: np.ndarray,

@@ -26,6 +26,18 @@ class SensorCodes(NamedTuple):
         return self.devices.take(pa.array(codes // n)), self.tags.take(pa.array(codes % n))
 
 
+def sensor_keys(devices, tags) -> pa.Array:
+    """Each row's sensor as its ``Device/Tag`` key (``str(Sensor)``), one array. The columns
+    are arrays, or anything ``pa.array`` takes (lists, numpy arrays of str)."""
+    keys = pc.binary_join_element_wise(_strings(devices), _strings(tags), "/")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+
+
+def _strings(column) -> pa.Array | pa.ChunkedArray:
+    return column if isinstance(column, pa.Array | pa.ChunkedArray) else pa.array(column,
+                                                                                pa.string())
+
+
 def sensor_codes(devices: pa.Array | pa.ChunkedArray,
                  tags: pa.Array | pa.ChunkedArray) -> SensorCodes:
     """The rows' ``SensorCodes``. Every id must be there (readings are validated as read)."""
@@ -48,18 +60,19 @@ def _ranks(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return rank[encoded.indices.to_numpy()], encoded.dictionary.take(pa.array(order))
 
 
-def sort_by_sensor(table: pa.Table, then: Sequence[str],
-                   first: np.ndarray | None = None) -> pa.Array:
+def sort_by_sensor(table: pa.Table, then: Sequence[str], first: np.ndarray | None = None, *,
+                   codes: SensorCodes | None = None) -> pa.Array:
     """Indices that sort the rows by ``first`` (when given), Device, Tag, then the ``then``
     columns, all ascending. Stable: rows equal in all of them keep their order. A table with
-    a missing id (a raw file read whole) sorts by the strings, which put nulls last."""
+    a missing id (a raw file read whole) sorts by the strings, which put nulls last.
+    ``codes``: the table's own, when the caller has them already."""
     columns: dict[str, pa.Array | pa.ChunkedArray | np.ndarray] = {}
     if first is not None:
         columns["_first"] = first
-    if table["Device"].null_count or table["Tag"].null_count:
+    if codes is None and (table["Device"].null_count or table["Tag"].null_count):
         columns["_device"], columns["_tag"] = table["Device"], table["Tag"]
     else:
-        columns["_sensor"] = sensor_codes(table["Device"], table["Tag"]).codes
+        columns["_sensor"] = (codes or sensor_codes(table["Device"], table["Tag"])).codes
     for i, name in enumerate(then):
         columns[f"_then{i}"] = table[name]
     return pc.sort_indices(pa.table(columns), sort_keys=[(k, "ascending") for k in columns])

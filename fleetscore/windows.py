@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from .errors import InputError, NotFound, UsageError
 from .hours import MS_PER_HOUR, Hour
 from .readings import valid_ids
-from .sensor_codes import sensor_codes, sort_by_sensor
+from .sensor_codes import sensor_codes, sensor_keys, sort_by_sensor
 from .sensors import Sensor, sorted_unique
 from .stores import Store
 
@@ -80,21 +80,15 @@ def aggregate(readings: pa.Table, interval_s: int) -> pa.Table:
     # readings arrived in: the same readings always give the same bits. The order is that of
     # (Device, Tag, TS, Value); sensors are sorted and grouped by their codes, not their names.
     codes = sensor_codes(readings["Device"], readings["Tag"])
-    keyed = pa.table({"_sensor": codes.codes, "TS": readings["TS"], "Value": readings["Value"]})
-    keyed = keyed.take(pc.sort_indices(keyed, sort_keys=[
-        ("_sensor", "ascending"), ("TS", "ascending"), ("Value", "ascending")]))
-    ends = window_end_ms(keyed["TS"].to_numpy(), interval_s)
-    table = pa.table({"_sensor": keyed["_sensor"], "End": pa.array(ends, pa.int64()),
-                      "Value": keyed["Value"]})
+    order = sort_by_sensor(readings, ["TS", "Value"], codes=codes)
+    ends = window_end_ms(readings["TS"].take(order).to_numpy(), interval_s)
+    table = pa.table({"_sensor": codes.codes[order.to_numpy()], "End": pa.array(ends, pa.int64()),
+                      "Value": readings["Value"].take(order)})
     grouped = table.group_by(["_sensor", "End"], use_threads=False).aggregate(
         [("Value", "sum"), ("Value", "count")]
     )
     device, tag = codes.device_tag(grouped["_sensor"].to_numpy())
-    return pa.table(
-        [device, tag, grouped["End"], grouped["Value_sum"],
-         pc.cast(grouped["Value_count"], pa.int64())],
-        schema=PARTIAL_SCHEMA,
-    )
+    return _partials(device, tag, grouped["End"], grouped["Value_sum"], grouped["Value_count"])
 
 
 def combine(partials: Iterable[pa.Table]) -> pa.Table:
@@ -107,15 +101,12 @@ def combine(partials: Iterable[pa.Table]) -> pa.Table:
     grouped = pa.concat_tables(tables).group_by(_KEYS, use_threads=False).aggregate(
         [("Sum", "sum"), ("Count", "sum")]
     )
-    return _partials(grouped, "Sum_sum", "Count_sum")
+    return _partials(grouped["Device"], grouped["Tag"], grouped["End"], grouped["Sum_sum"],
+                     grouped["Count_sum"])
 
 
-def _partials(grouped: pa.Table, sum_col: str, count_col: str) -> pa.Table:
-    return pa.table(
-        [grouped["Device"], grouped["Tag"], grouped["End"], grouped[sum_col],
-         pc.cast(grouped[count_col], pa.int64())],
-        schema=PARTIAL_SCHEMA,
-    )
+def _partials(device, tag, end, sums, counts) -> pa.Table:
+    return pa.table([device, tag, end, sums, pc.cast(counts, pa.int64())], schema=PARTIAL_SCHEMA)
 
 
 def split_hours(partials: pa.Table) -> dict[Hour, pa.Table]:
@@ -556,21 +547,35 @@ def _merge_parts(table: pa.Table) -> pa.Table:
     )
 
 
+def sensor_runs(points: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Where each sensor's rows start and stop in a sorted points table, and its
+    ``Device/Tag`` key."""
+    n = points.num_rows
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string())
+    devices, tags = points["Device"], points["Tag"]
+    change = pc.or_(pc.not_equal(devices.slice(1), devices.slice(0, n - 1)),
+                    pc.not_equal(tags.slice(1), tags.slice(0, n - 1)))
+    starts = np.concatenate(([0], np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1))
+    stops = np.concatenate((starts[1:], [n]))
+    at = pa.array(starts)
+    return starts, stops, sensor_keys(devices.take(at), tags.take(at))
+
+
 def by_sensor(points: pa.Table) -> dict[Sensor, SensorPoints]:
     """Split a sorted points table into per-sensor arrays."""
     if points.num_rows == 0:
         return {}
-    devices = points["Device"].to_numpy(zero_copy_only=False)
-    tags = points["Tag"].to_numpy(zero_copy_only=False)
+    starts, stops, _ = sensor_runs(points)
+    at = pa.array(starts)
+    devices = points["Device"].take(at).to_pylist()
+    tags = points["Tag"].take(at).to_pylist()
     ends = points["End"].to_numpy()
     values = points["Value"].to_numpy()
     counts = points["Count"].to_numpy()
-    change = np.flatnonzero((devices[1:] != devices[:-1]) | (tags[1:] != tags[:-1])) + 1
-    starts = np.concatenate(([0], change))
-    stops = np.concatenate((change, [len(devices)]))
     out = {}
-    for a, b in zip(starts, stops, strict=True):
+    for device, tag, a, b in zip(devices, tags, starts, stops, strict=True):
         # Ids were filtered against validated sensors or checked in bulk when read.
-        sensor = Sensor.unchecked(str(devices[a]), str(tags[a]))
+        sensor = Sensor.unchecked(device, tag)
         out[sensor] = SensorPoints(sensor, ends[a:b], values[a:b], counts[a:b])
     return out

@@ -82,6 +82,11 @@ def _in_folder(parent: str, make: Callable[[], T]) -> T:
     return make()
 
 
+def _temp_name(parent: str) -> str:
+    """A hidden name beside a target, for a file renamed into place (never listed)."""
+    return os.path.join(parent, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+
+
 def version_of(data: bytes) -> str:
     """A local file's version tag: its content hash (the same bytes are the same version)."""
     return hashlib.sha256(data).hexdigest()[:32]
@@ -139,7 +144,7 @@ class LocalStore:
     def _temp(self, parent: str) -> tuple[int, str]:
         """A new hidden file beside the target (O_EXCL: never one another writer uses)."""
         for _ in range(100):
-            tmp = os.path.join(parent, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+            tmp = _temp_name(parent)
             try:
                 return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE), tmp
             except FileExistsError:
@@ -192,7 +197,7 @@ class LocalStore:
         parent = os.path.dirname(dst)
 
         def link() -> str:
-            tmp = os.path.join(parent, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+            tmp = _temp_name(parent)
             try:
                 os.link(src, tmp)
             except FileNotFoundError:
