@@ -2,7 +2,8 @@
 
 Everything that is not exactly right is refused with a message that names the field, before
 anything is started: unknown fields, bad hours, reversed or too long ranges, hours that have
-not ended, bad sensor ids, too many sensors, a body that is too large or not a JSON object.
+not ended, bad sensor ids, too many sensors, a body that is too large, nested too deeply
+or not a JSON object.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def parse_run_request(body: bytes, now: datetime) -> RunRequest:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # json.loads recurses once per array or object level: '[' * 200000 exhausts the
+        # interpreter's recursion limit. A request never nests more than two levels.
+        raise RequestError("the body is nested too deeply to be a run request") from exc
     if not isinstance(data, dict):
         raise RequestError('expected a JSON object such as {"window": "2024-03-01T13"}')
     unknown = sorted(set(data) - FIELDS)

@@ -239,3 +239,18 @@ def test_timer_and_http_race_for_the_same_hour_start_it_once(
         assert body["sensors"] == ["1/1"]
         assert response.status_code == 202 and json.loads(response.get_body())["id"] == iid
         assert lost == [f"{iid} was started by another starter at the same moment: not started again"]
+
+
+@pytest.mark.reliability("R70")
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"window": ' * 20_000,
+                                  b"[" * 100_000 + b"]" * 100_000],
+                         ids=["open-arrays", "open-objects", "closed-arrays"])
+def test_http_trigger_deeply_nested_json_answers_400_not_500(post, durable_fake, body):
+    # json.loads recurses once per level: 200,000 levels exceed Python's recursion limit and
+    # raised RecursionError, which the host turned into a 500. It is a malformed body: 400.
+    assert len(body) <= 256 * 1024  # under the size limit: the depth is what is refused
+    response = post(body)
+    assert response.status_code == 400
+    error = json.loads(response.get_body())["error"]
+    assert "nested" in error
+    assert durable_fake.starts == []
