@@ -40,8 +40,9 @@ FILTER_MAX_IDS, FILTER_MAX_CHARS = 100, 2000
 
 # The one definition of the pool's autoscale formula, autoscale.formula beside this module
 # (infra's Bicep loads the same file). From zero: the target follows the
-# pending tasks (queued + running), using the last sample while too few samples exist yet
-# (a new or idle pool has none); nodes leave only when their tasks complete.
+# pending tasks (queued + running), using the last sample while too few samples exist yet,
+# and 0 when a new pool has none (max(0, GetSample(1)), the form of the Batch documentation's
+# task-based example); nodes leave only when their tasks complete.
 AUTOSCALE_FORMULA = (resources.files(__package__) / "autoscale.formula").read_text().strip()
 EVALUATION_INTERVAL = timedelta(minutes=5)
 

@@ -62,13 +62,25 @@ def _flatten(args) -> list[float]:
     return out
 
 
+class EvaluationError(Exception):
+    """The formula cannot be evaluated (the service reports an autoscale run error)."""
+
+
+def _val(v, i):
+    # "val(doubleVec v, double i): Returns the value of the element that is at location i in
+    # vector v": an empty vector has no element at 0, and the evaluation fails.
+    if not 0 <= int(i) < len(v):
+        raise EvaluationError(f"val: no element {int(i)} in a vector of {len(v)}")
+    return v[int(i)]
+
+
 def evaluate(formula: str, pending: Metric) -> dict[str, object]:
     """Run the formula's statements in order; returns every variable it assigned."""
     env: dict[str, object] = {
         "avg": lambda *a: sum(_flatten(a)) / len(_flatten(a)),
         "max": lambda *a: max(_flatten(a)),
         "min": lambda *a: min(_flatten(a)),
-        "val": lambda v, i: v[int(i)] if 0 <= int(i) < len(v) else None,
+        "val": _val,
         "TimeInterval_Minute": Interval(60),
         "taskcompletion": "taskcompletion",
         "v_PendingTasks": pending,
@@ -127,9 +139,48 @@ def test_autoscale_formula_follows_the_history_and_falls_back_to_the_last_sample
     assert evaluate(formula, Metric([0] * 9 + [1] + [0]))["$nodes"] == 1
     # Too few samples (a new or idle pool): the last sample alone.
     assert evaluate(formula, Metric([40, 40, 1], percent=20))["$nodes"] == 1
-    # No sample at all: val(..., 0) has nothing, and the pool stays at zero.
+    # A sample of zero pending tasks: the pool stays at zero.
     out = evaluate(formula, Metric([0], percent=0))
     assert out["$nodes"] == 0 and out["$TargetDedicatedNodes"] == 0
     # Spot: the same count as low-priority nodes, none dedicated.
     spot = evaluate(autoscale_formula(10, spot=True, tasks_per_node=2), Metric([5] * 10))
     assert spot["$TargetDedicatedNodes"] == 0 and spot["$TargetLowPriorityNodes"] == 3
+
+
+# "Example 2: Task-based adjustment" of the page above, its statement for the pending tasks as
+# the documentation writes it: the last sample while fewer than 70 percent of the samples
+# exist, as max(0, ...) so that no sample at all is 0, else the larger of the last sample and
+# the history's average.
+DOCS_EXAMPLE_2 = ("$tasks = $samples < 70 ? max(0,$PendingTasks.GetSample(1)) : max( "
+                  "$PendingTasks.GetSample(1), avg($PendingTasks.GetSample(TimeInterval_Minute "
+                  "* 15)));")
+
+
+def _normalised(statement: str) -> str:
+    return re.sub(r"\s+", "", statement).rstrip(";")
+
+
+@pytest.mark.reliability("R71")
+def test_autoscale_formula_reads_the_pending_tasks_as_the_documented_example():
+    statements = _statements(AUTOSCALE_FORMULA)
+    pending = next(s for s in statements if s.startswith("$pending "))
+    percent = next(s for s in statements if s.startswith("$samplePercent "))
+    # The documentation's statement, with our names and a five-minute history.
+    documented = (DOCS_EXAMPLE_2.replace("$tasks", "$pending").replace("$samples", "$samplePercent")
+                  .replace("TimeInterval_Minute * 15", "TimeInterval_Minute * 5"))
+    assert _normalised(pending) == _normalised(documented)
+    assert _normalised(percent) == _normalised(
+        "$samplePercent = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 5)")
+    # Nothing indexes a sample vector that may be empty.
+    assert "val(" not in "".join(statements)
+
+
+@pytest.mark.reliability("R71")
+def test_autoscale_formula_evaluates_on_a_new_pool_with_no_sample_yet():
+    # A pool just created: no sample of $PendingTasks yet, GetSample(1) is an empty vector.
+    for spot in (False, True):
+        out = evaluate(autoscale_formula(10, spot=spot, tasks_per_node=2), Metric([], percent=0))
+        assert out["$pending"] == 0 and out["$nodes"] == 0
+        assert out["$TargetDedicatedNodes"] == 0 and out["$TargetLowPriorityNodes"] == 0
+    # The first sample arrives: the pool grows from it alone.
+    assert evaluate(autoscale_formula(10, tasks_per_node=2), Metric([5], percent=3))["$nodes"] == 3
