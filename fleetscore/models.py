@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -30,9 +31,43 @@ from .stores import Store
 
 SKOPS_SUFFIX = ".skops"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
-# Modules whose types a stored model may contain. Anything else (a user's own class, a
-# builtin like eval reached through a crafted file) is refused by name.
-TRUSTED_MODULE_ROOTS = ("sklearn", "numpy", "scipy")
+# Every (type, skops node kind) the estimators fleetscore accepts are made of: OneClassSVM,
+# IsolationForest, LocalOutlierFactor(novelty=True), EllipticEnvelope and SGDOneClassSVM, alone
+# or after a StandardScaler, RobustScaler, MinMaxScaler or MaxAbsScaler in a Pipeline
+# (tests/test_models.py rebuilds this list from those estimators and checks it is exact).
+# An exact list, never a module prefix: skops constructs a node's type with arguments from the
+# file, so trusting "numpy.*" trusts numpy.testing.runstring, which calls exec.
+TRUSTED_NODES: frozenset[tuple[str, str]] = frozenset({
+    ("builtins.dict", "DictNode"),
+    ("builtins.list", "ListNode"),
+    ("builtins.tuple", "TupleNode"),
+    ("builtins.str", "TypeNode"),
+    ("builtins.str", "JsonNode"),
+    ("builtins.int", "JsonNode"),
+    ("builtins.float", "JsonNode"),
+    ("builtins.bool", "JsonNode"),
+    ("builtins.NoneType", "JsonNode"),
+    ("numpy.ndarray", "NdArrayNode"),
+    ("numpy.float64", "NdArrayNode"),
+    ("numpy.float32", "NdArrayNode"),
+    ("numpy.int64", "NdArrayNode"),
+    ("numpy.int32", "NdArrayNode"),
+    ("sklearn.pipeline.Pipeline", "ObjectNode"),
+    ("sklearn.preprocessing._data.StandardScaler", "ObjectNode"),
+    ("sklearn.preprocessing._data.RobustScaler", "ObjectNode"),
+    ("sklearn.preprocessing._data.MinMaxScaler", "ObjectNode"),
+    ("sklearn.preprocessing._data.MaxAbsScaler", "ObjectNode"),
+    ("sklearn.svm._classes.OneClassSVM", "ObjectNode"),
+    ("sklearn.ensemble._iforest.IsolationForest", "ObjectNode"),
+    ("sklearn.tree._classes.ExtraTreeRegressor", "ObjectNode"),
+    ("sklearn.tree._tree.Tree", "TreeNode"),
+    ("sklearn.neighbors._lof.LocalOutlierFactor", "ObjectNode"),
+    ("sklearn.neighbors._kd_tree.KDTree", "ObjectNode"),
+    ("sklearn.metrics._dist_metrics.EuclideanDistance64", "ObjectNode"),
+    ("sklearn.covariance._elliptic_envelope.EllipticEnvelope", "ObjectNode"),
+    ("sklearn.linear_model._stochastic_gradient.SGDOneClassSVM", "ObjectNode"),
+    ("sklearn.linear_model._sgd_fast.Hinge", "LossNode"),
+})
 
 
 @dataclass(frozen=True)
@@ -107,24 +142,47 @@ def dumps_model(estimator: Any) -> bytes:
     return sio.dumps(estimator)
 
 
-def loads_model(data: bytes, name: str) -> Any:
-    """Load skops bytes, trusting only types from TRUSTED_MODULE_ROOTS."""
-    import skops.io as sio
-
+def skops_nodes(data: bytes, name: str) -> set[tuple[str, str]]:
+    """Every (type, node kind) a skops file names, read from its schema without loading it."""
     try:
-        untrusted = sio.get_untrusted_types(data=data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, RecursionError) as exc:
         raise ModelError(f"{name}: not a readable skops file ({_first_line(exc)})") from exc
-    foreign = [t for t in untrusted if t.split(".", 1)[0] not in TRUSTED_MODULE_ROOTS]
+    found: set[tuple[str, str]] = set()
+    stack: list[Any] = [schema]
+    while stack:  # a loop, not recursion: a crafted schema may nest deeply
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__loader__" in node:
+                found.add((f"{node.get('__module__')}.{node.get('__class__')}",
+                           str(node.get("__loader__"))))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def check_skops_types(data: bytes, name: str) -> list[str]:
+    """The file's type names, all on TRUSTED_NODES; UntrustedModelError names the others."""
+    nodes = skops_nodes(data, name)
+    foreign = sorted(f"{t} ({kind})" for t, kind in nodes - TRUSTED_NODES)
     if foreign:
         raise UntrustedModelError(
-            f"{name}: refused, the file contains types outside scikit-learn/NumPy/SciPy: "
-            + ", ".join(sorted(foreign)[:5])
-        )
+            f"{name}: refused, the file names types or functions that no accepted estimator "
+            f"is made of: {', '.join(foreign[:5])}")
+    return sorted({t for t, _ in nodes})
+
+
+def loads_model(data: bytes, name: str) -> Any:
+    """Load skops bytes whose every node is on TRUSTED_NODES (checked before skops reads it)."""
+    import skops.io as sio
+
+    trusted = check_skops_types(data, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return sio.load(io.BytesIO(data), trusted=untrusted)
+            return sio.load(io.BytesIO(data), trusted=trusted)
     except Exception as exc:  # noqa: BLE001 - skops raises many types for damaged files
         raise ModelError(f"{name}: cannot load the skops file ({_first_line(exc)})") from exc
 
@@ -135,6 +193,7 @@ def save_model(
 ) -> ModelManifest:
     check_estimator(estimator, str(sensor))
     data = dumps_model(estimator)
+    check_skops_types(data, str(sensor))  # never store a model fleetscore would refuse to load
     previous = _read_manifest(store, sensor)
     manifest = ModelManifest(
         device=sensor.device,

@@ -121,3 +121,97 @@ def test_the_stores_sensors_are_read_only_when_a_name_is_ambiguous(local_store, 
     result = import_models(local_store, d, known=known)
     assert calls == [1]  # read once for both ambiguous names
     assert sorted(str(m.sensor) for m in result.imported) == ["1/1", "dev_a/t", "dev_a/t"]
+
+
+# --- the exact type list (issue: a crafted skops file ran code) -----------------------------
+
+
+def crafted_skops(payload_file) -> bytes:
+    """A skops file whose only node names numpy.testing.runstring: skops builds a TupleNode's
+    type with the tuple as arguments, so loading it would exec the string."""
+    import io
+    import json
+    import zipfile
+
+    code = f"open({str(payload_file)!r}, 'w').write('ran')"
+
+    def text(value):
+        return {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                "content": json.dumps(value), "__id__": id(value)}
+
+    schema = {"__class__": "runstring", "__module__": "numpy.testing", "__loader__": "TupleNode",
+              "content": [text(code), {"__class__": "dict", "__module__": "builtins",
+                                       "__loader__": "JsonNode", "content": "{}", "__id__": 7}],
+              "__id__": 1, "protocol": sio._protocol.PROTOCOL, "_skops_version": "0.16.0"}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("schema.json", json.dumps(schema))
+    return buffer.getvalue()
+
+
+@pytest.mark.reliability("R11")
+def test_a_crafted_skops_file_naming_a_numpy_function_runs_nothing(tmp_path):
+    payload = tmp_path / "ran"
+    with pytest.raises(UntrustedModelError, match="numpy.testing.runstring"):
+        loads_model(crafted_skops(payload), "evil.skops")
+    assert not payload.exists()
+
+
+@pytest.mark.reliability("R11")
+def test_models_import_refuses_a_crafted_file_with_exit_2(cli, tmp_path):
+    payload = tmp_path / "ran"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "1_4.skops").write_bytes(crafted_skops(payload))
+    code, out, err = cli("models", "import", str(folder), "--store", str(tmp_path / "s"))
+    assert code == 2, (out, err)
+    assert "1_4.skops" in out + err and "numpy.testing.runstring" in out + err
+    assert "Traceback" not in out + err and not payload.exists()
+
+
+@pytest.mark.reliability("R11")
+def test_a_crafted_model_in_the_store_fails_its_sensor_alone(trained_store, cli, tmp_path):
+    """Written straight into models/ (anyone who can write the container): the run refuses
+    it for that sensor, scores the others, and nothing runs."""
+    import json as _json
+
+    payload = tmp_path / "ran"
+    sensor = Sensor("1", "1")
+    data = crafted_skops(payload)
+    trained_store.put(model_path(sensor), data)
+    manifest = _json.loads(trained_store.get(f"models/{sensor.path}.json"))
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    trained_store.put(f"models/{sensor.path}.json", _json.dumps(manifest).encode())
+    code, out, err = cli("run", "--window", "2024-03-01T01", "--store", str(trained_store.root),
+                         "--backend", "sequential", "--json")
+    assert code == 3, (out, err)
+    body = _json.loads(out)["runs"][0]
+    assert [f["sensor"] for f in body["failures"]] == ["1/1"]
+    assert "numpy.testing.runstring" in body["failures"][0]["message"]
+    assert body["scored"] == 2 and not payload.exists()
+
+
+def test_the_trusted_list_is_exactly_what_the_accepted_estimators_are_made_of():
+    from sklearn.covariance import EllipticEnvelope
+    from sklearn.linear_model import SGDOneClassSVM
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler
+    from sklearn.svm import OneClassSVM
+
+    from fleetscore.models import TRUSTED_NODES, skops_nodes
+
+    rng = np.random.default_rng(0)
+    found = set()
+    for x in (rng.normal(size=(100, 1)), rng.normal(size=(100, 1)).astype(np.float32)):
+        for detector in (OneClassSVM(), IsolationForest(n_estimators=5, random_state=0),
+                         LocalOutlierFactor(novelty=True), EllipticEnvelope(), SGDOneClassSVM()):
+            for scaler in (None, StandardScaler(), StandardScaler(with_mean=False, with_std=False),
+                           RobustScaler(), MinMaxScaler(), MaxAbsScaler()):
+                model = detector if scaler is None else make_pipeline(scaler, detector)
+                found |= skops_nodes(sio.dumps(model.fit(x)), "m")
+    # Inert scalars: a JSON value, a NumPy number (what other inputs or versions may hold).
+    scalars = {(f"builtins.{t}", "JsonNode") for t in ("int", "float", "bool", "NoneType")} \
+        | {(f"numpy.{t}", "NdArrayNode") for t in ("float32", "int32")}
+    assert found <= TRUSTED_NODES and TRUSTED_NODES - found <= scalars
+    assert not [t for t, _ in TRUSTED_NODES if t.startswith("numpy.testing")]
