@@ -8,7 +8,9 @@ Units are fanned out in sub-orchestrations of at most ``fanout`` units each, so 
 grows past a few hundred tasks even at 100,000+ units. Inside one, every unit is submitted
 (an idempotent activity: the same unit is the same task; failed chunks are retried in rounds),
 then one monitor loop of a durable timer and a status activity follows all of them; each status
-poll renews the hour's lock and cancels units past the deadline. After ``polls_per_execution``
+poll renews the hour's lock and cancels units past the deadline. Every activity is retried by
+hand (plain calls and durable timers, ``_call`` and ``_submit``), never with
+``call_activity_with_retry`` (azure-functions-durable-python#603). After ``polls_per_execution``
 polls the sub-orchestration continues as new with the units still running and the outcomes so
 far, so its history stays bounded over a two-hour deadline. A unit whose activity keeps failing
 after its retries, or whose sub-orchestration fails, is reported failed with the reason; it
@@ -39,6 +41,28 @@ def retry() -> df.RetryOptions:
     return options
 
 
+def _call(context: df.DurableOrchestrationContext, name: str, payload: dict):
+    """One activity, retried by hand as the retry policy says: a plain ``call_activity``, on
+    failure a durable timer of ``first_retry_interval``, then a new plain call; the last
+    failure is raised. ``yield from _call(...)`` gives the activity's result.
+
+    Never ``call_activity_with_retry``: once such a call has been retried, the next yield that
+    issues new tasks (the status poll's next timer, the fan-out after the plan) can leave the
+    SDK and the extension disagreeing on task ids, and the orchestration hangs silently
+    (azure-functions-durable-python#603, closed as won't fix). A plain call takes its one id
+    when it is scheduled, and so does each timer here."""
+    options = retry()
+    for attempt in range(1, options.max_number_of_attempts + 1):
+        try:
+            return (yield context.call_activity(name, payload))
+        except Exception:  # noqa: BLE001 - the activity's failure, as the SDK reports it
+            if attempt == options.max_number_of_attempts:
+                raise
+        yield context.create_timer(context.current_utc_datetime + timedelta(
+            milliseconds=options.first_retry_interval_in_milliseconds))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @bp.orchestration_trigger(context_name="context", orchestration=SCORE_WINDOW)
 def score_window(context: df.DurableOrchestrationContext):
     request = {**DEFAULTS, **(context.get_input() or {})}
@@ -46,7 +70,7 @@ def score_window(context: df.DurableOrchestrationContext):
     started = context.current_utc_datetime
     run_id = f"{started:%Y%m%d%H%M%S}{context.new_uuid().replace('-', '')[:6]}"
     deadline = started + timedelta(minutes=request["unit_deadline_minutes"])
-    plan = yield context.call_activity_with_retry(PLAN, retry(), {
+    plan = yield from _call(context, PLAN, {
         "window": window, "run_id": run_id, "deadline": deadline.isoformat(),
         "sensors": request.get("sensors"), "unit_size": request.get("unit_size"),
     })
@@ -75,7 +99,7 @@ def score_window(context: df.DurableOrchestrationContext):
                              for u in batch_of[id(done)]})
         else:
             outcomes.update(done.result)
-    summary = yield context.call_activity_with_retry(FINALIZE, retry(), {
+    summary = yield from _call(context, FINALIZE, {
         "window": window, "run_id": run_id, "outcomes": outcomes, "started": started.isoformat(),
         "backend": request.get("backend", "local"),
     })
@@ -117,9 +141,8 @@ def score_units(context: df.DurableOrchestrationContext):
         yield context.create_timer(context.current_utc_datetime
                                    + timedelta(seconds=job["poll_seconds"]))
         try:
-            states = yield context.call_activity_with_retry(
-                STATUS, retry(), {"window": window, "run_id": run_id, "units": waiting,
-                                  "deadline": job["deadline"]})
+            states = yield from _call(context, STATUS, {
+                "window": window, "run_id": run_id, "units": waiting, "deadline": job["deadline"]})
         except Exception as exc:  # noqa: BLE001 - the activity's error, already retried
             if not context.is_replaying:
                 log.warning("status of %s failed, will poll again: %s", window, exc,

@@ -89,6 +89,9 @@ class Replay:
     longest_history: int = 0
     inputs: list[Any] = field(default_factory=list)  # each execution's input
     clock: datetime | None = None
+    # Every action type the SDK asked for in any episode (compound actions' children too),
+    # sub-orchestrations included: CALL_ACTIVITY_WITH_RETRY among them means a retried call.
+    action_types: set[int] = field(default_factory=set)
 
 
 def event(kind: H, clock: datetime, event_id: int = -1, **fields) -> dict:
@@ -249,6 +252,14 @@ def _execution_id(instance_id: str, execution: int) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"durable-driver/{instance_id}/{execution}").hex
 
 
+def _action_types(actions: list[dict]) -> set[int]:
+    out: set[int] = set()
+    for action in actions:
+        out.add(action["actionType"])
+        out |= _action_types(action.get("compoundActions") or [])
+    return out
+
+
 def _sdk_open(context: DurableOrchestrationContext) -> set[int]:
     return {k for k, v in context.open_tasks.items() if isinstance(k, int) and v}
 
@@ -285,7 +296,9 @@ def drive(
                 e["IsPlayed"] = True  # everything before the next episode has been played
             replay.episodes += 1
             replay.longest_history = max(replay.longest_history, len(history))
-            shim = Shim(out["actions"][0] if out["actions"] else [], history, execution_id).run()
+            actions = out["actions"][0] if out["actions"] else []
+            replay.action_types |= _action_types(actions)
+            shim = Shim(actions, history, execution_id).run()
             if out.get("isDone"):
                 if shim.continue_as_new is not Shim._NONE:
                     input_ = shim.continue_as_new
@@ -349,6 +362,7 @@ def drive(
                                                  Details=""))
                     else:
                         replay.sub_orchestrations.append(sub)
+                        replay.action_types |= sub.action_types
                         replay.calls.extend(sub.calls)
                         clock = max(clock, sub.clock)
                         completions.append(event(H.SUB_ORCHESTRATION_INSTANCE_COMPLETED, clock,

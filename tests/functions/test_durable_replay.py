@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import datetime
 
 import azure.durable_functions as df
 import pytest
@@ -189,3 +190,47 @@ def test_durable_failed_sub_orchestration_fails_its_units_not_the_hour(orchestra
         assert outcomes["u000003"]["error_kind"] == "OrchestrationFailed"
         assert "score_units crashed" in outcomes["u000003"]["error"]
         assert replay.output["status"] == "partial"
+
+
+@pytest.mark.reliability("R72")
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_durable_failing_status_and_plan_are_retried_by_hand_and_the_run_completes(
+        orchestrator_functions, seed):
+    """The status poll (and the plan before the fan-out) used call_activity_with_retry followed
+    by new work, a timer or sub-orchestrations: the pattern of azure-functions-durable-python
+    #603, where a retried call leaves the orchestration hung. Now plain calls, a durable timer
+    between attempts, as the submits: the SDK never asks for a retried call, the failing
+    activities are called again after the retry interval, and the hour completes."""
+    from tests.functions.durable_driver import CALL_ACTIVITY_WITH_RETRY
+
+    units = ["u000000", "u000001"]
+    doubles = Doubles(units, running_polls=1, status_failures=2)
+    plan_failures = [1]
+
+    def flaky_plan(p):
+        if plan_failures[0]:
+            plan_failures[0] -= 1
+            raise RuntimeError("store blip while planning")
+        return doubles.plan(p)
+
+    activities = {**doubles.activities(), "plan_window": flaky_plan}
+    replay = drive(orchestrator_functions, "score_window", {"window": WINDOW}, activities,
+                   rng=None if seed is None else random.Random(seed))
+    assert replay.output["status"] == "succeeded"
+    assert {u: o["state"] for u, o in replay.output["outcomes"].items()} == \
+        dict.fromkeys(units, "succeeded")
+    assert CALL_ACTIVITY_WITH_RETRY not in replay.action_types
+    names = [n for n, _ in replay.calls]
+    assert names.count("plan_window") == 2 and names.count("finalize_window") == 1
+    # Two failed polls, each retried after 5 s, then a "running" and a "succeeded" answer.
+    assert names.count("unit_status") == 4
+    [sub] = replay.sub_orchestrations
+    kinds = [(e["EventType"], e.get("Name")) for e in sub.history
+             if e["EventType"] in (int(H.TASK_SCHEDULED), int(H.TIMER_CREATED))]
+    statuses = [i for i, k in enumerate(kinds) if k == (int(H.TASK_SCHEDULED), "unit_status")]
+    created = [e for e in sub.history if e["EventType"] == int(H.TIMER_CREATED)]
+    gaps = sorted({(datetime.fromisoformat(b["FireAt"]) - datetime.fromisoformat(a["FireAt"]))
+                   .total_seconds() for a, b in zip(created, created[1:])})
+    assert 5.0 in gaps and 30.0 in gaps  # retry timers (5 s) between the poll timers (30 s)
+    for index in statuses[1:]:
+        assert kinds[index - 1][0] == int(H.TIMER_CREATED)  # every call follows its own timer

@@ -75,13 +75,11 @@ def test_orchestrator_first_episode_schedules_the_plan(orchestrator_functions):
     out, _ = handle(orchestrator_functions["score_window"], history, "score-20240301T01",
                     {"window": WINDOW, "sensors": ["1/1"]})
     assert out["isDone"] is False
-    # Schema V3 (what the extension asks for): one flat list of actions; a retried call is a
-    # WhenAll (12) of one CallActivityWithRetry (1).
+    # Schema V3 (what the extension asks for): one flat list of actions. The plan is a plain
+    # call (0), retried by the orchestrator itself, never a CallActivityWithRetry (1).
     assert out["schemaVersion"] == 2
-    [[compound]] = out["actions"]
-    assert compound["actionType"] == 12
-    [action] = compound["compoundActions"]
-    assert action["functionName"] == "plan_window" and action["actionType"] == 1  # with retry
+    [[action]] = out["actions"]
+    assert action["functionName"] == "plan_window" and action["actionType"] == 0
     body = json.loads(action["input"])
     run_id = body.pop("run_id")
     assert body == {"window": WINDOW, "sensors": ["1/1"], "unit_size": None,
@@ -89,9 +87,8 @@ def test_orchestrator_first_episode_schedules_the_plan(orchestrator_functions):
     assert run_id.startswith("20240301020500") and len(run_id) == 20
     again, _ = handle(orchestrator_functions["score_window"], history, "score-20240301T01",
                       {"window": WINDOW, "sensors": ["1/1"]})
-    again_action = again["actions"][0][0]["compoundActions"][0]
+    again_action = again["actions"][0][0]
     assert json.loads(again_action["input"])["run_id"] == run_id  # replay: same id
-    assert action["retryOptions"]["maxNumberOfAttempts"] == 3
 
 
 def test_orchestrator_fans_out_in_bounded_sub_orchestrations(orchestrator_functions):
