@@ -13,6 +13,10 @@ stamped with the moment the replay starts and the rest keep their spacing; sent 
 (speed 1x, required then: events more than 5 minutes early are dropped too), each arrives on time
 and lands in the current hours' windows. To score historical hours at their own times, ingest the
 file into the store instead (``fleetscore ingest``).
+
+Failures of Event Hubs (a namespace that cannot be reached, a refused token, a send that keeps
+failing after the client's retries) are converted where the SDK is called, in ``Producer``,
+into ``StoreError`` (exit 5) with one line naming the namespace and the hub.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import StoreError, UsageError, first_line
 from .readings import iter_readings
 
 
@@ -131,12 +135,72 @@ def replay(
                          offset_ms / 1000)
 
 
-def make_producer(hub: str, *, namespace: str | None, connection_string: str | None):
-    from azure.eventhub import EventHubProducerClient
+# The producer client's retry policy (azure-eventhub's keyword arguments). The SDK's default
+# (3 retries, exponential back-off from 0.8 s) takes about 12 s to give up on a namespace that
+# refuses connections; tests lower it.
+CLIENT_OPTIONS: dict = {"retry_total": 3}
+
+SENDER_ROLE = "Azure Event Hubs Data Sender"
+
+
+class Producer:
+    """An EventHubProducerClient whose failures are ``StoreError`` naming the hub."""
+
+    def __init__(self, client, target: str):
+        self._client, self.target = client, target
+
+    def _failed(self, exc: Exception) -> StoreError:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.eventhub.exceptions import AuthenticationError, ConnectError
+
+        if isinstance(exc, AuthenticationError | ClientAuthenticationError):
+            return StoreError(f"Event Hubs refused {self.target}: {first_line(exc)} (sending "
+                              f"needs the '{SENDER_ROLE}' role on the hub, see docs/operations.md)")
+        if isinstance(exc, ConnectError | OSError):
+            return StoreError(f"cannot reach Event Hubs {self.target}: {first_line(exc)}")
+        return StoreError(f"cannot send to Event Hubs {self.target}: {first_line(exc)}")
+
+    def _call(self, method, *args, **kwargs):
+        from azure.core.exceptions import AzureError
+        from azure.eventhub.exceptions import EventHubError
+
+        try:
+            return method(*args, **kwargs)
+        except (EventHubError, AzureError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    def create_batch(self, partition_key=None):
+        return self._call(self._client.create_batch, partition_key=partition_key)
+
+    def send_batch(self, batch):
+        return self._call(self._client.send_batch, batch)
+
+    def close(self):
+        """Never raises: a failed close must not hide the error that ended the replay."""
+        from azure.core.exceptions import AzureError
+        from azure.eventhub.exceptions import EventHubError
+
+        try:
+            self._client.close()
+        except (EventHubError, AzureError, OSError):
+            pass
+
+
+def make_producer(hub: str, *, namespace: str | None, connection_string: str | None) -> Producer:
+    try:
+        from azure.eventhub import EventHubProducerClient
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise UsageError("replay needs the azure extra: pip install 'fleetscore[azure]'") from exc
 
     if connection_string:
-        return EventHubProducerClient.from_connection_string(connection_string, eventhub_name=hub)
+        try:
+            client = EventHubProducerClient.from_connection_string(
+                connection_string, eventhub_name=hub, **CLIENT_OPTIONS)
+        except ValueError as exc:
+            raise UsageError(f"not an Event Hubs connection string: {first_line(exc)}") from exc
+        return Producer(client, f"hub {hub} (from the connection string)")
     from azure.identity import DefaultAzureCredential
 
-    return EventHubProducerClient(fully_qualified_namespace=namespace, eventhub_name=hub,
-                                  credential=DefaultAzureCredential())
+    client = EventHubProducerClient(fully_qualified_namespace=namespace, eventhub_name=hub,
+                                    credential=DefaultAzureCredential(), **CLIENT_OPTIONS)
+    return Producer(client, f"{namespace} hub {hub}")

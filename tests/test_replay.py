@@ -205,3 +205,104 @@ def test_replay_shift_to_now_needs_real_time(tmp_path):
         with pytest.raises(UsageError, match="--speed 1x"):
             replay(path, FakeProducer(clock), speed=speed, sleep=clock.sleep, clock=clock,
                    shift_to_now=True)
+
+
+# --- Event Hubs unavailable or refusing: one line, exit 5 --------------------------------------
+
+
+def _nothing_listens(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) != 0
+
+
+@pytest.mark.reliability("R60")
+def test_replay_to_an_unreachable_namespace_exits_5_with_one_line(tmp_path, monkeypatch, cli):
+    """The real producer client (AMQP over TLS on port 5671) against a namespace where nothing
+    listens: the connection is refused, and replay says so in one line with exit 5."""
+    import time
+
+    from fleetscore import replay as module
+
+    if not _nothing_listens("127.0.0.1", 5671):
+        pytest.skip("something listens on 127.0.0.1:5671 here")
+    monkeypatch.setattr(module, "CLIENT_OPTIONS", {"retry_total": 0})  # the default: about 12 s
+    path = write_readings(tmp_path / "r.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 2))
+    started = time.monotonic()
+    code, out, err = cli("replay", str(path), "--namespace", "127.0.0.1", "--speed", "max")
+    assert code == 5, err
+    assert "internal error" not in err and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "cannot reach Event Hubs 127.0.0.1 hub readings" in lines[0]
+    assert "Connection refused" in lines[0]
+    assert time.monotonic() - started < 30
+
+
+class _RefusingClient:
+    """An EventHubProducerClient whose token is refused, as Event Hubs answers an identity
+    without a data role (the namespace has local auth disabled)."""
+
+    def __init__(self):
+        self.closed = False
+
+    def create_batch(self, partition_key=None):
+        from azure.eventhub.exceptions import AuthenticationError
+
+        raise AuthenticationError("Unauthorized access. 'Send' claim(s) are required to perform "
+                                  "this operation.\nTrackingId: 0")
+
+    def send_batch(self, batch):  # pragma: no cover - never reached
+        raise AssertionError
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.reliability("R61")
+def test_replay_refused_for_lack_of_the_sender_role_names_the_role(tmp_path, monkeypatch, cli):
+    from fleetscore import replay as module
+
+    client = _RefusingClient()
+    monkeypatch.setattr(module, "make_producer", lambda hub, **kw: module.Producer(
+        client, f"{kw['namespace']} hub {hub}"))
+    path = write_readings(tmp_path / "r.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 2))
+    code, out, err = cli("replay", str(path), "--namespace", "ns.servicebus.windows.net",
+                         "--speed", "max")
+    assert code == 5 and len(err.strip().splitlines()) == 1, err
+    assert "Event Hubs refused ns.servicebus.windows.net hub readings" in err
+    assert "'Azure Event Hubs Data Sender'" in err
+    assert client.closed
+
+
+def test_replay_client_options_bound_the_default_retries(monkeypatch):
+    """make_producer hands CLIENT_OPTIONS to the SDK client (so the retries above are the real
+    client's), on both the identity and the connection-string paths."""
+    from fleetscore import replay as module
+
+    monkeypatch.setattr(module, "CLIENT_OPTIONS", {"retry_total": 1})
+    for producer in (
+        module.make_producer("readings", namespace="ns.servicebus.windows.net",
+                             connection_string=None),
+        module.make_producer("readings", namespace=None, connection_string=(
+            "Endpoint=sb://127.0.0.1/;SharedAccessKeyName=test;SharedAccessKey=not-a-key")),
+    ):
+        assert producer._client._config.retry_total == 1  # noqa: SLF001 - the SDK's config
+        producer.close()
+    with pytest.raises(UsageError, match="not an Event Hubs connection string"):
+        module.make_producer("readings", namespace=None, connection_string="garbage")
+
+
+def test_replay_is_in_the_azure_extra():
+    """replay's error for a missing SDK tells users to install the azure extra: it must hold
+    azure-eventhub, pinned as in requirements.txt."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {d.partition("==")[0]: d for d in extras["azure"]}
+    requirements = (ROOT / "requirements.txt").read_text().split()
+    assert pins.get("azure-eventhub") in requirements
