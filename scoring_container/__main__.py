@@ -2,13 +2,20 @@
 
 Reads the unit's sensors from the run's plan in the store, scores them with ``score_unit`` into
 the run's staging, and records the unit's result. The exit code is a contract with Azure Batch,
-which reruns a task on any nonzero exit (up to ``maxTaskRetryCount``):
+which reruns a task on any nonzero exit, up to the task's ``constraints.maxTaskRetryCount``
+("The Batch service retries a Task if its exit code is nonzero"; a task's
+``exitConditions.exitCodes[].exitOptions`` only choose a ``jobAction`` and a
+``dependencyAction``, never whether to retry). So a failure that a rerun cannot fix ends with
+exit 0, and only a failure a rerun can fix is nonzero:
 
-- 0: the unit's result is recorded, whatever it says: all scored, partial (some sensors failed,
-  named in the result), or unusable (no such unit, a malformed sensor list). A rerun would
-  change none of these, so Batch must not make one.
+- 0: the task is done and a rerun would change nothing. Either the unit's result is recorded,
+  whatever it says (all scored; partial, the failed sensors named; unusable: no such unit, a
+  malformed sensor list, bad arguments), or nothing can be recorded because the command line
+  itself is wrong (an hour that does not parse, no such store, a setting that does not parse):
+  then stderr says why, and the backend, finding no result, reports the unit failed with that
+  stderr. Bad arguments are recorded in the unit's result whenever the store, hour, run and
+  unit can still be read from them.
 - 1: a failure a retry can fix (the store unreachable): nothing final was recorded.
-- 2: bad arguments or no such store (the task's command line itself is wrong).
 """
 
 from __future__ import annotations
@@ -25,44 +32,92 @@ from fleetscore.settings import Settings
 from fleetscore.stores import open_store
 from fleetscore.workers import tune_gc
 
-EXIT_OK, EXIT_RETRY, EXIT_USAGE = 0, 1, 2
+# EXIT_FINAL: a deterministic failure; 0 so that Batch does not retry it (see above).
+EXIT_OK, EXIT_RETRY, EXIT_FINAL = 0, 1, 0
 log = logging.getLogger("scoring_container")
+OPTIONS = ("store", "window", "run", "unit")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError for bad arguments instead of exiting 2 (which Batch would
+    retry); --help still prints and exits 0."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _strip_prefix(argv: list[str]) -> list[str]:
+    # Batch may hand the task's command line to the image's ENTRYPOINT as arguments, or run it
+    # as the whole command, depending on the container runtime: accept both shapes.
+    return argv[3:] if argv[:3] == ["python", "-m", "scoring_container"] else argv
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    # Batch may hand the task's command line to the image's ENTRYPOINT as arguments, or run it
-    # as the whole command, depending on the container runtime: accept both shapes.
-    if argv[:3] == ["python", "-m", "scoring_container"]:
-        argv = argv[3:]
-    parser = argparse.ArgumentParser(prog="python -m scoring_container", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m scoring_container", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="az://CONTAINER or a directory")
     parser.add_argument("--window", required=True, help="hour YYYY-MM-DDTHH (UTC)")
     parser.add_argument("--run", required=True, help="run id (fleetscore plan --save prints one)")
     parser.add_argument("--unit", required=True, help="unit id from the run's plan")
-    return parser.parse_args(argv)
+    return parser.parse_args(_strip_prefix(argv))
+
+
+def _record_bad_arguments(argv: list[str], error: UsageError) -> None:
+    """Record bad arguments as the unit's (unusable) result when the store, hour, run and unit
+    can still be read from them; otherwise stderr alone says why."""
+    lenient = _Parser(add_help=False)
+    for name in OPTIONS:
+        lenient.add_argument(f"--{name}")
+    try:
+        known, _ = lenient.parse_known_args(_strip_prefix(argv))
+    except UsageError:  # nothing readable (an option without its value)
+        return
+    if not all(getattr(known, name) for name in OPTIONS):
+        return
+    try:
+        hour = Hour.parse(known.window)
+        store = open_store(known.store, Settings.from_env())
+    except FleetscoreError:
+        return
+    try:
+        record_unusable(store, hour, known.run, known.unit, "UsageError",
+                        f"bad arguments for the scoring container: {error}")
+        log.info("unit %s of %s: recorded as unusable", known.unit, hour)
+    except FleetscoreError as exc:
+        log.error("could not record unit %s of %s as unusable: %s", known.unit, hour, exc)
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     tune_gc()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        hour = Hour.parse(args.window)
-    except SystemExit as exc:  # argparse has printed the usage line
-        return EXIT_USAGE if exc.code else EXIT_OK
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help or --version: argparse has printed and exits 0
+        return EXIT_OK if not exc.code else EXIT_FINAL
     except UsageError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    settings = Settings.from_env()
+        log.error("bad arguments, not retried: %s", exc)
+        _record_bad_arguments(argv, exc)
+        return EXIT_FINAL
+    try:
+        hour = Hour.parse(args.window)
+        settings = Settings.from_env()
+    except UsageError as exc:  # no hour, or no settings: nowhere to record a result
+        log.error("unit %s: %s (not retried: the task's command line or settings are wrong)",
+                  args.unit, exc)
+        return EXIT_FINAL
     telemetry.setup("fleetscore-scoring")  # only with APPLICATIONINSIGHTS_CONNECTION_STRING
     try:
         try:
             store = open_store(args.store, settings)
         except UsageError as exc:  # no such store: nowhere to record a result
-            log.error("%s", exc)
-            return EXIT_USAGE
+            log.error("unit %s of %s: %s (not retried: the task's store is wrong)", args.unit,
+                      args.window, exc)
+            return EXIT_FINAL
         try:
             try:
                 result = run_unit(store, hour, args.run, args.unit)

@@ -63,9 +63,11 @@ def test_container_scores_a_saved_plan_into_its_run_and_changes_nothing_visible(
     assert "0 problems" in _cli("verify", "--store", store).stdout
 
 
-def test_container_exit_codes_tell_batch_when_a_retry_can_help(trained_store, tmp_path):
-    """0 whenever the unit's result is recorded (scored, partial, or unusable): a Batch retry
-    would change nothing. 1 when nothing could be recorded (worth a retry), 2 for bad arguments."""
+@pytest.mark.reliability("R73")
+def test_container_exit_codes_tell_batch_when_a_retry_can_help(trained_store, tmp_path, caplog):
+    """0 whenever a Batch retry would change nothing: the unit's result is recorded (scored,
+    partial, unusable, bad arguments that still name the unit), or the command line is wrong
+    and stderr says so. 1 only when nothing could be recorded and a retry may help."""
     from fleetscore.hours import Hour
     from fleetscore.models import model_path
     from fleetscore.planning import make_plan, save_plan
@@ -81,11 +83,25 @@ def test_container_exit_codes_tell_batch_when_a_retry_can_help(trained_store, tm
     assert read_unit_result(trained_store, hour, "r1", "u000000").status == "partial"
     assert main([*args, "u999999"]) == 0  # no such unit: recorded as unusable
     assert "InputError" in read_unit_result(trained_store, hour, "r1", "u999999").error
+    # Bad arguments are deterministic: exit 0 (Batch would rerun any other code), recorded in
+    # the unit's result when the store, hour, run and unit can still be read ...
+    assert main([*args, "u000002", "--unknown", "1"]) == 0
+    recorded = read_unit_result(trained_store, hour, "r1", "u000002")
+    assert recorded.status == "failed" and recorded.error.startswith("UsageError: bad arguments")
+    assert "--unknown" in recorded.error
+    # ... else said on stderr, where the backend reads why a task left no result.
+    caplog.clear()
     assert main(["--store", trained_store.url, "--window", "2024-3-1", "--run", "r1",
-                 "--unit", "u000000"]) == 2
-    assert main(["--window", WINDOW]) == 2  # missing arguments
+                 "--unit", "u000000"]) == 0
+    assert "invalid hour" in caplog.text and "not retried" in caplog.text
+    caplog.clear()
+    assert main(["--window", WINDOW]) == 0  # missing arguments
+    assert "required: --store, --run, --unit" in caplog.text
+    caplog.clear()
     assert main(["--store", str(tmp_path / "nowhere"), "--window", WINDOW, "--run", "r1",
-                 "--unit", "u000000"]) == 2
+                 "--unit", "u000000"]) == 0
+    assert "not retried" in caplog.text
+    assert read_unit_result(trained_store, hour, "r1", "u000000").status == "partial"  # kept
     (trained_store.root / "runs" / WINDOW / "r1" / "results").chmod(0o500)
     try:
         if os.geteuid() != 0:  # root writes anyway: the retry path is covered below
@@ -122,9 +138,15 @@ def test_container_dockerfile_is_slim_non_root_and_pinned():
     assert pins and all("==" in r for r in pins)
     import tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {d.split("==")[0]: d.split("==")[1] for d in
-                [*project["dependencies"], *project["optional-dependencies"]["azure"]]}
-    assert {r.split("==")[0]: r.split("==")[1] for r in pins} == declared
+    core = {d.split("==")[0]: d.split("==")[1] for d in project["dependencies"]}
+    azure = {d.split("==")[0]: d.split("==")[1] for d in project["optional-dependencies"]["azure"]}
+    pinned = {r.split("==")[0]: r.split("==")[1] for r in pins}
+    # The core and the Blob store (and the telemetry the container exports), at the versions
+    # pyproject.toml declares; nothing the container does not import (the azure extra's Event
+    # Hubs client is for `fleetscore replay`).
+    assert core.items() <= pinned.items()
+    assert pinned.items() <= {**core, **azure}.items()
+    assert {"azure-storage-blob", "azure-identity"} <= set(pinned)
 
 
 @pytest.mark.parametrize("argv", [["--help"]])

@@ -281,8 +281,12 @@ class BatchBackend:
             result = read_unit_result(self._store, window, run_id, unit_id)
             if result is not None:
                 return UnitStatus(result.status, result)
+            # The container ends a failure no rerun can fix with exit 0 (so that Batch does not
+            # retry it) and, when it cannot record a result, says why on stderr.
+            tail = self._stderr_tail(jid, unit_id)
             return UnitStatus(FAILED, error_kind="ResultMissing",
-                              error=f"task {unit_id} exited {exit_code} but wrote no result")
+                              error=f"task {unit_id} exited {exit_code} but wrote no result"
+                                    + (f"; stderr: {tail}" if tail else ""))
         reason = []
         failure = info.failure_info if info is not None else None
         if failure is not None:

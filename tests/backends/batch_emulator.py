@@ -27,7 +27,11 @@ What it models, from the service's REST reference (learn.microsoft.com/rest/api/
   (active, running (preparing counted as running), completed, succeeded, failed).
 - Task states ``active -> running -> completed`` and ``executionInfo`` as "Task - Get" reports
   it (BatchTaskExecutionInfo): ``retryCount`` (nonzero exits are retried up to
-  ``constraints.maxTaskRetryCount``, -1 unlimited; exit 0 never), ``requeueCount``,
+  ``constraints.maxTaskRetryCount``, -1 unlimited; exit 0 never: BatchTaskConstraints,
+  "The Batch service retries a Task if its exit code is nonzero ... this value specifically
+  controls the number of retries for the Task executable due to a nonzero exit code"; a
+  task's ``exitConditions.exitCodes[].exitOptions`` hold only ``jobAction`` and
+  ``dependencyAction``, so no exit code can turn the retry off), ``requeueCount``,
   ``startTime`` (the latest attempt's), ``lastRetryTime``, ``endTime``, ``exitCode``,
   ``result`` success/failure, ``failureInfo`` {category usererror, code FailureExitCode} for a
   nonzero exit.

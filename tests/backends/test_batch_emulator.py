@@ -364,8 +364,13 @@ def test_tasks_run_in_task_directories_and_are_retried_on_nonzero_exits_only(
     backend.close()
 
 
-def test_partial_and_unusable_units_exit_0_and_are_not_rerun_but_bad_arguments_are(
+@pytest.mark.reliability("R73")
+def test_partial_unusable_and_bad_argument_units_exit_0_and_are_never_rerun(
         running, trained_store):
+    """Batch reruns every nonzero exit up to maxTaskRetryCount: a failure no rerun can fix
+    (partial, unusable, bad arguments) ends with exit 0, recorded in the unit's result when
+    the arguments still name a store, an hour, a run and a unit, else said on stderr, which the
+    backend reports. Before, bad arguments exited 2 and were run three times."""
     from fleetscore.models import model_path
 
     plan = make_plan(trained_store, H1)
@@ -374,17 +379,31 @@ def test_partial_and_unusable_units_exit_0_and_are_not_rerun_but_bad_arguments_a
     backend = _running_backend(running, trained_store)
     ghost = Unit("u999999", (Sensor("1", "1"),))  # not in the run's plan: unusable
     backend.submit(H1, [plan.units[1], ghost], run_id=RUN)
-    running.jobs[JOB]  # the job exists; a task with a wrong command line:
-    running.add_task(JOB, {"id": "bad-args", "commandLine":
-                           "python -m scoring_container --store /nowhere --window 2024-03-01T01",
-                           "constraints": {"maxTaskRetryCount": 2}})
+    store = trained_store.url
+    bad = {  # tasks with a wrong command line, each allowed two retries
+        "u000007": f"python -m scoring_container --store {store} --window 2024-03-01T01 "
+                   f"--run {RUN} --unit u000007 --threads 4",  # recordable: an unknown option
+        "u000008": f"python -m scoring_container --store {store} --window 2024-3-1 --run {RUN} "
+                   "--unit u000008",  # no hour: nothing recordable
+        "u000009": "python -m scoring_container --store /nowhere --window 2024-03-01T01",
+    }
+    for task_id, command in bad.items():
+        running.add_task(JOB, {"id": task_id, "commandLine": command,
+                               "constraints": {"maxTaskRetryCount": 2}})
     running.wait_idle(120)
-    states = backend.poll(H1, ["u000001", "u999999"], run_id=RUN)
-    assert running.attempts[(JOB, "u000001")] == running.attempts[(JOB, "u999999")] == 1
-    assert states["u000001"].state == "failed"
+    ids = ["u000001", "u999999", *bad]
+    states = backend.poll(H1, ids, run_id=RUN)
+    client = _client(running)
+    for task_id in ids:
+        info = client.get_task(JOB, task_id).execution_info
+        assert (info.exit_code, info.retry_count, running.attempts[(JOB, task_id)]) == (0, 0, 1)
+        assert states[task_id].state == "failed", task_id
     assert states["u000001"].result.failures[0].kind == "ModelError"
-    assert states["u999999"].state == "failed" and "u999999" in states["u999999"].result.error
-    # Batch reruns any nonzero exit, a usage error (2) included: it fails fast each time.
-    bad = _client(running).get_task(JOB, "bad-args").execution_info
-    assert (bad.exit_code, bad.retry_count, running.attempts[(JOB, "bad-args")]) == (2, 2, 3)
+    assert "u999999" in states["u999999"].result.error
+    recorded = states["u000007"].result.error
+    assert recorded.startswith("UsageError:") and "--threads" in recorded
+    for task_id, said in (("u000008", "invalid hour '2024-3-1'"),
+                          ("u000009", "the following arguments are required: --run, --unit")):
+        assert states[task_id].error_kind == "ResultMissing"
+        assert said in states[task_id].error and "not retried" in states[task_id].error
     backend.close()
