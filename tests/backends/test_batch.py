@@ -73,12 +73,12 @@ def test_batch_formula_shape_and_settings_substitution():
     assert "$NodeDeallocationOption = taskcompletion" in formula
     assert "min(12, $pending / 1)" in formula
     assert "GetSamplePercent(TimeInterval_Minute * 5)" in formula  # guard for missing samples
-    assert "val($PendingTasks.GetSample(1), 0)" in formula  # from zero: last sample, default 0
+    assert "max(0, $PendingTasks.GetSample(1))" in formula  # from zero: last sample, or 0
     assert "$TargetDedicatedNodes = $nodes" in formula and "$TargetLowPriorityNodes = 0" in formula
     spot = autoscale_formula(3, spot=True)
     assert "$TargetDedicatedNodes = 0" in spot and "$TargetLowPriorityNodes = $nodes" in spot
     assert "{" not in formula and "}" not in formula
-    assert formula.count(";") == AUTOSCALE_FORMULA.count(";") == 25
+    assert formula.count(";") == AUTOSCALE_FORMULA.count(";") == 24
     with pytest.raises(UsageError):
         autoscale_formula(0)
 
