@@ -16,8 +16,13 @@ param location string
 @description('Object id of the deploying user, given data access to the store for debugging. Empty: none.')
 param principalId string = ''
 
-@description('Batch node VM size.')
+@description('Batch node VM size. Batch changes a pool\'s VM size only while the pool has no node: to change it after the first deployment, give the pool a new name too (batchPoolName), see docs/operations.md.')
 param batchVmSize string = 'Standard_D2s_v5'
+
+@description('Name (id) of the Batch pool. Change it together with batchVmSize: the templates create a new pool and point the app at it.')
+@minLength(1)
+@maxLength(64)
+param batchPoolName string = 'fleetscore'
 
 @description('Autoscale cap of the Batch pool.')
 @minValue(1)
@@ -126,6 +131,7 @@ module batch 'modules/batch.bicep' = {
     location: location
     tags: tags
     poolIdentityId: poolIdentity.outputs.resourceId
+    poolName: batchPoolName
     vmSize: batchVmSize
     maxNodes: batchMaxNodes
     spot: batchSpot
@@ -180,6 +186,9 @@ module functionApp 'modules/functionapp.bicep' = {
       FLEETSCORE_BATCH_IMAGE: scoringImage
       FLEETSCORE_BATCH_REGISTRY: registry.outputs.loginServer
       FLEETSCORE_BATCH_IDENTITY_RESOURCE_ID: poolIdentity.outputs.resourceId
+      // Handed to every task as AZURE_CLIENT_ID: the store, and the tasks' telemetry (the pool
+      // identity has Monitoring Metrics Publisher on Application Insights, modules/roles.bicep;
+      // the connection string is the app's own APPLICATIONINSIGHTS_CONNECTION_STRING).
       FLEETSCORE_BATCH_IDENTITY_CLIENT_ID: poolIdentity.outputs.clientId
       FLEETSCORE_BATCH_LOGS_CONTAINER_URL: 'https://${storage.outputs.name}.blob.${environment().suffixes.storage}/${storeContainer}'
       FLEETSCORE_BATCH_TASK_TIMEOUT_MINUTES: '60'
@@ -223,3 +232,8 @@ output SCORING_IMAGE string = scoringImage
 output STREAM_ANALYTICS_JOB string = stream.outputs.name
 output EVENT_HUBS_NAMESPACE string = eventHubs.outputs.name
 output STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_BATCH_ACCOUNT_NAME string = batch.outputs.accountName
+output AZURE_BATCH_POOL_ID string = batch.outputs.poolId
+output AZURE_APP_IDENTITY_PRINCIPAL_ID string = appIdentity.outputs.principalId
+output AZURE_POOL_IDENTITY_PRINCIPAL_ID string = poolIdentity.outputs.principalId
+output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name

@@ -123,3 +123,148 @@ def test_infra_workbook_holds_the_operations_queries():
     assert len(queries) == 5 and all(q in ops for q in queries)
     for metric in ("fleetscore.arrival.lag",):
         assert any(metric in q for q in queries)
+
+
+# --- role assignments: who may do what, read from modules/roles.bicep ----------------------------
+
+ROLES = TEMPLATES["modules/roles.bicep"]
+# Built-in role definition ids ("Azure built-in roles", learn.microsoft.com/azure/
+# role-based-access-control/built-in-roles; for Batch also learn.microsoft.com/azure/batch/
+# batch-role-based-access-control).
+BUILT_IN = {
+    "Azure Batch Job Submitter": "48e5e92e-a480-4e71-aa9c-2778f4c13781",
+    "Azure Event Hubs Data Sender": "2b629674-e913-4c01-ae53-ef4638d8f975",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+}
+CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
+
+
+def _assignments() -> dict[str, dict]:
+    """Each role assignment of roles.bicep: its scope, principal, role id and condition."""
+    table = re.search(r"var role = \{(.*?)\n\}", ROLES, re.S).group(1)
+    ids = dict(re.findall(r"^\s+(\w+): '([0-9a-f-]{36})'", table, re.M))
+    found = {}
+    for name, condition, body in re.findall(
+            r"^resource (\w+) 'Microsoft\.Authorization/roleAssignments@[\d-]+' = (if \(.*?\) )?\{"
+            r"(.*?)\n\}", ROLES, re.M | re.S):
+        role = re.search(r"roleDefinitions', role\.(\w+)\)", body).group(1)
+        assert f"guid(" in body and f"role.{role})" in body, f"{name}: name not derived from its role"
+        found[name] = {"scope": re.search(r"^\s+scope: (\w+)", body, re.M).group(1),
+                       "principal": re.search(r"principalId: (\w+)", body).group(1),
+                       "role": ids[role], "condition": condition.strip()}
+    return found
+
+
+def _granted(principal: str, scope: str) -> set[str]:
+    return {a["role"] for a in _assignments().values()
+            if a["principal"] == principal and a["scope"] == scope}
+
+
+def test_infra_function_app_submits_batch_jobs_with_the_least_role():
+    """Batch jobs and tasks are data actions: Contributor has none (and can list the account's
+    keys); the built-in "Azure Batch Job Submitter" has exactly jobs/* and jobSchedules/*."""
+    assert _granted("appPrincipalId", "batchAccount") == {BUILT_IN["Azure Batch Job Submitter"]}
+    assert "resource batchAccount 'Microsoft.Batch/batchAccounts@" in ROLES
+    assert CONTRIBUTOR not in ALL and "role.contributor" not in ALL
+    assert "learn.microsoft.com/azure/batch/batch-role-based-access-control" in ROLES  # the source
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert "az role assignment list" in ops and "Azure Batch Job Submitter" in ops
+
+
+def test_infra_deploying_user_may_send_to_the_readings_hub():
+    """`fleetscore replay` authenticates as the deploying user (the namespace has local auth
+    disabled): azd's principal gets "Azure Event Hubs Data Sender" on the readings hub."""
+    user = [a for a in _assignments().values() if a["principal"] == "userPrincipalId"
+            and a["scope"] == "readingsHub"]
+    assert [a["role"] for a in user] == [BUILT_IN["Azure Event Hubs Data Sender"]]
+    assert user[0]["condition"] == "if (!empty(userPrincipalId))"
+    assert "userPrincipalId: principalId" in TEMPLATES["main.bicep"]
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    assert "disableLocalAuth: true" in TEMPLATES["modules/eventhubs.bicep"]
+
+
+def test_infra_batch_tasks_can_export_telemetry():
+    """Application Insights refuses local auth: the pool identity (the tasks' AZURE_CLIENT_ID)
+    needs "Monitoring Metrics Publisher" on it, and the app holds what the Batch backend hands to
+    tasks: the connection string and the pool identity's client id."""
+    assert "disableLocalAuth: true" in TEMPLATES["main.bicep"]
+    assert BUILT_IN["Monitoring Metrics Publisher"] in _granted("poolPrincipalId", "appInsights")
+    assert BUILT_IN["Monitoring Metrics Publisher"] in _granted("appPrincipalId", "appInsights")
+    assert ("APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString"
+            in TEMPLATES["modules/functionapp.bicep"])
+    assert "appInsightsConnectionString: appInsights.outputs.connectionString" in TEMPLATES["main.bicep"]
+    assert ("FLEETSCORE_BATCH_IDENTITY_CLIENT_ID: poolIdentity.outputs.clientId"
+            in TEMPLATES["main.bicep"])
+
+
+def test_infra_every_role_assignment_has_a_known_scope_and_principal():
+    principals = {"appPrincipalId", "poolPrincipalId", "streamPrincipalId", "userPrincipalId"}
+    for name, a in _assignments().items():
+        assert a["principal"] in principals, name
+        assert re.search(rf"^resource {a['scope']} '", ROLES, re.M), f"{name}: unknown scope"
+        assert (a["condition"] == "if (!empty(userPrincipalId))") == (a["principal"] == "userPrincipalId")
+
+
+# --- the post-provision hook ---------------------------------------------------------------------
+
+
+def test_infra_post_provision_hook_builds_in_azds_subscription(tmp_path):
+    """`az` may default to another subscription than azd's: the hook names AZURE_SUBSCRIPTION_ID
+    (set by azd for the environment). Run the script with a stand-in `az` that records its
+    arguments."""
+    import os
+    import shlex
+    import subprocess
+
+    hook = INFRA / "scripts" / "build-image.sh"
+    command = re.search(r"^az acr build .*?[^\\]$", hook.read_text().replace("\\\n", " "), re.M)
+    assert command and '--subscription "$AZURE_SUBSCRIPTION_ID"' in command.group(0)
+
+    fake = tmp_path / "bin" / "az"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shlex.quote(str(tmp_path / "args"))}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "AZURE_CONTAINER_REGISTRY_NAME": "crabc",
+           "SCORING_IMAGE": "crabc.azurecr.io/fleetscore-scoring:0.1.0",
+           "AZURE_SUBSCRIPTION_ID": "00000000-1111-2222-3333-444444444444"}
+    proc = subprocess.run(["bash", str(hook)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["acr", "build"]
+    assert args[args.index("--subscription") + 1] == env["AZURE_SUBSCRIPTION_ID"]
+    assert args[args.index("--registry") + 1] == "crabc"
+    assert args[args.index("--image") + 1] == "fleetscore-scoring:0.1.0"
+    # Outside azd (no subscription): refuse rather than build in whatever `az` defaults to.
+    del env["AZURE_SUBSCRIPTION_ID"]
+    (tmp_path / "args").unlink()
+    proc = subprocess.run(["bash", str(hook)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "AZURE_SUBSCRIPTION_ID" in proc.stderr
+    assert not (tmp_path / "args").exists()
+
+
+# --- the Batch pool after the first `up`: quotas and a new VM size -------------------------------
+
+
+def test_infra_pool_vm_size_changes_through_a_new_pool_name():
+    """Batch cannot change a pool's vmSize in place: the pool's name is a parameter, so a new size
+    deploys a new pool and the app is pointed at it; docs/operations.md says how."""
+    main, batch = TEMPLATES["main.bicep"], TEMPLATES["modules/batch.bicep"]
+    assert re.search(r"^param batchPoolName string = 'fleetscore'$", main, re.M)
+    assert "poolName: batchPoolName" in main
+    assert re.search(r"resource pool 'Microsoft\.Batch/batchAccounts/pools@[\d-]+' = \{\n"
+                     r"  parent: account\n  name: poolName\n", batch)
+    assert "FLEETSCORE_BATCH_POOL_ID: batch.outputs.poolId" in main
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["batchPoolName"]["value"] == "${FLEETSCORE_BATCH_POOL_NAME=fleetscore}"
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert "azd env set FLEETSCORE_BATCH_POOL_NAME" in ops and "vmSize" in ops
+
+
+def test_operations_deploy_steps_check_batch_quotas():
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    deploy = ops[ops.index("## Deploy (azd up)"):ops.index("## Configure")]
+    assert "az batch account show" in deploy
+    for quota in ("poolQuota", "dedicatedCoreQuota", "lowPriorityCoreQuota"):
+        assert quota in deploy
+    assert "quota increase" in deploy

@@ -6,6 +6,11 @@ param name string
 param location string
 param tags object
 param poolIdentityId string
+// vmSize can be updated only while the pool has no node in a steady allocation state ("Update Batch
+// pool properties", https://learn.microsoft.com/azure/batch/batch-pool-update-properties), so a new
+// size is deployed as a new pool, under a new name (docs/operations.md).
+@description('The pool id; a new VM size goes with a new pool id.')
+param poolName string = 'fleetscore'
 param vmSize string
 param maxNodes int
 param spot bool
@@ -30,7 +35,7 @@ resource account 'Microsoft.Batch/batchAccounts@2024-07-01' = {
 
 resource pool 'Microsoft.Batch/batchAccounts/pools@2024-07-01' = {
   parent: account
-  name: 'fleetscore'
+  name: poolName
   identity: { type: 'UserAssigned', userAssignedIdentities: { '${poolIdentityId}': {} } }
   properties: {
     vmSize: vmSize

@@ -10,6 +10,10 @@ param batchAccountName string
 param eventHubNamespace string
 param appInsightsName string
 
+// Built-in role definition ids: "Azure built-in roles"
+// (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles); the Batch roles also
+// in "Role-based access control for Azure Batch service"
+// (https://learn.microsoft.com/azure/batch/batch-role-based-access-control).
 var role = {
   blobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   blobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -18,7 +22,10 @@ var role = {
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
   eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
   eventHubsDataSender: '2b629674-e913-4c01-ae53-ef4638d8f975'
-  contributor: 'b24988ac-6180-42a0-ab88-20f7382dd24c'
+  // Azure Batch Job Submitter: data actions batchAccounts/jobs/* and jobSchedules/*, and reading
+  // pools (actions pools/read, applications/read); no pool writes, no keys, no account changes.
+  // (Contributor has no data actions at all: it could not create a job, yet it could list keys.)
+  batchJobSubmitter: '48e5e92e-a480-4e71-aa9c-2778f4c13781'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
@@ -65,10 +72,10 @@ resource appTable 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.tableDataContributor) }
 }
 resource appBatch 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(batchAccount.id, appPrincipalId, role.contributor)
-  scope: batchAccount   // jobs and tasks on this account only
+  name: guid(batchAccount.id, appPrincipalId, role.batchJobSubmitter)
+  scope: batchAccount   // jobs and tasks on this account only; the pool comes from batch.bicep
   properties: { principalId: appPrincipalId, principalType: 'ServicePrincipal',
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.contributor) }
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.batchJobSubmitter) }
 }
 resource appWindows 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(windowsHub.id, appPrincipalId, role.eventHubsDataReceiver)
@@ -83,7 +90,9 @@ resource appMetrics 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.monitoringMetricsPublisher) }
 }
 
-// The Batch pool: the store container only, and pulling the scoring image.
+// The Batch pool: the store container only, pulling the scoring image, and its tasks' telemetry
+// (Application Insights refuses local auth: "Monitoring Metrics Publisher" publishes all
+// telemetry, https://learn.microsoft.com/azure/azure-monitor/app/azure-ad-authentication).
 resource poolStore 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(store.id, poolPrincipalId, role.blobDataContributor)
   scope: store
@@ -95,6 +104,13 @@ resource poolPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: registry
   properties: { principalId: poolPrincipalId, principalType: 'ServicePrincipal',
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.acrPull) }
+}
+
+resource poolMetrics 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, poolPrincipalId, role.monitoringMetricsPublisher)
+  scope: appInsights
+  properties: { principalId: poolPrincipalId, principalType: 'ServicePrincipal',
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.monitoringMetricsPublisher) }
 }
 
 // Stream Analytics: read readings, write windows (hub and the store container).
@@ -117,10 +133,18 @@ resource streamStore 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.blobDataContributor) }
 }
 
-// The deploying user (optional): the store, for `fleetscore report --store az://...`.
+// The deploying user (optional; azd passes AZURE_PRINCIPAL_ID, main.parameters.json): the store,
+// for `fleetscore models import` and `fleetscore report --store az://...`, and sending to the
+// readings hub, for `fleetscore replay` (the namespace has local auth disabled: no keys).
 resource userStore 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
   name: guid(store.id, userPrincipalId, role.blobDataContributor)
   scope: store
   properties: { principalId: userPrincipalId, principalType: 'User',
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.blobDataContributor) }
+}
+resource userReadings 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(readingsHub.id, userPrincipalId, role.eventHubsDataSender)
+  scope: readingsHub
+  properties: { principalId: userPrincipalId, principalType: 'User',
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.eventHubsDataSender) }
 }
