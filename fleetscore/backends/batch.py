@@ -5,14 +5,19 @@ a resubmission after an activity retry finds its task instead of adding a duplic
 added at most 100 a request (the service's limit; azure-batch 15.x no longer splits for you),
 and the job is told to terminate when its tasks complete only once every task is added (at
 ``finish``), because setting it at creation races the submission. A task's command line holds
-no secret: the container reaches the store with the pool's managed identity.
+no secret: the container reaches the store with the pool's managed identity. Each task's
+environment settings carry the store, the pool identity's client id (``AZURE_CLIENT_ID``, from
+``FLEETSCORE_BATCH_IDENTITY_CLIENT_ID``) and, when the app has one, its
+``APPLICATIONINSIGHTS_CONNECTION_STRING``, so that the container exports its unit metrics with
+the pool identity (which infra gives "Monitoring Metrics Publisher" on Application Insights).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from importlib import resources
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from azure.core.credentials import AzureNamedKeyCredential
@@ -29,6 +34,8 @@ from ..stores import Store
 from .base import FAILED, PENDING, RUNNING, UnitStatus
 
 MAX_TASKS_PER_REQUEST = 100
+# The app's own setting, handed on to each task (fleetscore.telemetry reads the same name).
+APPINSIGHTS_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 # Container-ready Ubuntu for Batch: Docker-compatible runtime preinstalled.
 IMAGE_REFERENCE = {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204",
                    "version": "latest"}
@@ -100,9 +107,14 @@ class BatchBackend:
     name = "batch"
 
     def __init__(self, store: Store, store_spec: str, settings: Settings,
-                 client: BatchClient | None = None) -> None:
+                 client: BatchClient | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.batch = settings.batch
+        # The app's Application Insights connection string, passed on to the tasks: read here,
+        # once, where the backend is built (Settings has no field for it; telemetry reads it).
+        env = os.environ if environ is None else environ
+        self._appinsights = env.get(APPINSIGHTS_SETTING) or None
         self._store = store
         self._store_spec = store_spec
         self._client = client or make_client(self.batch)
@@ -180,8 +192,13 @@ class BatchBackend:
             environment.append(bm.EnvironmentSetting(name="FLEETSCORE_STORAGE_ACCOUNT_URL",
                                                      value=self.settings.storage_account_url))
         if b.identity_client_id:
+            # The pool identity, for DefaultAzureCredential in the task: the store and the
+            # unit metrics (Application Insights with local auth off takes Entra tokens only).
             environment.append(bm.EnvironmentSetting(name="AZURE_CLIENT_ID",
                                                      value=b.identity_client_id))
+        if self._appinsights:
+            environment.append(bm.EnvironmentSetting(name=APPINSIGHTS_SETTING,
+                                                     value=self._appinsights))
         outputs = None
         if b.logs_container_url:
             outputs = [bm.OutputFile(

@@ -56,7 +56,7 @@ def batch_settings(fake) -> Settings:
 def backend(trained_store, batch_settings):
     client = BatchClient(batch_settings.batch.endpoint,
                          AzureNamedKeyCredential("acct", batch_settings.batch.account_key))
-    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client)
+    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client, environ={})
     yield be
     be.close()
 
@@ -127,6 +127,39 @@ def test_batch_tasks_run_the_container_with_constraints_env_and_log_upload(backe
     sent = repr([c.body for c in fake.calls])
     for secret in ("a2V5", "c2VjcmV0", "AccountKey"):
         assert secret not in sent
+    assert fake.errors == []
+
+
+@pytest.mark.reliability("R74")
+def test_batch_tasks_carry_app_insights_and_the_pool_identity_for_unit_metrics(
+        trained_store, batch_settings, fake, monkeypatch):
+    """Unit metrics on Batch: each task gets the app's APPLICATIONINSIGHTS_CONNECTION_STRING
+    and the pool identity's client id as environment settings (the pool identity has
+    Monitoring Metrics Publisher), never on the command line."""
+    connection = ("InstrumentationKey=00000000-0000-0000-0000-000000000001;"
+                  "IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/")
+    monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", connection)
+    client = BatchClient(batch_settings.batch.endpoint, AzureNamedKeyCredential("acct", "a2V5"))
+    backend = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client)
+    try:
+        backend.submit(H1, _units(2), run_id=RUN)
+    finally:
+        backend.close()
+    [request] = fake.requests("POST", r"/jobs/[^/]+/addtaskcollection")
+    for task in request.body["value"]:
+        env = {e["name"]: e["value"] for e in task["environmentSettings"]}
+        assert env["APPLICATIONINSIGHTS_CONNECTION_STRING"] == connection
+        assert env["AZURE_CLIENT_ID"] == "client-id-1"  # FLEETSCORE_BATCH_IDENTITY_CLIENT_ID
+        assert "InstrumentationKey" not in task["commandLine"]
+    # Without the setting (local runs, or an app without Application Insights) none is sent.
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    quiet = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=BatchClient(
+        batch_settings.batch.endpoint, AzureNamedKeyCredential("acct", "a2V5")))
+    try:
+        names = {e.name for e in quiet.task_spec(H1, "u000000", RUN).environment_settings}
+    finally:
+        quiet.close()
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in names and "AZURE_CLIENT_ID" in names
     assert fake.errors == []
 
 
