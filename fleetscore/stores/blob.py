@@ -3,6 +3,16 @@
 Authentication is a connection string (``UseDevelopmentStorage=true`` for Azurite) or an
 account URL with DefaultAzureCredential (managed identity in Azure). No key is ever needed
 in the cloud.
+
+Parquet reads go through pyarrow's ``AzureFileSystem`` (the Azure C++ SDK) only with a shared
+key or a SAS, never with a token credential. A token the C++ SDK cannot get throws
+``Azure::Core::Credentials::AuthenticationException`` through pyarrow uncaught, and the
+process aborts (SIGABRT, exit 134): seen against a local managed-identity endpoint both with
+the C++ default chain (no client id: an app with only a user-assigned identity answers 400) and
+with ``client_id=`` the app's identity once the endpoint refuses (tests/stores/
+test_blob_identity.py). On Azure Functions that takes the worker down with every run on it.
+So with an account URL every read goes through the Python SDK and its DefaultAzureCredential
+(``AZURE_CLIENT_ID`` names the user-assigned identity), whose failures are StoreErrors.
 """
 
 from __future__ import annotations
@@ -209,8 +219,9 @@ def _arrow_filesystem(client: ContainerClient, container: str):
     or None when they do not map onto it, or in a fork of a process that already used one
     (then the SDK's range reader below serves reads).
 
-    Shared key and SAS credentials are passed on; a token credential (an account URL with
-    DefaultAzureCredential) becomes the Azure C++ SDK's own default credential chain."""
+    Shared key and SAS credentials are passed on. A token credential (an account URL with
+    DefaultAzureCredential) is not: the C++ SDK would get its own tokens, and a token it cannot
+    get aborts the process (see the module docstring), whatever identity it is given."""
     import os
     from urllib.parse import urlsplit
 
@@ -243,8 +254,8 @@ def _arrow_filesystem(client: ContainerClient, container: str):
         options["account_key"] = key
     elif sas:
         options["sas_token"] = sas
-    elif credential is None or not hasattr(credential, "get_token"):
-        return None  # anonymous or unknown: keep the SDK
+    else:
+        return None  # a token credential, anonymous or unknown: the Python SDK reads
     try:
         filesystem = AzureFileSystem(account, **options)
     except (OSError, ValueError, TypeError):
