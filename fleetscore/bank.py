@@ -538,10 +538,16 @@ def drop_stale_saves(store: Store, now: datetime) -> None:
 
 
 def _read_index(store: Store) -> dict | None:
+    """The bank's index, None when there is none or it is damaged (every sensor then takes
+    the plain path, and `verify` names the file)."""
     try:
-        return json.loads(store.get(INDEX_PATH))
-    except (NotFound, ValueError):
+        body = json.loads(store.get(INDEX_PATH))
+    except (NotFound, ValueError, RecursionError):
         return None
+    if not isinstance(body, dict) or not isinstance(body.get("shards"), list) or not all(
+            isinstance(s, dict) and {"path", "first", "last"} <= s.keys() for s in body["shards"]):
+        return None
+    return body
 
 
 def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool = False

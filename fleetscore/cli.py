@@ -421,7 +421,7 @@ def run(
     from .backends import load_backend
     from .models import newest_model_time
     from .ranges import run_range
-    from .runs import check_ended, read_manifest, run_hour
+    from .runs import check_ended, readable_manifest, run_hour
     from .sensors import Sensor
 
     chosen = sum(x is not None and x is not False for x in (window, from_ or to, all_ or None))
@@ -454,7 +454,7 @@ def run(
         # the newest model was saved), so a backfill resumes and a retrain reruns everything.
         newest = None if (force or window) else newest_model_time(st)
         done = set() if force else {
-            h for h in hours if _scored_with_current_models(read_manifest(st, h), newest)}
+            h for h in hours if _scored_with_current_models(readable_manifest(st, h), newest)}
         if window and done:
             raise UsageError(f"{window} has already been scored (succeeded): pass --force to "
                              "rerun it")
@@ -494,7 +494,11 @@ def run(
         names = ", ".join(sorted({f["sensor"] for f in failed})[:10])
         err.print(f"{len(failed):,} sensor {_plural(len(failed), 'failure')} ({names}"
                   f"{' ...' if len(failed) > 10 else ''}); the others are written. Details in "
-                  "the run manifests.")
+                  "the run manifests.", markup=False)
+        if failed:
+            first = failed[0]
+            err.print(f"first: {first['sensor']}: {first['kind']}: {first['message']}",
+                      markup=False, soft_wrap=True)
     if worst == 6 and not as_json:
         empty = [s.window for s in summaries if s.status == "no_data"]
         err.print(f"nothing to score in {len(empty):,} {_plural(len(empty), 'hour')} "
@@ -840,7 +844,7 @@ def verify(
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Check models, window files and predictions against the hashes recorded when written."""
+    """Check every object of the store for damage and against its recorded hash; name each."""
     from .verify import verify as verify_store
 
     settings = _settings()

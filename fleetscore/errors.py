@@ -4,7 +4,7 @@
     ├── UsageError                  bad arguments or settings; nothing was done (exit 2)
     ├── InputError                  an input file or value cannot be used (exit 2)
     │   └── InvalidIdError          a Device or Tag that is not a safe identifier
-    ├── ModelError                  a sensor's model is missing, corrupt or refused
+    ├── ModelError                  a sensor's model is missing, corrupt or refused (exit 2)
     │   ├── ModelNotFound
     │   └── UntrustedModelError     a pickle without --trust-pickle, a skops file with foreign types
     ├── StoreError                  the store failed (I/O, network, permissions) (exit 5)
@@ -46,7 +46,7 @@ class InvalidIdError(InputError):
 
 
 class ModelError(FleetscoreError):
-    pass
+    exit_code = 2  # when it stops a command; in a run it fails its sensor alone
 
 
 class ModelNotFound(ModelError):

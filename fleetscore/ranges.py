@@ -49,7 +49,7 @@ from .planning import SMALL_FLEET, Plan, Unit, plan_hour
 from .predictions import encode_split, predictions_folder
 from .runs import (
     DEADLINE, Progress, RunSummary, check_ended, close_hour, closed_manifest, drop_staging,
-    new_run_id, read_manifest, run_hour, summary_of,
+    new_run_id, readable_manifest, run_hour, summary_of,
 )
 from .scoring import Group, UnitResult, score_many
 from .sensors import Sensor
@@ -202,7 +202,7 @@ def close_span_hour(store: Store, plan: Plan, job: Job, results: Sequence[UnitRe
                     ttl: timedelta, duration_s: float | None = None) -> RunSummary:
     hour = plan.window
     now = datetime.now(UTC)
-    previous = read_manifest(store, hour)
+    previous = readable_manifest(store, hour)
     locks.renew(store, hour, job.run_id, now=now, ttl=ttl)  # LockLost: another run owns it
     return close_hour(store, hour, job.run_id, plan, results, previous=previous,
                       started=started, now=now, backend_name=job.backend, payloads=payloads,

@@ -290,7 +290,7 @@ def finalize(
     """End the run: promote what finished, write the manifest, release the hour.
 
     Idempotent: a retried finalize of a run that already wrote its manifest returns it."""
-    done = read_manifest(store, hour)
+    done = readable_manifest(store, hour)
     closed = closed_manifest(store, hour, run_id, manifest=done)
     if closed is not None:
         drop_staging(store, hour, keep=None)
@@ -324,6 +324,12 @@ def close_hour(
     the hour's manifest before this run; ``payloads``: the units' predictions when they are in
     memory (a backfill's), else they are read from the run's staging. ``duration_s``: the
     hour's own share of a run that did many hours (default: from ``started`` to ``now``)."""
+    vanished = vanished_sensors(store, hour, run_id, plan, results, previous)
+    if vanished:
+        results = [*results, UnitResult.all_failed(
+            str(hour), "inputs", [Sensor.parse(s) for s in vanished], "InputMissing",
+            f"had predictions from run {previous.get('run_id')} but has no data or no model in "
+            f"this rerun: {missing_inputs(store, hour)}; its earlier predictions are kept")]
     files, kept = promote(store, hour, run_id, plan, results, manifest=previous,
                           payloads=payloads)
     manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
@@ -335,6 +341,51 @@ def close_hour(
     locks.release(store, hour, run_id)
     drop_staging(store, hour)
     return summary_of(manifest)
+
+
+def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
+                     results: Sequence[UnitResult], previous: Mapping | None) -> list[str]:
+    """Sensors the hour's last run scored that this run (of the whole hour) neither scored nor
+    failed: their input or model went missing since, and a rerun must not turn their good
+    predictions into nothing. Reads nothing unless the counts say some are missing."""
+    if previous is None or plan.restricted:
+        return []
+    reached = sum(r.scored + len(r.failures) for r in results)
+    visible = int(previous["sensors"].get("scored", 0)) + len(previous.get("kept_from_earlier_run", ()))
+    if reached >= visible:
+        return []
+    # A sensor with data and no model now had its model withdrawn: its rows go (R28).
+    ours = {f.sensor for r in results for f in r.failures} | {str(s) for s in plan.no_model}
+    no_data = {s for r in results for s in r.no_data}
+    for u in plan.units:
+        sensors = u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors
+        ours.update(str(s) for s in sensors if str(s) not in no_data)
+    before: set[str] = set()
+    for entry in visible_files(store, hour, previous):
+        try:
+            table = decode(store.get(entry["path"]), entry["path"])
+        except (NotFound, InputError):
+            continue
+        before.update(pc.unique(sensor_keys(table["Device"], table["Tag"])).to_pylist())
+    return sorted(before - ours)
+
+
+def missing_inputs(store: Store, hour: Hour) -> str:
+    """What of the hour's input is gone, in words naming the files."""
+    from .arrivals import arrivals_folder
+
+    gone = []
+    for path in store.list(arrivals_folder(hour)):
+        try:
+            part = json.loads(store.get(path)).get("part")
+        except (ValueError, AttributeError, NotFound):
+            gone.append(f"{path} is damaged")
+            continue
+        if part and not store.exists(part):
+            gone.append(f"{part} is missing")
+    if gone:
+        return ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else "")
+    return f"no arrival record under {arrivals_folder(hour)}/ names it (`fleetscore verify`)"
 
 
 def summary_of(manifest: Mapping) -> RunSummary:
@@ -385,7 +436,7 @@ def _staged_result(hour: Hour, run_id: str, unit_id: str, state: Mapping,
 def visible_files(store: Store, hour: Hour, manifest: Mapping | None = None) -> list[dict]:
     """The hour's visible predictions files, as its manifest lists them (or, for an hour
     scored by an earlier version, as its folder holds them). ``manifest``: already read."""
-    manifest = manifest if manifest is not None else read_manifest(store, hour)
+    manifest = manifest if manifest is not None else readable_manifest(store, hour)
     if manifest is not None and "predictions" in manifest:
         return list(manifest["predictions"])
     return [{"path": p, "sha256": None, "run_id": (manifest or {}).get("run_id")}
@@ -515,13 +566,43 @@ def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str, fi
     }
 
 
-def read_manifest(store: Store, hour: Hour) -> dict | None:
+STATUSES = frozenset(EXIT_CODES)
+
+
+def parse_manifest(data: bytes, path: str) -> dict:
+    """A run manifest's body; InputError names the file when it is not one (garbage, cut
+    short, or JSON of another shape)."""
     try:
-        return json.loads(store.get(manifest_path(hour)))
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"run manifest {path} is damaged: not JSON "
+                         f"({type(exc).__name__})") from exc
+    shaped = isinstance(body, dict) and isinstance(body.get("window"), str) \
+        and body.get("status") in STATUSES and isinstance(body.get("sensors"), dict) \
+        and isinstance(body.get("failures"), list) and isinstance(body.get("predictions", []), list) \
+        and all(isinstance(f, dict) and isinstance(f.get("path"), str)
+                for f in body.get("predictions", []))
+    if not shaped:
+        raise InputError(f"run manifest {path} is damaged: not a run manifest of this version")
+    return body
+
+
+def read_manifest(store: Store, hour: Hour) -> dict | None:
+    """The hour's manifest, None if it has none; InputError if it is damaged."""
+    try:
+        return parse_manifest(store.get(manifest_path(hour)), manifest_path(hour))
     except NotFound:
         return None
-    except ValueError as exc:
-        raise InputError(f"run manifest {manifest_path(hour)} is malformed: {exc}") from exc
+
+
+def readable_manifest(store: Store, hour: Hour) -> dict | None:
+    """The hour's manifest, or None when it has none or it is damaged: what a run that
+    replaces it needs (the hour's files are then taken from its folder, so a failed
+    sensor's earlier rows are still kept)."""
+    try:
+        return read_manifest(store, hour)
+    except InputError:
+        return None
 
 
 def closed_manifest(store: Store, hour: Hour, run_id: str, *,
@@ -529,7 +610,7 @@ def closed_manifest(store: Store, hour: Hour, run_id: str, *,
     """The hour's manifest if run ``run_id`` wrote it and let the hour go (it is closed:
     a retried finalize, or a backfill's span that died after closing it), else None.
     ``manifest``: the hour's manifest, already read."""
-    manifest = manifest if manifest is not None else read_manifest(store, hour)
+    manifest = manifest if manifest is not None else readable_manifest(store, hour)
     if manifest is not None and manifest.get("run_id") == run_id \
             and not locks.holds(store, hour, run_id):
         return manifest
@@ -542,11 +623,12 @@ def manifest_paths(store: Store) -> list[str]:
 
 
 def list_manifests(store: Store) -> list[dict]:
+    """Every readable run manifest (``verify`` and ``runs`` name the damaged ones)."""
     out = []
     for path in manifest_paths(store):
         try:
-            out.append(json.loads(store.get(path)))
-        except ValueError:
+            out.append(parse_manifest(store.get(path), path))
+        except (InputError, NotFound):
             continue
     return sorted(out, key=lambda m: m.get("window", ""))
 

@@ -400,8 +400,13 @@ def _read_part(store: Store, path: str, wanted: list[Sensor] | None, *,
                 parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=metadata,
                                          **_dictionary_ids(wanted))
                 table = _read_groups(parquet, wanted)
+        missing = {"Device", "Tag", "WindowEnd", "Value", "Count"} - set(table.column_names)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"window file {path} is unreadable: {exc}") from exc
+    except KeyError as exc:
+        raise InputError(f"window file {path} is not a window file: no column {exc}") from exc
     if wanted is not None:
         return _wanted_rows(table, wanted)
     if table.num_rows:
