@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AlreadyRunning, FleetscoreError, UsageError
+from .errors import AlreadyRunning, FleetscoreError, InputError, UsageError
 from .hours import Hour, hour_range
 from .settings import Settings
 from .text import count
@@ -118,6 +118,7 @@ def ingest(
     from .ingest import ingest_file
 
     settings = _settings()
+    new_dir = _new_local_store_dir(store or settings.store)
     st = _store(store, settings, create=True)
     partial = False
     try:
@@ -141,6 +142,7 @@ def ingest(
                 if result.rejected > len(result.rejects_sample):
                     err.print(f"  ... and {result.rejected - len(result.rejects_sample):,} more")
     finally:
+        _discard_if_empty(new_dir, st)  # only bookkeeping there: a failed first ingest
         st.close()
     if partial:
         raise typer.Exit(3)
@@ -179,6 +181,8 @@ def train(
                                   workers=workers or settings.workers, progress=progress)
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
+        if not result.trained:
+            raise InputError(_trained_nothing(result.skipped, result.hours))
         with _progress("compiling the model bank"):
             bank = _rebuild_bank(st)
     finally:
@@ -187,6 +191,16 @@ def train(
               f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
+
+
+def _trained_nothing(skipped, hours) -> str:
+    """Why no model was fitted, in one line: the sensors' points against the minimum."""
+    from .training import MIN_POINTS
+
+    shown = "; ".join(f"{sensor}: {reason}" for sensor, reason in skipped[:5])
+    more = f" (and {len(skipped) - 5:,} more)" if len(skipped) > 5 else ""
+    return (f"trained no model: no sensor has at least {MIN_POINTS} points in {hours[0]} .. "
+            f"{hours[-1]} ({shown}{more}); ingest more readings or widen --since/--until")
 
 
 @models_app.command("import")
@@ -230,10 +244,7 @@ def models_import(
         bank = _rebuild_bank(st) if result.imported else "model bank unchanged"
     finally:
         if not (result and result.imported):
-            if new_dir is not None:
-                _remove_empty_tree(new_dir)
-            elif callable(getattr(st, "remove_if_empty", None)):
-                st.remove_if_empty()  # a blob container this command created, still empty
+            _discard_if_empty(new_dir, st)
         st.close()
     out.print(f"imported {count(len(result.imported), 'model')} from {directory}; {bank}")
     for problem in (*result.refused, *result.failed):
@@ -249,6 +260,14 @@ def _new_local_store_dir(spec: str) -> Path | None:
         return None
     path = Path(spec)
     return None if path.exists() else path
+
+
+def _discard_if_empty(new_dir: Path | None, st) -> None:
+    """After a command that created the store failed: remove it if it holds nothing yet."""
+    if new_dir is not None:
+        _remove_empty_tree(new_dir)
+    elif callable(getattr(st, "remove_if_empty", None)):
+        st.remove_if_empty()  # a blob container this command created, still empty
 
 
 def _remove_empty_tree(path: Path) -> None:
@@ -383,6 +402,43 @@ def _scored_with_current_models(manifest: dict | None, newest_model: str | None)
     return newest_model is None or manifest.get("started_at", "") > newest_model
 
 
+def _say_interrupted(st, hours: list[Hour], *, since) -> None:
+    """What an interrupted run finished (a manifest written since it began) and what not."""
+    from .runs import readable_manifest
+
+    began = since.isoformat(timespec="microseconds")
+    finished = [h for h in hours
+                if (readable_manifest(st, h) or {}).get("started_at", "") >= began]
+    rest = [h for h in hours if h not in set(finished)]
+    names = ", ".join(str(h) for h in rest[:5]) + (" ..." if len(rest) > 5 else "")
+    err.print(f"interrupted: {len(finished):,} of {count(len(hours), 'hour')} finished; "
+              f"not finished: {names or 'none'} (their earlier predictions are unchanged; run "
+              "the range again to finish them, it skips what succeeded)", markup=False)
+
+
+def _drop_empty_hours(st, hours: list[Hour], *, now) -> list[Hour]:
+    """A range's hours that have data, or an earlier run to replace. Hours with neither are
+    never run (no manifest is written for them), and the user is told before anything runs;
+    a range with no data at all is nothing to score (exit 6)."""
+    from .arrivals import hours_with_arrivals
+    from .runs import manifest_paths
+
+    with_data = set(hours_with_arrivals(st))
+    with_manifest = {p[len("runs/"): -len(".json")] for p in manifest_paths(st)}
+    empty = [h for h in hours if h not in with_data and str(h) not in with_manifest]
+    if not empty:
+        return hours
+    span = (f"the store's data spans {min(with_data)} .. {max(with_data)}" if with_data
+            else "the store has no data")
+    if len(empty) == len(hours):
+        err.print(f"nothing to score: no hour of {hours[0]} .. {hours[-1]} has data ({span})",
+                  markup=False)
+        raise typer.Exit(6)
+    err.print(f"skipped {len(empty):,} {_plural(len(empty), 'hour')} with no data and no earlier "
+              f"run ({span}); no manifest is written for them", markup=False)
+    return [h for h in hours if h not in set(empty)]
+
+
 def _plural(n: int, word: str) -> str:
     return word if n == 1 else f"{word}s"
 
@@ -459,6 +515,8 @@ def run(
             raise UsageError(f"{window} has already been scored (succeeded): pass --force to "
                              "rerun it")
         todo = [h for h in hours if h not in done]
+        if not window:
+            todo = _drop_empty_hours(st, todo, now=now)
         if done:
             err.print(f"skipped {len(done):,} {_plural(len(done), 'hour')} whose last run "
                       "succeeded with the current models (--force reruns them)")
@@ -476,6 +534,10 @@ def run(
                 with _progress(label) as progress:
                     ranged = run_range(st, todo, be, progress=progress, **options)
                 summaries, not_run = list(ranged.summaries), ranged.not_run
+        except KeyboardInterrupt:
+            be.close()
+            _say_interrupted(st, hours if window else todo, since=now)
+            raise
         finally:
             be.close()
     finally:
@@ -501,9 +563,12 @@ def run(
                       markup=False, soft_wrap=True)
     if worst == 6 and not as_json:
         empty = [s.window for s in summaries if s.status == "no_data"]
+        modelless = max((s.no_model for s in summaries if s.status == "no_data"), default=0)
+        why = (f" ({modelless:,} {_plural(modelless, 'sensor')} with data but no model: "
+               "`fleetscore train` or `fleetscore models import` first)" if modelless else "")
         err.print(f"nothing to score in {len(empty):,} {_plural(len(empty), 'hour')} "
                   f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): no sensor has "
-                  "both data and a model there")
+                  f"both data and a model there{why}")
     if not_run:
         if not as_json:
             err.print(f"{len(not_run):,} {_plural(len(not_run), 'hour')} not run: "

@@ -518,8 +518,9 @@ def run_status(results: Sequence[UnitResult], plan: Plan) -> str:
         return "partial" if scored else "failed"
     if scored:
         return "succeeded"
-    # Nothing scored, nothing failed: the hour has no sensor with both data and a model.
-    return "failed" if plan.no_model else "no_data"
+    # Nothing scored, nothing failed: the hour has no sensor with both data and a model (the
+    # manifest counts those with data and no model: the reason, when there are some).
+    return "no_data"
 
 
 def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str, files: list[dict],

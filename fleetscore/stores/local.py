@@ -103,6 +103,8 @@ class LocalStore:
                 raise UsageError(f"no fleetscore store at {self.root} (create one with "
                                  "`fleetscore ingest`, `fleetscore models import` or `fleetscore demo`)")
             return
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"--store {self.root} is a file, not a store directory")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
