@@ -44,20 +44,23 @@ def _task_spec(backend: BatchBackend, window: Hour, unit_id: str, run_id: str):
     return backend.task_spec(window, unit_id)
 
 
-def _podman_run_args(spec, image: str, task_dir: Path, *, task_working_directory: bool,
-                     extra_env: dict[str, str]) -> list[str]:
+def _podman_run_args(spec, image: str, task_dir: Path, *, extra_env: dict[str, str],
+                     working_directory: str | None = None, user: str | None = None) -> list[str]:
     """``podman run`` as Batch's container task runs ``docker run``: the task directory mounted
-    and (by default, ``taskWorkingDirectory``) made current, the task's environment settings,
-    the task's container run options, the task's command line as the ENTRYPOINT's arguments."""
+    and, when the task's container settings say ``taskWorkingDirectory`` (Batch's default),
+    made current (``containerImageDefault``: the image's WORKDIR), the task's environment
+    settings, the task's container run options, the task's command line as the ENTRYPOINT's
+    arguments. ``working_directory`` overrides the spec's; ``user`` runs as another user."""
     settings = spec.container_settings
     args = ["run", *shlex.split(settings.container_run_options or ""), "--network", "host",
             "-v", f"{task_dir}:{TASK_DIR}"]
     working = getattr(settings, "working_directory", None)
-    working = getattr(working, "value", working)
-    assert working in (None, "taskWorkingDirectory", "containerImageDefault")
-    if task_working_directory:
-        assert working in (None, "taskWorkingDirectory")
+    working = working_directory or getattr(working, "value", working) or "taskWorkingDirectory"
+    assert working in ("taskWorkingDirectory", "containerImageDefault")
+    if working == "taskWorkingDirectory":
         args += ["-w", TASK_DIR]
+    if user:
+        args += ["--user", user]
     for env in spec.environment_settings or []:
         args += ["-e", f"{env.name}={env.value}"]
     for name, value in extra_env.items():
@@ -112,10 +115,10 @@ def test_container_scores_units_from_a_task_directory_like_the_local_backend(
             (task_dir / name / "__init__.py").write_text(f"raise SystemExit({code})\n")
         spec = _task_spec(backend, WINDOW, unit.id, run_id=run_id)
         assert spec.container_settings.image_name == image
-        # The first unit as Batch runs it by default (the task directory is the container's
-        # working directory), the second with containerImageDefault (the image's WORKDIR).
-        args = _podman_run_args(spec, image, task_dir, task_working_directory=(i == 0),
-                                extra_env=extra_env)
+        # The first unit as the backend submits it (containerImageDefault: the image's
+        # WORKDIR), the second as Batch runs a task by default (in the task directory).
+        args = _podman_run_args(spec, image, task_dir, extra_env=extra_env,
+                                working_directory=None if i == 0 else "taskWorkingDirectory")
         started = time.monotonic()
         proc = podman(*args, check=False, timeout=300)
         assert proc.returncode == 0, (
@@ -138,12 +141,64 @@ def test_container_image_runs_as_non_root_with_an_installed_entry_point(scoring_
     assert uid != "0"
     # Installed into the image's environment, not imported from a source folder.
     assert "site-packages" in container_file and "site-packages" in fleetscore_file
-    # The usage error of the entry point itself, from an arbitrary directory: exit 2, no
-    # "No module named scoring_container".
+    # The usage error of the entry point itself, from an arbitrary directory: exit 0 (Batch
+    # must not retry it) with the reason on stderr, no "No module named scoring_container".
     proc = podman("run", "--rm", "-w", "/tmp", image, "--window", "2024-03-01T01",
                   check=False, timeout=120)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "the following arguments are required" in proc.stderr
     assert "No module named" not in proc.stderr
+
+
+@pytest.mark.reliability("R76")
+def test_container_scores_when_the_task_directory_belongs_to_another_user(
+        scoring_image, trained_store, blob_store, azurite, tmp_path):
+    """Batch gives the task directory to the task user ("All files and directories of a task
+    are owned by the task user", Files and directories in Azure Batch); the image runs as its
+    own uid 10001, or as a task user Batch names. With the directory owned by another user,
+    closed (0700) or read-only (0555) to the image's user, the unit still scores: the task runs
+    in the image's WORKDIR (its container settings say containerImageDefault), and home,
+    temporary files and caches are in /tmp. Before, the container could not even start in a
+    closed task directory (Batch's default working directory is the task's)."""
+    import os
+
+    podman, image = scoring_image
+    run_id = "r-foreign-taskdir"
+    plan = make_plan(trained_store, WINDOW, unit_size=2)
+    _save_plan(trained_store, plan, run_id)
+    for path in trained_store.list(""):
+        blob_store.put(path, trained_store.get(path))
+    settings = Settings(storage_connection_string=azurite.connection_string,
+                        batch=BatchSettings(image=image))
+    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient())
+    extra_env = {"FLEETSCORE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    task_user = 4242  # neither root nor the image's user
+    runs = [(plan.units[0], 0o700, None), (plan.units[1], 0o555, None),
+            (plan.units[0], 0o700, f"{task_user}:{task_user}")]
+    for n, (unit, mode, user) in enumerate(runs):
+        task_dir = tmp_path / f"task-{n}" / "wd"
+        task_dir.mkdir(parents=True)
+        (task_dir / "resource.txt").write_text("a resource file a job put here\n")
+        os.chown(task_dir, task_user, task_user)
+        task_dir.chmod(mode)
+        spec = _task_spec(backend, WINDOW, unit.id, run_id=run_id)
+        args = _podman_run_args(spec, image, task_dir, extra_env=extra_env, user=user)
+        proc = podman(*args, check=False, timeout=300)
+        assert proc.returncode == 0, f"podman {shlex.join(args)}\n{proc.stderr[-3000:]}"
+        assert f"unit {unit.id} of {WINDOW}: succeeded" in proc.stderr, proc.stderr[-3000:]
+        assert sorted(p.name for p in task_dir.iterdir()) == ["resource.txt"]  # nothing left
+    # Home, temporary files and caches are writable for the image's user and a task user.
+    probe = ("import os, tempfile; home = os.environ['HOME']; "
+             "os.makedirs(os.path.join(home, '.cache', 'probe'), exist_ok=True); "
+             "tempfile.NamedTemporaryFile().close(); "
+             "os.makedirs(os.environ['XDG_CACHE_HOME'], exist_ok=True); "
+             "os.makedirs(os.environ['MPLCONFIGDIR'], exist_ok=True); print(os.getcwd())")
+    for user in (None, f"{task_user}:{task_user}"):
+        args = ["run", "--rm", *(["--user", user] if user else []), "--entrypoint", "python",
+                image, "-c", probe]
+        proc = podman(*args, check=False, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "/srv/scoring"
 
 
 def test_container_test_skips_only_outside_ci(monkeypatch):

@@ -213,8 +213,12 @@ class BatchBackend:
         return bm.BatchTaskCreateOptions(
             id=unit_id,
             command_line=command_line(self._store_spec, window, run_id, unit_id),
-            container_settings=bm.BatchTaskContainerSettings(image_name=b.image,
-                                                             container_run_options="--rm"),
+            # The image's own working directory, not the task's: Batch makes the task directory
+            # the task user's, and the image runs as its own user (uid 10001), which may not
+            # even enter it. The container needs nothing there (Batch collects stdout/stderr).
+            container_settings=bm.BatchTaskContainerSettings(
+                image_name=b.image, container_run_options="--rm",
+                working_directory=bm.ContainerWorkingDirectory.CONTAINER_IMAGE_DEFAULT),
             constraints=bm.BatchTaskConstraints(
                 max_task_retry_count=b.task_retries,
                 max_wall_clock_time=timedelta(minutes=b.task_timeout_minutes)),

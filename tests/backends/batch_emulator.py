@@ -227,8 +227,11 @@ class ProcessRunner:
 
 class PodmanRunner:
     """The task as a container of its ``containerSettings.imageName``, as Batch runs a container
-    task: the task directory mounted and made current, its environment settings, its container
-    run options, its command line as the ENTRYPOINT's arguments, host network (the emulators)."""
+    task: the task directory mounted and, as ``containerSettings.workingDirectory`` says
+    (TaskContainerSettings: "taskWorkingDirectory", the default, "Use the standard Batch service
+    Task working directory"; "containerImageDefault", "Use the working directory defined in the
+    container Image"), made current or not, its environment settings, its container run
+    options, its command line as the ENTRYPOINT's arguments, host network (the emulators)."""
 
     def __init__(self, podman, mount: str = "/taskdir") -> None:
         self.podman, self.mount = podman, mount  # tests/conftest.py's Podman (its env)
@@ -237,7 +240,9 @@ class PodmanRunner:
     def __call__(self, attempt: Attempt) -> int:
         settings = attempt.task.get("containerSettings") or {}
         args = ["run", *shlex.split(settings.get("containerRunOptions") or ""), "--network",
-                "host", "-v", f"{attempt.task_dir / 'wd'}:{self.mount}", "-w", self.mount]
+                "host", "-v", f"{attempt.task_dir / 'wd'}:{self.mount}"]
+        if settings.get("workingDirectory", "taskWorkingDirectory") == "taskWorkingDirectory":
+            args += ["-w", self.mount]
         for name, value in attempt.env.items():
             args += ["-e", f"{name}={value}"]
         args += [settings["imageName"], *shlex.split(attempt.task["commandLine"])]

@@ -110,8 +110,10 @@ def test_batch_tasks_run_the_container_with_constraints_env_and_log_upload(backe
     assert task["commandLine"] == command_line("az://fleetscore", H1, RUN, "u000000") == \
         "python -m scoring_container --store az://fleetscore --window 2024-03-01T01 --run r1 " \
         "--unit u000000"
+    # The image's WORKDIR, not the task directory (the task user's; tests/test_container.py).
     assert task["containerSettings"] == {"imageName": "fleetacr.azurecr.io/fleetscore-scoring:0.1.0",
-                                         "containerRunOptions": "--rm"}
+                                         "containerRunOptions": "--rm",
+                                         "workingDirectory": "containerImageDefault"}
     assert task["constraints"]["maxTaskRetryCount"] == 2
     assert isodate.parse_duration(task["constraints"]["maxWallClockTime"]) == timedelta(minutes=30)
     env = {e["name"]: e["value"] for e in task["environmentSettings"]}
