@@ -51,10 +51,10 @@ import pyarrow.compute as pc
 from .errors import Conflict, ModelError, NotFound
 from .models import (
     ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
-    read_manifest,
+    model_problem, read_manifest,
 )
 from .sensor_codes import sensor_keys
-from .sensors import Sensor, parse_sensors, sensor_columns, sorted_unique
+from .sensors import Sensor, is_valid_id, parse_sensors, sensor_columns, sorted_unique
 from .stores import Store
 from .stores.base import get_many
 
@@ -389,10 +389,11 @@ def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, st
 
 def _rebuild_once(store: Store, shard_sensors: int
                   ) -> tuple[BankStats, dict, dict[Sensor, str | None]]:
+    versions = model_versions(store)  # before the manifests are read: a later change shows
     sensors = sorted(list_models(store))
     nonce = uuid.uuid4().hex
     # Which sensors have a model, for planners: one read instead of a listing of models/.
-    store.put(MODELS_PATH, models_list(nonce, sensors))
+    store.put(MODELS_PATH, models_list(nonce, sensors, versions))
     manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))
     shards: list[_Shard] = []
@@ -490,11 +491,60 @@ def sensors_with_models(store: Store) -> set[Sensor]:
     return list_models(store)
 
 
-def models_list(nonce: str, sensors: Iterable[Sensor]) -> bytes:
-    """``bank/models.json``: the sensors with a model, as two columns (fast to read back)."""
+def models_list(nonce: str, sensors: Iterable[Sensor],
+                versions: Mapping[Sensor, str] | None = None) -> bytes:
+    """``bank/models.json``: the sensors with a model, as two columns (fast to read back),
+    and the store's version of each one's files when the bank was built (``model_versions``)."""
     sensors = list(sensors)
-    return json.dumps({"rebuild": nonce, "devices": [s[0] for s in sensors],
-                       "tags": [s[1] for s in sensors]}, separators=(",", ":")).encode()
+    body: dict = {"rebuild": nonce, "devices": [s[0] for s in sensors],
+                  "tags": [s[1] for s in sensors]}
+    if versions is not None:
+        body["versions"] = [versions.get(s, "") for s in sensors]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def model_versions(store: Store) -> dict[Sensor, str] | None:
+    """Each sensor's manifest and model file versions (ETag or modification time) from one
+    listing of models/, None for a store that cannot list versions."""
+    list_info = getattr(store, "list_info", None)
+    if not callable(list_info):
+        return None
+    out: dict[Sensor, list[str]] = {}
+    for path, size, version in list_info("models"):
+        parts = path.split("/")
+        if len(parts) != 3 or not path.endswith((".json", ".skops")):
+            continue
+        tag, _, kind = parts[2].rpartition(".")
+        if not (is_valid_id(parts[1]) and is_valid_id(tag)):
+            continue  # not a model of any sensor (list_models skips it too)
+        pair = out.setdefault(Sensor(parts[1], tag), ["", ""])
+        pair[kind == "skops"] = f"{size}:{version}"
+    return {s: "|".join(v) for s, v in out.items()}
+
+
+def registry_damage(store: Store) -> dict[Sensor, str]:
+    """Sensors whose model files changed outside fleetscore since the sealed bank was built
+    and no longer load (a damaged, cut or deleted manifest or model file), and why. One
+    listing of models/ against the versions the bank recorded; only changed sensors are read.
+    The bank's compiled copy of such a sensor is intact, but the registry is not: the run
+    says so and names the file instead of scoring on silently."""
+    index = _read_index(store)
+    if not index or index.get("sealed") is not True:
+        return {}  # unsealed: every entry is checked against its manifest anyway
+    try:
+        body = json.loads(store.get(MODELS_PATH))
+    except (NotFound, ValueError, RecursionError):
+        return {}
+    if not isinstance(body, dict) or body.get("rebuild") != index.get("rebuild") \
+            or not isinstance(body.get("versions"), list):
+        return {}
+    recorded = dict(zip(sensor_columns(body["devices"], body["tags"]), body["versions"],
+                        strict=False))
+    current = model_versions(store)
+    if current is None:
+        return {}
+    changed = [s for s, v in recorded.items() if current.get(s) != v]
+    return {s: why for s in changed if (why := model_problem(store, s)) is not None}
 
 
 SAVING_FOLDER = f"{BANK_FOLDER}/saving"  # a marker a model save in progress

@@ -93,9 +93,13 @@ class ModelManifest:
     @classmethod
     def from_json(cls, data: bytes, path: str) -> ModelManifest:
         try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError) as exc:
-            raise ModelError(f"model manifest {path} is malformed: {exc}") from exc
+            manifest = cls(**json.loads(data))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ModelError(f"model manifest {path} is malformed: {first_line(exc)}") from exc
+        if not (isinstance(manifest.sha256, str) and isinstance(manifest.version, int)
+                and isinstance(manifest.created, str)):
+            raise ModelError(f"model manifest {path} is malformed: a field has the wrong type")
+        return manifest
 
 
 def model_path(sensor: Sensor) -> str:
@@ -257,6 +261,30 @@ def load_model(store: Store, sensor: Sensor) -> Any:
     estimator = loads_model(data, f"sensor {sensor}")
     check_estimator(estimator, f"sensor {sensor}")
     return estimator
+
+
+def model_problem(store: Store, sensor: Sensor) -> str | None:
+    """Why the sensor's stored model cannot be loaded (its manifest or file damaged or gone),
+    naming the file; None when it is sound. Nothing in the file is run or constructed."""
+    try:
+        manifest = read_manifest(store, sensor)
+        data = store.get(model_path(sensor))
+    except ModelNotFound:
+        return f"model manifest {manifest_path(sensor)} is missing"
+    except NotFound:
+        return f"model file {model_path(sensor)} is missing"
+    except ModelError as exc:
+        return str(exc)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        return (f"model file {model_path(sensor)} does not match its manifest (sha256 "
+                f"{digest[:12]} != {manifest.sha256[:12]}, {len(data)} bytes): damaged or "
+                "replaced; retrain or re-import it")
+    try:
+        check_skops_types(data, model_path(sensor))
+    except ModelError as exc:
+        return str(exc)
+    return None
 
 
 # --- import ---------------------------------------------------------------------------------

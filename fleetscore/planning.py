@@ -63,6 +63,9 @@ class Plan:
     unit_size: int
     restricted: bool = False  # planned for chosen sensors only (a rerun of a few)
     format: str = "csv"  # of the predictions files
+    # Sensors with data whose stored model is damaged (bank.registry_damage), and why: not
+    # scored, failed by the run's end with the reason, their earlier rows kept.
+    damaged: tuple[tuple[Sensor, str], ...] = ()
 
     @property
     def sensors(self) -> int:
@@ -79,6 +82,7 @@ class Plan:
             "no_model": [str(s) for s in self.no_model],
             "restricted": self.restricted,
             "format": self.format,
+            "damaged": [[str(s), why] for s, why in self.damaged],
         }
 
 
@@ -103,20 +107,21 @@ def make_plan(
     sensors: Iterable[Sensor] | None = None, parallel: int = 1, min_task_seconds: float = 0.0,
     fmt: str = "csv",
 ) -> Plan:
-    from .bank import sensors_with_models
+    from .bank import registry_damage, sensors_with_models
 
     return plan_hour(hour, read_arrivals(store, hour), sensors_with_models(store), unit_size=unit_size,
                      sensors=sensors, parallel=parallel, min_task_seconds=min_task_seconds,
-                     fmt=fmt)
+                     fmt=fmt, damaged=registry_damage(store))
 
 
 def plan_hour(
     hour: Hour, arrivals: Mapping[Sensor, int], with_model: set[Sensor], *,
     unit_size: int | None = None, sensors: Iterable[Sensor] | None = None, parallel: int = 1,
-    min_task_seconds: float = 0.0, fmt: str = "csv",
+    min_task_seconds: float = 0.0, fmt: str = "csv", damaged: Mapping[Sensor, str] | None = None,
 ) -> Plan:
     """The plan, from what the store says (the hour's arrival counts, the sensors with a
-    model): pure, so a backfill plans many hours from one read of each."""
+    model, those whose model is damaged): pure, so a backfill plans many hours from one read
+    of each."""
     from .predictions import FORMATS
 
     if fmt not in FORMATS:
@@ -139,6 +144,10 @@ def plan_hour(
         planned = sorted([s for s in with_data if s in with_model])  # Sensors are tuples
         no_model = sorted([s for s in with_data if s not in with_model])
         no_data = sorted(with_model.difference(with_data))
+    broken: tuple[tuple[Sensor, str], ...] = ()
+    if damaged:
+        broken = tuple((s, damaged[s]) for s in planned if s in damaged)
+        planned = [s for s in planned if s not in damaged]
     size = unit_size or auto_unit_size(len(planned), parallel=parallel,
                                        min_task_seconds=min_task_seconds)
     units = tuple(
@@ -147,7 +156,7 @@ def plan_hour(
     )
     return Plan(
         window=hour, units=units, no_data=tuple(no_data), no_model=tuple(no_model), unit_size=size,
-        restricted=sensors is not None, format=fmt,
+        restricted=sensors is not None, format=fmt, damaged=broken,
     )
 
 
@@ -221,4 +230,5 @@ def load_plan(store: Store, hour: Hour, run_id: str, *, sensors: bool = True) ->
         unit_size=summary.get("unit_size", 1),
         restricted=bool(summary.get("restricted", False)),
         format=summary.get("format", "csv"),
+        damaged=tuple((Sensor.parse(s), why) for s, why in summary.get("damaged", ())),
     )

@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 
 from . import locks
 from .arrivals import read_arrivals_many
-from .bank import load_bank, sensors_with_models
+from .bank import load_bank, registry_damage, sensors_with_models
 from .compaction import compact_for_run
 from .errors import AlreadyRunning, FleetscoreError, LockLost, error_class
 from .hours import Hour
@@ -126,9 +126,9 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
             drop_staging(store, hour, keep=job.run_id)
             compact_for_run(store, hour)
         arrivals = read_arrivals_many(store, taken)
-        with_model = sensors_with_models(store)
+        with_model, damaged = sensors_with_models(store), registry_damage(store)
         plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
-                                     fmt=job.fmt), SPAN_UNIT) for h in taken]
+                                     fmt=job.fmt, damaged=damaged), SPAN_UNIT) for h in taken]
         union = sorted({s for p in plans for u in p.units for s in u.sensors})
         try:
             tables = read_points_many(store, taken, union)

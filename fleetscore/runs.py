@@ -43,7 +43,7 @@ from .planning import (
     Plan, hour_folder, load_plan, load_unit, make_plan, plan_sizes, run_folder, save_plan,
 )
 from .predictions import decode, encode, format_of, predictions_folder
-from .scoring import UnitResult, score_unit, top_counts
+from .scoring import SensorFailure, UnitResult, score_unit, top_counts
 from .sensor_codes import sensor_keys
 from .sensors import Sensor
 from .stores import Store
@@ -324,6 +324,11 @@ def close_hour(
     the hour's manifest before this run; ``payloads``: the units' predictions when they are in
     memory (a backfill's), else they are read from the run's staging. ``duration_s``: the
     hour's own share of a run that did many hours (default: from ``started`` to ``now``)."""
+    if plan.damaged:
+        results = [*results, UnitResult(
+            unit_id="registry", window=str(hour), sensors=len(plan.damaged), scored=0, points=0,
+            anomalies=0, failures=tuple(SensorFailure(str(s), "ModelError", why)
+                                        for s, why in plan.damaged))]
     vanished = vanished_sensors(store, hour, run_id, plan, results, previous)
     if vanished:
         results = [*results, UnitResult.all_failed(

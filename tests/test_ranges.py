@@ -277,7 +277,8 @@ def test_hours_with_nothing_to_score_close_in_a_span(trained_store):
     trained_store.delete("models/dev_a/t.x.json")
     result = run_range(trained_store, hours, SequentialBackend(trained_store),
                        sensors=[Sensor("dev_a", "t.x")])
-    assert [s.status for s in result.summaries] == ["failed"] * len(hours)  # data, no model
+    # Data and no model: nothing to score (no_data, exit 6), the manifest says why (no_model).
+    assert [s.status for s in result.summaries] == ["no_data"] * len(hours)
     assert all(s.no_model == 1 and s.planned == 0 for s in result.summaries)
     for hour in hours:
         _check_hour_is_clean(trained_store, hour, read_manifest(trained_store, hour))
