@@ -669,7 +669,8 @@ def runs_list(
     to: Annotated[str | None, typer.Option("--to", help="Last hour (default: the last hour with "
                                            "data or a run).")] = None,
     status: Annotated[str | None, typer.Option(
-        help="Only hours with this status: succeeded, partial, failed, no_data, never_run.")] = None,
+        help="Only hours with this status: succeeded, partial, failed, no_data, never_run, "
+        "damaged.")] = None,
     limit: Annotated[int, typer.Option(help="Lines shown at most (totals follow).")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print every hour as JSON.")] = False,
 ) -> None:
@@ -689,6 +690,8 @@ def runs_list(
         rows = [r for r in rows if r.status == status]
     if as_json:
         sys.stdout.write(json.dumps({"hours": [r.to_json() for r in rows]}, indent=1) + "\n")
+        if any(r.status == "damaged" for r in rows):
+            raise typer.Exit(3)
         return
     table = Table("window", "status", "scored", "failed", "anomalies", "finished", "run id")
     for r in rows[:limit]:
@@ -701,6 +704,12 @@ def runs_list(
     more = f" ({len(rows) - limit:,} not shown: --limit, --status or --json)" if len(rows) > limit else ""
     out.print(f"{len(rows):,} {_plural(len(rows), 'hour')}: "
               + (", ".join(f"{n:,} {k}" for k, n in sorted(counts.items())) or "none") + more)
+    damaged = [r.window for r in rows if r.status == "damaged"]
+    for window in damaged[:10]:
+        err.print(f"runs/{window}.json is damaged: `fleetscore run --window {window} --force` "
+                  "rewrites it (`fleetscore verify` names every damaged object)", markup=False)
+    if damaged:
+        raise typer.Exit(3)
 
 
 def _count(n: int | None) -> str:

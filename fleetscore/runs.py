@@ -356,7 +356,8 @@ def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
     if previous is None or plan.restricted:
         return []
     reached = sum(r.scored + len(r.failures) for r in results)
-    visible = int(previous["sensors"].get("scored", 0)) + len(previous.get("kept_from_earlier_run", ()))
+    counts = previous.get("sensors", {})
+    visible = int(counts.get("scored", 0)) + len(previous.get("kept_from_earlier_run", ()))
     if reached >= visible:
         return []
     # A sensor with data and no model now had its model withdrawn: its rows go (R28).
@@ -584,8 +585,10 @@ def parse_manifest(data: bytes, path: str) -> dict:
         raise InputError(f"run manifest {path} is damaged: not JSON "
                          f"({type(exc).__name__})") from exc
     shaped = isinstance(body, dict) and isinstance(body.get("window"), str) \
-        and body.get("status") in STATUSES and isinstance(body.get("sensors"), dict) \
-        and isinstance(body.get("failures"), list) and isinstance(body.get("predictions", []), list) \
+        and body.get("status") in STATUSES \
+        and isinstance(body.get("sensors", {}), dict) \
+        and isinstance(body.get("failures", []), list) \
+        and isinstance(body.get("predictions", []), list) \
         and all(isinstance(f, dict) and isinstance(f.get("path"), str)
                 for f in body.get("predictions", []))
     if not shaped:

@@ -28,7 +28,7 @@ from .runs import manifest_paths
 from .stores import Store
 from .stores.base import get_many
 
-STATUSES = ("succeeded", "partial", "failed", "no_data", "never_run")
+STATUSES = ("succeeded", "partial", "failed", "no_data", "never_run", "damaged")
 _HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}$"
 _HOUR_RE = re.compile(_HOUR_PATTERN)
 _COUNTS = ("planned", "scored", "failed", "no_data", "no_model")
@@ -77,17 +77,35 @@ def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = No
     columns = {name: runs[name].to_pylist() for name in
                ("status", "scored", "failed", "anomalies", "finished", "run_id")}
     at = {h: i for i, h in enumerate(runs["hour"].to_pylist())}
+    damaged = set(damaged_hours(store, set(at)))
     rows = []
     for index, window in zip(range(lo, hi + 1), window_names(lo, hi), strict=True):
         i = at.get(index)
         if i is None:
-            rows.append(HourRow(window, "never_run", index in data))
+            rows.append(HourRow(window, "damaged" if index in damaged else "never_run",
+                                index in data))
             continue
         rows.append(HourRow(window, columns["status"][i] or "failed", index in data,
                             scored=columns["scored"][i], failed=columns["failed"][i],
                             anomalies=columns["anomalies"][i], finished=columns["finished"][i],
                             run_id=columns["run_id"][i]))
     return rows
+
+
+def damaged_hours(store: Store, readable: set[int]) -> list[int]:
+    """Hours whose manifest ``runs/HOUR.json`` is there but could not be read (``readable``:
+    the hours whose manifest was)."""
+    out = []
+    for path in manifest_paths(store):
+        name = path[len("runs/"):-len(".json")]
+        if _HOUR_RE.fullmatch(name):
+            try:
+                index = Hour.parse(name).index
+            except Exception:  # noqa: BLE001 - not an hour's name
+                continue
+            if index not in readable:
+                out.append(index)
+    return out
 
 
 def window_names(first: int, last: int) -> list[str]:

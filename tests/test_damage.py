@@ -189,6 +189,9 @@ def test_a_damaged_object_fails_alone_and_is_named(case, damaged_env, cli):
         assert code in DOCUMENTED, (name, code, text)
         if code not in (0, 6):
             assert any(n in text for n in names), (name, code, text)
+    if case.kind == "run_manifest" and case.how != "gone":
+        code, text = said["runs"]
+        assert code == 3 and path in text, text  # listed as damaged, not as never run
     if case.kind in ("model_manifest", "model_file"):
         # The bank's compiled copy is intact, but the run says the registry is damaged.
         code, text = said["run_window"]
