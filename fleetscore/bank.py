@@ -54,7 +54,7 @@ from .models import (
     model_problem, read_manifest,
 )
 from .sensor_codes import sensor_keys
-from .sensors import Sensor, is_valid_id, parse_sensors, sensor_columns, sorted_unique
+from .sensors import Sensor, parse_sensors, sensor_columns, sorted_unique
 from .stores import Store
 from .stores.base import get_many
 
@@ -492,34 +492,36 @@ def sensors_with_models(store: Store) -> set[Sensor]:
 
 
 def models_list(nonce: str, sensors: Iterable[Sensor],
-                versions: Mapping[Sensor, str] | None = None) -> bytes:
+                versions: Mapping[str, str] | None = None) -> bytes:
     """``bank/models.json``: the sensors with a model, as two columns (fast to read back),
     and the store's version of each one's files when the bank was built (``model_versions``)."""
     sensors = list(sensors)
     body: dict = {"rebuild": nonce, "devices": [s[0] for s in sensors],
                   "tags": [s[1] for s in sensors]}
     if versions is not None:
-        body["versions"] = [versions.get(s, "") for s in sensors]
+        body["versions"] = [versions.get(f"{s[0]}/{s[1]}", "") for s in sensors]
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def model_versions(store: Store) -> dict[Sensor, str] | None:
-    """Each sensor's manifest and model file versions (ETag or modification time) from one
-    listing of models/, None for a store that cannot list versions."""
+def model_versions(store: Store) -> dict[str, str] | None:
+    """Each ``Device/Tag``'s manifest and model file versions (size and ETag or modification
+    time) from one listing of models/, None for a store that cannot list versions."""
     list_info = getattr(store, "list_info", None)
     if not callable(list_info):
         return None
-    out: dict[Sensor, list[str]] = {}
+    out: dict[str, list[str]] = {}
     for path, size, version in list_info("models"):
-        parts = path.split("/")
-        if len(parts) != 3 or not path.endswith((".json", ".skops")):
+        if path.endswith(".json"):
+            key, slot = path[len("models/"):-len(".json")], 0
+        elif path.endswith(".skops"):
+            key, slot = path[len("models/"):-len(".skops")], 1
+        else:
             continue
-        tag, _, kind = parts[2].rpartition(".")
-        if not (is_valid_id(parts[1]) and is_valid_id(tag)):
-            continue  # not a model of any sensor (list_models skips it too)
-        pair = out.setdefault(Sensor(parts[1], tag), ["", ""])
-        pair[kind == "skops"] = f"{size}:{version}"
-    return {s: "|".join(v) for s, v in out.items()}
+        pair = out.get(key)
+        if pair is None:
+            pair = out[key] = ["", ""]
+        pair[slot] = f"{size}:{version}"
+    return {key: "|".join(pair) for key, pair in out.items()}
 
 
 def registry_damage(store: Store) -> dict[Sensor, str]:
@@ -538,13 +540,13 @@ def registry_damage(store: Store) -> dict[Sensor, str]:
     if not isinstance(body, dict) or body.get("rebuild") != index.get("rebuild") \
             or not isinstance(body.get("versions"), list):
         return {}
-    recorded = dict(zip(sensor_columns(body["devices"], body["tags"]), body["versions"],
-                        strict=False))
     current = model_versions(store)
     if current is None:
         return {}
-    changed = [s for s, v in recorded.items() if current.get(s) != v]
-    return {s: why for s in changed if (why := model_problem(store, s)) is not None}
+    changed = [f"{d}/{t}" for d, t, v in zip(body["devices"], body["tags"], body["versions"],
+                                             strict=False) if current.get(f"{d}/{t}") != v]
+    return {s: why for s in map(Sensor.parse, changed)
+            if (why := model_problem(store, s)) is not None}
 
 
 SAVING_FOLDER = f"{BANK_FOLDER}/saving"  # a marker a model save in progress

@@ -29,7 +29,7 @@ import pyarrow as pa
 from .arrivals import record_arrivals
 from .bank import (
     INDEX_PATH, MODELS_PATH, SHARD_SENSORS, Compiled, compile_model, encode_shard,
-    load_bank, models_list,
+    load_bank, model_versions, models_list,
 )
 from .hours import Hour
 from .predictions import encode, predictions_path, predictions_table_many
@@ -169,7 +169,9 @@ def write_bank(store: Store, entries: list, prefix: str) -> None:
                        "last": str(group[-1][0]), "compiled": len(group)})
     # Sealed (bank.seal): the bench wrote every manifest and entry itself, nothing raced it.
     nonce = f"{prefix}-bench"
-    store.put(MODELS_PATH, models_list(nonce, [e[0] for e in entries]))
+    # With the files' versions, as rebuild_bank records them: runs then check the registry
+    # against them (bank.registry_damage), as they do on a store `train` made.
+    store.put(MODELS_PATH, models_list(nonce, [e[0] for e in entries], model_versions(store)))
     store.put(INDEX_PATH, json.dumps({"shards": shards, "rebuild": nonce, "sealed": True,
                                       "check": []}).encode())
 

@@ -107,11 +107,11 @@ def make_plan(
     sensors: Iterable[Sensor] | None = None, parallel: int = 1, min_task_seconds: float = 0.0,
     fmt: str = "csv",
 ) -> Plan:
-    from .bank import registry_damage, sensors_with_models
+    from .bank import sensors_with_models
 
     return plan_hour(hour, read_arrivals(store, hour), sensors_with_models(store), unit_size=unit_size,
                      sensors=sensors, parallel=parallel, min_task_seconds=min_task_seconds,
-                     fmt=fmt, damaged=registry_damage(store))
+                     fmt=fmt)
 
 
 def plan_hour(

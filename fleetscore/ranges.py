@@ -96,6 +96,9 @@ class Job:
     ttl_s: float
     sensors: tuple[Sensor, ...] | None  # a rerun of chosen sensors; None: all
     fmt: str
+    # Sensors whose stored model is damaged (bank.registry_damage, looked for once a range),
+    # and why: left out of every hour's unit and failed by name.
+    damaged: tuple[tuple[Sensor, str], ...] = ()
 
 
 # --- a span (what a worker runs) -------------------------------------------------------------
@@ -126,9 +129,10 @@ def run_span(store: Store, hours: Sequence[Hour], job: Job) -> list[dict]:
             drop_staging(store, hour, keep=job.run_id)
             compact_for_run(store, hour)
         arrivals = read_arrivals_many(store, taken)
-        with_model, damaged = sensors_with_models(store), registry_damage(store)
+        with_model = sensors_with_models(store)
         plans = [_one_unit(plan_hour(h, arrivals[h], with_model, sensors=job.sensors,
-                                     fmt=job.fmt, damaged=damaged), SPAN_UNIT) for h in taken]
+                                     fmt=job.fmt, damaged=dict(job.damaged)), SPAN_UNIT)
+                 for h in taken]
         union = sorted({s for p in plans for u in p.units for s in u.sensors})
         try:
             tables = read_points_many(store, taken, union)
@@ -269,7 +273,8 @@ def run_range(
         sizes = [(h, plan_hour(h, arrivals[h], with_model, sensors=chosen).sensors)
                  for h in hours]
         job = Job(run_id=new_run_id(started), started=started.isoformat(), backend=backend.name,
-                  ttl_s=ttl.total_seconds(), sensors=chosen, fmt=fmt)
+                  ttl_s=ttl.total_seconds(), sensors=chosen, fmt=fmt,
+                  damaged=tuple(sorted(registry_damage(store).items())))
         spans = pack([(h, n) for h, n in sizes if n <= SPAN_MAX_SENSORS],
                      workers=getattr(backend, "workers", 1))
         _drive(store, backend, spans, job, deadline=deadline, clock=clock, out=out,

@@ -26,14 +26,16 @@ import json
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, locks, telemetry
+from .bank import registry_damage
 from .backends.base import FAILED, PARTIAL, SUCCEEDED, TERMINAL, ComputeBackend, UnitStatus
 from .compaction import compact_for_run
 from .errors import InputError, NotFound, UsageError
@@ -285,9 +287,11 @@ class RunSummary:
 def finalize(
     store: Store, hour: Hour, run_id: str, outcomes: Mapping[str, dict], *, started: datetime,
     now: datetime, backend_name: str, backend: ComputeBackend | None = None,
-    ttl: timedelta = LOCK_TTL,
+    ttl: timedelta = LOCK_TTL, damaged: Callable[[], Mapping[Sensor, str]] | None = None,
 ) -> RunSummary:
     """End the run: promote what finished, write the manifest, release the hour.
+    ``damaged``: the registry's damage (``bank.registry_damage``), when it was looked for
+    while the units ran; else it is looked for here.
 
     Idempotent: a retried finalize of a run that already wrote its manifest returns it."""
     done = readable_manifest(store, hour)
@@ -310,8 +314,41 @@ def finalize(
         if unfinished:
             backend.cancel(hour, unfinished, run_id=run_id)
         backend.finish(hour, run_id=run_id)
+    broken = damaged() if damaged is not None else registry_damage(store)
+    if broken:
+        results = [without_damaged(store, r, broken) for r in results]
     return close_hour(store, hour, run_id, plan, results, previous=done, started=started,
                       now=now, backend_name=backend_name)
+
+
+def without_damaged(store: Store, result: UnitResult, damaged: Mapping[Sensor, str]
+                    ) -> UnitResult:
+    """The unit's result with the sensors whose stored model is damaged failed, and their
+    rows (scored from the bank's intact compiled copy) left out of its staged predictions:
+    a model the registry can no longer vouch for makes no visible prediction."""
+    if not result.predictions:
+        return result
+    table = decode(store.get(result.predictions), result.predictions)
+    keys = sensor_keys(table["Device"], table["Tag"])
+    bad = pa.array(sorted({str(s) for s in damaged}), pa.string())
+    hit = pc.is_in(keys, value_set=bad)
+    if not pc.any(hit).as_py():
+        return result
+    gone = table.filter(hit)
+    gone_keys = pc.unique(pc.filter(keys, hit)).to_pylist()
+    kept = table.filter(pc.invert(hit))
+    path = result.predictions.replace("/predictions/", "/checked/", 1)
+    data = encode([kept], format_of(path))
+    store.put(path, data)
+    failures = tuple(SensorFailure(k, "ModelError", damaged[Sensor.parse(k)])
+                     for k in gone_keys)
+    return replace(
+        result, scored=result.scored - len(gone_keys), points=result.points - gone.num_rows,
+        anomalies=result.anomalies - int(pc.sum(gone["Prediction"]).as_py() or 0),
+        failures=result.failures + failures,
+        top_anomalous={k: v for k, v in result.top_anomalous.items() if k not in gone_keys},
+        predictions=path if kept.num_rows else None,
+        predictions_sha256=hashlib.sha256(data).hexdigest() if kept.num_rows else None)
 
 
 def close_hour(
@@ -324,11 +361,11 @@ def close_hour(
     the hour's manifest before this run; ``payloads``: the units' predictions when they are in
     memory (a backfill's), else they are read from the run's staging. ``duration_s``: the
     hour's own share of a run that did many hours (default: from ``started`` to ``now``)."""
-    if plan.damaged:
+    if plan.damaged:  # left out of the units when planned (a backfill's spans)
         results = [*results, UnitResult(
-            unit_id="registry", window=str(hour), sensors=len(plan.damaged), scored=0, points=0,
-            anomalies=0, failures=tuple(SensorFailure(str(s), "ModelError", why)
-                                        for s, why in plan.damaged))]
+            unit_id="registry", window=str(hour), sensors=len(plan.damaged), scored=0,
+            points=0, anomalies=0, failures=tuple(
+                SensorFailure(str(s), "ModelError", why) for s, why in plan.damaged))]
     vanished = vanished_sensors(store, hour, run_id, plan, results, previous)
     if vanished:
         results = [*results, UnitResult.all_failed(
@@ -682,6 +719,10 @@ def run_hour(
                        unit_size=unit_size, parallel=getattr(backend, "workers", 1), ttl=ttl,
                        pid=os.getpid(), fmt=fmt)
         units = list(ticket.units)
+        # The registry is checked against the bank while the units score (it lists models/,
+        # which at fleet size costs about what planning does); finalize applies what it finds.
+        checker = ThreadPoolExecutor(1)
+        damage = checker.submit(registry_damage, store)
         try:
             if getattr(backend, "inline", False) and progress:
                 # An inline backend scores inside submit: one unit at a time, so the bar moves.
@@ -698,7 +739,8 @@ def run_hour(
                            progress=progress, backoff=backoff, clock=clock, sleep=sleep,
                            total=ticket.sensors)
             return finalize(store, hour, run_id, states, started=started, now=clock(),
-                            backend_name=backend.name, backend=backend, ttl=ttl)
+                            backend_name=backend.name, backend=backend, ttl=ttl,
+                            damaged=damage.result)
         except BaseException:
             try:
                 if units:
@@ -706,6 +748,8 @@ def run_hour(
             finally:
                 locks.release(store, hour, run_id)
             raise
+        finally:
+            checker.shutdown(wait=True)
 
 
 def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states: dict, *,
