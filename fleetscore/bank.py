@@ -61,6 +61,9 @@ from .stores.base import get_many
 BANK_FOLDER = "bank"  # beside models/, never inside: a device could be called "bank"
 INDEX_PATH = f"{BANK_FOLDER}/index.json"
 MODELS_PATH = f"{BANK_FOLDER}/models.json"  # the sensors with a model, as the index saw them
+# Their files' versions when the bank was built: read by the registry check only, beside the
+# run (kept out of models.json, which planning reads).
+VERSIONS_PATH = f"{BANK_FOLDER}/versions.json"
 # Written into every shard and into the shard names: a shard of another format (an older
 # fleetscore's, compiled without the probe check) is never decoded, only rebuilt.
 BANK_FORMAT = 2
@@ -393,7 +396,9 @@ def _rebuild_once(store: Store, shard_sensors: int
     sensors = sorted(list_models(store))
     nonce = uuid.uuid4().hex
     # Which sensors have a model, for planners: one read instead of a listing of models/.
-    store.put(MODELS_PATH, models_list(nonce, sensors, versions))
+    store.put(MODELS_PATH, models_list(nonce, sensors))
+    if versions is not None:
+        store.put(VERSIONS_PATH, versions_list(nonce, sensors, versions))
     manifests = _manifest_hashes(store, sensors)
     existing = set(store.list(BANK_FOLDER))
     shards: list[_Shard] = []
@@ -491,16 +496,20 @@ def sensors_with_models(store: Store) -> set[Sensor]:
     return list_models(store)
 
 
-def models_list(nonce: str, sensors: Iterable[Sensor],
-                versions: Mapping[str, str] | None = None) -> bytes:
-    """``bank/models.json``: the sensors with a model, as two columns (fast to read back),
-    and the store's version of each one's files when the bank was built (``model_versions``)."""
+def models_list(nonce: str, sensors: Iterable[Sensor]) -> bytes:
+    """``bank/models.json``: the sensors with a model, as two columns (fast to read back)."""
     sensors = list(sensors)
-    body: dict = {"rebuild": nonce, "devices": [s[0] for s in sensors],
-                  "tags": [s[1] for s in sensors]}
-    if versions is not None:
-        body["versions"] = [versions.get(f"{s[0]}/{s[1]}", "") for s in sensors]
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps({"rebuild": nonce, "devices": [s[0] for s in sensors],
+                       "tags": [s[1] for s in sensors]}, separators=(",", ":")).encode()
+
+
+def versions_list(nonce: str, sensors: Iterable[Sensor], versions: Mapping[str, str]) -> bytes:
+    """``bank/versions.json``: each sensor's ``Device/Tag`` and its files' versions
+    (``model_versions``) when the bank was built."""
+    keys = [f"{s[0]}/{s[1]}" for s in sensors]
+    return json.dumps({"rebuild": nonce, "sensors": keys,
+                       "versions": [versions.get(k, "") for k in keys]},
+                      separators=(",", ":")).encode()
 
 
 def model_versions(store: Store) -> dict[str, str] | None:
@@ -534,7 +543,7 @@ def registry_damage(store: Store) -> dict[Sensor, str]:
     if not index or index.get("sealed") is not True:
         return {}  # unsealed: every entry is checked against its manifest anyway
     try:
-        body = json.loads(store.get(MODELS_PATH))
+        body = json.loads(store.get(VERSIONS_PATH))
     except (NotFound, ValueError, RecursionError):
         return {}
     if not isinstance(body, dict) or body.get("rebuild") != index.get("rebuild") \
@@ -543,8 +552,8 @@ def registry_damage(store: Store) -> dict[Sensor, str]:
     current = model_versions(store)
     if current is None:
         return {}
-    changed = [f"{d}/{t}" for d, t, v in zip(body["devices"], body["tags"], body["versions"],
-                                             strict=False) if current.get(f"{d}/{t}") != v]
+    changed = [k for k, v in zip(body["sensors"], body["versions"], strict=False)
+               if current.get(k) != v]
     return {s: why for s in map(Sensor.parse, changed)
             if (why := model_problem(store, s)) is not None}
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 from .arrivals import record_arrivals
 from .bank import (
     INDEX_PATH, MODELS_PATH, SHARD_SENSORS, Compiled, compile_model, encode_shard,
-    load_bank, model_versions, models_list,
+    VERSIONS_PATH, load_bank, model_versions, models_list, versions_list,
 )
 from .hours import Hour
 from .predictions import encode, predictions_path, predictions_table_many
@@ -171,7 +171,9 @@ def write_bank(store: Store, entries: list, prefix: str) -> None:
     nonce = f"{prefix}-bench"
     # With the files' versions, as rebuild_bank records them: runs then check the registry
     # against them (bank.registry_damage), as they do on a store `train` made.
-    store.put(MODELS_PATH, models_list(nonce, [e[0] for e in entries], model_versions(store)))
+    sensors = [e[0] for e in entries]
+    store.put(MODELS_PATH, models_list(nonce, sensors))
+    store.put(VERSIONS_PATH, versions_list(nonce, sensors, model_versions(store) or {}))
     store.put(INDEX_PATH, json.dumps({"shards": shards, "rebuild": nonce, "sealed": True,
                                       "check": []}).encode())
 

@@ -21,13 +21,14 @@ removes or overwrites good predictions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -711,7 +712,11 @@ def run_hour(
     started = clock()
     run_id = new_run_id(started)
     ends = started + deadline
-    with telemetry.span("fleetscore.run", window=str(hour)):
+    # The registry is checked against the bank while the hour is planned and scored (it
+    # lists models/); finalize applies what it finds.
+    checker = ThreadPoolExecutor(1)
+    damage = checker.submit(registry_damage, store)
+    with telemetry.span("fleetscore.run", window=str(hour)), _shutting(checker):
         start = getattr(backend, "start", None)
         if callable(start):
             start()  # workers get ready while the hour is planned
@@ -719,10 +724,6 @@ def run_hour(
                        unit_size=unit_size, parallel=getattr(backend, "workers", 1), ttl=ttl,
                        pid=os.getpid(), fmt=fmt)
         units = list(ticket.units)
-        # The registry is checked against the bank while the units score (it lists models/,
-        # which at fleet size costs about what planning does); finalize applies what it finds.
-        checker = ThreadPoolExecutor(1)
-        damage = checker.submit(registry_damage, store)
         try:
             if getattr(backend, "inline", False) and progress:
                 # An inline backend scores inside submit: one unit at a time, so the bar moves.
@@ -748,8 +749,14 @@ def run_hour(
             finally:
                 locks.release(store, hour, run_id)
             raise
-        finally:
-            checker.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _shutting(pool: ThreadPoolExecutor) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states: dict, *,

@@ -77,17 +77,17 @@ def _models(store: Store) -> Iterator[Problem | None]:
 
 
 def _bank(store: Store) -> Iterator[Problem | None]:
-    from .bank import INDEX_PATH, MODELS_PATH, Bank
+    from .bank import INDEX_PATH, MODELS_PATH, VERSIONS_PATH, Bank
 
-    for path in (INDEX_PATH, MODELS_PATH):
+    shapes = {INDEX_PATH: "shards", MODELS_PATH: "devices", VERSIONS_PATH: "versions"}
+    for path, field in shapes.items():
         try:
             body = _json(store, path)
         except NotFound:
             continue  # no bank: the plain path scores every sensor (`models bank` compiles)
         if isinstance(body, Problem):
             yield body
-        elif not isinstance(body, dict) or not isinstance(
-                body.get("shards" if path == INDEX_PATH else "devices"), list):
+        elif not isinstance(body, dict) or not isinstance(body.get(field), list):
             yield Problem(path, "is damaged: not a bank file of this version")
         elif path == INDEX_PATH:
             for shard in body["shards"]:

@@ -151,7 +151,7 @@ def test_any_model_write_invalidates_the_bank_and_rebuild_is_incremental(trained
     assert not trained_store.exists(INDEX_PATH)  # a model changed: no stale bank is used
     again = rebuild_bank(trained_store, shard_sensors=2)
     assert (again.shards_written, again.shards_kept) == (1, 1)
-    assert len(list(trained_store.list("bank"))) == 4  # index, models list, two live shards
+    assert len(list(trained_store.list("bank"))) == 5  # index, models and versions lists, two live shards
 
 
 def test_bank_shards_are_plain_arrays_and_damaged_ones_are_skipped(trained_store):

@@ -30,6 +30,7 @@ OBJECTS = {
     "model_file": lambda paths: _first(paths, "models/D000/", ".skops"),
     "bank_index": lambda paths: "bank/index.json",
     "bank_models": lambda paths: "bank/models.json",
+    "bank_versions": lambda paths: "bank/versions.json",
     "bank_shard": lambda paths: _first(paths, "bank/shard-", ".npz"),
     "run_manifest": lambda paths: f"runs/{H1}.json",
     "arrival_record": lambda paths: _first(paths, "arrivals/2026/01/05/01/", ".json"),
@@ -47,7 +48,7 @@ DAMAGES = ("garbage", "truncated", "wrong_shape", "gone")
 # them names them instead (readings parts are the raw input of `ingest`, never read again by
 # scoring; leftovers of a crashed run are dropped by the next run of the hour).
 VERIFY_SILENT = {("readings_part", d) for d in DAMAGES} | {
-    (k, d) for k in LEFTOVERS for d in DAMAGES} | {("bank_index", "gone"), ("bank_models", "gone")}
+    (k, d) for k in LEFTOVERS for d in DAMAGES} | {("bank_index", "gone"), ("bank_models", "gone"), ("bank_versions", "gone")}
 
 
 def _first(paths: list[str], prefix: str, suffix: str) -> str:
@@ -224,3 +225,32 @@ def test_a_rerun_with_a_window_file_gone_keeps_the_hours_predictions(damage_temp
     after = sorted(line for p in (root / "predictions/2026/01/05/01").glob("*.csv")
                    for line in p.read_bytes().splitlines()[1:])
     assert after == before and len(before) == 360
+
+
+@pytest.mark.reliability("R46")
+def test_two_concurrent_runs_over_a_malformed_manifest_fail_only_its_sensor(damage_template,
+                                                                            tmp_path):
+    """The issue's case: one malformed model manifest stopped the whole run with exit 1, for
+    two concurrent runs too. Now each run either scores the hour with that sensor failed
+    (exit 3) or finds the hour held by the other (exit 4)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "store"
+    _copy_into(damage_template, LocalStore(root, create=True))
+    store = LocalStore(root)
+    path = _first(list(store.list("")), "models/D000/", ".json")
+    store.put(path, b"{ not json")
+    command = [sys.executable, "-m", "fleetscore.cli", "run", "--window", H1, "--force",
+               "--store", str(root), "--backend", "sequential"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in outcomes)
+    assert codes in ([3, 3], [3, 4]), outcomes
+    for code, out, err in outcomes:
+        assert "Traceback" not in out + err
+        if code == 3:
+            assert path in err, err
+    sensor = _damaged_sensor("model_manifest", path)
+    assert _sensors_with_predictions(store, H1) >= {"D000/flow", "D001/temp"} - {sensor}

@@ -226,13 +226,12 @@ class LocalStore:
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter(sorted(path for path, _ in self._walk(prefix)))
 
-    def _walk(self, prefix: str) -> list[tuple[str, os.DirEntry]]:
-        """(store path, directory entry) of every file under ``prefix``, unsorted."""
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+        """(store path, directory entry) of every file under ``prefix``, in no order."""
         rel = prefix.strip("/")
         if rel:
             check_path(rel)
         base = os.path.join(self._root, rel) if rel else self._root
-        found: list[tuple[str, os.DirEntry]] = []
         stack = [(base, f"{rel}/" if rel else "")]
         while stack:
             directory, shown = stack.pop()
@@ -247,21 +246,18 @@ class LocalStore:
                     elif entry.is_symlink() and entry.is_dir():
                         continue  # as os.walk: a linked folder is not followed
                     elif not entry.name.startswith(_TMP_PREFIX):
-                        found.append((f"{shown}{entry.name}", entry))
-        return found
+                        yield f"{shown}{entry.name}", entry
 
     def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
-        """(path, size, version) of the files under ``prefix``; the version is the
-        modification time in nanoseconds (cheap: no file is read). Optional in the protocol."""
-        out = []
+        """(path, size, version) of the files under ``prefix``, in no particular order (a
+        generator: a fleet's models/ is never held as a list); the version is the
+        modification time in nanoseconds (no file is read). Optional in the protocol."""
         for path, entry in self._walk(prefix):
             try:
                 st = entry.stat()
             except FileNotFoundError:
                 continue
-            out.append((path, st.st_size, str(st.st_mtime_ns)))
-        out.sort()
-        return iter(out)
+            yield path, st.st_size, str(st.st_mtime_ns)
 
     def delete(self, path: str, *, if_match: str | None = None) -> None:
         target = self._file(path)
