@@ -850,10 +850,9 @@ def bench(
         "--raw", help="With --stream-analytics: do not compact the hour first.")] = False,
 ) -> None:
     """Time the fast path and the plain per-sensor loop: stages, whole unit, whole run."""
-    from .bench import run_bench
-
     if sensors < 1 or sample < 1 or repeats < 1:
         raise UsageError("--sensors, --sample and --repeats must be 1 or more")
+    run_bench = _benchmark("bench").run_bench
     if stream_analytics:
         _bench_sa(sensors, repeats=repeats, blob=blob, compact=not raw, as_json=as_json)
         return
@@ -886,8 +885,27 @@ def bench(
                   f"{result.to_json()['run_parquet_vs_memory_loop']:.1f}x the in-memory loop")
 
 
+def _benchmark(name: str):
+    """``benchmarks.<name>``: the benches live beside the package in a source checkout, outside
+    the wheel. Found there (the checkout this fleetscore was installed from, editable) or
+    wherever Python already finds them; otherwise a usage error (2) says where they run."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    if (root / "benchmarks" / "bench.py").is_file() and str(root) not in sys.path:
+        sys.path.append(str(root))  # after site-packages: the installed fleetscore stays first
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", f"benchmarks.{name}"):
+            raise
+    raise UsageError("fleetscore bench runs from a source checkout (its benchmarks/ are not "
+                     "in the package): in a clone, make venv, then .venv/bin/fleetscore bench")
+
+
 def _bench_sa(sensors: int, *, repeats: int, blob: bool, compact: bool, as_json: bool) -> None:
-    from .bench_sa import figures_json, run_sa_bench
+    bench_sa = _benchmark("bench_sa")
+    figures_json, run_sa_bench = bench_sa.figures_json, bench_sa.run_sa_bench
 
     connection = _settings().storage_connection_string if blob else None
     if blob and not connection:

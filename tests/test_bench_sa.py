@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from fleetscore.bench_sa import SA_HOUR, bench_store, sa_sensors, write_sa_hour
+from benchmarks.bench_sa import SA_HOUR, bench_store, sa_sensors, write_sa_hour
 from fleetscore.stores import LocalStore
 from fleetscore.windows import read_points, windows_folder
 
@@ -56,7 +56,7 @@ def test_the_command(cli, monkeypatch):
 
 
 def test_the_scoring_bench_compares_the_run_with_the_in_memory_predict_loop(tmp_path):
-    from fleetscore.bench import run_bench
+    from benchmarks.bench import run_bench
 
     result = run_bench(60, sample=20, repeats=1, workers=1, directory=tmp_path)
     body = result.to_json()

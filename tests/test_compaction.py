@@ -13,7 +13,7 @@ import pytest
 
 from fleetscore import compaction
 from fleetscore.backends.local import SequentialBackend
-from fleetscore.bench_sa import (
+from benchmarks.bench_sa import (
     SA_HOUR, encode_sa_file, install_models, sa_hour_tables, sa_sensors, write_sa_hour,
 )
 from fleetscore.planning import make_plan

@@ -180,7 +180,7 @@ def test_read_points_many_equals_read_points_and_reads_each_day_part_once(store,
 def test_read_points_many_reads_day_parts_beside_compacted_hours(local_store):
     """A Stream Analytics hour, compacted, and a source's day part with rows of that hour."""
     from fleetscore import compaction
-    from fleetscore.bench_sa import SA_HOUR, sa_sensors, write_sa_hour
+    from benchmarks.bench_sa import SA_HOUR, sa_sensors, write_sa_hour
     from fleetscore.windows import PART_SCHEMA, encode_part
 
     sensors = sa_sensors(16)

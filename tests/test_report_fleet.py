@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fleetscore.report as report
-from fleetscore.bench import BENCH_HOUR
-from fleetscore.bench_report import NOISY_EVERY, build, run
+from benchmarks.bench import BENCH_HOUR
+from benchmarks.bench_report import NOISY_EVERY, build, run
 from fleetscore.hours import Hour
 from fleetscore.report import (
     FAILURES_SHOWN, HEATMAP_SENSORS, TOP_SENSORS, Axis, _fold_predictions, _Fold,

@@ -1,4 +1,4 @@
-"""The training bench: ``python -m fleetscore.bench_train --sensors N [--workers W]``.
+"""The training bench: ``python -m benchmarks.bench_train --sensors N [--workers W]``.
 
 Writes two hours of one-minute windows for N sensors (window parts and arrival records, as
 ingest would), then times ``train`` over them and reports seconds, sensors per second and the
@@ -20,9 +20,10 @@ HOURS = ("2026-01-05T00", "2026-01-05T01")
 
 
 def build(store, sensors: int, seed: int = 0) -> None:
+    from fleetscore.hours import Hour
+    from fleetscore.sensors import Sensor
+
     from .bench import write_hour_of_points
-    from .hours import Hour
-    from .sensors import Sensor
 
     rng = np.random.default_rng(seed)
     fleet = [Sensor(f"dev{i // 10:06d}", f"t{i % 10}") for i in range(sensors)]
@@ -33,8 +34,8 @@ def build(store, sensors: int, seed: int = 0) -> None:
 
 
 def run(sensors: int, workers: int | None) -> dict:
-    from .stores import LocalStore
-    from .training import train
+    from fleetscore.stores import LocalStore
+    from fleetscore.training import train
 
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(Path(tmp) / "store")
@@ -50,7 +51,7 @@ def run(sensors: int, workers: int | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fleetscore.bench_train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__)
     parser.add_argument("--sensors", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=None, help="default: one per core")
     args = parser.parse_args(argv)

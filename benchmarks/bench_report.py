@@ -1,4 +1,4 @@
-"""The report bench: ``python -m fleetscore.bench_report --sensors N [--hours H] [--dir D]``.
+"""The report bench: ``python -m benchmarks.bench_report --sensors N [--hours H] [--dir D]``.
 
 Builds a store of N sensors with H hours (default 24) of scored predictions, as real runs
 leave them: each hour's one-minute windows are written as one window part and its arrival
@@ -37,11 +37,12 @@ def _peak_mb() -> float:
 def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
           workers: int | None = None) -> dict:
     """Write the fleet and run its hours; returns what the runs left (counts, seconds)."""
-    from .backends.local import LocalBackend
+    from fleetscore.backends.local import LocalBackend
+    from fleetscore.hours import Hour
+    from fleetscore.ranges import run_range
+    from fleetscore.settings import Settings
+
     from .bench import BENCH_HOUR, build_fleet, write_hour_of_points
-    from .hours import Hour
-    from .ranges import run_range
-    from .settings import Settings
 
     t0 = time.perf_counter()
     # build_fleet writes BENCH_HOUR's points, the models and the bank; the later hours'
@@ -73,7 +74,7 @@ def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
 
 
 def time_report(store, output: Path, repeats: int) -> tuple[list[float], str]:
-    from .report import write_report
+    from fleetscore.report import write_report
 
     seconds, said = [], ""
     for _ in range(repeats):
@@ -85,7 +86,7 @@ def time_report(store, output: Path, repeats: int) -> tuple[list[float], str]:
 
 def run(sensors: int, hours: int = 24, *, directory: Path | None = None, repeats: int = 3,
         workers: int | None = None, seed: int = 0, reuse: bool = False) -> dict:
-    from .stores import LocalStore
+    from fleetscore.stores import LocalStore
 
     def measure(root: Path) -> dict:
         store = LocalStore(root / "store")
@@ -111,7 +112,7 @@ def run(sensors: int, hours: int = 24, *, directory: Path | None = None, repeats
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fleetscore.bench_report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sensors", type=int, default=10_000)
     parser.add_argument("--hours", type=int, default=24)

@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .arrivals import record_arrivals
-from .bank import (
+from fleetscore.arrivals import record_arrivals
+from fleetscore.bank import (
     INDEX_PATH, MODELS_PATH, SHARD_SENSORS, Compiled, compile_model, encode_shard,
     VERSIONS_PATH, load_bank, model_versions, models_list, versions_list,
 )
-from .hours import Hour
-from .predictions import encode, predictions_path, predictions_table_many
-from .sensors import Sensor
-from .stores import LocalStore, Store
-from .windows import PART_SCHEMA, by_sensor, encode_part, part_path, read_points
+from fleetscore.hours import Hour
+from fleetscore.predictions import encode, predictions_path, predictions_table_many
+from fleetscore.sensors import Sensor
+from fleetscore.stores import LocalStore, Store
+from fleetscore.windows import PART_SCHEMA, by_sensor, encode_part, part_path, read_points
 
 BENCH_HOUR = Hour.parse("2026-01-05T01")
 BASE_MODELS = 64
@@ -118,8 +118,8 @@ def write_hour_of_points(store: Store, hour: Hour, sensors: list[Sensor], values
 
 def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sensor]:
     """Points, arrivals and models for ``n`` sensors; skops models only for the sample."""
-    from .models import save_model
-    from .training import default_model
+    from fleetscore.models import save_model
+    from fleetscore.training import default_model
 
     rng = np.random.default_rng(seed)
     sensors = _sensors(n)
@@ -133,7 +133,7 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
     # spread) makes it a distinct model, as training per sensor would.
     bases = [default_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(BASE_MODELS)]
     compiled_bases = [compile_model(b) for b in bases]
-    from .models import ModelManifest, manifest_path
+    from fleetscore.models import ModelManifest, manifest_path
 
     digests = {}
     for i in range(min(sample, n)):
@@ -179,7 +179,7 @@ def write_bank(store: Store, entries: list, prefix: str) -> None:
 
 
 def read_manifest_template(store: Store, sensor: Sensor) -> dict:
-    from .models import read_manifest
+    from fleetscore.models import read_manifest
 
     return asdict(read_manifest(store, sensor))
 
@@ -197,10 +197,10 @@ def _with_scaler(base, mean: float, scale: float):
 
 def time_fast(store: Store, sensors: list[Sensor]) -> Stages:
     """The stages of ``score_unit``'s fast path, one by one, then the whole call."""
-    from .bank import decide
-    from .predictions import predictions_columns
-    from .scoring import present_pairs, score_unit
-    from .windows import sensor_runs
+    from fleetscore.bank import decide
+    from fleetscore.predictions import predictions_columns
+    from fleetscore.scoring import present_pairs, score_unit
+    from fleetscore.windows import sensor_runs
 
     t0 = time.perf_counter()
     points = read_points(store, BENCH_HOUR, sensors)
@@ -225,8 +225,8 @@ def time_fast(store: Store, sensors: list[Sensor]) -> Stages:
 
 
 def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
-    from .models import load_model
-    from .scoring import predict_labels, score_unit
+    from fleetscore.models import load_model
+    from fleetscore.scoring import predict_labels, score_unit
 
     t0 = time.perf_counter()
     points = by_sensor(read_points(store, BENCH_HOUR, sensors))
@@ -246,7 +246,7 @@ def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
 
 def time_memory_loop(store: Store, sensors: list[Sensor]) -> float:
     """Microseconds a sensor of ``model.predict(points)`` with every model already loaded."""
-    from .models import load_model
+    from fleetscore.models import load_model
 
     points = by_sensor(read_points(store, BENCH_HOUR, sensors))
     models = {s: load_model(store, s) for s in sensors}
@@ -263,9 +263,9 @@ def _median_stages(runs: list[Stages]) -> Stages:
 
 def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: int | None = None,
               directory: Path | None = None, seed: int = 0) -> BenchResult:
-    from .backends.local import LocalBackend
-    from .predictions import read_predictions
-    from .settings import Settings
+    from fleetscore.backends.local import LocalBackend
+    from fleetscore.predictions import read_predictions
+    from fleetscore.settings import Settings
 
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         store = LocalStore(Path(tmp) / "store")
@@ -311,8 +311,8 @@ def fresh_hour(store: LocalStore) -> None:
     system finish deleting them, so each timed run scores the hour afresh as the hourly run
     does: replacing an earlier run's files is a rerun's cost, and on a disk that discards
     freed blocks it lands, unpredictably, in whatever runs next."""
-    from .predictions import predictions_folder
-    from .runs import manifest_path
+    from fleetscore.predictions import predictions_folder
+    from fleetscore.runs import manifest_path
 
     for path in list(store.list(predictions_folder(BENCH_HOUR))):
         store.delete(path)
@@ -323,10 +323,14 @@ def fresh_hour(store: LocalStore) -> None:
 def run_in_child(store: LocalStore, workers: int | None, fmt: str):
     """Seconds of one whole run of the bench hour (``run_hour``, the local pool) in a fresh
     Python process, timed there from the run's start to its summary, and that summary."""
-    from .runs import RunSummary
+    from fleetscore.runs import RunSummary
 
-    code = "import sys; from fleetscore.bench import _child_run; _child_run(sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", code, store.url, str(workers or 0), fmt],
+    # The child finds this package where this process found it (appended to its path, so the
+    # fleetscore it imports is the installed one, as here), whatever its working directory.
+    code = ("import sys; sys.path.append(sys.argv.pop(1)); from benchmarks.bench import "
+            "_child_run; _child_run(sys.argv[1:])")
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code, root, store.url, str(workers or 0), fmt],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the timed run failed: {done.stderr.strip()[-2000:]}")
@@ -336,10 +340,10 @@ def run_in_child(store: LocalStore, workers: int | None, fmt: str):
 
 
 def _child_run(argv: list[str]) -> None:
-    from .backends.local import LocalBackend
-    from .runs import run_hour
-    from .settings import Settings
-    from .workers import tune_gc
+    from fleetscore.backends.local import LocalBackend
+    from fleetscore.runs import run_hour
+    from fleetscore.settings import Settings
+    from fleetscore.workers import tune_gc
 
     tune_gc()  # as the CLI does
     url, workers, fmt = argv
@@ -372,7 +376,7 @@ def _own_peak_mb() -> float:
 
 
 def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:
-    from .predictions import decode
+    from fleetscore.predictions import decode
 
     table = decode(store.get(predictions_path(BENCH_HOUR, unit)), unit)
     wanted = {(s.device, s.tag) for s in sensors}

@@ -1,6 +1,6 @@
 """The backfill bench: years of a small fleet's history, ingested, trained, scored and reported.
 
-``python -m fleetscore.bench_backfill [--hours 13000] [--dir D]`` writes a synthetic history of
+``python -m benchmarks.bench_backfill [--hours 13000] [--dir D]`` writes a synthetic history of
 the shape users backfill after a model change (7 sensors sampled every 5 minutes, spread over
 about 4 years with gaps: each hour with data has one sensor's run of readings) and times each
 stage as the CLI runs it, in this process: ingest, train, ``run --all``, report. It prints the
@@ -82,15 +82,15 @@ def _tree(root: Path) -> tuple[int, int]:
 
 def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | None = None,
                        seed: int = 0) -> BackfillResult:
-    from .arrivals import hours_with_arrivals
-    from .backends.local import LocalBackend
-    from .bank import rebuild_bank
-    from .ingest import ingest_file
-    from .report import write_report
-    from .ranges import run_range
-    from .settings import Settings
-    from .stores import LocalStore
-    from .training import train
+    from fleetscore.arrivals import hours_with_arrivals
+    from fleetscore.backends.local import LocalBackend
+    from fleetscore.bank import rebuild_bank
+    from fleetscore.ingest import ingest_file
+    from fleetscore.report import write_report
+    from fleetscore.ranges import run_range
+    from fleetscore.settings import Settings
+    from fleetscore.stores import LocalStore
+    from fleetscore.training import train
 
     csv_path = directory / "history.csv"
     readings = make_history(csv_path, hours=hours, seed=seed)
@@ -122,7 +122,7 @@ def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fleetscore.bench_backfill",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_backfill",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=int, default=13_000, help="hours with data")
