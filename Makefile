@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[azure,functions,test]'
+	$(BIN)/python -m pip install --quiet -e '.[azure,functions,test,cli,report]'
 	touch $(STAMP)
 
 $(AZURITE): package.json package-lock.json

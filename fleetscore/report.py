@@ -36,7 +36,7 @@ import pyarrow.csv as pcsv
 
 from . import __version__
 from .arrivals import hours_with_arrivals
-from .errors import InputError
+from .errors import InputError, UsageError
 from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
 from .runs_table import between, no_runs, read_runs
@@ -104,6 +104,7 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
                  last: Hour | None = None, truth: pa.Table | None = None) -> str:
     """Write the report; ``truth`` (Device, Tag, End ms, Anomaly) is drawn beside the
     predictions when known (the demo's injected anomalies)."""
+    _need_matplotlib()
     every_run = None
     if first is None or last is None:
         # Default range: the hours that have data (a run of an empty hour, by mistake or far
@@ -726,6 +727,16 @@ def _truth_grid(truth: pa.Table, sensors: Sequence[str], axis: Axis) -> np.ndarr
 
 
 # --- charts ---------------------------------------------------------------------------------
+
+
+def _need_matplotlib() -> None:
+    """The charts are matplotlib's, the ``report`` extra: without it a report is refused
+    before anything is read or written (exit 2), in one line that names the extra."""
+    from importlib.util import find_spec
+
+    if find_spec("matplotlib") is None:
+        raise UsageError("fleetscore report needs the report extra (matplotlib): "
+                         "pip install 'fleetscore[report]'")
 
 
 def _figure(width: float, height: float):

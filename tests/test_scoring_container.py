@@ -143,10 +143,12 @@ def test_container_dockerfile_is_slim_non_root_and_pinned():
     pinned = {r.split("==")[0]: r.split("==")[1] for r in pins}
     # The core and the Blob store (and the telemetry the container exports), at the versions
     # pyproject.toml declares; nothing the container does not import (the azure extra's Event
-    # Hubs client is for `fleetscore replay`).
+    # Hubs client is for `fleetscore replay`; the cli and report extras, typer, rich and
+    # matplotlib, are the command line's and the report's).
     assert core.items() <= pinned.items()
     assert pinned.items() <= {**core, **azure}.items()
     assert {"azure-storage-blob", "azure-identity"} <= set(pinned)
+    assert not {"typer", "rich", "matplotlib"} & set(pinned)
 
 
 @pytest.mark.parametrize("argv", [["--help"]])
