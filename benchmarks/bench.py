@@ -264,7 +264,8 @@ def _median_stages(runs: list[Stages]) -> Stages:
 def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: int | None = None,
               directory: Path | None = None, seed: int = 0) -> BenchResult:
     from fleetscore.backends.local import LocalBackend
-    from fleetscore.predictions import read_predictions
+    from fleetscore.engine import ENGINE
+    from fleetscore.runs import read_predictions
     from fleetscore.settings import Settings
 
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -299,7 +300,7 @@ def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: in
                 summary.failures[:3]
             assert read_predictions(store, BENCH_HOUR).num_rows == summary.scored * 60
         run_s, run_parquet_s = runs_s["csv"], runs_s["parquet"]
-        run_workers = workers or LocalBackend(store.url, Settings()).workers
+        run_workers = workers or LocalBackend(store.url, Settings(), engine=ENGINE).workers
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(sensors, 60, repeats, fast, plain, run_s, run_workers, identical, peak,
                        summary.failed, workers_peak, round(memory_loop, 1), run_parquet_s,
@@ -341,6 +342,7 @@ def run_in_child(store: LocalStore, workers: int | None, fmt: str):
 
 def _child_run(argv: list[str]) -> None:
     from fleetscore.backends.local import LocalBackend
+    from fleetscore.engine import ENGINE
     from fleetscore.runs import run_hour
     from fleetscore.settings import Settings
     from fleetscore.workers import tune_gc
@@ -348,7 +350,7 @@ def _child_run(argv: list[str]) -> None:
     tune_gc()  # as the CLI does
     url, workers, fmt = argv
     store = LocalStore(url, create=False)
-    backend = LocalBackend(store.url, Settings(), int(workers) or None)
+    backend = LocalBackend(store.url, Settings(), int(workers) or None, engine=ENGINE)
     try:
         started = time.perf_counter()
         summary = run_hour(store, BENCH_HOUR, backend, fmt=fmt)

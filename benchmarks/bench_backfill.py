@@ -84,6 +84,7 @@ def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | N
                        seed: int = 0) -> BackfillResult:
     from fleetscore.arrivals import hours_with_arrivals
     from fleetscore.backends.local import LocalBackend
+    from fleetscore.engine import ENGINE
     from fleetscore.bank import rebuild_bank
     from fleetscore.ingest import ingest_file
     from fleetscore.report import write_report
@@ -101,7 +102,7 @@ def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | N
     train(store)
     rebuild_bank(store)
     t2 = time.perf_counter()
-    backend = LocalBackend(store.url, Settings(), workers)
+    backend = LocalBackend(store.url, Settings(), workers, engine=ENGINE)
     try:
         summaries = run_range(store, hours_with_arrivals(store), backend).summaries
     finally:

@@ -38,6 +38,7 @@ def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
           workers: int | None = None) -> dict:
     """Write the fleet and run its hours; returns what the runs left (counts, seconds)."""
     from fleetscore.backends.local import LocalBackend
+    from fleetscore.engine import ENGINE
     from fleetscore.hours import Hour
     from fleetscore.ranges import run_range
     from fleetscore.settings import Settings
@@ -59,7 +60,7 @@ def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
         values[off] += 8 * spreads.repeat(60).reshape(sensors, 60)[off]
         write_hour_of_points(store, hour, fleet, values)
     t1 = time.perf_counter()
-    backend = LocalBackend(store.url, Settings(), workers)
+    backend = LocalBackend(store.url, Settings(), workers, engine=ENGINE)
     try:
         result = run_range(store, chosen, backend)
     finally:

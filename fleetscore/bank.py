@@ -48,6 +48,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .bank_saves import (  # noqa: F401 - the protocol's names, also the bank's
+    BANK_FOLDER, INDEX_PATH, MODELS_PATH, SAVE_GRACE, SAVING_FOLDER, VERSIONS_PATH, begin_save,
+    drop_stale_saves, end_save, invalidate, saving,
+)
 from .errors import Conflict, ModelError, NotFound
 from .models import (
     ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
@@ -58,12 +62,6 @@ from .sensors import Sensor, parse_sensors, sensor_columns, sorted_unique
 from .stores import Store
 from .stores.base import get_many
 
-BANK_FOLDER = "bank"  # beside models/, never inside: a device could be called "bank"
-INDEX_PATH = f"{BANK_FOLDER}/index.json"
-MODELS_PATH = f"{BANK_FOLDER}/models.json"  # the sensors with a model, as the index saw them
-# Their files' versions when the bank was built: read by the registry check only, beside the
-# run (kept out of models.json, which planning reads).
-VERSIONS_PATH = f"{BANK_FOLDER}/versions.json"
 # Written into every shard and into the shard names: a shard of another format (an older
 # fleetscore's, compiled without the probe check) is never decoded, only rebuilt.
 BANK_FORMAT = 2
@@ -304,12 +302,6 @@ def shard_left(data: bytes) -> list[str]:
         return z["left"].tolist()
 
 
-def invalidate(store: Store) -> None:
-    """No index. (Stores order a plain deletion against a compare-and-swap, so it cannot fall
-    inside the seal's check and write and be undone.)"""
-    store.delete(INDEX_PATH)
-
-
 @dataclass(frozen=True)
 class BankStats:
     sensors: int
@@ -515,11 +507,10 @@ def versions_list(nonce: str, sensors: Iterable[Sensor], versions: Mapping[str, 
 def model_versions(store: Store) -> dict[str, str] | None:
     """Each ``Device/Tag``'s manifest and model file versions (size and ETag or modification
     time) from one listing of models/, None for a store that cannot list versions."""
-    list_info = getattr(store, "list_info", None)
-    if not callable(list_info):
+    if not store.versioned_listing:
         return None
     out: dict[str, list[str]] = {}
-    for path, size, version in list_info("models"):
+    for path, size, version in store.list_info("models"):
         if path.endswith(".json"):
             key, slot = path[len("models/"):-len(".json")], 0
         elif path.endswith(".skops"):
@@ -556,46 +547,6 @@ def registry_damage(store: Store) -> dict[Sensor, str]:
                if current.get(k) != v]
     return {s: why for s in map(Sensor.parse, changed)
             if (why := model_problem(store, s)) is not None}
-
-
-SAVING_FOLDER = f"{BANK_FOLDER}/saving"  # a marker a model save in progress
-SAVE_GRACE = timedelta(hours=1)  # no save of one model takes this long
-
-
-def begin_save(store: Store, sensor: Sensor, now: datetime | None = None) -> str:
-    """Before a model's files are written: its marker, then no index (see ``seal``)."""
-    marker = f"{SAVING_FOLDER}/{sensor.device}/{sensor.tag}/{uuid.uuid4().hex}.json"
-    started = (now or datetime.now(UTC)).isoformat()
-    store.put(marker, json.dumps({"sensor": str(sensor), "started": started}).encode())
-    invalidate(store)
-    return marker
-
-
-def end_save(store: Store, marker: str) -> None:
-    """After a model's files are written: no index, then no marker (the order matters)."""
-    invalidate(store)
-    store.delete(marker)
-
-
-def saving(store: Store) -> set[str]:
-    """``Device/Tag`` of every model whose save has a marker (in progress, or died)."""
-    out = set()
-    for path in store.list(SAVING_FOLDER):
-        parts = path.split("/")
-        if len(parts) == 5:
-            out.add(f"{parts[2]}/{parts[3]}")
-    return out
-
-
-def drop_stale_saves(store: Store, now: datetime) -> None:
-    """Remove the markers of saves that began more than SAVE_GRACE ago (they died)."""
-    for path in list(store.list(SAVING_FOLDER)):
-        try:
-            started = datetime.fromisoformat(json.loads(store.get(path))["started"])
-        except (NotFound, ValueError, KeyError, TypeError):
-            continue  # unreadable: its sensor stays checked, the safe side
-        if now - started > SAVE_GRACE:
-            store.delete(path)
 
 
 def _read_index(store: Store) -> dict | None:

@@ -266,7 +266,7 @@ def _discard_if_empty(new_dir: Path | None, st) -> None:
     """After a command that created the store failed: remove it if it holds nothing yet."""
     if new_dir is not None:
         _remove_empty_tree(new_dir)
-    elif callable(getattr(st, "remove_if_empty", None)):
+    else:
         st.remove_if_empty()  # a blob container this command created, still empty
 
 
@@ -475,6 +475,7 @@ def run(
 
     from .arrivals import hours_with_arrivals
     from .backends import load_backend
+    from .engine import ENGINE
     from .models import newest_model_time
     from .ranges import run_range
     from .runs import check_ended, readable_manifest, run_hour
@@ -521,7 +522,7 @@ def run(
             err.print(f"skipped {len(done):,} {_plural(len(done), 'hour')} whose last run "
                       "succeeded with the current models (--force reruns them)")
         be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
-                          settings=settings, workers=workers or settings.workers)
+                          settings=settings, workers=workers or settings.workers, engine=ENGINE)
         summaries, not_run = [], ()
         options = dict(sensors=picked, unit_size=unit_size, deadline=settings.deadline,
                        ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format)

@@ -43,38 +43,26 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError, NotFound
+from .compacted import (  # noqa: F401 - the compacted hour's names, also compaction's
+    FORMAT, MIN_FILES, compacted_folder, files_for, manifest_path, read_manifest,
+    usable_manifest,
+)
+from .errors import InputError
 from .hours import Hour
 from .sensors import Sensor
 from .stores import Store
+from .windows import PART_SCHEMA, read_raw_points, windows_folder
 
 log = logging.getLogger(__name__)
 
 GROUP_SENSORS = 64  # sensors per row group: a unit reads at most one partial group at each end
 FILE_SENSORS = 1024  # sensors per compacted file (16 row groups; a small footer per file)
-MIN_FILES = 2
-FORMAT = 1
-
-
-def compacted_folder(hour: Hour) -> str:
-    return f"compacted/{hour.path}"
-
-
-def manifest_path(hour: Hour) -> str:
-    return f"{compacted_folder(hour)}/current.json"
 
 
 def list_sources(store: Store, hour: Hour) -> list[tuple[str, int | None, str | None]]:
     """The hour's raw window files with their sizes and versions, where the store can say."""
-    from .windows import windows_folder
-
     folder = windows_folder(hour)
-    info = getattr(store, "list_info", None)
-    if callable(info):
-        rows = [(p, size, version) for p, size, version in info(folder)]
-    else:
-        rows = [(p, None, None) for p in store.list(folder)]
-    return sorted(r for r in rows if r[0].endswith(".parquet"))
+    return sorted(r for r in store.list_info(folder) if r[0].endswith(".parquet"))
 
 
 def source_key(sources: Sequence[tuple[str, int | None, str | None]], store: Store) -> str:
@@ -86,53 +74,9 @@ def source_key(sources: Sequence[tuple[str, int | None, str | None]], store: Sto
     return digest.hexdigest()[:24]
 
 
-def read_manifest(store: Store, hour: Hour) -> dict | None:
-    try:
-        body = json.loads(store.get(manifest_path(hour)))
-    except NotFound:
-        return None
-    except ValueError:
-        log.warning("compaction manifest %s is malformed: ignored", manifest_path(hour))
-        return None
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        return None
-    return body
-
-
-def usable_manifest(store: Store, hour: Hour, raw: Sequence[str]) -> dict | None:
-    """The hour's compaction if it can stand for the raw files it covers: every file it covers
-    is still there (else the raw files are read)."""
-    if len(raw) < MIN_FILES:
-        return None
-    manifest = read_manifest(store, hour)
-    if manifest is None:
-        return None
-    present = set(raw)
-    if not all(s["path"] in present for s in manifest["sources"]):
-        return None
-    return manifest
-
-
-def files_for(manifest: dict, wanted: list[Sensor] | None) -> list[dict]:
-    """The compacted files whose sensor range holds a wanted sensor (``wanted`` sorted)."""
-    files = manifest["files"]
-    if wanted is None:
-        return list(files)
-    keys = [(s.device, s.tag) for s in wanted]
-    out = []
-    for f in files:
-        first = tuple(f["first"].split("/", 1))
-        last = tuple(f["last"].split("/", 1))
-        if bisect.bisect_left(keys, first) < bisect.bisect_right(keys, last):
-            out.append(f)
-    return out
-
-
 def compact_hour(store: Store, hour: Hour, *, min_files: int = MIN_FILES) -> dict | None:
     """Compact the hour when its raw files changed since the last compaction; return the
     manifest in force (None: the hour has fewer than ``min_files`` raw files)."""
-    from .windows import PART_SCHEMA, read_raw_points
-
     sources = list_sources(store, hour)
     if len(sources) < min_files:
         return None

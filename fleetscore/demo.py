@@ -182,10 +182,11 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
     """The whole pipeline; ``progress(label)`` gives a context whose value, when not None, is
     called with (done, total) as a stage advances (the CLI's progress bar)."""
     from .backends.local import LocalBackend
+    from .engine import ENGINE
     from .bank import rebuild_bank
     from .errors import UsageError
     from .ingest import ingest_file
-    from .predictions import read_predictions
+    from .runs import read_predictions
     from .report import write_report
     from .runs import run_hour
     from .settings import Settings
@@ -220,7 +221,7 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
         f"(StandardScaler + OneClassSVM, nu={DEFAULT_NU:g}, gamma={DEFAULT_GAMMA:g})")
 
     scored_hours = hour_range(last_train + 1, fleet.first + (fleet.hours - 1))
-    backend = LocalBackend(str(store_dir), Settings.from_env(), workers)
+    backend = LocalBackend(str(store_dir), Settings.from_env(), workers, engine=ENGINE)
     summaries = []
     try:
         for hour in scored_hours:

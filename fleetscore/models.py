@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .bank_saves import begin_save, end_save
 from .errors import (
     InvalidIdError, ModelError, ModelNotFound, NotFound, UntrustedModelError, first_line,
 )
@@ -215,8 +216,6 @@ def save_model(
     # the bank's protocol (bank.seal): a marker and no index before, no index and then no
     # marker after, so no sealed index ever vouches for the model this replaces. A save that
     # fails keeps its marker: its sensor stays checked against its manifest.
-    from .bank import begin_save, end_save
-
     marker = begin_save(store, sensor)
     store.put(model_path(sensor), data)
     store.put(manifest_path(sensor), manifest.to_json())

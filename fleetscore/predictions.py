@@ -145,14 +145,3 @@ def decode(data: bytes, name: str) -> pa.Table:
         ).select(list(COLUMNS))
     except (pa.ArrowInvalid, KeyError) as exc:
         raise InputError(f"predictions file {name} is unreadable: {exc}") from exc
-
-
-def read_predictions(store: Store, hour: Hour) -> pa.Table:
-    """The hour's visible predictions: the files its run manifest lists."""
-    from .runs import hour_predictions  # the manifest's reader; runs imports this module
-
-    tables = [decode(store.get(p), p) for p in hour_predictions(store, hour)]
-    if not tables:
-        return SCHEMA.empty_table()
-    return pa.concat_tables(tables).sort_by(
-        [("Device", "ascending"), ("Tag", "ascending"), ("TS", "ascending")])

@@ -264,7 +264,7 @@ def run_range(
         advance(1)
 
     advance(0)
-    if not callable(getattr(backend, "submit_span", None)):
+    if not backend.spans:
         for hour in hours:
             hourly(hour)
     else:
@@ -276,7 +276,7 @@ def run_range(
                   ttl_s=ttl.total_seconds(), sensors=chosen, fmt=fmt,
                   damaged=tuple(sorted(registry_damage(store).items())))
         spans = pack([(h, n) for h, n in sizes if n <= SPAN_MAX_SENSORS],
-                     workers=getattr(backend, "workers", 1))
+                     workers=backend.workers)
         _drive(store, backend, spans, job, deadline=deadline, clock=clock, out=out,
                errors=errors, advance=advance)
         for hour, n in sizes:
@@ -300,7 +300,7 @@ def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, deadline
     deaths = dict.fromkeys(range(len(spans)), 0)
     ends: dict[int, datetime] = {}
     running: dict[Future, int] = {}
-    room = max(1, getattr(backend, "workers", 1))
+    room = max(1, backend.workers)
 
     def start(index: int) -> None:
         ends[index] = clock() + deadline

@@ -227,7 +227,7 @@ def _fold_predictions(store: Store, runs: pa.Table, fold) -> np.ndarray:
     batch: list[str] = []
     datas: list[bytes] = []
     size = 0
-    step = 1 if getattr(store, "local", False) else READERS  # as get_many reads
+    step = 1 if store.local else READERS  # as get_many reads
     for at in range(0, len(unique), step):
         chunk = unique[at:at + step]
         for path, data in zip(chunk, get_many(store, chunk), strict=True):

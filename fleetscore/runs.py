@@ -45,6 +45,7 @@ from .locks import LOCK_TTL
 from .planning import (
     Plan, hour_folder, load_plan, load_unit, make_plan, plan_sizes, run_folder, save_plan,
 )
+from .predictions import SCHEMA as PREDICTIONS_SCHEMA
 from .predictions import decode, encode, format_of, predictions_folder
 from .scoring import SensorFailure, UnitResult, score_unit, top_counts
 from .sensor_codes import sensor_keys
@@ -213,7 +214,7 @@ def submit(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
         if u not in known:
             load_unit(store, hour, run_id, u)  # raises: says which unit, and why
     backend.submit(hour, [known[u] for u in unit_ids], run_id=run_id)
-    if getattr(backend, "inline", False):
+    if backend.inline:
         statuses = backend.poll(hour, list(unit_ids), run_id=run_id, timeout=0)
         return {u: outcome(u, statuses[u]) for u in unit_ids}
     return {u: {"unit": u, "state": "pending", "result": False} for u in unit_ids}
@@ -498,13 +499,10 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
     for r in results:
         if r.predictions:
             target = f"{folder}/{r.unit_id}-{run_id}.{format_of(r.predictions)}"
-            copy = getattr(store, "copy", None)
             if payloads is not None:
                 store.put(target, payloads[r.unit_id])
-            elif callable(copy):
-                copy(r.predictions, target)  # a directory store: a link, not a copy of the bytes
             else:
-                store.put(target, store.get(r.predictions))
+                store.copy(r.predictions, target)  # a directory store: a link, not the bytes
             files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
                           "unit": r.unit_id})
     failed = {f.sensor for r in results for f in r.failures}
@@ -717,15 +715,13 @@ def run_hour(
     checker = ThreadPoolExecutor(1)
     damage = checker.submit(registry_damage, store)
     with telemetry.span("fleetscore.run", window=str(hour)), _shutting(checker):
-        start = getattr(backend, "start", None)
-        if callable(start):
-            start()  # workers get ready while the hour is planned
+        backend.start()  # workers get ready while the hour is planned
         ticket = begin(store, hour, run_id=run_id, now=started, deadline=ends, sensors=sensors,
-                       unit_size=unit_size, parallel=getattr(backend, "workers", 1), ttl=ttl,
+                       unit_size=unit_size, parallel=backend.workers, ttl=ttl,
                        pid=os.getpid(), fmt=fmt)
         units = list(ticket.units)
         try:
-            if getattr(backend, "inline", False) and progress:
+            if backend.inline and progress:
                 # An inline backend scores inside submit: one unit at a time, so the bar moves.
                 sizes = _unit_sizes(store, hour, run_id, dict.fromkeys(units))
                 states, done = {}, 0
@@ -782,7 +778,7 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states
         # Backends that cannot wait (a Batch listing) return at once: sleep the rest. One that
         # waits (a local pool) returned because a unit ended: poll again at once.
         rest = delay - (clock() - now).total_seconds()
-        if rest > 0 and not getattr(backend, "waits", False) \
+        if rest > 0 and not backend.waits \
                 and any(s["state"] not in TERMINAL for s in states.values()):
             sleep(rest)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -796,6 +792,15 @@ def _unit_sizes(store: Store, hour: Hour, run_id: str, states: Mapping) -> dict[
 def hour_predictions(store: Store, hour: Hour) -> list[str]:
     """Paths of the hour's visible predictions files."""
     return [f["path"] for f in visible_files(store, hour)]
+
+
+def read_predictions(store: Store, hour: Hour) -> pa.Table:
+    """The hour's visible predictions: the files its run manifest lists."""
+    tables = [decode(store.get(p), p) for p in hour_predictions(store, hour)]
+    if not tables:
+        return PREDICTIONS_SCHEMA.empty_table()
+    return pa.concat_tables(tables).sort_by(
+        [("Device", "ascending"), ("Tag", "ascending"), ("TS", "ascending")])
 
 
 __all__ = [

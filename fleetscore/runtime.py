@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 from .backends.base import ComputeBackend
+from .engine import ENGINE
 from .settings import Settings
 from .stores import Store, open_store
 
@@ -30,10 +31,11 @@ def backend() -> ComputeBackend:
     if name in ("local", "sequential"):
         from .backends.local import SequentialBackend
 
-        return SequentialBackend(store())
+        return SequentialBackend(store(), ENGINE)
     from .backends import load_backend
 
-    return load_backend(name, store(), store_spec=settings().store, settings=settings())
+    return load_backend(name, store(), store_spec=settings().store, settings=settings(),
+                        engine=ENGINE)
 
 
 def reset() -> None:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import compacted
 from .errors import InputError, NotFound, UsageError
 from .hours import MS_PER_HOUR, Hour
 from .readings import valid_ids
@@ -324,16 +325,14 @@ def _hour_points(store: Store, hour: Hour, raw: list[str], slices: dict[str, pa.
     Files are combined in the order of their names (an hour file by its path in the hour
     folder, a day part by its path in the day folder), the order the hour's folder would list
     them in had the day parts been hour parts: merged means add up in the same order."""
-    from . import compaction
-
-    manifest = compaction.usable_manifest(store, hour, raw)
+    manifest = compacted.usable_manifest(store, hour, raw)
     tables: list[pa.Table] = []
     covered: set[str] = set()
     if manifest is not None:
         covered = {s["path"] for s in manifest["sources"]}
         try:
             tables = [_read_part(store, f["path"], wanted, tail=f.get("tail"))
-                      for f in compaction.files_for(manifest, wanted)]
+                      for f in compacted.files_for(manifest, wanted)]
         except NotFound:  # compacted files removed under a stale manifest: read the raw ones
             tables, covered = [], set()
     # windows/YYYY/MM/DD/HH/name, windows/YYYY/MM/DD/day/name: compared by name

@@ -17,6 +17,7 @@ import pytest
 
 from fleetscore.settings import Settings
 from fleetscore.stores import LocalStore, Store
+from fleetscore.engine import ENGINE
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
@@ -249,7 +250,7 @@ def fleet_template(tmp_path_factory) -> dict:
     shutil.copytree(template, clean_dir)
     clean = LocalStore(clean_dir)
     hour = fleet.first + 1
-    run_hour(clean, hour, SequentialBackend(clean), unit_size=30)
+    run_hour(clean, hour, SequentialBackend(clean, ENGINE), unit_size=30)
     return {"template": template, "readings": readings, "hour": hour,
             "clean": predictions_snapshot(clean_dir)}
 

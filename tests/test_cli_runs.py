@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from fleetscore.hours import Hour
-from fleetscore.predictions import read_predictions
+from fleetscore.runs import read_predictions
 from fleetscore.runs import read_manifest
 
 reliability = pytest.mark.reliability

@@ -17,11 +17,12 @@ from benchmarks.bench_sa import (
     SA_HOUR, encode_sa_file, install_models, sa_hour_tables, sa_sensors, write_sa_hour,
 )
 from fleetscore.planning import make_plan
-from fleetscore.predictions import read_predictions
+from fleetscore.runs import read_predictions
 from fleetscore.runs import begin, run_hour
 from fleetscore.scoring import score_unit
 from fleetscore.stores.counting import CountingStore
 from fleetscore.windows import read_points, windows_folder
+from fleetscore.engine import ENGINE
 
 N = 300  # 5 compacted row groups; with FILE_SENSORS lowered below, 3 files
 HOUR = SA_HOUR
@@ -150,7 +151,7 @@ def test_a_run_compacts_in_begin_and_a_late_file_recompacts_and_is_scored(store)
     locks.release(store, HOUR, "r2")
 
     _late_file(store, sensors)
-    summary = run_hour(store, HOUR, SequentialBackend(store), unit_size=5,
+    summary = run_hour(store, HOUR, SequentialBackend(store, ENGINE), unit_size=5,
                        clock=lambda: now)
     assert summary.status in ("succeeded", "partial"), summary
     assert compaction.read_manifest(store, HOUR)["key"] != key

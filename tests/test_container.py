@@ -22,6 +22,7 @@ from fleetscore.hours import Hour
 from fleetscore.planning import make_plan, save_plan
 from fleetscore.settings import BatchSettings, Settings
 from fleetscore.stores import LocalStore
+from fleetscore.engine import ENGINE
 
 pytestmark = pytest.mark.container
 
@@ -96,13 +97,13 @@ def test_container_scores_units_from_a_task_directory_like_the_local_backend(
     reference = LocalStore(tmp_path / "reference")
     for path in trained_store.list(""):
         reference.put(path, trained_store.get(path))
-    SequentialBackend(reference).submit(WINDOW, list(plan.units), run_id=run_id)
+    SequentialBackend(reference, ENGINE).submit(WINDOW, list(plan.units), run_id=run_id)
     expected = _csv_rows(reference, set(reference.list("")) - before)
     assert expected and sum(len(rows) - 1 for rows in expected.values()) > 0
 
     settings = Settings(storage_connection_string=azurite.connection_string,
                         batch=BatchSettings(image=image))
-    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient())
+    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient(), engine=ENGINE)
     # The storage emulator's connection string stands in for the pool's managed identity.
     extra_env = {"FLEETSCORE_STORAGE_CONNECTION_STRING": azurite.connection_string}
     for i, unit in enumerate(plan.units):
@@ -170,7 +171,7 @@ def test_container_scores_when_the_task_directory_belongs_to_another_user(
         blob_store.put(path, trained_store.get(path))
     settings = Settings(storage_connection_string=azurite.connection_string,
                         batch=BatchSettings(image=image))
-    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient())
+    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient(), engine=ENGINE)
     extra_env = {"FLEETSCORE_STORAGE_CONNECTION_STRING": azurite.connection_string}
     task_user = 4242  # neither root nor the image's user
     runs = [(plan.units[0], 0o700, None), (plan.units[1], 0o555, None),

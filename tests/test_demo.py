@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from fleetscore.demo import evaluate, make_fleet, run_demo
 from fleetscore.hours import hour_range
-from fleetscore.predictions import read_predictions
+from fleetscore.runs import read_predictions
 from fleetscore.readings import parse_ts
 from fleetscore.stores import LocalStore
 from fleetscore.windows import by_sensor, read_points

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,15 +17,26 @@ from fleetscore.errors import FleetscoreError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
 from fleetscore.models import model_path
-from fleetscore.predictions import predictions_folder, read_predictions
+from fleetscore.predictions import predictions_folder
+from fleetscore.runs import read_predictions
 from fleetscore.ranges import run_range
 from fleetscore.runs import read_manifest, run_hour
 from fleetscore.sensors import Sensor
 from fleetscore.stores import LocalStore
 from fleetscore.training import train
 from tests.conftest import copy_tree
+from fleetscore.engine import ENGINE
 
 reliability = pytest.mark.reliability
+
+
+def _current_run_span(store, hours, job):
+    """``ranges.run_span`` as a test patched it, looked up when called (a forked pool worker
+    sees the patch): the engine the backends below are handed."""
+    return ranges.run_span(store, hours, job)
+
+
+SPAN_ENGINE = replace(ENGINE, run_span=_current_run_span)
 
 
 def _hours(store) -> list[Hour]:
@@ -48,8 +60,8 @@ def test_a_range_scores_each_hour_as_its_hourly_run_does(trained_store, tmp_path
     hours = _hours(trained_store)
     assert len(hours) >= 3
     for hour in hours:
-        run_hour(hourly, hour, SequentialBackend(hourly))
-    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+        run_hour(hourly, hour, SequentialBackend(hourly, ENGINE))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert [s.window for s in result.summaries] == [str(h) for h in hours]
     assert result.not_run == () and result.exit_code == 0
     for hour, summary in zip(hours, result.summaries, strict=True):
@@ -65,8 +77,8 @@ def test_a_range_scores_each_hour_as_its_hourly_run_does(trained_store, tmp_path
 def test_the_process_pool_gives_the_same_predictions(trained_store, tmp_path):
     pooled = LocalStore(copy_tree(trained_store.root, tmp_path / "pooled"))
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
-    backend = LocalBackend(pooled.url, workers=2)
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
+    backend = LocalBackend(pooled.url, workers=2, engine=SPAN_ENGINE)
     try:
         result = run_range(pooled, hours, backend)
     finally:
@@ -79,10 +91,10 @@ def test_the_process_pool_gives_the_same_predictions(trained_store, tmp_path):
 
 def test_a_broken_model_fails_alone_and_keeps_its_earlier_rows(trained_store):
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     before = _visible(trained_store, hours)
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert result.exit_code == 3
     for hour, summary in zip(hours, result.summaries, strict=True):
         if summary.planned:
@@ -97,9 +109,9 @@ def test_a_broken_model_fails_alone_and_keeps_its_earlier_rows(trained_store):
 
 def test_a_rerun_of_chosen_sensors_keeps_the_others(trained_store):
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     before = _visible(trained_store, hours)
-    result = run_range(trained_store, hours, SequentialBackend(trained_store),
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE),
                        sensors=[Sensor("1", "1")])
     for hour, summary in zip(hours, result.summaries, strict=True):
         assert summary.scored <= 1
@@ -108,7 +120,7 @@ def test_a_rerun_of_chosen_sensors_keeps_the_others(trained_store):
 
 def test_parquet_predictions(trained_store):
     hours = _hours(trained_store)[:2]
-    run_range(trained_store, hours, SequentialBackend(trained_store), fmt="parquet")
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE), fmt="parquet")
     for hour in hours:
         assert all(p.endswith(".parquet") for p in trained_store.list(predictions_folder(hour)))
         assert read_predictions(trained_store, hour).num_rows > 0
@@ -121,7 +133,7 @@ def test_an_hour_another_run_holds_is_left_to_it_and_named(trained_store):
     from datetime import UTC, datetime
 
     locks.acquire(trained_store, held, "other-run", now=datetime.now(UTC), pid=os.getpid())
-    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert [h for h, _, _ in result.not_run] == [str(held)]
     assert result.not_run[0][1] == "AlreadyRunning" and result.exit_code == 4
     assert [s.window for s in result.summaries] == [str(h) for h in hours if h != held]
@@ -135,14 +147,14 @@ def test_an_hour_another_run_holds_is_left_to_it_and_named(trained_store):
 def test_an_hour_not_ended_is_refused_before_anything_runs(trained_store):
     future = Hour.from_datetime(__import__("datetime").datetime.now()) + 2
     with pytest.raises(UsageError, match="has not ended"):
-        run_range(trained_store, [*_hours(trained_store), future], SequentialBackend(trained_store))
+        run_range(trained_store, [*_hours(trained_store), future], SequentialBackend(trained_store, SPAN_ENGINE))
     assert all(read_manifest(trained_store, h) is None for h in _hours(trained_store))
 
 
 def test_hours_with_many_sensors_run_as_hourly_runs(trained_store, monkeypatch):
     monkeypatch.setattr(ranges, "SPAN_MAX_SENSORS", 2)  # the fixture's hours have 3 sensors
     hours = _hours(trained_store)
-    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     for hour in hours:
         units = {u["id"] for u in read_manifest(trained_store, hour)["unit_results"]}
         assert units and "span" not in units  # planned in units, as an hourly run
@@ -152,7 +164,7 @@ def test_hours_with_many_sensors_run_as_hourly_runs(trained_store, monkeypatch):
 def test_progress_counts_every_hour(trained_store):
     seen = []
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store),
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE),
               progress=lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, len(hours)) and seen[-1] == (len(hours), len(hours))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -189,7 +201,7 @@ def test_a_dead_worker_s_span_runs_again_once(trained_store, tmp_path, monkeypat
     monkeypatch.setattr(ranges, "SPANS_PER_WORKER", 1)  # one span of every hour
     monkeypatch.setattr(ranges, "run_span", _die_first(tmp_path / "deaths", 1))
     hours = _hours(trained_store)
-    backend = LocalBackend(trained_store.url, workers=1)
+    backend = LocalBackend(trained_store.url, workers=1, engine=SPAN_ENGINE)
     try:
         result = run_range(trained_store, hours, backend)
     finally:
@@ -206,11 +218,11 @@ def test_a_dead_worker_s_span_runs_again_once(trained_store, tmp_path, monkeypat
 def test_a_span_that_dies_twice_fails_its_hours_and_keeps_earlier_rows(trained_store, tmp_path,
                                                                       monkeypatch):
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     before = _visible(trained_store, hours)
     monkeypatch.setattr(ranges, "SPANS_PER_WORKER", 1)
     monkeypatch.setattr(ranges, "run_span", _die_first(tmp_path / "deaths", 2))
-    backend = LocalBackend(trained_store.url, workers=1)
+    backend = LocalBackend(trained_store.url, workers=1, engine=SPAN_ENGINE)
     try:
         result = run_range(trained_store, hours, backend)
     finally:
@@ -236,7 +248,7 @@ def test_a_span_past_the_deadline_is_stopped_and_its_hours_failed(trained_store,
     monkeypatch.setattr(ranges, "_real_run_span", ranges.run_span, raising=False)
     monkeypatch.setattr(ranges, "run_span", _late)
     hours = _hours(trained_store)
-    backend = LocalBackend(trained_store.url, workers=1)
+    backend = LocalBackend(trained_store.url, workers=1, engine=SPAN_ENGINE)
     started = time.monotonic()
     try:
         result = run_range(trained_store, hours, backend, deadline=timedelta(seconds=1))
@@ -262,7 +274,7 @@ def test_a_range_on_blob_storage(store, fleet_csv):
     train(store, until=Hour.parse("2024-03-01T00"))
     rebuild_bank(store)
     hours = _hours(store)
-    result = run_range(store, hours, SequentialBackend(store))
+    result = run_range(store, hours, SequentialBackend(store, SPAN_ENGINE))
     assert {s.status for s in result.summaries} == {"succeeded"}
     for hour in hours:
         manifest = json.loads(store.get(f"runs/{hour}.json"))
@@ -275,7 +287,7 @@ def test_hours_with_nothing_to_score_close_in_a_span(trained_store):
     closes with its own status beside hours that score."""
     hours = _hours(trained_store)
     trained_store.delete("models/dev_a/t.x.json")
-    result = run_range(trained_store, hours, SequentialBackend(trained_store),
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE),
                        sensors=[Sensor("dev_a", "t.x")])
     # Data and no model: nothing to score (no_data, exit 6), the manifest says why (no_model).
     assert [s.status for s in result.summaries] == ["no_data"] * len(hours)
@@ -286,12 +298,12 @@ def test_hours_with_nothing_to_score_close_in_a_span(trained_store):
 
 def test_an_unreadable_data_file_fails_only_its_hours(trained_store):
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     before = _visible(trained_store, hours)
     bad = hours[1]
     (part,) = [p for p in trained_store.list(f"windows/{bad.path}") if p.endswith(".parquet")]
     trained_store.put(part, b"not parquet")
-    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     status = {s.window: s.status for s in result.summaries}
     assert status.pop(str(bad)) == "failed"
     assert set(status.values()) == {"succeeded"}
@@ -300,7 +312,7 @@ def test_an_unreadable_data_file_fails_only_its_hours(trained_store):
 
 def test_each_hour_reports_its_own_share_of_the_time(trained_store):
     started = time.perf_counter()
-    result = run_range(trained_store, _hours(trained_store), SequentialBackend(trained_store))
+    result = run_range(trained_store, _hours(trained_store), SequentialBackend(trained_store, SPAN_ENGINE))
     elapsed = time.perf_counter() - started
     # Shares of the span, not each hour's time since the range began: they add up to no more
     # than the range took.
@@ -318,7 +330,7 @@ def _range_of_slow_spans(store, monkeypatch, seconds: float, deadline_s: float):
     monkeypatch.setattr(ranges, "run_span", slow)
     hours = _hours(store)
     assert len(ranges.pack([(h, 3) for h in hours], workers=1)) == len(hours) == 3
-    backend = LocalBackend(store.url, workers=1)
+    backend = LocalBackend(store.url, workers=1, engine=SPAN_ENGINE)
     try:
         return run_range(store, hours, backend, deadline=timedelta(seconds=deadline_s))
     finally:
@@ -343,7 +355,7 @@ def test_closing_the_pool_stops_spans_still_running(trained_store, monkeypatch):
     from fleetscore.ranges import Job
 
     monkeypatch.setattr(ranges, "run_span", _forever)
-    backend = LocalBackend(trained_store.url, workers=1)
+    backend = LocalBackend(trained_store.url, workers=1, engine=SPAN_ENGINE)
     job = Job("r1", "2024-03-02T00:00:00+00:00", "local", 900.0, None, "csv")
     future = backend.submit_span(_hours(trained_store), job)
     time.sleep(0.5)
@@ -392,7 +404,7 @@ def test_spans_on_a_pool_broken_by_another_span_are_not_failed_as_crashed(
     hours = _hours(trained_store)
     bad = hours[0]
     monkeypatch.setattr(ranges, "run_span", _one_span_dies(tmp_path / "deaths", str(bad)))
-    backend = LocalBackend(trained_store.url, workers=2)
+    backend = LocalBackend(trained_store.url, workers=2, engine=SPAN_ENGINE)
     try:
         result = run_range(trained_store, hours, backend)
     finally:
@@ -420,7 +432,7 @@ def test_an_interrupt_while_closing_a_span_releases_its_hours(trained_store, mon
     monkeypatch.setattr(ranges, "close_span_hour", close_span_hour)
     hours = _hours(trained_store)
     with pytest.raises(KeyboardInterrupt):
-        run_range(trained_store, hours, SequentialBackend(trained_store))
+        run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert _locks_left(trained_store, hours) == []
 
 
@@ -428,7 +440,7 @@ def test_an_interrupt_while_closing_a_span_releases_its_hours(trained_store, mon
 
 def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_store, monkeypatch):
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     # An earlier predictions file that cannot be read (any FleetscoreError in close_hour does).
     (first,) = read_manifest(trained_store, hours[0])["predictions"]
     trained_store.put(first["path"], b"\x00not,a\ncsv\xff")
@@ -438,7 +450,7 @@ def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_stor
 
     monkeypatch.setattr(ranges, "run_span", broken_span)
     try:
-        run_range(trained_store, hours, SequentialBackend(trained_store))
+        run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     except FleetscoreError:
         pass  # raising is what the hourly path does too; leaving the lock is not
     assert _locks_left(trained_store, hours) == []
@@ -448,11 +460,11 @@ def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_stor
 
 def test_an_hour_that_fails_to_close_in_a_span_keeps_its_error_kind(trained_store):
     hours = _hours(trained_store)
-    run_range(trained_store, hours, SequentialBackend(trained_store))
+    run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     (first,) = read_manifest(trained_store, hours[0])["predictions"]
     trained_store.put(first["path"], b"\x00not,a\ncsv\xff")
     trained_store.put(model_path(Sensor("1", "2")), b"broken")  # failures: earlier rows read
-    result = run_range(trained_store, hours, SequentialBackend(trained_store))
+    result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert [h for h, _, _ in result.not_run] == [str(hours[0])]
     # The error keeps its kind and exit code (not 4, "held by another run").
     assert result.not_run[0][1] == "InputError" and result.exit_code == 2

@@ -30,6 +30,7 @@ from tests.backends.batch_emulator import (
 )
 from tests.conftest import minute_readings, write_readings
 from tests.functions.durable_driver import drive
+from fleetscore.engine import ENGINE
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSORS = [("1", "1"), ("1", "2"), ("dev_a", "t.x")]
@@ -59,7 +60,7 @@ def test_an_hour_through_the_whole_cloud_path(
         run_async, azurite, tmp_path, tmp_path_factory, monkeypatch):
     from fleetscore.backends.local import SequentialBackend
     from fleetscore.ingest import ingest_file
-    from fleetscore.predictions import read_predictions
+    from fleetscore.runs import read_predictions
     from fleetscore.runs import read_manifest, run_hour
     from fleetscore.stores import LocalStore
     from fleetscore.training import train
@@ -117,7 +118,7 @@ def test_an_hour_through_the_whole_cloud_path(
         reference = LocalStore(tmp_path / "reference")
         for path in store.list(""):
             reference.put(path, store.get(path))
-        expected = run_hour(reference, window, SequentialBackend(reference), unit_size=1)
+        expected = run_hour(reference, window, SequentialBackend(reference, ENGINE), unit_size=1)
         assert (expected.status, expected.scored) == ("succeeded", 3)
 
         # The timer starts the previous hour's orchestration ...

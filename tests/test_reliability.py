@@ -25,6 +25,7 @@ from fleetscore.runs import read_manifest, run_hour
 from fleetscore.settings import Settings
 from fleetscore.stores import LocalStore
 from tests.conftest import ROOT, Azurite, minute_readings, predictions_snapshot, write_readings
+from fleetscore.engine import ENGINE
 
 reliability = pytest.mark.reliability
 UNIT_SIZE = "30"
@@ -87,7 +88,7 @@ def test_truncated_model_file_fails_its_sensor_alone(trained_store):
     path = model_path(Sensor("1", "2"))
     data = trained_store.get(path)
     trained_store.put(path, data[: len(data) // 2])
-    summary = run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    summary = run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     assert summary.status == "partial"
     assert [(f["sensor"], f["kind"]) for f in summary.failures] == [("1/2", "ModelError")]
 
@@ -96,7 +97,7 @@ def test_truncated_model_file_fails_its_sensor_alone(trained_store):
 def test_verify_names_files_changed_after_they_were_written(trained_store, capsys):
     from fleetscore.cli import main
 
-    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     with pytest.raises(SystemExit) as clean:
         main(["verify", "--store", trained_store.url])
     assert clean.value.code in (0, None)
@@ -116,7 +117,7 @@ def test_verify_names_files_changed_after_they_were_written(trained_store, capsy
 def test_unreadable_window_file_fails_its_units_naming_the_file(trained_store):
     window = next(p for p in trained_store.list("windows/2024/03/01/01"))
     trained_store.put(window, b"PAR1 not really parquet")
-    summary = run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    summary = run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     assert summary.status == "failed" and summary.failed == 3
     assert all(window in f["message"] for f in summary.failures)
 
@@ -124,7 +125,7 @@ def test_unreadable_window_file_fails_its_units_naming_the_file(trained_store):
 def _run_while_killing_workers(store, hour, *, times: int | None):
     """Run the hour on a 2-worker pool while a thread SIGKILLs its workers: ``times`` of them,
     or every worker that starts (None). Returns the summary and how many were killed."""
-    backend = LocalBackend(store.url, Settings(), workers=2)
+    backend = LocalBackend(store.url, Settings(), workers=2, engine=ENGINE)
     stop = threading.Event()
     killed: list[int] = []
 
@@ -167,7 +168,7 @@ def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, flee
     summary, killed = _run_while_killing_workers(fleet_store, fleet_template["hour"], times=None)
     assert killed >= 2 and summary.status == "failed"
     assert {f["kind"] for f in summary.failures} == {"WorkerCrashed"}
-    rerun = run_hour(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store), unit_size=30)
+    rerun = run_hour(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store, ENGINE), unit_size=30)
     assert rerun.status == "succeeded"
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
 
@@ -224,14 +225,14 @@ def test_second_run_of_the_same_hour_says_already_running(fleet_store, fleet_tem
     hour = fleet_template["hour"]
     locks.acquire(fleet_store, hour, "other", now=datetime.now(UTC), pid=os.getpid())
     with pytest.raises(AlreadyRunning, match="already being scored"):
-        run_hour(fleet_store, hour, SequentialBackend(fleet_store))
+        run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE))
     proc = _fleetscore("run", "--store", fleet_store.url, "--window", str(hour))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 4 and "already being scored" in err and "Traceback" not in err
     assert locks.holds(fleet_store, hour, "other")  # the refused runs left the lock alone
     locks.release(fleet_store, hour, "other")
     assert not list(fleet_store.list("predictions"))  # nothing was written meanwhile
-    summary = run_hour(fleet_store, hour, SequentialBackend(fleet_store), unit_size=30)
+    summary = run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
     assert summary.status == "succeeded"
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
 
@@ -251,7 +252,7 @@ def test_a_run_started_while_another_is_inside_is_refused(fleet_store, fleet_tem
 
     result = {}
     first = threading.Thread(target=lambda: result.update(
-        summary=run_hour(fleet_store, hour, Held(fleet_store), unit_size=30)))
+        summary=run_hour(fleet_store, hour, Held(fleet_store, ENGINE), unit_size=30)))
     first.start()
     try:
         assert inside.wait(60)
@@ -308,7 +309,7 @@ def test_store_restarting_mid_run_is_ridden_out(own_azurite, fleet_template):
 
     thread = threading.Thread(target=bounce)
     thread.start()
-    summary = run_hour(store, fleet_template["hour"], SequentialBackend(store), unit_size=30)
+    summary = run_hour(store, fleet_template["hour"], SequentialBackend(store, ENGINE), unit_size=30)
     thread.join()
     assert restarted.is_set() and summary.status == "succeeded", summary.failures[:3]
     got = sorted(line for p in store.list("predictions") for line in store.get(p).splitlines()[1:])
@@ -339,8 +340,8 @@ def test_store_down_is_one_clear_line_and_nothing_half_written(own_azurite, flee
 @reliability("R23")
 def test_rerun_with_another_unit_size_never_duplicates(fleet_store, fleet_template):
     hour = fleet_template["hour"]
-    run_hour(fleet_store, hour, SequentialBackend(fleet_store), unit_size=7)
-    run_hour(fleet_store, hour, SequentialBackend(fleet_store), unit_size=30)
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=7)
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
     assert read_manifest(fleet_store, hour)["sensors"]["scored"] == 120
 

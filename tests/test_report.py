@@ -9,12 +9,13 @@ from fleetscore.models import model_path
 from fleetscore.report import Axis, _Data, hour_rows, tick_hours, write_report
 from fleetscore.runs import run_hour
 from fleetscore.sensors import Sensor
+from fleetscore.engine import ENGINE
 
 
 def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store, tmp_path):
-    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    run_hour(trained_store, Hour.parse("2024-03-01T02"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T02"), SequentialBackend(trained_store, ENGINE))
     out = tmp_path / "report.html"
     info = write_report(trained_store, out)
     html = out.read_text()
@@ -25,7 +26,7 @@ def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store,
 
 
 def test_report_counts_read_as_english(trained_store, tmp_path):
-    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     hour = Hour.parse("2024-03-01T01")
     info = write_report(trained_store, tmp_path / "r.html", first=hour, last=hour)
     assert re.fullmatch(r"1 hour, 1 run, [\d,]+ predictions", info), info
@@ -38,7 +39,7 @@ def test_report_on_an_empty_store(local_store, tmp_path):
 
 
 def test_every_hour_of_the_range_has_a_row_run_or_not(trained_store, tmp_path):
-    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     hours = hour_range(Hour.parse("2024-03-01T00"), Hour.parse("2024-03-01T03"))
     out = tmp_path / "r.html"
     write_report(trained_store, out, first=hours[0], last=hours[-1])
@@ -91,7 +92,7 @@ def test_a_report_over_years_is_drawn_in_buckets_and_stays_small(local_store, tm
     ingest_file(local_store, write_readings(tmp_path / "r.csv", sorted(rows)))
     train(local_store)
     for hour in ("2022-01-03T10", "2022-06-01T05", "2023-12-30T20"):
-        run_hour(local_store, Hour.parse(hour), SequentialBackend(local_store))
+        run_hour(local_store, Hour.parse(hour), SequentialBackend(local_store, ENGINE))
     axis = Axis.fitting(Hour.parse("2022-01-03T10").start_ms, Hour.parse("2023-12-30T21").start_ms,
                         60_000)
     assert axis.bucketed and axis.step_ms == 86_400_000 and axis.columns <= MAX_COLUMNS

@@ -22,6 +22,7 @@ from fleetscore.backends.local import SequentialBackend
 from fleetscore.hours import Hour
 from fleetscore.report import write_report
 from fleetscore.runs import run_hour
+from fleetscore.engine import ENGINE
 
 INSTALL = "apt-get update && apt-get install -y chromium"
 
@@ -83,7 +84,7 @@ def render(html_file: Path, width: int, tmp_path: Path) -> dict:
 def report_with_a_gap(trained_store, tmp_path) -> Path:
     """Hours 00..03: 00 and 02 scored, 01 and 03 never run; the demo's kind of ground truth."""
     for hour in ("2024-03-01T00", "2024-03-01T02"):
-        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store))
+        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store, ENGINE))
     end = Hour.parse("2024-03-01T02").start_ms + 10 * 60_000
     truth = pa.table({"Device": ["1"], "Tag": ["1"], "End": pa.array([end], pa.int64()),
                       "Anomaly": pa.array([1], pa.int8())})

@@ -29,6 +29,7 @@ from fleetscore.runs import list_manifests, manifest_path, run_hour
 from fleetscore.runs_table import _parse_manifests, read_runs, summarize
 from fleetscore.runs_table import hour_rows as runs_hour_rows
 from fleetscore.text import count
+from fleetscore.engine import ENGINE
 
 # --- the hour-by-hour reading the report had before (the oracle) ---------------------------
 
@@ -128,7 +129,7 @@ def test_a_short_range_keeps_its_hourly_table():
 
 def test_manifests_read_in_bulk_say_what_list_manifests_says(trained_store):
     for hour in ("2024-03-01T00", "2024-03-01T01", "2024-03-01T02"):
-        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store))
+        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store, ENGINE))
     # One manifest on one line, as a backfill may write it; one indented.
     path = manifest_path(Hour.parse("2024-03-01T01"))
     trained_store.put(path, json.dumps(json.loads(trained_store.get(path)),
@@ -189,7 +190,7 @@ class RecordingStore:
 
 def test_runs_of_a_range_read_only_that_range_manifests(trained_store):
     for hour in ("2024-03-01T00", "2024-03-01T01", "2024-03-01T02"):
-        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store))
+        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store, ENGINE))
     store = RecordingStore(trained_store)
     rows = runs_hour_rows(store, first=Hour.parse("2024-03-01T01"),
                           last=Hour.parse("2024-03-01T01"))
@@ -272,7 +273,7 @@ def test_a_csv_not_as_written_is_read_on_its_own(local_store, monkeypatch, separ
 def test_the_report_reads_compact_manifests_and_hours_of_an_earlier_version(trained_store,
                                                                              tmp_path):
     for hour in ("2024-03-01T00", "2024-03-01T01", "2024-03-01T02"):
-        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store))
+        run_hour(trained_store, Hour.parse(hour), SequentialBackend(trained_store, ENGINE))
     before = write_report(trained_store, tmp_path / "a.html")
     assert before == "3 hours, 3 runs, 540 predictions"
     # T01 on one line; T02 as an earlier version wrote it: no list, its folder's files count.
@@ -293,7 +294,7 @@ def test_the_report_reads_compact_manifests_and_hours_of_an_earlier_version(trai
 def test_a_listed_file_that_is_missing_is_an_error_not_a_silent_gap(trained_store, tmp_path):
     from fleetscore.errors import NotFound
 
-    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store))
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     for path in list(trained_store.list(predictions_folder(Hour.parse("2024-03-01T01")))):
         trained_store.delete(path)
     with pytest.raises(NotFound):

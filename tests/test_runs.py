@@ -11,9 +11,11 @@ from fleetscore.backends.local import LocalBackend, SequentialBackend
 from fleetscore.errors import LockLost, StoreError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.models import model_path
-from fleetscore.predictions import predictions_folder, read_predictions
+from fleetscore.predictions import predictions_folder
+from fleetscore.runs import read_predictions
 from fleetscore.runs import Backoff, manifest_path, read_manifest, run_hour
 from fleetscore.sensors import Sensor
+from fleetscore.engine import ENGINE
 reliability = pytest.mark.reliability
 
 H1 = Hour.parse("2024-03-01T01")
@@ -28,7 +30,7 @@ def _rows(store, hour) -> dict[str, int]:
 
 
 def test_run_writes_manifest_with_counts(trained_store):
-    summary = run_hour(trained_store, H1, SequentialBackend(trained_store))
+    summary = run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE))
     assert summary.status == "succeeded" and summary.exit_code == 0
     manifest = json.loads(trained_store.get(manifest_path(H1)))
     assert manifest["window"] == "2024-03-01T01" and manifest["run_id"] == summary.run_id
@@ -44,24 +46,24 @@ def test_run_writes_manifest_with_counts(trained_store):
 
 def test_partial_run_names_the_failed_sensor(trained_store):
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    summary = run_hour(trained_store, H1, SequentialBackend(trained_store))
+    summary = run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE))
     assert summary.status == "partial" and summary.exit_code == 3
     assert [(f["sensor"], f["kind"]) for f in summary.failures] == [("1/2", "ModelError")]
     assert read_predictions(trained_store, H1).num_rows == 120
 
 
 def test_rerun_with_other_unit_size_leaves_no_duplicates(trained_store):
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=1)
     once = read_predictions(trained_store, H1)
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=2)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=2)
     assert len(list(trained_store.list(predictions_folder(H1)))) == 2
     assert read_predictions(trained_store, H1).equals(once)
 
 
 def test_process_pool_writes_exactly_what_the_sequential_backend_writes(trained_store):
-    run_hour(trained_store, H1, SequentialBackend(trained_store))
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE))
     sequential = read_predictions(trained_store, H1)
-    backend = LocalBackend(trained_store.url, workers=2)
+    backend = LocalBackend(trained_store.url, workers=2, engine=ENGINE)
     try:
         summary = run_hour(trained_store, H1, backend)
     finally:
@@ -73,7 +75,7 @@ def test_process_pool_writes_exactly_what_the_sequential_backend_writes(trained_
 
 @reliability("R27")
 def test_hour_with_no_data_is_said_plainly(trained_store):
-    summary = run_hour(trained_store, Hour.parse("2024-02-01T00"), SequentialBackend(trained_store))
+    summary = run_hour(trained_store, Hour.parse("2024-02-01T00"), SequentialBackend(trained_store, ENGINE))
     assert (summary.status, summary.exit_code, summary.planned, summary.no_data) == \
         ("no_data", 6, 0, 3)
     assert read_manifest(trained_store, Hour.parse("2024-02-01T00"))["status"] == "no_data"
@@ -83,7 +85,7 @@ def test_hour_with_no_data_is_said_plainly(trained_store):
 def test_hour_not_ended_is_refused(trained_store):
     now = datetime.now(UTC)
     with pytest.raises(UsageError, match="has not ended"):
-        run_hour(trained_store, Hour.from_datetime(now), SequentialBackend(trained_store))
+        run_hour(trained_store, Hour.from_datetime(now), SequentialBackend(trained_store, ENGINE))
     assert read_manifest(trained_store, Hour.from_datetime(now)) is None
 
 
@@ -106,11 +108,11 @@ class FlakyStore:
 
 @reliability("R28")
 def test_failed_rerun_keeps_the_last_good_predictions(trained_store):
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=3)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=3)
     before = read_predictions(trained_store, H1)
     assert _rows(trained_store, H1) == {"1/1": 60, "1/2": 60, "dev_a/t.x": 60}
     flaky = FlakyStore(trained_store, "/results/")  # the unit's result cannot be recorded
-    summary = run_hour(flaky, H1, SequentialBackend(flaky), unit_size=3)
+    summary = run_hour(flaky, H1, SequentialBackend(flaky, ENGINE), unit_size=3)
     assert summary.status == "failed" and summary.scored == 0
     assert read_predictions(trained_store, H1).equals(before)
     assert list(summary.kept_from_earlier_run) == ["1/1", "1/2", "dev_a/t.x"]
@@ -119,10 +121,10 @@ def test_failed_rerun_keeps_the_last_good_predictions(trained_store):
 
 @reliability("R28")
 def test_rerun_where_one_sensor_fails_keeps_its_rows_and_replaces_the_others(trained_store):
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=3)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=3)
     old = read_predictions(trained_store, H1)
     trained_store.put(model_path(Sensor("1", "2")), b"broken")
-    summary = run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1)
+    summary = run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=1)
     assert summary.status == "partial" and summary.kept_from_earlier_run == ("1/2",)
     assert _rows(trained_store, H1) == {"1/1": 60, "1/2": 60, "dev_a/t.x": 60}
     assert read_predictions(trained_store, H1).equals(old)  # same models: same rows
@@ -131,9 +133,9 @@ def test_rerun_where_one_sensor_fails_keeps_its_rows_and_replaces_the_others(tra
 
 
 def test_rerun_of_some_sensors_keeps_the_others(trained_store):
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=3)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=3)
     old = read_predictions(trained_store, H1)
-    summary = run_hour(trained_store, H1, SequentialBackend(trained_store),
+    summary = run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE),
                        sensors=[Sensor("1", "2")])
     assert (summary.status, summary.planned, summary.scored) == ("succeeded", 1, 1)
     assert _rows(trained_store, H1) == {"1/1": 60, "1/2": 60, "dev_a/t.x": 60}
@@ -144,9 +146,9 @@ def test_rerun_of_some_sensors_keeps_the_others(trained_store):
 @reliability("R28")
 def test_sensor_with_no_data_anymore_loses_its_old_rows(trained_store):
     """A full rerun replaces the hour: a sensor that now scores nothing keeps no old file."""
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=1)
     trained_store.delete(models.manifest_path(Sensor("1", "2")))  # the model is withdrawn
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=1)
     assert "1/2" not in _rows(trained_store, H1)
 
 
@@ -156,7 +158,7 @@ class SlowBackend(SequentialBackend):
     inline = False
 
     def __init__(self, store):
-        super().__init__(store)
+        super().__init__(store, ENGINE)
         self.cancelled: list[str] = []
         self.polls = 0
 
@@ -218,7 +220,7 @@ def test_finalize_after_losing_the_lock_promotes_nothing(trained_store):
     hour, now = H1, datetime.now(UTC)
     ticket = runs.begin(trained_store, hour, run_id="r1", now=now, deadline=now, unit_size=3,
                         ttl=timedelta(seconds=1))
-    backend = SequentialBackend(trained_store)
+    backend = SequentialBackend(trained_store, ENGINE)
     states = runs.submit(trained_store, backend, hour, "r1", ticket.units)
     later = now + timedelta(seconds=5)  # r1's lock lapsed; r2 takes the hour
     runs.begin(trained_store, hour, run_id="r2", now=later, deadline=later)
@@ -248,7 +250,7 @@ def test_error_mid_run_releases_the_lock_and_promotes_nothing(trained_store):
         inline = False
 
     with pytest.raises(StoreError):
-        run_hour(trained_store, H1, Broken(trained_store))
+        run_hour(trained_store, H1, Broken(trained_store, ENGINE))
     assert not trained_store.exists(locks.lock_path(H1))
     assert read_manifest(trained_store, H1) is None
 
@@ -265,7 +267,7 @@ def test_pending_units_are_polled_not_resubmitted(trained_store):
 def test_a_retried_finalize_returns_the_same_summary(trained_store):
     now = datetime.now(UTC)
     ticket = runs.begin(trained_store, H1, run_id="r1", now=now, deadline=now + timedelta(hours=1))
-    backend = SequentialBackend(trained_store)
+    backend = SequentialBackend(trained_store, ENGINE)
     states = runs.submit(trained_store, backend, H1, "r1", ticket.units)
     first = runs.finalize(trained_store, H1, "r1", states, started=now, now=now,
                           backend_name="sequential")
@@ -277,22 +279,22 @@ def test_a_retried_finalize_returns_the_same_summary(trained_store):
 
 def test_progress_moves_unit_by_unit_on_an_inline_backend(trained_store):
     seen = []
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1,
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=1,
              progress=lambda done, total: seen.append((done, total)))
     assert [d for d, _ in seen][:4] == [0, 1, 2, 3] and {t for _, t in seen} == {3}
 
 
 def test_parquet_predictions_hold_the_same_rows_and_mix_with_csv_in_reruns(trained_store):
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=3)
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=3)
     as_csv = read_predictions(trained_store, H1)
-    run_hour(trained_store, H1, SequentialBackend(trained_store), unit_size=1, fmt="parquet")
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), unit_size=1, fmt="parquet")
     files = list(trained_store.list(predictions_folder(H1)))
     assert len(files) == 3 and all(f.endswith(".parquet") for f in files)
     assert read_predictions(trained_store, H1).equals(as_csv)
     # A rerun of one sensor in CSV keeps the others' Parquet files as they are.
-    run_hour(trained_store, H1, SequentialBackend(trained_store), sensors=[Sensor("1", "2")])
+    run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), sensors=[Sensor("1", "2")])
     files = sorted(f.rsplit(".", 1)[1] for f in trained_store.list(predictions_folder(H1)))
     assert files == ["csv", "parquet", "parquet"]
     assert read_predictions(trained_store, H1).equals(as_csv)
     with pytest.raises(UsageError, match="predictions format"):
-        run_hour(trained_store, H1, SequentialBackend(trained_store), fmt="xlsx")
+        run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE), fmt="xlsx")

@@ -5,7 +5,8 @@ import pytest
 
 from fleetscore.hours import Hour
 from fleetscore.models import load_model, manifest_path, model_path
-from fleetscore.predictions import COLUMNS, read_predictions
+from fleetscore.predictions import COLUMNS
+from fleetscore.runs import read_predictions
 from fleetscore.scoring import predict_labels, score_unit
 from fleetscore.sensors import Sensor
 from fleetscore.windows import by_sensor, read_points

@@ -28,7 +28,8 @@ def _sorted_rows(table) -> list[tuple]:
 @pytest.mark.reliability("R30")
 def test_container_scores_a_saved_plan_into_its_run_and_changes_nothing_visible(trained_store):
     from fleetscore.hours import Hour
-    from fleetscore.predictions import decode, read_predictions
+    from fleetscore.predictions import decode
+    from fleetscore.runs import read_predictions
     from fleetscore.runs import read_unit_result, staged_path
 
     hour = Hour.parse(WINDOW)

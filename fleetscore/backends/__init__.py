@@ -5,28 +5,29 @@ from __future__ import annotations
 from ..errors import UsageError
 from ..settings import Settings
 from ..stores import Store
-from .base import ComputeBackend, UnitStatus
+from .base import ComputeBackend, Engine, UnitStatus
 
-__all__ = ["ComputeBackend", "UnitStatus", "load_backend", "BACKENDS"]
+__all__ = ["ComputeBackend", "Engine", "UnitStatus", "load_backend", "BACKENDS"]
 
 BACKENDS = ("local", "sequential", "batch")
 
 
 def load_backend(name: str, store: Store, *, store_spec: str, settings: Settings,
-                 workers: int | None = None) -> ComputeBackend:
+                 engine: Engine, workers: int | None = None) -> ComputeBackend:
+    """The backend named ``name``, handed the ``engine`` it runs (``fleetscore.engine``)."""
     if name == "local":
         from .local import LocalBackend
 
-        return LocalBackend(store_spec, settings, workers)
+        return LocalBackend(store_spec, settings, workers, engine=engine)
     if name == "sequential":
         from .local import SequentialBackend
 
-        return SequentialBackend(store)
+        return SequentialBackend(store, engine)
     if name == "batch":
         try:
             from .batch import BatchBackend
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise UsageError("the batch backend needs azure-batch: "
                              "pip install 'fleetscore[functions]'") from exc
-        return BatchBackend(store, store_spec, settings)
+        return BatchBackend(store, store_spec, settings, engine=engine)
     raise UsageError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")

@@ -31,7 +31,7 @@ from ..hours import Hour
 from ..planning import Unit
 from ..settings import BatchSettings, Settings
 from ..stores import Store
-from .base import FAILED, PENDING, RUNNING, UnitStatus
+from .base import FAILED, PENDING, RUNNING, ComputeBackend, Engine, UnitStatus
 
 MAX_TASKS_PER_REQUEST = 100
 # The app's own setting, handed on to each task (fleetscore.telemetry reads the same name).
@@ -103,12 +103,13 @@ def make_client(batch: BatchSettings) -> BatchClient:
     return BatchClient(batch.endpoint, credential)
 
 
-class BatchBackend:
+class BatchBackend(ComputeBackend):
     name = "batch"
 
     def __init__(self, store: Store, store_spec: str, settings: Settings,
                  client: BatchClient | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, *, engine: Engine) -> None:
+        self._engine = engine
         self.settings = settings
         self.batch = settings.batch
         # The app's Application Insights connection string, passed on to the tasks: read here,
@@ -287,8 +288,6 @@ class BatchBackend:
         return out
 
     def _status(self, window: Hour, run_id: str, jid: str, unit_id: str, task) -> UnitStatus:
-        from ..runs import read_unit_result
-
         if task is None:
             return UnitStatus(FAILED, error_kind="TaskMissing",
                               error=f"job {jid} has no task {unit_id}")
@@ -299,7 +298,7 @@ class BatchBackend:
         info = task.execution_info
         exit_code = info.exit_code if info is not None else None
         if exit_code in (0, EXIT_PARTIAL):
-            result = read_unit_result(self._store, window, run_id, unit_id)
+            result = self._engine.read_unit_result(self._store, window, run_id, unit_id)
             if result is not None:
                 return UnitStatus(result.status, result)
             # The container ends a failure no rerun can fix with exit 0 (so that Batch does not

@@ -13,10 +13,10 @@ from ..planning import Unit
 from ..settings import Settings
 from ..stores import Store
 from ..workers import init_worker, worker_store
-from .base import FAILED, PENDING, UnitStatus
+from .base import FAILED, PENDING, ComputeBackend, Engine, UnitStatus
 
 
-class SequentialBackend:
+class SequentialBackend(ComputeBackend):
     """Runs each unit inside ``submit``: deterministic, debuggable, no processes.
 
     Also what the Functions app uses to score a unit inside its activity: ``poll`` falls back to
@@ -24,18 +24,17 @@ class SequentialBackend:
 
     name = "sequential"
     inline = True
-    workers = 1
+    spans = True
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, engine: Engine) -> None:
         self._store = store
+        self._engine = engine
         self._done: dict[tuple[Hour, str, str], UnitStatus] = {}
 
     def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
-        from ..runs import run_unit
-
         for unit in units:
             try:
-                result = run_unit(self._store, window, run_id, unit.id)
+                result = self._engine.run_unit(self._store, window, run_id, unit.id)
                 self._done[(window, run_id, unit.id)] = UnitStatus(result.status, result)
             except FleetscoreError as exc:
                 self._done[(window, run_id, unit.id)] = UnitStatus(FAILED, error_kind=exc.kind,
@@ -43,13 +42,11 @@ class SequentialBackend:
 
     def poll(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "",
              timeout: float = 1.0) -> dict[str, UnitStatus]:
-        from ..runs import read_unit_result
-
         out = {}
         for u in unit_ids:
             status = self._done.get((window, run_id, u))
             if status is None:
-                result = read_unit_result(self._store, window, run_id, u)
+                result = self._engine.read_unit_result(self._store, window, run_id, u)
                 status = UnitStatus(result.status, result) if result else UnitStatus(PENDING)
             out[u] = status
         return out
@@ -59,11 +56,9 @@ class SequentialBackend:
 
     def submit_span(self, hours: Sequence[Hour], job) -> Future:
         """Run a backfill's span (fleetscore/ranges.py) here and now."""
-        from ..ranges import run_span
-
         future: Future = Future()
         try:
-            future.set_result(run_span(self._store, hours, job))
+            future.set_result(self._engine.run_span(self._store, hours, job))
         except Exception as exc:  # noqa: BLE001 - the range reads it as the span's failure
             future.set_exception(exc)
         return future
@@ -81,25 +76,21 @@ class SequentialBackend:
 
 # --- process pool ---------------------------------------------------------------------------
 
-def _work(window: str, run_id: str, unit_id: str) -> dict:
-    from ..runs import run_unit
-
+def _work(run_unit, window: str, run_id: str, unit_id: str) -> dict:
     try:
         return {"result": run_unit(worker_store(), Hour.parse(window), run_id, unit_id).to_json()}
     except FleetscoreError as exc:
         return {"error_kind": exc.kind, "error": str(exc)}
 
 
-def _span_work(hours: Sequence[Hour], job) -> list[dict]:
-    from ..ranges import run_span
-
+def _span_work(run_span, hours: Sequence[Hour], job) -> list[dict]:
     return run_span(worker_store(), hours, job)
 
 
 Key = tuple[Hour, str, str]  # window, run id, unit id
 
 
-class LocalBackend:
+class LocalBackend(ComputeBackend):
     """A pool of worker processes on this machine, each with its own store client.
 
     A worker that dies (killed, out of memory) breaks the whole pool: every unit it held is
@@ -110,9 +101,11 @@ class LocalBackend:
     name = "local"
     attempts = 2
     waits = True  # poll blocks until a unit ends (or its timeout): no sleeping between polls
+    spans = True
 
     def __init__(self, store_spec: str, settings: Settings | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, *, engine: Engine) -> None:
+        self._engine = engine
         self.workers = workers or os.cpu_count() or 1
         self._spec, self._settings = store_spec, settings or Settings.from_env()
         self._pool: ProcessPoolExecutor | None = None
@@ -141,11 +134,13 @@ class LocalBackend:
         self._tries[key] = self._tries.get(key, 0) + 1
         window, run_id, unit_id = key
         try:
-            self._futures[key] = self._executor().submit(_work, str(window), run_id, unit_id)
+            self._futures[key] = self._executor().submit(
+                _work, self._engine.run_unit, str(window), run_id, unit_id)
         except BrokenProcessPool:
             self._reset_pool()
             try:
-                self._futures[key] = self._executor().submit(_work, str(window), run_id, unit_id)
+                self._futures[key] = self._executor().submit(
+                    _work, self._engine.run_unit, str(window), run_id, unit_id)
             except BrokenProcessPool as exc:
                 raise BackendError(f"the local worker pool cannot start: {exc}") from exc
 
@@ -157,10 +152,10 @@ class LocalBackend:
     def submit_span(self, hours: Sequence[Hour], job) -> Future:
         """Run a backfill's span (fleetscore/ranges.py) on the pool."""
         try:
-            future = self._executor().submit(_span_work, hours, job)
+            future = self._executor().submit(_span_work, self._engine.run_span, hours, job)
         except BrokenProcessPool:
             self._reset_pool()
-            future = self._executor().submit(_span_work, hours, job)
+            future = self._executor().submit(_span_work, self._engine.run_span, hours, job)
         self._spans = [f for f in self._spans if not f.done()] + [future]
         return future
 

@@ -11,44 +11,76 @@ directory: a hard link, and a compare-and-swap under an advisory lock).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO
 
 from ..errors import NotFound, StoreError
 
 READERS = 16  # concurrent reads on a remote store (each read is a request)
 
 
-@runtime_checkable
-class Store(Protocol):
-    url: str
+class Store(ABC):
+    """What every store does, and the optional capabilities each declares (with defaults that
+    work on any store): callers never probe a store for a method."""
 
+    url: str
+    # Reads are system calls, not requests: concurrent reads gain nothing (get_many).
+    local: bool = False
+    # ``list_info`` gives each file's size and a version that changes whenever the file does
+    # (an ETag, a modification time); otherwise it gives None for both.
+    versioned_listing: bool = False
+
+    @abstractmethod
     def get(self, path: str) -> bytes:
         """The whole file. Raises NotFound."""
 
+    @abstractmethod
     def get_versioned(self, path: str) -> tuple[bytes, str]:
         """The whole file and its version tag (an ETag). Raises NotFound."""
 
+    @abstractmethod
     def put(self, path: str, data: bytes, *, overwrite: bool = True,
             if_match: str | None = None) -> None:
         """Write atomically. With ``overwrite=False`` raise AlreadyExists if the path exists;
         with ``if_match`` raise Conflict unless the file exists at that version."""
 
+    @abstractmethod
     def exists(self, path: str) -> bool: ...
 
+    @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Paths under ``prefix`` (a folder, with or without the trailing '/'), sorted."""
 
+    @abstractmethod
     def delete(self, path: str, *, if_match: str | None = None) -> None:
         """Remove a file; a missing file is not an error. With ``if_match`` remove it only
         at that version, else raise Conflict (a missing file too)."""
 
+    @abstractmethod
     def open(self, path: str) -> BinaryIO:
         """A seekable reader, so columnar readers fetch only the byte ranges they need."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections. Idempotent."""
+
+    def list_info(self, prefix: str = "") -> Iterator[tuple[str, int | None, str | None]]:
+        """(path, size, version) of the files under ``prefix``, in no particular order;
+        size and version are None unless the store declares ``versioned_listing``."""
+        for path in self.list(prefix):
+            yield path, None, None
+
+    def copy(self, source: str, target: str) -> None:
+        """Make ``target`` the same bytes as ``source`` (a store may do it without moving the
+        bytes: a hard link on a directory)."""
+        self.put(target, self.get(source))
+
+    def remove_if_empty(self) -> bool:
+        """Remove the store itself if it holds nothing but its own bookkeeping (a store a
+        failed command created); True if it was removed."""
+        return False
 
 
 def get_many(store: Store, paths: Sequence[str], *,
@@ -64,7 +96,7 @@ def get_many(store: Store, paths: Sequence[str], *,
                 return None
             raise
 
-    if getattr(store, "local", False) or len(paths) <= 1:
+    if store.local or len(paths) <= 1:
         return [get(p) for p in paths]
     with ThreadPoolExecutor(min(READERS, len(paths))) as pool:
         return list(pool.map(get, paths))

@@ -32,10 +32,12 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from ..errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError, first_line
-from .base import check_path, folder
+from .base import Store, check_path, folder
 
 
-class BlobStore:
+class BlobStore(Store):
+    versioned_listing = True  # sizes and ETags, from the listing itself
+
     def __init__(
         self,
         container: str,
@@ -156,7 +158,7 @@ class BlobStore:
 
     def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
         """(path, size, ETag) of the blobs under ``prefix``, from the listing itself (no extra
-        request per blob). Optional in the protocol."""
+        request per blob)."""
         try:
             with self._errors("list", prefix or "/"):
                 blobs = [(b.name, b.size, b.etag) for b in

@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from .base import Store
+
 
 def area_of(path: str) -> str:
     return path.strip("/").split("/", 1)[0] or "/"
@@ -50,15 +52,16 @@ class Counts:
                 "bytes_read": dict(sorted(self.bytes_read.items()))}
 
 
-class CountingStore:
-    """Forwards every Store call to ``inner`` and counts it in ``counts``."""
+class CountingStore(Store):
+    """Forwards every Store call to ``inner`` and counts it in ``counts``; declares what the
+    inner store declares."""
 
-    def __init__(self, inner, counts: Counts | None = None) -> None:
+    def __init__(self, inner: Store, counts: Counts | None = None) -> None:
         self.inner = inner
         self.url = inner.url
         self.counts = counts or Counts()
-        if not callable(getattr(inner, "list_info", None)):
-            self.list_info = None  # optional in the protocol: absent here when absent there
+        self.local = inner.local
+        self.versioned_listing = inner.versioned_listing
 
     def reset(self) -> Counts:
         """Start new counts; returns the old ones."""
@@ -112,10 +115,10 @@ class CountingStore:
 class _CountingHandle(io.RawIOBase):
     """Counts the reads a file handle serves from the store (see the module's docstring)."""
 
-    def __init__(self, inner, path: str, counts: Counts) -> None:
+    def __init__(self, handle, path: str, counts: Counts) -> None:
         super().__init__()
-        self._inner, self._path, self._counts = inner, path, counts
-        raw = getattr(inner, "raw", None)
+        self._inner, self._path, self._counts = handle, path, counts
+        raw = getattr(handle, "raw", None)
         self._raw_counted = False
         if raw is not None and type(raw).__module__.startswith("fleetscore."):
             # A buffer over our own range reader: count the range requests it makes.

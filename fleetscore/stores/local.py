@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ..errors import AlreadyExists, Conflict, NotFound, StoreError, UsageError
-from .base import check_path
+from .base import Store, check_path
 
 _TMP_PREFIX = ".tmp-"
 _CAS_LOCK = ".tmp-cas.lock"  # hidden from listings by its prefix
@@ -92,8 +92,9 @@ def version_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-class LocalStore:
+class LocalStore(Store):
     local = True  # reads are system calls, not requests: nothing to gain reading concurrently
+    versioned_listing = True  # sizes and modification times
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).resolve()
         self.url = self._root = str(self.root)
@@ -193,8 +194,7 @@ class LocalStore:
 
     def copy(self, source: str, target: str) -> None:
         """Make ``target`` the same bytes as ``source``, atomically, without copying them (a
-        hard link, renamed into place). Optional in the protocol: callers fall back to get
-        and put."""
+        hard link, renamed into place)."""
         src, dst = self._file(source), self._file(target)
         parent = os.path.dirname(dst)
 
@@ -251,7 +251,7 @@ class LocalStore:
     def list_info(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
         """(path, size, version) of the files under ``prefix``, in no particular order (a
         generator: a fleet's models/ is never held as a list); the version is the
-        modification time in nanoseconds (no file is read). Optional in the protocol."""
+        modification time in nanoseconds (no file is read)."""
         for path, entry in self._walk(prefix):
             try:
                 st = entry.stat()

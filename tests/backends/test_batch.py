@@ -23,6 +23,7 @@ from fleetscore.runs import Backoff, run_hour, run_unit
 from fleetscore.sensors import Sensor
 from fleetscore.settings import BatchSettings, Settings
 from tests.backends.batch_fake import FakeBatch
+from fleetscore.engine import ENGINE
 
 H1 = Hour.parse("2024-03-01T01")
 RUN = "r1"
@@ -56,7 +57,7 @@ def batch_settings(fake) -> Settings:
 def backend(trained_store, batch_settings):
     client = BatchClient(batch_settings.batch.endpoint,
                          AzureNamedKeyCredential("acct", batch_settings.batch.account_key))
-    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client, environ={})
+    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client, environ={}, engine=ENGINE)
     yield be
     be.close()
 
@@ -142,7 +143,7 @@ def test_batch_tasks_carry_app_insights_and_the_pool_identity_for_unit_metrics(
                   "IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/")
     monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", connection)
     client = BatchClient(batch_settings.batch.endpoint, AzureNamedKeyCredential("acct", "a2V5"))
-    backend = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client)
+    backend = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client, engine=ENGINE)
     try:
         backend.submit(H1, _units(2), run_id=RUN)
     finally:
@@ -156,7 +157,7 @@ def test_batch_tasks_carry_app_insights_and_the_pool_identity_for_unit_metrics(
     # Without the setting (local runs, or an app without Application Insights) none is sent.
     monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING")
     quiet = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=BatchClient(
-        batch_settings.batch.endpoint, AzureNamedKeyCredential("acct", "a2V5")))
+        batch_settings.batch.endpoint, AzureNamedKeyCredential("acct", "a2V5")), engine=ENGINE)
     try:
         names = {e.name for e in quiet.task_spec(H1, "u000000", RUN).environment_settings}
     finally:
@@ -180,7 +181,7 @@ def test_batch_resubmission_finds_existing_tasks_and_job(backend, fake):
     units = _units(3)
     backend.submit(H1, units, run_id=RUN)
     fresh = BatchBackend(backend._store, "az://fleetscore", backend.settings,
-                         client=BatchClient(fake.endpoint, AzureNamedKeyCredential("acct", "a2V5")))
+                         client=BatchClient(fake.endpoint, AzureNamedKeyCredential("acct", "a2V5")), engine=ENGINE)
     fresh.submit(H1, units, run_id=RUN)  # an activity retried in another worker
     assert len(fake.tasks) == 3 and len(fake.requests("POST", "/jobs")) == 2
     assert len(fake.jobs) == 1
@@ -249,7 +250,7 @@ def test_batch_errors_become_backend_errors(trained_store, batch_settings):
     dead = replace(batch_settings, batch=replace(batch_settings.batch, endpoint="http://127.0.0.1:9"))
     client = BatchClient("http://127.0.0.1:9", AzureNamedKeyCredential("acct", "a2V5"),
                          retry_total=0)
-    be = BatchBackend(trained_store, "az://fleetscore", dead, client=client)
+    be = BatchBackend(trained_store, "az://fleetscore", dead, client=client, engine=ENGINE)
     with pytest.raises(BackendError, match="Azure Batch failed on pool fleetscore"):
         be.submit(H1, _units(1), run_id=RUN)
     be.close()

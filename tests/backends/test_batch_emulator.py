@@ -28,6 +28,7 @@ from fleetscore.settings import BatchSettings, Settings
 from tests.backends.batch_emulator import (
     BatchEmulator, IdentityEndpoint, ProcessRunner, installed_site, self_signed_certificate,
 )
+from fleetscore.engine import ENGINE
 
 ROOT = Path(__file__).resolve().parents[2]
 H1 = Hour.parse("2024-03-01T01")
@@ -195,7 +196,7 @@ def test_make_client_uses_default_azure_credential_on_an_entra_id_only_account(
         monkeypatch.setenv(name, value)
     try:
         settings = Settings(batch=BatchSettings(endpoint=e.endpoint, task_retries=2))
-        backend = BatchBackend(trained_store, trained_store.url, settings)
+        backend = BatchBackend(trained_store, trained_store.url, settings, engine=ENGINE)
         backend.submit(H1, [Unit("u000000", (Sensor("1", "1"),))], run_id=RUN)
         assert (JOB, "u000000") in e.tasks
         assert {c.headers["Authorization"] for c in e.calls} == {"Bearer mi-token-1"}
@@ -207,7 +208,7 @@ def test_make_client_uses_default_azure_credential_on_an_entra_id_only_account(
         keyed = Settings(batch=BatchSettings(endpoint=e.endpoint, account_name="acct",
                                              account_key="a2V5"))
         with pytest.raises(BackendError, match="refused the credential.*HTTP 403.*Entra ID only"):
-            BatchBackend(trained_store, trained_store.url, keyed).submit(
+            BatchBackend(trained_store, trained_store.url, keyed, engine=ENGINE).submit(
                 H1, [Unit("u000001", (Sensor("1", "1"),))], run_id=RUN)
         assert type(make_client(keyed.batch)._config.credential).__name__ == \
             "AzureNamedKeyCredential"
@@ -248,7 +249,7 @@ def test_a_poll_costs_requests_in_proportion_to_the_pending_units_not_the_job(em
     for unit_id in ids[:-50]:
         _finished(store, emulator, unit_id)
     backend = BatchBackend(store, "az://fleetscore", Settings(batch=BatchSettings(
-        endpoint=emulator.endpoint)), client=_client(emulator))
+        endpoint=emulator.endpoint)), client=_client(emulator), engine=ENGINE)
 
     # The orchestrator asks about the units it still waits for: one listing, no result read.
     emulator.calls.clear()
@@ -286,7 +287,7 @@ def test_id_filters_are_chunked_and_quoted():
 
 def test_a_poll_of_a_job_that_does_not_exist_fails_its_units(emulator, trained_store):
     backend = BatchBackend(trained_store, trained_store.url, Settings(batch=BatchSettings(
-        endpoint=emulator.endpoint)), client=_client(emulator))
+        endpoint=emulator.endpoint)), client=_client(emulator), engine=ENGINE)
     states = backend.poll(H1, ["u000000"], run_id="gone")
     assert states["u000000"].state == "failed" and states["u000000"].error_kind == "TaskMissing"
     assert "does not exist" in states["u000000"].error
@@ -320,7 +321,7 @@ def running(site, tmp_path):
 
 def _running_backend(e: BatchEmulator, store) -> BatchBackend:
     settings = Settings(batch=BatchSettings(endpoint=e.endpoint, task_retries=2))
-    return BatchBackend(store, store.url, settings, client=_client(e))
+    return BatchBackend(store, store.url, settings, client=_client(e), engine=ENGINE)
 
 
 def test_tasks_run_in_task_directories_and_are_retried_on_nonzero_exits_only(

@@ -9,10 +9,11 @@ from fleetscore.backends.base import ComputeBackend
 from fleetscore.errors import UsageError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
-from fleetscore.predictions import read_predictions
+from fleetscore.runs import read_predictions
 from fleetscore.runs import read_manifest, run_hour
 from fleetscore.settings import Settings
 from fleetscore.training import train
+from fleetscore.engine import ENGINE
 
 H1 = Hour.parse("2024-03-01T01")
 
@@ -22,7 +23,7 @@ def test_whole_pipeline_on_every_store_and_backend(store, fleet_csv, azurite, na
     settings = Settings(storage_connection_string=azurite.connection_string)
     ingest_file(store, fleet_csv)
     train(store, until=Hour.parse("2024-03-01T00"))
-    backend = load_backend(name, store, store_spec=store.url, settings=settings, workers=2)
+    backend = load_backend(name, store, store_spec=store.url, settings=settings, workers=2, engine=ENGINE)
     assert isinstance(backend, ComputeBackend)
     try:
         summary = run_hour(store, H1, backend)
@@ -35,4 +36,4 @@ def test_whole_pipeline_on_every_store_and_backend(store, fleet_csv, azurite, na
 
 def test_unknown_backend_is_a_usage_error(local_store):
     with pytest.raises(UsageError, match="unknown backend 'warp'"):
-        load_backend("warp", local_store, store_spec=local_store.url, settings=Settings())
+        load_backend("warp", local_store, store_spec=local_store.url, settings=Settings(), engine=ENGINE)

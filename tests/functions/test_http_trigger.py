@@ -11,6 +11,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from fleetscore.hours import Hour, previous_full_hour
+from fleetscore.engine import ENGINE
 
 PAST = str(Hour.from_datetime(datetime.now(UTC)) - 5)
 PAST_IID = "score-" + PAST.replace("-", "")
@@ -121,7 +122,7 @@ def test_http_trigger_get_status_and_manifest(get, post, durable_fake, functions
     from fleetscore.runs import run_hour
 
     store = functions_env.store()
-    run_hour(store, Hour.parse(PAST), SequentialBackend(store))
+    run_hour(store, Hour.parse(PAST), SequentialBackend(store, ENGINE))
     durable_fake.set_status(PAST_IID, "Completed", output={"status": "succeeded"})
     response = get(PAST)
     body = json.loads(response.get_body())

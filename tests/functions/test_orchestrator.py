@@ -189,7 +189,7 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     from fleetscore.hours import Hour
     from fleetscore.ingest import ingest_file
     from fleetscore.models import model_path
-    from fleetscore.predictions import read_predictions
+    from fleetscore.runs import read_predictions
     from fleetscore.runs import read_manifest
     from fleetscore.sensors import Sensor
     from fleetscore.training import train
