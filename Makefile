@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with python3 (>= 3.11) and node:
 #   make demo   - synthetic fleet end to end: ingest, train, score, report
-#   make test   - the whole test suite (Azurite included)
+#   make test   - the linter (ruff) and the whole test suite (Azurite included)
 #   make container-test - only the scoring image, built with podman and run as Batch runs it
 PYTHON ?= python3
 VENV := .venv
@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/fleetscore demo --dir $(DEMO_DIR)
 
 test: $(STAMP) $(AZURITE)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # podman, runc and debootstrap are installed by the test when missing (root and apt-get);

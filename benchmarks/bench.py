@@ -28,8 +28,17 @@ import pyarrow as pa
 
 from fleetscore.arrivals import record_arrivals
 from fleetscore.bank import (
-    INDEX_PATH, MODELS_PATH, SHARD_SENSORS, Compiled, compile_model, encode_shard,
-    VERSIONS_PATH, load_bank, model_versions, models_list, versions_list,
+    INDEX_PATH,
+    MODELS_PATH,
+    SHARD_SENSORS,
+    VERSIONS_PATH,
+    Compiled,
+    compile_model,
+    encode_shard,
+    load_bank,
+    model_versions,
+    models_list,
+    versions_list,
 )
 from fleetscore.hours import Hour
 from fleetscore.predictions import encode, predictions_path, predictions_table_many
@@ -150,7 +159,8 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
         base = compiled_bases[i % BASE_MODELS]
         # Bank entries name the model they were compiled from: the sample's own, else the
         # template manifest's (load_bank uses an entry only while its manifest agrees).
-        entries.append((sensor, digests.get(sensor, template["sha256"]), Compiled(base.kernel, float(levels[i]), float(spreads[i]),
+        sha = digests.get(sensor, template["sha256"])
+        entries.append((sensor, sha, Compiled(base.kernel, float(levels[i]), float(spreads[i]),
                                                   base.gamma, base.coef0, base.degree,
                                                   base.intercept, base.support, base.dual)))
     write_bank(store, entries, "bench")

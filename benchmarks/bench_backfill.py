@@ -84,11 +84,11 @@ def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | N
                        seed: int = 0) -> BackfillResult:
     from fleetscore.arrivals import hours_with_arrivals
     from fleetscore.backends.local import LocalBackend
-    from fleetscore.engine import ENGINE
     from fleetscore.bank import rebuild_bank
+    from fleetscore.engine import ENGINE
     from fleetscore.ingest import ingest_file
-    from fleetscore.report import write_report
     from fleetscore.ranges import run_range
+    from fleetscore.report import write_report
     from fleetscore.settings import Settings
     from fleetscore.stores import LocalStore
     from fleetscore.training import train

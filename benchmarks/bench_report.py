@@ -54,7 +54,7 @@ def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
     spreads = levels * rng.uniform(0.01, 0.04, sensors)
     noisy = np.arange(sensors) % NOISY_EVERY == 7
     chosen = [Hour(BENCH_HOUR.index + i) for i in range(hours)]
-    for i, hour in enumerate(chosen[1:], start=1):
+    for hour in chosen[1:]:
         values = levels[:, None] + spreads[:, None] * rng.normal(0, 1, (sensors, 60))
         off = rng.random((sensors, 60)) < np.where(noisy, 0.25, 0.01)[:, None]
         values[off] += 8 * spreads.repeat(60).reshape(sensors, 60)[off]

@@ -24,7 +24,13 @@ from .hours import Hour
 from .sensors import Sensor, sensor_columns
 from .stores import Store
 from .windows import (
-    DAY_FOLDER, HOURS_PER_DAY, area_folder, by_day, day_of, day_path, list_days,
+    DAY_FOLDER,
+    HOURS_PER_DAY,
+    area_folder,
+    by_day,
+    day_of,
+    day_path,
+    list_days,
 )
 
 
@@ -151,7 +157,7 @@ def _counts(rows: list) -> dict[Sensor, int]:
         return {}
     if set(map(len, rows)) != {3}:
         raise ValueError("expected rows of [device, tag, points]")
-    devices, tags, points = zip(*rows)
+    devices, tags, points = zip(*rows, strict=True)
     return dict(zip(sensor_columns(devices, tags), map(int, points), strict=True))
 
 

@@ -42,20 +42,35 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .bank_saves import (  # noqa: F401 - the protocol's names, also the bank's
-    BANK_FOLDER, INDEX_PATH, MODELS_PATH, SAVE_GRACE, SAVING_FOLDER, VERSIONS_PATH, begin_save,
-    drop_stale_saves, end_save, invalidate, saving,
+    BANK_FOLDER,
+    INDEX_PATH,
+    MODELS_PATH,
+    SAVE_GRACE,
+    SAVING_FOLDER,
+    VERSIONS_PATH,
+    begin_save,
+    drop_stale_saves,
+    end_save,
+    invalidate,
+    saving,
 )
 from .errors import Conflict, ModelError, NotFound
 from .models import (
-    ModelManifest, check_estimator, list_models, loads_model, manifest_path, model_path,
-    model_problem, read_manifest,
+    ModelManifest,
+    check_estimator,
+    list_models,
+    loads_model,
+    manifest_path,
+    model_path,
+    model_problem,
+    read_manifest,
 )
 from .sensor_codes import sensor_keys
 from .sensors import Sensor, parse_sensors, sensor_columns, sorted_unique

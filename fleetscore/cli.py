@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .errors import AlreadyRunning, FleetscoreError, InputError, UsageError
 from .hours import Hour, hour_range
 from .settings import Settings
 from .text import count
-from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 
 # -h as well as --help, on every command. Markdown mode joins a docstring's wrapped lines
 # into paragraphs, so help rewraps to the terminal instead of breaking where the source did.
@@ -451,7 +451,8 @@ def run(
     to: Annotated[str | None, typer.Option("--to", help="Last hour of a range (inclusive).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every hour that has data.")] = False,
     sensors: Annotated[list[str] | None, typer.Option(
-        "--sensors", metavar="DEVICE/TAG", help="Rerun only these sensors (DEVICE/TAG; repeat the option); the "
+        "--sensors", metavar="DEVICE/TAG",
+        help="Rerun only these sensors (DEVICE/TAG; repeat the option); the "
         "hour's other predictions stay.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Rerun hours whose last run succeeded.")] = False,
@@ -696,7 +697,8 @@ def runs_list(
         return
     table = Table("window", "status", "scored", "failed", "anomalies", "finished", "run id")
     for r in rows[:limit]:
-        table.add_row(r.window, _status_cell(r.status), _count(r.scored), _count(r.failed), _count(r.anomalies), r.finished or "",
+        table.add_row(r.window, _status_cell(r.status), _count(r.scored), _count(r.failed),
+                      _count(r.anomalies), r.finished or "",
                       r.run_id or "")
     out.print(table)
     counts = {}
@@ -821,7 +823,8 @@ def replay(
     try:
         with _progress(f"replaying {readings.name}") as progress:
             summary = send(readings, producer, speed=pace, batch_size=batch_size,
-                           shift_to_now=shift_to_now, progress=(lambda n: progress(n, 0)) if progress else None)
+                           shift_to_now=shift_to_now,
+                           progress=(lambda n: progress(n, 0)) if progress else None)
     finally:
         producer.close()
     out.print(f"sent {summary.sent:,} readings in {summary.batches:,} batches to {hub} in "

@@ -33,7 +33,6 @@ straggler unit of an earlier run may still read them); older ones are deleted.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
@@ -44,12 +43,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .compacted import (  # noqa: F401 - the compacted hour's names, also compaction's
-    FORMAT, MIN_FILES, compacted_folder, files_for, manifest_path, read_manifest,
+    FORMAT,
+    MIN_FILES,
+    compacted_folder,
+    files_for,
+    manifest_path,
+    read_manifest,
     usable_manifest,
 )
 from .errors import InputError
 from .hours import Hour
-from .sensors import Sensor
 from .stores import Store
 from .windows import PART_SCHEMA, read_raw_points, windows_folder
 

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .hours import Hour, hour_range
 from .text import count
-from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .windows import window_end_ms
 
 DEMO_START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -67,10 +67,10 @@ def make_fleet(sensors: int = 40, hours: int = 6, seed: int = 0) -> Fleet:
         value = level + drift * t + cycle * np.sin(2 * np.pi * t / period_ms) \
             + rng.normal(0, noise, len(ts))
         kinds = np.full(len(ts), "", dtype=object)
-        for kind, length_min, count in (("spike", (2, 4), rng.integers(1, 3)),
+        for kind, length_min, times in (("spike", (2, 4), rng.integers(1, 3)),
                                         ("shift", (10, 20), int(rng.random() < 0.4)),
                                         ("stuck", (10, 20), int(rng.random() < 0.2))):
-            for _ in range(count):
+            for _ in range(times):
                 length = int(rng.integers(*length_min)) * 60_000
                 begin = int(rng.integers(score_from_ms, start_ms + span_ms - length))
                 mask = (ts > begin) & (ts <= begin + length)
@@ -182,13 +182,12 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
     """The whole pipeline; ``progress(label)`` gives a context whose value, when not None, is
     called with (done, total) as a stage advances (the CLI's progress bar)."""
     from .backends.local import LocalBackend
-    from .engine import ENGINE
     from .bank import rebuild_bank
+    from .engine import ENGINE
     from .errors import UsageError
     from .ingest import ingest_file
-    from .runs import read_predictions
     from .report import write_report
-    from .runs import run_hour
+    from .runs import read_predictions, run_hour
     from .settings import Settings
     from .stores import LocalStore
 

@@ -46,8 +46,19 @@ from .sensor_codes import sort_by_sensor
 from .sensors import Sensor
 from .stores import Store
 from .windows import (
-    DAY_FOLDER, HOURS_PER_DAY, PART_SCHEMA, aggregate, area_folder, by_day, check_interval,
-    day_part_path, day_path, encode_part, list_days, part_path, window_end_ms,
+    DAY_FOLDER,
+    HOURS_PER_DAY,
+    PART_SCHEMA,
+    aggregate,
+    area_folder,
+    by_day,
+    check_interval,
+    day_part_path,
+    day_path,
+    encode_part,
+    list_days,
+    part_path,
+    window_end_ms,
 )
 
 REJECTS_KEPT = 100_000

@@ -24,7 +24,12 @@ from typing import Any
 
 from .bank_saves import begin_save, end_save
 from .errors import (
-    InvalidIdError, ModelError, ModelNotFound, NotFound, UntrustedModelError, first_line,
+    InvalidIdError,
+    ModelError,
+    ModelNotFound,
+    NotFound,
+    UntrustedModelError,
+    first_line,
 )
 from .hours import Hour
 from .sensors import Sensor, is_valid_id, sensors_of

@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .hours import Hour
-from .stores import Store
 
 COLUMNS = ("TS", "Device", "Tag", "Val", "Prediction", "Score")
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -141,7 +140,8 @@ def decode(data: bytes, name: str) -> pa.Table:
             return pq.read_table(io.BytesIO(data)).select(list(COLUMNS)).cast(SCHEMA)
         return pcsv.read_csv(
             io.BytesIO(data),
-            convert_options=pcsv.ConvertOptions(column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True))),
+            convert_options=pcsv.ConvertOptions(
+                column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True))),
         ).select(list(COLUMNS))
     except (pa.ArrowInvalid, KeyError) as exc:
         raise InputError(f"predictions file {name} is unreadable: {exc}") from exc

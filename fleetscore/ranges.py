@@ -48,8 +48,17 @@ from .locks import LOCK_TTL
 from .planning import SMALL_FLEET, Plan, Unit, plan_hour
 from .predictions import encode_split, predictions_folder
 from .runs import (
-    DEADLINE, Progress, RunSummary, check_ended, close_hour, closed_manifest, drop_staging,
-    new_run_id, readable_manifest, run_hour, summary_of,
+    DEADLINE,
+    Progress,
+    RunSummary,
+    check_ended,
+    close_hour,
+    closed_manifest,
+    drop_staging,
+    new_run_id,
+    readable_manifest,
+    run_hour,
+    summary_of,
 )
 from .scoring import Group, UnitResult, score_many
 from .sensors import Sensor

@@ -41,8 +41,8 @@ from .hours import Hour, hour_range
 from .predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
 from .runs_table import between, no_runs, read_runs
 from .sensor_codes import sensor_keys
-from .stores.base import READERS, get_many
 from .stores import Store
+from .stores.base import READERS, get_many
 from .text import count
 
 HEATMAP_SENSORS = 60

@@ -27,8 +27,8 @@ import json
 import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -36,14 +36,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, locks, telemetry
-from .bank import registry_damage
 from .backends.base import FAILED, PARTIAL, SUCCEEDED, TERMINAL, ComputeBackend, UnitStatus
+from .bank import registry_damage
 from .compaction import compact_for_run
 from .errors import InputError, NotFound, UsageError
 from .hours import Hour
 from .locks import LOCK_TTL
 from .planning import (
-    Plan, hour_folder, load_plan, load_unit, make_plan, plan_sizes, run_folder, save_plan,
+    Plan,
+    hour_folder,
+    load_plan,
+    load_unit,
+    make_plan,
+    plan_sizes,
+    run_folder,
+    save_plan,
 )
 from .predictions import SCHEMA as PREDICTIONS_SCHEMA
 from .predictions import decode, encode, format_of, predictions_folder
@@ -697,10 +704,13 @@ class Backoff:
             delay = min(self.most, delay * self.factor)
 
 
+BACKOFF = Backoff()
+
+
 def run_hour(
     store: Store, hour: Hour, backend: ComputeBackend, *, sensors: Iterable[Sensor] | None = None,
     unit_size: int | None = None, deadline: timedelta = DEADLINE, ttl: timedelta = LOCK_TTL,
-    progress: Progress | None = None, backoff: Backoff = Backoff(), fmt: str = "csv",
+    progress: Progress | None = None, backoff: Backoff = BACKOFF, fmt: str = "csv",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunSummary:

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .bank import Bank, decide, load_bank, near_boundary
 from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
 from .models import load_model
-from .bank import Bank, decide, load_bank, near_boundary
 from .predictions import encode, format_of, predictions_columns, predictions_path
 from .sensors import Sensor, sorted_unique
 from .stores import Store

@@ -10,6 +10,7 @@ import itertools
 import operator
 import re
 from collections.abc import Iterable, Sequence
+
 from .errors import InvalidIdError
 
 ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
@@ -95,7 +96,7 @@ def sensors_of(pairs: Iterable[tuple[str, str]]) -> list[Sensor]:
     pairs = list(pairs)
     if not pairs:
         return []
-    devices, tags = zip(*pairs)
+    devices, tags = zip(*pairs, strict=True)
     return sensor_columns(devices, tags)
 
 
@@ -107,7 +108,7 @@ def sensor_columns(devices: Sequence[str], tags: Sequence[str]) -> list[Sensor]:
     for tag in set(tags):
         if not is_valid_id(tag):
             validate_id(tag, "Tag")
-    return list(map(_new_sensor, zip(devices, tags)))
+    return list(map(_new_sensor, zip(devices, tags, strict=True)))
 
 
 def parse_sensors(texts: Iterable[str]) -> list[Sensor]:

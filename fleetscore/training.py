@@ -31,8 +31,8 @@ from .models import ModelManifest, save_model
 from .sensors import Sensor
 from .settings import Settings
 from .stores import Store
-from .workers import init_worker, worker_store
 from .windows import by_day, by_sensor, read_points_many
+from .workers import init_worker, worker_store
 
 MIN_POINTS = 10
 GROUP_POINTS = 2_000_000  # points held at once (16 MB of values, plus their windows' rows)

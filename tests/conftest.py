@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetscore.engine import ENGINE
 from fleetscore.settings import Settings
 from fleetscore.stores import LocalStore, Store
-from fleetscore.engine import ENGINE
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
@@ -233,7 +233,6 @@ def fleet_template(tmp_path_factory) -> dict:
     """120 sensors, trained on 2026-01-05T00, scored for 2026-01-05T01 by a clean run."""
     from fleetscore.backends.local import SequentialBackend
     from fleetscore.demo import make_fleet, write_readings_csv
-    from fleetscore.hours import Hour
     from fleetscore.ingest import ingest_file
     from fleetscore.runs import run_hour
     from fleetscore.training import train

@@ -12,8 +12,14 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from fleetscore.bank import (
-    INDEX_PATH, compile_model, decisions_with_magnitude, decode_shard, encode_shard, load_bank,
-    near_boundary, rebuild_bank,
+    INDEX_PATH,
+    compile_model,
+    decisions_with_magnitude,
+    decode_shard,
+    encode_shard,
+    load_bank,
+    near_boundary,
+    rebuild_bank,
 )
 from fleetscore.hours import Hour
 from fleetscore.models import model_path, save_model
@@ -100,7 +106,8 @@ def test_bank_scoring_matches_scikit_learn_at_the_boundary(local_store, tmp_path
         points = _boundary_points(model, lo, hi)[:50]
         points = np.concatenate([points, np.linspace(lo, hi, 60 - len(points))])
         for minute, value in enumerate(points, 1):
-            rows.append((f"2024-03-01 01:{minute - 1:02d}:30.000", sensor.device, sensor.tag, repr(float(value))))
+            rows.append((f"2024-03-01 01:{minute - 1:02d}:30.000", sensor.device, sensor.tag,
+                         repr(float(value))))
         expected[sensor] = (model, points)
     ingest_file(local_store, write_readings(tmp_path / "edge.csv", rows))
     rebuild_bank(local_store)
@@ -108,7 +115,7 @@ def test_bank_scoring_matches_scikit_learn_at_the_boundary(local_store, tmp_path
     result = score_unit(local_store, H1, expected, unit_id="edge")
     assert result.scored == 60 and not result.failures
     preds = _written(local_store, result)
-    for sensor, (model, points) in expected.items():
+    for sensor, (model, _points) in expected.items():
         mask = (np.array(preds["Device"].to_pylist()) == sensor.device)
         got = np.array(preds["Prediction"].to_pylist())[mask]
         vals = np.array(preds["Val"].to_pylist())[mask]
@@ -452,7 +459,11 @@ def test_the_sealed_bank_lists_the_sensors_with_a_model_exactly(local_store):
 
     from fleetscore.bank import begin_save, sensors_with_models
     from fleetscore.models import (
-        ModelManifest, dumps_model, list_models, manifest_path, model_path,
+        ModelManifest,
+        dumps_model,
+        list_models,
+        manifest_path,
+        model_path,
     )
 
     rng = np.random.default_rng(9)

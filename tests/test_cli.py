@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from fleetscore.cli import main
 from fleetscore.readings import parse_ts
 from fleetscore.training import default_model
 from tests.conftest import minute_readings, write_readings
-
-
 
 
 def _aggregate_by_hand(path):

@@ -21,8 +21,6 @@ from fleetscore.training import default_model
 from tests.conftest import minute_readings, write_readings
 
 
-
-
 def fleetscore(*args: str, cwd=None, columns: int = 100) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
     env.pop("FLEETSCORE_DEBUG", None)

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from fleetscore.hours import Hour
-from fleetscore.runs import read_predictions
-from fleetscore.runs import read_manifest
+from fleetscore.runs import read_manifest, read_predictions
 
 reliability = pytest.mark.reliability
 H1 = "2024-03-01T01"

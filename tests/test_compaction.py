@@ -11,18 +11,22 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from benchmarks.bench_sa import (
+    SA_HOUR,
+    encode_sa_file,
+    install_models,
+    sa_hour_tables,
+    sa_sensors,
+    write_sa_hour,
+)
 from fleetscore import compaction
 from fleetscore.backends.local import SequentialBackend
-from benchmarks.bench_sa import (
-    SA_HOUR, encode_sa_file, install_models, sa_hour_tables, sa_sensors, write_sa_hour,
-)
+from fleetscore.engine import ENGINE
 from fleetscore.planning import make_plan
-from fleetscore.runs import read_predictions
-from fleetscore.runs import begin, run_hour
+from fleetscore.runs import begin, read_predictions, run_hour
 from fleetscore.scoring import score_unit
 from fleetscore.stores.counting import CountingStore
 from fleetscore.windows import read_points, windows_folder
-from fleetscore.engine import ENGINE
 
 N = 300  # 5 compacted row groups; with FILE_SENSORS lowered below, 3 files
 HOUR = SA_HOUR
@@ -163,7 +167,7 @@ def test_a_run_compacts_in_begin_and_a_late_file_recompacts_and_is_scored(store)
 
 
 def test_predictions_equal_the_uncompacted_path(store, small_files):
-    sensors = _sa_store(store)
+    _sa_store(store)
     plan = make_plan(store, HOUR, unit_size=37)
     raw = {}
     for unit in plan.units:

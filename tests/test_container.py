@@ -18,11 +18,11 @@ import pytest
 
 from fleetscore.backends.batch import BatchBackend
 from fleetscore.backends.local import SequentialBackend
+from fleetscore.engine import ENGINE
 from fleetscore.hours import Hour
 from fleetscore.planning import make_plan, save_plan
 from fleetscore.settings import BatchSettings, Settings
 from fleetscore.stores import LocalStore
-from fleetscore.engine import ENGINE
 
 pytestmark = pytest.mark.container
 

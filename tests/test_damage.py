@@ -48,7 +48,8 @@ DAMAGES = ("garbage", "truncated", "wrong_shape", "gone")
 # them names them instead (readings parts are the raw input of `ingest`, never read again by
 # scoring; leftovers of a crashed run are dropped by the next run of the hour).
 VERIFY_SILENT = {("readings_part", d) for d in DAMAGES} | {
-    (k, d) for k in LEFTOVERS for d in DAMAGES} | {("bank_index", "gone"), ("bank_models", "gone"), ("bank_versions", "gone")}
+    (k, d) for k in LEFTOVERS for d in DAMAGES} | {
+    ("bank_index", "gone"), ("bank_models", "gone"), ("bank_versions", "gone")}
 
 
 def _first(paths: list[str], prefix: str, suffix: str) -> str:

@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 
 from fleetscore import ingest as ingest_module
 from fleetscore.arrivals import (
-    day_arrival_path, hours_with_arrivals, read_arrivals, read_arrivals_many,
+    day_arrival_path,
+    hours_with_arrivals,
+    read_arrivals,
+    read_arrivals_many,
 )
 from fleetscore.errors import InputError
 from fleetscore.hours import Hour
@@ -26,7 +29,10 @@ from fleetscore.ingest import day_readings_path, ingest_file, readings_path
 from fleetscore.sensors import Sensor
 from fleetscore.stores import LocalStore
 from fleetscore.windows import (
-    day_part_path, part_path, read_points, read_points_many,
+    day_part_path,
+    part_path,
+    read_points,
+    read_points_many,
 )
 from tests.conftest import write_readings
 
@@ -179,8 +185,8 @@ def test_read_points_many_equals_read_points_and_reads_each_day_part_once(store,
 
 def test_read_points_many_reads_day_parts_beside_compacted_hours(local_store):
     """A Stream Analytics hour, compacted, and a source's day part with rows of that hour."""
-    from fleetscore import compaction
     from benchmarks.bench_sa import SA_HOUR, sa_sensors, write_sa_hour
+    from fleetscore import compaction
     from fleetscore.windows import PART_SCHEMA, encode_part
 
     sensors = sa_sensors(16)

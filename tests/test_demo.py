@@ -6,8 +6,8 @@ import pyarrow as pa
 
 from fleetscore.demo import evaluate, make_fleet, run_demo
 from fleetscore.hours import hour_range
-from fleetscore.runs import read_predictions
 from fleetscore.readings import parse_ts
+from fleetscore.runs import read_predictions
 from fleetscore.stores import LocalStore
 from fleetscore.windows import by_sensor, read_points
 
@@ -16,7 +16,7 @@ def test_fleet_has_labels_only_after_training_hours():
     fleet = make_fleet(sensors=10, hours=3, seed=1)
     labels = fleet.labels.to_pydict()
     train_end = (fleet.first + fleet.train_hours).start_ms
-    flagged = [e for e, a in zip(labels["End"], labels["Anomaly"]) if a]
+    flagged = [e for e, a in zip(labels["End"], labels["Anomaly"], strict=True) if a]
     assert flagged and min(flagged) > train_end
     assert set(fleet.readings["Device"].to_pylist()) == {"D000", "D001"}
 

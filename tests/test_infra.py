@@ -148,7 +148,7 @@ def _assignments() -> dict[str, dict]:
             r"^resource (\w+) 'Microsoft\.Authorization/roleAssignments@[\d-]+' = (if \(.*?\) )?\{"
             r"(.*?)\n\}", ROLES, re.M | re.S):
         role = re.search(r"roleDefinitions', role\.(\w+)\)", body).group(1)
-        assert f"guid(" in body and f"role.{role})" in body, f"{name}: name not derived from its role"
+        assert "guid(" in body and f"role.{role})" in body, f"{name}: name not derived from its role"
         found[name] = {"scope": re.search(r"^\s+scope: (\w+)", body, re.M).group(1),
                        "principal": re.search(r"principalId: (\w+)", body).group(1),
                        "role": ids[role], "condition": condition.strip()}
@@ -213,7 +213,6 @@ def test_infra_post_provision_hook_builds_in_azds_subscription(tmp_path):
     """`az` may default to another subscription than azd's: the hook names AZURE_SUBSCRIPTION_ID
     (set by azd for the environment). Run the script with a stand-in `az` that records its
     arguments."""
-    import os
     import shlex
     import subprocess
 

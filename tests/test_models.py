@@ -9,7 +9,13 @@ from sklearn.preprocessing import StandardScaler
 
 from fleetscore.errors import InvalidIdError, ModelError, UntrustedModelError
 from fleetscore.models import (
-    import_models, list_models, load_model, loads_model, model_path, read_manifest, save_model,
+    import_models,
+    list_models,
+    load_model,
+    loads_model,
+    model_path,
+    read_manifest,
+    save_model,
     sensor_from_filename,
 )
 from fleetscore.sensors import Sensor

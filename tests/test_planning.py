@@ -4,7 +4,7 @@ import pytest
 
 from fleetscore.errors import UsageError
 from fleetscore.hours import Hour
-from fleetscore.models import model_path, manifest_path
+from fleetscore.models import manifest_path, model_path
 from fleetscore.planning import auto_unit_size, load_unit, make_plan, save_plan
 from fleetscore.sensors import Sensor
 

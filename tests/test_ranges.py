@@ -13,19 +13,18 @@ from fleetscore import locks, ranges
 from fleetscore.arrivals import hours_with_arrivals
 from fleetscore.backends.local import LocalBackend, SequentialBackend
 from fleetscore.bank import rebuild_bank
+from fleetscore.engine import ENGINE
 from fleetscore.errors import FleetscoreError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
 from fleetscore.models import model_path
 from fleetscore.predictions import predictions_folder
-from fleetscore.runs import read_predictions
 from fleetscore.ranges import run_range
-from fleetscore.runs import read_manifest, run_hour
+from fleetscore.runs import read_manifest, read_predictions, run_hour
 from fleetscore.sensors import Sensor
 from fleetscore.stores import LocalStore
 from fleetscore.training import train
 from tests.conftest import copy_tree
-from fleetscore.engine import ENGINE
 
 reliability = pytest.mark.reliability
 
@@ -147,7 +146,8 @@ def test_an_hour_another_run_holds_is_left_to_it_and_named(trained_store):
 def test_an_hour_not_ended_is_refused_before_anything_runs(trained_store):
     future = Hour.from_datetime(__import__("datetime").datetime.now()) + 2
     with pytest.raises(UsageError, match="has not ended"):
-        run_range(trained_store, [*_hours(trained_store), future], SequentialBackend(trained_store, SPAN_ENGINE))
+        run_range(trained_store, [*_hours(trained_store), future],
+                  SequentialBackend(trained_store, SPAN_ENGINE))
     assert all(read_manifest(trained_store, h) is None for h in _hours(trained_store))
 
 

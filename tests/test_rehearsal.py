@@ -23,14 +23,18 @@ from pathlib import Path
 import pytest
 from azure.functions.timer import TimerRequest
 
+from fleetscore.engine import ENGINE
 from fleetscore.hours import Hour, previous_full_hour
 from tests.backends.batch_emulator import (
-    BatchEmulator, IdentityEndpoint, PodmanRunner, ProcessRunner, installed_site,
+    BatchEmulator,
+    IdentityEndpoint,
+    PodmanRunner,
+    ProcessRunner,
+    installed_site,
     self_signed_certificate,
 )
 from tests.conftest import minute_readings, write_readings
 from tests.functions.durable_driver import drive
-from fleetscore.engine import ENGINE
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSORS = [("1", "1"), ("1", "2"), ("dev_a", "t.x")]
@@ -60,8 +64,7 @@ def test_an_hour_through_the_whole_cloud_path(
         run_async, azurite, tmp_path, tmp_path_factory, monkeypatch):
     from fleetscore.backends.local import SequentialBackend
     from fleetscore.ingest import ingest_file
-    from fleetscore.runs import read_predictions
-    from fleetscore.runs import read_manifest, run_hour
+    from fleetscore.runs import read_manifest, read_predictions, run_hour
     from fleetscore.stores import LocalStore
     from fleetscore.training import train
 

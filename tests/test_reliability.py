@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from fleetscore import locks
 from fleetscore.backends.local import LocalBackend, SequentialBackend
-from fleetscore.errors import AlreadyRunning, StoreError
+from fleetscore.engine import ENGINE
+from fleetscore.errors import AlreadyRunning
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
-from fleetscore import locks
 from fleetscore.locks import lock_path
 from fleetscore.runs import read_manifest, run_hour
 from fleetscore.settings import Settings
 from fleetscore.stores import LocalStore
 from tests.conftest import ROOT, Azurite, minute_readings, predictions_snapshot, write_readings
-from fleetscore.engine import ENGINE
 
 reliability = pytest.mark.reliability
 UNIT_SIZE = "30"
@@ -168,7 +168,8 @@ def test_worker_killed_again_fails_its_units_and_a_rerun_heals(fleet_store, flee
     summary, killed = _run_while_killing_workers(fleet_store, fleet_template["hour"], times=None)
     assert killed >= 2 and summary.status == "failed"
     assert {f["kind"] for f in summary.failures} == {"WorkerCrashed"}
-    rerun = run_hour(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    rerun = run_hour(fleet_store, fleet_template["hour"], SequentialBackend(fleet_store, ENGINE),
+                     unit_size=30)
     assert rerun.status == "succeeded"
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
 

@@ -4,12 +4,12 @@ import numpy as np
 import pyarrow as pa
 
 from fleetscore.backends.local import SequentialBackend
+from fleetscore.engine import ENGINE
 from fleetscore.hours import Hour, hour_range
 from fleetscore.models import model_path
 from fleetscore.report import Axis, _Data, hour_rows, tick_hours, write_report
 from fleetscore.runs import run_hour
 from fleetscore.sensors import Sensor
-from fleetscore.engine import ENGINE
 
 
 def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store, tmp_path):

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pytest
 
 from fleetscore.backends.local import SequentialBackend
+from fleetscore.engine import ENGINE
 from fleetscore.hours import Hour
 from fleetscore.report import write_report
 from fleetscore.runs import run_hour
-from fleetscore.engine import ENGINE
 
 INSTALL = "apt-get update && apt-get install -y chromium"
 

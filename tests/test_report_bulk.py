@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from fleetscore.backends.local import SequentialBackend
+from fleetscore.engine import ENGINE
 from fleetscore.hours import Hour, hour_range
 from fleetscore.predictions import COLUMNS, SCHEMA, decode, encode, predictions_folder
 from fleetscore.report import (
@@ -29,7 +30,6 @@ from fleetscore.runs import list_manifests, manifest_path, run_hour
 from fleetscore.runs_table import _parse_manifests, read_runs, summarize
 from fleetscore.runs_table import hour_rows as runs_hour_rows
 from fleetscore.text import count
-from fleetscore.engine import ENGINE
 
 # --- the hour-by-hour reading the report had before (the oracle) ---------------------------
 

@@ -15,8 +15,14 @@ from benchmarks.bench import BENCH_HOUR
 from benchmarks.bench_report import NOISY_EVERY, build, run
 from fleetscore.hours import Hour
 from fleetscore.report import (
-    FAILURES_SHOWN, HEATMAP_SENSORS, TOP_SENSORS, Axis, _fold_predictions, _Fold,
-    _read_predictions, write_report,
+    FAILURES_SHOWN,
+    HEATMAP_SENSORS,
+    TOP_SENSORS,
+    Axis,
+    _Fold,
+    _fold_predictions,
+    _read_predictions,
+    write_report,
 )
 from fleetscore.runs_table import _parse_manifests, read_runs, summarize
 from fleetscore.stores import LocalStore

@@ -8,14 +8,14 @@ import pytest
 from fleetscore import locks, models, runs
 from fleetscore.backends.base import PENDING, RUNNING, UnitStatus
 from fleetscore.backends.local import LocalBackend, SequentialBackend
+from fleetscore.engine import ENGINE
 from fleetscore.errors import LockLost, StoreError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.models import model_path
 from fleetscore.predictions import predictions_folder
-from fleetscore.runs import read_predictions
-from fleetscore.runs import Backoff, manifest_path, read_manifest, run_hour
+from fleetscore.runs import Backoff, manifest_path, read_manifest, read_predictions, run_hour
 from fleetscore.sensors import Sensor
-from fleetscore.engine import ENGINE
+
 reliability = pytest.mark.reliability
 
 H1 = Hour.parse("2024-03-01T01")

@@ -27,7 +27,8 @@ def test_predictions_equal_scikit_learn_for_every_point(trained_store):
         model = load_model(trained_store, sensor)
         p = points[sensor]
         mine = preds.filter(np.array([(d, t) == (sensor.device, sensor.tag) for d, t in
-                                      zip(preds["Device"].to_pylist(), preds["Tag"].to_pylist())]))
+                                      zip(preds["Device"].to_pylist(), preds["Tag"].to_pylist(),
+                                          strict=True)]))
         assert mine["Val"].to_pylist() == p.values.tolist()
         expected = (model.predict(p.values.reshape(-1, 1)) == -1).astype(int)
         assert mine["Prediction"].to_pylist() == expected.tolist()
@@ -52,7 +53,7 @@ def test_a_unit_scores_only_its_own_sensors(trained_store):
     result = score_unit(trained_store, H1, [Sensor("1", "2")])
     assert result.unit_id.startswith("adhoc-")
     preds = read_predictions(trained_store, H1)
-    assert set(zip(preds["Device"].to_pylist(), preds["Tag"].to_pylist())) == {("1", "2")}
+    assert set(zip(preds["Device"].to_pylist(), preds["Tag"].to_pylist(), strict=True)) == {("1", "2")}
 
 
 @pytest.mark.reliability("R23")

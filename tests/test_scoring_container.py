@@ -29,8 +29,7 @@ def _sorted_rows(table) -> list[tuple]:
 def test_container_scores_a_saved_plan_into_its_run_and_changes_nothing_visible(trained_store):
     from fleetscore.hours import Hour
     from fleetscore.predictions import decode
-    from fleetscore.runs import read_predictions
-    from fleetscore.runs import read_unit_result, staged_path
+    from fleetscore.runs import read_predictions, read_unit_result, staged_path
 
     hour = Hour.parse(WINDOW)
     store = trained_store.url

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fleetscore.hours import Hour
 from fleetscore.models import list_models, read_manifest
-from fleetscore.training import groups, train
 from fleetscore.sensors import Sensor
-from collections import Counter
+from fleetscore.training import groups, train
 
 
 def test_groups_hold_at_most_the_budget_in_device_order():

@@ -11,8 +11,15 @@ from fleetscore.hours import Hour
 from fleetscore.readings import parse_ts
 from fleetscore.sensors import Sensor
 from fleetscore.windows import (
-    _row_groups, aggregate, check_interval, combine, encode_part, part_path, read_points,
-    split_hours, window_end_ms,
+    _row_groups,
+    aggregate,
+    check_interval,
+    combine,
+    encode_part,
+    part_path,
+    read_points,
+    split_hours,
+    window_end_ms,
 )
 
 
@@ -45,7 +52,8 @@ def test_aggregate_mean_and_count_per_window_and_hour_split():
     h0, h1 = Hour.parse("2024-01-01T00"), Hour.parse("2024-01-01T01")
     assert set(hours) == {h0, h1}
     assert hours[h0].to_pylist()[0]["Value"] == 2.0 and hours[h0].to_pylist()[0]["Count"] == 2
-    assert [(r["Tag"], r["Value"], r["Count"]) for r in hours[h1].to_pylist()] == [("1", 10.0, 1), ("2", 7.0, 1)]
+    assert [(r["Tag"], r["Value"], r["Count"]) for r in hours[h1].to_pylist()] == [
+        ("1", 10.0, 1), ("2", 7.0, 1)]
 
 
 def test_combining_partials_equals_aggregating_at_once():

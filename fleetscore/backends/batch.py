@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import os
 import shlex
-from importlib import resources
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-
-from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from importlib import resources
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from ..errors import BackendError, UsageError, first_line
 from ..hours import Hour

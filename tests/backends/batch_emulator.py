@@ -739,11 +739,12 @@ class IdentityEndpoint:
 def self_signed_certificate(folder: Path) -> tuple[str, str]:
     """(cert.pem, key.pem) for 127.0.0.1 and localhost; cert.pem doubles as the CA bundle the
     test trusts (REQUESTS_CA_BUNDLE)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "batch-emulator.local")])

@@ -8,14 +8,18 @@ from dataclasses import replace
 from datetime import timedelta
 
 import isodate
-
 import pytest
 from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 from fleetscore.backends.batch import (
-    AUTOSCALE_FORMULA, BatchBackend, autoscale_formula, command_line, job_id,
+    AUTOSCALE_FORMULA,
+    BatchBackend,
+    autoscale_formula,
+    command_line,
+    job_id,
 )
+from fleetscore.engine import ENGINE
 from fleetscore.errors import BackendError, UsageError
 from fleetscore.hours import Hour
 from fleetscore.planning import Unit, make_plan, save_plan
@@ -23,12 +27,12 @@ from fleetscore.runs import Backoff, run_hour, run_unit
 from fleetscore.sensors import Sensor
 from fleetscore.settings import BatchSettings, Settings
 from tests.backends.batch_fake import FakeBatch
-from fleetscore.engine import ENGINE
 
 H1 = Hour.parse("2024-03-01T01")
 RUN = "r1"
 JOB = job_id(H1, RUN)
-IDENTITY = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fleet"
+IDENTITY = ("/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/"
+            "userAssignedIdentities/fleet")
 
 
 @pytest.fixture
@@ -57,7 +61,8 @@ def batch_settings(fake) -> Settings:
 def backend(trained_store, batch_settings):
     client = BatchClient(batch_settings.batch.endpoint,
                          AzureNamedKeyCredential("acct", batch_settings.batch.account_key))
-    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client, environ={}, engine=ENGINE)
+    be = BatchBackend(trained_store, "az://fleetscore", batch_settings, client=client, environ={},
+                      engine=ENGINE)
     yield be
     be.close()
 
@@ -181,7 +186,8 @@ def test_batch_resubmission_finds_existing_tasks_and_job(backend, fake):
     units = _units(3)
     backend.submit(H1, units, run_id=RUN)
     fresh = BatchBackend(backend._store, "az://fleetscore", backend.settings,
-                         client=BatchClient(fake.endpoint, AzureNamedKeyCredential("acct", "a2V5")), engine=ENGINE)
+                         client=BatchClient(fake.endpoint, AzureNamedKeyCredential("acct", "a2V5")),
+                         engine=ENGINE)
     fresh.submit(H1, units, run_id=RUN)  # an activity retried in another worker
     assert len(fake.tasks) == 3 and len(fake.requests("POST", "/jobs")) == 2
     assert len(fake.jobs) == 1

@@ -18,6 +18,7 @@ from azure.core.credentials import AccessToken, AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
 
 from fleetscore.backends.batch import BatchBackend, id_filters, job_id, make_client
+from fleetscore.engine import ENGINE
 from fleetscore.errors import BackendError, NotFound
 from fleetscore.hours import Hour
 from fleetscore.planning import Unit, make_plan, save_plan
@@ -26,9 +27,12 @@ from fleetscore.scoring import UnitResult
 from fleetscore.sensors import Sensor
 from fleetscore.settings import BatchSettings, Settings
 from tests.backends.batch_emulator import (
-    BatchEmulator, IdentityEndpoint, ProcessRunner, installed_site, self_signed_certificate,
+    BatchEmulator,
+    IdentityEndpoint,
+    ProcessRunner,
+    installed_site,
+    self_signed_certificate,
 )
-from fleetscore.engine import ENGINE
 
 ROOT = Path(__file__).resolve().parents[2]
 H1 = Hour.parse("2024-03-01T01")

@@ -6,14 +6,13 @@ import pytest
 
 from fleetscore.backends import load_backend
 from fleetscore.backends.base import ComputeBackend
+from fleetscore.engine import ENGINE
 from fleetscore.errors import UsageError
 from fleetscore.hours import Hour
 from fleetscore.ingest import ingest_file
-from fleetscore.runs import read_predictions
-from fleetscore.runs import read_manifest, run_hour
+from fleetscore.runs import read_manifest, read_predictions, run_hour
 from fleetscore.settings import Settings
 from fleetscore.training import train
-from fleetscore.engine import ENGINE
 
 H1 = Hour.parse("2024-03-01T01")
 

@@ -82,7 +82,7 @@ class Replay:
     history: list[dict]
     calls: list[tuple[str, Any]] = field(default_factory=list)
     episodes: int = 0
-    sub_orchestrations: list["Replay"] = field(default_factory=list)
+    sub_orchestrations: list[Replay] = field(default_factory=list)
     context_json: str = ""
     instance_id: str = ""
     executions: int = 1
@@ -184,7 +184,8 @@ class Shim:
         self.work[task_id] = {"kind": kind, **what}
         past = self.scheduled.get(task_id)
         if past is not None:  # DTFx's non-determinism check: same kind, same function
-            if SCHEDULING[past["EventType"]] != kind or past.get("Name") != what.get("name", past.get("Name")):
+            named = what.get("name", past.get("Name"))
+            if SCHEDULING[past["EventType"]] != kind or past.get("Name") != named:
                 raise Disagreement(f"task {task_id} was {SCHEDULING[past['EventType']]} "
                                    f"{past.get('Name')} in the history, now {kind} {what.get('name')}")
         self.waiting[task_id] = lambda e: future.resolve(e["EventType"] in FAILURES)

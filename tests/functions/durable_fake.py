@@ -37,7 +37,6 @@ import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 ACTIVE = ("Pending", "Running", "ContinuedAsNew", "Suspended")  # a start with this id is refused
 
 
@@ -84,8 +83,10 @@ class DurableFake:
                         state = existing["runtimeStatus"]
                         return self._send(500, {
                             "Message": "Something went wrong while processing your request",
-                            "ExceptionMessage": f"An Orchestration instance with the status {state} already exists.",
-                            "ExceptionType": "DurableTask.Core.Exceptions.OrchestrationAlreadyExistsException",
+                            "ExceptionMessage": f"An Orchestration instance with the status "
+                                                f"{state} already exists.",
+                            "ExceptionType": "DurableTask.Core.Exceptions."
+                                             "OrchestrationAlreadyExistsException",
                         })
                     fake.starts.append((name, iid, body))
                     fake.instances[iid] = {"name": name, "instanceId": iid, "runtimeStatus": "Pending",
@@ -160,8 +161,11 @@ class DurableFake:
         return json.dumps({
             "taskHubName": "fleetscore",
             "creationUrls": {
-                "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?code=test",
-                "createAndWaitOnNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?timeout={{timeoutInSeconds}}&pollingInterval={{intervalInSeconds}}&code=test",
+                "createNewInstancePostUri":
+                    f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?code=test",
+                "createAndWaitOnNewInstancePostUri":
+                    f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]"
+                    "?timeout={timeoutInSeconds}&pollingInterval={intervalInSeconds}&code=test",
             },
             "managementUrls": {
                 "id": "INSTANCEID",

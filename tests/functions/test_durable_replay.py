@@ -9,9 +9,9 @@ from datetime import datetime
 
 import azure.durable_functions as df
 import pytest
+from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as H
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as H
 
 from tests.functions.durable_driver import Disagreement, drive
 from tests.functions.test_orchestrator import WINDOW, Doubles
@@ -230,7 +230,7 @@ def test_durable_failing_status_and_plan_are_retried_by_hand_and_the_run_complet
     statuses = [i for i, k in enumerate(kinds) if k == (int(H.TASK_SCHEDULED), "unit_status")]
     created = [e for e in sub.history if e["EventType"] == int(H.TIMER_CREATED)]
     gaps = sorted({(datetime.fromisoformat(b["FireAt"]) - datetime.fromisoformat(a["FireAt"]))
-                   .total_seconds() for a, b in zip(created, created[1:])})
+                   .total_seconds() for a, b in zip(created, created[1:], strict=False)})
     assert 5.0 in gaps and 30.0 in gaps  # retry timers (5 s) between the poll timers (30 s)
     for index in statuses[1:]:
         assert kinds[index - 1][0] == int(H.TIMER_CREATED)  # every call follows its own timer

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-
-import pytest
 from datetime import UTC, datetime
 
 import azure.functions as func
+import pytest
 
 from fleetscore.arrivals import read_arrivals
 from fleetscore.hours import Hour
@@ -69,9 +68,10 @@ def test_trigger_keeps_garbage_aside_and_never_fails_the_batch(app_functions, fu
 
 
 def test_trigger_arrivals_drive_the_plan(app_functions, functions_env, fleet_csv):
+    import numpy as np
+
     from fleetscore.models import save_model
     from fleetscore.training import default_model
-    import numpy as np
 
     store = functions_env.store()
     model = default_model().fit(np.arange(20.0).reshape(-1, 1))

@@ -84,7 +84,8 @@ def test_function_app_requirements_pinned_and_in_step_with_the_package():
             reqs[name.lower()] = version
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {}
-    for dep in [*project["dependencies"], *(d for ds in project["optional-dependencies"].values() for d in ds)]:
+    extras = (d for ds in project["optional-dependencies"].values() for d in ds)
+    for dep in [*project["dependencies"], *extras]:
         name, _, version = dep.partition("==")
         assert version, f"pyproject.toml: {dep} is not pinned"
         pins[name.lower()] = version

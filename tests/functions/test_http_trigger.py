@@ -10,8 +10,8 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from fleetscore.hours import Hour, previous_full_hour
 from fleetscore.engine import ENGINE
+from fleetscore.hours import Hour, previous_full_hour
 
 PAST = str(Hour.from_datetime(datetime.now(UTC)) - 5)
 PAST_IID = "score-" + PAST.replace("-", "")

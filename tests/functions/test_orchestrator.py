@@ -7,9 +7,9 @@ from collections import Counter
 from datetime import datetime
 
 import pytest
+from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as H
 
 from tests.functions.durable_driver import drive, event, handle
-from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as H
 
 WINDOW = "2024-03-01T01"
 
@@ -111,7 +111,7 @@ def test_orchestrator_timer_loop_polls_until_units_finish(orchestrator_functions
     timers = [e for e in sub.history if e["EventType"] == int(H.TIMER_FIRED)]
     assert len(timers) == 3  # two polls saw "running", the third "succeeded"
     fired = [datetime.fromisoformat(e["FireAt"]) for e in timers]
-    assert [(b - a).total_seconds() for a, b in zip(fired, fired[1:])] == [30.0, 30.0]
+    assert [(b - a).total_seconds() for a, b in zip(fired, fired[1:], strict=False)] == [30.0, 30.0]
     assert [n for n, _ in replay.calls].count("unit_status") == 3
     assert replay.output["status"] == "succeeded"
 
@@ -189,8 +189,7 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     from fleetscore.hours import Hour
     from fleetscore.ingest import ingest_file
     from fleetscore.models import model_path
-    from fleetscore.runs import read_predictions
-    from fleetscore.runs import read_manifest
+    from fleetscore.runs import read_manifest, read_predictions
     from fleetscore.sensors import Sensor
     from fleetscore.training import train
 
