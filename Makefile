@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with python3 (>= 3.11) and node:
 #   make demo   - synthetic fleet end to end: ingest, train, score, report
-#   make test   - the linter (ruff) and the whole test suite (Azurite included)
+#   make test   - ruff, mypy (strict on the bottom layers) and the whole test suite (Azurite included)
 #   make container-test - only the scoring image, built with podman and run as Batch runs it
 PYTHON ?= python3
 VENV := .venv
@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(AZURITE)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # podman, runc and debootstrap are installed by the test when missing (root and apt-get);

@@ -98,7 +98,8 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 def error_class(kind: str) -> type[FleetscoreError]:
     """The error type named ``kind`` (an error reported across a process boundary by its
     kind), FleetscoreError when none is."""
-    stack, found = [FleetscoreError], {}
+    stack: list[type[FleetscoreError]] = [FleetscoreError]
+    found: dict[str, type[FleetscoreError]] = {}
     while stack:
         cls = stack.pop()
         found.setdefault(cls.__name__, cls)

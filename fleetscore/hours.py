@@ -26,7 +26,8 @@ class Hour:
         if not match:
             raise UsageError(f"invalid hour {text!r}: expected YYYY-MM-DDTHH, e.g. 2018-08-29T01")
         try:
-            start = datetime(*(int(g) for g in match.groups()), tzinfo=UTC)
+            year, month, day, hour = (int(g) for g in match.groups())
+            start = datetime(year, month, day, hour, tzinfo=UTC)
         except ValueError as exc:
             raise UsageError(f"invalid hour {text!r}: {exc}") from exc
         return cls.from_datetime(start)

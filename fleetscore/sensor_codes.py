@@ -4,7 +4,7 @@ two string columns row by row is most of the cost of sorting millions of rows by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,14 +26,14 @@ class SensorCodes(NamedTuple):
         return self.devices.take(pa.array(codes // n)), self.tags.take(pa.array(codes % n))
 
 
-def sensor_keys(devices, tags) -> pa.Array:
+def sensor_keys(devices: Any, tags: Any) -> pa.Array:
     """Each row's sensor as its ``Device/Tag`` key (``str(Sensor)``), one array. The columns
     are arrays, or anything ``pa.array`` takes (lists, numpy arrays of str)."""
     keys = pc.binary_join_element_wise(_strings(devices), _strings(tags), "/")
     return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
-def _strings(column) -> pa.Array | pa.ChunkedArray:
+def _strings(column: Any) -> pa.Array | pa.ChunkedArray:
     return column if isinstance(column, pa.Array | pa.ChunkedArray) else pa.array(column,
                                                                                 pa.string())
 

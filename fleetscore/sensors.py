@@ -39,7 +39,7 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
-class Sensor(tuple):
+class Sensor(tuple[str, str]):
     """A (device, tag) pair. A tuple underneath: hashing, equality and ordering (by device,
     then tag) run in C, which sets and sorts of a whole fleet's sensors feel."""
 
@@ -55,7 +55,7 @@ class Sensor(tuple):
     tag = property(operator.itemgetter(1))
 
     def __getnewargs__(self) -> tuple[str, str]:
-        return tuple(self)
+        return self[0], self[1]
 
     def __repr__(self) -> str:
         return f"Sensor(device={self[0]!r}, tag={self[1]!r})"

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from .errors import UsageError
 
@@ -87,11 +88,11 @@ class Settings:
             store=env.get("FLEETSCORE_STORE", DEFAULT_STORE),
             interval_s=_int(env, "FLEETSCORE_INTERVAL_SECONDS", DEFAULT_INTERVAL_S),
             backend=env.get("FLEETSCORE_BACKEND", "local"),
-            workers=_int(env, "FLEETSCORE_WORKERS", None),
+            workers=_optional_int(env, "FLEETSCORE_WORKERS"),
             storage_connection_string=env.get("FLEETSCORE_STORAGE_CONNECTION_STRING") or None,
             storage_account_url=env.get("FLEETSCORE_STORAGE_ACCOUNT_URL") or None,
             storage_retries=_int(env, "FLEETSCORE_STORAGE_RETRIES", 5),
-            unit_size=_int(env, "FLEETSCORE_UNIT_SIZE", None),
+            unit_size=_optional_int(env, "FLEETSCORE_UNIT_SIZE"),
             fanout=_int(env, "FLEETSCORE_FANOUT", 200),
             poll_seconds=_int(env, "FLEETSCORE_POLL_SECONDS", 30),
             unit_deadline_minutes=_int(env, "FLEETSCORE_UNIT_DEADLINE_MINUTES", 120),
@@ -107,7 +108,7 @@ class Settings:
         return settings
 
     def orchestration_input(self, window: str, *, sensors: list[str] | None = None,
-                            force: bool = False) -> dict:
+                            force: bool = False) -> dict[str, Any]:
         """What a starter hands the orchestrator: it reads no settings of its own."""
         return {"window": window, "sensors": sensors, "force": force, "backend": self.backend,
                 "unit_size": self.unit_size, "fanout": self.fanout,
@@ -117,10 +118,15 @@ class Settings:
                 "unit_deadline_minutes": self.unit_deadline_minutes}
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    found = _optional_int(env, name)
+    return default if found is None else found
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name)
-    if raw in (None, ""):
-        return default
+    if raw is None or raw == "":
+        return None
     try:
         return int(raw)
     except ValueError as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -87,7 +87,7 @@ class BlobStore(Store):
             raise StoreError(f"cannot open blob container {container!r}: {first_line(exc)}") from exc
 
     @contextmanager
-    def _errors(self, action: str, path: str):
+    def _errors(self, action: str, path: str) -> Iterator[None]:
         """Convert SDK exceptions where the SDK is called: callers see only StoreError types."""
         try:
             yield
@@ -185,7 +185,8 @@ class BlobStore(Store):
     def open(self, path: str) -> BinaryIO:
         if self._arrow is not None:
             try:
-                return self._arrow.open_input_file(f"{self._container}/{check_path(path)}")
+                return cast(BinaryIO, self._arrow.open_input_file(
+                    f"{self._container}/{check_path(path)}"))
             except FileNotFoundError as exc:
                 raise NotFound(f"{path} not found in store {self.url}") from exc
             except OSError as exc:
@@ -198,7 +199,7 @@ class BlobStore(Store):
         # Parquet readers ask for the footer (one read) and the row groups they need
         # (``pre_buffer`` coalesces their column chunks into one read per run of groups); a
         # buffer in between would turn every small read into a 1 MiB request.
-        return _RangeReader(blob, size, path, self.url)
+        return cast(BinaryIO, _RangeReader(blob, size, path, self.url))
 
     def close(self) -> None:
         if not self._closed:
@@ -216,7 +217,7 @@ class BlobStore(Store):
 _ARROW_PID: int | None = None
 
 
-def _arrow_filesystem(client: ContainerClient, container: str):
+def _arrow_filesystem(client: ContainerClient, container: str) -> Any:
     """pyarrow's AzureFileSystem for the same account, endpoint and credential as ``client``,
     or None when they do not map onto it, or in a fork of a process that already used one
     (then the SDK's range reader below serves reads).
@@ -270,7 +271,7 @@ class _RangeReader(io.RawIOBase):
     """Seekable reads of one blob by HTTP range, so Parquet readers fetch the footer and the
     row groups they need instead of the whole hour."""
 
-    def __init__(self, blob, size: int, path: str, url: str) -> None:
+    def __init__(self, blob: Any, size: int, path: str, url: str) -> None:
         self._blob, self._size, self._pos = blob, size, 0
         self._path, self._url = path, url
 
@@ -291,7 +292,7 @@ class _RangeReader(io.RawIOBase):
     def size(self) -> int:
         return self._size
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         length = min(len(buffer), self._size - self._pos)
         if length <= 0:
             return 0

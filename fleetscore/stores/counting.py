@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from .base import Store
 
@@ -29,10 +29,10 @@ class Counts:
     """requests[area][op] and bytes_read[area]."""
 
     def __init__(self) -> None:
-        self.requests: dict[str, Counter] = {}
-        self.bytes_read: Counter = Counter()
-        self.opened: Counter = Counter()  # path -> times opened
-        self.read_paths: Counter = Counter()  # path -> bytes read (get or ranges)
+        self.requests: dict[str, Counter[str]] = {}
+        self.bytes_read: Counter[str] = Counter()
+        self.opened: Counter[str] = Counter()  # path -> times opened
+        self.read_paths: Counter[str] = Counter()  # path -> bytes read (get or ranges)
 
     def add(self, path: str, op: str, nbytes: int = 0) -> None:
         area = area_of(path)
@@ -47,7 +47,7 @@ class Counts:
     def total_bytes(self, *areas: str) -> int:
         return sum(n for a, n in self.bytes_read.items() if not areas or a in areas)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"requests": {a: dict(c) for a, c in sorted(self.requests.items())},
                 "bytes_read": dict(sorted(self.bytes_read.items()))}
 
@@ -91,7 +91,7 @@ class CountingStore(Store):
         self.counts.add(prefix, "list")
         return self.inner.list(prefix)
 
-    def list_info(self, prefix: str = ""):
+    def list_info(self, prefix: str = "") -> Iterator[tuple[str, int | None, str | None]]:
         self.counts.add(prefix, "list")
         return self.inner.list_info(prefix)
 
@@ -103,7 +103,7 @@ class CountingStore(Store):
         handle = self.inner.open(path)
         self.counts.add(path, "open")
         self.counts.opened[path] += 1
-        return _CountingHandle(handle, path, self.counts)
+        return cast(BinaryIO, _CountingHandle(handle, path, self.counts))
 
     def close(self) -> None:
         self.inner.close()
@@ -115,7 +115,7 @@ class CountingStore(Store):
 class _CountingHandle(io.RawIOBase):
     """Counts the reads a file handle serves from the store (see the module's docstring)."""
 
-    def __init__(self, handle, path: str, counts: Counts) -> None:
+    def __init__(self, handle: BinaryIO, path: str, counts: Counts) -> None:
         super().__init__()
         self._inner, self._path, self._counts = handle, path, counts
         raw = getattr(handle, "raw", None)
@@ -124,8 +124,8 @@ class _CountingHandle(io.RawIOBase):
             # A buffer over our own range reader: count the range requests it makes.
             original = raw.readinto
 
-            def counted(buffer, _original=original):
-                n = _original(buffer)
+            def counted(buffer: Any, _original: Any = original) -> int:
+                n: int = _original(buffer)
                 if n:
                     self._counts.add(self._path, "range", n)
                 return n
@@ -148,8 +148,8 @@ class _CountingHandle(io.RawIOBase):
     def size(self) -> int:
         return self._inner.seek(0, io.SEEK_END)
 
-    def readinto(self, buffer) -> int:
-        n = self._inner.readinto(buffer)
+    def readinto(self, buffer: Any) -> int:
+        n: int | None = self._inner.readinto(buffer)  # type: ignore[attr-defined]
         if n and not self._raw_counted:
             self._counts.add(self._path, "range", n)
         return n or 0

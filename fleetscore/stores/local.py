@@ -226,7 +226,7 @@ class LocalStore(Store):
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter(sorted(path for path, _ in self._walk(prefix)))
 
-    def _walk(self, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         """(store path, directory entry) of every file under ``prefix``, in no order."""
         rel = prefix.strip("/")
         if rel:
