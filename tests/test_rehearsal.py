@@ -27,7 +27,6 @@ from fleetscore.engine import ENGINE
 from fleetscore.hours import Hour, previous_full_hour
 from tests.backends.batch_emulator import (
     BatchEmulator,
-    IdentityEndpoint,
     PodmanRunner,
     ProcessRunner,
     installed_site,
@@ -35,6 +34,7 @@ from tests.backends.batch_emulator import (
 )
 from tests.conftest import minute_readings, write_readings
 from tests.functions.durable_driver import drive
+from tests.identity_endpoint import IdentityEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSORS = [("1", "1"), ("1", "2"), ("dev_a", "t.x")]

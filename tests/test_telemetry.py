@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT
+from tests.identity_endpoint import IdentityEndpoint
 
 PROBE = """
 import sys
@@ -76,50 +77,7 @@ print(sorted(got.items()))
     assert got["fleetscore.unit.duration"] == (0.25, window)
 
 
-class _IdentityEndpoint:
-    """Stands in for App Service's managed-identity endpoint (IDENTITY_ENDPOINT): answers a
-    token request naming CLIENT_ID, refuses one naming no client id (an app with only a
-    user-assigned identity), and records the queries it was asked."""
-
-    CLIENT_ID = "11111111-2222-3333-4444-555555555555"
-
-    def __enter__(self):
-        import json
-        import threading
-        import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import parse_qs, urlparse
-
-        seen = self.seen = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's spelling
-                query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-                seen.append(query)
-                if query.get("client_id") == _IdentityEndpoint.CLIENT_ID:
-                    status, body = 200, {"access_token": "token", "token_type": "Bearer",
-                                         "expires_on": str(int(time.time()) + 3600),
-                                         "resource": query.get("resource", "")}
-                else:
-                    status, body = 400, {"error": "no system-assigned identity"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/msi/token"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"  # the app's user-assigned identity
 
 
 def test_telemetry_sends_with_the_managed_identity(monkeypatch):
@@ -137,17 +95,17 @@ def test_telemetry_sends_with_the_managed_identity(monkeypatch):
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
                  "AZURE_FEDERATED_TOKEN_FILE", "MSI_ENDPOINT", "MSI_SECRET"):
         monkeypatch.delenv(name, raising=False)
-    with _IdentityEndpoint() as endpoint:
-        monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.url)
-        monkeypatch.setenv("IDENTITY_HEADER", "header")
+    with IdentityEndpoint(client_id=CLIENT_ID) as endpoint:
+        for name, value in endpoint.environment().items():
+            monkeypatch.setenv(name, value)
         env = {"APPLICATIONINSIGHTS_CONNECTION_STRING":
                    "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
                    "IngestionEndpoint=http://127.0.0.1:9/",
-               "AZURE_CLIENT_ID": endpoint.CLIENT_ID}
+               "AZURE_CLIENT_ID": CLIENT_ID}
         assert telemetry.setup("probe", env) is True
         assert len(calls) == 1
         credential = calls[0].get("credential")
         assert credential is not None, "configure_azure_monitor got no credential"
         assert credential.get_token("https://monitor.azure.com//.default").token == "token"
-    assert endpoint.seen and endpoint.seen[-1]["client_id"] == endpoint.CLIENT_ID
+    assert endpoint.requests and endpoint.requests[-1]["client_id"] == CLIENT_ID
     assert calls[0]["connection_string"] == env["APPLICATIONINSIGHTS_CONNECTION_STRING"]

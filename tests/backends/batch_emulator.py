@@ -683,59 +683,6 @@ class BatchEmulator:
         return [c for c in self.calls if c.method == method and re.fullmatch(pattern, c.path)]
 
 
-# --- Microsoft Entra ID, as the Functions host's managed identity endpoint serves it -----------
-
-
-class IdentityEndpoint:
-    """The App Service / Functions managed identity endpoint (``IDENTITY_ENDPOINT`` +
-    ``IDENTITY_HEADER``, api-version 2019-08-01) that azure.identity's ManagedIdentityCredential,
-    and so DefaultAzureCredential, asks for tokens on Azure Functions. It hands out ``token``."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.secret = uuid.uuid4().hex
-        self.requests: list[dict] = []
-
-    def start(self) -> IdentityEndpoint:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-                endpoint.requests.append(query)
-                if self.headers.get("X-IDENTITY-HEADER") != endpoint.secret:
-                    status, body = 401, {"error": "missing X-IDENTITY-HEADER"}
-                else:
-                    expires = int(dt.datetime.now(dt.UTC).timestamp()) + 3600
-                    status, body = 200, {"access_token": endpoint.token,
-                                         "expires_on": str(expires),
-                                         "resource": query.get("resource"),
-                                         "token_type": "Bearer",
-                                         "client_id": query.get("client_id", "system")}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/msi/token"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def environment(self) -> dict[str, str]:
-        return {"IDENTITY_ENDPOINT": self.url, "IDENTITY_HEADER": self.secret}
-
-
 def self_signed_certificate(folder: Path) -> tuple[str, str]:
     """(cert.pem, key.pem) for 127.0.0.1 and localhost; cert.pem doubles as the CA bundle the
     test trusts (REQUESTS_CA_BUNDLE)."""

@@ -28,11 +28,11 @@ from fleetscore.sensors import Sensor
 from fleetscore.settings import BatchSettings, Settings
 from tests.backends.batch_emulator import (
     BatchEmulator,
-    IdentityEndpoint,
     ProcessRunner,
     installed_site,
     self_signed_certificate,
 )
+from tests.identity_endpoint import IdentityEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 H1 = Hour.parse("2024-03-01T01")

@@ -23,66 +23,16 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from tests.backends.batch_emulator import self_signed_certificate
+from tests.identity_endpoint import IdentityEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "7c3f2b1e-0000-4000-8000-000000000001"  # the app's user-assigned identity
-SECRET = "identity-header-secret"
-
-
-class Identity:
-    """The managed identity endpoint. ``refuse_after``: answer 400 to every request after that
-    many (a token that can no longer be had, for whichever client asks next)."""
-
-    def __init__(self, refuse_after: int | None = None) -> None:
-        self.requests: list[dict] = []
-        self.refuse_after = refuse_after
-
-    def start(self) -> Identity:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-                endpoint.requests.append(query)
-                refused = (endpoint.refuse_after is not None
-                           and len(endpoint.requests) > endpoint.refuse_after)
-                if self.headers.get("X-IDENTITY-HEADER") != SECRET:
-                    status, body = 401, {"error": "missing X-IDENTITY-HEADER"}
-                elif query.get("client_id") != CLIENT_ID or refused:
-                    status, body = 400, {"statusCode": 400, "message":
-                                         "Unable to load the proper Managed Identity."}
-                else:
-                    status, body = 200, {"access_token": "token-for-the-app",
-                                         "expires_on": str(int(time.time()) + 3600),
-                                         "resource": query.get("resource"),
-                                         "token_type": "Bearer", "client_id": CLIENT_ID}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/msi/token"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Account:
@@ -165,10 +115,10 @@ def certificate(tmp_path_factory):
     return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
-def _child(account: Account, identity: Identity, cert: str, **env: str | None):
+def _child(account: Account, identity: IdentityEndpoint, cert: str, **env: str | None):
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith(("AZURE_", "IDENTITY_", "MSI_", "APPLICATIONINSIGHTS_"))}
-    environ.update(IDENTITY_ENDPOINT=identity.url, IDENTITY_HEADER=SECRET,
+    environ.update(IDENTITY_ENDPOINT=identity.url, IDENTITY_HEADER=identity.secret,
                    REQUESTS_CA_BUNDLE=cert, PYTHONPATH=str(ROOT))
     environ.update({k: v for k, v in env.items() if v is not None})
     proc = subprocess.run([sys.executable, "-c", CHILD, account.url], capture_output=True,
@@ -181,8 +131,10 @@ def servers(certificate):
     cert, key = certificate
     started = []
 
-    def start(refuse_after: int | None = None) -> tuple[Account, Identity]:
-        account, identity = Account(cert, key).start(), Identity(refuse_after).start()
+    def start(refuse_after: int | None = None) -> tuple[Account, IdentityEndpoint]:
+        account = Account(cert, key).start()
+        identity = IdentityEndpoint("token-for-the-app", client_id=CLIENT_ID,
+                                    refuse_after=refuse_after).start()
         started.extend([account, identity])
         return account, identity
 
