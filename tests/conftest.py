@@ -228,19 +228,26 @@ def run_async():
 # --- a fleet large enough for faults to land mid-run ----------------------------------------
 
 
+def demo_readings(base: Path, *, sensors: int, hours: int, seed: int):
+    """A synthetic fleet (fleetscore.demo) and its readings CSV in ``base``."""
+    from fleetscore.demo import make_fleet, write_readings_csv
+
+    fleet = make_fleet(sensors=sensors, hours=hours, seed=seed)
+    readings = base / "readings.csv"
+    write_readings_csv(fleet.readings, readings)
+    return fleet, readings
+
+
 @pytest.fixture(scope="session")
 def fleet_template(tmp_path_factory) -> dict:
     """120 sensors, trained on 2026-01-05T00, scored for 2026-01-05T01 by a clean run."""
     from fleetscore.backends.local import SequentialBackend
-    from fleetscore.demo import make_fleet, write_readings_csv
     from fleetscore.ingest import ingest_file
     from fleetscore.runs import run_hour
     from fleetscore.training import train
 
     base = tmp_path_factory.mktemp("fleet")
-    fleet = make_fleet(sensors=120, hours=2, seed=3)
-    readings = base / "readings.csv"
-    write_readings_csv(fleet.readings, readings)
+    fleet, readings = demo_readings(base, sensors=120, hours=2, seed=3)
     template = base / "template"
     store = LocalStore(template)
     ingest_file(store, readings)

@@ -12,6 +12,7 @@ that names no client id or another one: ``client_id`` makes this fake do the sam
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -19,7 +20,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 
-class IdentityEndpoint:
+class LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread (TLS with ``context``)."""
+
+    server: ThreadingHTTPServer
+
+    def serve(self, handler: type[BaseHTTPRequestHandler],
+              context: ssl.SSLContext | None = None) -> int:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if context is not None:
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class IdentityEndpoint(LocalServer):
     """Hands out ``token``; with ``client_id``, only to requests naming it (400 otherwise);
     with ``refuse_after``, 400 to every request after that many. Records every query."""
 
@@ -58,15 +78,8 @@ class IdentityEndpoint:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/msi/token"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.serve(Handler)}/msi/token"
         return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def __enter__(self) -> IdentityEndpoint:
         return self.start()

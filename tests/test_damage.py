@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fleetscore.stores import LocalStore, Store
+from tests.conftest import demo_readings
 
 HOURS = ("2026-01-05T01", "2026-01-05T02")
 H1 = HOURS[0]
@@ -109,12 +110,9 @@ CASES = [pytest.param(Case(k, d), id=f"{k}-{d}") for k in OBJECTS for d in DAMAG
 def damage_template(tmp_path_factory) -> Path:
     """Six sensors, trained on the first hour, the next two hours scored by `run --all`."""
     from fleetscore.cli import main
-    from fleetscore.demo import make_fleet, write_readings_csv
 
     base = tmp_path_factory.mktemp("damage")
-    fleet = make_fleet(sensors=6, hours=3, seed=5)
-    readings = base / "readings.csv"
-    write_readings_csv(fleet.readings, readings)
+    fleet, readings = demo_readings(base, sensors=6, hours=3, seed=5)
     store = base / "store"
     for args in (["ingest", str(readings)], ["train", "--until", str(fleet.first)],
                  ["run", "--all", "--backend", "sequential"]):

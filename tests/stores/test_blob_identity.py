@@ -22,20 +22,19 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.backends.batch_emulator import self_signed_certificate
-from tests.identity_endpoint import IdentityEndpoint
+from tests.identity_endpoint import IdentityEndpoint, LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "7c3f2b1e-0000-4000-8000-000000000001"  # the app's user-assigned identity
 
 
-class Account:
+class Account(LocalServer):
     """A storage account over HTTPS that has an empty container: 201 to Create Container,
     404 BlobNotFound to anything else. It records the Authorization headers it was sent."""
 
@@ -76,18 +75,10 @@ class Account:
 
             do_GET = do_PUT = do_HEAD = do_DELETE = _answer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert, self.key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/devstoreaccount1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        self.url = f"https://127.0.0.1:{self.serve(Handler, context)}/devstoreaccount1"
         return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 CHILD = r"""
