@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .contracts import RunManifest
 from .defaults import DEFAULT_GAMMA, DEFAULT_NU
 from .errors import AlreadyRunning, FleetscoreError, InputError, UsageError
 from .hours import Hour, hour_range
@@ -394,12 +395,11 @@ def plan(
                   + (f" ... ({len(p.no_model):,})" if len(p.no_model) > 20 else ""))
 
 
-def _scored_with_current_models(manifest: dict | None, newest_model: str | None) -> bool:
-    if manifest is None or manifest.get("status") != "succeeded":
+def _scored_with_current_models(manifest: RunManifest | None, newest_model: str | None) -> bool:
+    if manifest is None or manifest.status != "succeeded":
         return False
-    # Began after the newest model was saved: it scored with it (older manifests have no
-    # started_at, and are rerun).
-    return newest_model is None or manifest.get("started_at", "") > newest_model
+    # Began after the newest model was saved: it scored with it.
+    return newest_model is None or manifest.started_at > newest_model
 
 
 def _say_interrupted(st, hours: list[Hour], *, since) -> None:
@@ -408,7 +408,7 @@ def _say_interrupted(st, hours: list[Hour], *, since) -> None:
 
     began = since.isoformat(timespec="microseconds")
     finished = [h for h in hours
-                if (readable_manifest(st, h) or {}).get("started_at", "") >= began]
+                if (m := readable_manifest(st, h)) is not None and m.started_at >= began]
     rest = [h for h in hours if h not in set(finished)]
     names = ", ".join(str(h) for h in rest[:5]) + (" ..." if len(rest) > 5 else "")
     err.print(f"interrupted: {len(finished):,} of {count(len(hours), 'hour')} finished; "

@@ -39,6 +39,14 @@ from . import __version__, locks, telemetry
 from .backends.base import FAILED, PARTIAL, SUCCEEDED, TERMINAL, ComputeBackend, UnitStatus
 from .bank import registry_damage
 from .compaction import compact_for_run
+from .contracts import (
+    EXIT_CODES,
+    Failure,
+    PredictionsFile,
+    RunManifest,
+    SensorCounts,
+    UnitSummary,
+)
 from .errors import InputError, NotFound, UsageError
 from .hours import Hour
 from .locks import LOCK_TTL
@@ -62,8 +70,6 @@ from .workers import paused_gc
 
 Progress = Callable[[int, int], None]
 DEADLINE = timedelta(minutes=120)
-# No-data and exit codes: docs/reliability.md.
-EXIT_CODES = {"succeeded": 0, "partial": 3, "failed": 3, "no_data": 6}
 
 
 def new_run_id(now: datetime) -> str:
@@ -362,7 +368,7 @@ def without_damaged(store: Store, result: UnitResult, damaged: Mapping[Sensor, s
 
 def close_hour(
     store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult], *,
-    previous: Mapping | None, started: datetime, now: datetime, backend_name: str,
+    previous: RunManifest | None, started: datetime, now: datetime, backend_name: str,
     payloads: Mapping[str, bytes] | None = None, duration_s: float | None = None,
 ) -> RunSummary:
     """The end of every run of an hour, its lock just renewed: promote, write the manifest,
@@ -379,31 +385,30 @@ def close_hour(
     if vanished:
         results = [*results, UnitResult.all_failed(
             str(hour), "inputs", [Sensor.parse(s) for s in vanished], "InputMissing",
-            f"had predictions from run {previous.get('run_id')} but has no data or no model in "
+            f"had predictions from run {previous.run_id} but has no data or no model in "
             f"this rerun: {missing_inputs(store, hour)}; its earlier predictions are kept")]
     files, kept = promote(store, hour, run_id, plan, results, manifest=previous,
                           payloads=payloads)
     manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
                               started=started, finished=now, backend=backend_name)
     if duration_s is not None:
-        manifest["duration_s"] = round(duration_s, 3)
-    store.put(manifest_path(hour), json.dumps(manifest, separators=(",", ":")).encode())
-    sweep(store, hour, {f["path"] for f in files})
+        manifest = replace(manifest, duration_s=round(duration_s, 3))
+    store.put(manifest_path(hour), manifest.encode())
+    sweep(store, hour, {f.path for f in files})
     locks.release(store, hour, run_id)
     drop_staging(store, hour)
     return summary_of(manifest)
 
 
 def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
-                     results: Sequence[UnitResult], previous: Mapping | None) -> list[str]:
+                     results: Sequence[UnitResult], previous: RunManifest | None) -> list[str]:
     """Sensors the hour's last run scored that this run (of the whole hour) neither scored nor
     failed: their input or model went missing since, and a rerun must not turn their good
     predictions into nothing. Reads nothing unless the counts say some are missing."""
     if previous is None or plan.restricted:
         return []
     reached = sum(r.scored + len(r.failures) for r in results)
-    counts = previous.get("sensors", {})
-    visible = int(counts.get("scored", 0)) + len(previous.get("kept_from_earlier_run", ()))
+    visible = previous.sensors.scored + len(previous.kept_from_earlier_run)
     if reached >= visible:
         return []
     # A sensor with data and no model now had its model withdrawn: its rows go (R28).
@@ -415,7 +420,7 @@ def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
     before: set[str] = set()
     for entry in visible_files(store, hour, previous):
         try:
-            table = decode(store.get(entry["path"]), entry["path"])
+            table = decode(store.get(entry.path), entry.path)
         except (NotFound, InputError):
             continue
         before.update(pc.unique(sensor_keys(table["Device"], table["Tag"])).to_pylist())
@@ -440,20 +445,16 @@ def missing_inputs(store: Store, hour: Hour) -> str:
     return f"no arrival record under {arrivals_folder(hour)}/ names it (`fleetscore verify`)"
 
 
-def summary_of(manifest: Mapping) -> RunSummary:
-    if "top_anomalous" in manifest:
-        top = [tuple(t) for t in manifest["top_anomalous"]]
-    else:  # a manifest of an older fleetscore: every sensor's anomalies
-        top = top_counts(manifest.get("anomalies_by_sensor", {}).items())
-    sensors = manifest["sensors"]
+def summary_of(manifest: RunManifest) -> RunSummary:
+    counts = manifest.sensors
     return RunSummary(
-        window=manifest["window"], run_id=manifest.get("run_id", ""), status=manifest["status"],
-        planned=sensors["planned"], scored=sensors["scored"], failed=sensors["failed"],
-        no_data=sensors["no_data"], no_model=sensors["no_model"], anomalies=manifest["anomalies"],
-        failures=tuple(manifest["failures"]),
-        kept_from_earlier_run=tuple(manifest.get("kept_from_earlier_run", ())),
-        manifest=manifest_path(Hour.parse(manifest["window"])),
-        duration_s=manifest["duration_s"], top_anomalous=tuple(top),
+        window=manifest.window, run_id=manifest.run_id, status=manifest.status,
+        planned=counts.planned, scored=counts.scored, failed=counts.failed,
+        no_data=counts.no_data, no_model=counts.no_model, anomalies=manifest.anomalies,
+        failures=tuple(f.to_json() for f in manifest.failures),
+        kept_from_earlier_run=manifest.kept_from_earlier_run,
+        manifest=manifest_path(Hour.parse(manifest.window)),
+        duration_s=manifest.duration_s, top_anomalous=manifest.top_anomalous,
     )
 
 
@@ -485,24 +486,25 @@ def _staged_result(hour: Hour, run_id: str, unit_id: str, state: Mapping,
     return "NotFinished", f"unit {unit_id} did not finish in run {run_id}"
 
 
-def visible_files(store: Store, hour: Hour, manifest: Mapping | None = None) -> list[dict]:
-    """The hour's visible predictions files, as its manifest lists them (or, for an hour
-    scored by an earlier version, as its folder holds them). ``manifest``: already read."""
+def visible_files(store: Store, hour: Hour, manifest: RunManifest | None = None
+                  ) -> list[PredictionsFile]:
+    """The hour's visible predictions files, as its manifest lists them (or, with no readable
+    manifest, as its folder holds them). ``manifest``: already read."""
     manifest = manifest if manifest is not None else readable_manifest(store, hour)
-    if manifest is not None and "predictions" in manifest:
-        return list(manifest["predictions"])
-    return [{"path": p, "sha256": None, "run_id": (manifest or {}).get("run_id")}
+    if manifest is not None and manifest.predictions is not None:
+        return list(manifest.predictions)
+    return [PredictionsFile(path=p, run_id=manifest.run_id if manifest else None)
             for p in store.list(predictions_folder(hour)) if p.endswith((".csv", ".parquet"))]
 
 
 def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult],
-            *, manifest: Mapping | None = None, payloads: Mapping[str, bytes] | None = None,
-            ) -> tuple[list[dict], list[str]]:
+            *, manifest: RunManifest | None = None, payloads: Mapping[str, bytes] | None = None,
+            ) -> tuple[list[PredictionsFile], list[str]]:
     """The hour's new visible files: this run's units, plus the earlier rows of sensors this
     run did not replace (its failed sensors; for a rerun of a few sensors, all the others).
     Returns the files and the failed sensors whose earlier rows were kept."""
     folder = predictions_folder(hour)
-    files = []
+    files: list[PredictionsFile] = []
     for r in results:
         if r.predictions:
             target = f"{folder}/{r.unit_id}-{run_id}.{format_of(r.predictions)}"
@@ -510,11 +512,10 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
                 store.put(target, payloads[r.unit_id])
             else:
                 store.copy(r.predictions, target)  # a directory store: a link, not the bytes
-            files.append({"path": target, "sha256": r.predictions_sha256, "run_id": run_id,
-                          "unit": r.unit_id})
+            files.append(PredictionsFile(target, r.predictions_sha256, run_id, r.unit_id))
     failed = {f.sensor for r in results for f in r.failures}
-    ours = {f["path"] for f in files}
-    previous = [f for f in visible_files(store, hour, manifest) if f["path"] not in ours]
+    ours = {f.path for f in files}
+    previous = [f for f in visible_files(store, hour, manifest) if f.path not in ours]
     if not previous or not (failed or plan.restricted):
         return files, []
     # A rerun of chosen sensors (a few): its units' sensors, read if the plan is a summary.
@@ -532,7 +533,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
     carried, kept = [], set()
     for entry in previous:
         try:
-            table = decode(store.get(entry["path"]), entry["path"])
+            table = decode(store.get(entry.path), entry.path)
         except NotFound:
             continue
         keys = sensor_keys(table["Device"], table["Tag"])
@@ -547,8 +548,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
         data = encode(carried, plan.format)
         target = f"{folder}/kept-{run_id}.{plan.format}"
         store.put(target, data)
-        files.append({"path": target, "sha256": hashlib.sha256(data).hexdigest(),
-                      "run_id": run_id, "unit": "kept"})
+        files.append(PredictionsFile(target, hashlib.sha256(data).hexdigest(), run_id, "kept"))
     return files, sorted(kept & failed)
 
 
@@ -572,82 +572,42 @@ def run_status(results: Sequence[UnitResult], plan: Plan) -> str:
     return "no_data"
 
 
-def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str, files: list[dict],
-                   kept: list[str], started: datetime, finished: datetime, backend: str) -> dict:
-    failures = [
-        {"sensor": f.sensor, "kind": f.kind, "message": f.message, "unit": r.unit_id}
-        for r in results for f in r.failures
-    ]
+def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str,
+                   files: list[PredictionsFile], kept: list[str], started: datetime,
+                   finished: datetime, backend: str) -> RunManifest:
+    failures = tuple(Failure(f.sensor, f.kind, f.message, r.unit_id)
+                     for r in results for f in r.failures)
     no_data = sorted({*map(str, plan.no_data), *(s for r in results for s in r.no_data)})
-    return {
-        "window": str(plan.window),
-        "run_id": run_id,
-        "status": run_status(results, plan),
-        "restricted": plan.restricted,
-        "started": started.isoformat(timespec="seconds"),
-        "finished": finished.isoformat(timespec="seconds"),
-        "started_at": started.isoformat(timespec="microseconds"),  # to compare with models
-        "duration_s": round((finished - started).total_seconds(), 3),
-        "backend": backend,
-        "version": __version__,
-        "unit_size": plan.unit_size,
-        "units": len(plan.units),
-        "sensors": {
-            "planned": plan.sensors,
-            "scored": sum(r.scored for r in results),
-            "failed": len(failures),
-            "no_data": len(no_data),
-            "no_model": len(plan.no_model),
-        },
-        "points": sum(r.points for r in results),
-        "anomalies": sum(r.anomalies for r in results),
-        "failures": failures,
-        "kept_from_earlier_run": kept,
-        "no_data": no_data,
-        "no_model": [str(s) for s in plan.no_model],
-        "top_anomalous": [list(t) for t in top_counts(
-            kv for r in results for kv in r.top_anomalous.items())],
-        "predictions": files,
-        "unit_results": [
-            {"id": r.unit_id, "status": r.status, "sensors": r.sensors, "scored": r.scored,
-             "anomalies": r.anomalies, "duration_s": r.duration_s}
-            for r in results
-        ],
-    }
+    return RunManifest(
+        window=str(plan.window), run_id=run_id, status=run_status(results, plan),
+        restricted=plan.restricted,
+        started=started.isoformat(timespec="seconds"),
+        finished=finished.isoformat(timespec="seconds"),
+        started_at=started.isoformat(timespec="microseconds"),
+        duration_s=round((finished - started).total_seconds(), 3),
+        backend=backend, version=__version__, unit_size=plan.unit_size, units=len(plan.units),
+        sensors=SensorCounts(planned=plan.sensors, scored=sum(r.scored for r in results),
+                             failed=len(failures), no_data=len(no_data),
+                             no_model=len(plan.no_model)),
+        points=sum(r.points for r in results), anomalies=sum(r.anomalies for r in results),
+        failures=failures, kept_from_earlier_run=tuple(kept), no_data=tuple(no_data),
+        no_model=tuple(str(s) for s in plan.no_model),
+        top_anomalous=tuple(top_counts(kv for r in results for kv in r.top_anomalous.items())),
+        predictions=tuple(files),
+        unit_results=tuple(UnitSummary(r.unit_id, r.status, r.sensors, r.scored, r.anomalies,
+                                       r.duration_s) for r in results),
+    )
 
 
-STATUSES = frozenset(EXIT_CODES)
-
-
-def parse_manifest(data: bytes, path: str) -> dict:
-    """A run manifest's body; InputError names the file when it is not one (garbage, cut
-    short, or JSON of another shape)."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InputError(f"run manifest {path} is damaged: not JSON "
-                         f"({type(exc).__name__})") from exc
-    shaped = isinstance(body, dict) and isinstance(body.get("window"), str) \
-        and body.get("status") in STATUSES \
-        and isinstance(body.get("sensors", {}), dict) \
-        and isinstance(body.get("failures", []), list) \
-        and isinstance(body.get("predictions", []), list) \
-        and all(isinstance(f, dict) and isinstance(f.get("path"), str)
-                for f in body.get("predictions", []))
-    if not shaped:
-        raise InputError(f"run manifest {path} is damaged: not a run manifest of this version")
-    return body
-
-
-def read_manifest(store: Store, hour: Hour) -> dict | None:
+def read_manifest(store: Store, hour: Hour) -> RunManifest | None:
     """The hour's manifest, None if it has none; InputError if it is damaged."""
     try:
-        return parse_manifest(store.get(manifest_path(hour)), manifest_path(hour))
+        return RunManifest.decode(store.get(manifest_path(hour)), manifest_path(hour))
     except NotFound:
         return None
 
 
-def readable_manifest(store: Store, hour: Hour) -> dict | None:
+def readable_manifest(store: Store, hour: Hour) -> RunManifest | None:
     """The hour's manifest, or None when it has none or it is damaged: what a run that
     replaces it needs (the hour's files are then taken from its folder, so a failed
     sensor's earlier rows are still kept)."""
@@ -658,12 +618,12 @@ def readable_manifest(store: Store, hour: Hour) -> dict | None:
 
 
 def closed_manifest(store: Store, hour: Hour, run_id: str, *,
-                    manifest: Mapping | None = None) -> dict | None:
+                    manifest: RunManifest | None = None) -> RunManifest | None:
     """The hour's manifest if run ``run_id`` wrote it and let the hour go (it is closed:
     a retried finalize, or a backfill's span that died after closing it), else None.
     ``manifest``: the hour's manifest, already read."""
     manifest = manifest if manifest is not None else readable_manifest(store, hour)
-    if manifest is not None and manifest.get("run_id") == run_id \
+    if manifest is not None and manifest.run_id == run_id \
             and not locks.holds(store, hour, run_id):
         return manifest
     return None
@@ -674,15 +634,15 @@ def manifest_paths(store: Store) -> list[str]:
     return [p for p in store.list("runs") if p.count("/") == 1 and p.endswith(".json")]
 
 
-def list_manifests(store: Store) -> list[dict]:
+def list_manifests(store: Store) -> list[RunManifest]:
     """Every readable run manifest (``verify`` and ``runs`` name the damaged ones)."""
     out = []
     for path in manifest_paths(store):
         try:
-            out.append(parse_manifest(store.get(path), path))
+            out.append(RunManifest.decode(store.get(path), path))
         except (InputError, NotFound):
             continue
-    return sorted(out, key=lambda m: m.get("window", ""))
+    return sorted(out, key=lambda m: m.window)
 
 
 # --- the loop (the CLI; the orchestrator has its own, with durable timers) ------------------
@@ -801,7 +761,7 @@ def _unit_sizes(store: Store, hour: Hour, run_id: str, states: Mapping) -> dict[
 
 def hour_predictions(store: Store, hour: Hour) -> list[str]:
     """Paths of the hour's visible predictions files."""
-    return [f["path"] for f in visible_files(store, hour)]
+    return [f.path for f in visible_files(store, hour)]
 
 
 def read_predictions(store: Store, hour: Hour) -> pa.Table:

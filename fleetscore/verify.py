@@ -19,9 +19,10 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .contracts import RunManifest
 from .errors import FleetscoreError, NotFound
 from .models import ModelManifest, check_skops_types, list_models, manifest_path, model_path
-from .runs import manifest_paths, parse_manifest
+from .runs import manifest_paths
 from .stores import Store
 
 
@@ -125,15 +126,15 @@ def _runs(store: Store) -> Iterator[Problem | None]:
     listed = set()
     for path in manifest_paths(store):
         try:
-            manifest = parse_manifest(store.get(path), path)
+            manifest = RunManifest.decode(store.get(path), path)
         except FleetscoreError as exc:
             yield Problem(path, str(exc))
             listed.add(path[len("runs/"): -len(".json")])  # its hour is named already
             continue
-        listed.add(manifest["window"])
-        for entry in manifest["predictions"]:
-            yield _check(store, entry["path"], entry.get("sha256"),
-                         f"predictions of {manifest['window']} ({entry.get('unit')})")
+        listed.add(manifest.window)
+        for entry in manifest.predictions or ():
+            yield _check(store, entry.path, entry.sha256,
+                         f"predictions of {manifest.window} ({entry.unit})")
     from .hours import Hour
     from .predictions import predictions_folder
 

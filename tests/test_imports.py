@@ -14,8 +14,8 @@ PACKAGE = ROOT / "fleetscore"
 
 # Bottom to top; a module may import its own layer and those below it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("values", {"fleetscore", "errors", "hours", "sensors", "sensor_codes", "text", "defaults",
-                "telemetry"}),
+    ("values", {"fleetscore", "errors", "contracts", "hours", "sensors", "sensor_codes", "text",
+                "defaults", "telemetry"}),
     ("config", {"settings"}),
     ("storage", {"stores", "stores.base", "stores.local", "stores.blob", "stores.counting"}),
     ("data", {"readings", "compacted", "windows", "compaction", "arrivals", "ingest", "events",

@@ -1,6 +1,5 @@
 """Backfills (fleetscore.ranges): many hours in spans, each hour still its own run."""
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -48,7 +47,7 @@ def _visible(store, hours):
 
 def _check_hour_is_clean(store, hour, manifest) -> None:
     """What every run leaves: its manifest's files and nothing else, no staging, no lock."""
-    assert sorted(f["path"] for f in manifest["predictions"]) == \
+    assert sorted(f.path for f in manifest.predictions) == \
         list(store.list(predictions_folder(hour)))
     assert list(store.list(f"runs/{hour}")) == []
     assert not store.exists(locks.lock_path(hour))
@@ -66,8 +65,8 @@ def test_a_range_scores_each_hour_as_its_hourly_run_does(trained_store, tmp_path
     for hour, summary in zip(hours, result.summaries, strict=True):
         assert read_predictions(trained_store, hour).equals(read_predictions(hourly, hour))
         manifest = read_manifest(trained_store, hour)
-        assert manifest["run_id"] == summary.run_id and manifest["status"] == summary.status
-        assert manifest["sensors"] == read_manifest(hourly, hour)["sensors"]
+        assert manifest.run_id == summary.run_id and manifest.status == summary.status
+        assert manifest.sensors == read_manifest(hourly, hour).sensors
         _check_hour_is_clean(trained_store, hour, manifest)
     # One run id for the range, one manifest per hour.
     assert len({s.run_id for s in result.summaries}) == 1
@@ -156,7 +155,7 @@ def test_hours_with_many_sensors_run_as_hourly_runs(trained_store, monkeypatch):
     hours = _hours(trained_store)
     result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     for hour in hours:
-        units = {u["id"] for u in read_manifest(trained_store, hour)["unit_results"]}
+        units = {u.id for u in read_manifest(trained_store, hour).unit_results}
         assert units and "span" not in units  # planned in units, as an hourly run
     assert {s.status for s in result.summaries} == {"succeeded"}
 
@@ -209,7 +208,7 @@ def test_a_dead_worker_s_span_runs_again_once(trained_store, tmp_path, monkeypat
     assert (tmp_path / "deaths").read_text() == "1"
     assert [s.status for s in result.summaries] == ["succeeded"] * len(hours)
     # The hour closed before the worker died stays as it was closed, the rest by the retry.
-    assert len({read_manifest(trained_store, h)["run_id"] for h in hours}) == 1
+    assert len({read_manifest(trained_store, h).run_id for h in hours}) == 1
     for hour in hours:
         _check_hour_is_clean(trained_store, hour, read_manifest(trained_store, hour))
 
@@ -262,7 +261,7 @@ def test_a_span_past_the_deadline_is_stopped_and_its_hours_failed(trained_store,
     time.sleep(5)
     for hour in hours:
         manifest = read_manifest(trained_store, hour)
-        assert manifest["status"] in ("failed", "no_data")
+        assert manifest.status in ("failed", "no_data")
         _check_hour_is_clean(trained_store, hour, manifest)
 
 
@@ -277,7 +276,7 @@ def test_a_range_on_blob_storage(store, fleet_csv):
     result = run_range(store, hours, SequentialBackend(store, SPAN_ENGINE))
     assert {s.status for s in result.summaries} == {"succeeded"}
     for hour in hours:
-        manifest = json.loads(store.get(f"runs/{hour}.json"))
+        manifest = read_manifest(store, hour)
         _check_hour_is_clean(store, hour, manifest)
         assert read_predictions(store, hour).num_rows > 0
 
@@ -442,8 +441,8 @@ def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_stor
     hours = _hours(trained_store)
     run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     # An earlier predictions file that cannot be read (any FleetscoreError in close_hour does).
-    (first,) = read_manifest(trained_store, hours[0])["predictions"]
-    trained_store.put(first["path"], b"\x00not,a\ncsv\xff")
+    (first,) = read_manifest(trained_store, hours[0]).predictions
+    trained_store.put(first.path, b"\x00not,a\ncsv\xff")
 
     def broken_span(store, hours, job):
         raise RuntimeError("the span failed")
@@ -461,8 +460,8 @@ def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_stor
 def test_an_hour_that_fails_to_close_in_a_span_keeps_its_error_kind(trained_store):
     hours = _hours(trained_store)
     run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
-    (first,) = read_manifest(trained_store, hours[0])["predictions"]
-    trained_store.put(first["path"], b"\x00not,a\ncsv\xff")
+    (first,) = read_manifest(trained_store, hours[0]).predictions
+    trained_store.put(first.path, b"\x00not,a\ncsv\xff")
     trained_store.put(model_path(Sensor("1", "2")), b"broken")  # failures: earlier rows read
     result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert [h for h, _, _ in result.not_run] == [str(hours[0])]

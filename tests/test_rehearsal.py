@@ -149,7 +149,7 @@ def test_an_hour_through_the_whole_cloud_path(
         assert got.num_rows == read_predictions(reference, window).num_rows == 180
         assert _rows(got) == _rows(read_predictions(reference, window))
         manifest = read_manifest(store, window)
-        assert manifest["status"] == "succeeded" and manifest["backend"] == "batch"
+        assert manifest.status == "succeeded" and manifest.backend == "batch"
 
         # Batch's side of it: one job of three tasks, sealed; u000001 retried twice then fine.
         [job] = batch.jobs

@@ -344,7 +344,7 @@ def test_rerun_with_another_unit_size_never_duplicates(fleet_store, fleet_templa
     run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=7)
     run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
     assert predictions_snapshot(fleet_store.root) == fleet_template["clean"]
-    assert read_manifest(fleet_store, hour)["sensors"]["scored"] == 120
+    assert read_manifest(fleet_store, hour).sensors.scored == 120
 
 
 @reliability("R24")

@@ -135,7 +135,7 @@ def test_manifests_read_in_bulk_say_what_list_manifests_says(trained_store):
     trained_store.put(path, json.dumps(json.loads(trained_store.get(path)),
                                        separators=(",", ":")).encode())
     runs = read_runs(trained_store)
-    expected = list_manifests(trained_store)
+    expected = [m.to_json() for m in list_manifests(trained_store)]
     assert runs["window"].to_pylist() == [m["window"] for m in expected]
     assert runs["status"].to_pylist() == [m["status"] for m in expected]
     assert runs["scored"].to_pylist() == [m["sensors"]["scored"] for m in expected]
@@ -169,7 +169,7 @@ def test_the_later_of_two_manifests_for_one_hour_wins_as_in_list_manifests(local
         {"window": "2024-03-01T01", "status": "failed"}).encode())
     local_store.put("runs/x-copy.json", json.dumps(
         {"window": "2024-03-01T01", "status": "succeeded"}).encode())
-    assert {m["window"]: m["status"] for m in list_manifests(local_store)} == {
+    assert {m.window: m.status for m in list_manifests(local_store)} == {
         "2024-03-01T01": "succeeded"}
     assert read_runs(local_store)["status"].to_pylist() == ["succeeded"]
 

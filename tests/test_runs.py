@@ -32,9 +32,11 @@ def _rows(store, hour) -> dict[str, int]:
 def test_run_writes_manifest_with_counts(trained_store):
     summary = run_hour(trained_store, H1, SequentialBackend(trained_store, ENGINE))
     assert summary.status == "succeeded" and summary.exit_code == 0
+    # The store's layout (runs/HOUR.json), as written.
     manifest = json.loads(trained_store.get(manifest_path(H1)))
     assert manifest["window"] == "2024-03-01T01" and manifest["run_id"] == summary.run_id
-    assert manifest["sensors"] == {"planned": 3, "scored": 3, "failed": 0, "no_data": 0, "no_model": 0}
+    assert manifest["sensors"] == {
+        "planned": 3, "scored": 3, "failed": 0, "no_data": 0, "no_model": 0}
     assert manifest["anomalies"] == read_predictions(trained_store, H1)["Prediction"].to_numpy().sum()
     assert manifest["version"] and manifest["duration_s"] >= 0 and len(manifest["unit_results"]) == 3
     # The visible files are the manifest's, and nothing of the run's staging is left.
@@ -78,7 +80,7 @@ def test_hour_with_no_data_is_said_plainly(trained_store):
     summary = run_hour(trained_store, Hour.parse("2024-02-01T00"), SequentialBackend(trained_store, ENGINE))
     assert (summary.status, summary.exit_code, summary.planned, summary.no_data) == \
         ("no_data", 6, 0, 3)
-    assert read_manifest(trained_store, Hour.parse("2024-02-01T00"))["status"] == "no_data"
+    assert read_manifest(trained_store, Hour.parse("2024-02-01T00")).status == "no_data"
 
 
 @reliability("R27")
@@ -116,7 +118,7 @@ def test_failed_rerun_keeps_the_last_good_predictions(trained_store):
     assert summary.status == "failed" and summary.scored == 0
     assert read_predictions(trained_store, H1).equals(before)
     assert list(summary.kept_from_earlier_run) == ["1/1", "1/2", "dev_a/t.x"]
-    assert read_manifest(trained_store, H1)["kept_from_earlier_run"] == ["1/1", "1/2", "dev_a/t.x"]
+    assert read_manifest(trained_store, H1).kept_from_earlier_run == ("1/1", "1/2", "dev_a/t.x")
 
 
 @reliability("R28")
@@ -140,7 +142,7 @@ def test_rerun_of_some_sensors_keeps_the_others(trained_store):
     assert (summary.status, summary.planned, summary.scored) == ("succeeded", 1, 1)
     assert _rows(trained_store, H1) == {"1/1": 60, "1/2": 60, "dev_a/t.x": 60}
     assert read_predictions(trained_store, H1).equals(old)
-    assert read_manifest(trained_store, H1)["restricted"] is True
+    assert read_manifest(trained_store, H1).restricted is True
 
 
 @reliability("R28")

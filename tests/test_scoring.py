@@ -138,7 +138,7 @@ def test_a_units_top_sensors_are_the_most_anomalous_then_by_name():
     manifest = build_manifest(plan, results, run_id="r", files=[], kept=[],
                               started=datetime(2024, 1, 1, tzinfo=UTC),
                               finished=datetime(2024, 1, 1, tzinfo=UTC), backend="x")
-    assert [tuple(t) for t in manifest["top_anomalous"]] == top_counts(counts.items())
+    assert [tuple(t) for t in manifest.top_anomalous] == top_counts(counts.items())
     assert UnitResult.from_json({**results[0].to_json(), "top_anomalous": {},
                                  "anomalies_by_sensor": counts}).top_anomalous == \
         dict(top_counts(counts.items()))

@@ -132,12 +132,12 @@ async def get_run(req: func.HttpRequest, client) -> func.HttpResponse:
                                    if status.last_updated_time else None)
         body["output"] = status.output
     if manifest is not None:
-        body["manifest"] = {k: manifest[k] for k in ("status", "sensors", "anomalies", "started",
-                                                     "finished", "duration_s")}
-        body["manifest"]["failures"] = manifest["failures"][:50]  # the full list is in the store
-        body["manifest"]["run_id"] = manifest.get("run_id")
+        full = manifest.to_json()
+        body["manifest"] = {k: full[k] for k in ("status", "sensors", "anomalies", "started",
+                                                 "finished", "duration_s", "run_id")}
+        body["manifest"]["failures"] = full["failures"][:50]  # the full list is in the store
         # Sensors whose rows are from an earlier run (they failed in this one): said, not hidden.
-        body["manifest"]["kept_from_earlier_run"] = manifest.get("kept_from_earlier_run", [])[:50]
+        body["manifest"]["kept_from_earlier_run"] = full["kept_from_earlier_run"][:50]
     return _json(body, 200)
 
 

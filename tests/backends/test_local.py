@@ -30,7 +30,7 @@ def test_whole_pipeline_on_every_store_and_backend(store, fleet_csv, azurite, na
         backend.close()
     assert (summary.status, summary.scored) == ("succeeded", 3), summary.failures
     assert read_predictions(store, H1).num_rows == 180
-    assert read_manifest(store, H1)["backend"] == name
+    assert read_manifest(store, H1).backend == name
 
 
 def test_unknown_backend_is_a_usage_error(local_store):

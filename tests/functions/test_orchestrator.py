@@ -204,7 +204,7 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     assert replay.output["status"] == "partial"
     assert (replay.output["scored"], replay.output["failed"]) == (2, 1)
     manifest = read_manifest(store, Hour.parse(WINDOW))
-    assert [(f["sensor"], f["kind"]) for f in manifest["failures"]] == [("1/2", "ModelError")]
+    assert [(f.sensor, f.kind) for f in manifest.failures] == [("1/2", "ModelError")]
     assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 120
 
     # A rerun of just the broken sensor, after its model is fixed, completes the hour.
