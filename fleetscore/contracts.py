@@ -15,6 +15,10 @@ from typing import Any
 
 from .errors import InputError
 
+# A unit's states, wherever it runs (backends, the orchestrator, finalize).
+PENDING, RUNNING, SUCCEEDED, PARTIAL, FAILED = "pending", "running", "succeeded", "partial", "failed"
+TERMINAL = frozenset({SUCCEEDED, PARTIAL, FAILED})
+
 # A run's status and the CLI's exit code for it (docs/reliability.md).
 EXIT_CODES = {"succeeded": 0, "partial": 3, "failed": 3, "no_data": 6}
 STATUSES = frozenset(EXIT_CODES)

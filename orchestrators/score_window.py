@@ -25,12 +25,13 @@ from datetime import datetime, timedelta
 import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskState
 
+from fleetscore.contracts import TERMINAL
+
 from .names import FINALIZE, PLAN, SCORE_UNITS, SCORE_WINDOW, STATUS, SUBMIT
 
 bp = df.Blueprint()
 log = logging.getLogger("fleetscore.orchestrator")
 
-TERMINAL = ("succeeded", "partial", "failed")
 DEFAULTS = {"fanout": 200, "submit_chunk": 1, "poll_seconds": 30, "unit_deadline_minutes": 120,
             "polls_per_execution": 20}
 

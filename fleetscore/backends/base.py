@@ -18,14 +18,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from ..contracts import FAILED, PARTIAL, PENDING, RUNNING, SUCCEEDED, TERMINAL  # noqa: F401
 from ..errors import BackendError
 from ..hours import Hour
 from ..planning import Unit
 from ..scoring import UnitResult
 from ..stores import Store
-
-PENDING, RUNNING, SUCCEEDED, PARTIAL, FAILED = "pending", "running", "succeeded", "partial", "failed"
-TERMINAL = frozenset({SUCCEEDED, PARTIAL, FAILED})
 
 
 @dataclass(frozen=True)
