@@ -474,14 +474,42 @@ def run(
     as the HTTP API does. Hours that have not ended are refused."""
     from datetime import UTC, datetime
 
-    from .arrivals import hours_with_arrivals
     from .backends import load_backend
     from .engine import ENGINE
-    from .models import newest_model_time
-    from .ranges import run_range
-    from .runs import check_ended, readable_manifest, run_hour
     from .sensors import Sensor
 
+    _check_run_options(window, from_, to, all_, workers=workers, force=force, missing=missing)
+    picked = sorted({Sensor.parse(s) for s in sensors}) if sensors else None
+    settings = _settings()
+    now = datetime.now(UTC)
+    st = _store(store, settings)
+    try:
+        hours = _chosen_hours(st, window, from_, to, all_, now=now)
+        done = _done_hours(st, hours, window=window, force=force)
+        todo = [h for h in hours if h not in done]
+        if not window:
+            todo = _drop_empty_hours(st, todo, now=now)
+        be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
+                          settings=settings, workers=workers or settings.workers, engine=ENGINE)
+        options = dict(sensors=picked, unit_size=unit_size, deadline=settings.deadline,
+                       ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format)
+        try:
+            summaries, not_run = _score_hours(st, be, hours if window else todo,
+                                              single=bool(window), options=options)
+        except KeyboardInterrupt:
+            be.close()
+            _say_interrupted(st, hours if window else todo, since=now)
+            raise
+        finally:
+            be.close()
+    finally:
+        st.close()
+    worst = _report_runs(summaries, not_run, done, as_json=as_json)
+    if worst:
+        raise typer.Exit(worst)
+
+
+def _check_run_options(window, from_, to, all_, *, workers, force, missing) -> None:
     chosen = sum(x is not None and x is not False for x in (window, from_ or to, all_ or None))
     if chosen != 1:
         raise UsageError("choose one of --window HOUR, --from HOUR --to HOUR, or --all")
@@ -491,59 +519,63 @@ def run(
         raise UsageError("--missing and --force contradict each other")
     if missing and window:
         raise UsageError("--missing goes with a range (--from/--to or --all)")
-    picked = sorted({Sensor.parse(s) for s in sensors}) if sensors else None
-    settings = _settings()
-    now = datetime.now(UTC)
-    st = _store(store, settings)
-    try:
-        if window:
-            hours = [Hour.parse(window)]
-            check_ended(hours[0], now)
-        elif all_:
-            hours = [h for h in hours_with_arrivals(st) if h.end_ms <= now.timestamp() * 1000]
-            if not hours:
-                raise UsageError(f"the store {st.url} has no data: run `fleetscore ingest` first")
-        else:
-            if not (from_ and to):
-                raise UsageError("--from and --to go together")
-            hours = hour_range(Hour.parse(from_), Hour.parse(to))
-            check_ended(hours[-1], now)
-        # A range skips hours whose last run succeeded with the current models (it began after
-        # the newest model was saved), so a backfill resumes and a retrain reruns everything.
-        newest = None if (force or window) else newest_model_time(st)
-        done = set() if force else {
-            h for h in hours if _scored_with_current_models(readable_manifest(st, h), newest)}
-        if window and done:
-            raise UsageError(f"{window} has already been scored (succeeded): pass --force to "
-                             "rerun it")
-        todo = [h for h in hours if h not in done]
-        if not window:
-            todo = _drop_empty_hours(st, todo, now=now)
-        if done:
-            err.print(f"skipped {len(done):,} {_plural(len(done), 'hour')} whose last run "
-                      "succeeded with the current models (--force reruns them)")
-        be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
-                          settings=settings, workers=workers or settings.workers, engine=ENGINE)
-        summaries, not_run = [], ()
-        options = dict(sensors=picked, unit_size=unit_size, deadline=settings.deadline,
-                       ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format)
-        try:
-            if window:
-                with _progress(f"scoring {window}") as progress:
-                    summaries = [run_hour(st, hours[0], be, progress=progress, **options)]
-            elif todo:
-                label = f"scoring {len(todo):,} {_plural(len(todo), 'hour')}"
-                with _progress(label) as progress:
-                    ranged = run_range(st, todo, be, progress=progress, **options)
-                summaries, not_run = list(ranged.summaries), ranged.not_run
-        except KeyboardInterrupt:
-            be.close()
-            _say_interrupted(st, hours if window else todo, since=now)
-            raise
-        finally:
-            be.close()
-    finally:
-        st.close()
+
+
+def _chosen_hours(st, window, from_, to, all_, *, now) -> list[Hour]:
+    """The hours the options name, every one of them ended."""
+    from .arrivals import hours_with_arrivals
+    from .runs import check_ended
+
+    if window:
+        hours = [Hour.parse(window)]
+        check_ended(hours[0], now)
+    elif all_:
+        hours = [h for h in hours_with_arrivals(st) if h.end_ms <= now.timestamp() * 1000]
+        if not hours:
+            raise UsageError(f"the store {st.url} has no data: run `fleetscore ingest` first")
+    else:
+        if not (from_ and to):
+            raise UsageError("--from and --to go together")
+        hours = hour_range(Hour.parse(from_), Hour.parse(to))
+        check_ended(hours[-1], now)
+    return hours
+
+
+def _done_hours(st, hours: list[Hour], *, window, force) -> set[Hour]:
+    """Hours whose last run succeeded with the current models (it began after the newest model
+    was saved): a range skips them, so a backfill resumes and a retrain reruns everything."""
+    from .models import newest_model_time
+    from .runs import readable_manifest
+
+    newest = None if (force or window) else newest_model_time(st)
+    done = set() if force else {
+        h for h in hours if _scored_with_current_models(readable_manifest(st, h), newest)}
+    if window and done:
+        raise UsageError(f"{window} has already been scored (succeeded): pass --force to "
+                         "rerun it")
+    if done:
+        err.print(f"skipped {len(done):,} {_plural(len(done), 'hour')} whose last run "
+                  "succeeded with the current models (--force reruns them)")
+    return done
+
+
+def _score_hours(st, be, hours: list[Hour], *, single: bool, options: dict):
+    """(summaries, hours not run): one hour as its own run, or a range in spans."""
+    from .ranges import run_range
+    from .runs import run_hour
+
+    if single:
+        with _progress(f"scoring {hours[0]}") as progress:
+            return [run_hour(st, hours[0], be, progress=progress, **options)], ()
+    if not hours:
+        return [], ()
+    with _progress(f"scoring {len(hours):,} {_plural(len(hours), 'hour')}") as progress:
+        ranged = run_range(st, hours, be, progress=progress, **options)
+    return list(ranged.summaries), ranged.not_run
+
+
+def _report_runs(summaries, not_run, done, *, as_json: bool) -> int:
+    """Print what the runs did; the command's exit code (docs/reliability.md)."""
     if as_json:
         sys.stdout.write(json.dumps({
             "runs": [s.to_json() for s in summaries], "skipped": sorted(str(h) for h in done),
@@ -554,30 +586,36 @@ def run(
     codes = {s.exit_code for s in summaries}
     worst = 3 if 3 in codes else (6 if 6 in codes else 0)
     if worst == 3 and not as_json:
-        failed = [f for s in summaries for f in s.failures]
-        names = ", ".join(sorted({f["sensor"] for f in failed})[:10])
-        err.print(f"{len(failed):,} sensor {_plural(len(failed), 'failure')} ({names}"
-                  f"{' ...' if len(failed) > 10 else ''}); the others are written. Details in "
-                  "the run manifests.", markup=False)
-        if failed:
-            first = failed[0]
-            err.print(f"first: {first['sensor']}: {first['kind']}: {first['message']}",
-                      markup=False, soft_wrap=True)
+        _say_failures([f for s in summaries for f in s.failures])
     if worst == 6 and not as_json:
-        empty = [s.window for s in summaries if s.status == "no_data"]
-        modelless = max((s.no_model for s in summaries if s.status == "no_data"), default=0)
-        why = (f" ({modelless:,} {_plural(modelless, 'sensor')} with data but no model: "
-               "`fleetscore train` or `fleetscore models import` first)" if modelless else "")
-        err.print(f"nothing to score in {len(empty):,} {_plural(len(empty), 'hour')} "
-                  f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): no sensor has "
-                  f"both data and a model there{why}")
+        _say_no_data(summaries)
     if not_run:
         if not as_json:
             err.print(f"{len(not_run):,} {_plural(len(not_run), 'hour')} not run: "
                       f"{not_run[0][2]}{' ...' if len(not_run) > 1 else ''}")
         worst = AlreadyRunning.exit_code
-    if worst:
-        raise typer.Exit(worst)
+    return worst
+
+
+def _say_failures(failed: list[dict]) -> None:
+    names = ", ".join(sorted({f["sensor"] for f in failed})[:10])
+    err.print(f"{len(failed):,} sensor {_plural(len(failed), 'failure')} ({names}"
+              f"{' ...' if len(failed) > 10 else ''}); the others are written. Details in "
+              "the run manifests.", markup=False)
+    if failed:
+        first = failed[0]
+        err.print(f"first: {first['sensor']}: {first['kind']}: {first['message']}",
+                  markup=False, soft_wrap=True)
+
+
+def _say_no_data(summaries) -> None:
+    empty = [s.window for s in summaries if s.status == "no_data"]
+    modelless = max((s.no_model for s in summaries if s.status == "no_data"), default=0)
+    why = (f" ({modelless:,} {_plural(modelless, 'sensor')} with data but no model: "
+           "`fleetscore train` or `fleetscore models import` first)" if modelless else "")
+    err.print(f"nothing to score in {len(empty):,} {_plural(len(empty), 'hour')} "
+              f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): no sensor has "
+              f"both data and a model there{why}")
 
 
 def _count_column():
