@@ -66,7 +66,6 @@ from .scoring import SensorFailure, UnitResult, score_unit, top_counts
 from .sensor_codes import sensor_keys
 from .sensors import Sensor
 from .stores import Store
-from .workers import paused_gc
 
 Progress = Callable[[int, int], None]
 DEADLINE = timedelta(minutes=120)
@@ -94,8 +93,7 @@ def result_path(hour: Hour, run_id: str, unit_id: str) -> str:
 
 def run_unit(store: Store, hour: Hour, run_id: str, unit_id: str) -> UnitResult:
     """Score one planned unit into the run's staging and record its result."""
-    with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span, \
-            paused_gc():
+    with telemetry.span("fleetscore.unit", window=str(hour), unit=unit_id) as span:
         unit = load_unit(store, hour, run_id, unit_id)
         result = score_unit(store, hour, unit.sensors, unit_id=unit.id,
                             out=staged_path(hour, run_id, unit.id, unit.format))
@@ -175,10 +173,9 @@ def begin(
         drop_staging(store, hour, keep=run_id)
         compact_for_run(store, hour)  # once per hour's files: units then read O(their sensors)
         chosen = None if sensors is None else sorted(set(sensors))
-        with paused_gc():
-            plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen,
-                             parallel=parallel, min_task_seconds=min_task_seconds, fmt=fmt)
-            save_plan(store, plan, run_id)
+        plan = make_plan(store, hour, unit_size=unit_size, sensors=chosen,
+                         parallel=parallel, min_task_seconds=min_task_seconds, fmt=fmt)
+        save_plan(store, plan, run_id)
     except BaseException:
         locks.release(store, hour, run_id)
         raise

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from .settings import Settings
 from .stores import Store, open_store
@@ -47,20 +45,6 @@ def tune_malloc() -> None:
         return
     for parameter, value in MALLOC_SETTINGS:
         mallopt(parameter, value)
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cycle collection inside: for a step that builds a fleet's worth of acyclic objects
-    (a plan, a unit), where full collections would scan them again and again (a fifth of
-    planning 100,000 sensors). Collection resumes after, at its usual thresholds."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _die_with_parent() -> None:
