@@ -303,14 +303,6 @@ def _check_format(z) -> None:
         raise ValueError("a bank shard of another format")
 
 
-def decode_shard(data: bytes, wanted: Iterable[Sensor] | None = None
-                 ) -> dict[Sensor, tuple[str, Compiled]]:
-    """A shard's entries (only the ``wanted`` ones, when given), one object each."""
-    bank = Bank.decode(data)
-    sensors = list(bank) if wanted is None else [s for s in wanted if s in bank]
-    return {s: (str(bank.sha[bank._position[f"{s[0]}/{s[1]}"]]), bank[s]) for s in sensors}
-
-
 def shard_left(data: bytes) -> list[str]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         _check_format(z)

@@ -193,16 +193,6 @@ PREDICTION_COLUMNS = ("TS", "Device", "Tag", "Val", "Prediction")
 _CSV_HEADER = (",".join(COLUMNS) + "\n").encode()
 
 
-def _read_predictions(store: Store, runs: pa.Table) -> tuple[pa.Table | None, np.ndarray]:
-    """The predictions of the runs' visible files (``runs.visible_files``), each file read
-    once, and the number of predictions in each run's files, as one table (the report itself
-    folds them batch by batch: ``_fold_predictions``)."""
-    tables: list[pa.Table] = []
-    rows = _fold_predictions(store, runs, tables.append)
-    present = [t for t in tables if t.num_rows]
-    return (pa.concat_tables(present) if present else None), rows
-
-
 def _fold_predictions(store: Store, runs: pa.Table, fold) -> np.ndarray:
     """Hand the predictions of the runs' visible files to ``fold``, a table at a time (files
     parsed together up to ``BATCH_BYTES``, so memory follows a batch, not the range: a fleet's

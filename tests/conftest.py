@@ -167,6 +167,19 @@ def trained_store(local_store: LocalStore, fleet_csv: Path) -> LocalStore:
     return local_store
 
 
+def folded_predictions(store: Store, runs):
+    """The report's fold of the runs' visible predictions (``report._fold_predictions``),
+    collected into one table: (the table or None, predictions per run)."""
+    import pyarrow as pa
+
+    from fleetscore.report import _fold_predictions
+
+    tables: list = []
+    rows = _fold_predictions(store, runs, tables.append)
+    present = [t for t in tables if t.num_rows]
+    return (pa.concat_tables(present) if present else None), rows
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

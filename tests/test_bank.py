@@ -13,9 +13,9 @@ from sklearn.svm import OneClassSVM
 
 from fleetscore.bank import (
     INDEX_PATH,
+    Bank,
     compile_model,
     decisions_with_magnitude,
-    decode_shard,
     encode_shard,
     load_bank,
     near_boundary,
@@ -165,7 +165,7 @@ def test_bank_shards_are_plain_arrays_and_damaged_ones_are_skipped(trained_store
     rebuild_bank(trained_store)
     [shard] = [p for p in trained_store.list("bank") if p.endswith(".npz")]
     data = trained_store.get(shard)
-    assert len(decode_shard(data)) == 3  # loads with allow_pickle=False
+    assert len(Bank.decode(data)) == 3  # loads with allow_pickle=False
     trained_store.put(shard, data[:50])
     assert load_bank(trained_store, SENSORS) == {}
     result = score_unit(trained_store, H1, SENSORS, unit_id="u")
@@ -199,7 +199,7 @@ def test_compile_refuses_what_it_cannot_represent(estimator):
 
 
 def test_empty_shard_roundtrip():
-    assert decode_shard(encode_shard([])) == {}
+    assert len(Bank.decode(encode_shard([]))) == 0
 
 
 def test_bank_and_plain_paths_agree_on_the_demo_fleet(tmp_path):
@@ -303,7 +303,9 @@ def _index_entries(store):
 
     out = {}
     for shard in json.loads(store.get(INDEX_PATH))["shards"]:
-        out.update({s: sha for s, (sha, _) in decode_shard(store.get(shard["path"])).items()})
+        bank = Bank.decode(store.get(shard["path"]))
+        out.update({Sensor.parse(key): str(sha) for key, sha in
+                    zip(bank.ids.to_pylist(), bank.sha.tolist(), strict=True)})
     return out
 
 

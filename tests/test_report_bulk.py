@@ -19,7 +19,6 @@ from fleetscore.report import (
     DAILY_TABLE_HOURS,
     NOT_RUN,
     _daily_table,
-    _read_predictions,
     _runs_summary,
     _runs_table,
     _Span,
@@ -30,6 +29,7 @@ from fleetscore.runs import list_manifests, manifest_path, run_hour
 from fleetscore.runs_table import _parse_manifests, read_runs, summarize
 from fleetscore.runs_table import hour_rows as runs_hour_rows
 from fleetscore.text import count
+from tests.conftest import folded_predictions
 
 # --- the hour-by-hour reading the report had before (the oracle) ---------------------------
 
@@ -241,7 +241,7 @@ def test_predictions_files_are_read_once_each_and_counted_per_run(local_store, u
     ]
     runs = summarize(_parse_manifests([json.dumps(m).encode() for m in manifests]))
     store = local_store if use_local else RecordingStore(local_store)
-    preds, rows = _read_predictions(store, runs)
+    preds, rows = folded_predictions(store, runs)
     assert rows.tolist() == [2, 2, 4, 0]
     assert rows_of(preds) == rows_of(pa.concat_tables([a, b, c, b]))  # the shared file once
     if not use_local:
@@ -263,7 +263,7 @@ def test_a_csv_not_as_written_is_read_on_its_own(local_store, monkeypatch, separ
     runs = summarize(_parse_manifests([json.dumps(
         {"window": "2024-03-01T00", "predictions": [{"path": "p/a.csv"}, {"path": "p/odd.csv"},
                                                     {"path": "p/blank.csv"}]}).encode()]))
-    preds, rows = _read_predictions(local_store, runs)
+    preds, rows = folded_predictions(local_store, runs)
     expected = pa.concat_tables([decode(local_store.get(p), p)
                                  for p in ("p/a.csv", "p/odd.csv", "p/blank.csv")])
     assert rows.tolist() == [expected.num_rows] == [4]

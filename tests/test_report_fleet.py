@@ -21,11 +21,11 @@ from fleetscore.report import (
     Axis,
     _Fold,
     _fold_predictions,
-    _read_predictions,
     write_report,
 )
 from fleetscore.runs_table import _parse_manifests, read_runs, summarize
 from fleetscore.stores import LocalStore
+from tests.conftest import folded_predictions
 
 SENSORS = 2_000
 HOURS = 3
@@ -94,7 +94,7 @@ def test_predictions_folded_in_small_batches_give_the_same_figures(fleet, monkey
     store, _, _, _ = fleet
     runs = read_runs(store)
     axis = Axis.fitting(BENCH_HOUR.start_ms, Hour(BENCH_HOUR.index + HOURS - 1).end_ms, 60_000)
-    whole, rows = _read_predictions(store, runs)
+    whole, rows = folded_predictions(store, runs)
     one = _Fold()
     one(whole)
     calls = []
