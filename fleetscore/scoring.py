@@ -72,8 +72,6 @@ class UnitResult:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> UnitResult:
         body = {k: v for k, v in body.items() if k != "status"}
-        if "anomalies_by_sensor" in body:  # a result of an older fleetscore: every sensor's
-            body["top_anomalous"] = dict(top_counts(body.pop("anomalies_by_sensor").items()))
         body["failures"] = tuple(SensorFailure(**f) for f in body.get("failures", ()))
         body["no_data"] = tuple(body.get("no_data", ()))
         return cls(**body)
