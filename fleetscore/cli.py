@@ -487,7 +487,7 @@ def run(
         hours = _chosen_hours(st, window, from_, to, all_, now=now)
         done = _done_hours(st, hours, window=window, force=force)
         todo = [h for h in hours if h not in done]
-        if not window:
+        if from_:  # --all chose hours with data already
             todo = _drop_empty_hours(st, todo, now=now)
         be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
                           settings=settings, workers=workers or settings.workers, engine=ENGINE)

@@ -250,7 +250,9 @@ def read_manifest(store: Store, sensor: Sensor) -> ModelManifest:
     return manifest
 
 
-def load_model(store: Store, sensor: Sensor) -> Any:
+def stored_model_bytes(store: Store, sensor: Sensor) -> bytes:
+    """The sensor's model file, checked against its manifest's sha256; ModelError (or
+    ModelNotFound) names the file that is missing, damaged or replaced."""
     manifest = read_manifest(store, sensor)
     try:
         data = store.get(model_path(sensor))
@@ -260,9 +262,13 @@ def load_model(store: Store, sensor: Sensor) -> Any:
     if digest != manifest.sha256:
         raise ModelError(
             f"sensor {sensor}: model file {model_path(sensor)} does not match its manifest "
-            f"(sha256 {digest[:12]} != {manifest.sha256[:12]}); retrain or re-import it"
-        )
-    estimator = loads_model(data, f"sensor {sensor}")
+            f"(sha256 {digest[:12]} != {manifest.sha256[:12]}, {len(data)} bytes): damaged or "
+            "replaced; retrain or re-import it")
+    return data
+
+
+def load_model(store: Store, sensor: Sensor) -> Any:
+    estimator = loads_model(stored_model_bytes(store, sensor), f"sensor {sensor}")
     check_estimator(estimator, f"sensor {sensor}")
     return estimator
 
@@ -271,21 +277,10 @@ def model_problem(store: Store, sensor: Sensor) -> str | None:
     """Why the sensor's stored model cannot be loaded (its manifest or file damaged or gone),
     naming the file; None when it is sound. Nothing in the file is run or constructed."""
     try:
-        manifest = read_manifest(store, sensor)
-        data = store.get(model_path(sensor))
-    except ModelNotFound:
-        return f"model manifest {manifest_path(sensor)} is missing"
-    except NotFound:
-        return f"model file {model_path(sensor)} is missing"
-    except ModelError as exc:
-        return str(exc)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.sha256:
-        return (f"model file {model_path(sensor)} does not match its manifest (sha256 "
-                f"{digest[:12]} != {manifest.sha256[:12]}, {len(data)} bytes): damaged or "
-                "replaced; retrain or re-import it")
-    try:
-        check_skops_types(data, model_path(sensor))
+        check_skops_types(stored_model_bytes(store, sensor), model_path(sensor))
+    except ModelNotFound as exc:
+        return str(exc) if model_path(sensor) in str(exc) else \
+            f"model manifest {manifest_path(sensor)} is missing"
     except ModelError as exc:
         return str(exc)
     return None
