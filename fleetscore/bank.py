@@ -25,7 +25,8 @@ re-imported) keeps being scored from what was compiled from its verified bytes;
 
 Labels are identical to scikit-learn's: libsvm predicts +1 only for a decision > 0, and points
 whose decision is within ``BOUNDARY_TOLERANCE`` of 0 (or not finite), where the two float
-computations could disagree, are re-scored by scikit-learn itself.
+computations could disagree, are decided again in libsvm's own order of operations
+(``libsvm_decisions``), and by scikit-learn itself only where even that could round either way.
 """
 
 from __future__ import annotations
@@ -862,3 +863,53 @@ def near_boundary(decision: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         close = np.abs(decision) < BOUNDARY_TOLERANCE * np.maximum(magnitude, 1.0)
     return close | ~np.isfinite(decision) | ~np.isfinite(magnitude)
+
+
+# Rounding a compiler may add to libsvm's loop (a fused multiply-add a term, on a platform that
+# contracts) is at most one unit in the last place of the running sum a step: a result further
+# from 0 than this many steps' worth keeps its sign whichever way libsvm was compiled.
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def libsvm_decisions(bank: Bank, entry: int, values: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """libsvm's own decisions for a few points of one RBF entry, and where they are settled.
+
+    libsvm (scikit-learn's copy, svm.cpp ``predict_values`` and ``Kernel::k_function``) takes
+    d = x - s, exp(-gamma * (d * d)) a support vector, sums dual * kernel in the vectors' order,
+    then subtracts rho (the intercept's negation); this does the same in the same order with the
+    same exp (the C library's, through ``math.exp``), after the scaler's steps as ``decide``
+    takes them, so its decision is libsvm's bit for bit. No import of scikit-learn or skops:
+    the points ``decide`` cannot vouch for are settled here. ``settled`` is False for points
+    within the rounding another compilation of libsvm could add, and for every point of a
+    kernel other than the RBF: those stay with scikit-learn."""
+    p = dict(zip(PARAMS, bank.params[entry].tolist(), strict=True))
+    decision = np.full(len(values), np.nan)
+    if int(p["kernel"]) != KERNELS["rbf"]:
+        return decision, np.zeros(len(values), dtype=bool)
+    with np.errstate(all="ignore"):
+        x = np.asarray(values, dtype=np.float64) - p["mean"]
+        x /= p["scale"]
+        x *= p["mul"]
+        x += p["add"]
+        np.clip(x, p["low"], p["high"], out=x)
+    a, b = bank.offsets[entry], bank.offsets[entry + 1]
+    pairs = list(zip(bank.dual[a:b].tolist(), bank.support[a:b].tolist(), strict=True))
+    gamma, intercept = p["gamma"], p["intercept"]
+    magnitude = np.zeros(len(values))
+    for i, point in enumerate(x.tolist()):
+        total = size = 0.0
+        try:
+            for dual, vector in pairs:
+                d = point - vector
+                term = dual * math.exp(-gamma * (d * d))
+                total += term
+                size += abs(term)
+        except OverflowError:  # a negative gamma scikit-learn would not fit: its own to decide
+            total = math.nan
+        decision[i] = total + intercept
+        magnitude[i] = size + abs(intercept)
+    bound = 2.0 * (len(pairs) + 2) * _EPS * magnitude
+    with np.errstate(invalid="ignore"):
+        settled = np.isfinite(decision) & (np.abs(decision) > bound)
+    return decision, settled

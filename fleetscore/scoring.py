@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .bank import Bank, decide, load_bank, near_boundary
+from .bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
 from .errors import FleetscoreError, ScoringError, first_line
 from .hours import Hour
 from .models import load_model
@@ -228,13 +228,15 @@ def score_many(
         else:
             decision[a:b] = got_scores
 
-    # Points too close to 0 to trust two float computations to agree: scikit-learn decides.
+    # Points too close to 0 to trust the fast computation's sign: libsvm's own order of
+    # operations decides, and scikit-learn only where even that could round either way.
     lengths = stops - starts
     edge = near_boundary(decision, magnitude) & np.repeat(entries >= 0, lengths)
     if edge.any():
         for run in np.flatnonzero(np.add.reduceat(edge, starts) > 0):
-            attempt(run, lambda sensor, a, b: _settle_boundary(
-                model_of(sensor), sensor, values[a:b], decision[a:b], edge[a:b]))
+            attempt(run, lambda sensor, a, b, run=run: _settle_boundary(
+                bank, int(entries[run]), lambda: model_of(sensor), values[a:b], decision[a:b],
+                edge[a:b]))
     for run in np.flatnonzero(member & (entries < 0)):
         attempt(run, lambda sensor, a, b: _score_plain(model_of(sensor), sensor, values[a:b]))
 
@@ -310,16 +312,22 @@ def _predictions(tables: list[pa.Table], keep: np.ndarray, labels: np.ndarray,
                                labels, decision, has_score)
 
 
-def _settle_boundary(model, sensor: Sensor, values: np.ndarray, decision: np.ndarray,
-                     edge: np.ndarray):
-    """libsvm's rule (+1 only above 0); points too close to 0 to trust two float computations
-    to agree are decided by scikit-learn itself."""
-    labels = (decision <= 0).astype(np.int8)
+def _settle_boundary(bank: Bank, entry: int, model: Callable[[], Any], values: np.ndarray,
+                     decision: np.ndarray, edge: np.ndarray):
+    """libsvm's rule (+1 only above 0) on a run's points near 0: ``libsvm_decisions`` settles
+    them without scikit-learn (whose import a scoring process otherwise never needs); the rare
+    point it leaves is decided by scikit-learn itself, loading the model only then."""
     decision = decision.copy()
-    exact_labels, exact_scores = predict_labels(model, values[edge])
-    labels[edge] = exact_labels
-    if exact_scores is not None:
-        decision[edge] = exact_scores
+    at = np.flatnonzero(edge)
+    exact, settled = libsvm_decisions(bank, entry, values[at])
+    decision[at[settled]] = exact[settled]
+    rest = at[~settled]
+    labels = (decision <= 0).astype(np.int8)
+    if len(rest):
+        exact_labels, exact_scores = predict_labels(model(), values[rest])
+        labels[rest] = exact_labels
+        if exact_scores is not None:
+            decision[rest] = exact_scores
     return labels, decision
 
 

@@ -17,6 +17,7 @@ from fleetscore.bank import (
     compile_model,
     decisions_with_magnitude,
     encode_shard,
+    libsvm_decisions,
     load_bank,
     near_boundary,
     rebuild_bank,
@@ -120,6 +121,90 @@ def test_bank_scoring_matches_scikit_learn_at_the_boundary(local_store, tmp_path
         got = np.array(preds["Prediction"].to_pylist())[mask]
         vals = np.array(preds["Val"].to_pylist())[mask]
         assert (got == (model.predict(vals.reshape(-1, 1)) == -1)).all(), sensor
+
+
+def test_libsvm_decisions_are_scikit_learns_bit_for_bit_and_settle_the_boundary():
+    """The boundary's settler follows libsvm's order of operations: its decisions are
+    scikit-learn's exactly, on random points and on points found by bisection to lie on the
+    boundary, and a point it calls settled always has scikit-learn's label."""
+    models, data = _random_models(120, seed=23)
+    checked = near_total = 0
+    for model, values in zip(models, data, strict=True):
+        compiled = compile_model(model)
+        if compiled.kernel != 0:  # only the RBF is replicated; others stay unsettled
+            _, settled = libsvm_decisions(Bank.of([(Sensor("d", "t"), "", compiled)]), 0, values)
+            assert not settled.any()
+            continue
+        bank = Bank.of([(Sensor("d", "t"), "", compiled)])
+        lo = compiled.mean + compiled.scale * (compiled.support.min() - 3)
+        hi = compiled.mean + compiled.scale * (compiled.support.max() + 3)
+        roots = _boundary_points(model, lo, hi)
+        # Around each root, points as near as the fast path cannot vouch for (and nearer).
+        edge = np.concatenate([roots * (1 + f) for f in np.geomspace(1e-15, 1e-8, 8)]
+                              + [roots * (1 - f) for f in np.geomspace(1e-15, 1e-8, 8)]
+                              + [roots])
+        points = np.concatenate([values, edge])
+        decision, settled = libsvm_decisions(bank, 0, points)
+        expected = model.decision_function(points.reshape(-1, 1))
+        assert (decision[settled] == expected[settled]).all()
+        labels = model.predict(points.reshape(-1, 1))
+        assert (np.where(decision > 0, 1, -1)[settled] == labels[settled]).all()
+        assert settled[: len(values)].all()
+        checked += len(points)
+        dec, mag = decisions_with_magnitude([compiled], [edge])[0]
+        near = near_boundary(dec, mag)
+        # What the fast path leaves is settled here unless it is within libsvm's own rounding
+        # of 0 (a band of about 1e-14 of the terms' size, against the fast path's 1e-9).
+        clear = np.abs(expected[len(values):]) > 1e-12 * np.maximum(mag, 1.0)
+        assert settled[len(values):][near & clear].all()
+        near_total += int((near & clear).sum())
+    assert checked > 3000 and near_total > 1000
+
+
+def test_a_unit_settles_boundary_points_without_importing_scikit_learn(trained_store, tmp_path):
+    """A point on the boundary of a banked model is settled in the scoring process without
+    scikit-learn or skops (whose imports would cost a process more than its whole unit)."""
+    import subprocess
+    import sys
+
+    from fleetscore.ingest import ingest_file
+    from fleetscore.models import load_model
+    from tests.conftest import write_readings
+
+    sensor = SENSORS[0]
+    model = load_model(trained_store, sensor)
+    compiled = compile_model(model)
+    lo = compiled.mean + compiled.scale * (compiled.support.min() - 3)
+    hi = compiled.mean + compiled.scale * (compiled.support.max() + 3)
+    roots = _boundary_points(model, lo, hi, count=2)
+    edge = [float(v) for v in np.concatenate([roots * (1 + 1e-11), roots * (1 - 1e-11)])]
+    bank = Bank.of([(sensor, "", compiled)])
+    assert libsvm_decisions(bank, 0, np.array(edge))[1].all()
+    assert near_boundary(*decisions_with_magnitude([compiled], [np.array(edge)])[0]).all()
+    rows = [(f"2024-03-05 02:{m:02d}:30.000", sensor.device, sensor.tag, repr(v))
+            for m, v in enumerate(edge)]
+    ingest_file(trained_store, write_readings(tmp_path / "edge.csv", rows))
+    rebuild_bank(trained_store)
+    script = (
+        "import sys\n"
+        "from fleetscore.hours import Hour\n"
+        "from fleetscore.scoring import score_unit\n"
+        "from fleetscore.sensors import Sensor\n"
+        "from fleetscore.stores import LocalStore\n"
+        f"r = score_unit(LocalStore({str(trained_store.root)!r}), Hour.parse('2024-03-05T02'),"
+        f" [Sensor({sensor.device!r}, {sensor.tag!r})], unit_id='edge')\n"
+        "assert r.scored == 1 and not r.failures, r\n"
+        "print(r.predictions)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'skops')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    path, modules = out.stdout.splitlines()
+    assert modules == "[]", modules
+    preds = decode(trained_store.get(path), path)
+    got = np.array(preds["Prediction"].to_pylist())
+    vals = np.array(preds["Val"].to_pylist())
+    assert (got == (model.predict(vals.reshape(-1, 1)) == -1)).all()
 
 
 def test_bank_and_plain_paths_write_the_same_predictions(trained_store):
