@@ -1,4 +1,4 @@
-"""Activities: parse the input, call the run lifecycle (fleetscore.runs), return a JSON-safe
+"""Activities: parse the input, call the run lifecycle (fleetscore.runs.lifecycle), return a JSON-safe
 dict. Errors raise; the orchestrator's retry policy and its failure handling decide."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 
 import azure.durable_functions as df
 
-from fleetscore import runs, runtime
-from fleetscore.hours import Hour
-from fleetscore.planning import MIN_TASK_SECONDS
-from fleetscore.sensors import Sensor
+from fleetscore import runtime
+from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
+from fleetscore.runs import lifecycle as runs
+from fleetscore.scoring.planning import MIN_TASK_SECONDS
 from orchestrators.names import FINALIZE, PLAN, STATUS, SUBMIT
 
 bp = df.Blueprint()

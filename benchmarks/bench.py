@@ -26,8 +26,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from fleetscore.arrivals import record_arrivals
-from fleetscore.bank import (
+from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.arrivals import record_arrivals
+from fleetscore.data.predictions import encode, predictions_path, predictions_table_many
+from fleetscore.data.windows import PART_SCHEMA, by_sensor, encode_part, part_path, read_points
+from fleetscore.model.bank import (
     INDEX_PATH,
     MODELS_PATH,
     SHARD_SENSORS,
@@ -40,11 +44,7 @@ from fleetscore.bank import (
     models_list,
     versions_list,
 )
-from fleetscore.hours import Hour
-from fleetscore.predictions import encode, predictions_path, predictions_table_many
-from fleetscore.sensors import Sensor
-from fleetscore.stores import LocalStore, Store
-from fleetscore.windows import PART_SCHEMA, by_sensor, encode_part, part_path, read_points
+from fleetscore.storage import LocalStore, Store
 
 BENCH_HOUR = Hour.parse("2026-01-05T01")
 BASE_MODELS = 64
@@ -127,8 +127,8 @@ def write_hour_of_points(store: Store, hour: Hour, sensors: list[Sensor], values
 
 def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sensor]:
     """Points, arrivals and models for ``n`` sensors; skops models only for the sample."""
-    from fleetscore.models import save_model
-    from fleetscore.training import default_model
+    from fleetscore.model.registry import save_model
+    from fleetscore.model.training import default_model
 
     rng = np.random.default_rng(seed)
     sensors = _sensors(n)
@@ -142,7 +142,7 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
     # spread) makes it a distinct model, as training per sensor would.
     bases = [default_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(BASE_MODELS)]
     compiled_bases = [compile_model(b) for b in bases]
-    from fleetscore.models import ModelManifest, manifest_path
+    from fleetscore.model.registry import ModelManifest, manifest_path
 
     digests = {}
     for i in range(min(sample, n)):
@@ -189,7 +189,7 @@ def write_bank(store: Store, entries: list, prefix: str) -> None:
 
 
 def read_manifest_template(store: Store, sensor: Sensor) -> dict:
-    from fleetscore.models import read_manifest
+    from fleetscore.model.registry import read_manifest
 
     return asdict(read_manifest(store, sensor))
 
@@ -207,10 +207,10 @@ def _with_scaler(base, mean: float, scale: float):
 
 def time_fast(store: Store, sensors: list[Sensor]) -> Stages:
     """The stages of ``score_unit``'s fast path, one by one, then the whole call."""
-    from fleetscore.bank import decide
-    from fleetscore.predictions import predictions_columns
-    from fleetscore.scoring import present_pairs, score_unit
-    from fleetscore.windows import sensor_runs
+    from fleetscore.data.predictions import predictions_columns
+    from fleetscore.data.windows import sensor_runs
+    from fleetscore.model.bank import decide
+    from fleetscore.scoring.score import present_pairs, score_unit
 
     t0 = time.perf_counter()
     points = read_points(store, BENCH_HOUR, sensors)
@@ -235,8 +235,8 @@ def time_fast(store: Store, sensors: list[Sensor]) -> Stages:
 
 
 def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
-    from fleetscore.models import load_model
-    from fleetscore.scoring import predict_labels, score_unit
+    from fleetscore.model.registry import load_model
+    from fleetscore.scoring.score import predict_labels, score_unit
 
     t0 = time.perf_counter()
     points = by_sensor(read_points(store, BENCH_HOUR, sensors))
@@ -256,7 +256,7 @@ def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
 
 def time_memory_loop(store: Store, sensors: list[Sensor]) -> float:
     """Microseconds a sensor of ``model.predict(points)`` with every model already loaded."""
-    from fleetscore.models import load_model
+    from fleetscore.model.registry import load_model
 
     points = by_sensor(read_points(store, BENCH_HOUR, sensors))
     models = {s: load_model(store, s) for s in sensors}
@@ -273,9 +273,9 @@ def _median_stages(runs: list[Stages]) -> Stages:
 
 def run_bench(sensors: int, *, sample: int = 1000, repeats: int = 3, workers: int | None = None,
               directory: Path | None = None, seed: int = 0) -> BenchResult:
-    from fleetscore.backends.local import LocalBackend
-    from fleetscore.engine import ENGINE
-    from fleetscore.runs import read_predictions
+    from fleetscore.compute.local import LocalBackend
+    from fleetscore.runs.engine import ENGINE
+    from fleetscore.runs.lifecycle import read_predictions
     from fleetscore.settings import Settings
 
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -322,8 +322,8 @@ def fresh_hour(store: LocalStore) -> None:
     system finish deleting them, so each timed run scores the hour afresh as the hourly run
     does: replacing an earlier run's files is a rerun's cost, and on a disk that discards
     freed blocks it lands, unpredictably, in whatever runs next."""
-    from fleetscore.predictions import predictions_folder
-    from fleetscore.runs import manifest_path
+    from fleetscore.data.predictions import predictions_folder
+    from fleetscore.runs.lifecycle import manifest_path
 
     for path in list(store.list(predictions_folder(BENCH_HOUR))):
         store.delete(path)
@@ -334,7 +334,7 @@ def fresh_hour(store: LocalStore) -> None:
 def run_in_child(store: LocalStore, workers: int | None, fmt: str):
     """Seconds of one whole run of the bench hour (``run_hour``, the local pool) in a fresh
     Python process, timed there from the run's start to its summary, and that summary."""
-    from fleetscore.runs import RunSummary
+    from fleetscore.runs.lifecycle import RunSummary
 
     # The child finds this package where this process found it (appended to its path, so the
     # fleetscore it imports is the installed one, as here), whatever its working directory.
@@ -351,11 +351,11 @@ def run_in_child(store: LocalStore, workers: int | None, fmt: str):
 
 
 def _child_run(argv: list[str]) -> None:
-    from fleetscore.backends.local import LocalBackend
-    from fleetscore.engine import ENGINE
-    from fleetscore.runs import run_hour
+    from fleetscore.compute.local import LocalBackend
+    from fleetscore.runs.engine import ENGINE
+    from fleetscore.runs.lifecycle import run_hour
     from fleetscore.settings import Settings
-    from fleetscore.workers import tune_gc
+    from fleetscore.storage.workers import tune_gc
 
     tune_gc()  # as the CLI does
     url, workers, fmt = argv
@@ -388,7 +388,7 @@ def _own_peak_mb() -> float:
 
 
 def _labels(store: Store, unit: str, sensors: list[Sensor]) -> list[tuple]:
-    from fleetscore.predictions import decode
+    from fleetscore.data.predictions import decode
 
     table = decode(store.get(predictions_path(BENCH_HOUR, unit)), unit)
     wanted = {(s.device, s.tag) for s in sensors}

@@ -82,16 +82,16 @@ def _tree(root: Path) -> tuple[int, int]:
 
 def run_backfill_bench(directory: Path, *, hours: int = 13_000, workers: int | None = None,
                        seed: int = 0) -> BackfillResult:
-    from fleetscore.arrivals import hours_with_arrivals
-    from fleetscore.backends.local import LocalBackend
-    from fleetscore.bank import rebuild_bank
-    from fleetscore.engine import ENGINE
-    from fleetscore.ingest import ingest_file
-    from fleetscore.ranges import run_range
-    from fleetscore.report import write_report
+    from fleetscore.compute.local import LocalBackend
+    from fleetscore.data.arrivals import hours_with_arrivals
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.bank import rebuild_bank
+    from fleetscore.model.training import train
+    from fleetscore.report.html import write_report
+    from fleetscore.runs.engine import ENGINE
+    from fleetscore.runs.ranges import run_range
     from fleetscore.settings import Settings
-    from fleetscore.stores import LocalStore
-    from fleetscore.training import train
+    from fleetscore.storage import LocalStore
 
     csv_path = directory / "history.csv"
     readings = make_history(csv_path, hours=hours, seed=seed)

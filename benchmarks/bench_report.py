@@ -37,10 +37,10 @@ def _peak_mb() -> float:
 def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
           workers: int | None = None) -> dict:
     """Write the fleet and run its hours; returns what the runs left (counts, seconds)."""
-    from fleetscore.backends.local import LocalBackend
-    from fleetscore.engine import ENGINE
-    from fleetscore.hours import Hour
-    from fleetscore.ranges import run_range
+    from fleetscore.compute.local import LocalBackend
+    from fleetscore.core.hours import Hour
+    from fleetscore.runs.engine import ENGINE
+    from fleetscore.runs.ranges import run_range
     from fleetscore.settings import Settings
 
     from .bench import BENCH_HOUR, build_fleet, write_hour_of_points
@@ -75,7 +75,7 @@ def build(store, sensors: int, hours: int, *, seed: int = 0, sample: int = 64,
 
 
 def time_report(store, output: Path, repeats: int) -> tuple[list[float], str]:
-    from fleetscore.report import write_report
+    from fleetscore.report.html import write_report
 
     seconds, said = [], ""
     for _ in range(repeats):
@@ -87,7 +87,7 @@ def time_report(store, output: Path, repeats: int) -> tuple[list[float], str]:
 
 def run(sensors: int, hours: int = 24, *, directory: Path | None = None, repeats: int = 3,
         workers: int | None = None, seed: int = 0, reuse: bool = False) -> dict:
-    from fleetscore.stores import LocalStore
+    from fleetscore.storage import LocalStore
 
     def measure(root: Path) -> dict:
         store = LocalStore(root / "store")

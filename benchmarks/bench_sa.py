@@ -11,7 +11,7 @@ reports, per unit, the bytes and requests the window read path asked of the stor
 per sensor of the whole hour.
 
 With ``compact`` (the default) the hour is compacted first, as ``runs.begin`` does
-(fleetscore/compaction.py), and the compaction's own time is reported beside; without it the
+(fleetscore/data/compaction.py), and the compaction's own time is reported beside; without it the
 units read the raw files, as every run did before compaction existed.
 """
 
@@ -30,13 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fleetscore.arrivals import record_arrivals
-from fleetscore.bank import Compiled, compile_model
-from fleetscore.hours import Hour
-from fleetscore.sensors import Sensor
-from fleetscore.stores import LocalStore, Store
-from fleetscore.stores.counting import CountingStore
-from fleetscore.windows import windows_folder
+from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.arrivals import record_arrivals
+from fleetscore.data.windows import windows_folder
+from fleetscore.model.bank import Compiled, compile_model
+from fleetscore.storage import LocalStore, Store
+from fleetscore.storage.counting import CountingStore
 
 SA_HOUR = Hour.parse("2026-01-05T01")
 ROWS_PER_FILE = 10_000  # the job's Blob output: a file per 10,000 rows or per minute
@@ -115,8 +115,8 @@ def install_models(store: Store, sensors: list[Sensor], *, seed: int = 0,
                    base_models: int = 16) -> None:
     """One skops model (for the manifest template), a manifest per sensor, and the bank: every
     sensor scored by the fast path, as in ``fleetscore bench``."""
-    from fleetscore.models import ModelManifest, manifest_path, save_model
-    from fleetscore.training import default_model
+    from fleetscore.model.registry import ModelManifest, manifest_path, save_model
+    from fleetscore.model.training import default_model
 
     from .bench import read_manifest_template, write_bank
 
@@ -172,9 +172,9 @@ class StoreFigures:
 
 def measure_units(store: Store, sensors: list[Sensor], n_units: int, *, repeats: int,
                   hour: Hour = SA_HOUR, hour_bytes: int) -> UnitsFigures:
-    from fleetscore.planning import make_plan
-    from fleetscore.scoring import score_unit
-    from fleetscore.windows import read_points
+    from fleetscore.data.windows import read_points
+    from fleetscore.scoring.planning import make_plan
+    from fleetscore.scoring.score import score_unit
 
     size = math.ceil(len(sensors) / n_units)
     plan = make_plan(store, hour, unit_size=size)
@@ -225,7 +225,7 @@ def bench_store(store: Store, name: str, n: int, *, units=(1, 10, 100), repeats:
     install_models(store, sensors, seed=seed)
     compaction_s, compacted_bytes = None, 0
     if compact:
-        from fleetscore.compaction import compact_hour
+        from fleetscore.data.compaction import compact_hour
 
         t0 = time.perf_counter()
         done = compact_hour(store, hour)
@@ -247,7 +247,7 @@ def run_sa_bench(sensors: int = 10_000, *, units=(1, 10, 100), repeats: int = 3,
         out.append(bench_store(store, "local", sensors, units=units, repeats=repeats,
                                compact=compact, seed=seed, rows_per_file=rows_per_file))
     if connection_string:
-        from fleetscore.stores.blob import BlobStore
+        from fleetscore.storage.blob import BlobStore
 
         container = f"bench-sa-{uuid.uuid4().hex[:12]}"
         blob = BlobStore(container, connection_string=connection_string)

@@ -20,8 +20,8 @@ HOURS = ("2026-01-05T00", "2026-01-05T01")
 
 
 def build(store, sensors: int, seed: int = 0) -> None:
-    from fleetscore.hours import Hour
-    from fleetscore.sensors import Sensor
+    from fleetscore.core.hours import Hour
+    from fleetscore.core.sensors import Sensor
 
     from .bench import write_hour_of_points
 
@@ -34,8 +34,8 @@ def build(store, sensors: int, seed: int = 0) -> None:
 
 
 def run(sensors: int, workers: int | None) -> dict:
-    from fleetscore.stores import LocalStore
-    from fleetscore.training import train
+    from fleetscore.model.training import train
+    from fleetscore.storage import LocalStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(Path(tmp) / "store")

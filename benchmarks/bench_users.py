@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from fleetscore.hours import Hour
+from fleetscore.core.hours import Hour
 
 FIRST = Hour.parse("2026-01-05T00")  # trained on
 SCORED = Hour.parse("2026-01-05T01")  # scored and rescored
@@ -115,10 +115,10 @@ def time_size(root: Path, sensors: int, *, repeats: int, workers: int | None, fm
 
 def memory_loop_us(store_dir: Path, sample: int) -> float:
     """scikit-learn's ``predict`` a sensor, models already loaded: the floor of a loop."""
-    from fleetscore.models import load_model
-    from fleetscore.sensors import Sensor
-    from fleetscore.stores import LocalStore
-    from fleetscore.windows import by_sensor, read_points
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.data.windows import by_sensor, read_points
+    from fleetscore.model.registry import load_model
+    from fleetscore.storage import LocalStore
 
     store = LocalStore(store_dir, create=False)
     sensors = [Sensor(f"D{i // 5:05d}", f"t{i % 5}") for i in range(sample)]

@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleetscore.demo import INTERVAL_S, make_fleet  # noqa: E402
-from fleetscore.training import default_model  # noqa: E402
-from fleetscore.windows import window_end_ms  # noqa: E402
+from fleetscore.data.synthetic import INTERVAL_S, make_fleet  # noqa: E402
+from fleetscore.data.windows import window_end_ms  # noqa: E402
+from fleetscore.model.training import default_model  # noqa: E402
 
 NUS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 GAMMAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)

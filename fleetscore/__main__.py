@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(find_spec(name) is None for name in ("typer", "rich")):
         sys.stderr.write(CLI_EXTRA + "\n")
         sys.exit(2)
-    from .cli import main as cli_main
+    from fleetscore.cli.app import main as cli_main
 
     cli_main(argv)
 

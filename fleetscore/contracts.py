@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InputError
+from fleetscore.errors import InputError
 
 # A unit's states, wherever it runs (backends, the orchestrator, finalize).
 PENDING, RUNNING, SUCCEEDED, PARTIAL, FAILED = "pending", "running", "succeeded", "partial", "failed"

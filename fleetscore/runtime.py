@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 
-from .backends.base import ComputeBackend
-from .engine import ENGINE
-from .settings import Settings
-from .stores import Store, open_store
+from fleetscore.compute.base import ComputeBackend
+from fleetscore.runs.engine import ENGINE
+from fleetscore.settings import Settings
+from fleetscore.storage import Store, open_store
 
 
 @functools.cache
@@ -29,10 +29,10 @@ def backend() -> ComputeBackend:
     """The `local` setting scores a unit inside its submit activity (the sequential backend)."""
     name = settings().backend
     if name in ("local", "sequential"):
-        from .backends.local import SequentialBackend
+        from fleetscore.compute.local import SequentialBackend
 
         return SequentialBackend(store(), ENGINE)
-    from .backends import load_backend
+    from fleetscore.compute import load_backend
 
     return load_backend(name, store(), store_spec=settings().store, settings=settings(),
                         engine=ENGINE)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from .errors import UsageError
+from fleetscore.errors import UsageError
 
 DEFAULT_STORE = "./fleetscore-data"
 DEFAULT_INTERVAL_S = 60

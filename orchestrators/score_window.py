@@ -1,4 +1,4 @@
-"""``score_window``: the run lifecycle of fleetscore.runs, driven with durable timers.
+"""``score_window``: the run lifecycle of fleetscore.runs.lifecycle, driven with durable timers.
 
 plan (begin: the hour's lock, the plan) -> bounded fan-out of units -> finalize (promote,
 manifest, release the lock). The run id is made here, deterministically (replay gives the same

@@ -25,12 +25,12 @@ import logging
 import sys
 
 from fleetscore import telemetry
+from fleetscore.core.hours import Hour
 from fleetscore.errors import FleetscoreError, InputError, UsageError
-from fleetscore.hours import Hour
-from fleetscore.runs import record_unusable, run_unit
+from fleetscore.runs.lifecycle import record_unusable, run_unit
 from fleetscore.settings import Settings
-from fleetscore.stores import open_store
-from fleetscore.workers import tune_gc
+from fleetscore.storage import open_store
+from fleetscore.storage.workers import tune_gc
 
 # EXIT_FINAL: a deterministic failure; 0 so that Batch does not retry it (see above).
 EXIT_OK, EXIT_RETRY, EXIT_FINAL = 0, 1, 0

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetscore.engine import ENGINE
+from fleetscore.runs.engine import ENGINE
 from fleetscore.settings import Settings
-from fleetscore.stores import LocalStore, Store
+from fleetscore.storage import LocalStore, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
@@ -99,7 +99,7 @@ def blob_settings(azurite: Azurite) -> Settings:
 
 @pytest.fixture
 def blob_store(azurite: Azurite, blob_settings: Settings) -> Iterator[Store]:
-    from fleetscore.stores.blob import BlobStore
+    from fleetscore.storage.blob import BlobStore
 
     container = f"t{uuid.uuid4().hex[:20]}"
     store = BlobStore(container, connection_string=azurite.connection_string)
@@ -158,9 +158,9 @@ def fleet_csv(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def trained_store(local_store: LocalStore, fleet_csv: Path) -> LocalStore:
-    from fleetscore.hours import Hour
-    from fleetscore.ingest import ingest_file
-    from fleetscore.training import train
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.training import train
 
     ingest_file(local_store, fleet_csv)
     train(local_store, until=Hour.parse("2024-03-01T00"))
@@ -172,7 +172,7 @@ def folded_predictions(store: Store, runs):
     collected into one table: (the table or None, predictions per run)."""
     import pyarrow as pa
 
-    from fleetscore.report import _fold_predictions
+    from fleetscore.report.html import _fold_predictions
 
     tables: list = []
     rows = _fold_predictions(store, runs, tables.append)
@@ -242,8 +242,8 @@ def run_async():
 
 
 def demo_readings(base: Path, *, sensors: int, hours: int, seed: int):
-    """A synthetic fleet (fleetscore.demo) and its readings CSV in ``base``."""
-    from fleetscore.demo import make_fleet, write_readings_csv
+    """A synthetic fleet (fleetscore.cli.demo) and its readings CSV in ``base``."""
+    from fleetscore.data.synthetic import make_fleet, write_readings_csv
 
     fleet = make_fleet(sensors=sensors, hours=hours, seed=seed)
     readings = base / "readings.csv"
@@ -254,10 +254,10 @@ def demo_readings(base: Path, *, sensors: int, hours: int, seed: int):
 @pytest.fixture(scope="session")
 def fleet_template(tmp_path_factory) -> dict:
     """120 sensors, trained on 2026-01-05T00, scored for 2026-01-05T01 by a clean run."""
-    from fleetscore.backends.local import SequentialBackend
-    from fleetscore.ingest import ingest_file
-    from fleetscore.runs import run_hour
-    from fleetscore.training import train
+    from fleetscore.compute.local import SequentialBackend
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.training import train
+    from fleetscore.runs.lifecycle import run_hour
 
     base = tmp_path_factory.mktemp("fleet")
     fleet, readings = demo_readings(base, sensors=120, hours=2, seed=3)
@@ -473,7 +473,7 @@ def pytest_configure(config):
 @pytest.fixture
 def cli(capsys):
     """Run `fleetscore ARGS` in this process: (exit code, stdout, stderr)."""
-    from fleetscore.cli import main
+    from fleetscore.cli.app import main
 
     def run(*args: str) -> tuple[int, str, str]:
         with pytest.raises(SystemExit) as exit_info:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from benchmarks.bench_sa import SA_HOUR, bench_store, sa_sensors, write_sa_hour
-from fleetscore.stores import LocalStore
-from fleetscore.windows import read_points, windows_folder
+from fleetscore.data.windows import read_points, windows_folder
+from fleetscore.storage import LocalStore
 
 
 def test_the_input_is_shaped_as_the_job_writes_it(tmp_path):

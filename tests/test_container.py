@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.backends.batch import BatchBackend
-from fleetscore.backends.local import SequentialBackend
-from fleetscore.engine import ENGINE
-from fleetscore.hours import Hour
-from fleetscore.planning import make_plan, save_plan
+from fleetscore.compute.batch import BatchBackend
+from fleetscore.compute.local import SequentialBackend
+from fleetscore.core.hours import Hour
+from fleetscore.runs.engine import ENGINE
+from fleetscore.scoring.planning import make_plan, save_plan
 from fleetscore.settings import BatchSettings, Settings
-from fleetscore.stores import LocalStore
+from fleetscore.storage import LocalStore
 
 pytestmark = pytest.mark.container
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fleetscore.stores import LocalStore, Store
+from fleetscore.storage import LocalStore, Store
 from tests.conftest import demo_readings
 
 HOURS = ("2026-01-05T01", "2026-01-05T02")
@@ -109,7 +109,7 @@ CASES = [pytest.param(Case(k, d), id=f"{k}-{d}") for k in OBJECTS for d in DAMAG
 @pytest.fixture(scope="session")
 def damage_template(tmp_path_factory) -> Path:
     """Six sensors, trained on the first hour, the next two hours scored by `run --all`."""
-    from fleetscore.cli import main
+    from fleetscore.cli.app import main
 
     base = tmp_path_factory.mktemp("damage")
     fleet, readings = demo_readings(base, sensors=6, hours=3, seed=5)
@@ -135,7 +135,7 @@ def damaged_env(request, damage_template, tmp_path, monkeypatch):
         _copy_into(damage_template, LocalStore(root, create=True))
         return str(root), LocalStore(root)
     azurite = request.getfixturevalue("azurite")
-    from fleetscore.stores.blob import BlobStore
+    from fleetscore.storage.blob import BlobStore
 
     container = f"d{uuid.uuid4().hex[:20]}"
     monkeypatch.setenv("FLEETSCORE_STORAGE_CONNECTION_STRING", azurite.connection_string)
@@ -146,9 +146,9 @@ def damaged_env(request, damage_template, tmp_path, monkeypatch):
 
 
 def _sensors_with_predictions(store: Store, hour: str) -> set[str]:
-    from fleetscore.hours import Hour
-    from fleetscore.predictions import decode
-    from fleetscore.runs import hour_predictions
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.predictions import decode
+    from fleetscore.runs.lifecycle import hour_predictions
 
     found = set()
     for path in hour_predictions(store, Hour.parse(hour)):
@@ -240,7 +240,7 @@ def test_two_concurrent_runs_over_a_malformed_manifest_fail_only_its_sensor(dama
     store = LocalStore(root)
     path = _first(list(store.list("")), "models/D000/", ".json")
     store.put(path, b"{ not json")
-    command = [sys.executable, "-m", "fleetscore.cli", "run", "--window", H1, "--force",
+    command = [sys.executable, "-m", "fleetscore", "run", "--window", H1, "--force",
                "--store", str(root), "--backend", "sequential"]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]

@@ -98,10 +98,10 @@ def test_infra_holds_no_secret_and_prefers_identities():
 
 
 def test_infra_pool_uses_the_one_autoscale_formula():
-    from fleetscore.backends.batch import AUTOSCALE_FORMULA
+    from fleetscore.compute.batch import AUTOSCALE_FORMULA
 
     batch = TEMPLATES["modules/batch.bicep"]
-    assert "loadTextContent('../../fleetscore/backends/autoscale.formula')" in batch
+    assert "loadTextContent('../../fleetscore/compute/autoscale.formula')" in batch
     for token in ("{max_nodes}", "{tasks_per_node}", "{dedicated}", "{low_priority}"):
         assert token in AUTOSCALE_FORMULA and f"'{token}'" in batch
     assert "evaluationInterval: 'PT5M'" in batch

@@ -18,7 +18,7 @@ import setuptools
 from fleetscore.__main__ import CLI_EXTRA
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = {"bench", "bench_backfill", "bench_report", "bench_sa", "bench_train"}
+BENCHES = {"bench", "bench_backfill", "bench_report", "bench_sa", "bench_train", "bench_users"}
 EXTRAS_ONLY = {"typer", "rich", "matplotlib"}
 
 
@@ -73,7 +73,7 @@ def test_the_wheel_holds_no_benchmark_module(wheel):
         entry_points = next(whl.read(n).decode() for n in names
                             if n.endswith(".dist-info/entry_points.txt"))
         metadata = next(whl.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
-    assert "fleetscore/cli.py" in names and "scoring_container/__main__.py" in names
+    assert "fleetscore/cli/app.py" in names and "scoring_container/__main__.py" in names
     assert [n for n in names if _is_bench(n)] == []
     assert "fleetscore = fleetscore.__main__:main" in entry_points
     # typer, rich and matplotlib come only with an extra.
@@ -100,7 +100,7 @@ def test_bench_from_an_installed_wheel_says_it_runs_from_a_source_checkout(wheel
 
 
 def test_bench_in_the_checkout_finds_the_benchmarks_from_any_directory(tmp_path):
-    code = ("from fleetscore.cli import _benchmark; "
+    code = ("from fleetscore.cli.app import _benchmark; "
             "print(_benchmark('bench').__file__); print(_benchmark('bench_sa').__file__)")
     done = _run(code, tmp_path)
     assert done.returncode == 0, done.stderr
@@ -136,7 +136,7 @@ def test_the_command_with_the_cli_extra_runs(tmp_path):
 
 
 def test_report_without_the_report_extra_says_which_extra_in_one_line(tmp_path):
-    from fleetscore.stores import LocalStore
+    from fleetscore.storage import LocalStore
 
     LocalStore(tmp_path / "store").close()
     out = tmp_path / "report.html"
@@ -177,8 +177,8 @@ def test_the_deployables_import_neither_the_command_line_nor_the_charts(tmp_path
             "for name in ('typer', 'rich', 'matplotlib'):\n"
             "    sys.modules[name] = None\n"
             "import function_app, scoring_container.__main__\n"
-            "print(' '.join(m for m in sys.modules if m in ('fleetscore.cli', 'fleetscore.report',"
-            " 'fleetscore.demo') or m.split('.')[0] in ('benchmarks', 'click')))\n")
+            "print(' '.join(m for m in sys.modules if m in ('fleetscore.cli.app', 'fleetscore.report.html',"
+            " 'fleetscore.cli.demo') or m.split('.')[0] in ('benchmarks', 'click')))\n")
     done = _run(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == ""

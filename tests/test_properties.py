@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetscore.hours import MS_PER_HOUR, Hour
-from fleetscore.predictions import decode, encode, predictions_table
-from fleetscore.sensors import ID_PATTERN, Sensor, is_valid_id
-from fleetscore.windows import aggregate, combine, split_hours, window_end_ms
+from fleetscore.core.hours import MS_PER_HOUR, Hour
+from fleetscore.core.sensors import ID_PATTERN, Sensor, is_valid_id
+from fleetscore.data.predictions import decode, encode, predictions_table
+from fleetscore.data.windows import aggregate, combine, split_hours, window_end_ms
 
 ids = st.from_regex(rf"\A{ID_PATTERN}\Z").filter(lambda s: s not in (".", ".."))
 T0 = 1_700_000_000_000

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from azure.functions.timer import TimerRequest
 
-from fleetscore.engine import ENGINE
-from fleetscore.hours import Hour, previous_full_hour
-from tests.backends.batch_emulator import (
+from fleetscore.core.hours import Hour, previous_full_hour
+from fleetscore.runs.engine import ENGINE
+from tests.compute.batch_emulator import (
     BatchEmulator,
     PodmanRunner,
     ProcessRunner,
@@ -62,11 +62,11 @@ def _rows(table) -> list[tuple]:
 def test_an_hour_through_the_whole_cloud_path(
         node, request, app_functions, orchestrator_functions, functions_env, durable_fake,
         run_async, azurite, tmp_path, tmp_path_factory, monkeypatch):
-    from fleetscore.backends.local import SequentialBackend
-    from fleetscore.ingest import ingest_file
-    from fleetscore.runs import read_manifest, read_predictions, run_hour
-    from fleetscore.stores import LocalStore
-    from fleetscore.training import train
+    from fleetscore.compute.local import SequentialBackend
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.training import train
+    from fleetscore.runs.lifecycle import read_manifest, read_predictions, run_hour
+    from fleetscore.storage import LocalStore
 
     started = time.monotonic()
     now = datetime.now(UTC)

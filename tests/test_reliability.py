@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore import locks
-from fleetscore.backends.local import LocalBackend, SequentialBackend
-from fleetscore.engine import ENGINE
+from fleetscore.compute.local import LocalBackend, SequentialBackend
+from fleetscore.core.hours import Hour
+from fleetscore.data.ingest import ingest_file
 from fleetscore.errors import AlreadyRunning
-from fleetscore.hours import Hour
-from fleetscore.ingest import ingest_file
-from fleetscore.locks import lock_path
-from fleetscore.runs import read_manifest, run_hour
+from fleetscore.runs import locks
+from fleetscore.runs.engine import ENGINE
+from fleetscore.runs.lifecycle import read_manifest, run_hour
+from fleetscore.runs.locks import lock_path
 from fleetscore.settings import Settings
-from fleetscore.stores import LocalStore
+from fleetscore.storage import LocalStore
 from tests.conftest import ROOT, Azurite, minute_readings, predictions_snapshot, write_readings
 
 reliability = pytest.mark.reliability
@@ -32,7 +32,7 @@ UNIT_SIZE = "30"
 
 
 def _fleetscore(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fleetscore.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "fleetscore", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -70,7 +70,7 @@ def test_duplicated_rows_count_once_and_are_named(local_store, tmp_path):
 
 @reliability("R6")
 def test_out_of_order_points_aggregate_as_sorted_ones(tmp_path):
-    from fleetscore.windows import read_points
+    from fleetscore.data.windows import read_points
 
     rows = minute_readings("1", "1", "2024-03-01 00:00:00", 30, seed=4)
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
@@ -82,8 +82,8 @@ def test_out_of_order_points_aggregate_as_sorted_ones(tmp_path):
 
 @reliability("R9")
 def test_truncated_model_file_fails_its_sensor_alone(trained_store):
-    from fleetscore.models import model_path
-    from fleetscore.sensors import Sensor
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.registry import model_path
 
     path = model_path(Sensor("1", "2"))
     data = trained_store.get(path)
@@ -95,7 +95,7 @@ def test_truncated_model_file_fails_its_sensor_alone(trained_store):
 
 @reliability("R13")
 def test_verify_names_files_changed_after_they_were_written(trained_store, capsys):
-    from fleetscore.cli import main
+    from fleetscore.cli.app import main
 
     run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
     with pytest.raises(SystemExit) as clean:
@@ -293,8 +293,8 @@ def own_azurite(tmp_path):
 
 @reliability("R19")
 def test_store_restarting_mid_run_is_ridden_out(own_azurite, fleet_template):
-    from fleetscore.stores.blob import BlobStore
-    from fleetscore.training import train
+    from fleetscore.model.training import train
+    from fleetscore.storage.blob import BlobStore
 
     store = BlobStore("fleet", connection_string=own_azurite.connection_string, retries=5)
     ingest_file(store, fleet_template["readings"])
@@ -331,7 +331,7 @@ def test_store_down_is_one_clear_line_and_nothing_half_written(own_azurite, flee
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert re.search(r"error: cannot .*fleet.*Connection refused", err)
     own_azurite.start()
-    from fleetscore.stores.blob import BlobStore
+    from fleetscore.storage.blob import BlobStore
 
     store = BlobStore("fleet", connection_string=own_azurite.connection_string)
     assert not list(store.list("models"))  # no model, whole or half, was written
@@ -380,7 +380,7 @@ def test_no_secret_in_the_repository_or_in_settings_repr():
     ["ingest", "--interval", "60"],
 ])
 def test_more_commands_with_bad_arguments_never_trace(args, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fleetscore.cli", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "fleetscore", *args], capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr and proc.stderr.strip()

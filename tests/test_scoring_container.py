@@ -17,7 +17,7 @@ WINDOW = "2024-03-01T01"
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleetscore.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fleetscore", *args], capture_output=True,
                           text=True, timeout=180, cwd=ROOT, check=check)
 
 
@@ -27,9 +27,9 @@ def _sorted_rows(table) -> list[tuple]:
 
 @pytest.mark.reliability("R30")
 def test_container_scores_a_saved_plan_into_its_run_and_changes_nothing_visible(trained_store):
-    from fleetscore.hours import Hour
-    from fleetscore.predictions import decode
-    from fleetscore.runs import read_predictions, read_unit_result, staged_path
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.predictions import decode
+    from fleetscore.runs.lifecycle import read_predictions, read_unit_result, staged_path
 
     hour = Hour.parse(WINDOW)
     store = trained_store.url
@@ -68,11 +68,11 @@ def test_container_exit_codes_tell_batch_when_a_retry_can_help(trained_store, tm
     """0 whenever a Batch retry would change nothing: the unit's result is recorded (scored,
     partial, unusable, bad arguments that still name the unit), or the command line is wrong
     and stderr says so. 1 only when nothing could be recorded and a retry may help."""
-    from fleetscore.hours import Hour
-    from fleetscore.models import model_path
-    from fleetscore.planning import make_plan, save_plan
-    from fleetscore.runs import read_unit_result
-    from fleetscore.sensors import Sensor
+    from fleetscore.core.hours import Hour
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.registry import model_path
+    from fleetscore.runs.lifecycle import read_unit_result
+    from fleetscore.scoring.planning import make_plan, save_plan
 
     hour = Hour.parse(WINDOW)
     save_plan(trained_store, make_plan(trained_store, hour, unit_size=3), "r1")

@@ -50,7 +50,7 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from fleetscore import telemetry
-from fleetscore.scoring import SensorFailure, UnitResult
+from fleetscore.scoring.score import SensorFailure, UnitResult
 
 unit = UnitResult("u1", "2024-03-01T01", sensors=4, scored=3, points=180, anomalies=7,
                   failures=(SensorFailure("1/2", "ModelError", "broken"),), duration_s=0.25)

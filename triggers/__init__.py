@@ -11,11 +11,11 @@ import azure.functions as func
 from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
 
 from fleetscore import runtime
+from fleetscore.core.hours import Hour, previous_full_hour
+from fleetscore.core.requests import RequestError, parse_run_request
+from fleetscore.data.events import Event, record_events
 from fleetscore.errors import FleetscoreError
-from fleetscore.events import Event, record_events
-from fleetscore.hours import Hour, previous_full_hour
-from fleetscore.requests import RequestError, parse_run_request
-from fleetscore.runs import read_manifest
+from fleetscore.runs.lifecycle import read_manifest
 from orchestrators.names import SCORE_WINDOW, instance_id
 
 bp = df.Blueprint()

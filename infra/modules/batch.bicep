@@ -1,7 +1,7 @@
 // Azure Batch: the account, and the pool with its user-assigned identity (registry pull, Blob
 // access, log upload), created here because only the management plane can attach an identity
-// to a pool. The autoscale formula is the one in fleetscore/backends/batch.py
-// (the same file, fleetscore/backends/autoscale.formula).
+// to a pool. The autoscale formula is the one in fleetscore/compute/batch.py
+// (the same file, fleetscore/compute/autoscale.formula).
 param name string
 param location string
 param tags object
@@ -19,7 +19,7 @@ param registryServer string
 param tasksPerNode int = 2
 
 var nodes = '$nodes'
-var formula = replace(replace(replace(replace(loadTextContent('../../fleetscore/backends/autoscale.formula'), '{max_nodes}', string(maxNodes)), '{tasks_per_node}', string(tasksPerNode)), '{dedicated}', spot ? '0' : nodes), '{low_priority}', spot ? nodes : '0')
+var formula = replace(replace(replace(replace(loadTextContent('../../fleetscore/compute/autoscale.formula'), '{max_nodes}', string(maxNodes)), '{tasks_per_node}', string(tasksPerNode)), '{dedicated}', spot ? '0' : nodes), '{low_priority}', spot ? nodes : '0')
 
 resource account 'Microsoft.Batch/batchAccounts@2024-07-01' = {
   name: name

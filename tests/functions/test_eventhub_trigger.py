@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import azure.functions as func
 import pytest
 
-from fleetscore.arrivals import read_arrivals
-from fleetscore.hours import Hour
-from fleetscore.planning import make_plan
-from fleetscore.sensors import Sensor
+from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.arrivals import read_arrivals
+from fleetscore.scoring.planning import make_plan
 
 H = Hour.parse("2024-03-01T01")
 
@@ -70,8 +70,8 @@ def test_trigger_keeps_garbage_aside_and_never_fails_the_batch(app_functions, fu
 def test_trigger_arrivals_drive_the_plan(app_functions, functions_env, fleet_csv):
     import numpy as np
 
-    from fleetscore.models import save_model
-    from fleetscore.training import default_model
+    from fleetscore.model.registry import save_model
+    from fleetscore.model.training import default_model
 
     store = functions_env.store()
     model = default_model().fit(np.arange(20.0).reshape(-1, 1))

@@ -10,8 +10,8 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from fleetscore.engine import ENGINE
-from fleetscore.hours import Hour, previous_full_hour
+from fleetscore.core.hours import Hour, previous_full_hour
+from fleetscore.runs.engine import ENGINE
 
 PAST = str(Hour.from_datetime(datetime.now(UTC)) - 5)
 PAST_IID = "score-" + PAST.replace("-", "")
@@ -118,8 +118,8 @@ def test_http_trigger_get_status_and_manifest(get, post, durable_fake, functions
     post({"window": PAST})
     body = json.loads(get(PAST).get_body())
     assert body["runtimeStatus"] == "Pending" and "manifest" not in body
-    from fleetscore.backends.local import SequentialBackend
-    from fleetscore.runs import run_hour
+    from fleetscore.compute.local import SequentialBackend
+    from fleetscore.runs.lifecycle import run_hour
 
     store = functions_env.store()
     run_hour(store, Hour.parse(PAST), SequentialBackend(store, ENGINE))

@@ -186,12 +186,12 @@ def test_orchestrator_replaying_the_same_history_twice_gives_the_same_actions(or
 
 def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
         orchestrator_functions, app_functions, functions_env, fleet_csv):
-    from fleetscore.hours import Hour
-    from fleetscore.ingest import ingest_file
-    from fleetscore.models import model_path
-    from fleetscore.runs import read_manifest, read_predictions
-    from fleetscore.sensors import Sensor
-    from fleetscore.training import train
+    from fleetscore.core.hours import Hour
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.registry import model_path
+    from fleetscore.model.training import train
+    from fleetscore.runs.lifecycle import read_manifest, read_predictions
 
     store = functions_env.store()
     ingest_file(store, fleet_csv)
@@ -215,7 +215,7 @@ def test_orchestrator_with_the_real_activities_on_azurite_reports_a_partial_run(
     assert [p["units"] for n, p in rerun.calls if n == "submit_units"] == [["u000000"]]
     assert (rerun.output["status"], rerun.output["scored"]) == ("succeeded", 1)
     assert read_predictions(store, Hour.parse(WINDOW)).num_rows == 180  # the others kept
-    from fleetscore.locks import lock_path
+    from fleetscore.runs.locks import lock_path
     assert not store.exists(lock_path(Hour.parse(WINDOW)))  # finalize released the hour
 
 
@@ -236,11 +236,11 @@ def test_the_durable_path_takes_the_hour_lock_a_cli_run_holds(
     import os
     from datetime import UTC, datetime
 
-    from fleetscore import locks
-    from fleetscore.hours import Hour
-    from fleetscore.ingest import ingest_file
-    from fleetscore.runs import read_manifest
-    from fleetscore.training import train
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.training import train
+    from fleetscore.runs import locks
+    from fleetscore.runs.lifecycle import read_manifest
 
     store = functions_env.store()
     ingest_file(store, fleet_csv)

@@ -1,0 +1,179 @@
+"""``fleetscore train``: fit the default model per sensor on its stored points.
+
+Sensors are trained in groups: a group's points are read across the training hours (window
+files are sorted by Device, so a group reads only its own row groups), fitted on every core,
+saved, and dropped before the next group is read. Memory follows one group's points, not the
+fleet's; the arrival records say how many points each sensor has, so groups are sized by
+points before anything is read.
+
+Reads go by day (``read_points_many`` / ``read_arrivals_many``): a day's folder is listed
+once and its day parts read once for all its hours, ``DAYS_PER_READ`` days at a time, so a
+history of sparse hours costs per day with data, not per hour, and memory still follows the
+group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
+from fleetscore.core.hours import MS_PER_HOUR, Hour
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
+from fleetscore.data.windows import by_day, by_sensor, read_points_many
+from fleetscore.model.registry import ModelManifest, save_model
+from fleetscore.settings import Settings
+from fleetscore.storage import Store
+from fleetscore.storage.workers import init_worker, worker_store
+
+MIN_POINTS = 10
+GROUP_POINTS = 2_000_000  # points held at once (16 MB of values, plus their windows' rows)
+DAYS_PER_READ = 32  # days of a group's points read at once (then kept as arrays only)
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    trained: tuple[ModelManifest, ...]
+    skipped: tuple[tuple[str, str], ...]  # (sensor, reason)
+    hours: tuple[Hour, ...]
+
+
+def default_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
+    """The reference architecture's model: Pipeline(StandardScaler, OneClassSVM)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    return Pipeline([("scaler", StandardScaler()), ("ocsvm", OneClassSVM(nu=nu, gamma=gamma))])
+
+
+def training_hours(store: Store, *, until: Hour | None = None,
+                   since: Hour | None = None) -> tuple[Hour, ...]:
+    return tuple(h for h in hours_with_arrivals(store)
+                 if (until is None or h <= until) and (since is None or h >= since))
+
+
+def groups(points: Counter[Sensor], budget: int = GROUP_POINTS) -> list[list[Sensor]]:
+    """Consecutive sensors (in Device order, so each group reads few row groups) whose points
+    add up to at most ``budget`` (a sensor with more points is a group of its own)."""
+    out: list[list[Sensor]] = []
+    current: list[Sensor] = []
+    held = 0
+    for sensor in sorted(points, key=lambda s: (s.device, s.tag)):
+        if current and held + points[sensor] > budget:
+            out.append(current)
+            current, held = [], 0
+        current.append(sensor)
+        held += points[sensor]
+    if current:
+        out.append(current)
+    return out
+
+
+def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
+               with_data: dict[Hour, set[Sensor]]) -> dict[Sensor, np.ndarray]:
+    """The group's points over the hours (only the hours where one of them has data, and of
+    each hour only the sensors its arrival records name), read a few days at a time: each
+    sensor's values in hour order, then window order, as the hours' tables hold them."""
+    wanted = set(sensors)
+    needed = [h for h in hours if with_data[h] & wanted]
+    values: dict[Sensor, list[np.ndarray]] = defaultdict(list)
+    days = list(by_day(needed).values())
+    for first in range(0, len(days), DAYS_PER_READ):
+        chunk = sorted(h for day in days[first:first + DAYS_PER_READ] for h in day)
+        tables = read_points_many(store, chunk, wanted)
+        table = pa.concat_tables([tables.pop(h) for h in chunk])
+        if table.num_rows == 0:
+            continue
+        # Rows of sensors the hour's records do not name are left out (as if each hour were
+        # read for its own sensors); then one stable sort puts each sensor's rows together,
+        # still in hour and window order.
+        named = pa.array([f"{h.index}/{s.device}/{s.tag}" for h in chunk
+                          for s in with_data[h] & wanted])
+        hours_of = pc.cast(pa.array((table["End"].to_numpy() - 1) // MS_PER_HOUR), pa.string())
+        keep = pc.is_in(pc.binary_join_element_wise(hours_of, table["Device"], table["Tag"], "/"),
+                        value_set=named)
+        if not pc.all(keep).as_py():
+            table = table.filter(keep)
+        table = table.sort_by([("Device", "ascending"), ("Tag", "ascending")])
+        for sensor, points in by_sensor(table).items():
+            values[sensor].append(points.values)
+    return {s: np.concatenate(v) for s, v in values.items()}
+
+
+# --- fitting, in this process or in a pool of workers ---------------------------------------
+
+def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, gamma: float,
+                  trained_on: tuple[Hour, Hour]) -> ModelManifest:
+    model = default_model(nu, gamma).fit(values.reshape(-1, 1))
+    return save_model(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
+                      trained_on=trained_on)
+
+
+def _fit_in_worker(args) -> ModelManifest:
+    return _fit_and_save(worker_store(), *args)
+
+
+def train(
+    store: Store, *, until: Hour | None = None, since: Hour | None = None,
+    nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
+    workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
+) -> TrainResult:
+    """Train every sensor with data in the hours (or only ``sensors``). ``workers`` > 1 fits in
+    that many processes (None: one per core); each worker opens the store itself."""
+    hours = training_hours(store, until=until, since=since)
+    arrivals = read_arrivals_many(store, hours)
+    with_data = {h: set(a) for h, a in arrivals.items()}
+    points: Counter[Sensor] = Counter()
+    for counts in arrivals.values():
+        points.update(counts)
+    if sensors is not None:
+        points = Counter({s: n for s, n in points.items() if s in sensors})
+    workers = workers or os.cpu_count() or 1
+    pool = None
+    if workers > 1 and len(points) > 1:
+        # Import what fitting needs before the pool forks: each worker then starts with
+        # scikit-learn and skops loaded, instead of importing them itself (a second each).
+        import sklearn.svm  # noqa: F401
+        import skops.io  # noqa: F401
+
+        pool = ProcessPoolExecutor(workers, initializer=init_worker,
+                                   initargs=(store.url, Settings.from_env()))
+    trained: list[ModelManifest] = []
+    skipped: list[tuple[str, str]] = []
+    done = 0
+    try:
+        for group in groups(points, budget):
+            data = read_group(store, hours, group, with_data)
+            jobs = []
+            for sensor in group:
+                values = data.get(sensor, np.empty(0))
+                if len(values) < MIN_POINTS:
+                    skipped.append((str(sensor), f"only {len(values)} points (at least {MIN_POINTS})"))
+                    continue
+                jobs.append((sensor, values, nu, gamma, (hours[0], hours[-1])))
+            if pool is None:
+                results = (_fit_and_save(store, *job) for job in jobs)
+            else:
+                results = pool.map(_fit_in_worker, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+            for manifest in results:
+                trained.append(manifest)
+                done += 1
+                if progress and (done % 100 == 0 or done == len(points)):
+                    progress(done, len(points))
+            done += len(group) - len(jobs)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if progress:
+        progress(len(points), len(points))
+    return TrainResult(tuple(trained), tuple(sorted(skipped)), hours)

@@ -1,0 +1,156 @@
+"""``fleetscore verify``: find every store object that is damaged, gone or changed after it was
+written, and name it.
+
+Every file fleetscore writes for later use is checked two ways: its shape (a manifest, record
+or index that no longer parses, or parses to the wrong structure) and, where one is recorded,
+its sha256: models in their manifests, window parts in their arrival records (hour parts in
+hour records, day parts in day records, ``arrivals/YYYY/MM/DD/day/``: both carry ``part`` and
+``sha256``), predictions in the run manifest. Objects that point at each other are checked
+both ways: a model without a manifest, a window part without an arrival record and an hour's
+predictions that no run manifest lists are named too. Each object is read once; one damaged
+object never stops the check of the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fleetscore.contracts import RunManifest
+from fleetscore.errors import FleetscoreError, NotFound
+from fleetscore.model.registry import ModelManifest, check_skops_types, list_models, manifest_path, model_path
+from fleetscore.runs.lifecycle import manifest_paths
+from fleetscore.storage import Store
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+def _check(store: Store, path: str, expected: str | None, what: str) -> Problem | None:
+    if not expected:
+        return None
+    try:
+        data = store.get(path)
+    except NotFound:
+        return Problem(path, f"{what} is missing")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        return Problem(path, f"{what} was changed or truncated after it was written "
+                             f"(sha256 {digest[:12]}, recorded {expected[:12]}, {len(data)} bytes)")
+    return None
+
+
+def _json(store: Store, path: str) -> object:
+    """The parsed file, or a Problem saying why it is not JSON (NotFound passes through)."""
+    try:
+        return json.loads(store.get(path))
+    except (ValueError, RecursionError) as exc:
+        return Problem(path, f"is damaged: not JSON ({type(exc).__name__})")
+
+
+def _models(store: Store) -> Iterator[Problem | None]:
+    paths = list(store.list("models"))
+    manifests = {p for p in paths if p.endswith(".json")}
+    for path in sorted(paths):
+        if path.endswith(".skops") and f"{path[: -len('.skops')]}.json" not in manifests:
+            yield Problem(f"{path[: -len('.skops')]}.json",
+                          f"is missing: the model file {path} has no manifest")
+    for sensor in sorted(list_models(store)):
+        path = manifest_path(sensor)
+        try:
+            manifest = ModelManifest.from_json(store.get(path), path)
+            data = store.get(model_path(sensor))
+            if hashlib.sha256(data).hexdigest() != manifest.sha256:
+                yield _check(store, model_path(sensor), manifest.sha256, f"the model of {sensor}")
+            else:
+                check_skops_types(data, model_path(sensor))
+                yield None
+        except NotFound:
+            yield Problem(model_path(sensor), f"the model of {sensor} is missing")
+        except FleetscoreError as exc:
+            yield Problem(path, str(exc))
+
+
+def _bank(store: Store) -> Iterator[Problem | None]:
+    from fleetscore.model.bank import INDEX_PATH, MODELS_PATH, VERSIONS_PATH, Bank
+
+    shapes = {INDEX_PATH: "shards", MODELS_PATH: "devices", VERSIONS_PATH: "versions"}
+    for path, field in shapes.items():
+        try:
+            body = _json(store, path)
+        except NotFound:
+            continue  # no bank: the plain path scores every sensor (`models bank` compiles)
+        if isinstance(body, Problem):
+            yield body
+        elif not isinstance(body, dict) or not isinstance(body.get(field), list):
+            yield Problem(path, "is damaged: not a bank file of this version")
+        elif path == INDEX_PATH:
+            for shard in body["shards"]:
+                try:
+                    Bank.decode(store.get(shard["path"]))
+                except NotFound:
+                    yield Problem(shard["path"], "bank shard is missing (`fleetscore models "
+                                                 "bank` rebuilds it)")
+                except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as exc:
+                    yield Problem(shard.get("path", INDEX_PATH) if isinstance(shard, dict)
+                                  else INDEX_PATH, f"bank shard is damaged ({type(exc).__name__}"
+                                  "; `fleetscore models bank` rebuilds it)")
+
+
+def _windows(store: Store) -> Iterator[Problem | None]:
+    recorded = set()
+    for path in store.list("arrivals"):
+        record = _json(store, path)
+        if isinstance(record, Problem):
+            yield record
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("sensors", []), list):
+            yield Problem(path, "arrival record is damaged: not a record of this version")
+            continue
+        if record.get("part"):
+            recorded.add(record["part"])
+            yield _check(store, record["part"], record.get("sha256"), "window file")
+    for path in store.list("windows"):
+        if path.endswith(".parquet") and path not in recorded:
+            yield Problem(path, "window file has no arrival record: its record under "
+                                "arrivals/ is missing (ingest its source again)")
+
+
+def _runs(store: Store) -> Iterator[Problem | None]:
+    listed = set()
+    for path in manifest_paths(store):
+        try:
+            manifest = RunManifest.decode(store.get(path), path)
+        except FleetscoreError as exc:
+            yield Problem(path, str(exc))
+            listed.add(path[len("runs/"): -len(".json")])  # its hour is named already
+            continue
+        listed.add(manifest.window)
+        for entry in manifest.predictions or ():
+            yield _check(store, entry.path, entry.sha256,
+                         f"predictions of {manifest.window} ({entry.unit})")
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.predictions import predictions_folder
+
+    hours = {"/".join(p.split("/")[1:5]) for p in store.list("predictions")}
+    for folder in sorted(hours):
+        try:
+            hour = Hour.parse(folder.replace("/", "-", 2).replace("/", "T"))
+        except FleetscoreError:
+            continue
+        if str(hour) not in listed:
+            yield Problem(f"runs/{hour}.json", "run manifest is missing: "
+                          f"{predictions_folder(hour)}/ holds predictions no manifest lists")
+
+
+def verify(store: Store) -> tuple[int, list[Problem]]:
+    """(objects checked, problems found)."""
+    found = [*_models(store), *_bank(store), *_windows(store), *_runs(store)]
+    checked = len(found)
+    return checked, [p for p in found if p is not None]

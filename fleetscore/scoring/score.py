@@ -1,0 +1,338 @@
+"""``score_unit``: the one function that scores. Every entry point calls it.
+
+A unit is a group of sensors scored together for one hour. It reads only its own sensors'
+points and models, writes one predictions file, and reports every sensor's fate: scored, no
+data, or failed with the error's kind and message. One broken sensor fails alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor, sorted_unique
+from fleetscore.data.predictions import encode, format_of, predictions_columns, predictions_path
+from fleetscore.data.windows import read_points, sensor_runs
+from fleetscore.errors import FleetscoreError, ScoringError, first_line
+from fleetscore.model.bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
+from fleetscore.model.registry import load_model
+from fleetscore.storage import Store
+
+
+@dataclass(frozen=True)
+class SensorFailure:
+    sensor: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit_id: str
+    window: str
+    sensors: int
+    scored: int
+    points: int
+    anomalies: int
+    failures: tuple[SensorFailure, ...] = ()
+    no_data: tuple[str, ...] = ()
+    predictions: str | None = None
+    predictions_sha256: str | None = None
+    duration_s: float = 0.0
+    # The unit's most anomalous sensors (at most TOP_ANOMALOUS, most anomalies first, then by
+    # name) and their anomalies: enough for any run's top, whatever its units.
+    top_anomalous: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # the unit as a whole could not run (its sensor list unusable)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "failed"
+        if not self.failures:
+            return "succeeded"
+        return "partial" if self.scored else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        # Shallow, field by field: asdict would deep-copy every container of a big unit.
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["failures"] = [asdict(f) for f in self.failures]
+        out["no_data"] = list(self.no_data)
+        out["status"] = self.status
+        return out
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> UnitResult:
+        body = {k: v for k, v in body.items() if k != "status"}
+        body["failures"] = tuple(SensorFailure(**f) for f in body.get("failures", ()))
+        body["no_data"] = tuple(body.get("no_data", ()))
+        return cls(**body)
+
+    @classmethod
+    def all_failed(cls, window: str, unit_id: str, sensors: Iterable[Sensor], kind: str,
+                   message: str) -> UnitResult:
+        """The whole unit could not run (worker crash, unreadable data): each sensor says why."""
+        sensors = list(sensors)
+        return cls(unit_id=unit_id, window=window, sensors=len(sensors), scored=0, points=0,
+                   anomalies=0,
+                   failures=tuple(SensorFailure(str(s), kind, message) for s in sensors))
+
+
+def adhoc_unit_id(sensors: Iterable[Sensor]) -> str:
+    digest = hashlib.sha256("\n".join(str(s) for s in sorted(sensors)).encode()).hexdigest()
+    return f"adhoc-{digest[:12]}"
+
+
+def predict_labels(model: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """scikit-learn's outlier convention (+1 inlier, -1 outlier) -> Prediction 1 = anomaly."""
+    features = values.reshape(-1, 1)
+    raw = np.asarray(model.predict(features))
+    if raw.shape != (len(values),) or not np.isin(raw, (-1, 1)).all():
+        raise ScoringError(
+            "predict() must return +1 (normal) or -1 (anomaly) per point, got "
+            f"{np.unique(raw)[:5].tolist()} with shape {raw.shape}")
+    labels = (raw == -1).astype(np.int8)
+    decision = getattr(model, "decision_function", None)
+    scores = np.asarray(decision(features), dtype=np.float64).reshape(-1) if callable(decision) else None
+    return labels, scores
+
+
+def score_unit(
+    store: Store, hour: Hour, sensors: Iterable[Sensor], *, unit_id: str | None = None,
+    use_bank: bool = True, out: str | None = None,
+) -> UnitResult:
+    """Score the sensors of one unit for one hour and write their predictions to ``out``
+    (a run's staging path; default: the hour's predictions folder, for direct use).
+
+    Sensors whose model is in the bank are scored together, vectorized; the others (no bank
+    yet, an estimator the bank cannot compile) one by one with scikit-learn."""
+    started = time.perf_counter()
+    sensors = sorted_unique(sensors)
+    unit_id = unit_id or adhoc_unit_id(sensors)
+    points = read_points(store, hour, sensors)
+    runs = sensor_runs(points)
+    bank = load_bank(store, present_pairs(points, runs), ordered=True) if use_bank \
+        else Bank.empty()
+    # read_points returned only these sensors' rows: no membership to check.
+    (result,), table, _ = score_many(
+        store, [Group(hour, unit_id, sensors, points, exact=True, runs=runs)], bank=bank)
+    path = out or predictions_path(hour, unit_id)
+    if result.scored:
+        data = encode([table], format_of(path))
+        store.put(path, data)
+        result = replace(result, predictions=path,
+                         predictions_sha256=hashlib.sha256(data).hexdigest())
+    else:
+        # A retried unit that now scores nothing must not leave its last attempt's file behind.
+        store.delete(path)
+    return replace(result, duration_s=round(time.perf_counter() - started, 6))
+
+
+def present_pairs(points: pa.Table, runs: tuple | None = None) -> list[tuple[str, str]]:
+    """(device, tag) of each sensor a sorted points table holds rows of (``runs``: its
+    ``sensor_runs``, if already known)."""
+    starts, _, _ = runs or sensor_runs(points)
+    at = pa.array(starts)
+    return list(zip(points["Device"].take(at).to_pylist(), points["Tag"].take(at).to_pylist(),
+                    strict=True))
+
+
+@dataclass(frozen=True)
+class Group:
+    """A unit's sensors in one hour, with their points: what ``score_many`` scores."""
+
+    hour: Hour
+    unit_id: str
+    sensors: Sequence[Sensor]  # sorted
+    points: pa.Table  # sorted by Device, Tag, End, as read_points returns it
+    exact: bool = False  # the points hold rows of ``sensors`` only (read for them alone)
+    runs: tuple | None = None  # sensor_runs(points), if already known
+
+
+def score_many(
+    store: Store, groups: Sequence[Group], *, bank: Bank,
+    models: dict[Sensor, Any] | None = None,
+) -> tuple[list[UnitResult], pa.Table, list[int]]:
+    """Score many groups (a backfill's hours) in one pass: one vectorized computation for
+    every banked (hour, sensor), one predictions table. Returns each group's result, the
+    table (the groups' rows, in order) and each group's number of rows in it.
+
+    Columnar throughout: a group's sensors are runs of rows of its points table; only a
+    sensor that scikit-learn must score (not in the bank, or a point on the decision
+    boundary) becomes a Python object."""
+    started = time.perf_counter()
+    models = {} if models is None else models
+    # Every group's rows, one after the other; runs of (group, sensor) over them.
+    tables = [g.points.select(["Device", "Tag", "End", "Value"]) for g in groups]
+    run_parts, offset = [], 0
+    # Each group's sensors as keys, once: needed to pick its runs and to name its absent ones.
+    group_keys: list[pa.Array | None] = [None if g.exact else _keys(g.sensors) for g in groups]
+    for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
+        starts, stops, keys = g.runs or sensor_runs(table)
+        member = np.ones(len(keys), dtype=bool) if g.exact else pc.is_in(
+            keys, value_set=group_keys[index]).to_numpy(zero_copy_only=False)
+        run_parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,
+                          member))
+        offset += table.num_rows
+    if run_parts:
+        group_of = np.concatenate([r[0] for r in run_parts]).astype(np.int64)
+        starts = np.concatenate([r[1] for r in run_parts]).astype(np.int64)
+        stops = np.concatenate([r[2] for r in run_parts]).astype(np.int64)
+        keys = pa.concat_arrays([r[3] for r in run_parts])
+        member = np.concatenate([r[4] for r in run_parts]).astype(bool)
+    else:
+        group_of = starts = stops = np.zeros(0, np.int64)
+        keys, member = pa.array([], pa.string()), np.zeros(0, bool)
+    values = (np.concatenate([t["Value"].to_numpy() for t in tables]) if tables
+              else np.zeros(0))
+    entries = np.where(member, bank.index(keys), -1)
+    fast = np.flatnonzero(entries >= 0)
+    decision, magnitude = decide(bank, entries[fast], starts[fast], stops[fast], values)
+    labels = (decision <= 0).astype(np.int8)  # libsvm: +1 only for a decision above 0
+    has_score = np.ones(len(values), dtype=bool)
+    failed: dict[int, SensorFailure] = {}  # run -> why its sensor failed
+    names = keys.to_pylist() if (len(fast) < len(keys)) else None
+
+    def sensor_of(run: int) -> Sensor:
+        key = names[run] if names is not None else keys[run].as_py()
+        return Sensor.unchecked(*key.split("/", 1))
+
+    def model_of(sensor: Sensor) -> Any:
+        if sensor not in models:
+            models[sensor] = load_model(store, sensor)
+        return models[sensor]
+
+    def attempt(run: int, work) -> None:
+        sensor = sensor_of(run)
+        a, b = starts[run], stops[run]
+        try:
+            got_labels, got_scores = work(sensor, a, b)
+        except FleetscoreError as exc:
+            failed[run] = SensorFailure(str(sensor), exc.kind, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
+            failed[run] = SensorFailure(str(sensor), type(exc).__name__,
+                                        f"sensor {sensor}: {first_line(exc)}")
+            return
+        labels[a:b] = got_labels
+        if got_scores is None:
+            has_score[a:b] = False
+        else:
+            decision[a:b] = got_scores
+
+    # Points too close to 0 to trust the fast computation's sign: libsvm's own order of
+    # operations decides, and scikit-learn only where even that could round either way.
+    lengths = stops - starts
+    edge = near_boundary(decision, magnitude) & np.repeat(entries >= 0, lengths)
+    if edge.any():
+        for run in np.flatnonzero(np.add.reduceat(edge, starts) > 0):
+            attempt(run, lambda sensor, a, b, run=run: _settle_boundary(
+                bank, int(entries[run]), lambda: model_of(sensor), values[a:b], decision[a:b],
+                edge[a:b]))
+    for run in np.flatnonzero(member & (entries < 0)):
+        attempt(run, lambda sensor, a, b: _score_plain(model_of(sensor), sensor, values[a:b]))
+
+    scored_runs = member.copy()
+    scored_runs[list(failed)] = False
+    keep = np.repeat(scored_runs, lengths)
+    table = _predictions(tables, keep, labels, decision, has_score, values)
+    anomalies = (np.add.reduceat(labels.astype(np.int64), starts) if len(starts)
+                 else np.zeros(0, np.int64))
+    rows, results = [], []
+    share = round((time.perf_counter() - started) / max(1, len(groups)), 6)
+    bounds = np.searchsorted(group_of, np.arange(len(groups) + 1))  # runs are in group order
+    for index, g in enumerate(groups):
+        mine = np.arange(bounds[index], bounds[index + 1])
+        done = mine[scored_runs[mine]]
+        rows.append(int(lengths[done].sum()))
+        hot = done[anomalies[done] > 0]
+        present = mine[member[mine]]
+        if g.exact and len(present) == len(g.sensors):
+            absent = np.zeros(len(g.sensors), dtype=bool)
+        else:
+            wanted = group_keys[index] if group_keys[index] is not None else _keys(g.sensors)
+            absent = pc.invert(pc.is_in(wanted, value_set=keys.take(
+                pa.array(present, pa.int64())))).to_numpy(zero_copy_only=False)
+        results.append(UnitResult(
+            unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
+            points=rows[-1], anomalies=int(anomalies[done].sum()),
+            failures=tuple(sorted((failed[r] for r in mine if r in failed),
+                                  key=lambda f: f.sensor)),
+            no_data=tuple(str(g.sensors[i]) for i in np.flatnonzero(absent)),
+            duration_s=share,
+            top_anomalous=_top(keys.take(pa.array(hot, pa.int64())), anomalies[hot]),
+        ))
+    return results, table, rows
+
+
+TOP_ANOMALOUS = 20  # sensors per run named in its summary, for the monitoring queries
+
+
+def top_counts(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The TOP_ANOMALOUS (sensor, anomalies) pairs with the most anomalies, then by name."""
+    return heapq.nsmallest(TOP_ANOMALOUS, items, key=lambda kv: (-kv[1], kv[0]))
+
+
+def _top(names: pa.Array, counts: np.ndarray) -> dict[str, int]:
+    """``top_counts`` of a unit's sensors, sorted in C."""
+    if len(counts) <= 4 * TOP_ANOMALOUS:  # a backfill's small hours: plain Python is quicker
+        return dict(top_counts(zip(names.to_pylist(), counts.tolist(), strict=True)))
+    order = pc.sort_indices(pa.table({"n": pa.array(-counts), "k": names}),
+                            sort_keys=[("n", "ascending"), ("k", "ascending")])
+    first = order.slice(0, TOP_ANOMALOUS)
+    return dict(zip(names.take(first).to_pylist(), counts[first.to_numpy()].tolist(),
+                    strict=True))
+
+
+def _keys(sensors: Sequence[Sensor]) -> pa.Array:
+    return pa.array(list(map(str, sensors)), pa.string())
+
+
+def _predictions(tables: list[pa.Table], keep: np.ndarray, labels: np.ndarray,
+                 decision: np.ndarray, has_score: np.ndarray, values: np.ndarray) -> pa.Table:
+    if not tables or not keep.any():
+        return predictions_columns(np.zeros(0, np.int64), pa.array([], pa.string()),
+                                   pa.array([], pa.string()), np.zeros(0), np.zeros(0, np.int8),
+                                   np.zeros(0), np.zeros(0, bool))
+    rows = pa.concat_tables(tables)
+    if not keep.all():
+        mask = pa.array(keep)
+        rows = rows.filter(mask)
+        labels, decision, has_score, values = (a[keep] for a in (labels, decision, has_score,
+                                                                 values))
+    return predictions_columns(rows["End"].to_numpy(), rows["Device"], rows["Tag"], values,
+                               labels, decision, has_score)
+
+
+def _settle_boundary(bank: Bank, entry: int, model: Callable[[], Any], values: np.ndarray,
+                     decision: np.ndarray, edge: np.ndarray):
+    """libsvm's rule (+1 only above 0) on a run's points near 0: ``libsvm_decisions`` settles
+    them without scikit-learn (whose import a scoring process otherwise never needs); the rare
+    point it leaves is decided by scikit-learn itself, loading the model only then."""
+    decision = decision.copy()
+    at = np.flatnonzero(edge)
+    exact, settled = libsvm_decisions(bank, entry, values[at])
+    decision[at[settled]] = exact[settled]
+    rest = at[~settled]
+    labels = (decision <= 0).astype(np.int8)
+    if len(rest):
+        exact_labels, exact_scores = predict_labels(model(), values[rest])
+        labels[rest] = exact_labels
+        if exact_scores is not None:
+            decision[rest] = exact_scores
+    return labels, decision
+
+
+def _score_plain(model, sensor: Sensor, values: np.ndarray):
+    try:
+        return predict_labels(model, values)
+    except ScoringError as exc:
+        raise ScoringError(f"sensor {sensor}: {exc}") from exc

@@ -1,0 +1,105 @@
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from fleetscore.compute.local import SequentialBackend
+from fleetscore.core.hours import Hour, hour_range
+from fleetscore.core.sensors import Sensor
+from fleetscore.model.registry import model_path
+from fleetscore.report.html import Axis, _Data, hour_rows, tick_hours, write_report
+from fleetscore.runs.engine import ENGINE
+from fleetscore.runs.lifecycle import run_hour
+
+
+def test_report_is_self_contained_with_pictures_runs_and_failures(trained_store, tmp_path):
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
+    trained_store.put(model_path(Sensor("1", "2")), b"broken")
+    run_hour(trained_store, Hour.parse("2024-03-01T02"), SequentialBackend(trained_store, ENGINE))
+    out = tmp_path / "report.html"
+    info = write_report(trained_store, out)
+    html = out.read_text()
+    assert "3 hours, 2 runs" in info  # by default, the hours with data
+    assert html.count("data:image/png;base64,") == 3
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "2024-03-01T01" in html and "partial" in html and "ModelError" in html
+
+
+def test_report_counts_read_as_english(trained_store, tmp_path):
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
+    hour = Hour.parse("2024-03-01T01")
+    info = write_report(trained_store, tmp_path / "r.html", first=hour, last=hour)
+    assert re.fullmatch(r"1 hour, 1 run, [\d,]+ predictions", info), info
+
+
+def test_report_on_an_empty_store(local_store, tmp_path):
+    out = tmp_path / "r.html"
+    assert "0 hours" in write_report(local_store, out)
+    assert "No predictions" in out.read_text()
+
+
+def test_every_hour_of_the_range_has_a_row_run_or_not(trained_store, tmp_path):
+    run_hour(trained_store, Hour.parse("2024-03-01T01"), SequentialBackend(trained_store, ENGINE))
+    hours = hour_range(Hour.parse("2024-03-01T00"), Hour.parse("2024-03-01T03"))
+    out = tmp_path / "r.html"
+    write_report(trained_store, out, first=hours[0], last=hours[-1])
+    html = out.read_text()
+    rows = dict(re.findall(r"<tr data-hour='([^']+)'><td>[^<]+</td><td class='([^']+)'>", html))
+    assert rows == {"2024-03-01T00": "not-run", "2024-03-01T01": "succeeded",
+                    "2024-03-01T02": "not-run", "2024-03-01T03": "not-run"}
+
+
+def test_hour_rows_show_manifest_figures_and_unknowns_blank():
+    hours = [Hour.parse("2024-03-01T00"), Hour.parse("2024-03-01T01")]
+    manifests = [{"window": "2024-03-01T01", "status": "no_data", "anomalies": 0,
+                  "sensors": {"planned": 1200, "scored": 0, "failed": 0, "no_data": 1200,
+                              "no_model": 0}}]
+    rows = hour_rows(hours, manifests, {"2024-03-01T00": 0, "2024-03-01T01": 0})
+    assert rows[0] == ("2024-03-01T00", "not run", ["", "", "", "", "", "", "0", ""])
+    assert rows[1] == ("2024-03-01T01", "no_data", ["1,200", "0", "0", "1,200", "0", "0", "0", ""])
+
+
+def test_time_axis_keeps_hours_without_predictions_as_gaps():
+    # Predictions at 00:01..00:03 and 02:01: hour 01 has none, and must stay empty columns.
+    start = Hour.parse("2024-03-01T00").start_ms
+    axis = Axis(start, start + 3 * 3_600_000, 60_000)
+    ts = ["2024-03-01 00:01:00", "2024-03-01 00:02:00", "2024-03-01 00:03:00", "2024-03-01 02:01:00"]
+    preds = pa.table({"TS": ts, "Device": ["d"] * 4, "Tag": ["t"] * 4, "Val": [1.0, 2.0, 3.0, 4.0],
+                      "Prediction": pa.array([0, 1, 0, 1], pa.int8())})
+    data = _Data.of(preds, axis)
+    assert axis.columns == 180
+    assert np.flatnonzero(np.isfinite(data.values[0])).tolist() == [0, 1, 2, 120]
+    assert np.isnan(data.values[0][3:120]).all()  # a line cannot join 00:03 to 02:01
+    assert data.flags[0][[0, 1, 2, 120]].tolist() == [0, 1, 0, 1]
+    assert data.share[1] == 100 and np.isnan(data.share[60])
+
+
+def test_ticks_fall_on_whole_hours_with_about_eight_labels():
+    assert [tick_hours(h) for h in (4, 8, 9, 24, 168)] == [1, 1, 2, 3, 24]
+
+
+def test_a_report_over_years_is_drawn_in_buckets_and_stays_small(local_store, tmp_path):
+    """Two years with a few scored hours: days, not 1,000,000 one-minute columns, and a runs
+    table with a row per day that had runs."""
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.training import train
+    from fleetscore.report.html import MAX_COLUMNS
+    from tests.conftest import minute_readings, write_readings
+
+    rows = []
+    for start in ("2022-01-03 10:00:00", "2022-06-01 05:00:00", "2023-12-30 20:00:00"):
+        rows += minute_readings("1", "1", start, 60, level=10)
+    ingest_file(local_store, write_readings(tmp_path / "r.csv", sorted(rows)))
+    train(local_store)
+    for hour in ("2022-01-03T10", "2022-06-01T05", "2023-12-30T20"):
+        run_hour(local_store, Hour.parse(hour), SequentialBackend(local_store, ENGINE))
+    axis = Axis.fitting(Hour.parse("2022-01-03T10").start_ms, Hour.parse("2023-12-30T21").start_ms,
+                        60_000)
+    assert axis.bucketed and axis.step_ms == 86_400_000 and axis.columns <= MAX_COLUMNS
+    out = tmp_path / "r.html"
+    info = write_report(local_store, out)
+    page = out.read_text()
+    span = len(hour_range(Hour.parse("2022-01-03T10"), Hour.parse("2023-12-30T20")))
+    assert info.startswith(f"{span:,} hours, 3 runs, 180 predictions")
+    assert len(page) < 400_000 and "one column a day" in page
+    assert page.count("<tr data-day=") == 3 and "<tr data-hour=" not in page
