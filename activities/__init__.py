@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import azure.durable_functions as df
 
 from fleetscore import runtime
+from fleetscore.contracts import UnitOutcome
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.runs import lifecycle as runs
@@ -60,28 +61,30 @@ def submit_units(payload) -> dict:
     outcomes = runs.submit(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
                            body["run_id"], list(body["units"]))
     for unit, outcome in outcomes.items():
-        log.info("unit %s of %s: %s", unit, body["window"], outcome["state"],
-                 extra={"window": body["window"], "unit": unit, "state": outcome["state"],
-                        "sensors": outcome.get("scored"), "anomalies": outcome.get("anomalies"),
+        log.info("unit %s of %s: %s", unit, body["window"], outcome.state,
+                 extra={"window": body["window"], "unit": unit, "state": outcome.state,
+                        "sensors": outcome.scored, "anomalies": outcome.anomalies,
                         "duration": time.perf_counter() - started})
-    return outcomes
+    return {unit: outcome.to_json() for unit, outcome in outcomes.items()}
 
 
 @bp.activity_trigger(input_name="payload", activity=STATUS)
 def unit_status(payload) -> dict:
     """Renews the hour's lock, reads the units' states, cancels what passed the deadline."""
     body = _load(payload)
-    return runs.poll(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
-                     body["run_id"], list(body["units"]), now=_now(),
-                     deadline=datetime.fromisoformat(body["deadline"]),
-                     ttl=runtime.settings().lock_ttl)
+    states = runs.poll(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
+                       body["run_id"], list(body["units"]), now=_now(),
+                       deadline=datetime.fromisoformat(body["deadline"]),
+                       ttl=runtime.settings().lock_ttl)
+    return {unit: state.to_json() for unit, state in states.items()}
 
 
 @bp.activity_trigger(input_name="payload", activity=FINALIZE)
 def finalize_window(payload) -> dict:
     body = _load(payload)
     summary = runs.finalize(runtime.store(), Hour.parse(body["window"]), body["run_id"],
-                            body["outcomes"], started=datetime.fromisoformat(body["started"]),
+                            {u: UnitOutcome.from_json(o) for u, o in body["outcomes"].items()},
+                            started=datetime.fromisoformat(body["started"]),
                             now=_now(), backend_name=body["backend"], backend=runtime.backend(),
                             ttl=runtime.settings().lock_ttl).to_json()
     top = summary.pop("top_anomalous")

@@ -25,6 +25,52 @@ STATUSES = frozenset(EXIT_CODES)
 
 
 @dataclass(frozen=True)
+class UnitOutcome:
+    """A unit's state as the run carries it from submit and poll to finalize: in the CLI's
+    loop, and between the orchestrator's activities as JSON (``to_json`` keeps the keys an
+    in-flight orchestration's history already holds)."""
+
+    unit: str
+    state: str
+    result: bool = False  # the unit wrote its result file
+    scored: int | None = None
+    failed: int | None = None
+    anomalies: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @classmethod
+    def pending(cls, unit: str) -> UnitOutcome:
+        return cls(unit, PENDING)
+
+    @classmethod
+    def failure(cls, unit: str, kind: str, message: str) -> UnitOutcome:
+        return cls(unit, FAILED, error_kind=kind, error=message[:1000])
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"unit": self.unit, "state": self.state, "result": self.result}
+        if self.result:
+            body.update(scored=self.scored, failed=self.failed, anomalies=self.anomalies)
+        if self.error_kind or self.error:
+            body.update(error_kind=self.error_kind, error=self.error)
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> UnitOutcome:
+        try:
+            return cls(unit=str(body["unit"]), state=str(body["state"]),
+                       result=bool(body.get("result", False)), scored=body.get("scored"),
+                       failed=body.get("failed"), anomalies=body.get("anomalies"),
+                       error_kind=body.get("error_kind"), error=body.get("error"))
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"a unit's outcome of the wrong shape: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class SensorCounts:
     planned: int = 0
     scored: int = 0

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskState
 
-from fleetscore.contracts import TERMINAL
+from fleetscore.contracts import UnitOutcome
 
 from .names import FINALIZE, PLAN, SCORE_UNITS, SCORE_WINDOW, STATUS, SUBMIT
 
@@ -120,7 +120,7 @@ def score_units(context: df.DurableOrchestrationContext):
         waiting = list(job["waiting"])
     else:
         yield from _submit(context, job, outcomes)
-        waiting = [u for u in job["units"] if outcomes[u]["state"] not in TERMINAL]
+        waiting = [u for u in job["units"] if not _terminal(outcomes[u])]
 
     # The status activity fails units at the deadline (and cancels them); this guard only ends
     # the loop if status calls themselves keep failing past it. Finalize cancels what is left.
@@ -150,9 +150,9 @@ def score_units(context: df.DurableOrchestrationContext):
                             extra={"window": window})
             continue
         for unit in waiting:
-            if states[unit]["state"] in TERMINAL:
+            if _terminal(states[unit]):
                 outcomes[unit] = states[unit]
-        waiting = [u for u in waiting if u not in outcomes or outcomes[u]["state"] not in TERMINAL]
+        waiting = [u for u in waiting if u not in outcomes or not _terminal(outcomes[u])]
     return outcomes
 
 
@@ -194,5 +194,9 @@ def _submit(context: df.DurableOrchestrationContext, job: dict, outcomes: dict[s
 
 
 def _failed(unit: str, kind: str, message: str) -> dict:
-    return {"unit": unit, "state": "failed", "result": False, "error_kind": kind,
-            "error": message[:1000]}
+    return UnitOutcome.failure(unit, kind, message).to_json()
+
+
+def _terminal(outcome: dict) -> bool:
+    """Outcomes travel between activities as JSON: read through their one decoder."""
+    return UnitOutcome.from_json(outcome).terminal

@@ -36,13 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore import __version__, telemetry
-from fleetscore.compute.base import FAILED, PARTIAL, SUCCEEDED, TERMINAL, ComputeBackend, UnitStatus
+from fleetscore.compute.base import FAILED, PARTIAL, SUCCEEDED, ComputeBackend, UnitStatus
 from fleetscore.contracts import (
     EXIT_CODES,
     Failure,
     PredictionsFile,
     RunManifest,
     SensorCounts,
+    UnitOutcome,
     UnitSummary,
 )
 from fleetscore.core.hours import Hour
@@ -199,24 +200,19 @@ def drop_staging(store: Store, hour: Hour, *, keep: str | None = None) -> None:
 # --- submit and poll ------------------------------------------------------------------------
 
 
-def outcome(unit_id: str, status: UnitStatus) -> dict:
-    """A unit's state as the orchestrator and finalize read it (JSON-safe)."""
-    body: dict = {"unit": unit_id, "state": status.state, "result": status.result is not None}
-    if status.result is not None:
-        body.update(scored=status.result.scored, failed=len(status.result.failures),
-                    anomalies=status.result.anomalies)
-    if status.error_kind or status.error:
-        body.update(error_kind=status.error_kind, error=(status.error or "")[:1000])
-    return body
-
-
-def failed_outcome(unit_id: str, kind: str, message: str) -> dict:
-    return {"unit": unit_id, "state": FAILED, "result": False, "error_kind": kind,
-            "error": message[:1000]}
+def outcome(unit_id: str, status: UnitStatus) -> UnitOutcome:
+    """A backend's status of a unit as the run carries it."""
+    r = status.result
+    return UnitOutcome(
+        unit_id, status.state, result=r is not None,
+        scored=r.scored if r is not None else None,
+        failed=len(r.failures) if r is not None else None,
+        anomalies=r.anomalies if r is not None else None,
+        error_kind=status.error_kind, error=(status.error or "")[:1000] or None)
 
 
 def submit(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
-           unit_ids: Sequence[str]) -> dict[str, dict]:
+           unit_ids: Sequence[str]) -> dict[str, UnitOutcome]:
     """Start units; an inline backend has scored them when this returns. Backends start a
     unit by its id and the unit reads its own sensors: only the plan file is read here."""
     plan = load_plan(store, hour, run_id, sensors=False)
@@ -228,14 +224,14 @@ def submit(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
     if backend.inline:
         statuses = backend.poll(hour, list(unit_ids), run_id=run_id, timeout=0)
         return {u: outcome(u, statuses[u]) for u in unit_ids}
-    return {u: {"unit": u, "state": "pending", "result": False} for u in unit_ids}
+    return {u: UnitOutcome.pending(u) for u in unit_ids}
 
 
 def poll(
     store: Store, backend: ComputeBackend, hour: Hour, run_id: str, unit_ids: Sequence[str], *,
     now: datetime, deadline: datetime, timeout: float = 0.0, renew: bool = True,
     ttl: timedelta = LOCK_TTL,
-) -> dict[str, dict]:
+) -> dict[str, UnitOutcome]:
     """The units' states. Renews the run's lock (LockLost: another run took the hour, stop);
     units still running at the deadline are cancelled on their backend and failed."""
     if renew:
@@ -247,7 +243,7 @@ def poll(
         if late:
             backend.cancel(hour, late, run_id=run_id)
             for u in late:
-                out[u] = failed_outcome(u, "DeadlineExceeded",
+                out[u] = UnitOutcome.failure(u, "DeadlineExceeded",
                                         f"unit {u} did not finish before {deadline.isoformat()}")
     return out
 
@@ -298,7 +294,7 @@ class RunSummary:
 
 
 def finalize(
-    store: Store, hour: Hour, run_id: str, outcomes: Mapping[str, dict], *, started: datetime,
+    store: Store, hour: Hour, run_id: str, outcomes: Mapping[str, UnitOutcome], *, started: datetime,
     now: datetime, backend_name: str, backend: ComputeBackend | None = None,
     ttl: timedelta = LOCK_TTL, damaged: Callable[[], Mapping[Sensor, str]] | None = None,
 ) -> RunSummary:
@@ -319,9 +315,9 @@ def finalize(
         raise UsageError(f"run {run_id} of {hour} has no plan: its begin step did not run")
     results, unfinished = [], []
     for unit in plan.units:
-        state = outcomes.get(unit.id) or {}
+        state = outcomes.get(unit.id) or UnitOutcome.pending(unit.id)
         results.append(_final_result(store, hour, run_id, unit.id, state))
-        if state.get("state") not in TERMINAL:
+        if not state.terminal:
             unfinished.append(unit.id)
     if backend is not None:
         if unfinished:
@@ -457,7 +453,7 @@ def summary_of(manifest: RunManifest) -> RunSummary:
 
 
 def _final_result(store: Store, hour: Hour, run_id: str, unit_id: str,
-                  state: Mapping) -> UnitResult:
+                  state: UnitOutcome) -> UnitResult:
     """The unit's staged result if it finished in time; else why not, per sensor."""
     result = _staged_result(hour, run_id, unit_id, state, store)
     if isinstance(result, UnitResult):
@@ -467,10 +463,10 @@ def _final_result(store: Store, hour: Hour, run_id: str, unit_id: str,
                                  kind, message)
 
 
-def _staged_result(hour: Hour, run_id: str, unit_id: str, state: Mapping,
+def _staged_result(hour: Hour, run_id: str, unit_id: str, state: UnitOutcome,
                    store: Store) -> UnitResult | tuple[str, str]:
     """The unit's result, or (kind, message) of why it has none."""
-    if state.get("result"):
+    if state.result:
         stored = read_unit_result(store, hour, run_id, unit_id)
         if stored is None:
             return "ResultMissing", f"unit {unit_id} finished without a result"
@@ -478,9 +474,8 @@ def _staged_result(hour: Hour, run_id: str, unit_id: str, state: Mapping,
             kind, _, message = stored.error.partition(": ")
             return kind, message
         return stored
-    if state.get("state") == FAILED:
-        return (state.get("error_kind") or "UnitFailed",
-                state.get("error") or f"unit {unit_id} failed")
+    if state.state == FAILED:
+        return state.error_kind or "UnitFailed", state.error or f"unit {unit_id} failed"
     return "NotFinished", f"unit {unit_id} did not finish in run {run_id}"
 
 
@@ -692,7 +687,8 @@ def run_hour(
             if backend.inline and progress:
                 # An inline backend scores inside submit: one unit at a time, so the bar moves.
                 sizes = _unit_sizes(store, hour, run_id, dict.fromkeys(units))
-                states, done = {}, 0
+                states: dict[str, UnitOutcome] = {}
+                done = 0
                 progress(0, ticket.sensors)
                 for unit in units:
                     states.update(submit(store, backend, hour, run_id, [unit]))
@@ -723,18 +719,19 @@ def _shutting(pool: ThreadPoolExecutor) -> Iterator[None]:
         pool.shutdown(wait=True)
 
 
-def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states: dict, *,
+def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
+          states: Mapping[str, UnitOutcome], *,
           ends: datetime, ttl: timedelta, progress: Progress | None, backoff: Backoff,
           clock: Callable[[], datetime], sleep: Callable[[float], None],
-          total: int) -> dict[str, dict]:
+          total: int) -> dict[str, UnitOutcome]:
     states = dict(states)
     sizes = _unit_sizes(store, hour, run_id, states)
     renew_every = min(ttl / 4, timedelta(minutes=1))
     last_renewal = clock()
     for delay in backoff.delays():
-        pending = [u for u, s in states.items() if s["state"] not in TERMINAL]
+        pending = [u for u, s in states.items() if not s.terminal]
         if progress:
-            progress(sum(sizes[u] for u, s in states.items() if s["state"] in TERMINAL), total)
+            progress(sum(sizes[u] for u, s in states.items() if s.terminal), total)
         if not pending:
             return states
         now = clock()
@@ -747,7 +744,7 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str, states
         # waits (a local pool) returned because a unit ended: poll again at once.
         rest = delay - (clock() - now).total_seconds()
         if rest > 0 and not backend.waits \
-                and any(s["state"] not in TERMINAL for s in states.values()):
+                and any(not s.terminal for s in states.values()):
             sleep(rest)
     raise AssertionError("unreachable")  # pragma: no cover
 

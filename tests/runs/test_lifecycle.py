@@ -212,7 +212,7 @@ def test_late_straggler_is_never_promoted(trained_store):
     backend = SlowBackend(trained_store)
     runs.submit(trained_store, backend, hour, "r1", ticket.units)
     states = runs.poll(trained_store, backend, hour, "r1", ticket.units, now=now, deadline=now)
-    assert states["u000000"]["error_kind"] == "DeadlineExceeded"
+    assert states["u000000"].error_kind == "DeadlineExceeded"
     runs.run_unit(trained_store, hour, "r1", "u000000")  # the straggler finishes late
     summary = runs.finalize(trained_store, hour, "r1", states, started=now, now=now,
                             backend_name="slow", backend=backend)
@@ -265,7 +265,7 @@ def test_pending_units_are_polled_not_resubmitted(trained_store):
     ticket = runs.begin(trained_store, H1, run_id="r1", now=now,
                         deadline=now + timedelta(hours=1))
     out = runs.submit(trained_store, backend, H1, "r1", ticket.units)
-    assert {s["state"] for s in out.values()} == {PENDING}
+    assert {s.state for s in out.values()} == {PENDING}
 
 
 def test_a_retried_finalize_returns_the_same_summary(trained_store):
