@@ -12,7 +12,7 @@ from fleetscore.core.hours import Hour
 from fleetscore.errors import BackendError, FleetscoreError
 from fleetscore.scoring.planning import Unit
 from fleetscore.settings import Settings
-from fleetscore.storage import Store
+from fleetscore.storage import Store, open_store
 from fleetscore.storage.workers import init_worker, worker_store
 
 
@@ -148,6 +148,7 @@ class LocalBackend(ComputeBackend):
         self._futures: dict[Key, Future] = {}
         self._tries: dict[Key, int] = {}
         self._spans: list[Future] = []  # a backfill's spans on the pool
+        self._reader: Store | None = None  # the parent's store: results of units it does not hold
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -203,6 +204,9 @@ class LocalBackend(ComputeBackend):
                 process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._spans.clear()
 
     def _retry_crashed(self, keys: Sequence[Key]) -> None:
@@ -222,7 +226,16 @@ class LocalBackend(ComputeBackend):
         if futures and not any(f.done() for f in futures):
             wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
         self._retry_crashed(keys)
-        return {k[2]: self._status(self._futures.get(k)) for k in keys}
+        return {k[2]: self._status(self._futures[k]) if k in self._futures else self._stored(k)
+                for k in keys}
+
+    def _stored(self, key: Key) -> UnitStatus:
+        """A unit this pool does not hold (its run finished here, or another process submitted
+        it): its stored result, as the sequential backend and Batch report it, else pending."""
+        if self._reader is None:
+            self._reader = open_store(self._spec, self._settings)
+        result = self._engine.read_unit_result(self._reader, *key)
+        return UnitStatus(result.status, result) if result else UnitStatus(PENDING)
 
     def cancel(self, window: Hour, unit_ids: Sequence[str], *, run_id: str = "") -> None:
         # A queued unit is dropped; a running one cannot be stopped without killing the pool,
@@ -238,10 +251,10 @@ class LocalBackend(ComputeBackend):
             self._tries.pop(key, None)
 
     @staticmethod
-    def _status(future: Future | None) -> UnitStatus:
+    def _status(future: Future) -> UnitStatus:
         from fleetscore.scoring.score import UnitResult
 
-        if future is None or not future.done():
+        if not future.done():
             return UnitStatus(PENDING)
         if future.cancelled():
             return UnitStatus(FAILED, error_kind="Cancelled", error="cancelled before it started")
@@ -266,6 +279,9 @@ class LocalBackend(ComputeBackend):
                     process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._futures.clear()
         self._tries.clear()
         self._spans.clear()
