@@ -481,3 +481,18 @@ def cli(capsys):
         captured = capsys.readouterr()
         return exit_info.value.code or 0, captured.out, captured.err
     return run
+
+
+def windows_by_hour(partials):
+    """The final windows of partial aggregates, per hour, each sorted by Device, Tag and
+    window end (``windows.finish_windows``, grouped as a day's or an hour's part holds them)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.windows import finish_windows
+
+    table, hours = finish_windows(partials)
+    return {Hour(int(h)): table.filter(pa.array(hours == h)).sort_by(
+                [("Device", "ascending"), ("Tag", "ascending"), ("WindowEnd", "ascending")])
+            for h in np.unique(hours)}

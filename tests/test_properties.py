@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from fleetscore.core.hours import MS_PER_HOUR, Hour
 from fleetscore.core.sensors import ID_PATTERN, Sensor, is_valid_id
 from fleetscore.data.predictions import decode, encode, predictions_table
-from fleetscore.data.windows import aggregate, combine, split_hours, window_end_ms
+from fleetscore.data.windows import aggregate, combine, window_end_ms
+from tests.conftest import windows_by_hour
 
 ids = st.from_regex(rf"\A{ID_PATTERN}\Z").filter(lambda s: s not in (".", ".."))
 T0 = 1_700_000_000_000
@@ -40,7 +41,7 @@ def test_aggregation_is_a_tumbling_window_mean(rows, interval):
         end = math.ceil(ts / (interval * 1000)) * interval * 1000
         expected[(device, tag, end)].append(value)
     got = {}
-    for hour, table in split_hours(aggregate(_table(rows), interval)).items():
+    for hour, table in windows_by_hour(aggregate(_table(rows), interval)).items():
         for r in table.to_pylist():
             end = int(r["WindowEnd"].timestamp() * 1000)
             assert Hour.of_label_ms(end) == hour
@@ -59,8 +60,8 @@ def test_aggregation_ignores_order_and_splitting(rows, rnd):
     shuffled = list(rows)
     rnd.shuffle(shuffled)
     cut = rnd.randint(0, len(rows))
-    whole = split_hours(aggregate(_table(rows), 60))
-    parts = split_hours(combine([aggregate(_table(shuffled[:cut]), 60),
+    whole = windows_by_hour(aggregate(_table(rows), 60))
+    parts = windows_by_hour(combine([aggregate(_table(shuffled[:cut]), 60),
                                  aggregate(_table(shuffled[cut:]), 60)]))
     assert whole.keys() == parts.keys()
     for hour in whole:
@@ -68,7 +69,7 @@ def test_aggregation_ignores_order_and_splitting(rows, rnd):
         assert a["Count"] == b["Count"]
         assert np.allclose(a["Value"], b["Value"], rtol=1e-9, atol=1e-6)
     # A pure reordering within one block is bit-identical.
-    again = split_hours(aggregate(_table(shuffled), 60))
+    again = windows_by_hour(aggregate(_table(shuffled), 60))
     assert all(whole[h].equals(again[h]) for h in whole)
 
 

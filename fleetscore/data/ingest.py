@@ -46,7 +46,6 @@ from fleetscore.data.readings import BLOCK_BYTES, READINGS_SCHEMA, Reject, iter_
 from fleetscore.data.windows import (
     DAY_FOLDER,
     HOURS_PER_DAY,
-    PART_SCHEMA,
     aggregate,
     area_folder,
     by_day,
@@ -54,6 +53,7 @@ from fleetscore.data.windows import (
     day_part_path,
     day_path,
     encode_part,
+    finish_windows,
     list_days,
     part_path,
     window_end_ms,
@@ -239,16 +239,7 @@ def _cuts(keys: np.ndarray) -> list[tuple[int, int, int]]:
 
 def _windows(fresh: pa.Table, interval_s: int) -> tuple[pa.Table, np.ndarray]:
     """The fresh readings' windows (PART_SCHEMA, unordered) and each window's hour."""
-    partials = aggregate(fresh, interval_s)
-    ends = partials["End"].to_numpy()
-    table = pa.table(
-        [partials["Device"], partials["Tag"],
-         pc.cast(partials["End"], pa.timestamp("ms", tz="UTC")),
-         pc.divide(partials["Sum"], pc.cast(partials["Count"], pa.float64())),
-         partials["Count"]],
-        schema=PART_SCHEMA,
-    )
-    return table, (ends - 1) // MS_PER_HOUR
+    return finish_windows(aggregate(fresh, interval_s))
 
 
 def _arrivals_by_part(windows: pa.Table, keys: np.ndarray) -> dict[int, dict[Hour, Counter]]:

@@ -110,27 +110,18 @@ def _partials(device, tag, end, sums, counts) -> pa.Table:
     return pa.table([device, tag, end, sums, pc.cast(counts, pa.int64())], schema=PARTIAL_SCHEMA)
 
 
-def split_hours(partials: pa.Table) -> dict[Hour, pa.Table]:
-    """Final window tables (PART_SCHEMA) per hour, sorted by Device, Tag, WindowEnd."""
-    if partials.num_rows == 0:
-        return {}
+def finish_windows(partials: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Final windows (PART_SCHEMA, in the partials' order: the mean of each window's sum and
+    count) and the index of each window's hour."""
     ends = partials["End"].to_numpy()
-    hours = (ends - 1) // MS_PER_HOUR
-    out: dict[Hour, pa.Table] = {}
-    for index in np.unique(hours):
-        part = partials.filter(pa.array(hours == index))
-        part = part.sort_by([("Device", "ascending"), ("Tag", "ascending"), ("End", "ascending")])
-        out[Hour(int(index))] = pa.table(
-            [
-                part["Device"],
-                part["Tag"],
-                pc.cast(part["End"], pa.timestamp("ms", tz="UTC")),
-                pc.divide(part["Sum"], pc.cast(part["Count"], pa.float64())),
-                part["Count"],
-            ],
-            schema=PART_SCHEMA,
-        )
-    return out
+    table = pa.table(
+        [partials["Device"], partials["Tag"],
+         pc.cast(partials["End"], pa.timestamp("ms", tz="UTC")),
+         pc.divide(partials["Sum"], pc.cast(partials["Count"], pa.float64())),
+         partials["Count"]],
+        schema=PART_SCHEMA,
+    )
+    return table, (ends - 1) // MS_PER_HOUR
 
 
 def windows_folder(hour: Hour) -> str:

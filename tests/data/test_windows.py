@@ -17,10 +17,10 @@ from fleetscore.data.windows import (
     encode_part,
     part_path,
     read_points,
-    split_hours,
     window_end_ms,
 )
 from fleetscore.errors import UsageError
+from tests.conftest import windows_by_hour
 
 
 def test_window_end_is_the_epoch_aligned_ceiling():
@@ -48,7 +48,7 @@ def test_aggregate_mean_and_count_per_window_and_hour_split():
     rows = [("2024-01-01 00:59:30", "1", "1", 1), ("2024-01-01 01:00:00", "1", "1", 3),  # (00:59, 01:00]
             ("2024-01-01 01:00:01", "1", "1", 10),                                        # (01:00, 01:01]
             ("2024-01-01 01:00:30", "1", "2", 7)]
-    hours = split_hours(combine([aggregate(_readings(rows), 60)]))
+    hours = windows_by_hour(combine([aggregate(_readings(rows), 60)]))
     h0, h1 = Hour.parse("2024-01-01T00"), Hour.parse("2024-01-01T01")
     assert set(hours) == {h0, h1}
     assert hours[h0].to_pylist()[0]["Value"] == 2.0 and hours[h0].to_pylist()[0]["Count"] == 2
@@ -60,8 +60,9 @@ def test_combining_partials_equals_aggregating_at_once():
     rng = np.random.default_rng(1)
     rows = [(f"2024-01-01 00:{m:02d}:{s:02d}", "d", str(t), float(rng.normal()))
             for m in range(10) for s in range(0, 60, 7) for t in range(3)]
-    whole = split_hours(aggregate(_readings(rows), 60))
-    halves = split_hours(combine([aggregate(_readings(rows[::2]), 60), aggregate(_readings(rows[1::2]), 60)]))
+    whole = windows_by_hour(aggregate(_readings(rows), 60))
+    halves = windows_by_hour(combine([aggregate(_readings(rows[::2]), 60),
+                                      aggregate(_readings(rows[1::2]), 60)]))
     for hour in whole:
         a, b = whole[hour].to_pydict(), halves[hour].to_pydict()
         assert a["Count"] == b["Count"] and np.allclose(a["Value"], b["Value"], rtol=1e-12)
@@ -78,7 +79,7 @@ def test_reference_data_aggregation_matches_a_plain_python_tumbling_window(refda
     from fleetscore.data.readings import iter_readings
     partials = combine(aggregate(t, 60) for t, _ in iter_readings(refdata))
     got = {}
-    for table in split_hours(partials).values():
+    for table in windows_by_hour(partials).values():
         for r in table.to_pylist():
             got[(r["Device"], r["Tag"], int(r["WindowEnd"].timestamp() * 1000))] = (r["Value"], r["Count"])
     assert set(got) == set(sums)
@@ -89,9 +90,9 @@ def test_reference_data_aggregation_matches_a_plain_python_tumbling_window(refda
 
 def test_parts_merge_with_count_weighted_means(local_store):
     hour = Hour.parse("2024-01-01T00")
-    a = split_hours(aggregate(_readings([("2024-01-01 00:00:10", "1", "1", 1.0),
+    a = windows_by_hour(aggregate(_readings([("2024-01-01 00:00:10", "1", "1", 1.0),
                                          ("2024-01-01 00:00:20", "1", "1", 2.0)]), 60))[hour]
-    b = split_hours(aggregate(_readings([("2024-01-01 00:00:50", "1", "1", 6.0)]), 60))[hour]
+    b = windows_by_hour(aggregate(_readings([("2024-01-01 00:00:50", "1", "1", 6.0)]), 60))[hour]
     local_store.put(part_path(hour, "a"), encode_part(a))
     local_store.put(part_path(hour, "b"), encode_part(b))
     rows = read_points(local_store, hour).to_pylist()
@@ -106,7 +107,7 @@ def test_reading_a_few_sensors_skips_other_row_groups(local_store, monkeypatch):
     monkeypatch.setattr(windows, "ROW_GROUP_ROWS", 60)
     hour = Hour.parse("2024-01-01T00")
     rows = [(f"2024-01-01 00:{m:02d}:30", f"d{d:03d}", "t", float(d)) for d in range(50) for m in range(60)]
-    table = split_hours(aggregate(_readings(rows), 60))[hour]
+    table = windows_by_hour(aggregate(_readings(rows), 60))[hour]
     local_store.put(part_path(hour, "x"), windows.encode_part(table))
     with local_store.open(part_path(hour, "x")) as f:
         parquet = pq.ParquetFile(f)
