@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runs", {"runs", "runs.locks", "runs.lifecycle", "runs.ranges", "runs.table",
               "runs.engine", "runs.verify"}),
     ("report", {"report", "report.html"}),
-    ("entry", {"cli", "cli.app", "cli.demo", "runtime", "__main__"}),
+    ("entry", {"cli", "cli.common", "cli.data", "cli.models", "cli.run", "cli.report",
+               "cli.demo", "cli.perf", "cli.batch", "cli.app", "runtime", "__main__"}),
 ]
 
 

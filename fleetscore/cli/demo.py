@@ -7,21 +7,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import pyarrow as pa
+import typer
 
+from fleetscore.cli.common import ProgressBar, out
 from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.text import count
-from fleetscore.data.synthetic import (
-    INTERVAL_S,
-    Evaluation,
-    evaluate,
-    fleet_sensors,
-    make_fleet,
-    write_labels_csv,
-    write_readings_csv,
-)
+from fleetscore.errors import UsageError
+
+# Arrow and the synthetic fleet are imported where the demo uses them, not here: every
+# command's start imports this module to register `demo`, and they take longer to load than
+# the rest of the command line.
+if TYPE_CHECKING:
+    from fleetscore.data.synthetic import Evaluation
 
 TRAIN_CHUNKS = 20  # training is reported in this many steps
 
@@ -40,14 +40,46 @@ def _no_progress(label: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext(None)
 
 
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put everything.")] = Path("demo-output"),
+    sensors: Annotated[int, typer.Option(help="Sensors in the synthetic fleet.")] = 40,
+    hours: Annotated[int, typer.Option(help="Hours of readings.")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
+) -> None:
+    """Generate a synthetic fleet, ingest, train, score, report, and measure against the truth."""
+    _check_output_dir(directory, "--dir")
+    result = run_demo(directory, sensors=sensors, hours=hours, seed=seed, workers=workers,
+                      say=out.print, progress=ProgressBar)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a directory")
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is not a directory")
+
+
 def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 0,
              workers: int | None = None, say: Callable[[str], None] = print,
              progress: Progress = _no_progress) -> DemoResult:
     """The whole pipeline; ``progress(label)`` gives a context whose value, when not None, is
     called with (done, total) as a stage advances (the CLI's progress bar)."""
+    import pyarrow as pa
+
     from fleetscore.compute.local import LocalBackend
     from fleetscore.data.ingest import ingest_file
-    from fleetscore.errors import UsageError
+    from fleetscore.data.synthetic import (
+        INTERVAL_S,
+        evaluate,
+        fleet_sensors,
+        make_fleet,
+        write_labels_csv,
+        write_readings_csv,
+    )
     from fleetscore.model.bank import rebuild_bank
     from fleetscore.report.html import write_report
     from fleetscore.runs.engine import ENGINE

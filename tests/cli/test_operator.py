@@ -13,7 +13,7 @@ import pytest
 import skops.io as sio
 from rich.console import Console
 
-import fleetscore.cli.app as cli_module
+import fleetscore.cli.common as cli_common
 from fleetscore import __version__
 from fleetscore.cli.app import main
 from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
@@ -104,7 +104,7 @@ def test_progress_is_quiet_when_not_on_a_terminal(cli, tmp_path, fleet_csv):
 
 def test_progress_shows_on_a_terminal(cli, tmp_path, fleet_csv, monkeypatch):
     screen = io.StringIO()
-    monkeypatch.setattr(cli_module, "err", Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(cli_common, "err", Console(file=screen, force_terminal=True, width=100))
     store = str(tmp_path / "s")
     for args in (("ingest", str(fleet_csv)), ("train", "--until", "2024-03-01T00")):
         code, _, _ = cli(*args, "--store", store)
@@ -116,7 +116,7 @@ def test_progress_shows_on_a_terminal(cli, tmp_path, fleet_csv, monkeypatch):
 
 def test_progress_on_the_demo_counts_training(tmp_path, monkeypatch, capsys):
     screen = io.StringIO()
-    monkeypatch.setattr(cli_module, "err", Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(cli_common, "err", Console(file=screen, force_terminal=True, width=100))
     with pytest.raises(SystemExit) as done:
         main(["demo", "--dir", str(tmp_path / "d"), "--sensors", "4", "--hours", "2",
               "--workers", "1"])

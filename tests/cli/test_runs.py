@@ -127,9 +127,9 @@ def test_a_run_of_an_empty_hour_does_not_stretch_the_report(cli, trained_store, 
 
 
 def test_a_long_run_summary_is_bounded_with_totals(cli, trained_store, monkeypatch):
-    import fleetscore.cli.app
+    import fleetscore.cli.run
 
-    monkeypatch.setattr(fleetscore.cli.app, "ROWS_SHOWN", 2)
+    monkeypatch.setattr(fleetscore.cli.run, "ROWS_SHOWN", 2)
     code, out, _ = cli("run", "--store", trained_store.url, "--all")
     assert code == 0
     assert "2024-03-01T00" in out and "2024-03-01T01" in out and "2024-03-01T02" not in out

@@ -1,0 +1,181 @@
+"""``fleetscore train`` and ``fleetscore models import|bank|list``: the per-sensor models, and
+the bank compiled from them that the fast scoring path reads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fleetscore.cli.common import (
+    ProgressBar,
+    StoreOpt,
+    discard_if_empty,
+    err,
+    load_settings,
+    new_local_store_dir,
+    open_store,
+    out,
+    plural,
+)
+from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
+from fleetscore.core.hours import Hour
+from fleetscore.core.text import count
+from fleetscore.errors import InputError, UsageError
+
+
+def train(
+    store: StoreOpt = None,
+    until: Annotated[str | None, typer.Option(help="Last hour of training data (default: all).")] = None,
+    since: Annotated[str | None, typer.Option(help="First hour of training data.")] = None,
+    nu: Annotated[float, typer.Option(
+        help="OneClassSVM nu: upper bound on the outlier share (default chosen on the demo fleet: "
+        "docs/benchmarks.md).")] = DEFAULT_NU,
+    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = DEFAULT_GAMMA,
+    workers: Annotated[int | None, typer.Option(help="Processes fitting models (default: cores).")] = None,
+) -> None:
+    """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points, on every core,
+    a group of sensors at a time (memory follows the group, not the fleet)."""
+    from fleetscore.model.training import train as train_models
+
+    if workers is not None and workers < 1:
+        raise UsageError(f"invalid --workers {workers}: expected 1 or more")
+    if not 0 < nu <= 1:
+        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
+    if gamma <= 0:
+        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    settings = load_settings()
+    st = open_store(store, settings)
+    try:
+        with ProgressBar("training") as progress:
+            result = train_models(st, until=Hour.parse(until) if until else None,
+                                  since=Hour.parse(since) if since else None, nu=nu, gamma=gamma,
+                                  workers=workers or settings.workers, progress=progress)
+        if not result.hours:
+            raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
+        if not result.trained:
+            raise InputError(_trained_nothing(result.skipped, result.hours))
+        with ProgressBar("compiling the model bank"):
+            bank = _rebuild_bank(st)
+    finally:
+        st.close()
+    out.print(f"trained {count(len(result.trained), 'model')} on {result.hours[0]} .. "
+              f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
+    for sensor, reason in result.skipped:
+        err.print(f"  skipped {sensor}: {reason}")
+
+
+def _trained_nothing(skipped, hours) -> str:
+    """Why no model was fitted, in one line: the sensors' points against the minimum."""
+    from fleetscore.model.training import MIN_POINTS
+
+    shown = "; ".join(f"{sensor}: {reason}" for sensor, reason in skipped[:5])
+    more = f" (and {len(skipped) - 5:,} more)" if len(skipped) > 5 else ""
+    return (f"trained no model: no sensor has at least {MIN_POINTS} points in {hours[0]} .. "
+            f"{hours[-1]} ({shown}{more}); ingest more readings or widen --since/--until")
+
+
+def models_import(
+    directory: Annotated[Path, typer.Argument(
+        metavar="PATH", help="A folder of model files named `{Device}_{Tag}.skops` or "
+        "`model_{Device}_{Tag}.skops` (the reference's naming), or one such file.")],
+    store: StoreOpt = None,
+    sensor: Annotated[str | None, typer.Option(
+        metavar="DEVICE/TAG", help="The sensor of a single model file, for a name that does not "
+        "say it unambiguously (ids may contain `_`).")] = None,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Also load .pkl/.pickle/.joblib files. Only for files you trust: "
+        "unpickling runs code.")] = False,
+) -> None:
+    """Import one scikit-learn model per sensor (skops; pickles only with --trust-pickle)."""
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.registry import import_models
+
+    if not directory.exists():
+        raise UsageError(f"{directory}: no such folder or file")
+    named = Sensor.parse(sensor) if sensor is not None else None
+    if named is not None and not directory.is_file():
+        raise UsageError("--sensor names the sensor of one model file: give a file, not a folder")
+    settings = load_settings()
+    new_dir = new_local_store_dir(store or settings.store)
+    st = open_store(store, settings, create=True)
+    result = None
+    try:
+        result = import_models(st, directory, trust_pickle=trust_pickle,
+                               known=lambda: _known_sensors(st), sensor=named)
+        if not (result.imported or result.refused or result.failed):
+            raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib "
+                             "with --trust-pickle)")
+        bank = _rebuild_bank(st) if result.imported else "model bank unchanged"
+    finally:
+        if not (result and result.imported):
+            discard_if_empty(new_dir, st)
+        st.close()
+    out.print(f"imported {count(len(result.imported), 'model')} from {directory}; {bank}")
+    for problem in (*result.refused, *result.failed):
+        err.print(f"  skipped {problem.file}: {problem.reason}")
+    if result.refused or result.failed:
+        raise typer.Exit(3 if result.imported else 2)
+
+
+def _known_sensors(st) -> set:
+    """Every sensor with an arrival record: the import's check of a model file's sensor."""
+    from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
+
+    sensors: set = set()
+    for counts in read_arrivals_many(st, hours_with_arrivals(st)).values():
+        sensors.update(counts)
+    return sensors
+
+
+def _rebuild_bank(st) -> str:
+    from fleetscore.model.bank import rebuild_bank
+
+    stats = rebuild_bank(st)
+    line = (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
+            f"({stats.shards_written} shards written, {stats.shards_kept} kept)")
+    # Models the bank does not reproduce exactly are scored by scikit-learn: say how many, why.
+    left = "; ".join(f"{count} {reason}" for reason, count in stats.left)
+    return f"{line}; left to scikit-learn: {left}" if left else line
+
+
+def models_bank(store: StoreOpt = None) -> None:
+    """Compile the models into the bank the fast scoring path reads (train and import do it)."""
+    settings = load_settings()
+    st = open_store(store, settings)
+    try:
+        out.print(_rebuild_bank(st))
+    finally:
+        st.close()
+
+
+def models_list(
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
+) -> None:
+    """List the store's models and their manifests."""
+    from dataclasses import asdict
+
+    from fleetscore.model.registry import list_models, read_manifest
+
+    settings = load_settings()
+    st = open_store(store, settings)
+    try:
+        manifests = [(sensor, read_manifest(st, sensor)) for sensor in sorted(list_models(st))]
+    finally:
+        st.close()
+    if as_json:
+        sys.stdout.write(json.dumps({"models": [{"sensor": str(sensor), **asdict(m)}
+                                                for sensor, m in manifests]}, indent=1) + "\n")
+        return
+    table = Table("sensor", "version", "estimator", "scikit-learn", "trained on", "source")
+    for sensor, m in manifests:
+        trained = f"{m.trained_on['from']} .. {m.trained_on['to']}" if m.trained_on else ""
+        table.add_row(str(sensor), str(m.version), m.estimator, m.sklearn_version, trained,
+                      m.source)
+    out.print(table)
+    out.print(f"{len(manifests):,} {plural(len(manifests), 'model')}")
