@@ -169,108 +169,146 @@ def score_many(
     sensor that scikit-learn must score (not in the bank, or a point on the decision
     boundary) becomes a Python object."""
     started = time.perf_counter()
-    models = {} if models is None else models
-    # Every group's rows, one after the other; runs of (group, sensor) over them.
-    tables = [g.points.select(["Device", "Tag", "End", "Value"]) for g in groups]
-    run_parts, offset = [], 0
-    # Each group's sensors as keys, once: needed to pick its runs and to name its absent ones.
-    group_keys: list[pa.Array | None] = [None if g.exact else _keys(g.sensors) for g in groups]
-    for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
-        starts, stops, keys = g.runs or sensor_runs(table)
-        member = np.ones(len(keys), dtype=bool) if g.exact else pc.is_in(
-            keys, value_set=group_keys[index]).to_numpy(zero_copy_only=False)
-        run_parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,
-                          member))
-        offset += table.num_rows
-    if run_parts:
-        group_of = np.concatenate([r[0] for r in run_parts]).astype(np.int64)
-        starts = np.concatenate([r[1] for r in run_parts]).astype(np.int64)
-        stops = np.concatenate([r[2] for r in run_parts]).astype(np.int64)
-        keys = pa.concat_arrays([r[3] for r in run_parts])
-        member = np.concatenate([r[4] for r in run_parts]).astype(bool)
-    else:
-        group_of = starts = stops = np.zeros(0, np.int64)
-        keys, member = pa.array([], pa.string()), np.zeros(0, bool)
-    values = (np.concatenate([t["Value"].to_numpy() for t in tables]) if tables
-              else np.zeros(0))
-    entries = np.where(member, bank.index(keys), -1)
-    fast = np.flatnonzero(entries >= 0)
-    decision, magnitude = decide(bank, entries[fast], starts[fast], stops[fast], values)
-    labels = (decision <= 0).astype(np.int8)  # libsvm: +1 only for a decision above 0
-    has_score = np.ones(len(values), dtype=bool)
-    failed: dict[int, SensorFailure] = {}  # run -> why its sensor failed
-    names = keys.to_pylist() if (len(fast) < len(keys)) else None
+    runs = _Runs.of(groups)
+    decided = _decide(store, runs, bank, {} if models is None else models)
+    scored_runs = runs.member.copy()
+    scored_runs[list(decided.failed)] = False
+    keep = np.repeat(scored_runs, runs.lengths)
+    table = _predictions(runs.tables, keep, decided.labels, decided.decision, decided.has_score,
+                         runs.values)
+    anomalies = (np.add.reduceat(decided.labels.astype(np.int64), runs.starts)
+                 if len(runs.starts) else np.zeros(0, np.int64))
+    share = round((time.perf_counter() - started) / max(1, len(groups)), 6)
+    results = [_group_result(g, index, runs, scored_runs, anomalies, decided.failed, share)
+               for index, g in enumerate(groups)]
+    return results, table, [r.points for r in results]
 
-    def sensor_of(run: int) -> Sensor:
-        key = names[run] if names is not None else keys[run].as_py()
-        return Sensor.unchecked(*key.split("/", 1))
+
+@dataclass(frozen=True)
+class _Runs:
+    """Every group's rows one after the other, as runs of (group, sensor): run i is rows
+    ``starts[i]:stops[i]`` of ``values``, sensor ``keys[i]`` (``Device/Tag``) of group
+    ``group_of[i]``; ``member``: the sensor is one the group asked for."""
+
+    tables: list[pa.Table]
+    group_keys: list[pa.Array | None]  # each group's sensors as keys, where membership matters
+    group_of: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    keys: pa.Array
+    member: np.ndarray
+    values: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.stops - self.starts
+
+    @classmethod
+    def of(cls, groups: Sequence[Group]) -> _Runs:
+        tables = [g.points.select(["Device", "Tag", "End", "Value"]) for g in groups]
+        group_keys: list[pa.Array | None] = [None if g.exact else _keys(g.sensors)
+                                             for g in groups]
+        parts, offset = [], 0
+        for index, (g, table) in enumerate(zip(groups, tables, strict=True)):
+            starts, stops, keys = g.runs or sensor_runs(table)
+            member = np.ones(len(keys), dtype=bool) if g.exact else pc.is_in(
+                keys, value_set=group_keys[index]).to_numpy(zero_copy_only=False)
+            parts.append((np.full(len(keys), index), starts + offset, stops + offset, keys,
+                          member))
+            offset += table.num_rows
+        values = (np.concatenate([t["Value"].to_numpy() for t in tables]) if tables
+                  else np.zeros(0))
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return cls(tables, group_keys, empty, empty, empty, pa.array([], pa.string()),
+                       np.zeros(0, bool), values)
+        return cls(tables, group_keys,
+                   *(np.concatenate([p[k] for p in parts]).astype(np.int64) for k in (0, 1, 2)),
+                   pa.concat_arrays([p[3] for p in parts]),
+                   np.concatenate([p[4] for p in parts]).astype(bool), values)
+
+
+@dataclass
+class _Decided:
+    labels: np.ndarray
+    decision: np.ndarray
+    has_score: np.ndarray
+    failed: dict[int, SensorFailure]  # run -> why its sensor failed
+
+
+def _decide(store: Store, runs: _Runs, bank: Bank, models: dict[Sensor, Any]) -> _Decided:
+    """Labels and scores of every row: the bank's for banked sensors, settled where a point
+    is too near the boundary; scikit-learn's for the rest. A sensor that fails is named."""
+    entries = np.where(runs.member, bank.index(runs.keys), -1)
+    fast = np.flatnonzero(entries >= 0)
+    decision, magnitude = decide(bank, entries[fast], runs.starts[fast], runs.stops[fast],
+                                 runs.values)
+    out = _Decided((decision <= 0).astype(np.int8),  # libsvm: +1 only for a decision above 0
+                   decision, np.ones(len(runs.values), dtype=bool), {})
+    names = runs.keys.to_pylist() if (len(fast) < len(runs.keys)) else None
 
     def model_of(sensor: Sensor) -> Any:
         if sensor not in models:
             models[sensor] = load_model(store, sensor)
         return models[sensor]
 
-    def attempt(run: int, work) -> None:
-        sensor = sensor_of(run)
-        a, b = starts[run], stops[run]
+    def attempt(run: int, work: Callable[[Sensor, np.ndarray], tuple]) -> None:
+        key = names[run] if names is not None else runs.keys[run].as_py()
+        sensor = Sensor.unchecked(*key.split("/", 1))
+        a, b = runs.starts[run], runs.stops[run]
         try:
-            got_labels, got_scores = work(sensor, a, b)
+            got_labels, got_scores = work(sensor, runs.values[a:b])
         except FleetscoreError as exc:
-            failed[run] = SensorFailure(str(sensor), exc.kind, str(exc))
+            out.failed[run] = SensorFailure(str(sensor), exc.kind, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a model's own bug must not sink the unit
-            failed[run] = SensorFailure(str(sensor), type(exc).__name__,
-                                        f"sensor {sensor}: {first_line(exc)}")
+            out.failed[run] = SensorFailure(str(sensor), type(exc).__name__,
+                                            f"sensor {sensor}: {first_line(exc)}")
             return
-        labels[a:b] = got_labels
+        out.labels[a:b] = got_labels
         if got_scores is None:
-            has_score[a:b] = False
+            out.has_score[a:b] = False
         else:
-            decision[a:b] = got_scores
+            out.decision[a:b] = got_scores
 
     # Points too close to 0 to trust the fast computation's sign: libsvm's own order of
     # operations decides, and scikit-learn only where even that could round either way.
-    lengths = stops - starts
-    edge = near_boundary(decision, magnitude) & np.repeat(entries >= 0, lengths)
+    edge = near_boundary(decision, magnitude) & np.repeat(entries >= 0, runs.lengths)
     if edge.any():
-        for run in np.flatnonzero(np.add.reduceat(edge, starts) > 0):
-            attempt(run, lambda sensor, a, b, run=run: _settle_boundary(
-                bank, int(entries[run]), lambda: model_of(sensor), values[a:b], decision[a:b],
+        for run in np.flatnonzero(np.add.reduceat(edge, runs.starts) > 0):
+            a, b = runs.starts[run], runs.stops[run]
+            attempt(run, lambda sensor, values, a=a, b=b, run=run: _settle_boundary(
+                bank, int(entries[run]), lambda: model_of(sensor), values, decision[a:b],
                 edge[a:b]))
-    for run in np.flatnonzero(member & (entries < 0)):
-        attempt(run, lambda sensor, a, b: _score_plain(model_of(sensor), sensor, values[a:b]))
+    for run in np.flatnonzero(runs.member & (entries < 0)):
+        attempt(run, lambda sensor, values: _score_plain(model_of(sensor), sensor, values))
+    return out
 
-    scored_runs = member.copy()
-    scored_runs[list(failed)] = False
-    keep = np.repeat(scored_runs, lengths)
-    table = _predictions(tables, keep, labels, decision, has_score, values)
-    anomalies = (np.add.reduceat(labels.astype(np.int64), starts) if len(starts)
-                 else np.zeros(0, np.int64))
-    rows, results = [], []
-    share = round((time.perf_counter() - started) / max(1, len(groups)), 6)
-    bounds = np.searchsorted(group_of, np.arange(len(groups) + 1))  # runs are in group order
-    for index, g in enumerate(groups):
-        mine = np.arange(bounds[index], bounds[index + 1])
-        done = mine[scored_runs[mine]]
-        rows.append(int(lengths[done].sum()))
-        hot = done[anomalies[done] > 0]
-        present = mine[member[mine]]
-        if g.exact and len(present) == len(g.sensors):
-            absent = np.zeros(len(g.sensors), dtype=bool)
-        else:
-            wanted = group_keys[index] if group_keys[index] is not None else _keys(g.sensors)
-            absent = pc.invert(pc.is_in(wanted, value_set=keys.take(
-                pa.array(present, pa.int64())))).to_numpy(zero_copy_only=False)
-        results.append(UnitResult(
-            unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
-            points=rows[-1], anomalies=int(anomalies[done].sum()),
-            failures=tuple(sorted((failed[r] for r in mine if r in failed),
-                                  key=lambda f: f.sensor)),
-            no_data=tuple(str(g.sensors[i]) for i in np.flatnonzero(absent)),
-            duration_s=share,
-            top_anomalous=_top(keys.take(pa.array(hot, pa.int64())), anomalies[hot]),
-        ))
-    return results, table, rows
+
+def _group_result(g: Group, index: int, runs: _Runs, scored_runs: np.ndarray,
+                  anomalies: np.ndarray, failed: dict[int, SensorFailure],
+                  share: float) -> UnitResult:
+    """One group's result: its scored, failed and absent sensors (runs are in group order)."""
+    first, last = np.searchsorted(runs.group_of, [index, index + 1])
+    mine = np.arange(first, last)
+    done = mine[scored_runs[mine]]
+    hot = done[anomalies[done] > 0]
+    present = mine[runs.member[mine]]
+    if g.exact and len(present) == len(g.sensors):
+        absent = np.zeros(len(g.sensors), dtype=bool)
+    else:
+        wanted = runs.group_keys[index]
+        wanted = wanted if wanted is not None else _keys(g.sensors)
+        absent = pc.invert(pc.is_in(wanted, value_set=runs.keys.take(
+            pa.array(present, pa.int64())))).to_numpy(zero_copy_only=False)
+    return UnitResult(
+        unit_id=g.unit_id, window=str(g.hour), sensors=len(g.sensors), scored=len(done),
+        points=int(runs.lengths[done].sum()), anomalies=int(anomalies[done].sum()),
+        failures=tuple(sorted((failed[r] for r in mine if r in failed), key=lambda f: f.sensor)),
+        no_data=tuple(str(g.sensors[i]) for i in np.flatnonzero(absent)),
+        duration_s=share,
+        top_anomalous=_top(runs.keys.take(pa.array(hot, pa.int64())), anomalies[hot]),
+    )
 
 
 TOP_ANOMALOUS = 20  # sensors per run named in its summary, for the monitoring queries
