@@ -35,8 +35,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
@@ -304,78 +305,110 @@ def _drive(store: Store, backend, spans: list[list[Hour]], job: Job, *, deadline
     A worker that dies breaks the whole pool, and with it every span on it: none of them is
     blamed. They run again one at a time on a fresh pool, so the span that kills its worker
     again is known; it fails (WorkerCrashed) and the others go on."""
-    waiting = list(range(len(spans)))[::-1]
-    suspects: list[int] = []  # spans on a pool that broke: run again, one at a time
-    deaths = dict.fromkeys(range(len(spans)), 0)
-    ends: dict[int, datetime] = {}
-    running: dict[Future, int] = {}
-    room = max(1, backend.workers)
+    _Driver(store, backend, spans, job, deadline, clock, out, errors, advance).run()
 
-    def start(index: int) -> None:
-        ends[index] = clock() + deadline
-        hours = [h for h in spans[index] if not _closed_into(store, h, job, out)] \
-            if deaths[index] else spans[index]
-        running[backend.submit_span(hours, job)] = index
 
-    def finish(index: int, kind: str, message: str) -> None:
-        _fail(store, spans[index], job, kind, message, out=out, errors=errors)
-        advance(len(spans[index]))
+@dataclass
+class _Driver:
+    """``_drive``'s state: which spans wait, which run (and until when), which are suspects
+    of a broken pool, and how often each one's worker died."""
 
-    while waiting or suspects or running:
-        if suspects:
-            if not running:
-                start(suspects.pop(0))
-        else:
-            while waiting and len(running) < room:
-                start(waiting.pop())
-        now = clock()
-        timeout = max(0.0, min((ends[i] - now).total_seconds() for i in running.values()))
-        alone = len(running) == 1
-        done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
-        broke = False
-        for future in done:
-            index = running.pop(future)
-            exc = future.exception()
-            if exc is None:
-                for body in future.result():
-                    if "summary" in body:
-                        out[Hour.parse(body["summary"]["window"])] = \
-                            RunSummary.from_json(body["summary"])
-                    else:
-                        errors.append((body["window"], _rebuild(body)))
-                advance(len(spans[index]))
-            elif isinstance(exc, BrokenProcessPool):
-                broke = True
-                deaths[index] += 1
-                if alone and deaths[index] >= ATTEMPTS:
-                    finish(index, "WorkerCrashed",
-                           "its worker process died twice (killed, or out of memory)")
-                else:
-                    suspects.append(index)
+    store: Store
+    backend: Any
+    spans: list[list[Hour]]
+    job: Job
+    deadline: timedelta
+    clock: Callable[[], datetime]
+    out: dict[Hour, RunSummary]
+    errors: list[tuple[str, FleetscoreError]]
+    advance: Callable[[int], None]
+    waiting: list[int] = field(default_factory=list)
+    suspects: list[int] = field(default_factory=list)  # run again, one at a time
+    deaths: dict[int, int] = field(default_factory=dict)
+    ends: dict[int, datetime] = field(default_factory=dict)
+    running: dict[Future, int] = field(default_factory=dict)
+
+    def run(self) -> None:
+        self.waiting = list(range(len(self.spans)))[::-1]
+        self.deaths = dict.fromkeys(range(len(self.spans)), 0)
+        room = max(1, self.backend.workers)
+        while self.waiting or self.suspects or self.running:
+            if self.suspects:
+                if not self.running:
+                    self._start(self.suspects.pop(0))
             else:
-                finish(index, type(exc).__name__, f"span failed: {exc}")
-        if broke:
-            # Every span still on the broken pool is a suspect too; a fresh pool takes them.
-            suspects += [i for f, i in running.items()
-                         if not f.done() or isinstance(f.exception(), BrokenProcessPool)]
-            running = {f: i for f, i in running.items() if i not in suspects}
-            for index in suspects:
-                deaths[index] = max(deaths[index], 1)  # closed hours are skipped on rerun
-            backend.reset_spans()
-        now = clock()
-        late = {i for i in running.values() if now >= ends[i]}
-        if late:
-            # Stop the pool first, so a late span cannot close an hour after it is failed;
-            # the other spans on it start again.
-            others = [i for i in running.values() if i not in late]
-            running = {}
-            backend.reset_spans()
-            for index in others:
-                deaths[index] = max(deaths[index], 1)
-            waiting += others
-            for index in sorted(late):
-                finish(index, "DeadlineExceeded",
-                       f"span {span_id(index)} did not finish within {deadline} of its start")
+                while self.waiting and len(self.running) < room:
+                    self._start(self.waiting.pop())
+            now = self.clock()
+            timeout = max(0.0, min((self.ends[i] - now).total_seconds()
+                                   for i in self.running.values()))
+            alone = len(self.running) == 1
+            done, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+            if any([self._collect(future, alone) for future in done]):
+                self._after_a_broken_pool()
+            self._stop_late()
+
+    def _start(self, index: int) -> None:
+        self.ends[index] = self.clock() + self.deadline
+        hours = [h for h in self.spans[index] if not _closed_into(self.store, h, self.job,
+                                                                  self.out)] \
+            if self.deaths[index] else self.spans[index]
+        self.running[self.backend.submit_span(hours, self.job)] = index
+
+    def _fail(self, index: int, kind: str, message: str) -> None:
+        _fail(self.store, self.spans[index], self.job, kind, message, out=self.out,
+              errors=self.errors)
+        self.advance(len(self.spans[index]))
+
+    def _collect(self, future: Future, alone: bool) -> bool:
+        """Take a finished span's hours; True when its pool broke under it."""
+        index = self.running.pop(future)
+        exc = future.exception()
+        if exc is None:
+            for body in future.result():
+                if "summary" in body:
+                    self.out[Hour.parse(body["summary"]["window"])] = \
+                        RunSummary.from_json(body["summary"])
+                else:
+                    self.errors.append((body["window"], _rebuild(body)))
+            self.advance(len(self.spans[index]))
+            return False
+        if not isinstance(exc, BrokenProcessPool):
+            self._fail(index, type(exc).__name__, f"span failed: {exc}")
+            return False
+        self.deaths[index] += 1
+        if alone and self.deaths[index] >= ATTEMPTS:
+            self._fail(index, "WorkerCrashed",
+                       "its worker process died twice (killed, or out of memory)")
+        else:
+            self.suspects.append(index)
+        return True
+
+    def _after_a_broken_pool(self) -> None:
+        # Every span still on the broken pool is a suspect too; a fresh pool takes them.
+        self.suspects += [i for f, i in self.running.items()
+                          if not f.done() or isinstance(f.exception(), BrokenProcessPool)]
+        self.running = {f: i for f, i in self.running.items() if i not in self.suspects}
+        for index in self.suspects:
+            self.deaths[index] = max(self.deaths[index], 1)  # closed hours are skipped on rerun
+        self.backend.reset_spans()
+
+    def _stop_late(self) -> None:
+        now = self.clock()
+        late = {i for i in self.running.values() if now >= self.ends[i]}
+        if not late:
+            return
+        # Stop the pool first, so a late span cannot close an hour after it is failed; the
+        # other spans on it start again.
+        others = [i for i in self.running.values() if i not in late]
+        self.running = {}
+        self.backend.reset_spans()
+        for index in others:
+            self.deaths[index] = max(self.deaths[index], 1)
+        self.waiting += others
+        for index in sorted(late):
+            self._fail(index, "DeadlineExceeded",
+                       f"span {span_id(index)} did not finish within {self.deadline} of its start")
 
 
 def _rebuild(body: Mapping) -> FleetscoreError:
