@@ -122,6 +122,44 @@ def ingest_file(
     """Ingest one readings file. ``progress(done, total)``: bytes read, then hours written."""
     check_interval(interval_s)
     started = time.perf_counter()
+    readings, rows, rejected, rejects = _read(path, block_bytes, progress)
+    sid = source_id(path, interval_s)
+    # The hour whose run scores the reading's window, so each hour's readings sit together.
+    readings = _first_per_key(readings, _hours_of(readings["TS"].to_numpy(), interval_s))
+    touched = np.unique(_hours_of(readings["TS"].to_numpy(), interval_s))
+    if progress and len(touched):
+        progress(0, len(touched))
+    stored, own_hours, own_days = _stored_parts(store, touched, sid)
+    fresh = _not_stored(store, readings, stored)
+    windows_table, window_hours = _windows(fresh, interval_s)
+    hours, per_hour = np.unique(window_hours, return_counts=True)
+    dense_hours = _dense_hours(store, hours, per_hour, own_hours, own_days)
+    readings_sorted, reading_keys = _by_part(fresh, _hours_of(fresh["TS"].to_numpy(), interval_s),
+                                             dense_hours, "TS")
+    windows_sorted, window_keys = _by_part(windows_table, window_hours, dense_hours, "WindowEnd")
+    written, existing = _write_parts(
+        store, sid, Path(path).name, readings_sorted, reading_keys, windows_sorted, window_keys,
+        progress=progress, total_hours=len(touched))
+    rejects_path = None
+    if rejects:
+        rejects_path = f"rejects/ingest-{sid}.csv"
+        store.put(rejects_path, _rejects_csv(rejects))
+    return IngestResult(
+        source=str(path), source_id=sid, rows=rows, rejected=rejected,
+        rejects_sample=tuple(rejects[:10]), rejects_path=rejects_path,
+        hours=tuple(Hour(int(h)) for h in hours), parts_written=written,
+        parts_existing=existing, duplicates=readings.num_rows - fresh.num_rows,
+        sensors=_distinct_sensors(windows_table), windows=windows_table.num_rows,
+        seconds=time.perf_counter() - started,
+        hours_detail={str(Hour(int(h))): int(n) for h, n in zip(hours, per_hour, strict=True)},
+    )
+
+
+def _read(path: str | os.PathLike[str], block_bytes: int,
+          progress: Callable[[int, int], None] | None
+          ) -> tuple[pa.Table, int, int, list[Reject]]:
+    """The file's valid readings, its row count, how many were rejected and the first
+    REJECTS_KEPT rejects."""
     blocks: list[pa.Table] = []
     rejects: list[Reject] = []
     rejected = rows = 0
@@ -131,35 +169,29 @@ def ingest_file(
         rejects.extend(block_rejects[: max(0, REJECTS_KEPT - len(rejects))])
         if block.num_rows:
             blocks.append(block)
-    sid = source_id(path, interval_s)
     readings = pa.concat_tables(blocks) if blocks else READINGS_SCHEMA.empty_table()
-    del blocks
-    # The hour whose run scores the reading's window, so each hour's readings sit together.
-    readings = _first_per_key(readings, _hours_of(readings["TS"].to_numpy(), interval_s))
-    reading_hours = _hours_of(readings["TS"].to_numpy(), interval_s)
-    touched = np.unique(reading_hours)
-    total_hours = len(touched)
-    if progress and total_hours:
-        progress(0, total_hours)
-    stored, own_hours, own_days = _stored_parts(store, touched, sid)
-    fresh = _not_stored(store, readings, stored)
-    duplicates = readings.num_rows - fresh.num_rows
-    windows_table, window_hours = _windows(fresh, interval_s)
-    # Which hours get files of their own: the dense ones, and any this source already gave
-    # hour files (or a day part) in an earlier ingest of the same file, so a rerun or a
-    # re-ingest completes the layout it started and never lays one hour out twice.
-    hours, per_hour = np.unique(window_hours, return_counts=True)
+    return readings, rows, rejected, rejects
+
+
+def _dense_hours(store: Store, hours: np.ndarray, per_hour: np.ndarray, own_hours: np.ndarray,
+                 own_days: np.ndarray) -> np.ndarray:
+    """The hours that get files of their own: the dense ones, and any this source already
+    gave hour files (or a day part) in an earlier ingest of the same file, so a rerun or a
+    re-ingest completes the layout it started and never lays one hour out twice."""
     dense = (per_hour >= SPARSE_HOUR_WINDOWS) | np.isin(hours, own_hours)
     if len(own_days):
         dense &= ~np.isin(hours, _hours_in_parts(store, own_days))
-    dense_hours = hours[dense]
-    fresh_hours = _hours_of(fresh["TS"].to_numpy(), interval_s)
-    readings_sorted, reading_keys = _by_part(fresh, fresh_hours, dense_hours, "TS")
-    windows_sorted, window_keys = _by_part(windows_table, window_hours, dense_hours, "WindowEnd")
+    return hours[dense]
+
+
+def _write_parts(store: Store, sid: str, source: str, readings_sorted: pa.Table,
+                 reading_keys: np.ndarray, windows_sorted: pa.Table, window_keys: np.ndarray,
+                 *, progress: Callable[[int, int], None] | None, total_hours: int
+                 ) -> tuple[int, int]:
+    """Each part's readings, then its windows, then its arrival records (an arrival must
+    never announce data that is not there yet). Returns window parts (written, existing)."""
     counts = _arrivals_by_part(windows_sorted, window_keys)
-    written = existing = 0
-    done_hours = 0
-    source = Path(path).name
+    written = existing = done_hours = 0
     # Every fresh reading has its window in the same part, and every window its readings.
     reading_cuts = {key: (r0, r1) for key, r0, r1 in _cuts(reading_keys)}
     for index, (key, w0, w1) in enumerate(_cuts(window_keys)):
@@ -168,19 +200,16 @@ def ingest_file(
             progress(done_hours, total_hours)
         day, slot = divmod(key, _SLOTS)
         part_hours = counts[key]
-        if slot == _DAY_SLOT:
-            first = Hour(day * HOURS_PER_DAY)
-            paths = (day_readings_path(first, sid), day_part_path(first, sid))
-        else:
-            first = Hour(day * HOURS_PER_DAY + slot - 1)
-            paths = (readings_path(first, sid), part_path(first, sid))
+        first = Hour(day * HOURS_PER_DAY) if slot == _DAY_SLOT \
+            else Hour(day * HOURS_PER_DAY + slot - 1)
+        paths = (day_readings_path(first, sid), day_part_path(first, sid)) \
+            if slot == _DAY_SLOT else (readings_path(first, sid), part_path(first, sid))
         _put_once(store, paths[0], _encode_readings(readings_sorted.slice(r0, r1 - r0)))
         data = encode_part(windows_sorted.slice(w0, w1 - w0))
         if _put_once(store, paths[1], data):
             written += 1
         else:
             existing += 1
-        # After the parts: an arrival must never announce data that is not there yet.
         part = (paths[1], hashlib.sha256(data).hexdigest())
         if slot == _DAY_SLOT:
             record_day_arrivals(store, first, sid, part_hours, source=source, part=part)
@@ -189,19 +218,7 @@ def ingest_file(
         done_hours += len(part_hours)
     if progress:
         progress(total_hours, total_hours)
-    detail = {str(Hour(int(h))): int(n) for h, n in zip(hours, per_hour, strict=True)}
-    rejects_path = None
-    if rejects:
-        rejects_path = f"rejects/ingest-{sid}.csv"
-        store.put(rejects_path, _rejects_csv(rejects))
-    return IngestResult(
-        source=str(path), source_id=sid, rows=rows, rejected=rejected,
-        rejects_sample=tuple(rejects[:10]), rejects_path=rejects_path,
-        hours=tuple(Hour(int(h)) for h in hours), parts_written=written,
-        parts_existing=existing, duplicates=duplicates,
-        sensors=_distinct_sensors(windows_table), windows=windows_table.num_rows,
-        seconds=time.perf_counter() - started, hours_detail=detail,
-    )
+    return written, existing
 
 
 # A part's key: day * _SLOTS + slot, slot 0 for the day part, 1 + hour of the day for an hour
