@@ -14,36 +14,44 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fleetscore.cli import batch, data, demo, models, perf, report, run
 from fleetscore.cli.common import err, out
 from fleetscore.errors import FleetscoreError
 
+
+def _flags_untyped(params: list) -> list:
+    """Typer labels every option in help with its type, flags included ("--all <bool>"). A flag
+    takes no value, so it gets an empty metavar, which typer shows in place of the type."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose help shows its flags without a type."""
+
+    def get_params(self, ctx: Any) -> list:
+        # The help option is made here too, on first use: it is labelled with the others.
+        return _flags_untyped(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A group (the app, models, batch) whose help shows its flags without a type."""
+
+    def get_params(self, ctx: Any) -> list:
+        return _flags_untyped(super().get_params(ctx))
+
+
 # -h as well as --help, on every command. Markdown mode joins a docstring's wrapped lines
 # into paragraphs, so help rewraps to the terminal instead of breaking where the source did.
-_HELP = {"context_settings": {"help_option_names": ["-h", "--help"]}, "rich_markup_mode": "markdown"}
-
-
-def _show_flags_as_flags() -> None:
-    """Typer labels every option with its type, flags included ("--all <bool>"); a flag takes
-    no value, so its help shows none."""
-    from typer.core import TyperOption
-
-    typed = TyperOption.display_type_rich
-    if getattr(typed, "_flags_as_flags", False):
-        return
-
-    def display_type_rich(self, ctx):
-        return None if self.is_flag else typed(self, ctx)
-
-    display_type_rich._flags_as_flags = True
-    TyperOption.display_type_rich = display_type_rich
-
-
-_show_flags_as_flags()
+_HELP: dict[str, Any] = {"cls": Group, "context_settings": {"help_option_names": ["-h", "--help"]},
+                         "rich_markup_mode": "markdown"}
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, **_HELP,
@@ -80,7 +88,7 @@ def version() -> None:
 
 
 def _register(target: typer.Typer, command: Callable[..., None], name: str | None = None) -> None:
-    target.command(name)(command)
+    target.command(name, cls=Command)(command)
 
 
 # In the order `fleetscore -h` lists them (after these, the groups: models, batch).

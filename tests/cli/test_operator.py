@@ -152,6 +152,20 @@ def test_help_shows_flags_as_flags_and_rewraps():
         assert all(len(line) > 120 - 30 for line in lines[:-1]), lines
 
 
+def test_the_command_line_leaves_typer_as_it_is():
+    """Help shows flags without a type through the app's own command classes: importing the
+    command line patches nothing of typer's (nor of click's, vendored in typer.core)."""
+    import typer.core
+
+    import fleetscore.cli.app  # noqa: F401 - the import is what is checked
+
+    patched = [f"{cls.__name__}.{name}" for cls in vars(typer.core).values()
+               if isinstance(cls, type) and cls.__module__.startswith("typer")
+               for name, value in vars(cls).items()
+               if callable(value) and not getattr(value, "__module__", "typer").startswith("typer")]
+    assert patched == []
+
+
 def test_models_import_help_names_both_file_namings():
     text = re.sub(r"[\s│]+", " ", fleetscore("models", "import", "-h", columns=200).stdout)
     assert "{Device}_{Tag}.skops" in text and "model_{Device}_{Tag}.skops" in text
