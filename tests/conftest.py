@@ -172,7 +172,7 @@ def folded_predictions(store: Store, runs):
     collected into one table: (the table or None, predictions per run)."""
     import pyarrow as pa
 
-    from fleetscore.report.html import _fold_predictions
+    from fleetscore.report.data import _fold_predictions
 
     tables: list = []
     rows = _fold_predictions(store, runs, tables.append)

@@ -15,13 +15,13 @@ from fleetscore.compute.local import SequentialBackend
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.text import count
 from fleetscore.data.predictions import COLUMNS, SCHEMA, decode, encode, predictions_folder
+from fleetscore.report.data import _Span
 from fleetscore.report.html import (
     DAILY_TABLE_HOURS,
     NOT_RUN,
     _daily_table,
     _runs_summary,
     _runs_table,
-    _Span,
     hour_rows,
     write_report,
 )
@@ -251,9 +251,9 @@ def test_predictions_files_are_read_once_each_and_counted_per_run(local_store, u
 @pytest.mark.parametrize("separate", [None, 0])
 def test_a_csv_not_as_written_is_read_on_its_own(local_store, monkeypatch, separate):
     if separate is not None:  # every CSV parsed on its own, as a large one is
-        import fleetscore.report.html
+        import fleetscore.report.data
 
-        monkeypatch.setattr(fleetscore.report.html, "SEPARATE_BYTES", separate)
+        monkeypatch.setattr(fleetscore.report.data, "SEPARATE_BYTES", separate)
     a = table([("2024-03-01 00:01:00", "d", "t", 1.0, 0, 0.1)])
     odd = (b"Device,Tag,TS,Val,Prediction,Score\n"  # another column order
            b"d,x,2024-03-01 00:03:00,7.5,1,0.9\n")

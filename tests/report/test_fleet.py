@@ -10,19 +10,12 @@ import re
 import numpy as np
 import pytest
 
-import fleetscore.report.html as report
+import fleetscore.report.data as report_data
 from benchmarks.bench import BENCH_HOUR
 from benchmarks.bench_report import NOISY_EVERY, build, run
 from fleetscore.core.hours import Hour
-from fleetscore.report.html import (
-    FAILURES_SHOWN,
-    HEATMAP_SENSORS,
-    TOP_SENSORS,
-    Axis,
-    _Fold,
-    _fold_predictions,
-    write_report,
-)
+from fleetscore.report.data import HEATMAP_SENSORS, Axis, _Fold, _fold_predictions
+from fleetscore.report.html import FAILURES_SHOWN, TOP_SENSORS, write_report
 from fleetscore.runs.table import _parse_manifests, read_runs, summarize
 from fleetscore.storage import LocalStore
 from tests.conftest import folded_predictions
@@ -107,8 +100,8 @@ def test_predictions_folded_in_small_batches_give_the_same_figures(fleet, monkey
             fold(table)
         return fold, add
 
-    monkeypatch.setattr(report, "BATCH_BYTES", 1)  # a file a batch
-    monkeypatch.setattr(report, "SEPARATE_BYTES", 0)  # parsed on its own, without a copy
+    monkeypatch.setattr(report_data, "BATCH_BYTES", 1)  # a file a batch
+    monkeypatch.setattr(report_data, "SEPARATE_BYTES", 0)  # parsed on its own, without a copy
     fold, add = batched_fold()
     assert _fold_predictions(store, runs, add).tolist() == rows.tolist()
     files = sum(len(p) for p in runs["predictions"].to_pylist())
@@ -145,7 +138,7 @@ def test_a_range_too_large_to_keep_is_read_twice_with_the_same_figures(fleet, mo
         reads.append(1)
         return _fold_predictions(store, runs, add)
 
-    monkeypatch.setattr(report, "BATCH_BYTES", 1 << 20)  # several batches: some kept, then not
+    monkeypatch.setattr(report_data, "BATCH_BYTES", 1 << 20)  # several batches: some kept, then not
     dropped = _Fold(again, kept_bytes=2 << 20)
     _fold_predictions(store, runs, dropped)
     assert dropped.parts is None and kept.parts and not reads
@@ -155,7 +148,7 @@ def test_a_range_too_large_to_keep_is_read_twice_with_the_same_figures(fleet, mo
     for name in ("flags", "values", "share", "anomalies", "windows"):
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-6)
     # The whole page, read twice, says what the page read once says.
-    monkeypatch.setattr(report, "KEPT_BYTES", 0)
+    monkeypatch.setattr(report_data, "KEPT_BYTES", 0)
     write_report(store, tmp_path / "twice.html")
     created = re.compile(r"Created [^<]* by")
     assert created.sub("", (tmp_path / "twice.html").read_text()) == created.sub("", page)

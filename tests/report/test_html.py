@@ -7,7 +7,9 @@ from fleetscore.compute.local import SequentialBackend
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
 from fleetscore.model.registry import model_path
-from fleetscore.report.html import Axis, _Data, hour_rows, tick_hours, write_report
+from fleetscore.report.charts import tick_hours
+from fleetscore.report.data import Axis, _Data
+from fleetscore.report.html import hour_rows, write_report
 from fleetscore.runs.engine import ENGINE
 from fleetscore.runs.lifecycle import run_hour
 
@@ -83,7 +85,7 @@ def test_a_report_over_years_is_drawn_in_buckets_and_stays_small(local_store, tm
     table with a row per day that had runs."""
     from fleetscore.data.ingest import ingest_file
     from fleetscore.model.training import train
-    from fleetscore.report.html import MAX_COLUMNS
+    from fleetscore.report.data import MAX_COLUMNS
     from tests.conftest import minute_readings, write_readings
 
     rows = []
