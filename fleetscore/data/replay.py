@@ -74,26 +74,12 @@ def replay(
     same offset (see the module's docstring); needs ``speed`` 1.0."""
     from azure.eventhub import EventData
 
-    if batch_size < 1:
-        raise UsageError("--batch-size must be 1 or more")
-    if shift_to_now and speed != 1.0:
-        raise UsageError("--shift-to-now sends readings at their shifted times: use --speed 1x "
-                         "(Stream Analytics drops events more than 5 minutes early)")
+    _check_options(speed, batch_size, shift_to_now)
     offset_ms = 0
     started = clock()
-    pending: dict[str, object] = {}
-    sent = batches = rejected = 0
+    sender = _Sender(producer, batch_size, progress, EventData)
+    rejected = 0
     first_ms = last_ms = None
-
-    def flush(device: str) -> None:
-        nonlocal batches, sent
-        batch = pending.pop(device)
-        producer.send_batch(batch)
-        batches += 1
-        sent += len(batch)
-        if progress:
-            progress(sent)
-
     for table, rejects in iter_readings(path):
         rejected += len(rejects)
         table = table.sort_by([("TS", "ascending")])  # pacing needs time order within a block
@@ -105,34 +91,73 @@ def replay(
                 if shift_to_now:
                     offset_ms = round(wall_clock() * 1000) - first_ms
             if speed is not None:
-                due = started + (ts_ms - first_ms) / 1000 / speed
-                wait = due - clock()
-                if wait > 0:
-                    for key in list(pending):  # send what is due before waiting
-                        flush(key)
-                    sleep(wait)
+                _wait_until(started + (ts_ms - first_ms) / 1000 / speed, clock, sleep,
+                            sender.flush_all)
             last_ms = ts_ms if last_ms is None else max(last_ms, ts_ms)
-            batch = pending.get(device)
-            if batch is None:
-                batch = pending[device] = producer.create_batch(partition_key=device)
-            event = EventData(event_body(ts_ms + offset_ms, device, tag, value))
-            try:
-                batch.add(event)
-            except ValueError:  # the batch is full (1 MB): send it, start another
-                flush(device)
-                batch = pending[device] = producer.create_batch(partition_key=device)
-                batch.add(event)
-            if len(batch) >= batch_size:
-                flush(device)
-    for key in list(pending):
-        flush(key)
+            sender.add(ts_ms + offset_ms, device, tag, value)
+    sender.flush_all()
+    return ReplaySummary(sender.sent, sender.batches, rejected, _as_sent(first_ms, offset_ms),
+                         _as_sent(last_ms, offset_ms), clock() - started, offset_ms / 1000)
 
-    def text(ms):  # as sent
-        return None if ms is None else datetime.fromtimestamp((ms + offset_ms) / 1000,
-                                                              tz=UTC).isoformat()
 
-    return ReplaySummary(sent, batches, rejected, text(first_ms), text(last_ms), clock() - started,
-                         offset_ms / 1000)
+def _check_options(speed: float | None, batch_size: int, shift_to_now: bool) -> None:
+    if batch_size < 1:
+        raise UsageError("--batch-size must be 1 or more")
+    if shift_to_now and speed != 1.0:
+        raise UsageError("--shift-to-now sends readings at their shifted times: use --speed 1x "
+                         "(Stream Analytics drops events more than 5 minutes early)")
+
+
+def _wait_until(due: float, clock: Callable[[], float], sleep: Callable[[float], None],
+                flush_all: Callable[[], None]) -> None:
+    wait = due - clock()
+    if wait > 0:
+        flush_all()  # send what is due before waiting
+        sleep(wait)
+
+
+class _Sender:
+    """A batch open per device (its partition key, so a device's readings stay in order),
+    sent when it holds ``batch_size`` events or is full, and whenever the replay waits."""
+
+    def __init__(self, producer, batch_size: int, progress: Callable[[int], None] | None,
+                 event_data: Callable[[bytes], object]) -> None:
+        self.producer, self.batch_size, self.progress = producer, batch_size, progress
+        self.event_data = event_data  # azure.eventhub.EventData, imported by ``replay``
+        self.pending: dict[str, object] = {}
+        self.sent = self.batches = 0
+
+    def add(self, ts_ms: int, device: str, tag: str, value: float) -> None:
+        batch = self.pending.get(device)
+        if batch is None:
+            batch = self.pending[device] = self.producer.create_batch(partition_key=device)
+        event = self.event_data(event_body(ts_ms, device, tag, value))
+        try:
+            batch.add(event)
+        except ValueError:  # the batch is full (1 MB): send it, start another
+            self.flush(device)
+            batch = self.pending[device] = self.producer.create_batch(partition_key=device)
+            batch.add(event)
+        if len(batch) >= self.batch_size:
+            self.flush(device)
+
+    def flush(self, device: str) -> None:
+        batch = self.pending.pop(device)
+        self.producer.send_batch(batch)
+        self.batches += 1
+        self.sent += len(batch)
+        if self.progress:
+            self.progress(self.sent)
+
+    def flush_all(self) -> None:
+        for key in list(self.pending):
+            self.flush(key)
+
+
+def _as_sent(ms: int | None, offset_ms: int) -> str | None:
+    """A reading's time as sent (shifted by ``offset_ms``), for the summary."""
+    return None if ms is None else datetime.fromtimestamp((ms + offset_ms) / 1000,
+                                                          tz=UTC).isoformat()
 
 
 # The producer client's retry policy (azure-eventhub's keyword arguments). The SDK's default
