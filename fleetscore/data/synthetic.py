@@ -41,69 +41,114 @@ def fleet_sensors(n: int) -> list[tuple[str, str]]:
 
 
 def make_fleet(sensors: int = 40, hours: int = 6, seed: int = 0) -> Fleet:
+    """``sensors`` sensors over ``hours`` hours from ``DEMO_START``, the same for the same
+    seed; the first third of the hours (at least one) are for training and have no anomaly."""
     rng = np.random.default_rng(seed)
     first = Hour.from_datetime(DEMO_START)
     train_hours = max(1, hours // 3)
     start_ms = first.start_ms
     span_ms = hours * 3_600_000
-    ts_all, dev_all, tag_all, val_all = [], [], [], []
-    lab_dev, lab_tag, lab_end, lab_kind = [], [], [], []
     score_from_ms = start_ms + train_hours * 3_600_000
-    for device, tag in fleet_sensors(sensors):
-        level = rng.uniform(10, 120)
-        noise = level * rng.uniform(0.01, 0.04)
-        cycle = noise * rng.uniform(0.5, 1.5)
-        period_ms = rng.uniform(0.4, 0.9) * 3_600_000
-        drift = noise * rng.uniform(-0.3, 0.3) / span_ms
-        steps = np.arange(1, span_ms // (READING_EVERY_S * 1000))
-        ts = start_ms + steps * READING_EVERY_S * 1000 + rng.integers(-2000, 2000, len(steps))
-        ts = ts[(ts > start_ms) & (ts <= start_ms + span_ms) & (rng.random(len(steps)) > 0.02)]
-        t = ts - start_ms
-        value = level + drift * t + cycle * np.sin(2 * np.pi * t / period_ms) \
-            + rng.normal(0, noise, len(ts))
-        kinds = np.full(len(ts), "", dtype=object)
-        for kind, length_min, times in (("spike", (2, 4), rng.integers(1, 3)),
-                                        ("shift", (10, 20), int(rng.random() < 0.4)),
-                                        ("stuck", (10, 20), int(rng.random() < 0.2))):
-            for _ in range(times):
-                length = int(rng.integers(*length_min)) * 60_000
-                begin = int(rng.integers(score_from_ms, start_ms + span_ms - length))
-                mask = (ts > begin) & (ts <= begin + length)
-                if kind == "spike":
-                    value[mask] += noise * rng.uniform(8, 12) * rng.choice([-1, 1])
-                elif kind == "shift":
-                    value[mask] += noise * rng.uniform(6, 9) * rng.choice([-1, 1])
-                else:
-                    value[mask] = 0.0
-                kinds[mask] = kind
-        ts_all.append(ts)
-        dev_all.append(np.full(len(ts), device, dtype=object))
-        tag_all.append(np.full(len(ts), tag, dtype=object))
-        val_all.append(np.round(value, 3))
-        # Ground truth per window: a window is anomalous when any of its readings is.
-        ends = window_end_ms(ts, INTERVAL_S)
-        flagged = np.unique(ends[kinds != ""])
-        for end in np.unique(ends):
-            lab_dev.append(device)
-            lab_tag.append(tag)
-            lab_end.append(int(end))
-            in_window = kinds[ends == end]
-            lab_kind.append(next((k for k in in_window if k), "") if end in flagged else "")
-    order_ts = np.concatenate(ts_all)
+    # The sensors draw from one generator in turn: another order of sensors, or of the draws
+    # within one, changes every fleet a seed gives.
+    made = [_make_sensor(rng, device, tag, start_ms, span_ms, score_from_ms)
+            for device, tag in fleet_sensors(sensors)]
+    return Fleet(_readings_table(made), _labels_table(made), first, hours, train_hours)
+
+
+@dataclass(frozen=True)
+class _Sensor:
+    device: str
+    tag: str
+    ts: np.ndarray  # reading times, ms
+    value: np.ndarray  # rounded to 3 decimals, as written
+    ends: list[int]  # its windows' ends, ms
+    kinds: list[str]  # each window's anomaly kind, "" when normal
+
+
+def _make_sensor(rng: np.random.Generator, device: str, tag: str, start_ms: int, span_ms: int,
+                 score_from_ms: int) -> _Sensor:
+    """A sensor's readings, with anomalies injected after ``score_from_ms``, and its windows'
+    labels."""
+    level = rng.uniform(10, 120)
+    noise = level * rng.uniform(0.01, 0.04)
+    cycle = noise * rng.uniform(0.5, 1.5)
+    period_ms = rng.uniform(0.4, 0.9) * 3_600_000
+    drift = noise * rng.uniform(-0.3, 0.3) / span_ms
+    ts = _reading_times(rng, start_ms, span_ms)
+    t = ts - start_ms
+    value = level + drift * t + cycle * np.sin(2 * np.pi * t / period_ms) \
+        + rng.normal(0, noise, len(ts))
+    kinds = _inject_anomalies(rng, ts, value, noise, score_from_ms, start_ms + span_ms)
+    ends, window_kinds = _window_labels(ts, kinds)
+    return _Sensor(device, tag, ts, np.round(value, 3), ends, window_kinds)
+
+
+def _reading_times(rng: np.random.Generator, start_ms: int, span_ms: int) -> np.ndarray:
+    """Every ``READING_EVERY_S`` with up to 2 s of jitter, about 2% dropped, inside the span."""
+    steps = np.arange(1, span_ms // (READING_EVERY_S * 1000))
+    ts = start_ms + steps * READING_EVERY_S * 1000 + rng.integers(-2000, 2000, len(steps))
+    return ts[(ts > start_ms) & (ts <= start_ms + span_ms) & (rng.random(len(steps)) > 0.02)]
+
+
+def _inject_anomalies(rng: np.random.Generator, ts: np.ndarray, value: np.ndarray, noise: float,
+                      from_ms: int, end_ms: int) -> np.ndarray:
+    """Spikes, shifts and stuck stretches written into ``value``, each beginning between
+    ``from_ms`` and ``end_ms``; returns each reading's kind ("" when normal)."""
+    kinds = np.full(len(ts), "", dtype=object)
+    for kind, length_min, times in (("spike", (2, 4), rng.integers(1, 3)),
+                                    ("shift", (10, 20), int(rng.random() < 0.4)),
+                                    ("stuck", (10, 20), int(rng.random() < 0.2))):
+        for _ in range(times):
+            length = int(rng.integers(*length_min)) * 60_000
+            begin = int(rng.integers(from_ms, end_ms - length))
+            mask = (ts > begin) & (ts <= begin + length)
+            if kind == "spike":
+                value[mask] += noise * rng.uniform(8, 12) * rng.choice([-1, 1])
+            elif kind == "shift":
+                value[mask] += noise * rng.uniform(6, 9) * rng.choice([-1, 1])
+            else:
+                value[mask] = 0.0
+            kinds[mask] = kind
+    return kinds
+
+
+def _window_labels(ts: np.ndarray, kinds: np.ndarray) -> tuple[list[int], list[str]]:
+    """Ground truth per window: a window is anomalous when any of its readings is, of the
+    kind of the first such reading."""
+    ends = window_end_ms(ts, INTERVAL_S)
+    flagged = np.unique(ends[kinds != ""])
+    out_ends, out_kinds = [], []
+    for end in np.unique(ends):
+        out_ends.append(int(end))
+        in_window = kinds[ends == end]
+        out_kinds.append(next((k for k in in_window if k), "") if end in flagged else "")
+    return out_ends, out_kinds
+
+
+def _readings_table(made: list[_Sensor]) -> pa.Table:
+    """Every sensor's readings in time order (a stable sort: ties in the fleet's order)."""
+    order_ts = np.concatenate([m.ts for m in made])
     order = np.argsort(order_ts, kind="stable")
-    readings = pa.table({
+    return pa.table({
         "TS": pa.array(order_ts[order], pa.timestamp("ms")),
-        "Device": pa.array(np.concatenate(dev_all)[order], pa.string()),
-        "Tag": pa.array(np.concatenate(tag_all)[order], pa.string()),
-        "Value": pa.array(np.concatenate(val_all)[order], pa.float64()),
+        "Device": pa.array(np.concatenate([np.full(len(m.ts), m.device, dtype=object)
+                                           for m in made])[order], pa.string()),
+        "Tag": pa.array(np.concatenate([np.full(len(m.ts), m.tag, dtype=object)
+                                        for m in made])[order], pa.string()),
+        "Value": pa.array(np.concatenate([m.value for m in made])[order], pa.float64()),
     })
-    kinds_arr = np.array(lab_kind, dtype=object)
-    labels = pa.table({
-        "Device": pa.array(lab_dev, pa.string()), "Tag": pa.array(lab_tag, pa.string()),
-        "End": pa.array(lab_end, pa.int64()), "Anomaly": pa.array((kinds_arr != "").astype(np.int8)),
-        "Kind": pa.array(kinds_arr.tolist(), pa.string()),
+
+
+def _labels_table(made: list[_Sensor]) -> pa.Table:
+    kinds = np.array([k for m in made for k in m.kinds], dtype=object)
+    return pa.table({
+        "Device": pa.array([m.device for m in made for _ in m.ends], pa.string()),
+        "Tag": pa.array([m.tag for m in made for _ in m.ends], pa.string()),
+        "End": pa.array([e for m in made for e in m.ends], pa.int64()),
+        "Anomaly": pa.array((kinds != "").astype(np.int8)),
+        "Kind": pa.array(kinds.tolist(), pa.string()),
     })
-    return Fleet(readings, labels, first, hours, train_hours)
 
 
 def write_readings_csv(readings: pa.Table, path: Path) -> None:
