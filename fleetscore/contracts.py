@@ -173,6 +173,8 @@ class RunManifest:
     # None: a manifest that lists no files (an earlier version's): the hour's folder is read.
     predictions: tuple[PredictionsFile, ...] | None = None
     unit_results: tuple[UnitSummary, ...] = ()
+    reason: str = ""  # why the status, where the counts alone do not say (an error threshold)
+    alerts: tuple[str, ...] = ()  # keys of the alerts this run raised (alerts/records/)
 
     @property
     def exit_code(self) -> int:
@@ -191,6 +193,7 @@ class RunManifest:
             "top_anomalous": [list(t) for t in self.top_anomalous],
             "predictions": [p.to_json() for p in self.predictions or ()],
             "unit_results": [u.to_json() for u in self.unit_results],
+            "reason": self.reason, "alerts": list(self.alerts),
         }
 
     def encode(self) -> bytes:
@@ -224,6 +227,8 @@ class RunManifest:
                     PredictionsFile.from_json(p) for p in predictions),
                 unit_results=tuple(UnitSummary.from_json(u)
                                    for u in body.get("unit_results", ())),
+                reason=str(body.get("reason", "")),
+                alerts=tuple(str(k) for k in body.get("alerts", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"run manifest {path} is damaged: {type(exc).__name__} "

@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -55,6 +56,7 @@ from fleetscore.data.predictions import decode, encode, format_of, predictions_f
 from fleetscore.errors import InputError, NotFound, UsageError
 from fleetscore.model.bank import registry_damage
 from fleetscore.runs import locks
+from fleetscore.runs.alerting import alerts_for_hour
 from fleetscore.runs.locks import LOCK_TTL
 from fleetscore.scoring.planning import (
     Plan,
@@ -297,6 +299,7 @@ def finalize(
     store: Store, hour: Hour, run_id: str, outcomes: Mapping[str, UnitOutcome], *, started: datetime,
     now: datetime, backend_name: str, backend: ComputeBackend | None = None,
     ttl: timedelta = LOCK_TTL, damaged: Callable[[], Mapping[Sensor, str]] | None = None,
+    max_failed_percent: float | None = None,
 ) -> RunSummary:
     """End the run: promote what finished, write the manifest, release the hour.
     ``damaged``: the registry's damage (``bank.registry_damage``), when it was looked for
@@ -327,7 +330,7 @@ def finalize(
     if broken:
         results = [without_damaged(store, r, broken) for r in results]
     return close_hour(store, hour, run_id, plan, results, previous=done, started=started,
-                      now=now, backend_name=backend_name)
+                      now=now, backend_name=backend_name, max_failed_percent=max_failed_percent)
 
 
 def without_damaged(store: Store, result: UnitResult, damaged: Mapping[Sensor, str]
@@ -364,6 +367,7 @@ def close_hour(
     store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence[UnitResult], *,
     previous: RunManifest | None, started: datetime, now: datetime, backend_name: str,
     payloads: Mapping[str, bytes] | None = None, duration_s: float | None = None,
+    max_failed_percent: float | None = None,
 ) -> RunSummary:
     """The end of every run of an hour, its lock just renewed: promote, write the manifest,
     sweep what it no longer lists, release the hour, drop the run's staging. ``previous``:
@@ -381,17 +385,54 @@ def close_hour(
             str(hour), "inputs", [Sensor.parse(s) for s in vanished], "InputMissing",
             f"had predictions from run {previous.run_id} but has no data or no model in "
             f"this rerun: {missing_inputs(store, hour)}; its earlier predictions are kept")]
-    files, kept = promote(store, hour, run_id, plan, results, manifest=previous,
-                          payloads=payloads)
+    over = over_threshold(plan, results, max_failed_percent)
+    if over:  # the hour fails whole; what was visible stays visible
+        files = list(previous.predictions or ()) if previous is not None else []
+        kept: list[str] = []
+    else:
+        files, kept = promote(store, hour, run_id, plan, results, manifest=previous,
+                              payloads=payloads)
     manifest = build_manifest(plan, results, run_id=run_id, files=files, kept=kept,
                               started=started, finished=now, backend=backend_name)
+    if over:
+        manifest = replace(manifest, status="failed", reason=over)
     if duration_s is not None:
         manifest = replace(manifest, duration_s=round(duration_s, 3))
+    keys = alerts_for_hour(
+        store, hour, run_id, status=manifest.status, reason=manifest.reason or _why(manifest),
+        rows=lambda: _rows(store, files), now=now,
+        previous_rows=lambda: _rows(store, visible_files(store, hour - 1)))
+    manifest = replace(manifest, alerts=keys)
     store.put(manifest_path(hour), manifest.encode())
     sweep(store, hour, {f.path for f in files})
     locks.release(store, hour, run_id)
     drop_staging(store, hour)
     return summary_of(manifest)
+
+
+def over_threshold(plan: Plan, results: Sequence[UnitResult],
+                   max_failed_percent: float | None) -> str:
+    """Why the hour fails whole (more than ``max_failed_percent`` of its planned sensors
+    failed), or "" when it does not."""
+    if max_failed_percent is None or not plan.sensors:
+        return ""
+    failed = sum(len(r.failures) for r in results)
+    if failed * 100 <= max_failed_percent * plan.sensors:
+        return ""
+    return (f"{failed} of {plan.sensors} sensors failed, more than the {max_failed_percent:g}% "
+            "allowed: nothing of this run was promoted")
+
+
+def _why(manifest: RunManifest) -> str:
+    kinds = Counter(f.kind for f in manifest.failures)
+    listed = ", ".join(f"{k} {n}" for k, n in kinds.most_common(3))
+    return f"{manifest.sensors.failed} of {manifest.sensors.planned} sensors failed ({listed})"
+
+
+def _rows(store: Store, files: Sequence[PredictionsFile]) -> pa.Table | None:
+    """The rows of an hour's visible predictions files (None: the hour has none)."""
+    tables = [decode(store.get(f.path), f.path) for f in files]
+    return pa.concat_tables(tables) if tables else None
 
 
 def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
@@ -665,11 +706,12 @@ def run_hour(
     unit_size: int | None = None, deadline: timedelta = DEADLINE, ttl: timedelta = LOCK_TTL,
     progress: Progress | None = None, backoff: Backoff = BACKOFF, fmt: str = "csv",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, max_failed_percent: float | None = None,
 ) -> RunSummary:
     """One hour, start to end, in this process: begin, submit, poll until every unit is done or
     the deadline passes, finalize. On any error the run's lock is released and nothing it
-    staged is promoted."""
+    staged is promoted. Past ``max_failed_percent`` of the hour's sensors failed, the units
+    not yet done are cancelled (no further Batch task starts) and the hour fails whole."""
     started = clock()
     run_id = new_run_id(started)
     ends = started + deadline
@@ -696,12 +738,13 @@ def run_hour(
                     progress(done, ticket.sensors)
             else:
                 states = submit(store, backend, hour, run_id, units) if units else {}
+            limit = _Limit(ticket.sensors, max_failed_percent)
             states = _wait(store, backend, hour, run_id, states, ends=ends, ttl=ttl,
                            progress=progress, backoff=backoff, clock=clock, sleep=sleep,
-                           total=ticket.sensors)
+                           total=ticket.sensors, limit=limit)
             return finalize(store, hour, run_id, states, started=started, now=clock(),
                             backend_name=backend.name, backend=backend, ttl=ttl,
-                            damaged=damage.result)
+                            damaged=damage.result, max_failed_percent=max_failed_percent)
         except BaseException:
             try:
                 if units:
@@ -723,7 +766,7 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
           states: Mapping[str, UnitOutcome], *,
           ends: datetime, ttl: timedelta, progress: Progress | None, backoff: Backoff,
           clock: Callable[[], datetime], sleep: Callable[[float], None],
-          total: int) -> dict[str, UnitOutcome]:
+          total: int, limit: _Limit | None = None) -> dict[str, UnitOutcome]:
     states = dict(states)
     sizes = _unit_sizes(store, hour, run_id, states)
     renew_every = min(ttl / 4, timedelta(minutes=1))
@@ -732,6 +775,11 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
         pending = [u for u, s in states.items() if not s.terminal]
         if progress:
             progress(sum(sizes[u] for u, s in states.items() if s.terminal), total)
+        if pending and limit is not None and limit.passed(states.values()):
+            backend.cancel(hour, pending, run_id=run_id)
+            states.update({u: UnitOutcome.failure(u, "ThresholdExceeded", limit.why(u))
+                           for u in pending})
+            pending = []
         if not pending:
             return states
         now = clock()
@@ -747,6 +795,25 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
                 and any(not s.terminal for s in states.values()):
             sleep(rest)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """The error threshold as the run's loop applies it: sensors failed so far, against the
+    hour's planned sensors."""
+
+    planned: int
+    max_failed_percent: float | None
+
+    def passed(self, outcomes: Iterable[UnitOutcome]) -> bool:
+        if self.max_failed_percent is None or not self.planned:
+            return False
+        failed = sum(o.failed or 0 for o in outcomes if o.result)
+        return failed * 100 > self.max_failed_percent * self.planned
+
+    def why(self, unit: str) -> str:
+        return (f"unit {unit} was not run: more than {self.max_failed_percent:g}% of the hour's "
+                f"{self.planned} sensors had already failed")
 
 
 def _unit_sizes(store: Store, hour: Hour, run_id: str, states: Mapping) -> dict[str, int]:

@@ -109,6 +109,7 @@ class Job:
     # Sensors whose stored model is damaged (bank.registry_damage, looked for once a range),
     # and why: left out of every hour's unit and failed by name.
     damaged: tuple[tuple[Sensor, str], ...] = ()
+    max_failed_percent: float | None = None  # an hour past it fails whole (runs.over_threshold)
 
 
 # --- a span (what a worker runs) -------------------------------------------------------------
@@ -220,7 +221,7 @@ def close_span_hour(store: Store, plan: Plan, job: Job, results: Sequence[UnitRe
     locks.renew(store, hour, job.run_id, now=now, ttl=ttl)  # LockLost: another run owns it
     return close_hour(store, hour, job.run_id, plan, results, previous=previous,
                       started=started, now=now, backend_name=job.backend, payloads=payloads,
-                      duration_s=duration_s)
+                      duration_s=duration_s, max_failed_percent=job.max_failed_percent)
 
 
 # --- the range (this process) ----------------------------------------------------------------
@@ -247,6 +248,7 @@ def run_range(
     unit_size: int | None = None, deadline: timedelta = DEADLINE, ttl: timedelta = LOCK_TTL,
     progress: Progress | None = None, fmt: str = "csv",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    max_failed_percent: float | None = None,
 ) -> RangeResult:
     """Run every hour of ``hours``, each its own run: their summaries, in order, and the hours
     that could not be run (another run held them, or took them over)."""
@@ -268,7 +270,8 @@ def run_range(
     def hourly(hour: Hour) -> None:
         try:
             out[hour] = run_hour(store, hour, backend, sensors=chosen, unit_size=unit_size,
-                                 deadline=deadline, ttl=ttl, fmt=fmt, clock=clock)
+                                 deadline=deadline, ttl=ttl, fmt=fmt, clock=clock,
+                                 max_failed_percent=max_failed_percent)
         except (AlreadyRunning, LockLost) as exc:
             errors.append((str(hour), exc))
         advance(1)
@@ -284,7 +287,8 @@ def run_range(
                  for h in hours]
         job = Job(run_id=new_run_id(started), started=started.isoformat(), backend=backend.name,
                   ttl_s=ttl.total_seconds(), sensors=chosen, fmt=fmt,
-                  damaged=tuple(sorted(registry_damage(store).items())))
+                  damaged=tuple(sorted(registry_damage(store).items())),
+                  max_failed_percent=max_failed_percent)
         spans = pack([(h, n) for h, n in sizes if n <= SPAN_MAX_SENSORS],
                      workers=backend.workers)
         _drive(store, backend, spans, job, deadline=deadline, clock=clock, out=out,
