@@ -21,7 +21,7 @@ from fleetscore.errors import UsageError
 # command's start imports this module to register `demo`, and they take longer to load than
 # the rest of the command line.
 if TYPE_CHECKING:
-    from fleetscore.data.synthetic import Evaluation
+    from fleetscore.data.synthetic import Evaluation, Fleet
 
 TRAIN_CHUNKS = 20  # training is reported in this many steps
 
@@ -68,23 +68,6 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
              progress: Progress = _no_progress) -> DemoResult:
     """The whole pipeline; ``progress(label)`` gives a context whose value, when not None, is
     called with (done, total) as a stage advances (the CLI's progress bar)."""
-    import pyarrow as pa
-
-    from fleetscore.compute.local import LocalBackend
-    from fleetscore.data.ingest import ingest_file
-    from fleetscore.data.synthetic import (
-        INTERVAL_S,
-        evaluate,
-        fleet_sensors,
-        make_fleet,
-        write_labels_csv,
-        write_readings_csv,
-    )
-    from fleetscore.model.bank import rebuild_bank
-    from fleetscore.report.html import write_report
-    from fleetscore.runs.engine import ENGINE
-    from fleetscore.runs.lifecycle import read_predictions, run_hour
-    from fleetscore.settings import Settings
     from fleetscore.storage import LocalStore
 
     if sensors < 1 or hours < 2:
@@ -93,6 +76,24 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
         raise UsageError(f"--dir {directory}: exists and is not a directory")
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
+    fleet, readings_path = _write_fleet(directory, sensors, hours, seed, say=say,
+                                        progress=progress)
+    store_dir = directory / "store"
+    store = LocalStore(store_dir)
+    last_train = _ingest_and_train(store, readings_path, fleet, sensors, say=say,
+                                   progress=progress)
+    scored_hours = hour_range(last_train + 1, fleet.first + (fleet.hours - 1))
+    summaries = _score(store, store_dir, scored_hours, workers, say=say, progress=progress)
+    ev = _report_and_evaluate(store, directory, fleet, scored_hours, say=say, progress=progress)
+    say(f"done in {time.perf_counter() - started:.1f} s")
+    return DemoResult(directory, ev, max((s.exit_code for s in summaries), default=0))
+
+
+def _write_fleet(directory: Path, sensors: int, hours: int, seed: int, *,
+                 say: Callable[[str], None], progress: Progress) -> tuple[Fleet, Path]:
+    """The synthetic fleet, its readings and its labels (the injected anomalies) as CSV."""
+    from fleetscore.data.synthetic import make_fleet, write_labels_csv, write_readings_csv
+
     with progress(f"generating {count(sensors, 'sensor')}"):
         fleet = make_fleet(sensors, hours, seed)
         readings_path = directory / "readings.csv"
@@ -100,26 +101,41 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
         write_labels_csv(fleet.labels, directory / "labels.csv")
     say(f"fleet: {count(sensors, 'sensor')}, {count(hours, 'hour')}, "
         f"{count(fleet.readings.num_rows, 'reading')} -> {readings_path}")
+    return fleet, readings_path
 
-    store_dir = directory / "store"
-    store = LocalStore(store_dir)
+
+def _ingest_and_train(store, readings_path: Path, fleet: Fleet, sensors: int, *,
+                      say: Callable[[str], None], progress: Progress) -> Hour:
+    """Ingest the readings, train on the fleet's first hours; the last hour trained on."""
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.data.synthetic import INTERVAL_S, fleet_sensors
+    from fleetscore.model.bank import rebuild_bank
+
     with progress("ingesting"):
         ing = ingest_file(store, readings_path, interval_s=INTERVAL_S)
     say(f"ingest: {count(ing.windows, 'one-minute window')} in {count(len(ing.hours), 'hour')} "
         f"({ing.seconds:.2f} s)")
-
     last_train = fleet.first + (fleet.train_hours - 1)
     with progress("training") as advance:
         trained = _train_in_chunks(store, fleet_sensors(sensors), last_train, advance)
         rebuild_bank(store)
     say(f"train: {count(trained, 'model')} on {fleet.first} .. {last_train} "
         f"(StandardScaler + OneClassSVM, nu={DEFAULT_NU:g}, gamma={DEFAULT_GAMMA:g})")
+    return last_train
 
-    scored_hours = hour_range(last_train + 1, fleet.first + (fleet.hours - 1))
+
+def _score(store, store_dir: Path, hours: list[Hour], workers: int | None, *,
+           say: Callable[[str], None], progress: Progress) -> list:
+    """Each hour as its own run on a local process pool; the runs' summaries."""
+    from fleetscore.compute.local import LocalBackend
+    from fleetscore.runs.engine import ENGINE
+    from fleetscore.runs.lifecycle import run_hour
+    from fleetscore.settings import Settings
+
     backend = LocalBackend(str(store_dir), Settings.from_env(), workers, engine=ENGINE)
     summaries = []
     try:
-        for hour in scored_hours:
+        for hour in hours:
             with progress(f"scoring {hour}") as advance:
                 summaries.append(run_hour(store, hour, backend, progress=advance))
     finally:
@@ -127,12 +143,24 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
     for s in summaries:
         say(f"run {s.window}: {s.status}, {s.scored:,} scored, {s.failed:,} failed, "
             f"{count(s.anomalies, 'anomaly')} ({s.duration_s:.2f} s)")
+    return summaries
+
+
+def _report_and_evaluate(store, directory: Path, fleet: Fleet, scored_hours: list[Hour], *,
+                         say: Callable[[str], None], progress: Progress) -> Evaluation:
+    """The HTML report, and the predictions measured against the injected anomalies."""
+    import pyarrow as pa
+
+    from fleetscore.data.synthetic import evaluate
+    from fleetscore.report.html import write_report
+    from fleetscore.runs.lifecycle import read_predictions
 
     report_path = directory / "report.html"
     with progress("writing the report"):
         write_report(store, report_path, truth=fleet.labels)
     predictions = pa.concat_tables([read_predictions(store, h) for h in scored_hours])
     ev = evaluate(predictions, fleet.labels)
+    store_dir = directory / "store"
     say(f"predictions: {store_dir / 'predictions'}")
     say(f"run manifests: {store_dir / 'runs'}")
     say(f"report: {report_path}")
@@ -140,8 +168,7 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
     say(f"against the injected anomalies: precision {ev.precision:.2f}, recall {ev.recall:.2f} "
         f"({ev.true_positives:,} of {count(ev.true_anomalies, 'anomalous window')} found, "
         f"{ev.flagged:,} flagged, {count(ev.windows, 'window')})")
-    say(f"done in {time.perf_counter() - started:.1f} s")
-    return DemoResult(directory, ev, max((s.exit_code for s in summaries), default=0))
+    return ev
 
 
 def _train_in_chunks(store, sensors: list[tuple[str, str]], until: Hour,
