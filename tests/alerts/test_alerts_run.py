@@ -105,6 +105,7 @@ def test_one_alert_for_the_sustained_anomaly_none_for_the_spike_and_none_again(
     assert states == [("2024-03-01 01:21:00", "sent"), ("2024-03-01 02:31:00", "snoozed")]
 
 
+@pytest.mark.reliability("R82")
 def test_a_sink_answering_500_then_200_gets_the_alert_exactly_once(alert_store, webhook):
     webhook.script = [500]
     _run(alert_store, H1)
@@ -122,6 +123,7 @@ def test_a_sink_answering_500_then_200_gets_the_alert_exactly_once(alert_store, 
     assert [r.state for r in all_records(alert_store)] == ["sent"]
 
 
+@pytest.mark.reliability("R82")
 def test_a_sink_that_hangs_is_timed_out_and_retried(alert_store, webhook):
     webhook.script = ["hang"]
     webhook.hang_s = 4.0

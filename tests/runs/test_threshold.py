@@ -1,0 +1,101 @@
+"""The error threshold (``max_failed_percent``): an hour where too many sensors fail ends
+``failed`` whole, its visible predictions untouched, the reason in its manifest; on Batch the
+units not yet done are terminated, so no further task starts."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+
+from fleetscore.compute.batch import BatchBackend
+from fleetscore.compute.local import SequentialBackend
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.ingest import ingest_file
+from fleetscore.model.registry import model_path
+from fleetscore.model.training import train
+from fleetscore.runs.engine import ENGINE
+from fleetscore.runs.lifecycle import read_manifest, run_hour
+from fleetscore.settings import BatchSettings, Settings
+from fleetscore.storage import LocalStore
+from tests.compute.batch_emulator import BatchEmulator, ProcessRunner, installed_site
+from tests.conftest import ROOT, demo_readings, predictions_snapshot
+
+
+@pytest.fixture(scope="module")
+def forty(tmp_path_factory):
+    """40 sensors, trained on the first hour, the second scored once by a clean run."""
+    base = tmp_path_factory.mktemp("forty")
+    fleet, readings = demo_readings(base, sensors=40, hours=2, seed=5)
+    store = LocalStore(base / "store")
+    ingest_file(store, readings)
+    train(store, until=fleet.first)
+    run_hour(store, fleet.first + 1, SequentialBackend(store, ENGINE))
+    return base / "store", fleet.first + 1
+
+
+def _copy(forty, tmp_path) -> LocalStore:
+    return LocalStore(shutil.copytree(forty[0], tmp_path / "store"))
+
+
+def _damage(store: LocalStore, count: int) -> list[Sensor]:
+    sensors = sorted(Sensor.parse(p.removeprefix("models/").removesuffix(".skops"))
+                     for p in store.list("models") if p.endswith(".skops"))[:count]
+    for s in sensors:
+        store.put(model_path(s), b"not a model")
+    return sensors
+
+
+@pytest.mark.reliability("R81")
+@pytest.mark.parametrize("damaged, status", [(8, "failed"), (2, "partial")])
+def test_past_the_threshold_the_hour_fails_whole_and_keeps_what_was_visible(
+        forty, tmp_path, damaged, status):
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    before = predictions_snapshot(store.root)
+    earlier = read_manifest(store, hour)
+    _damage(store, damaged)
+    summary = run_hour(store, hour, SequentialBackend(store, ENGINE), max_failed_percent=10)
+    manifest = read_manifest(store, hour)
+    assert (summary.status, manifest.status) == (status, status)
+    assert manifest.sensors.failed == damaged
+    if status == "failed":
+        assert manifest.reason == ("8 of 40 sensors failed, more than the 10% allowed: "
+                                   "nothing of this run was promoted")
+        assert predictions_snapshot(store.root) == before
+        assert manifest.predictions == earlier.predictions  # the same files stay visible
+    else:  # this run's files are promoted; the failed sensors' earlier rows are kept
+        assert manifest.reason == "" and predictions_snapshot(store.root) == before
+        assert manifest.run_id in {f.run_id for f in manifest.predictions}
+        assert manifest.predictions != earlier.predictions
+        assert len(manifest.kept_from_earlier_run) == 2
+
+
+def test_on_batch_no_further_task_starts_once_the_threshold_is_passed(
+        forty, tmp_path, tmp_path_factory):
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    before = predictions_snapshot(store.root)
+    _damage(store, 12)  # the first three units of four sensors: every sensor fails
+    assert not (store.root / "bank").exists()  # units load the damaged files themselves
+    site = installed_site(tmp_path_factory.getbasetemp(), ROOT)
+    emulator = BatchEmulator(runner=ProcessRunner(sys.executable, site), slots=1,
+                             task_root=tmp_path / "nodes").start()
+    try:
+        from azure.batch import BatchClient
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        client = BatchClient(emulator.endpoint, AzureNamedKeyCredential(emulator.account, "a2V5"))
+        backend = BatchBackend(store, store.url, Settings(batch=BatchSettings(
+            endpoint=emulator.endpoint, task_retries=0)), client=client, engine=ENGINE)
+        summary = run_hour(store, hour, backend, unit_size=4, max_failed_percent=10)
+        backend.close()
+        started = len(emulator.attempts)
+    finally:
+        emulator.stop()
+    assert summary.status == "failed"
+    assert 2 <= started < 10, started  # 10 units; the later ones were terminated unstarted
+    failures = read_manifest(store, hour).failures
+    assert {f.kind for f in failures} >= {"ThresholdExceeded"}
+    assert predictions_snapshot(store.root) == before
