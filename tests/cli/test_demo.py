@@ -11,6 +11,7 @@ from fleetscore.data.synthetic import evaluate, make_fleet
 from fleetscore.data.windows import by_sensor, read_points
 from fleetscore.runs.lifecycle import read_predictions
 from fleetscore.storage import LocalStore
+from tests.cli.conftest import fleetscore, one_line_usage_error
 
 
 def test_fleet_has_labels_only_after_training_hours():
@@ -83,3 +84,11 @@ def test_the_default_demo_flags_nothing_in_the_middle_of_a_normal_range(tmp_path
         if p == 1 and not truth[(d, t, end)] and low <= val <= high:
             mid_range.append((ts, d, t, val))
     assert mid_range == []
+
+
+def test_demo_dir_an_existing_file_is_a_usage_error(tmp_path):
+    (tmp_path / "README.md").write_text("x")
+    line = one_line_usage_error(fleetscore("demo", "--dir", "README.md", cwd=tmp_path))
+    assert "README.md" in line and "not a directory" in line
+    assert (tmp_path / "README.md").read_text() == "x"
+
