@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 import azure.durable_functions as df
 
 from fleetscore import runtime
+from fleetscore.alerts.deliver import deliver
+from fleetscore.alerts.records import load_rules
 from fleetscore.contracts import UnitOutcome
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
@@ -86,7 +88,9 @@ def finalize_window(payload) -> dict:
                             {u: UnitOutcome.from_json(o) for u, o in body["outcomes"].items()},
                             started=datetime.fromisoformat(body["started"]),
                             now=_now(), backend_name=body["backend"], backend=runtime.backend(),
-                            ttl=runtime.settings().lock_ttl).to_json()
+                            ttl=runtime.settings().lock_ttl,
+                            max_failed_percent=runtime.settings().max_failed_percent).to_json()
+    _deliver_alerts(summary["window"])
     top = summary.pop("top_anomalous")
     log.info("run %s: %s", summary["window"], summary["status"],
              extra={k: v for k, v in summary.items() if not isinstance(v, list)})
@@ -95,3 +99,17 @@ def finalize_window(payload) -> dict:
                  extra={"window": summary["window"], "sensor": sensor, "anomalies": count})
     summary["failures"] = summary["failures"][:50]  # the full list is in the manifest
     return summary
+
+
+def _deliver_alerts(window: str) -> None:
+    """The alerts the hour raised (and any still owed to a failing sink), after the hour is
+    closed: a sink never holds the hour's lock, and never fails the run."""
+    try:
+        rules = load_rules(runtime.store())
+        if rules is None:
+            return
+        report = deliver(runtime.store(), rules, now=_now(), store_url=runtime.store().url)
+        log.info("alerts after %s: %d sent, %d failed", window, report.sent, report.failed,
+                 extra={"window": window, "sent": report.sent, "failed": report.failed})
+    except Exception as exc:  # noqa: BLE001 - alerts never fail the run
+        log.warning("alerts after %s not delivered: %s", window, exc, extra={"window": window})

@@ -71,6 +71,8 @@ class Settings:
     unit_deadline_minutes: int = 120
     lock_ttl_minutes: int = 15  # the hour lock lapses this long after its last renewal
     predictions_format: str = "csv"  # or parquet
+    # More than this share of an hour's sensors failing fails the hour whole (None: no limit).
+    max_failed_percent: float | None = None
     batch: BatchSettings = field(default_factory=BatchSettings)
 
     @property
@@ -98,6 +100,7 @@ class Settings:
             unit_deadline_minutes=_int(env, "FLEETSCORE_UNIT_DEADLINE_MINUTES", 120),
             lock_ttl_minutes=_int(env, "FLEETSCORE_LOCK_TTL_MINUTES", 15),
             predictions_format=env.get("FLEETSCORE_PREDICTIONS_FORMAT") or "csv",
+            max_failed_percent=_percent(env, "FLEETSCORE_MAX_FAILED_PERCENT"),
             batch=BatchSettings.from_env(env),
         )
         if settings.lock_ttl_minutes * 60 < 4 * settings.poll_seconds:
@@ -116,6 +119,19 @@ class Settings:
                 "submit_chunk": 100 if self.backend == "batch" else 1,
                 "poll_seconds": self.poll_seconds,
                 "unit_deadline_minutes": self.unit_deadline_minutes}
+
+
+def _percent(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise UsageError(f"setting {name}={raw!r} is not a percentage between 0 and 100")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
