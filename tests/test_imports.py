@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runs", {"runs", "runs.alerting", "runs.locks", "runs.lifecycle", "runs.ranges", "runs.table",
               "runs.engine", "runs.verify"}),
     ("report", {"report", "report.data", "report.charts", "report.html"}),
-    ("entry", {"cli", "cli.common", "cli.data", "cli.models", "cli.run", "cli.report",
+    ("entry", {"cli", "cli.alerts", "cli.common", "cli.data", "cli.models", "cli.run", "cli.report",
                "cli.demo", "cli.perf", "cli.batch", "cli.app", "runtime", "__main__"}),
 ]
 

@@ -72,9 +72,11 @@ class AlertRecord:
         return "failed" if "failed" in states else "pending"
 
     def to_json(self) -> dict[str, Any]:
+        """The record as stored, and its state (derived: ignored when read back)."""
         body = asdict(self)
         body["tags"] = list(self.tags)
         body["deliveries"] = {k: asdict(v) for k, v in self.deliveries.items()}
+        body["state"] = self.state
         return body
 
     def encode(self) -> bytes:
@@ -84,6 +86,7 @@ class AlertRecord:
     def decode(cls, data: bytes, path: str) -> AlertRecord:
         try:
             body = json.loads(data)
+            body.pop("state", None)
             body["tags"] = tuple(body.get("tags", ()))
             body["deliveries"] = {k: Delivery(**v) for k, v in body.get("deliveries", {}).items()}
             return cls(**body)

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from fleetscore.cli import batch, data, demo, models, perf, report, run
+from fleetscore.cli import alerts, batch, data, demo, models, perf, report, run
 from fleetscore.cli.common import err, out
 from fleetscore.errors import FleetscoreError
 
@@ -61,6 +61,9 @@ models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor 
 app.add_typer(models_app, name="models")
 batch_app = typer.Typer(no_args_is_help=True, help="Azure Batch: cost and latency on paper.", **_HELP)
 app.add_typer(batch_app, name="batch")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert rules, the alerts they raised, "
+                         "their delivery.", **_HELP)
+app.add_typer(alerts_app, name="alerts")
 
 
 def _print_version(value: bool) -> None:
@@ -107,6 +110,10 @@ _register(models_app, models.models_import, "import")
 _register(models_app, models.models_bank, "bank")
 _register(models_app, models.models_list, "list")
 _register(batch_app, batch.batch_estimate, "estimate")
+_register(alerts_app, alerts.alerts_apply, "apply")
+_register(alerts_app, alerts.alerts_list, "list")
+_register(alerts_app, alerts.alerts_deliver, "deliver")
+_register(alerts_app, alerts.alerts_test, "test")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,6 +112,10 @@ def run(
         "--format", metavar="csv|parquet", help="Predictions files: csv (the reference's "
         "format, default) or parquet (same columns).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    max_failed_percent: Annotated[float | None, typer.Option(
+        "--max-failed-percent", metavar="P", min=0, max=100,
+        help="Fail an hour whole when more than P% of its sensors fail: its units not yet "
+        "done are cancelled and its visible predictions stay as they were.")] = None,
 ) -> None:
     """Score one hour, a range of hours, or every hour with data.
 
@@ -138,7 +142,9 @@ def run(
         be = load_backend(backend or settings.backend, st, store_spec=store or settings.store,
                           settings=settings, workers=workers or settings.workers, engine=ENGINE)
         options = dict(sensors=picked, unit_size=unit_size, deadline=settings.deadline,
-                       ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format)
+                       ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format,
+                       max_failed_percent=max_failed_percent if max_failed_percent is not None
+                       else settings.max_failed_percent)
         try:
             summaries, not_run = _score_hours(st, be, hours if window else todo,
                                               single=bool(window), options=options)
@@ -148,11 +154,36 @@ def run(
             raise
         finally:
             be.close()
+        delivered = _deliver_alerts(st, quiet=as_json)
     finally:
         st.close()
     worst = _report_runs(summaries, not_run, done, as_json=as_json)
+    if delivered:
+        out.print(delivered, markup=False)
     if worst:
         raise typer.Exit(worst)
+
+
+def _deliver_alerts(st, *, quiet: bool) -> str:
+    """Send what the runs raised (and what failing sinks are still owed); a line saying so,
+    or "" when there are no rules. A sink's failure never changes the run's exit code."""
+    from datetime import UTC, datetime
+
+    from fleetscore.alerts.deliver import deliver
+    from fleetscore.alerts.records import load_rules
+    from fleetscore.errors import FleetscoreError
+
+    try:
+        rules = load_rules(st)
+        if rules is None:
+            return ""
+        report = deliver(st, rules, now=datetime.now(UTC), store_url=st.url)
+    except FleetscoreError as exc:
+        return f"alerts not delivered: {exc}"
+    if quiet or not (report.sent or report.failed):
+        return ""
+    return (f"alerts: {report.sent} sent" + (f", {report.failed} failed (tried again at the next "
+            "run or by fleetscore alerts deliver)" if report.failed else ""))
 
 
 def _check_run_options(window, from_, to, all_, *, workers, force, missing) -> None:

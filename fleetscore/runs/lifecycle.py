@@ -410,17 +410,22 @@ def close_hour(
     return summary_of(manifest)
 
 
+THRESHOLD_EXCEEDED = "ThresholdExceeded"  # a unit cancelled because the threshold was passed
+
+
 def over_threshold(plan: Plan, results: Sequence[UnitResult],
                    max_failed_percent: float | None) -> str:
     """Why the hour fails whole (more than ``max_failed_percent`` of its planned sensors
     failed), or "" when it does not."""
     if max_failed_percent is None or not plan.sensors:
         return ""
-    failed = sum(len(r.failures) for r in results)
-    if failed * 100 <= max_failed_percent * plan.sensors:
+    kinds = Counter(f.kind for r in results for f in r.failures)
+    if sum(kinds.values()) * 100 <= max_failed_percent * plan.sensors:
         return ""
-    return (f"{failed} of {plan.sensors} sensors failed, more than the {max_failed_percent:g}% "
-            "allowed: nothing of this run was promoted")
+    stopped = kinds.pop(THRESHOLD_EXCEEDED, 0)
+    not_run = f" ({stopped} not run once it was passed)" if stopped else ""
+    return (f"{sum(kinds.values())} of {plan.sensors} sensors failed{not_run}, more than the "
+            f"{max_failed_percent:g}% allowed: nothing of this run was promoted")
 
 
 def _why(manifest: RunManifest) -> str:
@@ -777,7 +782,7 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
             progress(sum(sizes[u] for u, s in states.items() if s.terminal), total)
         if pending and limit is not None and limit.passed(states.values()):
             backend.cancel(hour, pending, run_id=run_id)
-            states.update({u: UnitOutcome.failure(u, "ThresholdExceeded", limit.why(u))
+            states.update({u: UnitOutcome.failure(u, THRESHOLD_EXCEEDED, limit.why(u))
                            for u in pending})
             pending = []
         if not pending:
