@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import azure.durable_functions as df
 
 from fleetscore import runtime
-from fleetscore.alerts.deliver import deliver
 from fleetscore.alerts.records import load_rules
 from fleetscore.contracts import UnitOutcome
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.runs import lifecycle as runs
+from fleetscore.runs.alerting import deliver_owed
 from fleetscore.scoring.planning import MIN_TASK_SECONDS
 from orchestrators.names import FINALIZE, PLAN, STATUS, SUBMIT
 
@@ -108,7 +108,8 @@ def _deliver_alerts(window: str) -> None:
         rules = load_rules(runtime.store())
         if rules is None:
             return
-        report = deliver(runtime.store(), rules, now=_now(), store_url=runtime.store().url)
+        report = deliver_owed(runtime.store(), rules, now=_now(),
+                              deadline=runtime.settings().deadline, store_url=runtime.store().url)
         log.info("alerts after %s: %d sent, %d failed", window, report.sent, report.failed,
                  extra={"window": window, "sent": report.sent, "failed": report.failed})
     except Exception as exc:  # noqa: BLE001 - alerts never fail the run

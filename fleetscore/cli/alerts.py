@@ -81,26 +81,28 @@ def alerts_list(
 
 
 def alerts_deliver(store: StoreOpt = None) -> None:
-    """Send every alert still owed to a sink whose next attempt is due (runs do this after
-    they close an hour; this is for a sink that was down)."""
-    from fleetscore.alerts.deliver import deliver
-
-    report = _deliver_now(store, deliver)
+    """Send every alert still owed to a sink whose next attempt is due, and raise run_late
+    alerts for hours of the last day with data and no run (runs do this after they close an
+    hour; this is for a sink that was down, or a schedule that stopped)."""
+    report = _deliver_now(store)
     out.print(f"alerts: {report.sent} sent, {report.failed} failed (tried again later), "
               f"{report.waiting} waiting for their next attempt")
     if report.failed:
         raise typer.Exit(3)
 
 
-def _deliver_now(store: str | None, deliver):
+def _deliver_now(store: str | None):
     from fleetscore.alerts.records import load_rules
+    from fleetscore.runs.alerting import deliver_owed
 
-    st = open_store(store, load_settings())
+    settings = load_settings()
+    st = open_store(store, settings)
     try:
         rules = load_rules(st)
         if rules is None:
             raise UsageError("no alert rules in this store: fleetscore alerts apply RULES.toml")
-        return deliver(st, rules, now=datetime.now(UTC), store_url=st.url)
+        return deliver_owed(st, rules, now=datetime.now(UTC), deadline=settings.deadline,
+                            store_url=st.url)
     finally:
         st.close()
 

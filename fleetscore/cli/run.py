@@ -169,15 +169,16 @@ def _deliver_alerts(st, *, quiet: bool) -> str:
     or "" when there are no rules. A sink's failure never changes the run's exit code."""
     from datetime import UTC, datetime
 
-    from fleetscore.alerts.deliver import deliver
     from fleetscore.alerts.records import load_rules
     from fleetscore.errors import FleetscoreError
+    from fleetscore.runs.alerting import deliver_owed
 
     try:
         rules = load_rules(st)
         if rules is None:
             return ""
-        report = deliver(st, rules, now=datetime.now(UTC), store_url=st.url)
+        report = deliver_owed(st, rules, now=datetime.now(UTC),
+                              deadline=load_settings().deadline, store_url=st.url)
     except FleetscoreError as exc:
         return f"alerts not delivered: {exc}"
     if quiet or not (report.sent or report.failed):

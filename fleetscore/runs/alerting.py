@@ -7,22 +7,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 
+from fleetscore.alerts.deliver import DeliveryReport, deliver
 from fleetscore.alerts.evaluate import (
+    Candidate,
     anomaly_candidates,
     run_candidates,
     silent_candidates,
 )
 from fleetscore.alerts.records import load_rules, raise_alerts
+from fleetscore.alerts.rules import Rules
 from fleetscore.core.hours import Hour
 from fleetscore.data.arrivals import read_arrivals
 from fleetscore.errors import FleetscoreError, first_line
 from fleetscore.storage import Store
 
 log = logging.getLogger("fleetscore.alerts")
+LATE_LOOKBACK_HOURS = 24  # how far back an hour with data and no run is looked for
+
+
+def manifest_path(hour: Hour) -> str:
+    """An hour's run manifest (here, below the lifecycle that writes it: late runs look)."""
+    return f"runs/{hour}.json"
 
 
 def alerts_for_hour(store: Store, hour: Hour, run_id: str, *, status: str, reason: str,
@@ -52,3 +61,33 @@ def silent_sensors(store: Store, hour: Hour) -> list[tuple[str, str]]:
     """Sensors the previous hour's arrival records hold and this hour's do not."""
     before, now = read_arrivals(store, hour - 1), read_arrivals(store, hour)
     return sorted((s.device, s.tag) for s in before if s not in now)
+
+
+def raise_late(store: Store, rules: Rules, *, now: datetime, deadline: timedelta) -> int:
+    """Record a ``run_late`` alert for each of the last day's hours that has data but no run
+    manifest although its deadline (its end plus ``deadline``) has passed. Returns how many
+    were new; nothing without a rule that watches for it."""
+    watching = rules.watching("run_late")
+    if not watching:
+        return 0
+    current = Hour.from_datetime(now)
+    late = []
+    for back in range(1, LATE_LOOKBACK_HOURS + 1):
+        hour = current - back
+        due = datetime.fromtimestamp(hour.end_ms / 1000, tz=now.tzinfo) + deadline
+        if now >= due and not store.exists(manifest_path(hour)) and read_arrivals(store, hour):
+            late.append(hour)
+    candidates = [Candidate(r.name, r.on, r.severity, "run", str(h), str(h),
+                            detail=f"hour {h} has data and no finished run "
+                            f"{deadline.total_seconds() / 3600:g} h after it "
+                            "ended") for r in watching for h in sorted(late)]
+    return len(raise_alerts(store, rules, candidates, hour=str(current), run_id="", now=now))
+
+
+def deliver_owed(store: Store, rules: Rules, *, now: datetime, deadline: timedelta,
+                 store_url: str = "") -> DeliveryReport:
+    """What an entry point does after its runs: late hours raised, then every alert that is
+    owed a sink delivered (each caller: the CLI's run, ``alerts deliver``, the Functions
+    app's finalize activity)."""
+    raise_late(store, rules, now=now, deadline=deadline)
+    return deliver(store, rules, now=now, store_url=store_url)

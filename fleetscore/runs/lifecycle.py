@@ -56,7 +56,7 @@ from fleetscore.data.predictions import decode, encode, format_of, predictions_f
 from fleetscore.errors import InputError, NotFound, UsageError
 from fleetscore.model.bank import registry_damage
 from fleetscore.runs import locks
-from fleetscore.runs.alerting import alerts_for_hour
+from fleetscore.runs.alerting import alerts_for_hour, manifest_path
 from fleetscore.runs.locks import LOCK_TTL
 from fleetscore.scoring.planning import (
     Plan,
@@ -78,10 +78,6 @@ DEADLINE = timedelta(minutes=120)
 def new_run_id(now: datetime) -> str:
     """Names one attempt at an hour (Batch jobs are per attempt): time plus a random suffix."""
     return f"{now:%Y%m%d%H%M%S}{secrets.token_hex(3)}"
-
-
-def manifest_path(hour: Hour) -> str:
-    return f"runs/{hour}.json"
 
 
 def staged_path(hour: Hour, run_id: str, unit_id: str, fmt: str = "csv") -> str:
