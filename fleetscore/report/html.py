@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore import __version__
+from fleetscore.alerts.records import AlertRecord, all_records
 from fleetscore.core.hours import Hour
 from fleetscore.core.text import count
 from fleetscore.report.charts import (
@@ -43,6 +44,7 @@ from fleetscore.storage import Store
 
 TOP_SENSORS = 20  # rows of the top sensors' table, whatever the fleet's size
 FAILURES_SHOWN = 200  # rows of the failed sensors' table; the rest are counted
+ALERTS_SHOWN = 200  # rows of the alerts' table; the rest are counted
 DAILY_TABLE_HOURS = 14 * 24  # longer ranges: the runs table has a row per day
 
 
@@ -52,13 +54,15 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     predictions when known (the demo's injected anomalies)."""
     _need_matplotlib()
     span, fold = _read_range(store, first, last)
-    output.write_text(render(store.url, span, fold, truth=truth), encoding="utf-8")
+    alerts = _alerts_in(store, span)
+    output.write_text(render(store.url, span, fold, truth=truth, alerts=alerts),
+                      encoding="utf-8")
     return (f"{count(span.hours, 'hour')}, {count(span.runs.num_rows, 'run')}, "
             f"{count(fold.rows, 'prediction')}")
 
 
 def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,
-           truth: pa.Table | None = None) -> str:
+           truth: pa.Table | None = None, alerts: Sequence[AlertRecord] = ()) -> str:
     """The page: ``preds`` a table of predictions, or already folded (``_Fold``)."""
     fold = preds
     if isinstance(preds, pa.Table):
@@ -69,6 +73,8 @@ def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,
     else:
         sections = [_section("Predictions", "<p>No predictions in this range.</p>", "")]
     sections.append(_section("Runs", _runs_table(span), _runs_summary(span)))
+    if alerts:
+        sections.append(_alerts_section(alerts))
     failures = _failures_section(span.runs)
     if failures:
         sections.append(failures)
@@ -125,6 +131,31 @@ def _share_section(view: _View) -> str:
 
 def _column_name(axis: Axis) -> str:
     return _bucket_name(axis.step_ms) if axis.bucketed else "window"
+
+
+def _alerts_in(store: Store, span: _Span) -> list[AlertRecord]:
+    """The alerts raised for the report's hours, in the order they began."""
+    if span.first is None or span.last is None:
+        return []
+    first, last = str(span.first), str(span.last)
+    return sorted((r for r in all_records(store) if first <= r.hour <= last),
+                  key=lambda r: (r.first_window, r.rule, r.group))
+
+
+def _alerts_section(alerts: Sequence[AlertRecord]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(r.hour)}</td><td>{html.escape(r.rule)}</td>"
+        f"<td>{html.escape(r.severity)}</td>"
+        f"<td>{html.escape(r.device + (' (' + ', '.join(r.tags) + ')' if r.tags else '') or r.group)}</td>"
+        f"<td>{html.escape(r.first_window)} .. {html.escape(r.last_window)}</td>"
+        f"<td>{r.windows or ''}</td><td>{html.escape(r.state)}</td>"
+        f"<td class='message'>{html.escape(r.detail)}</td></tr>" for r in alerts[:ALERTS_SHOWN])
+    more = f"; the first {ALERTS_SHOWN:,} are listed." if len(alerts) > ALERTS_SHOWN else "."
+    note = (f"{count(len(alerts), 'alert')} raised for these hours by the rules of "
+            f"fleetscore alerts apply{more}")
+    return _section("Alerts", "<div class='scroll'><table><tr><th>hour</th><th>rule</th>"
+                    "<th>severity</th><th>where</th><th>windows</th><th>anomalous</th>"
+                    f"<th>state</th><th>detail</th></tr>{rows}</table></div>", note)
 
 
 def _failures_section(runs: pa.Table) -> str | None:

@@ -136,3 +136,22 @@ def test_a_sink_that_hangs_is_timed_out_and_retried(alert_store, webhook):
     assert "timed out" in record.deliveries["ops"].last_error.lower()
     assert _deliver(alert_store, webhook, now + timedelta(minutes=1)).sent == 1
     assert [r.state for r in all_records(alert_store)] == ["sent"]
+
+
+def test_the_report_shows_the_hours_alerts(alert_store, webhook, tmp_path):
+    from fleetscore.report.html import write_report
+
+    _run(alert_store, H1)
+    _run(alert_store, H2)
+    _deliver(alert_store, webhook)
+    page = tmp_path / "report.html"
+    write_report(alert_store, page)
+    text = page.read_text()
+    section = text[text.index("<h2>Alerts</h2>"):]
+    section = section[: section.index("</table>")]
+    assert "2 alerts raised for these hours" in text
+    assert section.count("<tr><td>") == 2
+    assert "<td>sustained</td><td>warning</td><td>A (temp)</td>" in section
+    assert "<td>sent</td>" in section and "<td>snoozed</td>" in section
+    write_report(alert_store, tmp_path / "first.html", first=H1, last=H1)
+    assert "1 alert raised for these hours" in (tmp_path / "first.html").read_text()
