@@ -77,7 +77,8 @@ def unit_status(payload) -> dict:
     states = runs.poll(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
                        body["run_id"], list(body["units"]), now=_now(),
                        deadline=datetime.fromisoformat(body["deadline"]),
-                       ttl=runtime.settings().lock_ttl)
+                       ttl=runtime.settings().lock_ttl,
+                       max_failed_percent=runtime.settings().max_failed_percent)
     return {unit: state.to_json() for unit, state in states.items()}
 
 

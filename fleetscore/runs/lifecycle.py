@@ -88,6 +88,21 @@ def result_path(hour: Hour, run_id: str, unit_id: str) -> str:
     return f"{run_folder(hour, run_id)}/results/{unit_id}.json"
 
 
+def failed_marker_path(hour: Hour, run_id: str, unit_id: str, failed: int) -> str:
+    return f"{run_folder(hour, run_id)}/failed/{unit_id}.{failed}"
+
+
+def failed_so_far(store: Store, hour: Hour, run_id: str) -> int:
+    """Sensors the run's finished units failed, from their markers (a retried unit's
+    largest count)."""
+    most: dict[str, int] = {}
+    for path in store.list(f"{run_folder(hour, run_id)}/failed"):
+        unit, _, n = path.rsplit("/", 1)[-1].rpartition(".")
+        if n.isdigit():
+            most[unit] = max(most.get(unit, 0), int(n))
+    return sum(most.values())
+
+
 # --- a unit (what a worker process or a Batch task runs) ------------------------------------
 
 
@@ -98,6 +113,8 @@ def run_unit(store: Store, hour: Hour, run_id: str, unit_id: str) -> UnitResult:
         result = score_unit(store, hour, unit.sensors, unit_id=unit.id,
                             out=staged_path(hour, run_id, unit.id, unit.format))
         store.put(result_path(hour, run_id, unit.id), json.dumps(result.to_json()).encode())
+        if result.failures:  # what the error threshold counts, from a listing alone
+            store.put(failed_marker_path(hour, run_id, unit.id, len(result.failures)), b"")
         span.set_attribute("sensors", result.sensors)
         span.set_attribute("anomalies", result.anomalies)
         span.set_attribute("failed", len(result.failures))
@@ -228,10 +245,11 @@ def submit(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
 def poll(
     store: Store, backend: ComputeBackend, hour: Hour, run_id: str, unit_ids: Sequence[str], *,
     now: datetime, deadline: datetime, timeout: float = 0.0, renew: bool = True,
-    ttl: timedelta = LOCK_TTL,
+    ttl: timedelta = LOCK_TTL, max_failed_percent: float | None = None,
 ) -> dict[str, UnitOutcome]:
     """The units' states. Renews the run's lock (LockLost: another run took the hour, stop);
-    units still running at the deadline are cancelled on their backend and failed."""
+    units still running at the deadline, or once more than ``max_failed_percent`` of the
+    hour's sensors failed, are cancelled on their backend (Batch: terminated) and failed."""
     if renew:
         locks.renew(store, hour, run_id, now=now, ttl=ttl)
     statuses = backend.poll(hour, list(unit_ids), run_id=run_id, timeout=timeout)
@@ -243,7 +261,24 @@ def poll(
             for u in late:
                 out[u] = UnitOutcome.failure(u, "DeadlineExceeded",
                                         f"unit {u} did not finish before {deadline.isoformat()}")
+    if max_failed_percent is not None:
+        _stop_past_threshold(store, backend, hour, run_id, out, max_failed_percent)
     return out
+
+
+def _stop_past_threshold(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
+                         out: dict[str, UnitOutcome], max_failed_percent: float) -> None:
+    waiting = [u for u, o in out.items() if not o.terminal]
+    if not waiting:
+        return
+    plan = load_plan(store, hour, run_id, sensors=False)
+    planned = plan.sensors if plan is not None else 0
+    if not planned or failed_so_far(store, hour, run_id) * 100 <= max_failed_percent * planned:
+        return
+    backend.cancel(hour, waiting, run_id=run_id)
+    out.update({u: UnitOutcome.failure(
+        u, THRESHOLD_EXCEEDED, f"unit {u} was not run: more than {max_failed_percent:g}% of "
+        f"the hour's {planned} sensors had already failed") for u in waiting})
 
 
 # --- finalize -------------------------------------------------------------------------------
@@ -739,10 +774,9 @@ def run_hour(
                     progress(done, ticket.sensors)
             else:
                 states = submit(store, backend, hour, run_id, units) if units else {}
-            limit = _Limit(ticket.sensors, max_failed_percent)
             states = _wait(store, backend, hour, run_id, states, ends=ends, ttl=ttl,
                            progress=progress, backoff=backoff, clock=clock, sleep=sleep,
-                           total=ticket.sensors, limit=limit)
+                           total=ticket.sensors, max_failed_percent=max_failed_percent)
             return finalize(store, hour, run_id, states, started=started, now=clock(),
                             backend_name=backend.name, backend=backend, ttl=ttl,
                             damaged=damage.result, max_failed_percent=max_failed_percent)
@@ -767,7 +801,7 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
           states: Mapping[str, UnitOutcome], *,
           ends: datetime, ttl: timedelta, progress: Progress | None, backoff: Backoff,
           clock: Callable[[], datetime], sleep: Callable[[float], None],
-          total: int, limit: _Limit | None = None) -> dict[str, UnitOutcome]:
+          total: int, max_failed_percent: float | None = None) -> dict[str, UnitOutcome]:
     states = dict(states)
     sizes = _unit_sizes(store, hour, run_id, states)
     renew_every = min(ttl / 4, timedelta(minutes=1))
@@ -776,17 +810,13 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
         pending = [u for u, s in states.items() if not s.terminal]
         if progress:
             progress(sum(sizes[u] for u, s in states.items() if s.terminal), total)
-        if pending and limit is not None and limit.passed(states.values()):
-            backend.cancel(hour, pending, run_id=run_id)
-            states.update({u: UnitOutcome.failure(u, THRESHOLD_EXCEEDED, limit.why(u))
-                           for u in pending})
-            pending = []
         if not pending:
             return states
         now = clock()
         renew = now - last_renewal >= renew_every
         states.update(poll(store, backend, hour, run_id, pending, now=now, deadline=ends,
-                           timeout=delay, renew=renew, ttl=ttl))
+                           timeout=delay, renew=renew, ttl=ttl,
+                           max_failed_percent=max_failed_percent))
         if renew:
             last_renewal = now
         # Backends that cannot wait (a Batch listing) return at once: sleep the rest. One that
@@ -796,25 +826,6 @@ def _wait(store: Store, backend: ComputeBackend, hour: Hour, run_id: str,
                 and any(not s.terminal for s in states.values()):
             sleep(rest)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-@dataclass(frozen=True)
-class _Limit:
-    """The error threshold as the run's loop applies it: sensors failed so far, against the
-    hour's planned sensors."""
-
-    planned: int
-    max_failed_percent: float | None
-
-    def passed(self, outcomes: Iterable[UnitOutcome]) -> bool:
-        if self.max_failed_percent is None or not self.planned:
-            return False
-        failed = sum(o.failed or 0 for o in outcomes if o.result)
-        return failed * 100 > self.max_failed_percent * self.planned
-
-    def why(self, unit: str) -> str:
-        return (f"unit {unit} was not run: more than {self.max_failed_percent:g}% of the hour's "
-                f"{self.planned} sensors had already failed")
 
 
 def _unit_sizes(store: Store, hour: Hour, run_id: str, states: Mapping) -> dict[str, int]:

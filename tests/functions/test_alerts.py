@@ -48,3 +48,31 @@ def test_the_durable_path_raises_and_delivers_an_alert_once(
         assert [r.state for r in all_records(store)] == ["sent"]
     finally:
         webhook.stop()
+
+
+def test_the_durable_path_applies_the_error_threshold(
+        orchestrator_functions, app_functions, functions_env, tmp_path, monkeypatch):
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.registry import model_path
+    from fleetscore.runs.lifecycle import read_predictions
+
+    store = functions_env.store()
+    ingest_file(store, _fleet(tmp_path))
+    train(store, until=Hour.parse("2024-03-01T00"))
+    activities = {name: app_functions[name].get_user_function()
+                  for name in ("plan_window", "submit_units", "unit_status", "finalize_window")}
+    first = drive(orchestrator_functions, "score_window",
+                  functions_env.settings().orchestration_input(WINDOW), activities)
+    assert first.output["status"] == "succeeded"
+    before = read_predictions(store, Hour.parse(WINDOW))
+    store.put(model_path(Sensor("C", "temp")), b"not a model")
+    monkeypatch.setenv("FLEETSCORE_MAX_FAILED_PERCENT", "10")
+    functions_env.reset()
+    store = functions_env.store()
+    again = drive(orchestrator_functions, "score_window",
+                  functions_env.settings().orchestration_input(WINDOW, force=True), activities,
+                  start=datetime.fromisoformat("2024-03-01T03:00:00+00:00"))
+    manifest = read_manifest(store, Hour.parse(WINDOW))
+    assert again.output["status"] == manifest.status == "failed"
+    assert manifest.reason.startswith("1 of 4 sensors failed")
+    assert read_predictions(store, Hour.parse(WINDOW)).equals(before)
