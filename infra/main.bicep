@@ -41,6 +41,16 @@ param scoringBackend string = 'batch'
 @description('NCRONTAB schedule of the hourly run (five minutes past the hour by default).')
 param scoringSchedule string = '0 5 * * * *'
 
+@description('FLEETSCORE_MAX_FAILED_PERCENT: a run fails once more than this percentage (0 to 100) of its sensors failed. Empty: no limit.')
+param maxFailedPercent string = ''
+
+@description('E-mail addresses notified of fleetscore alerts written to Application Insights (an app_insights sink), separated by commas or spaces. Empty: none.')
+param alertEmails string = ''
+
+@secure()
+@description('Webhook URLs called (common alert schema) for fleetscore alerts written to Application Insights, separated by commas or spaces. Empty: none.')
+param alertWebhooks string = ''
+
 var tags = { 'azd-env-name': environmentName }
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var storeContainer = 'fleetscore'
@@ -106,6 +116,20 @@ module appInsights 'br/public:avm/res/insights/component:0.6.0' = {
     tags: tags
     workspaceResourceId: logAnalytics.outputs.resourceId
     disableLocalAuth: true
+  }
+}
+
+// fleetscore's alerts (an app_insights sink's FleetscoreAlert events) to e-mails and webhooks.
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    name: token
+    location: location
+    tags: tags
+    appInsightsId: appInsights.outputs.resourceId
+    emails: alertEmails
+    webhooks: alertWebhooks
   }
 }
 
@@ -177,6 +201,7 @@ module functionApp 'modules/functionapp.bicep' = {
       FLEETSCORE_LOCK_TTL_MINUTES: '15'
       FLEETSCORE_PREDICTIONS_FORMAT: 'csv'
       FLEETSCORE_STORAGE_RETRIES: '5'
+      FLEETSCORE_MAX_FAILED_PERCENT: maxFailedPercent
       FLEETSCORE_BATCH_ENDPOINT: 'https://${batch.outputs.accountEndpoint}'
       FLEETSCORE_BATCH_POOL_ID: batch.outputs.poolId
       FLEETSCORE_BATCH_VM_SIZE: batchVmSize

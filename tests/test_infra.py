@@ -62,6 +62,8 @@ def test_infra_names_every_resource():
         "application insights": "br/public:avm/res/insights/component",
         "log analytics": "br/public:avm/res/operational-insights/workspace",
         "role assignments": "Microsoft.Authorization/roleAssignments@",
+        "action group": "Microsoft.Insights/actionGroups@",
+        "log search alert rules": "Microsoft.Insights/scheduledQueryRules@",
     }
     missing = [what for what, text in expected.items() if text not in ALL]
     assert not missing, missing
@@ -123,6 +125,105 @@ def test_infra_workbook_holds_the_operations_queries():
     assert len(queries) == 5 and all(q in ops for q in queries)
     for metric in ("fleetscore.arrival.lag",):
         assert any(metric in q for q in queries)
+
+
+# --- alerts in Azure: FleetscoreAlert custom events -> log search alert rules -> an action group ---
+
+ALERTS = TEMPLATES["modules/alerts.bicep"]
+
+
+def _code(template: str) -> str:
+    """The template without its comments (which cite documentation by its address); the "//" of
+    a URL in a string follows a colon, not a blank, and stays."""
+    return re.sub(r"(^|\s)//.*$", "", template, flags=re.M)
+
+
+def test_infra_alert_rules_query_the_event_the_app_insights_sink_writes(caplog):
+    """The rules count customEvents named as deliver.py names them, split by the custom
+    dimensions the sink writes, one rule per fleetscore severity; stateless, every 5 minutes."""
+    from fleetscore.alerts.deliver import EVENT_NAME, http_send, message
+    from fleetscore.alerts.records import AlertRecord
+    from fleetscore.alerts.rules import SEVERITIES, Sink
+
+    assert re.search(r"^resource actionGroup 'Microsoft\.Insights/actionGroups@\d{4}-\d\d-\d\d' =",
+                     ALERTS, re.M)  # a stable API version: no -preview
+    rule = re.search(r"^resource rules 'Microsoft\.Insights/scheduledQueryRules@\d{4}-\d\d-\d\d' = "
+                     r"\[for s in severities: \{\n(.*?)\n\}\]", ALERTS, re.M | re.S).group(1)
+    query = re.search(r"^var query = '''\n(.*?)'''", ALERTS, re.M | re.S).group(1)
+    assert query.startswith("customEvents\n")
+    assert f'| where name == "{EVENT_NAME}"' in query
+    assert "query: format(query, s.fleetscore)" in rule
+    assert "scopes: [ appInsightsId ]" in rule
+    assert "appInsightsId: appInsights.outputs.resourceId" in TEMPLATES["main.bicep"]
+    assert re.search(r"^module alerts 'modules/alerts\.bicep' = \{$", TEMPLATES["main.bicep"], re.M)
+    for setting in ("kind: 'LogAlert'", "evaluationFrequency: 'PT5M'", "windowSize: 'PT5M'",
+                    "timeAggregation: 'Count'", "operator: 'GreaterThan'", "threshold: 0",
+                    "autoMitigate: false", "actions: { actionGroups: [ actionGroup.id ] }"):
+        assert setting in rule, setting
+
+    # Every fleetscore severity has its rule, with a distinct Azure Monitor severity (0 severest).
+    table = re.search(r"^var severities = \[\n(.*?)\n\]", ALERTS, re.M | re.S).group(1)
+    mapped = {name: int(sev) for name, sev in
+              re.findall(r"\{ fleetscore: '(\w+)', azure: (\d) \}", table)}
+    assert set(mapped) == set(SEVERITIES)
+    assert len(set(mapped.values())) == len(mapped) and set(mapped.values()) <= set(range(5))
+    assert mapped["critical"] < mapped["error"] < mapped["warning"] < mapped["info"]
+    assert "severity: s.azure" in rule
+
+    # The dimensions (and the severity filter) are custom dimensions the sink really writes.
+    dimensions = re.findall(r"\{ name: '(\w+)', operator: 'Include', values: \[ '\*' \] \}", rule)
+    assert dimensions[0] == "alert_key" and {"alert_rule", "alert_group"} <= set(dimensions)
+    record = AlertRecord(key="silent|D1|2024-05-01T10:00", rule="silent", on="silent",
+                         severity="error", group="D1", first_window="2024-05-01T10:00",
+                         last_window="2024-05-01T10:59", hour="2024-05-01T10", run_id="r1",
+                         created="2024-05-01T11:05", device="D1")
+    with caplog.at_level("WARNING", logger="fleetscore.alerts"):
+        http_send(Sink(name="appi", type="app_insights"), message(record, "az://fleetscore"))
+    (event,) = [r for r in caplog.records if r.name == "fleetscore.alerts"]
+    assert getattr(event, "microsoft.custom_event.name") == EVENT_NAME
+    for dimension in dimensions:
+        assert f"{dimension} = tostring(customDimensions.{dimension})" in query
+        assert getattr(event, dimension) == getattr(record, dimension.removeprefix("alert_"))
+    assert 'tostring(customDimensions.alert_severity) == "{0}"' in query
+    assert event.alert_severity in SEVERITIES
+
+
+def test_infra_alert_receivers_come_from_parameters():
+    """E-mail and webhook receivers are the deployment's parameters (azd environment values),
+    either list may be empty; no address or URL is written in the templates; webhook URLs (often
+    their own credential) are secure parameters."""
+    main = TEMPLATES["main.bicep"]
+    assert re.search(r"^param alertEmails string = ''$", main, re.M)
+    assert re.search(r"^@secure\(\)\n@description\(.*\)\nparam alertWebhooks string = ''$", main, re.M)
+    assert "emails: alertEmails" in main and "webhooks: alertWebhooks" in main
+    assert re.search(r"^@secure\(\)\n@description\(.*\)\nparam webhooks string = ''$", ALERTS, re.M)
+    assert re.search(r"^param emails string = ''$", ALERTS, re.M)
+    assert "emailReceivers: [for (address, i) in emailList: {" in ALERTS
+    assert "webhookReceivers: [for (uri, i) in webhookList: {" in ALERTS
+    assert "emailAddress: address\n" in ALERTS and "serviceUri: uri\n" in ALERTS
+    webhook = re.search(r"webhookReceivers: \[for .*?\}\]", ALERTS, re.S).group(0)
+    assert "useCommonAlertSchema: true" in webhook
+    assert re.search(r"^var emailList = filter\(split\(emails, separators\), ", ALERTS, re.M)
+    assert re.search(r"^var webhookList = filter\(split\(webhooks, separators\), ", ALERTS, re.M)
+    assert not re.search(r"^output .*webhook", ALERTS + main, re.M | re.I)
+
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["alertEmails"]["value"] == "${FLEETSCORE_ALERT_EMAILS}"
+    assert params["alertWebhooks"]["value"] == "${FLEETSCORE_ALERT_WEBHOOKS}"
+    for name, param in params.items():
+        assert re.fullmatch(r"\$\{[A-Z_]+(=[\w.-]*)?\}", param["value"]), name  # azd values only
+    for template, text in TEMPLATES.items():
+        code = _code(text)
+        assert not re.search(r"[\w.+-]+@[\w-]+\.[A-Za-z]{2,}", code), f"{template}: an e-mail address"
+        assert not re.search(r"(https?|ftp)://(?!\$\{)", code), f"{template}: a URL"
+
+
+def test_infra_sets_the_max_failed_percent_from_a_parameter():
+    main = TEMPLATES["main.bicep"]
+    assert re.search(r"^param maxFailedPercent string = ''$", main, re.M)  # empty: no limit
+    assert "FLEETSCORE_MAX_FAILED_PERCENT: maxFailedPercent" in main
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["maxFailedPercent"]["value"] == "${FLEETSCORE_MAX_FAILED_PERCENT}"
 
 
 # --- role assignments: who may do what, read from modules/roles.bicep ----------------------------
