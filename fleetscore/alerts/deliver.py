@@ -62,7 +62,8 @@ def message(record: AlertRecord, store_url: str) -> dict[str, Any]:
         "first_window": record.first_window, "last_window": record.last_window,
         "windows": record.windows, "score": record.score, "detail": record.detail,
         "hour": record.hour, "run_id": record.run_id,
-        "report": f"{store_url}/runs/{record.hour}.json",
+        "manifest": f"{store_url}/runs/{record.hour}.json",
+        "report": f"fleetscore report --store {store_url} --from {record.hour} --to {record.hour}",
     }
 
 

@@ -33,8 +33,13 @@ def bench(
         "(FLEETSCORE_STORAGE_CONNECTION_STRING, e.g. Azurite's).")] = False,
     raw: Annotated[bool, typer.Option(
         "--raw", help="With --stream-analytics: do not compact the hour first.")] = False,
+    as_users: Annotated[bool, typer.Option(
+        "--as-users/--no-as-users", help="Also the benchmark of record: whole `fleetscore "
+        "run` processes on stores made by ingest and train, a fifth of --sensors and all of "
+        "them, the marginal cost of a sensor against the in-memory loop.")] = True,
 ) -> None:
-    """Time the fast path and the plain per-sensor loop: stages, whole unit, whole run."""
+    """Time the fast path and the plain per-sensor loop (stages, whole unit, whole run), and
+    the whole run as users run it."""
     if sensors < 1 or sample < 1 or repeats < 1:
         raise UsageError("--sensors, --sample and --repeats must be 1 or more")
     run_bench = _benchmark("bench").run_bench
@@ -45,10 +50,32 @@ def bench(
         raise UsageError(f"--dir {directory} is not a folder")
     result = run_bench(sensors, sample=sample, repeats=repeats, workers=workers,
                        directory=directory)
+    users = _benchmark("bench_users").run_users_bench(
+        (max(1, sensors // 5), sensors), repeats=repeats, workers=workers,
+        directory=directory) if as_users else None
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=1) + "\n")
+        body = result.to_json()
+        if users is not None:
+            body["as_users"] = users.to_json()
+        sys.stdout.write(json.dumps(body, indent=1) + "\n")
         return
     _print_bench(result)
+    if users is not None:
+        _print_users(users)
+
+
+def _print_users(users) -> None:
+    table = Table("sensors", "whole run s (median)", "runs")
+    for size in users.sizes:
+        table.add_row(f"{size.sensors:,}", f"{size.median_s:.3f}",
+                      " ".join(f"{t:.3f}" for t in size.runs_s))
+    out.print(table)
+    ratio = users.vs_memory_loop
+    against = (f"{ratio:.1f}x scikit-learn's in-memory loop ({users.memory_loop_us:.0f} us)"
+               if ratio is not None else "too close to the noise to compare: give more sensors")
+    out.print(f"as users run it (ingest, train, forced reruns as whole processes, "
+              f"{users.fmt.upper()}): {users.marginal_us:.1f} us a sensor between the two "
+              f"fleets, {against}")
 
 
 def _print_bench(result) -> None:

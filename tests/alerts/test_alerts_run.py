@@ -94,6 +94,8 @@ def test_one_alert_for_the_sustained_anomaly_none_for_the_spike_and_none_again(
     assert (post["first_window"], post["last_window"], post["windows"]) == (
         "2024-03-01 01:21:00", "2024-03-01 01:30:00", 10)
     assert post["score"] < 0 and post["key"] == webhook.headers[0]["Idempotency-Key"]
+    assert post["report"].startswith("fleetscore report --store ") and \
+        post["report"].endswith("--from 2024-03-01T01 --to 2024-03-01T01")
     # A forced rerun of the hour raises the same key: nothing new, nothing sent.
     _run(alert_store, H1)
     assert read_manifest(alert_store, H1).alerts == ()
