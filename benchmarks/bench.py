@@ -254,11 +254,12 @@ def time_plain(store: Store, sensors: list[Sensor]) -> Stages:
     return Stages(len(sensors), t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
 
 
-def time_memory_loop(store: Store, sensors: list[Sensor]) -> float:
-    """Microseconds a sensor of ``model.predict(points)`` with every model already loaded."""
+def time_memory_loop(store: Store, sensors: list[Sensor], hour: Hour = BENCH_HOUR) -> float:
+    """Microseconds a sensor of ``model.predict(points)`` with every model already loaded: the
+    floor of any per-sensor scoring loop (one core)."""
     from fleetscore.model.registry import load_model
 
-    points = by_sensor(read_points(store, BENCH_HOUR, sensors))
+    points = by_sensor(read_points(store, hour, sensors))
     models = {s: load_model(store, s) for s in sensors}
     t0 = time.perf_counter()
     for s in sensors:

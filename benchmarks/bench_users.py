@@ -114,20 +114,13 @@ def time_size(root: Path, sensors: int, *, repeats: int, workers: int | None, fm
 
 
 def memory_loop_us(store_dir: Path, sample: int) -> float:
-    """scikit-learn's ``predict`` a sensor, models already loaded: the floor of a loop."""
+    """scikit-learn's ``predict`` a sensor, models already loaded (``bench.time_memory_loop``)."""
+    from benchmarks.bench import time_memory_loop
     from fleetscore.core.sensors import Sensor
-    from fleetscore.data.windows import by_sensor, read_points
-    from fleetscore.model.registry import load_model
     from fleetscore.storage import LocalStore
 
-    store = LocalStore(store_dir, create=False)
     sensors = [Sensor(f"D{i // 5:05d}", f"t{i % 5}") for i in range(sample)]
-    points = by_sensor(read_points(store, SCORED, sensors))
-    models = {s: load_model(store, s) for s in sensors}
-    started = time.perf_counter()
-    for s in sensors:
-        models[s].predict(points[s].values.reshape(-1, 1))
-    return (time.perf_counter() - started) / len(sensors) * 1e6
+    return time_memory_loop(LocalStore(store_dir, create=False), sensors, SCORED)
 
 
 def run_users_bench(sizes: tuple[int, ...], *, repeats: int = 3, workers: int | None = None,

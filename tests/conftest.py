@@ -496,3 +496,13 @@ def windows_by_hour(partials):
     return {Hour(int(h)): table.filter(pa.array(hours == h)).sort_by(
                 [("Device", "ascending"), ("Tag", "ascending"), ("WindowEnd", "ascending")])
             for h in np.unique(hours)}
+
+
+@pytest.fixture
+def webhook():
+    """A webhook receiver: a real HTTP server on localhost (tests/alerts/webhook.py)."""
+    from tests.alerts.webhook import Webhook
+
+    server = Webhook().start()
+    yield server
+    server.stop()

@@ -199,15 +199,19 @@ class LocalBackend(ComputeBackend):
     def reset_spans(self) -> None:
         """A fresh pool: after a worker died (the pool is broken), or to stop spans past their
         deadline (their workers are stopped, not waited for)."""
-        if self._pool is not None:
+        self._stop_pool(terminate=True)
+        self._spans.clear()
+
+    def _stop_pool(self, *, terminate: bool) -> None:
+        """Shut the pool down; with ``terminate`` its workers are stopped first, not waited
+        for (the executor has no public way to do it)."""
+        if self._pool is None:
+            return
+        if terminate:
             for process in list(getattr(self._pool, "_processes", {}).values()):
                 process.terminate()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        self._spans.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
 
     def _retry_crashed(self, keys: Sequence[Key]) -> None:
         crashed = [k for k in keys
@@ -271,14 +275,10 @@ class LocalBackend(ComputeBackend):
         return UnitStatus(FAILED, error_kind=body["error_kind"], error=body["error"])
 
     def close(self) -> None:
-        if self._pool is not None:
-            if any(not f.done() for f in [*self._futures.values(), *self._spans]):
-                # A unit given up at its deadline may still be running (a hung model): stop
-                # its worker rather than wait for it. The executor has no public way to do it.
-                for process in list(getattr(self._pool, "_processes", {}).values()):
-                    process.terminate()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        # A unit given up at its deadline may still be running (a hung model): stop its
+        # worker rather than wait for it.
+        self._stop_pool(terminate=any(not f.done()
+                                      for f in [*self._futures.values(), *self._spans]))
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -17,7 +17,6 @@ from fleetscore.data.ingest import ingest_file
 from fleetscore.model.training import train
 from fleetscore.runs.engine import ENGINE
 from fleetscore.runs.lifecycle import read_manifest, run_hour
-from tests.alerts.webhook import Webhook
 from tests.conftest import minute_readings, write_readings
 
 H1, H2 = Hour.parse("2024-03-01T01"), Hour.parse("2024-03-01T02")
@@ -53,13 +52,6 @@ def _fleet(tmp_path, *, later_episode: bool = False):
                 v += 60
             rows.append((ts, d, t, v))
     return write_readings(tmp_path / "alerts.csv", sorted(rows))
-
-
-@pytest.fixture
-def webhook():
-    server = Webhook().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from fleetscore.model.training import train
 from fleetscore.runs.alerting import deliver_owed
 from fleetscore.runs.engine import ENGINE
 from fleetscore.runs.lifecycle import run_hour
-from tests.alerts.webhook import Webhook
 from tests.conftest import minute_readings, write_readings
 
 RULES = """
@@ -43,13 +42,6 @@ type = "webhook"
 url = "{url}"
 format = "slack"
 """
-
-
-@pytest.fixture
-def webhook():
-    server = Webhook().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

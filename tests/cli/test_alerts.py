@@ -12,15 +12,7 @@ from fleetscore.core.hours import Hour
 from fleetscore.data.ingest import ingest_file
 from fleetscore.model.training import train
 from tests.alerts.test_alerts_run import RULES, _fleet
-from tests.alerts.webhook import Webhook
 from tests.cli.conftest import fleetscore, one_line_usage_error
-
-
-@pytest.fixture
-def webhook():
-    server = Webhook().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

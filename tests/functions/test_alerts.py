@@ -14,40 +14,35 @@ from fleetscore.model.training import train
 from fleetscore.runs.engine import ENGINE
 from fleetscore.runs.lifecycle import read_manifest, run_hour
 from tests.alerts.test_alerts_run import RULES, _fleet
-from tests.alerts.webhook import Webhook
 from tests.functions.durable_driver import drive
 
 WINDOW = "2024-03-01T01"
 
 
 def test_the_durable_path_raises_and_delivers_an_alert_once(
-        orchestrator_functions, app_functions, functions_env, tmp_path):
-    webhook = Webhook().start()
-    try:
-        store = functions_env.store()
-        ingest_file(store, _fleet(tmp_path))
-        train(store, until=Hour.parse("2024-03-01T00"))
-        apply_rules(store, RULES.format(url=webhook.url, timeout="2s"), "rules.toml")
-        activities = {name: app_functions[name].get_user_function()
-                      for name in ("plan_window", "submit_units", "unit_status",
-                                   "finalize_window")}
-        replay = drive(orchestrator_functions, "score_window",
-                       functions_env.settings().orchestration_input(WINDOW), activities)
-        assert replay.output["status"] == "succeeded"
-        assert read_manifest(store, Hour.parse(WINDOW)).alerts == (
-            "sustained|A|2024-03-01 01:21:00",)
-        assert [(p["device"], p["tags"]) for p in webhook.posts] == [("A", ["temp"])]
+        orchestrator_functions, app_functions, functions_env, tmp_path, webhook):
+    store = functions_env.store()
+    ingest_file(store, _fleet(tmp_path))
+    train(store, until=Hour.parse("2024-03-01T00"))
+    apply_rules(store, RULES.format(url=webhook.url, timeout="2s"), "rules.toml")
+    activities = {name: app_functions[name].get_user_function()
+                  for name in ("plan_window", "submit_units", "unit_status",
+                               "finalize_window")}
+    replay = drive(orchestrator_functions, "score_window",
+                   functions_env.settings().orchestration_input(WINDOW), activities)
+    assert replay.output["status"] == "succeeded"
+    assert read_manifest(store, Hour.parse(WINDOW)).alerts == (
+        "sustained|A|2024-03-01 01:21:00",)
+    assert [(p["device"], p["tags"]) for p in webhook.posts] == [("A", ["temp"])]
 
-        # A forced rerun through the orchestrator, then one from the CLI's loop: same key.
-        drive(orchestrator_functions, "score_window",
-              functions_env.settings().orchestration_input(WINDOW, force=True), activities,
-              start=datetime.fromisoformat("2024-03-01T03:00:00+00:00"))
-        run_hour(store, Hour.parse(WINDOW), SequentialBackend(store, ENGINE))
-        assert read_manifest(store, Hour.parse(WINDOW)).alerts == ()
-        assert len(webhook.posts) == 1
-        assert [r.state for r in all_records(store)] == ["sent"]
-    finally:
-        webhook.stop()
+    # A forced rerun through the orchestrator, then one from the CLI's loop: same key.
+    drive(orchestrator_functions, "score_window",
+          functions_env.settings().orchestration_input(WINDOW, force=True), activities,
+          start=datetime.fromisoformat("2024-03-01T03:00:00+00:00"))
+    run_hour(store, Hour.parse(WINDOW), SequentialBackend(store, ENGINE))
+    assert read_manifest(store, Hour.parse(WINDOW)).alerts == ()
+    assert len(webhook.posts) == 1
+    assert [r.state for r in all_records(store)] == ["sent"]
 
 
 def test_the_durable_path_applies_the_error_threshold(
