@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data", {"data", "data.readings", "data.compacted", "data.windows", "data.compaction",
               "data.arrivals", "data.ingest", "data.events", "data.predictions", "data.replay",
               "data.synthetic"}),
-    ("model", {"model", "model.bank_saves", "model.registry", "model.bank", "model.training"}),
+    ("model", {"model", "model.bank_saves", "model.registry", "model.versions",
+               "model.imports", "model.compare", "model.bank", "model.training"}),
     ("scoring", {"scoring", "scoring.score", "scoring.planning"}),
     ("compute", {"compute", "compute.base", "compute.local", "compute.batch",
                  "compute.estimate"}),
@@ -32,8 +33,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runs", {"runs", "runs.alerting", "runs.locks", "runs.lifecycle", "runs.ranges", "runs.table",
               "runs.engine", "runs.verify"}),
     ("report", {"report", "report.data", "report.charts", "report.html"}),
-    ("entry", {"cli", "cli.alerts", "cli.common", "cli.data", "cli.models", "cli.run", "cli.report",
-               "cli.demo", "cli.perf", "cli.batch", "cli.app", "runtime", "__main__"}),
+    ("entry", {"cli", "cli.alerts", "cli.lifecycle", "cli.common", "cli.data", "cli.models",
+               "cli.run", "cli.report", "cli.demo", "cli.perf", "cli.batch", "cli.app", "runtime",
+               "__main__"}),
 ]
 
 

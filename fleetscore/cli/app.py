@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from fleetscore.cli import alerts, batch, data, demo, models, perf, report, run
+from fleetscore.cli import alerts, batch, data, demo, lifecycle, models, perf, report, run
 from fleetscore.cli.common import err, out
 from fleetscore.errors import FleetscoreError
 
@@ -57,7 +57,8 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, **_HELP,
     help="Score many per-sensor anomaly-detection models every hour, on one machine or on Azure.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="Import and list per-sensor models.", **_HELP)
+models_app = typer.Typer(no_args_is_help=True, help="Per-sensor models: import, list, their "
+                         "versions, compare, promote, roll back.", **_HELP)
 app.add_typer(models_app, name="models")
 batch_app = typer.Typer(no_args_is_help=True, help="Azure Batch: cost and latency on paper.", **_HELP)
 app.add_typer(batch_app, name="batch")
@@ -109,6 +110,11 @@ _register(app, version)
 _register(models_app, models.models_import, "import")
 _register(models_app, models.models_bank, "bank")
 _register(models_app, models.models_list, "list")
+_register(models_app, lifecycle.models_history, "history")
+_register(models_app, lifecycle.models_compare, "compare")
+_register(models_app, lifecycle.models_promote, "promote")
+_register(models_app, lifecycle.models_rollback, "rollback")
+_register(models_app, lifecycle.models_migrate, "migrate")
 _register(batch_app, batch.batch_estimate, "estimate")
 _register(alerts_app, alerts.alerts_apply, "apply")
 _register(alerts_app, alerts.alerts_list, "list")

@@ -121,3 +121,15 @@ class ProgressBar:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def rebuild_bank_line(st) -> str:
+    """Recompile the bank from the champions; a line saying what it holds."""
+    from fleetscore.model.bank import rebuild_bank
+
+    stats = rebuild_bank(st)
+    line = (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
+            f"({stats.shards_written} shards written, {stats.shards_kept} kept)")
+    # Models the bank does not reproduce exactly are scored by scikit-learn: say how many, why.
+    left = "; ".join(f"{count} {reason}" for reason, count in stats.left)
+    return f"{line}; left to scikit-learn: {left}" if left else line

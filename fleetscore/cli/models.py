@@ -21,6 +21,7 @@ from fleetscore.cli.common import (
     open_store,
     out,
     plural,
+    rebuild_bank_line,
 )
 from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour
@@ -37,9 +38,13 @@ def train(
         "docs/benchmarks.md).")] = DEFAULT_NU,
     gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = DEFAULT_GAMMA,
     workers: Annotated[int | None, typer.Option(help="Processes fitting models (default: cores).")] = None,
+    challenger: Annotated[bool, typer.Option(
+        "--challenger", help="New versions as challengers: the champions keep scoring until "
+        "`models promote`.")] = False,
 ) -> None:
     """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points, on every core,
-    a group of sensors at a time (memory follows the group, not the fleet)."""
+    a group of sensors at a time (memory follows the group, not the fleet). Each model is a
+    new version of its sensor: the champion, or with --challenger a challenger."""
     from fleetscore.model.training import train as train_models
 
     if workers is not None and workers < 1:
@@ -54,16 +59,21 @@ def train(
         with ProgressBar("training") as progress:
             result = train_models(st, until=Hour.parse(until) if until else None,
                                   since=Hour.parse(since) if since else None, nu=nu, gamma=gamma,
-                                  workers=workers or settings.workers, progress=progress)
+                                  workers=workers or settings.workers, progress=progress,
+                                  role="challenger" if challenger else "champion")
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
         if not result.trained:
             raise InputError(_trained_nothing(result.skipped, result.hours))
-        with ProgressBar("compiling the model bank"):
-            bank = _rebuild_bank(st)
+        if challenger:  # the bank holds champions: unchanged
+            bank = "champions unchanged: compare with `fleetscore models compare`"
+        else:
+            with ProgressBar("compiling the model bank"):
+                bank = rebuild_bank_line(st)
     finally:
         st.close()
-    out.print(f"trained {count(len(result.trained), 'model')} on {result.hours[0]} .. "
+    what = "challenger" if challenger else "model"
+    out.print(f"trained {count(len(result.trained), what)} on {result.hours[0]} .. "
               f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
@@ -93,7 +103,7 @@ def models_import(
 ) -> None:
     """Import one scikit-learn model per sensor (skops; pickles only with --trust-pickle)."""
     from fleetscore.core.sensors import Sensor
-    from fleetscore.model.registry import import_models
+    from fleetscore.model.imports import import_models
 
     if not directory.exists():
         raise UsageError(f"{directory}: no such folder or file")
@@ -110,7 +120,7 @@ def models_import(
         if not (result.imported or result.refused or result.failed):
             raise UsageError(f"{directory}: no model files (*.skops, or *.pkl/*.pickle/*.joblib "
                              "with --trust-pickle)")
-        bank = _rebuild_bank(st) if result.imported else "model bank unchanged"
+        bank = rebuild_bank_line(st) if result.imported else "model bank unchanged"
     finally:
         if not (result and result.imported):
             discard_if_empty(new_dir, st)
@@ -132,23 +142,12 @@ def _known_sensors(st) -> set:
     return sensors
 
 
-def _rebuild_bank(st) -> str:
-    from fleetscore.model.bank import rebuild_bank
-
-    stats = rebuild_bank(st)
-    line = (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
-            f"({stats.shards_written} shards written, {stats.shards_kept} kept)")
-    # Models the bank does not reproduce exactly are scored by scikit-learn: say how many, why.
-    left = "; ".join(f"{count} {reason}" for reason, count in stats.left)
-    return f"{line}; left to scikit-learn: {left}" if left else line
-
-
 def models_bank(store: StoreOpt = None) -> None:
     """Compile the models into the bank the fast scoring path reads (train and import do it)."""
     settings = load_settings()
     st = open_store(store, settings)
     try:
-        out.print(_rebuild_bank(st))
+        out.print(rebuild_bank_line(st))
     finally:
         st.close()
 

@@ -29,7 +29,8 @@ from fleetscore.core.hours import MS_PER_HOUR, Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
-from fleetscore.model.registry import ModelManifest, save_model
+from fleetscore.model.registry import ModelManifest
+from fleetscore.model.versions import manifest_of, save_estimator
 from fleetscore.settings import Settings
 from fleetscore.storage import Store
 from fleetscore.storage.workers import init_worker, worker_store
@@ -113,10 +114,11 @@ def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
 # --- fitting, in this process or in a pool of workers ---------------------------------------
 
 def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, gamma: float,
-                  trained_on: tuple[Hour, Hour]) -> ModelManifest:
+                  trained_on: tuple[Hour, Hour], role: str) -> ModelManifest:
     model = default_model(nu, gamma).fit(values.reshape(-1, 1))
-    return save_model(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
-                      trained_on=trained_on)
+    version = save_estimator(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
+                             trained_on=trained_on, role=role, by="train")
+    return manifest_of(sensor, version)
 
 
 def _fit_in_worker(args) -> ModelManifest:
@@ -127,9 +129,12 @@ def train(
     store: Store, *, until: Hour | None = None, since: Hour | None = None,
     nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
     workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
+    role: str = "champion",
 ) -> TrainResult:
-    """Train every sensor with data in the hours (or only ``sensors``). ``workers`` > 1 fits in
-    that many processes (None: one per core); each worker opens the store itself."""
+    """Train every sensor with data in the hours (or only ``sensors``), each model a new
+    version in ``role``: champion (it scores from now on) or challenger (it waits to be
+    compared and promoted). ``workers`` > 1 fits in that many processes (None: one per
+    core); each worker opens the store itself."""
     hours = training_hours(store, until=until, since=since)
     arrivals = read_arrivals_many(store, hours)
     with_data = {h: set(a) for h, a in arrivals.items()}
@@ -160,7 +165,7 @@ def train(
                 if len(values) < MIN_POINTS:
                     skipped.append((str(sensor), f"only {len(values)} points (at least {MIN_POINTS})"))
                     continue
-                jobs.append((sensor, values, nu, gamma, (hours[0], hours[-1])))
+                jobs.append((sensor, values, nu, gamma, (hours[0], hours[-1]), role))
             if pool is None:
                 results = (_fit_and_save(store, *job) for job in jobs)
             else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fleetscore.contracts import RunManifest
 from fleetscore.errors import FleetscoreError, NotFound
 from fleetscore.model.registry import ModelManifest, check_skops_types, list_models, manifest_path, model_path
+from fleetscore.model.versions import champion_view_matches, histories, version_path
 from fleetscore.runs.lifecycle import manifest_paths
 from fleetscore.storage import Store
 
@@ -149,8 +150,27 @@ def _runs(store: Store) -> Iterator[Problem | None]:
                           f"{predictions_folder(hour)}/ holds predictions no manifest lists")
 
 
+def _versions(store: Store) -> Iterator[Problem | None]:
+    """Every version file against its history's sha256, the history's shape, and the
+    champion view against the history's champion."""
+    for path, read in histories(store):
+        try:
+            history = read()
+        except FleetscoreError as exc:
+            yield Problem(path, str(exc).removeprefix(f"version history {path} "))
+            continue
+        yield None
+        for version in history.versions:
+            yield _check(store, version_path(history.sensor, version.number), version.sha256,
+                         f"version {version.number} of {history.sensor}")
+        if not champion_view_matches(store, history.sensor, history):
+            yield Problem(manifest_path(history.sensor), "is not the champion its version "
+                          f"history names ({path}): retrain, or promote or roll back a version")
+
+
 def verify(store: Store) -> tuple[int, list[Problem]]:
     """(objects checked, problems found)."""
-    found = [*_models(store), *_bank(store), *_windows(store), *_runs(store)]
+    found = [*_models(store), *_versions(store), *_bank(store), *_windows(store),
+             *_runs(store)]
     checked = len(found)
     return checked, [p for p in found if p is not None]

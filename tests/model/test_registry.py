@@ -9,15 +9,14 @@ from sklearn.preprocessing import StandardScaler
 
 from fleetscore.core.sensors import Sensor
 from fleetscore.errors import InvalidIdError, ModelError, UntrustedModelError
+from fleetscore.model.imports import import_models, sensor_from_filename
 from fleetscore.model.registry import (
-    import_models,
     list_models,
     load_model,
     loads_model,
     model_path,
     read_manifest,
     save_model,
-    sensor_from_filename,
 )
 from fleetscore.model.training import default_model
 

@@ -1,0 +1,221 @@
+"""``fleetscore models history|compare|promote|rollback|migrate``: a model's life after
+``train``: every version kept, challengers compared with champions, promoted through gates,
+rolled back."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fleetscore.cli.common import StoreOpt, load_settings, open_store, out, rebuild_bank_line
+from fleetscore.core.hours import Hour, hour_range
+from fleetscore.core.sensors import Sensor
+from fleetscore.core.text import count
+from fleetscore.errors import UsageError
+
+SensorsOpt = Annotated[list[str] | None, typer.Option(
+    "--sensor", metavar="DEVICE/TAG", help="Only these sensors (repeat the option).")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="First hour compared (default: the "
+                                             "last 24 hours with data).")]
+ToOpt = Annotated[str | None, typer.Option("--to", help="Last hour compared.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def models_history(
+    sensor: Annotated[str, typer.Argument(metavar="DEVICE/TAG", help="The sensor.")],
+    store: StoreOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Every version of a sensor's model: number, sha256, created, trained-on range,
+    estimator, role, and who or what set each role."""
+    from dataclasses import asdict
+
+    from fleetscore.model.versions import read_history
+
+    st = open_store(store, load_settings())
+    try:
+        history = read_history(st, Sensor.parse(sensor))
+    finally:
+        st.close()
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(history), indent=1) + "\n")
+        return
+    table = Table("version", "role", "sha256", "created", "trained on", "estimator", "set by")
+    set_by = {e.version: f"{e.by}, {e.at[:16]}" for e in history.events}
+    for v in history.versions:
+        trained = f"{v.trained_on['from']} .. {v.trained_on['to']}" if v.trained_on else ""
+        table.add_row(str(v.number), v.role, v.sha256[:12], v.created[:16], trained, v.estimator,
+                      set_by.get(v.number, ""))
+    out.print(table)
+    if not history.archived:
+        out.print("saved before versions were kept: `fleetscore models migrate` archives it")
+
+
+def models_compare(
+    store: StoreOpt = None, from_: FromOpt = None, to: ToOpt = None, sensors: SensorsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """For each sensor with a challenger: the champion's and the challenger's anomaly rates
+    over the hours, and how often they agree."""
+    st = open_store(store, load_settings())
+    try:
+        comparisons, hours = _compare(st, from_, to, sensors)
+    finally:
+        st.close()
+    if as_json:
+        sys.stdout.write(json.dumps({"hours": [str(hours[0]), str(hours[-1])] if hours else [],
+                                     "sensors": [c.to_json() for c in comparisons]},
+                                    indent=1) + "\n")
+        return
+    _print_comparisons(comparisons, hours)
+
+
+def _compare(st, from_, to, sensors):
+    from fleetscore.model.compare import compare, with_challengers
+
+    hours = _hours(st, from_, to)
+    chosen = [Sensor.parse(s) for s in sensors] if sensors else None
+    return compare(st, with_challengers(st, chosen), hours), hours
+
+
+def _hours(st, from_: str | None, to: str | None) -> list[Hour]:
+    if (from_ is None) != (to is None):
+        raise UsageError("--from and --to go together")
+    if from_ is not None and to is not None:
+        first, last = Hour.parse(from_), Hour.parse(to)
+        if last < first:
+            raise UsageError(f"the range {first} .. {last} is reversed")
+        return hour_range(first, last)
+    from fleetscore.data.arrivals import hours_with_arrivals
+
+    return hours_with_arrivals(st)[-24:]
+
+
+def _print_comparisons(comparisons, hours) -> None:
+    if not comparisons:
+        out.print("no sensor has a challenger: `fleetscore train --challenger` makes them")
+        return
+    table = Table("sensor", "champion", "challenger", "windows", "champion flags",
+                  "challenger flags", "agreement")
+    for c in comparisons:
+        table.add_row(c.sensor, f"v{c.champion}", f"v{c.challenger}", f"{c.windows:,}",
+                      f"{c.champion_rate:.1%}", f"{c.challenger_rate:.1%}", f"{c.agreement:.1%}")
+    out.print(table)
+    if hours:
+        out.print(f"{count(len(comparisons), 'sensor')} compared over {hours[0]} .. {hours[-1]}")
+
+
+def models_promote(
+    store: StoreOpt = None, sensors: SensorsOpt = None,
+    max_anomaly_rate: Annotated[float | None, typer.Option(
+        metavar="R", help="The challenger flags at most this share of windows (0..1).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        metavar="A", help="The challenger agrees with the champion at least this often (0..1).")] = None,
+    from_: FromOpt = None, to: ToOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Challengers become champions where the gates pass (the bank follows); the rest stay
+    challengers, and the output says why each did not pass (exit 3 when any did not)."""
+    from fleetscore.model.compare import Gates
+    from fleetscore.model.versions import set_champion
+
+    gates = Gates(_share(max_anomaly_rate, "--max-anomaly-rate"),
+                  _share(min_agreement, "--min-agreement"))
+    st = open_store(store, load_settings())
+    try:
+        comparisons, _ = _compare(st, from_, to, sensors)
+        verdicts = [(c, gates.why_not(c)) for c in comparisons]
+        for c, why in verdicts:
+            if why is None:
+                set_champion(st, Sensor.parse(c.sensor), c.challenger, by="promote")
+        bank = rebuild_bank_line(st) if any(why is None for _, why in verdicts) else ""
+    finally:
+        st.close()
+    _print_verdicts(verdicts, bank, as_json)
+
+
+def _share(value: float | None, option: str) -> float | None:
+    if value is not None and not 0 <= value <= 1:
+        raise UsageError(f"{option} {value}: a share between 0 and 1")
+    return value
+
+
+def _print_verdicts(verdicts, bank: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps([{**c.to_json(), "promoted": why is None, "why_not": why}
+                                     for c, why in verdicts], indent=1) + "\n")
+    else:
+        if not verdicts:
+            out.print("no sensor has a challenger: nothing to promote")
+        for c, why in verdicts:
+            out.print(f"{c.sensor}: v{c.challenger} " + ("promoted" if why is None else
+                      f"stays challenger: {why}"), markup=False)
+        if bank:
+            out.print(bank)
+    if any(why is not None for _, why in verdicts):
+        raise typer.Exit(3)
+
+
+def models_rollback(
+    store: StoreOpt = None, sensors: SensorsOpt = None,
+    to_version: Annotated[int | None, typer.Option(
+        help="The version to make champion (default: the previous champion).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every sensor with versions.")] = False,
+    to: Annotated[str | None, typer.Option(
+        "--to", help="With --all: the champions as of this time (ISO, UTC).")] = None,
+) -> None:
+    """The previous (or the named) version is champion again, its exact bytes; the bank
+    follows. With --all --to TIME, every sensor's champion as of then."""
+    from fleetscore.model.versions import histories, read_history, set_champion
+
+    if all_ == bool(sensors):
+        raise UsageError("give --sensor DEVICE/TAG (repeatable) or --all")
+    if all_ and (to is None or to_version is not None):
+        raise UsageError("--all goes with --to TIME (and not --to-version)")
+    st = open_store(store, load_settings())
+    try:
+        chosen = [read() for _, read in histories(st)] if all_ else \
+            [read_history(st, Sensor.parse(s)) for s in sensors or []]
+        when = _when(to) if to else None
+        for history in chosen:
+            target = (history.champion_at(when) if when else
+                      history.version(to_version) if to_version else history.previous_champion())
+            if target is None:
+                raise UsageError(f"sensor {history.sensor} has no earlier champion to roll back to")
+            current = history.champion
+            if current is not None and current.number == target.number:
+                out.print(f"{history.sensor}: v{target.number} is already the champion")
+                continue
+            set_champion(st, history.sensor, target.number, by="rollback")
+            out.print(f"{history.sensor}: v{target.number} is champion again "
+                      f"(was v{current.number if current else '-'})")
+        out.print(rebuild_bank_line(st))
+    finally:
+        st.close()
+
+
+def _when(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"--to {text!r}: an ISO time such as 2026-01-05T12:00") from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def models_migrate(store: StoreOpt = None) -> None:
+    """Archive every sensor's current model as its first version (once; a store from before
+    versions keeps working without it, and is archived sensor by sensor as models change)."""
+    from fleetscore.model.registry import list_models
+    from fleetscore.model.versions import migrate
+
+    st = open_store(store, load_settings())
+    try:
+        done = migrate(st, sorted(list_models(st)))
+    finally:
+        st.close()
+    out.print(f"archived {count(done, 'model')}, each its sensor's first kept version"
+              if done else "every model already has its versions")
+

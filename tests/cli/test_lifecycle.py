@@ -1,0 +1,68 @@
+"""A model's life through the command line: train, train --challenger, history, compare,
+promote through gates, rollback, migrate; each command in a process of its own."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+from fleetscore.data.ingest import ingest_file
+from tests.cli.conftest import fleetscore, one_line_usage_error
+
+
+def test_train_compare_promote_and_roll_back(local_store, fleet_csv):
+    ingest_file(local_store, fleet_csv)
+    store = str(local_store.root)
+    assert fleetscore("train", "--store", store, "--until", "2024-03-01T00").returncode == 0
+    before_challengers = datetime.now(UTC).isoformat()
+    time.sleep(0.05)
+    trained = fleetscore("train", "--store", store, "--until", "2024-03-01T00", "--challenger",
+                         "--nu", "0.3")
+    assert trained.returncode == 0 and "trained 3 challengers" in trained.stdout
+    history = json.loads(fleetscore("models", "history", "1/1", "--store", store, "--json").stdout)
+    assert [(v["number"], v["role"]) for v in history["versions"]] == [
+        (1, "champion"), (2, "challenger")]
+
+    compared = json.loads(fleetscore("models", "compare", "--store", store, "--from",
+                                     "2024-03-01T01", "--to", "2024-03-01T02", "--json").stdout)
+    rates = {c["sensor"]: c["challenger_anomaly_rate"] for c in compared["sensors"]}
+    assert set(rates) == {"1/1", "1/2", "dev_a/t.x"} and all(r > 0 for r in rates.values())
+    cut = sorted(rates.values())[1]  # two pass, the most flagging one does not
+    promoted = fleetscore("models", "promote", "--store", store, "--from", "2024-03-01T01",
+                          "--to", "2024-03-01T02", "--max-anomaly-rate", str(cut))
+    assert promoted.returncode == 3, promoted.stderr
+    worst = max(rates, key=rates.get)
+    assert f"{worst}: v2 stays challenger: flags" in promoted.stdout
+    assert promoted.stdout.count("promoted") == 2 and "model bank:" in promoted.stdout
+    best = min(rates, key=rates.get)
+    roles = json.loads(fleetscore("models", "history", best, "--store", store, "--json").stdout)
+    assert [v["role"] for v in roles["versions"]] == ["retired", "champion"]
+
+    rolled = fleetscore("models", "rollback", "--sensor", best, "--store", store)
+    assert rolled.returncode == 0 and f"{best}: v1 is champion again (was v2)" in rolled.stdout
+    everyone = fleetscore("models", "rollback", "--all", "--to", before_challengers, "--store",
+                          store)
+    assert everyone.returncode == 0, everyone.stderr
+    for sensor in rates:
+        h = json.loads(fleetscore("models", "history", sensor, "--store", store, "--json").stdout)
+        assert [v["role"] for v in h["versions"]][0] == "champion", sensor
+    assert fleetscore("verify", "--store", store).returncode == 0
+    run = fleetscore("run", "--window", "2024-03-01T01", "--store", store)
+    assert run.returncode == 0, run.stderr
+
+
+def test_lifecycle_usage_errors(local_store, fleet_csv):
+    ingest_file(local_store, fleet_csv)
+    store = str(local_store.root)
+    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
+    assert "give --sensor DEVICE/TAG (repeatable) or --all" in one_line_usage_error(
+        fleetscore("models", "rollback", "--store", store))
+    assert "has no earlier champion to roll back to" in one_line_usage_error(
+        fleetscore("models", "rollback", "--sensor", "1/1", "--store", store))
+    assert "--max-anomaly-rate 2.0: a share between 0 and 1" in one_line_usage_error(
+        fleetscore("models", "promote", "--store", store, "--max-anomaly-rate", "2"))
+    nothing = fleetscore("models", "promote", "--store", store)
+    assert nothing.returncode == 0 and "nothing to promote" in nothing.stdout
+    migrated = fleetscore("models", "migrate", "--store", store)
+    assert "every model already has its versions" in migrated.stdout
