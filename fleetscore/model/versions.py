@@ -1,7 +1,7 @@
 """Model versions: every model a sensor ever had, immutable, and which one scores.
 
-``versions/{Device}/{Tag}/{N:06d}.skops`` holds version N's bytes, written once
-(create-if-absent) and never changed. ``versions/{Device}/{Tag}/history.json`` lists every
+``versions/{Device}/{Tag}.v{N:06d}.skops`` holds version N's bytes, written once
+(create-if-absent) and never changed. ``versions/{Device}/{Tag}.history.json`` lists every
 version (number, sha256, created, trained-on range, estimator, source) with its role, and the
 events that set the roles (who or what, when):
 
@@ -12,7 +12,7 @@ events that set the roles (who or what, when):
 - every other version is **retired**, kept for a rollback.
 
 Every change of roles (train, promote, rollback) holds the sensor's version lock
-(``versions/{Device}/{Tag}/lock``, create-if-absent with an expiry, taken over only at the
+(``versions/{Device}/{Tag}.lock``, create-if-absent with an expiry, taken over only at the
 version read) and writes the champion view before the history, so two concurrent changes
 are applied one after the other and the view always ends as the history's champion.
 
@@ -53,16 +53,18 @@ ROLES = ("champion", "challenger", "retired")
 LOCK_TTL = timedelta(minutes=2)
 
 
+# A device's folder holds its tags' files side by side (as models/ does): no folder a sensor,
+# whose creation would cost more than the files written into it.
 def version_path(sensor: Sensor, number: int) -> str:
-    return f"{VERSIONS}/{sensor.path}/{number:06d}.skops"
+    return f"{VERSIONS}/{sensor.path}.v{number:06d}.skops"
 
 
 def history_path(sensor: Sensor) -> str:
-    return f"{VERSIONS}/{sensor.path}/history.json"
+    return f"{VERSIONS}/{sensor.path}.history.json"
 
 
 def lock_path(sensor: Sensor) -> str:
-    return f"{VERSIONS}/{sensor.path}/lock"
+    return f"{VERSIONS}/{sensor.path}.lock"
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,7 @@ def _take(store: Store, path: str, body: bytes, now: datetime) -> bool:
 def histories(store: Store) -> Iterator[tuple[str, Callable[[], History]]]:
     """(path, reader) of every history file in the store."""
     for path in store.list(VERSIONS):
-        if path.endswith("/history.json"):
+        if path.endswith(".history.json"):
             yield path, lambda path=path: History.decode(store.get(path), path)
 
 
