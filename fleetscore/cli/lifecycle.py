@@ -120,7 +120,7 @@ def models_promote(
     """Challengers become champions where the gates pass (the bank follows); the rest stay
     challengers, and the output says why each did not pass (exit 3 when any did not)."""
     from fleetscore.model.compare import Gates
-    from fleetscore.model.versions import set_champion
+    from fleetscore.model.versions import ModelsLock, set_champion
 
     gates = Gates(_share(max_anomaly_rate, "--max-anomaly-rate"),
                   _share(min_agreement, "--min-agreement"))
@@ -128,9 +128,11 @@ def models_promote(
     try:
         comparisons, _ = _compare(st, from_, to, sensors)
         verdicts = [(c, gates.why_not(c)) for c in comparisons]
-        for c, why in verdicts:
-            if why is None:
-                set_champion(st, Sensor.parse(c.sensor), c.challenger, by="promote")
+        with ModelsLock(st):
+            for c, why in verdicts:
+                if why is None:
+                    set_champion(st, Sensor.parse(c.sensor), c.challenger, by="promote",
+                                 under_lock=True)
         bank = rebuild_bank_line(st) if any(why is None for _, why in verdicts) else ""
     finally:
         st.close()
@@ -169,7 +171,7 @@ def models_rollback(
 ) -> None:
     """The previous (or the named) version is champion again, its exact bytes; the bank
     follows. With --all --to TIME, every sensor's champion as of then."""
-    from fleetscore.model.versions import histories, read_history, set_champion
+    from fleetscore.model.versions import ModelsLock, histories, read_history
 
     if all_ == bool(sensors):
         raise UsageError("give --sensor DEVICE/TAG (repeatable) or --all")
@@ -180,21 +182,28 @@ def models_rollback(
         chosen = [read() for _, read in histories(st)] if all_ else \
             [read_history(st, Sensor.parse(s)) for s in sensors or []]
         when = _when(to) if to else None
-        for history in chosen:
-            target = (history.champion_at(when) if when else
-                      history.version(to_version) if to_version else history.previous_champion())
-            if target is None:
-                raise UsageError(f"sensor {history.sensor} has no earlier champion to roll back to")
-            current = history.champion
-            if current is not None and current.number == target.number:
-                out.print(f"{history.sensor}: v{target.number} is already the champion")
-                continue
-            set_champion(st, history.sensor, target.number, by="rollback")
-            out.print(f"{history.sensor}: v{target.number} is champion again "
-                      f"(was v{current.number if current else '-'})")
+        with ModelsLock(st):
+            _roll_back(st, chosen, when, to_version)
         out.print(rebuild_bank_line(st))
     finally:
         st.close()
+
+
+def _roll_back(st, chosen, when, to_version) -> None:
+    from fleetscore.model.versions import set_champion
+
+    for history in chosen:
+        target = (history.champion_at(when) if when else
+                  history.version(to_version) if to_version else history.previous_champion())
+        if target is None:
+            raise UsageError(f"sensor {history.sensor} has no earlier champion to roll back to")
+        current = history.champion
+        if current is not None and current.number == target.number:
+            out.print(f"{history.sensor}: v{target.number} is already the champion")
+            continue
+        set_champion(st, history.sensor, target.number, by="rollback", under_lock=True)
+        out.print(f"{history.sensor}: v{target.number} is champion again "
+                  f"(was v{current.number if current else '-'})")
 
 
 def _when(text: str) -> datetime:

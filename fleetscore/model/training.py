@@ -30,7 +30,7 @@ from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
 from fleetscore.model.registry import ModelManifest
-from fleetscore.model.versions import manifest_of, save_estimator
+from fleetscore.model.versions import ModelsLock, manifest_of, save_estimator
 from fleetscore.settings import Settings
 from fleetscore.storage import Store
 from fleetscore.storage.workers import init_worker, worker_store
@@ -116,8 +116,9 @@ def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
 def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, gamma: float,
                   trained_on: tuple[Hour, Hour], role: str) -> ModelManifest:
     model = default_model(nu, gamma).fit(values.reshape(-1, 1))
+    # The parent holds the models lock for the whole training (ModelsLock in train).
     version = save_estimator(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
-                             trained_on=trained_on, role=role, by="train")
+                             trained_on=trained_on, role=role, by="train", under_lock=True)
     return manifest_of(sensor, version)
 
 
@@ -144,6 +145,20 @@ def train(
     if sensors is not None:
         points = Counter({s: n for s, n in points.items() if s in sensors})
     workers = workers or os.cpu_count() or 1
+    with ModelsLock(store) as lock:  # one lock on model roles for the whole training
+        trained, skipped = _fit_groups(store, hours, with_data, points, workers, lock,
+                                       (nu, gamma, role, budget), progress)
+    if progress:
+        progress(len(points), len(points))
+    return TrainResult(tuple(trained), tuple(sorted(skipped)), hours)
+
+
+def _fit_groups(store: Store, hours: tuple[Hour, ...], with_data: dict[Hour, set[Sensor]],
+                points: Counter[Sensor], workers: int, lock: ModelsLock,
+                options: tuple[float, float, str, int], progress: Progress | None
+                ) -> tuple[list[ModelManifest], list[tuple[str, str]]]:
+    """Fit and save every group's sensors, here or on a pool, renewing the lock a group."""
+    nu, gamma, role, budget = options
     pool = None
     if workers > 1 and len(points) > 1:
         # Import what fitting needs before the pool forks: each worker then starts with
@@ -158,6 +173,7 @@ def train(
     done = 0
     try:
         for group in groups(points, budget):
+            lock.renew()
             data = read_group(store, hours, group, with_data)
             jobs = []
             for sensor in group:
@@ -179,6 +195,4 @@ def train(
     finally:
         if pool is not None:
             pool.shutdown()
-    if progress:
-        progress(len(points), len(points))
-    return TrainResult(tuple(trained), tuple(sorted(skipped)), hours)
+    return trained, skipped

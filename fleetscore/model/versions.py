@@ -11,10 +11,11 @@ events that set the roles (who or what, when):
 - a **challenger** (at most one) waits to be compared and promoted;
 - every other version is **retired**, kept for a rollback.
 
-Every change of roles (train, promote, rollback) holds the sensor's version lock
-(``versions/{Device}/{Tag}.lock``, create-if-absent with an expiry, taken over only at the
-version read) and writes the champion view before the history, so two concurrent changes
-are applied one after the other and the view always ends as the history's champion.
+Every change of roles (train, promote, rollback, import) holds the store's models lock
+(``versions/lock.json``, create-if-absent with an expiry, taken over only at the version read;
+``train`` holds it for its whole run) and writes the champion view before the history, so two
+concurrent changes are applied one after the other and the view always ends as the
+history's champion.
 
 A store made before versions existed keeps working: a sensor with a champion view and no
 history has one implicit version (the view's, its manifest's version number); the first
@@ -50,7 +51,7 @@ from fleetscore.storage import Store
 
 VERSIONS = "versions"
 ROLES = ("champion", "challenger", "retired")
-LOCK_TTL = timedelta(minutes=2)
+LOCK_TTL = timedelta(minutes=10)  # train renews it after each group of sensors
 
 
 # A device's folder holds its tags' files side by side (as models/ does): no folder a sensor,
@@ -63,8 +64,7 @@ def history_path(sensor: Sensor) -> str:
     return f"{VERSIONS}/{sensor.path}.history.json"
 
 
-def lock_path(sensor: Sensor) -> str:
-    return f"{VERSIONS}/{sensor.path}.lock"
+MODELS_LOCK = f"{VERSIONS}/lock.json"
 
 
 @dataclass(frozen=True)
@@ -188,12 +188,12 @@ def version_bytes(store: Store, sensor: Sensor, version: Version) -> bytes:
 
 def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, source: str,
                 trained_on: dict[str, str] | None, role: str, by: str,
-                now: datetime | None = None) -> Version:
+                now: datetime | None = None, under_lock: bool = False) -> Version:
     """Archive new model bytes as the sensor's next version, in ``role`` (champion: also the
     champion view; challenger: the champion is untouched)."""
     check_skops_types(data, str(sensor))
     now = now or datetime.now(UTC)
-    with sensor_lock(store, sensor, now=now):
+    with _locked(store, under_lock):
         history = _archived(store, sensor, now)
         number = max((v.number for v in history.versions), default=0) + 1
         version = Version(number, hashlib.sha256(data).hexdigest(),
@@ -209,21 +209,21 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
 
 def save_estimator(store: Store, sensor: Sensor, estimator: Any, *, source: str, role: str,
                    by: str, trained_on: tuple[Hour, Hour] | None = None,
-                   now: datetime | None = None) -> Version:
+                   now: datetime | None = None, under_lock: bool = False) -> Version:
     """A fitted or imported model as the sensor's next version (see ``add_version``)."""
     check_estimator(estimator, str(sensor))
     return add_version(store, sensor, dumps_model(estimator), estimator=describe(estimator),
-                       source=source, role=role, by=by, now=now,
+                       source=source, role=role, by=by, now=now, under_lock=under_lock,
                        trained_on={"from": str(trained_on[0]), "to": str(trained_on[1])}
                        if trained_on else None)
 
 
 def set_champion(store: Store, sensor: Sensor, number: int, *, by: str,
-                 now: datetime | None = None) -> Version:
+                 now: datetime | None = None, under_lock: bool = False) -> Version:
     """Version ``number`` becomes the champion (a promote or a rollback): the champion view
     gets its exact bytes, the previous champion retires."""
     now = now or datetime.now(UTC)
-    with sensor_lock(store, sensor, now=now):
+    with _locked(store, under_lock):
         history = _archived(store, sensor, now)
         version = history.version(number)
         data = version_bytes(store, sensor, version)
@@ -272,37 +272,62 @@ def migrate(store: Store, sensors: Iterator[Sensor] | list[Sensor],
     for sensor in sensors:
         if store.exists(history_path(sensor)):
             continue
-        with sensor_lock(store, sensor, now=now):
+        with ModelsLock(store):
             _archived(store, sensor, now)
         done += 1
     return done
 
 
-# --- the sensor's lock ----------------------------------------------------------------------
+# --- the models lock -----------------------------------------------------------------------
+
+
+class ModelsLock:
+    """The store's lock on model roles (``versions/lock.json``): created if absent; an
+    expired one is taken over only at the version read (a conditional write), so two takers
+    never both hold it. ``train`` holds it for its whole run (renewing it group by group, its
+    workers writing under it); a promote, a rollback or an import holds it for its changes."""
+
+    def __init__(self, store: Store, *, ttl: timedelta = LOCK_TTL, wait_s: float = 30.0) -> None:
+        self.store, self.ttl, self.wait_s = store, ttl, wait_s
+        self.token = f"{time.time_ns()}-{id(self)}"
+
+    def _body(self) -> bytes:
+        expires = datetime.now(UTC) + self.ttl
+        return json.dumps({"token": self.token, "expires": expires.isoformat()}).encode()
+
+    def __enter__(self) -> ModelsLock:
+        deadline = time.monotonic() + self.wait_s
+        while not _take(self.store, MODELS_LOCK, self._body(), datetime.now(UTC)):
+            if time.monotonic() > deadline:
+                raise Conflict(f"the store's models are being changed by another command "
+                               f"({MODELS_LOCK}); try again when it ends")
+            time.sleep(0.05)
+        return self
+
+    def renew(self) -> None:
+        """Push the expiry on; Conflict when another command took the lock over meanwhile."""
+        data, version = self.store.get_versioned(MODELS_LOCK)
+        if json.loads(data).get("token") != self.token:
+            raise Conflict(f"{MODELS_LOCK} was taken over by another command")
+        self.store.put(MODELS_LOCK, self._body(), if_match=version)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            data, version = self.store.get_versioned(MODELS_LOCK)
+            if json.loads(data).get("token") == self.token:
+                self.store.delete(MODELS_LOCK, if_match=version)
+        except (NotFound, Conflict, ValueError):
+            pass
 
 
 @contextmanager
-def sensor_lock(store: Store, sensor: Sensor, *, now: datetime,
-                wait_s: float = 30.0) -> Iterator[None]:
-    """Hold the sensor's version lock: created if absent; an expired one is taken over only
-    at the version read (a conditional write), so two takers never both hold it."""
-    path, token = lock_path(sensor), f"{time.monotonic_ns()}-{id(object())}"
-    body = json.dumps({"token": token, "expires": (now + LOCK_TTL).isoformat()}).encode()
-    deadline = time.monotonic() + wait_s
-    while not _take(store, path, body, now):
-        if time.monotonic() > deadline:
-            raise Conflict(f"sensor {sensor}: its models are being changed by another "
-                           f"command ({path}); try again")
-        time.sleep(0.05)
-    try:
+def _locked(store: Store, under_lock: bool) -> Iterator[None]:
+    """The models lock, unless the caller already holds it (``under_lock``)."""
+    if under_lock:
         yield
-    finally:
-        try:
-            data, version = store.get_versioned(path)
-            if json.loads(data).get("token") == token:
-                store.delete(path, if_match=version)
-        except (NotFound, Conflict, ValueError):
-            pass
+        return
+    with ModelsLock(store):
+        yield
 
 
 def _take(store: Store, path: str, body: bytes, now: datetime) -> bool:
