@@ -98,6 +98,7 @@ def _register(target: typer.Typer, command: Callable[..., None], name: str | Non
 # In the order `fleetscore -h` lists them (after these, the groups: models, batch).
 _register(app, data.ingest)
 _register(app, models.train)
+_register(app, lifecycle.refit)
 _register(app, run.plan)
 _register(app, run.run)
 _register(app, run.runs_list, "runs")

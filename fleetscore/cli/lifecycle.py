@@ -228,3 +228,64 @@ def models_migrate(store: StoreOpt = None) -> None:
     out.print(f"archived {count(done, 'model')}, each its sensor's first kept version"
               if done else "every model already has its versions")
 
+
+
+def refit(
+    store: StoreOpt = None,
+    days: Annotated[int, typer.Option(help="Days of data the challengers are trained on.")] = 7,
+    compare_hours: Annotated[int, typer.Option(
+        help="The last hours with data, left out of training, the challengers are compared "
+        "on.")] = 24,
+    max_anomaly_rate: Annotated[float | None, typer.Option(
+        metavar="R", help="Promote gate: the challenger flags at most this share.")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        metavar="A", help="Promote gate: it agrees with the champion at least this often.")] = None,
+    review: Annotated[bool, typer.Option(
+        "--review", help="Train and compare, but leave the challengers for review.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes fitting models.")] = None,
+) -> None:
+    """The scheduled job in one command: train challengers on the days before the last
+    --compare-hours, compare them with the champions on those hours, promote those that pass
+    the gates (or leave them all for review)."""
+    from fleetscore.data.arrivals import hours_with_arrivals
+    from fleetscore.model.compare import Gates, compare, with_challengers
+    from fleetscore.model.training import train as train_models
+    from fleetscore.model.versions import ModelsLock, set_champion
+
+    if days < 1 or compare_hours < 1:
+        raise UsageError("--days and --compare-hours must be 1 or more")
+    gates = Gates(_share(max_anomaly_rate, "--max-anomaly-rate"),
+                  _share(min_agreement, "--min-agreement"))
+    settings = load_settings()
+    st = open_store(store, settings)
+    try:
+        hours = hours_with_arrivals(st)
+        if len(hours) <= compare_hours:
+            raise UsageError(f"{len(hours)} hours with data: not enough to train on some and "
+                             f"compare on the last {compare_hours}")
+        compared = hours[-compare_hours:]
+        until = hours[-compare_hours - 1]
+        since = until - (days * 24 - 1)
+        result = train_models(st, since=since, until=until, role="challenger",
+                              workers=workers or settings.workers)
+        out.print(f"trained {count(len(result.trained), 'challenger')} on {since} .. {until}")
+        verdicts = [(c, gates.why_not(c)) for c in
+                    compare(st, with_challengers(st), hour_range(compared[0], compared[-1]))]
+        if not review:
+            with ModelsLock(st):
+                for c, why in verdicts:
+                    if why is None:
+                        set_champion(st, Sensor.parse(c.sensor), c.challenger, by="refit",
+                                     under_lock=True)
+        passed = sum(why is None for _, why in verdicts)
+        bank = rebuild_bank_line(st) if passed and not review else ""
+    finally:
+        st.close()
+    out.print(f"compared on {compared[0]} .. {compared[-1]}: {passed} of {len(verdicts)} pass the "
+              "gates" + (", left for review (fleetscore models promote)" if review else
+                         ", promoted"))
+    for c, why in verdicts:
+        if why is not None:
+            out.print(f"  {c.sensor}: v{c.challenger} stays challenger: {why}", markup=False)
+    if bank:
+        out.print(bank)

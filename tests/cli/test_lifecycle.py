@@ -66,3 +66,25 @@ def test_lifecycle_usage_errors(local_store, fleet_csv):
     assert nothing.returncode == 0 and "nothing to promote" in nothing.stdout
     migrated = fleetscore("models", "migrate", "--store", store)
     assert "every model already has its versions" in migrated.stdout
+
+
+def test_refit_trains_challengers_compares_them_and_promotes_or_leaves_them(local_store,
+                                                                             fleet_csv):
+    ingest_file(local_store, fleet_csv)
+    store = str(local_store.root)
+    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
+    reviewed = fleetscore("refit", "--store", store, "--days", "1", "--compare-hours", "2",
+                          "--review")
+    assert reviewed.returncode == 0, reviewed.stderr
+    assert "trained 3 challengers on" in reviewed.stdout
+    assert "compared on 2024-03-01T01 .. 2024-03-01T02: 3 of 3 pass the gates, left for review" \
+        in reviewed.stdout
+    h = json.loads(fleetscore("models", "history", "1/1", "--store", store, "--json").stdout)
+    assert [v["role"] for v in h["versions"]] == ["champion", "challenger"]
+    refitted = fleetscore("refit", "--store", store, "--days", "1", "--compare-hours", "2")
+    assert refitted.returncode == 0 and "3 of 3 pass the gates, promoted" in refitted.stdout
+    h = json.loads(fleetscore("models", "history", "1/1", "--store", store, "--json").stdout)
+    assert [v["role"] for v in h["versions"]] == ["retired", "retired", "champion"]
+    assert h["events"][-1]["by"] == "refit"
+    assert "not enough to train on some" in one_line_usage_error(
+        fleetscore("refit", "--store", store, "--compare-hours", "3"))
