@@ -142,3 +142,16 @@ def test_no_capability_of_a_store_or_backend_is_probed():
               for path in PACKAGE.rglob("*.py")
               for n, line in enumerate(path.read_text().splitlines(), 1) if PROBE.search(line)]
     assert probes == []
+
+
+SCREEN = 70  # lines: "about 60", a command's option declarations included
+
+
+def test_every_function_fits_on_a_screen():
+    long = sorted(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                  f"({node.end_lineno - node.lineno + 1} lines)"
+                  for path in PACKAGE.rglob("*.py")
+                  for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.end_lineno - node.lineno + 1 > SCREEN)
+    assert long == []

@@ -145,15 +145,8 @@ def run(
                        ttl=settings.lock_ttl, fmt=fmt or settings.predictions_format,
                        max_failed_percent=max_failed_percent if max_failed_percent is not None
                        else settings.max_failed_percent)
-        try:
-            summaries, not_run = _score_hours(st, be, hours if window else todo,
-                                              single=bool(window), options=options)
-        except KeyboardInterrupt:
-            be.close()
-            _say_interrupted(st, hours if window else todo, since=now)
-            raise
-        finally:
-            be.close()
+        summaries, not_run = _score_on(st, be, hours if window else todo, single=bool(window),
+                                       options=options, since=now)
         delivered = _deliver_alerts(st, quiet=as_json)
     finally:
         st.close()
@@ -162,6 +155,19 @@ def run(
         out.print(delivered, markup=False)
     if worst:
         raise typer.Exit(worst)
+
+
+def _score_on(st, be, hours, *, single: bool, options: dict, since):
+    """``_score_hours`` on the backend, which is closed after; Ctrl-C says which hours
+    finished."""
+    try:
+        return _score_hours(st, be, hours, single=single, options=options)
+    except KeyboardInterrupt:
+        be.close()
+        _say_interrupted(st, hours, since=since)
+        raise
+    finally:
+        be.close()
 
 
 def _deliver_alerts(st, *, quiet: bool) -> str:
