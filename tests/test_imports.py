@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "data.arrivals", "data.ingest", "data.events", "data.predictions", "data.replay",
               "data.synthetic"}),
     ("model", {"model", "model.bank_saves", "model.registry", "model.versions",
-               "model.imports", "model.compare", "model.bank", "model.training"}),
+               "model.imports", "model.compare", "model.drift", "model.bank", "model.training"}),
     ("scoring", {"scoring", "scoring.score", "scoring.planning"}),
     ("compute", {"compute", "compute.base", "compute.local", "compute.batch",
                  "compute.estimate"}),

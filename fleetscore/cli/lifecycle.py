@@ -289,3 +289,38 @@ def refit(
             out.print(f"  {c.sensor}: v{c.challenger} stays challenger: {why}", markup=False)
     if bank:
         out.print(bank)
+
+
+def models_drift(
+    store: StoreOpt = None, from_: FromOpt = None, to: ToOpt = None, sensors: SensorsOpt = None,
+    threshold: Annotated[float, typer.Option(
+        help="Drifted above this Kolmogorov-Smirnov statistic (0..1).")] = 0.5,
+    as_json: JsonOpt = False,
+) -> None:
+    """For each sensor, how far its recent window values have moved from its champion's
+    training data (two-sample Kolmogorov-Smirnov); exit 3 when any sensor drifted."""
+    from fleetscore.model.drift import drift
+
+    st = open_store(store, load_settings())
+    try:
+        hours = _hours(st, from_, to)
+        found = drift(st, hours, sensors=[Sensor.parse(s) for s in sensors] if sensors else None,
+                      threshold=_share(threshold, "--threshold") or 0.0)
+    finally:
+        st.close()
+    if as_json:
+        sys.stdout.write(json.dumps({"hours": [str(hours[0]), str(hours[-1])] if hours else [],
+                                     "sensors": [d.to_json() for d in found]}, indent=1) + "\n")
+    else:
+        table = Table("sensor", "trained on", "windows then", "windows now", "KS", "drifted")
+        for d in found:
+            table.add_row(d.sensor, " .. ".join(d.trained_on or ("", "")), f"{d.trained_windows:,}",
+                          f"{d.recent_windows:,}",
+                          "" if d.statistic is None else f"{d.statistic:.2f}",
+                          "yes" if d.drifted else "")
+        out.print(table)
+        drifted = sum(d.drifted for d in found)
+        out.print(f"{drifted} of {count(len(found), 'sensor')} drifted"
+                  + (f" over {hours[0]} .. {hours[-1]}" if hours else ""))
+    if any(d.drifted for d in found):
+        raise typer.Exit(3)

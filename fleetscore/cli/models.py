@@ -25,6 +25,7 @@ from fleetscore.cli.common import (
 )
 from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
 from fleetscore.core.text import count
 from fleetscore.errors import InputError, UsageError
 
@@ -41,6 +42,9 @@ def train(
     challenger: Annotated[bool, typer.Option(
         "--challenger", help="New versions as challengers: the champions keep scoring until "
         "`models promote`.")] = False,
+    drifted: Annotated[bool, typer.Option(
+        "--drifted", help="Only the sensors `models drift` flags over the last 24 hours with "
+        "data.")] = False,
 ) -> None:
     """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points, on every core,
     a group of sensors at a time (memory follows the group, not the fleet). Each model is a
@@ -56,8 +60,9 @@ def train(
     settings = load_settings()
     st = open_store(store, settings)
     try:
+        chosen = _drifted(st) if drifted else None
         with ProgressBar("training") as progress:
-            result = train_models(st, until=Hour.parse(until) if until else None,
+            result = train_models(st, until=Hour.parse(until) if until else None, sensors=chosen,
                                   since=Hour.parse(since) if since else None, nu=nu, gamma=gamma,
                                   workers=workers or settings.workers, progress=progress,
                                   role="challenger" if challenger else "champion")
@@ -77,6 +82,19 @@ def train(
               f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
+
+
+def _drifted(st) -> set:
+    """The sensors drifted over the last 24 hours with data; a usage error when none is."""
+    from fleetscore.data.arrivals import hours_with_arrivals
+    from fleetscore.model.drift import drift
+
+    found = {Sensor.parse(d.sensor) for d in drift(st, hours_with_arrivals(st)[-24:])
+             if d.drifted}
+    if not found:
+        raise UsageError("--drifted: no sensor has drifted over the last 24 hours with data "
+                         "(fleetscore models drift shows each one)")
+    return found
 
 
 def _trained_nothing(skipped, hours) -> str:
