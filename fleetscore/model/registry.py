@@ -85,6 +85,9 @@ class ModelManifest:
     trained_on: dict[str, str] | None
     created: str
     source: str
+    # When this version became the sensor's champion (a promote or a rollback of an older
+    # version is later than its creation): hours scored before it are scored by another model.
+    champion_since: str = ""
 
     @property
     def sensor(self) -> Sensor:
@@ -294,7 +297,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def newest_model_time(store: Store) -> str | None:
-    """When the most recent model was saved (ISO, UTC), or None without models: an hour
-    scored before it is not scored with the current models."""
-    times = [read_manifest(store, sensor).created for sensor in list_models(store)]
+    """When the most recent champion took its place (saved, promoted or rolled back; ISO,
+    UTC), or None without models: an hour scored before it is not scored with the current
+    models."""
+    manifests = [read_manifest(store, sensor) for sensor in list_models(store)]
+    times = [m.champion_since or m.created for m in manifests]
     return max(times) if times else None

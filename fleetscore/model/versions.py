@@ -202,7 +202,8 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
         history = replace(history, versions=(*history.versions, version))
         history = history.with_role(number, role, by, now)
         if role == "champion":
-            write_champion(store, sensor, data, manifest_of(sensor, replace(version, role=role)))
+            write_champion(store, sensor, data,
+                           manifest_of(sensor, replace(version, role=role), since=now))
         _write_history(store, history)
     return replace(version, role=role)
 
@@ -227,7 +228,7 @@ def set_champion(store: Store, sensor: Sensor, number: int, *, by: str,
         history = _archived(store, sensor, now)
         version = history.version(number)
         data = version_bytes(store, sensor, version)
-        write_champion(store, sensor, data, manifest_of(sensor, version))
+        write_champion(store, sensor, data, manifest_of(sensor, version, since=now))
         _write_history(store, history.with_role(number, "champion", by, now))
     return replace(version, role="champion")
 
@@ -256,12 +257,14 @@ def _write_history(store: Store, history: History) -> None:
     store.put(history_path(history.sensor), history.encode())
 
 
-def manifest_of(sensor: Sensor, version: Version) -> ModelManifest:
-    """The registry's manifest of a version (the champion view's, when it is champion)."""
+def manifest_of(sensor: Sensor, version: Version, since: datetime | None = None
+                ) -> ModelManifest:
+    """The registry's manifest of a version (the champion view's, champion ``since``)."""
     return ModelManifest(device=sensor.device, tag=sensor.tag, version=version.number,
                          sha256=version.sha256, format="skops", estimator=version.estimator,
                          sklearn_version=sklearn_version(), trained_on=version.trained_on,
-                         created=version.created, source=version.source)
+                         created=version.created, source=version.source,
+                         champion_since=since.isoformat(timespec="microseconds") if since else "")
 
 
 def migrate(store: Store, sensors: Iterator[Sensor] | list[Sensor],

@@ -88,3 +88,22 @@ def test_refit_trains_challengers_compares_them_and_promotes_or_leaves_them(loca
     assert h["events"][-1]["by"] == "refit"
     assert "not enough to train on some" in one_line_usage_error(
         fleetscore("refit", "--store", store, "--compare-hours", "3"))
+
+
+def test_a_range_reruns_the_hours_a_promote_or_rollback_made_stale(local_store, fleet_csv):
+    ingest_file(local_store, fleet_csv)
+    store = str(local_store.root)
+    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
+    fleetscore("train", "--store", store, "--until", "2024-03-01T00", "--nu", "0.2")  # v2
+
+    def ranged() -> dict:
+        done = fleetscore("run", "--from", "2024-03-01T01", "--to", "2024-03-01T02", "--store",
+                          store, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert len(ranged()["runs"]) == 2
+    assert ranged()["skipped"] == ["2024-03-01T01", "2024-03-01T02"]  # current: nothing to do
+    fleetscore("models", "rollback", "--sensor", "1/2", "--store", store)
+    again = ranged()
+    assert len(again["runs"]) == 2 and again["skipped"] == []  # scored by another model since
