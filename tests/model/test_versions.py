@@ -116,6 +116,7 @@ def test_promote_passes_only_the_sensors_that_meet_the_gates(versioned):
         "no windows in the range to compare on"
 
 
+@pytest.mark.reliability("R83")
 def test_concurrent_role_changes_never_leave_the_view_and_history_apart(versioned):
     """Two promoters racing, each setting its own version many times: the lock serializes
     them, so after every change the champion view is the history's champion."""
@@ -157,3 +158,17 @@ def test_a_store_from_before_versions_keeps_working_and_migrates(local_store):
     v3 = add_version(local_store, S, data, estimator="x", source="again", trained_on=None,
                      role="challenger", by="test")
     assert v3.number == 3 and read_history(local_store, S).challenger.number == 3
+
+
+@pytest.mark.reliability("R84")
+def test_a_damaged_version_is_named_and_never_made_champion(versioned):
+    from fleetscore.errors import ModelError
+
+    versioned.put(version_path(S, 2), b"not the challenger any more")
+    problems = {p.path: p.reason for p in verify(versioned)[1]}
+    assert "changed or truncated after it was written" in problems[version_path(S, 2)]
+    before = stored_model_bytes(versioned, S)
+    with pytest.raises(ModelError, match=f"version file {version_path(S, 2)} does not match"):
+        set_champion(versioned, S, 2, by="promote")
+    assert stored_model_bytes(versioned, S) == before
+    assert read_history(versioned, S).champion.number == 1
