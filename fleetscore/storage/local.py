@@ -20,7 +20,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,16 +69,23 @@ def _read(path: str) -> bytes:
 # pruned. Folders are made again and the step retried, as git's raceproof_create_file does
 # against its own pruning. Each retry needs another writer to empty and prune the folder in
 # between, so a few suffice.
-_FOLDER_ATTEMPTS = 16
+_FOLDER_ATTEMPTS = 32
 
 
 def _in_folder(parent: str, make: Callable[[], T]) -> T:
     """``make()`` creates an entry in ``parent``; the folder is made on demand (not before
-    every write: a backfill writes tens of thousands of files into existing folders)."""
-    for _ in range(_FOLDER_ATTEMPTS - 1):
+    every write: a backfill writes tens of thousands of files into existing folders).
+
+    Another process deleting in a sibling folder prunes the shared ancestors it leaves empty,
+    and in step with this one it can do so again and again between ``makedirs`` and
+    ``make``: after a few tries each one waits a random moment first, so the two fall out of
+    step (without it, 1 run in 8 of tests/storage/test_contract.py's sibling test failed)."""
+    for attempt in range(_FOLDER_ATTEMPTS - 1):
         try:
             return make()
         except FileNotFoundError:
+            if attempt >= 3:
+                time.sleep(random.uniform(0, 0.0005 * attempt))
             with contextlib.suppress(FileNotFoundError):  # an ancestor pruned mid-way: again
                 os.makedirs(parent, exist_ok=True)
     return make()
