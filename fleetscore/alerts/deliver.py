@@ -33,7 +33,7 @@ from fleetscore.alerts.records import (
     with_delivery,
 )
 from fleetscore.alerts.rules import Rules, Sink
-from fleetscore.errors import Conflict, first_line
+from fleetscore.errors import Conflict, InputError, first_line
 from fleetscore.storage import Store
 
 log = logging.getLogger("fleetscore.alerts")
@@ -107,6 +107,10 @@ def deliver(store: Store, rules: Rules, *, now: datetime, send: Send = http_send
     """Every open alert's due sinks, once each. Never raises for a sink's failure."""
     report = DeliveryReport()
     for path, record, version in open_records(store):
+        if isinstance(record, InputError):
+            log.warning("alert not delivered: %s", record, extra={"alert": path})
+            report += DeliveryReport(failed=1)
+            continue
         report += _deliver_one(store, rules, path, record, version, now=now, send=send,
                                store_url=store_url)
     return report

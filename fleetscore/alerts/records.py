@@ -171,16 +171,20 @@ def _when(window: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def open_records(store: Store) -> Iterator[tuple[str, AlertRecord, str]]:
-    """(path, record, version) of every record with a sink still to reach."""
+def open_records(store: Store) -> Iterator[tuple[str, AlertRecord | InputError, str]]:
+    """(path, record, version) of every record with a sink still to reach; a damaged record
+    comes as the InputError naming it, so it fails alone and the others are delivered."""
     for marker in store.list(OPEN):
         try:
-            path = store.get(marker).decode()
+            path = store.get(marker).decode(errors="replace")
             data, version = store.get_versioned(path)
         except NotFound:
             store.delete(marker)
             continue
-        yield path, AlertRecord.decode(data, path), version
+        try:
+            yield path, AlertRecord.decode(data, path), version
+        except InputError as exc:
+            yield path, exc, version
 
 
 def all_records(store: Store) -> Iterator[AlertRecord]:

@@ -16,7 +16,7 @@ from fleetscore.cli.common import StoreOpt, load_settings, open_store, out, rebu
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
 from fleetscore.core.text import count
-from fleetscore.errors import UsageError
+from fleetscore.errors import InputError, UsageError
 
 SensorsOpt = Annotated[list[str] | None, typer.Option(
     "--sensor", metavar="DEVICE/TAG", help="Only these sensors (repeat the option).")]
@@ -268,6 +268,9 @@ def refit(
         since = until - (days * 24 - 1)
         result = train_models(st, since=since, until=until, role="challenger",
                               workers=workers or settings.workers)
+        if not result.trained:
+            raise InputError(f"refit trained no challenger on {since} .. {until}: no sensor "
+                             "has enough points there (widen --days)")
         out.print(f"trained {count(len(result.trained), 'challenger')} on {since} .. {until}")
         verdicts = [(c, gates.why_not(c)) for c in
                     compare(st, with_challengers(st), hour_range(compared[0], compared[-1]))]

@@ -149,3 +149,21 @@ def test_the_report_shows_the_hours_alerts(alert_store, webhook, tmp_path):
     assert "<td>sent</td>" in section and "<td>snoozed</td>" in section
     write_report(alert_store, tmp_path / "first.html", first=H1, last=H1)
     assert "1 alert raised for these hours" in (tmp_path / "first.html").read_text()
+
+
+def test_a_damaged_alert_record_fails_alone(alert_store, webhook):
+    from fleetscore.alerts.evaluate import Candidate
+    from fleetscore.alerts.records import OPEN, alert_key, load_rules, raise_alerts
+
+    _run(alert_store, H1)
+    rules = load_rules(alert_store)
+    [made] = raise_alerts(alert_store, rules, [Candidate(
+        "sustained", "anomaly", "warning", "Z", "2024-03-01 01:05:00", "2024-03-01 01:09:00",
+        device="Z", tags=("t",), windows=5)], hour="2024-03-01T01", run_id="x",
+        now=datetime.now(UTC))
+    assert made.key == alert_key("sustained", "Z", "2024-03-01 01:05:00")
+    path = alert_store.get(f"{OPEN}/{made.id}").decode()
+    alert_store.put(path, b"{not json")
+    report = _deliver(alert_store, webhook)
+    assert (report.sent, report.failed) == (1, 1)  # the sound alert went; the damaged one failed
+    assert [p["device"] for p in webhook.posts] == ["A"]

@@ -107,3 +107,14 @@ def test_a_range_reruns_the_hours_a_promote_or_rollback_made_stale(local_store, 
     fleetscore("models", "rollback", "--sensor", "1/2", "--store", store)
     again = ranged()
     assert len(again["runs"]) == 2 and again["skipped"] == []  # scored by another model since
+
+
+def test_refit_that_trains_nothing_says_so(local_store, tmp_path):
+    from tests.conftest import minute_readings, write_readings
+
+    rows = minute_readings("A", "x", "2024-03-01 00:00:00", 2, seed=0)  # 2 windows: too few
+    rows += minute_readings("A", "x", "2024-03-01 01:00:00", 60, seed=1)
+    ingest_file(local_store, write_readings(tmp_path / "few.csv", rows))
+    line = one_line_usage_error(fleetscore("refit", "--store", str(local_store.root), "--days",
+                                           "1", "--compare-hours", "1"))
+    assert "refit trained no challenger on" in line
