@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,7 +16,11 @@ from fleetscore.cli.common import StoreOpt, load_settings, open_store, out, rebu
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
 from fleetscore.core.text import count
-from fleetscore.errors import InputError, UsageError
+from fleetscore.errors import Conflict, InputError, UsageError
+
+if TYPE_CHECKING:
+    from fleetscore.runs.refit import GroupResult, RefitManifest, RefitOptions
+    from fleetscore.storage import Store
 
 SensorsOpt = Annotated[list[str] | None, typer.Option(
     "--sensor", metavar="DEVICE/TAG", help="Only these sensors (repeat the option).")]
@@ -246,52 +250,80 @@ def refit(
 ) -> None:
     """The scheduled job in one command: train challengers on the days before the last
     --compare-hours, compare them with the champions on those hours, promote those that pass
-    the gates (or leave them all for review)."""
-    from fleetscore.data.arrivals import hours_with_arrivals
-    from fleetscore.model.compare import Gates, compare, with_challengers
-    from fleetscore.model.training import train as train_models
-    from fleetscore.model.versions import ModelsLock, set_champion
+    the gates (or leave them all for review). Its manifest is refit/<refit id>.json."""
+    from fleetscore.runs.refit import NOTHING_TRAINED, RefitOptions
 
-    if days < 1 or compare_hours < 1:
-        raise UsageError("--days and --compare-hours must be 1 or more")
-    gates = Gates(_share(max_anomaly_rate, "--max-anomaly-rate"),
-                  _share(min_agreement, "--min-agreement"))
+    options = RefitOptions(days, compare_hours, _share(max_anomaly_rate, "--max-anomaly-rate"),
+                           _share(min_agreement, "--min-agreement"), review)
     settings = load_settings()
     st = open_store(store, settings)
     try:
-        hours = hours_with_arrivals(st)
-        if len(hours) <= compare_hours:
-            raise UsageError(f"{len(hours)} hours with data: not enough to train on some and "
-                             f"compare on the last {compare_hours}")
-        compared = hours[-compare_hours:]
-        until = hours[-compare_hours - 1]
-        since = until - (days * 24 - 1)
-        result = train_models(st, since=since, until=until, role="challenger",
-                              workers=workers or settings.workers)
-        if not result.trained:
-            raise InputError(f"refit trained no challenger on {since} .. {until}: no sensor "
-                             "has enough points there (widen --days)")
-        out.print(f"trained {count(len(result.trained), 'challenger')} on {since} .. {until}")
-        verdicts = [(c, gates.why_not(c)) for c in
-                    compare(st, with_challengers(st), hour_range(compared[0], compared[-1]))]
-        if not review:
-            with ModelsLock(st):
-                for c, why in verdicts:
-                    if why is None:
-                        set_champion(st, Sensor.parse(c.sensor), c.challenger, by="refit",
-                                     under_lock=True)
-        passed = sum(why is None for _, why in verdicts)
-        bank = rebuild_bank_line(st) if passed and not review else ""
+        manifest = _refit(st, options, workers or settings.workers)
     finally:
         st.close()
-    out.print(f"compared on {compared[0]} .. {compared[-1]}: {passed} of {len(verdicts)} pass the "
-              "gates" + (", left for review (fleetscore models promote)" if review else
-                         ", promoted"))
-    for c, why in verdicts:
-        if why is not None:
-            out.print(f"  {c.sensor}: v{c.challenger} stays challenger: {why}", markup=False)
-    if bank:
-        out.print(bank)
+    if manifest.status == NOTHING_TRAINED:
+        raise InputError(f"refit {manifest.reason} (widen --days)")
+    _print_refit(manifest)
+
+
+def _refit(st: Store, options: RefitOptions, workers: int | None) -> RefitManifest:
+    """The refit policy of fleetscore.runs.refit, in this process: the models lock for the
+    whole job (waiting up to 30 s for another command's), one group trained on this
+    machine's workers, then finish; a refit that cannot start still leaves its manifest."""
+    import uuid
+
+    from fleetscore.model.versions import LOCK_TTL
+    from fleetscore.runs import refit as policy
+
+    now = datetime.now(UTC)
+    refit_id = policy.new_refit_id(now, uuid.uuid4().hex)
+    lock = policy.RefitLock(st, refit_id, ttl=LOCK_TTL, wait_s=30.0)
+
+    def stopped(status: str, reason: str) -> None:
+        policy.write_manifest(st, policy.early(
+            refit_id, status, reason, started=now.isoformat(),
+            finished=datetime.now(UTC).isoformat(), by="cli", options=options))
+
+    if not lock.take():
+        reason = f"the models lock is held by {policy.holder(st)}; try again when it ends"
+        stopped(policy.LOCKED, reason)
+        raise Conflict(f"refit: {reason}")
+    try:
+        try:
+            found = policy.plan(st, refit_id, options, started=now, ttl=LOCK_TTL)
+        except UsageError as exc:
+            stopped(policy.NO_DATA, str(exc))
+            raise
+        results: dict[str, GroupResult | str] = {
+            g: policy.train_group(st, refit_id, g, workers=workers)
+            for g in found.groups}
+        manifest = policy.finish(st, found, results, lock=lock, now=datetime.now(UTC),
+                                 by="cli", rebuild=rebuild_bank_line)
+        policy.cleanup(st, refit_id)
+    finally:
+        lock.release()
+    return manifest
+
+
+def _print_refit(manifest: RefitManifest) -> None:
+    from fleetscore.runs.refit import LEFT, REVIEW, manifest_path
+
+    # A finished refit has both ranges (one that stopped early raised before printing).
+    since, until = manifest.train_range or ("", "")
+    out.print(f"trained {count(manifest.trained, 'challenger')} on {since} .. {until}")
+    passed = manifest.promoted + sum(o.reason == REVIEW for o in manifest.sensors.values())
+    first, last = manifest.compared or ("", "")
+    out.print(f"compared on {first} .. {last}: {passed} of {manifest.trained} pass the gates"
+              + (", left for review (fleetscore models promote)" if manifest.options.review
+                 else ", promoted"))
+    for sensor, o in manifest.sensors.items():
+        if o.outcome == LEFT and o.reason != REVIEW:
+            out.print(f"  {sensor}: v{o.version} stays challenger: {o.reason}", markup=False)
+    if manifest.bank:
+        out.print(manifest.bank)
+    if manifest.reason:
+        out.print(f"refit {manifest.status}: {manifest.reason}", markup=False)
+    out.print(f"manifest: {manifest_path(manifest.refit_id)}", markup=False)
 
 
 def models_drift(

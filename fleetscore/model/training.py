@@ -18,6 +18,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,12 +131,14 @@ def train(
     store: Store, *, until: Hour | None = None, since: Hour | None = None,
     nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
     workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
-    role: str = "champion",
+    role: str = "champion", lock: ModelsLock | None = None,
 ) -> TrainResult:
     """Train every sensor with data in the hours (or only ``sensors``), each model a new
     version in ``role``: champion (it scores from now on) or challenger (it waits to be
     compared and promoted). ``workers`` > 1 fits in that many processes (None: one per
-    core); each worker opens the store itself."""
+    core); each worker opens the store itself. ``lock``: the models lock the caller already
+    holds (a refit holds one across processes); it is renewed before each group, so a lock
+    taken over meanwhile stops the training before it writes again."""
     hours = training_hours(store, until=until, since=since)
     arrivals = read_arrivals_many(store, hours)
     with_data = {h: set(a) for h, a in arrivals.items()}
@@ -145,8 +148,9 @@ def train(
     if sensors is not None:
         points = Counter({s: n for s, n in points.items() if s in sensors})
     workers = workers or os.cpu_count() or 1
-    with ModelsLock(store) as lock:  # one lock on model roles for the whole training
-        trained, skipped = _fit_groups(store, hours, with_data, points, workers, lock,
+    # One lock on model roles for the whole training: the caller's, or one taken here.
+    with nullcontext(lock) if lock is not None else ModelsLock(store) as held:
+        trained, skipped = _fit_groups(store, hours, with_data, points, workers, held,
                                        (nu, gamma, role, budget), progress)
     if progress:
         progress(len(points), len(points))
