@@ -127,6 +127,36 @@ class PredictionsFile:
 
 
 @dataclass(frozen=True)
+class ShadowResult:
+    """A unit's challengers scored beside its champions: the shadow file (``shadow/``, never a
+    visible predictions file), its counts, the challengers that failed (each alone), or why
+    the shadow pass as a whole failed (the unit did not)."""
+
+    unit: str
+    path: str | None
+    sha256: str | None
+    challengers: int
+    scored: int
+    anomalies: int
+    failed: tuple[Failure, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unit": self.unit, "path": self.path, "sha256": self.sha256,
+                "challengers": self.challengers, "scored": self.scored,
+                "anomalies": self.anomalies, "failed": [f.to_json() for f in self.failed],
+                "error": self.error}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ShadowResult:
+        return cls(unit=str(body["unit"]), path=body.get("path"), sha256=body.get("sha256"),
+                   challengers=int(body.get("challengers", 0)), scored=int(body.get("scored", 0)),
+                   anomalies=int(body.get("anomalies", 0)),
+                   failed=tuple(Failure.from_json(f) for f in body.get("failed", ())),
+                   error=body.get("error"))
+
+
+@dataclass(frozen=True)
 class UnitSummary:
     id: str
     status: str
@@ -134,18 +164,21 @@ class UnitSummary:
     scored: int
     anomalies: int
     duration_s: float
+    # When the unit read its models: its rows were made by the champions current then.
+    models_at: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "sensors": self.sensors,
                 "scored": self.scored, "anomalies": self.anomalies,
-                "duration_s": self.duration_s}
+                "duration_s": self.duration_s, "models_at": self.models_at}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> UnitSummary:
         return cls(id=str(body["id"]), status=str(body["status"]),
                    sensors=int(body.get("sensors", 0)), scored=int(body.get("scored", 0)),
                    anomalies=int(body.get("anomalies", 0)),
-                   duration_s=float(body.get("duration_s", 0.0)))
+                   duration_s=float(body.get("duration_s", 0.0)),
+                   models_at=str(body.get("models_at", "")))
 
 
 @dataclass(frozen=True)
@@ -175,6 +208,14 @@ class RunManifest:
     unit_results: tuple[UnitSummary, ...] = ()
     reason: str = ""  # why the status, where the counts alone do not say (an error threshold)
     alerts: tuple[str, ...] = ()  # keys of the alerts this run raised (alerts/records/)
+    shadow: tuple[ShadowResult, ...] = ()  # units that scored challengers
+
+    @property
+    def models_at(self) -> str:
+        """When the earliest unit read its models (else when the run began): an hour whose
+        sensor got a new champion after this was scored (in part) by one no longer current."""
+        return min((u.models_at for u in self.unit_results if u.models_at),
+                   default=self.started_at)
 
     @property
     def exit_code(self) -> int:
@@ -194,6 +235,7 @@ class RunManifest:
             "predictions": [p.to_json() for p in self.predictions or ()],
             "unit_results": [u.to_json() for u in self.unit_results],
             "reason": self.reason, "alerts": list(self.alerts),
+            "shadow": [u.to_json() for u in self.shadow],
         }
 
     def encode(self) -> bytes:
@@ -229,6 +271,7 @@ class RunManifest:
                                    for u in body.get("unit_results", ())),
                 reason=str(body.get("reason", "")),
                 alerts=tuple(str(k) for k in body.get("alerts", ())),
+                shadow=tuple(ShadowResult.from_json(u) for u in body.get("shadow", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"run manifest {path} is damaged: {type(exc).__name__} "

@@ -124,12 +124,19 @@ class ProgressBar:
 
 
 def rebuild_bank_line(st) -> str:
-    """Recompile the bank from the champions; a line saying what it holds."""
+    """Recompile the bank from the champions and the challenger bank from the challengers;
+    a line saying what they hold."""
     from fleetscore.model.bank import rebuild_bank
+    from fleetscore.model.challengers import rebuild_challengers
 
     stats = rebuild_bank(st)
     line = (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
             f"({stats.shards_written} shards written, {stats.shards_kept} kept)")
     # Models the bank does not reproduce exactly are scored by scikit-learn: say how many, why.
     left = "; ".join(f"{count} {reason}" for reason, count in stats.left)
-    return f"{line}; left to scikit-learn: {left}" if left else line
+    line = f"{line}; left to scikit-learn: {left}" if left else line
+    shadow = rebuild_challengers(st)
+    if shadow.challengers:
+        line += (f"\nchallenger bank: {shadow.compiled} of {shadow.challengers} challengers "
+                 "compiled; runs score them in shadow/")
+    return line

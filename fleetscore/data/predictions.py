@@ -3,6 +3,10 @@
 The hour's visible files are ``predictions/YYYY/MM/DD/HH/{unit}-{run}.csv`` (and
 ``kept-{run}.csv``: earlier rows of sensors a rerun could not replace), each written whole and
 atomically; the hour's run manifest ``runs/HOUR.json`` lists them with their sha256.
+
+Shadow predictions (challengers scored beside their champions) are
+``shadow/YYYY/MM/DD/HH/{unit}.csv``: the same columns plus ``Version``, the challenger
+version that made the row. They are never read as the hour's predictions.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ def predictions_folder(hour: Hour) -> str:
 
 def predictions_path(hour: Hour, unit_id: str) -> str:
     return f"{predictions_folder(hour)}/{unit_id}.csv"
+
+
+SHADOW_SCHEMA = SCHEMA.append(pa.field("Version", pa.int64()))
+
+
+def shadow_path(hour: Hour, unit_id: str, fmt: str = "csv") -> str:
+    return f"shadow/{hour.path}/{unit_id}.{fmt}"
 
 
 def predictions_table(
@@ -106,7 +117,7 @@ def encode(tables: Iterable[pa.Table], fmt: str = "csv") -> bytes:
         pq.write_table(table, sink, compression="snappy", use_dictionary=["TS"],
                        write_statistics=False)
         return sink.getvalue()
-    sink.write((",".join(COLUMNS) + "\n").encode())
+    sink.write((",".join(table.column_names) + "\n").encode())
     # Ids are validated to [A-Za-z0-9_.-], so no field ever needs quoting: plain CSV, as the
     # reference wrote it.
     pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(include_header=False,
@@ -134,14 +145,15 @@ def encode_split(table: pa.Table, rows: Sequence[int], fmt: str = "csv") -> list
     return [header + body[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def decode(data: bytes, name: str) -> pa.Table:
+def decode(data: bytes, name: str, schema: pa.Schema = SCHEMA) -> pa.Table:
+    """A predictions file (``schema``: SHADOW_SCHEMA for a shadow file)."""
     try:
         if format_of(name) == "parquet":
-            return pq.read_table(io.BytesIO(data)).select(list(COLUMNS)).cast(SCHEMA)
+            return pq.read_table(io.BytesIO(data)).select(schema.names).cast(schema)
         return pcsv.read_csv(
             io.BytesIO(data),
             convert_options=pcsv.ConvertOptions(
-                column_types=dict(zip(SCHEMA.names, SCHEMA.types, strict=True))),
-        ).select(list(COLUMNS))
+                column_types=dict(zip(schema.names, schema.types, strict=True))),
+        ).select(schema.names)
     except (pa.ArrowInvalid, KeyError) as exc:
         raise InputError(f"predictions file {name} is unreadable: {exc}") from exc

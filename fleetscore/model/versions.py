@@ -64,6 +64,15 @@ def history_path(sensor: Sensor) -> str:
     return f"{VERSIONS}/{sensor.path}.history.json"
 
 
+CHALLENGER_SUFFIX = ".challenger.json"
+
+
+def challenger_path(sensor: Sensor) -> str:
+    """The challenger pointer: present exactly while the history names a challenger, so one
+    listing of versions/ finds every challenger without reading a history a sensor."""
+    return f"{VERSIONS}/{sensor.path}{CHALLENGER_SUFFIX}"
+
+
 MODELS_LOCK = f"{VERSIONS}/lock.json"
 
 
@@ -199,12 +208,13 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
         version = Version(number, hashlib.sha256(data).hexdigest(),
                           now.isoformat(timespec="microseconds"), estimator, source, trained_on)
         store.put(version_path(sensor, number), data, overwrite=False)
+        before = history
         history = replace(history, versions=(*history.versions, version))
         history = history.with_role(number, role, by, now)
         if role == "champion":
             write_champion(store, sensor, data,
                            manifest_of(sensor, replace(version, role=role), since=now))
-        _write_history(store, history)
+        _write_history(store, history, before)
     return replace(version, role=role)
 
 
@@ -229,7 +239,7 @@ def set_champion(store: Store, sensor: Sensor, number: int, *, by: str,
         version = history.version(number)
         data = version_bytes(store, sensor, version)
         write_champion(store, sensor, data, manifest_of(sensor, version, since=now))
-        _write_history(store, history.with_role(number, "champion", by, now))
+        _write_history(store, history.with_role(number, "champion", by, now), history)
     return replace(version, role="champion")
 
 
@@ -249,12 +259,23 @@ def _archived(store: Store, sensor: Sensor, now: datetime) -> History:
     except AlreadyExists:
         pass  # a migration that stopped after the file: the bytes are the same version's
     history = replace(history, archived=True)
-    _write_history(store, history)
+    _write_history(store, history, None)
     return history
 
 
-def _write_history(store: Store, history: History) -> None:
+def _write_history(store: Store, history: History, before: History | None) -> None:
+    """The history, then its challenger pointer where the challenger changed (``before``:
+    the history this one replaces). Both under the models lock; a crash between the two
+    leaves a pointer that ``verify`` names and the next role change of the sensor rewrites."""
     store.put(history_path(history.sensor), history.encode())
+    challenger = history.challenger
+    if before is not None and challenger == before.challenger:
+        return
+    if challenger is None:
+        store.delete(challenger_path(history.sensor))
+    else:
+        store.put(challenger_path(history.sensor), json.dumps(
+            {"version": challenger.number, "sha256": challenger.sha256}).encode())
 
 
 def manifest_of(sensor: Sensor, version: Version, since: datetime | None = None

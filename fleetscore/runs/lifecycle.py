@@ -665,7 +665,8 @@ def build_manifest(plan: Plan, results: Sequence[UnitResult], *, run_id: str,
         top_anomalous=tuple(top_counts(kv for r in results for kv in r.top_anomalous.items())),
         predictions=tuple(files),
         unit_results=tuple(UnitSummary(r.unit_id, r.status, r.sensors, r.scored, r.anomalies,
-                                       r.duration_s) for r in results),
+                                       r.duration_s, r.models_at) for r in results),
+        shadow=tuple(r.shadow for r in results if r.shadow is not None),
     )
 
 

@@ -12,18 +12,27 @@ import heapq
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fleetscore.contracts import Failure, ShadowResult
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor, sorted_unique
-from fleetscore.data.predictions import encode, format_of, predictions_columns, predictions_path
+from fleetscore.data.predictions import (
+    encode,
+    format_of,
+    predictions_columns,
+    predictions_path,
+    shadow_path,
+)
 from fleetscore.data.windows import read_points, sensor_runs
 from fleetscore.errors import FleetscoreError, ScoringError, first_line
 from fleetscore.model.bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
+from fleetscore.model.challengers import load_challengers, load_version
 from fleetscore.model.registry import load_model
 from fleetscore.storage import Store
 
@@ -52,6 +61,10 @@ class UnitResult:
     # name) and their anomalies: enough for any run's top, whatever its units.
     top_anomalous: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # the unit as a whole could not run (its sensor list unusable)
+    # When the unit read its models: its visible rows were made by the champions current
+    # then (``models history`` shows each sensor's).
+    models_at: str = ""
+    shadow: ShadowResult | None = None  # its challengers' shadow predictions, if it has any
 
     @property
     def status(self) -> str:
@@ -66,6 +79,7 @@ class UnitResult:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["failures"] = [asdict(f) for f in self.failures]
         out["no_data"] = list(self.no_data)
+        out["shadow"] = self.shadow.to_json() if self.shadow is not None else None
         out["status"] = self.status
         return out
 
@@ -74,6 +88,8 @@ class UnitResult:
         body = {k: v for k, v in body.items() if k != "status"}
         body["failures"] = tuple(SensorFailure(**f) for f in body.get("failures", ()))
         body["no_data"] = tuple(body.get("no_data", ()))
+        if body.get("shadow") is not None:
+            body["shadow"] = ShadowResult.from_json(body["shadow"])
         return cls(**body)
 
     @classmethod
@@ -119,21 +135,58 @@ def score_unit(
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = read_points(store, hour, sensors)
     runs = sensor_runs(points)
-    bank = load_bank(store, present_pairs(points, runs), ordered=True) if use_bank \
-        else Bank.empty()
+    pairs = present_pairs(points, runs)
+    models_at = datetime.now(UTC).isoformat(timespec="microseconds")
+    bank = load_bank(store, pairs, ordered=True) if use_bank else Bank.empty()
     # read_points returned only these sensors' rows: no membership to check.
     (result,), table, _ = score_many(
         store, [Group(hour, unit_id, sensors, points, exact=True, runs=runs)], bank=bank)
     path = out or predictions_path(hour, unit_id)
-    if result.scored:
-        data = encode([table], format_of(path))
-        store.put(path, data)
-        result = replace(result, predictions=path,
-                         predictions_sha256=hashlib.sha256(data).hexdigest())
-    else:
+    result = replace(result, models_at=models_at, **_write(store, path, table, result.scored))
+    # After the visible rows are written, from the same points: nothing the challengers do
+    # can change them.
+    shadow = shadow_unit(store, Group(hour, unit_id, sensors, points, runs=runs), pairs,
+                         format_of(path))
+    return replace(result, shadow=shadow, duration_s=round(time.perf_counter() - started, 6))
+
+
+def _write(store: Store, path: str, table: pa.Table, rows: int) -> dict[str, Any]:
+    """Write a unit's predictions file; the fields that name it in the unit's result."""
+    if not rows:
         # A retried unit that now scores nothing must not leave its last attempt's file behind.
         store.delete(path)
-    return replace(result, duration_s=round(time.perf_counter() - started, 6))
+        return {}
+    data = encode([table], format_of(path))
+    store.put(path, data)
+    return {"predictions": path, "predictions_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def shadow_unit(store: Store, group: Group, pairs: list[tuple[str, str]], fmt: str
+                ) -> ShadowResult | None:
+    """Score the unit's challengers on its points into ``shadow/`` (None: it has none). A
+    challenger that fails is named; a shadow pass that fails whole says why. Neither fails
+    the unit."""
+    path = shadow_path(group.hour, group.unit_id, fmt)
+    try:
+        challengers = load_challengers(store, pairs)
+        if not challengers:
+            store.delete(path)  # a rerun after the challengers were promoted: no stale file
+            return None
+        (result,), table, _ = score_many(
+            store, [replace(group, sensors=challengers.sensors, exact=False)],
+            bank=challengers.bank, load=lambda s: load_version(store, challengers.pointer(s)))
+        table = table.append_column("Version", pa.array(
+            challengers.versions_of(pc.binary_join_element_wise(
+                table["Device"], table["Tag"], "/")), pa.int64()))
+        written = _write(store, path, table, result.scored)
+        return ShadowResult(group.unit_id, written.get("predictions"),
+                            written.get("predictions_sha256"), len(challengers.pointers),
+                            result.scored, result.anomalies,
+                            tuple(Failure(f.sensor, f.kind, f.message, group.unit_id)
+                                  for f in result.failures))
+    except Exception as exc:  # noqa: BLE001 - the shadow pass must never sink the unit
+        return ShadowResult(group.unit_id, None, None, 0, 0, 0,
+                            error=f"{type(exc).__name__}: {first_line(exc)}")
 
 
 def present_pairs(points: pa.Table, runs: tuple | None = None) -> list[tuple[str, str]]:
@@ -159,7 +212,7 @@ class Group:
 
 def score_many(
     store: Store, groups: Sequence[Group], *, bank: Bank,
-    models: dict[Sensor, Any] | None = None,
+    models: dict[Sensor, Any] | None = None, load: Callable[[Sensor], Any] | None = None,
 ) -> tuple[list[UnitResult], pa.Table, list[int]]:
     """Score many groups (a backfill's hours) in one pass: one vectorized computation for
     every banked (hour, sensor), one predictions table. Returns each group's result, the
@@ -167,10 +220,12 @@ def score_many(
 
     Columnar throughout: a group's sensors are runs of rows of its points table; only a
     sensor that scikit-learn must score (not in the bank, or a point on the decision
-    boundary) becomes a Python object."""
+    boundary) becomes a Python object. ``load``: a sensor's model for scikit-learn (default:
+    its champion), cached in ``models``."""
     started = time.perf_counter()
     runs = _Runs.of(groups)
-    decided = _decide(store, runs, bank, {} if models is None else models)
+    decided = _decide(runs, bank, {} if models is None else models,
+                      load or (lambda sensor: load_model(store, sensor)))
     scored_runs = runs.member.copy()
     scored_runs[list(decided.failed)] = False
     keep = np.repeat(scored_runs, runs.lengths)
@@ -236,7 +291,8 @@ class _Decided:
     failed: dict[int, SensorFailure]  # run -> why its sensor failed
 
 
-def _decide(store: Store, runs: _Runs, bank: Bank, models: dict[Sensor, Any]) -> _Decided:
+def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Any],
+            load: Callable[[Sensor], Any]) -> _Decided:
     """Labels and scores of every row: the bank's for banked sensors, settled where a point
     is too near the boundary; scikit-learn's for the rest. A sensor that fails is named."""
     entries = np.where(runs.member, bank.index(runs.keys), -1)
@@ -249,7 +305,7 @@ def _decide(store: Store, runs: _Runs, bank: Bank, models: dict[Sensor, Any]) ->
 
     def model_of(sensor: Sensor) -> Any:
         if sensor not in models:
-            models[sensor] = load_model(store, sensor)
+            models[sensor] = load(sensor)
         return models[sensor]
 
     def attempt(run: int, work: Callable[[Sensor, np.ndarray], tuple]) -> None:

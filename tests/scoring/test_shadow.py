@@ -1,0 +1,128 @@
+"""Shadow scoring: each sensor's challenger scored beside its champion, written under
+``shadow/``, never changing a visible row."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from fleetscore.compute.local import SequentialBackend
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.predictions import SHADOW_SCHEMA, decode
+from fleetscore.data.windows import read_points
+from fleetscore.model.bank import rebuild_bank
+from fleetscore.model.challengers import load_version, read_pointers, rebuild_challengers
+from fleetscore.model.training import train
+from fleetscore.model.versions import read_history, set_champion, version_path
+from fleetscore.runs.engine import ENGINE
+from fleetscore.runs.lifecycle import read_manifest, run_hour
+from tests.conftest import predictions_snapshot
+
+
+def _challengers(store, first, **kw) -> None:
+    train(store, until=first, role="challenger", nu=0.2, **kw)
+    rebuild_bank(store)
+    rebuild_challengers(store)
+
+
+def _shadow(store_dir: Path, hour):
+    files = sorted((store_dir / "shadow" / hour.path).glob("*.csv"))
+    return files, [decode(f.read_bytes(), f.name, SHADOW_SCHEMA) for f in files]
+
+
+def _digest(rows: list[bytes]) -> str:
+    return hashlib.sha256(b"\n".join(rows)).hexdigest()
+
+
+def _without_challengers(store, hour) -> str:
+    """The digest of the hour's rows scored with the bank and no challenger."""
+    rebuild_bank(store)
+    run_hour(store, hour, SequentialBackend(store, ENGINE), unit_size=30)
+    return _digest(predictions_snapshot(store.root))
+
+
+def test_visible_predictions_are_identical_with_challengers(fleet_store, fleet_template):
+    hour = fleet_template["hour"]
+    clean = _without_challengers(fleet_store, hour)
+    _challengers(fleet_store, hour - 1)
+    summary = run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    assert summary.status == "succeeded"
+    manifest = read_manifest(fleet_store, hour)
+    assert _digest(predictions_snapshot(fleet_store.root)) == clean
+    files, tables = _shadow(Path(fleet_store.root), hour)
+    assert len(files) == 4  # one a unit
+    rows = sum(t.num_rows for t in tables)
+    visible = len(fleet_template["clean"])
+    assert rows == visible
+    assert {v for t in tables for v in t["Version"].to_pylist()} == {2}
+    assert [(u.challengers, u.failed, u.error) for u in manifest.shadow] == [(30, (), None)] * 4
+    assert {u.sha256 for u in manifest.shadow} == {
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_shadow_labels_are_the_challengers_own(fleet_store, fleet_template):
+    hour = fleet_template["hour"]
+    _challengers(fleet_store, hour - 1)
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    _, tables = _shadow(Path(fleet_store.root), hour)
+    table = tables[0]
+    pointers = {p.key: p for p in read_pointers(fleet_store)}
+    for i in (0, table.num_rows - 1):
+        sensor = Sensor(table["Device"][i].as_py(), table["Tag"][i].as_py())
+        rows = table.filter(pc.and_(pc.equal(table["Device"], sensor.device),
+                                    pc.equal(table["Tag"], sensor.tag)))
+        model = load_version(fleet_store, pointers[str(sensor)])
+        points = read_points(fleet_store, hour, [sensor])
+        expected = (model.predict(points["Value"].to_numpy().reshape(-1, 1)) == -1).astype(int)
+        assert rows["Prediction"].to_pylist() == expected.tolist()
+        assert np.array_equal(rows["Val"].to_numpy(), points["Value"].to_numpy())
+
+
+def test_a_broken_challenger_fails_alone_in_the_shadow(fleet_store, fleet_template):
+    hour = fleet_template["hour"]
+    clean = _without_challengers(fleet_store, hour)
+    _challengers(fleet_store, hour - 1)
+    pointers = read_pointers(fleet_store)
+    broken = pointers[0]
+    (Path(fleet_store.root) / version_path(broken.sensor, broken.version)).write_bytes(b"junk")
+    # Recompiled without it: the bank's shard is rebuilt from the (now damaged) bytes.
+    for shard in (Path(fleet_store.root) / "bank" / "challengers").glob("*.npz"):
+        shard.unlink()
+    rebuild_challengers(fleet_store)
+    summary = run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    assert summary.status == "succeeded"
+    manifest = read_manifest(fleet_store, hour)
+    assert _digest(predictions_snapshot(fleet_store.root)) == clean
+    _, tables = _shadow(Path(fleet_store.root), hour)
+    shadowed = {f"{d}/{t}" for tb in tables for d, t in zip(tb["Device"].to_pylist(),
+                                                              tb["Tag"].to_pylist(), strict=True)}
+    assert broken.key not in shadowed and len(shadowed) == len(pointers) - 1
+    failed = [f for u in manifest.shadow for f in u.failed]
+    assert [f.sensor for f in failed] == [broken.key]
+    assert "does not match its sha256" in failed[0].message
+
+
+def test_promoted_challengers_leave_no_shadow_behind(fleet_store, fleet_template):
+    hour = fleet_template["hour"]
+    _challengers(fleet_store, hour - 1)
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    assert _shadow(Path(fleet_store.root), hour)[0]
+    for pointer in read_pointers(fleet_store):
+        set_champion(fleet_store, pointer.sensor, pointer.version, by="test")
+    assert read_pointers(fleet_store) == []
+    promoted = read_history(fleet_store, pointer.sensor)
+    assert promoted.challenger is None and promoted.champion.number == pointer.version
+    rebuild_bank(fleet_store)
+    assert rebuild_challengers(fleet_store).challengers == 0
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    assert _shadow(Path(fleet_store.root), hour)[0] == []
+
+
+def test_unchanged_challengers_keep_their_shards(fleet_store, fleet_template):
+    _challengers(fleet_store, fleet_template["hour"] - 1)
+    again = rebuild_challengers(fleet_store)
+    assert (again.shards_written, again.shards_kept) == (0, 1)
+    assert again.compiled == again.challengers == 120
