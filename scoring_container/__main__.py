@@ -1,7 +1,9 @@
 """``python -m scoring_container --store S --window HOUR --run RUN --unit ID``
+``python -m scoring_container train --store S --refit REFIT --group GROUP``
 
-Reads the unit's sensors from the run's plan in the store, scores them with ``score_unit`` into
-the run's staging, and records the unit's result. The exit code is a contract with Azure Batch,
+Scoring (the first form, unchanged since the image's first version) reads the unit's sensors
+from the run's plan in the store, scores them with ``score_unit`` into the run's staging, and
+records the unit's result. The exit code is a contract with Azure Batch,
 which reruns a task on any nonzero exit, up to the task's ``constraints.maxTaskRetryCount``
 ("The Batch service retries a Task if its exit code is nonzero"; a task's
 ``exitConditions.exitCodes[].exitOptions`` only choose a ``jobAction`` and a
@@ -16,6 +18,15 @@ exit 0, and only a failure a rerun can fix is nonzero:
   stderr. Bad arguments are recorded in the unit's result whenever the store, hour, run and
   unit can still be read from them.
 - 1: a failure a retry can fix (the store unreachable): nothing final was recorded.
+
+Training (``train``, a refit's group: fleetscore.runs.refit): trains the group's sensors as
+challengers on the refit's train range, only while the store's models lock names the refit
+(the orchestration holds it; the task renews it before each group of fits and refuses to write
+once it does not), and records the group's result under ``refit/REFIT/results/``. The same
+contract: 0 when the result is recorded (trained; refused because the lock no longer names the
+refit; unusable: no such refit or group, a malformed record) or when the command line or
+settings are wrong (stderr says why; the refit, finding no result, fails the group with
+it); 1 for a failure a retry can fix, nothing final recorded.
 """
 
 from __future__ import annotations
@@ -63,6 +74,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(_strip_prefix(argv))
 
 
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="python -m scoring_container train", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True, help="az://CONTAINER or a directory")
+    parser.add_argument("--refit", required=True, help="refit id (the orchestration's)")
+    parser.add_argument("--group", required=True, help="group id from the refit's plan")
+    return parser.parse_args(argv)
+
+
+def train(argv: list[str]) -> int:
+    """A refit's group of sensors, trained as challengers (see the module's docstring)."""
+    from fleetscore.runs.refit import GroupResult, record, train_group
+
+    try:
+        args = parse_train_args(argv)
+        settings = Settings.from_env()
+    except SystemExit as exc:  # --help: argparse has printed and exits 0
+        return EXIT_OK if not exc.code else EXIT_FINAL
+    except UsageError as exc:
+        log.error("bad arguments or settings, not retried: %s", exc)
+        return EXIT_FINAL
+    telemetry.setup("fleetscore-training")  # only with APPLICATIONINSIGHTS_CONNECTION_STRING
+    try:
+        try:
+            store = open_store(args.store, settings)
+        except UsageError as exc:  # no such store: nowhere to record a result
+            log.error("group %s of %s: %s (not retried: the task's store is wrong)",
+                      args.group, args.refit, exc)
+            return EXIT_FINAL
+        try:
+            result = train_group(store, args.refit, args.group, workers=settings.workers or 1)
+        except InputError as exc:  # the same inputs give the same answer: recorded, not retried
+            result = record(store, args.refit, GroupResult(args.group, "unusable",
+                                                           error=f"{exc.kind}: {exc}"))
+        finally:
+            store.close()
+    except FleetscoreError as exc:
+        log.error("group %s of %s: %s: %s", args.group, args.refit, exc.kind, exc)
+        return EXIT_RETRY
+    log.info("group %s of %s: %s, %d trained, %d skipped%s", args.group, args.refit,
+             result.status, len(result.trained), len(result.skipped),
+             f": {result.error}" if result.error else "")
+    return EXIT_OK
+
+
 def _record_bad_arguments(argv: list[str], error: UsageError) -> None:
     """Record bad arguments as the unit's (unusable) result when the store, hour, run and unit
     can still be read from them; otherwise stderr alone says why."""
@@ -95,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if _strip_prefix(argv)[:1] == ["train"]:  # scoring's command line starts with an option
+        return train(_strip_prefix(argv)[1:])
     try:
         args = parse_args(argv)
     except SystemExit as exc:  # --help or --version: argparse has printed and exits 0

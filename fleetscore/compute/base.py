@@ -56,6 +56,7 @@ class ComputeBackend(ABC):
     waits: bool = False  # poll blocks until a unit ends (or its timeout): no sleep between polls
     workers: int = 1  # units (or spans) it runs at once
     spans: bool = False  # runs a backfill's spans (submit_span)
+    trains: bool = False  # trains a refit's groups as tasks (submit_training): Batch
 
     @abstractmethod
     def submit(self, window: Hour, units: Sequence[Unit], *, run_id: str = "") -> None:
@@ -88,3 +89,16 @@ class ComputeBackend(ABC):
 
     def reset_spans(self) -> None:
         """Stop every span (a broken pool, or spans past their deadline)."""
+
+    def submit_training(self, refit_id: str, groups: Sequence[str]) -> None:
+        """Start one task a group of refit ``refit_id`` (only where ``trains`` is declared;
+        elsewhere the caller trains the groups itself). Submitting a group again is harmless."""
+        raise BackendError(f"the {self.name} backend trains no refit groups")
+
+    def poll_training(self, refit_id: str, groups: Sequence[str]) -> dict[str, UnitStatus]:
+        """The groups' task states: pending, running, succeeded (the task recorded the
+        group's result in the store) or failed with why."""
+        raise BackendError(f"the {self.name} backend trains no refit groups")
+
+    def finish_training(self, refit_id: str) -> None:
+        """Every group of the refit is submitted and done: release what the refit holds."""

@@ -25,7 +25,15 @@ from azure.batch import models as bm
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from fleetscore.compute.base import FAILED, PENDING, RUNNING, ComputeBackend, Engine, UnitStatus
+from fleetscore.compute.base import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    ComputeBackend,
+    Engine,
+    UnitStatus,
+)
 from fleetscore.core.hours import Hour
 from fleetscore.errors import BackendError, UsageError, first_line
 from fleetscore.scoring.planning import Unit
@@ -72,6 +80,17 @@ def command_line(store_url: str, window: Hour, run_id: str, unit_id: str) -> str
         "--run", run_id, "--unit", unit_id))
 
 
+def refit_job_id(refit_id: str) -> str:
+    return f"fs-{refit_id}"[:64]
+
+
+def train_command_line(store_url: str, refit_id: str, group: str) -> str:
+    """The same image in its train mode (scoring_container's docstring)."""
+    return " ".join(shlex.quote(a) for a in (
+        "python", "-m", "scoring_container", "train", "--store", store_url, "--refit", refit_id,
+        "--group", group))
+
+
 def id_filters(unit_ids: Sequence[str], *, max_chars: int = FILTER_MAX_CHARS,
                max_ids: int = FILTER_MAX_IDS) -> list[str]:
     """``id eq 'a' or id eq 'b' ...`` expressions (OData quoting) covering ``unit_ids``, each at
@@ -104,6 +123,7 @@ def make_client(batch: BatchSettings) -> BatchClient:
 
 class BatchBackend(ComputeBackend):
     name = "batch"
+    trains = True
 
     def __init__(self, store: Store, store_spec: str, settings: Settings,
                  client: BatchClient | None = None,
@@ -169,8 +189,7 @@ class BatchBackend(ComputeBackend):
 
     # --- jobs and tasks -------------------------------------------------------------------
 
-    def _ensure_job(self, window: Hour, run_id: str) -> str:
-        jid = job_id(window, run_id)
+    def _ensure_job(self, jid: str) -> str:
         if jid in self._jobs:
             return jid
         with _errors(f"job {jid}"):
@@ -186,6 +205,11 @@ class BatchBackend(ComputeBackend):
         return jid
 
     def task_spec(self, window: Hour, unit_id: str, run_id: str = "") -> bm.BatchTaskCreateOptions:
+        return self._task(unit_id, command_line(self._store_spec, window, run_id, unit_id),
+                          f"logs/{window}/{unit_id}")
+
+    def _task(self, task_id: str, line: str, logs: str) -> bm.BatchTaskCreateOptions:
+        """A task of the scoring image running ``line``, its stdout/stderr kept at ``logs``."""
         b = self.batch
         environment = [bm.EnvironmentSetting(name="FLEETSCORE_STORE", value=self._store_spec)]
         if self.settings.storage_account_url:
@@ -204,15 +228,15 @@ class BatchBackend(ComputeBackend):
             outputs = [bm.OutputFile(
                 file_pattern="../std*.txt",  # stdout.txt and stderr.txt beside the task's wd
                 destination=bm.OutputFileDestination(container=bm.OutputFileBlobContainerDestination(
-                    container_url=b.logs_container_url, path=f"logs/{window}/{unit_id}",
+                    container_url=b.logs_container_url, path=logs,
                     identity_reference=bm.BatchNodeIdentityReference(resource_id=b.identity_resource_id)
                     if b.identity_resource_id else None)),
                 upload_options=bm.OutputFileUploadConfiguration(
                     upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION),
             )]
         return bm.BatchTaskCreateOptions(
-            id=unit_id,
-            command_line=command_line(self._store_spec, window, run_id, unit_id),
+            id=task_id,
+            command_line=line,
             # The image's own working directory, not the task's: Batch makes the task directory
             # the task user's, and the image runs as its own user (uid 10001), which may not
             # even enter it. The container needs nothing there (Batch collects stdout/stderr).
@@ -230,8 +254,12 @@ class BatchBackend(ComputeBackend):
         if not units:
             return
         self.ensure_pool()
-        jid = self._ensure_job(window, run_id)
-        specs = [self.task_spec(window, u.id, run_id) for u in units]
+        jid = self._ensure_job(job_id(window, run_id))
+        self._add_tasks(jid, [self.task_spec(window, u.id, run_id) for u in units])
+
+    def _add_tasks(self, jid: str, specs: Sequence[bm.BatchTaskCreateOptions]) -> None:
+        """At most 100 tasks a request; a task already in the job (a retried activity) counts
+        as added."""
         for start in range(0, len(specs), MAX_TASKS_PER_REQUEST):
             chunk = specs[start : start + MAX_TASKS_PER_REQUEST]
             with _errors(f"tasks of job {jid}"):
@@ -256,20 +284,7 @@ class BatchBackend(ComputeBackend):
         if jid not in self._done and len(self._done) >= 16:
             self._done.pop(next(iter(self._done)))  # a worker polls a few runs at most
         done = self._done.setdefault(jid, {})
-        pending = [u for u in unit_ids if u not in done]
-        tasks: dict = {}
-        missing_job = False
-        for expression in id_filters(pending):
-            try:
-                with _errors(f"tasks of job {jid}"):
-                    for task in self._client.list_tasks(jid, filter=expression,
-                                                        select=["id", "state", "executionInfo"]):
-                        tasks[task.id] = task
-            except BackendError as exc:
-                if not isinstance(exc.__cause__, ResourceNotFoundError):
-                    raise
-                missing_job = True
-                break
+        tasks, missing_job = self._list(jid, [u for u in unit_ids if u not in done])
         out: dict[str, UnitStatus] = {}
         for unit_id in unit_ids:
             if unit_id in done:
@@ -285,6 +300,22 @@ class BatchBackend(ComputeBackend):
                 done[unit_id] = status
             out[unit_id] = status
         return out
+
+    def _list(self, jid: str, task_ids: Sequence[str]) -> tuple[dict, bool]:
+        """The job's tasks of these ids (listed by id, chunked), and whether the job is
+        missing (404 JobNotFound)."""
+        tasks: dict = {}
+        for expression in id_filters(task_ids):
+            try:
+                with _errors(f"tasks of job {jid}"):
+                    for task in self._client.list_tasks(jid, filter=expression,
+                                                        select=["id", "state", "executionInfo"]):
+                        tasks[task.id] = task
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, ResourceNotFoundError):
+                    raise
+                return tasks, True
+        return tasks, False
 
     def _status(self, window: Hour, run_id: str, jid: str, unit_id: str, task) -> UnitStatus:
         if task is None:
@@ -306,13 +337,20 @@ class BatchBackend(ComputeBackend):
             return UnitStatus(FAILED, error_kind="ResultMissing",
                               error=f"task {unit_id} exited {exit_code} but wrote no result"
                                     + (f"; stderr: {tail}" if tail else ""))
+        return self._failure(jid, unit_id, task)
+
+    def _failure(self, jid: str, task_id: str, task) -> UnitStatus:
+        """A completed task that failed (after Batch's retries): why, from its failure info,
+        its exit code and the last lines of its stderr."""
+        info = task.execution_info
+        exit_code = info.exit_code if info is not None else None
         reason = []
         failure = info.failure_info if info is not None else None
         if failure is not None:
             reason.append(f"{failure.code}: {failure.message}")
         if exit_code is not None:
             reason.append(f"exit code {exit_code}")
-        tail = self._stderr_tail(jid, unit_id)
+        tail = self._stderr_tail(jid, task_id)
         if tail:
             reason.append(f"stderr: {tail}")
         category = getattr(failure.category, "value", failure.category) if failure else None
@@ -348,6 +386,10 @@ class BatchBackend(ComputeBackend):
     def finish(self, window: Hour, *, run_id: str = "") -> None:
         jid = job_id(window, run_id)
         self._done.pop(jid, None)
+        self._seal(jid)
+
+    def _seal(self, jid: str) -> None:
+        """The job ends once its tasks complete (set only after every task was added)."""
         try:
             self._client.update_job(jid, bm.BatchJobUpdateOptions(
                 all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.TERMINATE_JOB))
@@ -355,6 +397,43 @@ class BatchBackend(ComputeBackend):
             pass  # nothing was submitted in this run
         except AzureError as exc:
             raise BackendError(f"cannot seal job {jid}: {first_line(exc)}") from exc
+
+    # --- a refit's training groups: tasks of the same image in its train mode ----------------
+
+    def submit_training(self, refit_id: str, groups: Sequence[str]) -> None:
+        """One task a group in the refit's job (``fs-<refit id>``), task id = group id: a
+        retried activity finds its tasks there."""
+        if not groups:
+            return
+        self.ensure_pool()
+        jid = self._ensure_job(refit_job_id(refit_id))
+        self._add_tasks(jid, [self._task(g, train_command_line(self._store_spec, refit_id, g),
+                                         f"logs/{refit_id}/{g}") for g in groups])
+
+    def poll_training(self, refit_id: str, groups: Sequence[str]) -> dict[str, UnitStatus]:
+        """Exit 0 is succeeded: the task recorded the group's result (whatever it says) or
+        said on stderr why it could not, which the caller reads from the store; any other end
+        is failed with why."""
+        jid = refit_job_id(refit_id)
+        tasks, missing_job = self._list(jid, groups)
+        out: dict[str, UnitStatus] = {}
+        for group in groups:
+            task = tasks.get(group)
+            if missing_job or task is None:
+                out[group] = UnitStatus(FAILED, error_kind="TaskMissing",
+                                        error=f"job {jid} has no task {group}")
+            elif task.state in (bm.BatchTaskState.ACTIVE, bm.BatchTaskState.PREPARING):
+                out[group] = UnitStatus(PENDING)
+            elif task.state == bm.BatchTaskState.RUNNING:
+                out[group] = UnitStatus(RUNNING)
+            elif task.execution_info is not None and task.execution_info.exit_code == 0:
+                out[group] = UnitStatus(SUCCEEDED)
+            else:
+                out[group] = self._failure(jid, group, task)
+        return out
+
+    def finish_training(self, refit_id: str) -> None:
+        self._seal(refit_job_id(refit_id))
 
     def close(self) -> None:
         if self._client is not None:
