@@ -12,7 +12,7 @@ recent windows is never called drift on the statistic alone).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +20,9 @@ import numpy as np
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.windows import by_sensor, read_points_many
-from fleetscore.model.registry import list_models, read_manifest
+from fleetscore.model.registry import ModelManifest, list_models, manifest_path, read_manifest
 from fleetscore.storage import Store
+from fleetscore.storage.base import get_many
 
 THRESHOLD = 0.5
 ALPHA = 0.01
@@ -49,12 +50,7 @@ def drift(store: Store, recent: Sequence[Hour], *, sensors: Iterable[Sensor] | N
     after its training range)."""
     chosen = sorted(set(sensors) if sensors is not None else list_models(store))
     ranges = {s: read_manifest(store, s).trained_on for s in chosen}
-    wanted: dict[Hour, set[Sensor]] = defaultdict(set)
-    for s, span in ranges.items():
-        if span:
-            for h in hour_range(Hour.parse(span["from"]), Hour.parse(span["to"])):
-                wanted[h].add(s)
-    trained = _values(store, wanted)
+    trained = _values(store, _training_hours(ranges))
     # Recent windows are those after the training range: data a model was fitted on is not
     # evidence of how far the sensor has moved since.
     after: dict[Hour, set[Sensor]] = {
@@ -62,6 +58,43 @@ def drift(store: Store, recent: Sequence[Hour], *, sensors: Iterable[Sensor] | N
         for h in recent}
     now = _values(store, {h: ss for h, ss in after.items() if ss})
     return [_one(s, ranges[s], trained.get(s), now.get(s), threshold, alpha) for s in chosen]
+
+
+def training_ranges(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, dict[str, str] | None]:
+    """Each sensor's champion's training range (``{"from": H, "to": H}``, as its manifest
+    records it): None where none is recorded (an imported model, or one trained before ranges
+    were recorded) or the sensor has no model any more. The manifests are read together
+    (``get_many``: in parallel on a blob store); a damaged one raises ModelError."""
+    chosen = sorted(set(sensors))
+    paths = [manifest_path(s) for s in chosen]
+    datas = get_many(store, paths, missing_ok=True)
+    return {s: None if data is None else ModelManifest.from_json(data, path).trained_on
+            for s, path, data in zip(chosen, paths, datas, strict=True)}
+
+
+def drift_of(store: Store, recent: Mapping[Sensor, np.ndarray],
+             ranges: Mapping[Sensor, dict[str, str] | None], *, threshold: float = THRESHOLD,
+             alpha: float = ALPHA) -> list[Drift]:
+    """``drift`` of recent window values the caller has read already (the report has them in
+    its predictions): for each sensor of ``ranges`` (``training_ranges``), its ``recent``
+    values, of windows after its training range only (the caller drops the others, as
+    ``drift`` does), against its training windows. Those are read here, and only for the
+    sensors with both a range and recent values: a sensor without either reads nothing (its
+    ``trained_windows`` is then 0)."""
+    chosen = sorted(ranges)
+    wanted = _training_hours({s: ranges[s] for s in chosen if len(recent.get(s, ()))})
+    trained = _values(store, wanted) if wanted else {}
+    return [_one(s, ranges[s], trained.get(s), recent.get(s), threshold, alpha) for s in chosen]
+
+
+def _training_hours(ranges: Mapping[Sensor, dict[str, str] | None]) -> dict[Hour, set[Sensor]]:
+    """The hours of each sensor's training range, with the sensors trained on each."""
+    wanted: dict[Hour, set[Sensor]] = defaultdict(set)
+    for s, span in ranges.items():
+        if span:
+            for h in hour_range(Hour.parse(span["from"]), Hour.parse(span["to"])):
+                wanted[h].add(s)
+    return wanted
 
 
 def _values(store: Store, wanted: dict[Hour, set[Sensor]]) -> dict[Sensor, np.ndarray]:
