@@ -21,8 +21,8 @@ use them, nothing outside ``fleetscore/report/`` but the tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +31,11 @@ import pyarrow.csv as pcsv
 
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensor_codes import sensor_keys
+from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals
 from fleetscore.data.predictions import COLUMNS, SCHEMA, decode, format_of, predictions_folder
-from fleetscore.errors import InputError
+from fleetscore.errors import InputError, InvalidIdError, ModelError
+from fleetscore.model.drift import Drift, drift_of, training_ranges
 from fleetscore.runs.table import between, no_runs, read_runs
 from fleetscore.storage import Store
 from fleetscore.storage.base import READERS, get_many
@@ -355,10 +357,24 @@ class _Fold:
     def step_ms(self) -> int:
         return _step_of(self.end_counts()[0])
 
-    def data(self, axis: Axis) -> _Data:
+    def ranked(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sensors' names, and their order on the page: most anomalies first, ties by
+        name."""
         names = np.array(list(self.ids), dtype=object)
-        order = np.lexsort((names, -self.anomalies))  # most anomalies first, ties by name
+        return names, np.lexsort((names, -self.anomalies))
+
+    def top(self, n: int) -> list[str]:
+        """The first ``n`` sensors of the page (those of the sensors table)."""
+        names, order = self.ranked()
+        return [str(s) for s in names[order[:n]]]
+
+    def data(self, axis: Axis, after: Mapping[str, int] | None = None) -> _Data:
+        """What the charts draw on ``axis``; with ``after`` (shown sensors' names: a window
+        end, ms), the values of those sensors' windows after it too (``_Data.recent``), taken
+        in the same pass over the predictions (for drift, ``_DriftRanges``)."""
+        names, order = self.ranked()
         shown = min(len(order), max(HEATMAP_SENSORS, TIMELINES))
+        recent = _Recent([str(s) for s in names[order[:shown]]], after) if after else None
         size = shown * axis.columns
         cells = np.zeros((3, size))  # windows, flagged, sum of values per (sensor, column)
 
@@ -369,6 +385,8 @@ class _Fold:
             cells[0] += np.bincount(cell, minlength=size)
             cells[1] += np.bincount(cell, weights=label[keep], minlength=size)
             cells[2] += np.bincount(cell, weights=value[keep].astype(float), minlength=size)
+            if recent is not None:
+                recent.add(rows[keep], end[keep], value[keep])
 
         # Per (sensor, column): the share of windows flagged and the mean of the window means
         # (one window per column unless the range is bucketed: then exactly that window's).
@@ -399,7 +417,37 @@ class _Fold:
             values = (cells[2] / cells[0]).reshape(shown, axis.columns)
             share = np.where(scored > 0, flagged / scored * 100, np.nan)
         return _Data([str(s) for s in names[order]], flags, values, share,
-                     self.anomalies[order], self.windows[order])
+                     self.anomalies[order], self.windows[order],
+                     recent.values() if recent is not None else {})
+
+
+class _Recent:
+    """A few shown sensors' window values after an end of their own (their training range's:
+    drift compares only what came after), gathered while the charts' cells are: the report's
+    predictions carry each window's value, so drift reads no recent window of its own."""
+
+    def __init__(self, shown: list[str], after: Mapping[str, int]) -> None:
+        self.names = shown  # by row of the charts
+        # A row without an end keeps nothing: no window ends after the largest int64.
+        self.after = np.array([after.get(name, np.iinfo(np.int64).max) for name in shown],
+                              dtype=np.int64)
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, rows: np.ndarray, end: np.ndarray, value: np.ndarray) -> None:
+        """Predictions of shown rows (``rows``: their row of the charts)."""
+        take = end > self.after[rows]
+        if take.any():
+            self.parts.append((rows[take].astype(np.int16), value[take]))
+
+    def values(self) -> dict[str, np.ndarray]:
+        if not self.parts:
+            return {}
+        rows = np.concatenate([r for r, _ in self.parts])
+        values = np.concatenate([v for _, v in self.parts])
+        order = np.argsort(rows, kind="stable")
+        counts = np.bincount(rows, minlength=len(self.names))
+        split = np.split(values[order], np.cumsum(counts)[:-1])
+        return {self.names[r]: split[r] for r in np.flatnonzero(counts)}
 
 
 def _numbers(preds: pa.Table, number_of: Callable[[list[str]], list[int]]
@@ -427,6 +475,8 @@ class _Data:
     share: np.ndarray  # columns: % of the scored sensors flagged, NaN where none scored
     anomalies: np.ndarray  # all sensors, in ``sensors`` order: windows flagged
     windows: np.ndarray  # all sensors, in ``sensors`` order: windows scored
+    # Sensors asked for drift (``_Fold.data``'s ``after``): values of their windows after it.
+    recent: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, preds: pa.Table, axis: Axis) -> _Data:
@@ -466,10 +516,11 @@ class _View:
     truth: np.ndarray | None  # timelines x columns: 1 where an anomaly was injected
 
     @classmethod
-    def of(cls, span: _Span, fold: _Fold, truth: pa.Table | None) -> _View:
-        """``span`` has hours and ``fold`` predictions."""
+    def of(cls, span: _Span, fold: _Fold, truth: pa.Table | None,
+           after: Mapping[str, int] | None = None) -> _View:
+        """``span`` has hours and ``fold`` predictions; ``after`` as ``_Fold.data`` takes it."""
         axis = Axis.fitting(span.first.start_ms, span.last.end_ms, fold.step_ms())
-        data = fold.data(axis)
+        data = fold.data(axis, after)
         # Bucketed (a long range): empty buckets are gaps already; shading hours would be noise.
         empty_hours = [] if axis.bucketed else [
             Hour(span.first.index + int(i)) for i in np.flatnonzero(span.predictions_per_hour() == 0)]
@@ -481,3 +532,76 @@ class _View:
     def heatmap(self) -> int:
         """The sensors of the heatmap, the first of ``data.sensors``."""
         return len(self.data.sensors[:HEATMAP_SENSORS])
+
+
+# --- drift of the sensors table's sensors ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DriftRanges:
+    """The training ranges of the sensors table's sensors (``model.drift.training_ranges``),
+    read before the predictions are placed on the axis, so that their values after each range
+    are gathered in that same pass (``_Fold.data``'s ``after``)."""
+
+    ranges: dict[Sensor, dict[str, str] | None]
+    names: dict[str, str]  # each sensor of the table: why it has no drift ("" when it may)
+    problem: str = ""  # why no sensor has drift (a damaged manifest): the page says it
+
+    @classmethod
+    def of(cls, store: Store, names: Sequence[str]) -> _DriftRanges:
+        parsed: dict[str, Sensor] = {}
+        why = {}
+        for name in names:
+            try:
+                parsed[name] = Sensor.parse(name)
+            except InvalidIdError:
+                why[name] = "not a sensor id a model can have"
+        try:
+            ranges = training_ranges(store, parsed.values())
+        except ModelError as exc:
+            # The report is still worth having; ``fleetscore verify`` names the damage.
+            return cls({}, {name: "" for name in names}, f"a model manifest is damaged ({exc})")
+        for name, sensor in parsed.items():
+            why[name] = "" if ranges[sensor] else NO_RANGE
+        return cls(ranges, {name: why[name] for name in names})
+
+    def after(self) -> dict[str, int]:
+        """Each sensor with a range: the end (ms) of its training range's last window."""
+        return {str(s): Hour.parse(span["to"]).end_ms for s, span in self.ranges.items() if span}
+
+    def column(self, store: Store, recent: Mapping[str, np.ndarray]) -> _DriftColumn:
+        """Each table sensor's drift, its recent values those ``recent`` gathered; the training
+        windows are read only for sensors with a range and recent values (none: no read)."""
+        found = {d.sensor: d for d in drift_of(
+            store, {Sensor.parse(n): v for n, v in recent.items()}, self.ranges)}
+        why = {}
+        for name, reason in self.names.items():
+            d = found.get(name)
+            if self.problem:
+                why[name] = self.problem
+            elif d is None or d.statistic is None:
+                why[name] = reason or _no_statistic(d)
+        return _DriftColumn(found, why)
+
+
+NO_RANGE = ("no training range is recorded for its model (an imported model, one trained "
+            "before fleetscore recorded ranges, or no model any more)")
+
+
+def _no_statistic(d: Drift | None) -> str:
+    if d is None or d.trained_on is None:
+        return NO_RANGE
+    if not d.recent_windows:
+        return f"no predictions in these hours after its training range (to {d.trained_on[1]})"
+    return (f"its training windows ({d.trained_on[0]} .. {d.trained_on[1]}) are no longer in "
+            "the store")
+
+
+@dataclass(frozen=True)
+class _DriftColumn:
+    """The sensors table's drift: each sensor's ``Drift`` (two-sample Kolmogorov-Smirnov of
+    its windows in the report's hours after its training range against its training windows),
+    and, for those shown as "-", why."""
+
+    drifts: dict[str, Drift]
+    reasons: dict[str, str]

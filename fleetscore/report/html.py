@@ -31,6 +31,7 @@ from fleetscore import __version__
 from fleetscore.alerts.records import AlertRecord, all_records
 from fleetscore.core.hours import Hour
 from fleetscore.core.text import count
+from fleetscore.model.drift import ALPHA, THRESHOLD, Drift
 from fleetscore.report.charts import (
     _bucket_name,
     _fleet_share,
@@ -39,7 +40,16 @@ from fleetscore.report.charts import (
     _timelines,
     _utc,
 )
-from fleetscore.report.data import Axis, _Data, _Fold, _read_range, _Span, _View
+from fleetscore.report.data import (
+    Axis,
+    _Data,
+    _DriftColumn,
+    _DriftRanges,
+    _Fold,
+    _read_range,
+    _Span,
+    _View,
+)
 from fleetscore.storage import Store
 
 TOP_SENSORS = 20  # rows of the top sensors' table, whatever the fleet's size
@@ -55,21 +65,32 @@ def write_report(store: Store, output: Path, *, first: Hour | None = None,
     _need_matplotlib()
     span, fold = _read_range(store, first, last)
     alerts = _alerts_in(store, span)
-    output.write_text(render(store.url, span, fold, truth=truth, alerts=alerts),
+    view, drift = _view_and_drift(store, span, fold, truth)
+    output.write_text(render(store.url, span, view, drift=drift, alerts=alerts),
                       encoding="utf-8")
     return (f"{count(span.hours, 'hour')}, {count(span.runs.num_rows, 'run')}, "
             f"{count(fold.rows, 'prediction')}")
 
 
-def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,
-           truth: pa.Table | None = None, alerts: Sequence[AlertRecord] = ()) -> str:
-    """The page: ``preds`` a table of predictions, or already folded (``_Fold``)."""
-    fold = preds
-    if isinstance(preds, pa.Table):
-        fold = _Fold()
-        fold(preds)
-    if fold is not None and fold.rows and span.hours:
-        sections = _chart_sections(_View.of(span, fold, truth))
+def _view_and_drift(store: Store, span: _Span, fold: _Fold, truth: pa.Table | None
+                    ) -> tuple[_View | None, _DriftColumn | None]:
+    """What the charts show, and the drift of the sensors table's sensors (None without
+    predictions)."""
+    if not (fold.rows and span.hours):
+        return None, None
+    # The table's sensors' training ranges first: their values after them are then gathered
+    # in the pass that places the predictions on the axis, so drift reads no recent window.
+    ranges = _DriftRanges.of(store, fold.top(TOP_SENSORS))
+    view = _View.of(span, fold, truth, ranges.after())
+    return view, ranges.column(store, view.data.recent)
+
+
+def render(store_url: str, span: _Span, view: _View | None, *,
+           drift: _DriftColumn | None = None, alerts: Sequence[AlertRecord] = ()) -> str:
+    """The page: ``view`` the range's predictions as the charts show them (None: there are
+    none), ``drift`` that of the sensors table's sensors."""
+    if view is not None:
+        sections = _chart_sections(view, drift)
     else:
         sections = [_section("Predictions", "<p>No predictions in this range.</p>", "")]
     sections.append(_section("Runs", _runs_table(span), _runs_summary(span)))
@@ -81,8 +102,8 @@ def render(store_url: str, span: _Span, preds: pa.Table | _Fold | None, *,
     return _page(store_url, span.text, sections)
 
 
-def _chart_sections(view: _View) -> list[str]:
-    return [_section("Sensors", _top_table(view.data), _totals(view.data)),
+def _chart_sections(view: _View, drift: _DriftColumn | None) -> list[str]:
+    return [_section("Sensors", _top_table(view.data, drift), _totals(view.data)),
             _heatmap_section(view), _timelines_section(view), _share_section(view)]
 
 
@@ -193,6 +214,7 @@ table {{ border-collapse: collapse; font-size: 0.9em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }}
 td:first-child, th:first-child {{ text-align: left; }}
 td.message {{ white-space: normal; min-width: 14em; text-align: left; }}
+td.drifted {{ color: #c62828; }}
 .succeeded {{ color: #1a7f37; }} .partial {{ color: #9a6700; }} .failed {{ color: #c62828; }}
 .not-run, .no_data {{ color: #666; font-style: italic; }}
 .chart img {{ display: block; width: 100%; min-width: 600px; height: auto; }}
@@ -226,17 +248,55 @@ def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _top_table(data: _Data) -> str:
-    """The sensors with the most anomalies (``TOP_SENSORS`` rows, whatever the fleet)."""
+def _top_table(data: _Data, drift: _DriftColumn | None = None) -> str:
+    """The sensors with the most anomalies (``TOP_SENSORS`` rows, whatever the fleet), each
+    with its drift, and a footnote on the drift column."""
+    drift = drift or _DriftColumn({}, {})
     body = "".join(
         f"<tr data-sensor='{html.escape(name, quote=True)}'><td>{i + 1}</td>"
         f"<td>{html.escape(name)}</td><td>{int(a):,}</td><td>{int(w):,}</td>"
-        f"<td>{_percent(int(a), int(w))}</td></tr>"
+        f"<td>{_percent(int(a), int(w))}</td>{_drift_cell(name, drift)}</tr>"
         for i, (name, a, w) in enumerate(zip(data.sensors[:TOP_SENSORS],
                                              data.anomalies[:TOP_SENSORS].tolist(),
                                              data.windows[:TOP_SENSORS].tolist(), strict=True)))
     return ("<div class='scroll'><table class='top'><tr><th>#</th><th>sensor</th>"
-            f"<th>anomalies</th><th>windows</th><th>flagged</th></tr>{body}</table></div>")
+            "<th>anomalies</th><th>windows</th><th>flagged</th><th>drift (KS)</th></tr>"
+            f"{body}</table></div>{_drift_note(drift, min(TOP_SENSORS, len(data.sensors)))}")
+
+
+def _drift_cell(name: str, drift: _DriftColumn) -> str:
+    """The KS statistic, marked when drifted; "-" with the reason as a tooltip without one."""
+    d = drift.drifts.get(name)
+    if d is None or d.statistic is None:
+        why = drift.reasons.get(name, "drift not computed")
+        return f"<td class='drift none' title='{html.escape(why, quote=True)}'>-</td>"
+    title = html.escape(_drift_title(d), quote=True)
+    if d.drifted:
+        return (f"<td class='drift drifted' title='{title}'><strong>{d.statistic:.2f} "
+                "drifted</strong></td>")
+    return f"<td class='drift' title='{title}'>{d.statistic:.2f}</td>"
+
+
+def _drift_title(d: Drift) -> str:
+    span = " .. ".join(d.trained_on or ())
+    return (f"Kolmogorov-Smirnov {d.statistic:.3f}, p = {d.p_value:.2g}: {d.recent_windows:,} "
+            f"windows of these hours against {d.trained_windows:,} of its training ({span})")
+
+
+def _drift_note(drift: _DriftColumn, shown: int) -> str:
+    """What the drift column measures, how many drifted, and why a "-" (the tooltips say it
+    too, but a phone has no hover)."""
+    drifted = sum(d.drifted for d in drift.drifts.values())
+    text = (f"Drift (KS): the two-sample Kolmogorov-Smirnov statistic (0 to 1) of a sensor's "
+            f"windows in these hours after its training range against its training windows, "
+            f"as fleetscore models drift computes it; drifted above {THRESHOLD:g} with "
+            f"p < {ALPHA:g}: {drifted} of these {shown}.")
+    reasons: dict[str, int] = {}
+    for why in drift.reasons.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    for why, n in reasons.items():
+        text += f" - for {count(n, 'sensor')}: {why}."
+    return f'<p class="note">{html.escape(text)}</p>'
 
 
 def _section(title: str, body: str, note: str) -> str:

@@ -1,11 +1,14 @@
 import re
+from html import escape as html_escape
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from fleetscore.compute.local import SequentialBackend
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
+from fleetscore.model.drift import THRESHOLD
 from fleetscore.model.registry import model_path
 from fleetscore.report.charts import tick_hours
 from fleetscore.report.data import Axis, _Data
@@ -105,3 +108,132 @@ def test_a_report_over_years_is_drawn_in_buckets_and_stays_small(local_store, tm
     assert info.startswith(f"{span:,} hours, 3 runs, 180 predictions")
     assert len(page) < 400_000 and "one column a day" in page
     assert page.count("<tr data-day=") == 3 and "<tr data-hour=" not in page
+
+
+# --- the drift column -----------------------------------------------------------------------
+
+SHIFTED = "D001/flow"
+
+
+def _shifted_fleet(base):
+    """A demo fleet of 12 sensors over 3 hours, trained on the first; ``SHIFTED`` reads
+    6 noise widths higher from the second hour (after its training range), the others as
+    made. Every hour is run, the training one too: the report's range covers it, and drift
+    must leave it out."""
+    import pyarrow.compute as pc
+
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.data.synthetic import make_fleet, write_readings_csv
+    from fleetscore.model.training import train
+    from fleetscore.storage import LocalStore
+
+    fleet = make_fleet(sensors=12, hours=3, seed=1)
+    readings = fleet.readings
+    ts = pc.cast(readings["TS"], pa.int64()).to_numpy()
+    values = readings["Value"].to_numpy().copy()
+    mine = pc.equal(pc.binary_join_element_wise(readings["Device"], readings["Tag"], "/"),
+                    SHIFTED).to_numpy(zero_copy_only=False)
+    later = ts > fleet.first.end_ms
+    values[mine & later] += 6 * values[mine & ~later].std()
+    readings = readings.set_column(3, "Value", pa.array(values))
+    write_readings_csv(readings, base / "readings.csv")
+    store = LocalStore(base / "store")
+    ingest_file(store, base / "readings.csv")
+    train(store, until=fleet.first)
+    for hour in (fleet.first, fleet.first + 1, fleet.first + 2):
+        run_hour(store, hour, SequentialBackend(store, ENGINE))
+    return store, fleet
+
+
+def _drift_cells(page: str) -> dict[str, tuple[str, str]]:
+    """Each row of the sensors table: (the drift cell's class, its text)."""
+    return {name: (css, re.sub(r"<[^>]+>", "", text)) for name, css, text in re.findall(
+        r"<tr data-sensor='([^']*)'>.*?<td class='(drift[^']*)'[^>]*>(.*?)</td></tr>", page)}
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("shifted")
+    return (*_shifted_fleet(base), base)
+
+
+def test_the_report_marks_the_sensor_shifted_after_its_training_as_drifted(shifted, tmp_path,
+                                                                           monkeypatch):
+    from fleetscore.model import drift as drift_module
+    from fleetscore.report.data import _read_range
+    from fleetscore.report.html import _view_and_drift
+
+    store, fleet, _ = shifted
+    read = []
+    windows = drift_module.read_points_many
+    monkeypatch.setattr(drift_module, "read_points_many",
+                        lambda st, hours, sensors=None: read.append(list(hours))
+                        or windows(st, hours, sensors))
+    span, fold = _read_range(store, None, None)
+    _, column = _view_and_drift(store, span, fold, None)
+    hours = [fleet.first, fleet.first + 1, fleet.first + 2]
+    assert {d.sensor for d in column.drifts.values() if d.drifted} == {SHIFTED}
+    assert len(column.drifts) == 12 and not column.reasons
+    # The recent windows are the report's predictions' values: only training hours are read.
+    assert read == [[fleet.first]]
+    # The statistic is model.drift's, over the report's hours (float32 values: a hair apart).
+    expected = {d.sensor: d for d in drift_module.drift(store, hours)}
+    for name, d in column.drifts.items():
+        assert d.statistic == pytest.approx(expected[name].statistic, abs=0.01), name
+        assert d.drifted == expected[name].drifted
+        assert d.recent_windows == expected[name].recent_windows > 100  # not the first hour's
+    assert column.drifts[SHIFTED].statistic > 0.9
+    assert max(d.statistic for n, d in column.drifts.items() if n != SHIFTED) < THRESHOLD
+    out = tmp_path / "r.html"
+    write_report(store, out)
+    cells = _drift_cells(out.read_text())
+    assert len(cells) == 12
+    assert {n for n, (css, _) in cells.items() if css == "drift drifted"} == {SHIFTED}
+    assert re.fullmatch(r"0\.9\d drifted|1\.00 drifted", cells[SHIFTED][1])
+    assert all(css == "drift" and re.fullmatch(r"0\.\d\d", text)
+               for n, (css, text) in cells.items() if n != SHIFTED)
+    assert "drifted above 0.5 with p &lt; 0.01: 1 of these 12." in out.read_text()
+
+
+def test_drift_is_computed_for_the_sensors_table_only(shifted, tmp_path, monkeypatch):
+    import fleetscore.report.data as report_data
+    import fleetscore.report.html as report_html
+
+    store, _, _ = shifted
+    asked = []
+    ranges = report_data.training_ranges
+    monkeypatch.setattr(report_data, "training_ranges",
+                        lambda st, sensors: asked.append(list(sensors)) or ranges(st, sensors))
+    monkeypatch.setattr(report_html, "TOP_SENSORS", 3)
+    out = tmp_path / "r.html"
+    write_report(store, out)
+    cells = _drift_cells(out.read_text())
+    assert len(asked) == 1 and sorted(map(str, asked[0])) == sorted(cells) and len(cells) == 3
+
+
+def test_a_store_without_training_ranges_shows_a_placeholder_and_reads_no_window(
+        shifted, tmp_path, monkeypatch):
+    """Models as an import (or a store from before ranges) leaves them: no range recorded."""
+    from fleetscore.model import drift as drift_module
+    from fleetscore.model.registry import list_models, load_model, save_model
+    from fleetscore.report.data import NO_RANGE
+    from tests.conftest import copy_tree
+
+    store_dir = copy_tree(shifted[2] / "store", tmp_path / "store")
+    from fleetscore.storage import LocalStore
+
+    store = LocalStore(store_dir)
+    for sensor in list_models(store):
+        save_model(store, sensor, load_model(store, sensor), source="import:old.skops")
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("drift read windows for a store without training ranges")
+
+    monkeypatch.setattr(drift_module, "read_points_many", no_read)
+    out = tmp_path / "r.html"
+    write_report(store, out)
+    page = out.read_text()
+    cells = _drift_cells(page)
+    assert len(cells) == 12 and set(cells.values()) == {("drift none", "-")}
+    assert page.count(f"title='{html_escape(NO_RANGE)}'>-</td>") == 12
+    assert f"- for 12 sensors: {html_escape(NO_RANGE)}." in page
