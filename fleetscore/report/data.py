@@ -15,6 +15,10 @@ memory follows the fleet, not the range), and the page shows the sensors with th
 anomalies (``HEATMAP_SENSORS`` in the heatmap, ``TIMELINES`` as lines), never a row or a line
 a sensor.
 
+The sensors table's drift (``_DriftRanges``) takes its recent values from the predictions as
+they are placed on the axis (each carries its window's value), so ``model.drift`` reads only
+those sensors' training windows, and nothing when none records a training range.
+
 The names with a leading underscore are the report package's own: ``html`` and ``charts``
 use them, nothing outside ``fleetscore/report/`` but the tests.
 """

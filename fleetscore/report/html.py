@@ -12,7 +12,8 @@ in seconds.
 What the page shows is read in ``data`` and drawn in ``charts``; this module lays out the
 page: the sensors with the most anomalies (``TOP_SENSORS`` in a table with the fleet's
 totals, the charts' few), every hour of the range in the runs table, and the failed sensors
-(``FAILURES_SHOWN``, the rest counted), never a row a sensor of the fleet.
+(``FAILURES_SHOWN``, the rest counted), never a row a sensor of the fleet. The table's sensors,
+and only they, get their drift (``model.drift``, ``data._DriftRanges``).
 """
 
 from __future__ import annotations

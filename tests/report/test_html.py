@@ -237,3 +237,18 @@ def test_a_store_without_training_ranges_shows_a_placeholder_and_reads_no_window
     assert len(cells) == 12 and set(cells.values()) == {("drift none", "-")}
     assert page.count(f"title='{html_escape(NO_RANGE)}'>-</td>") == 12
     assert f"- for 12 sensors: {html_escape(NO_RANGE)}." in page
+
+
+def test_a_damaged_manifest_leaves_the_report_whole_and_says_so(shifted, tmp_path):
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.registry import manifest_path
+    from fleetscore.storage import LocalStore
+    from tests.conftest import copy_tree
+
+    store = LocalStore(copy_tree(shifted[2] / "store", tmp_path / "store"))
+    store.put(manifest_path(Sensor.parse(SHIFTED)), b"{not json")
+    out = tmp_path / "r.html"
+    write_report(store, out)
+    page = out.read_text()
+    assert set(_drift_cells(page).values()) == {("drift none", "-")}
+    assert "- for 12 sensors: a model manifest is damaged" in page
