@@ -92,7 +92,12 @@ class RefitLock(ModelsLock):
 
     def take(self) -> bool:
         """Take the lock (waiting up to ``wait_s``); False when another refit or command
-        holds it."""
+        holds it. A lock that already names this refit (a retried step) is kept and renewed."""
+        try:
+            self.renew()
+            return True
+        except Conflict:
+            pass
         try:
             self.__enter__()
         except Conflict:
@@ -104,6 +109,17 @@ class RefitLock(ModelsLock):
             super().renew()
         except NotFound as exc:
             raise Conflict(f"{MODELS_LOCK} is no longer held by refit {self.token}") from exc
+        except Conflict:
+            # Several steps of one refit renew at once (its tasks, its status polls): a renewal
+            # that lost the conditional write to one of them finds the lock fresh and its own.
+            if not self.names_this_refit():
+                raise
+
+    def names_this_refit(self) -> bool:
+        try:
+            return bool(json.loads(self.store.get(MODELS_LOCK)).get("token") == self.token)
+        except (NotFound, ValueError, AttributeError):
+            return False
 
     def release(self) -> None:
         self.__exit__(None, None, None)
