@@ -12,6 +12,15 @@ from fleetscore.errors import UsageError
 
 DEFAULT_STORE = "./fleetscore-data"
 DEFAULT_INTERVAL_S = 60
+REFIT_SCHEDULE = "FLEETSCORE_REFIT_SCHEDULE"
+
+
+def refit_schedule(env: Mapping[str, str] | None = None) -> str | None:
+    """The refit timer's NCRONTAB schedule, or None: absent or empty, the timer is off. Read
+    alone (not through Settings) by function_app.py, which registers the timer only when it is
+    set: a timer whose %SETTING% schedule does not resolve fails the host's indexing."""
+    env = os.environ if env is None else env
+    return (env.get(REFIT_SCHEDULE) or "").strip() or None
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,13 @@ class Settings:
     # More than this share of an hour's sensors failing fails the hour whole (None: no limit).
     max_failed_percent: float | None = None
     batch: BatchSettings = field(default_factory=BatchSettings)
+    # The scheduled refit (the Functions app; fleetscore refit's options): off without a schedule.
+    refit_schedule: str | None = None
+    refit_days: int = 7
+    refit_compare_hours: int = 24
+    refit_max_anomaly_rate: float | None = None  # the promote gates (None: no gate)
+    refit_min_agreement: float | None = None
+    refit_review: bool = False  # train and compare, promote nothing
 
     @property
     def lock_ttl(self) -> timedelta:
@@ -102,6 +118,13 @@ class Settings:
             predictions_format=env.get("FLEETSCORE_PREDICTIONS_FORMAT") or "csv",
             max_failed_percent=_percent(env, "FLEETSCORE_MAX_FAILED_PERCENT"),
             batch=BatchSettings.from_env(env),
+            refit_schedule=refit_schedule(env),
+            refit_days=_int(env, "FLEETSCORE_REFIT_DAYS", 7),
+            refit_compare_hours=_int(env, "FLEETSCORE_REFIT_COMPARE_HOURS", 24),
+            refit_max_anomaly_rate=_share(env, "FLEETSCORE_REFIT_MAX_ANOMALY_RATE"),
+            refit_min_agreement=_share(env, "FLEETSCORE_REFIT_MIN_AGREEMENT"),
+            refit_review=(env.get("FLEETSCORE_REFIT_REVIEW") or "false").lower()
+            in ("1", "true", "yes"),
         )
         if settings.lock_ttl_minutes * 60 < 4 * settings.poll_seconds:
             # Status polls renew the lock: it must outlive several of them.
@@ -119,6 +142,32 @@ class Settings:
                 "submit_chunk": 100 if self.backend == "batch" else 1,
                 "poll_seconds": self.poll_seconds,
                 "unit_deadline_minutes": self.unit_deadline_minutes}
+
+
+    def refit_input(self) -> dict[str, Any]:
+        """What the refit timer hands the refit orchestrator (which reads no settings)."""
+        return {"options": {"days": self.refit_days, "compare_hours": self.refit_compare_hours,
+                            "max_anomaly_rate": self.refit_max_anomaly_rate,
+                            "min_agreement": self.refit_min_agreement,
+                            "review": self.refit_review},
+                "backend": self.backend, "poll_seconds": self.poll_seconds,
+                "deadline_minutes": self.unit_deadline_minutes,
+                # One group a task slot of the pool; trained inline, one group is enough.
+                "max_groups": self.batch.max_nodes * self.batch.tasks_per_node
+                if self.backend == "batch" else 1}
+
+
+def _share(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise UsageError(f"setting {name}={raw!r} is not a share between 0 and 1")
+    return value
 
 
 def _percent(env: Mapping[str, str], name: str) -> float | None:

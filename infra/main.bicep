@@ -41,6 +41,9 @@ param scoringBackend string = 'batch'
 @description('NCRONTAB schedule of the hourly run (five minutes past the hour by default).')
 param scoringSchedule string = '0 5 * * * *'
 
+@description('NCRONTAB schedule of the model refit (FLEETSCORE_REFIT_SCHEDULE, six fields, UTC), for example 0 30 2 * * * (daily at 02:30). Empty: no refit timer (off).')
+param refitSchedule string = ''
+
 @description('FLEETSCORE_MAX_FAILED_PERCENT: a run fails once more than this percentage (0 to 100) of its sensors failed. Empty: no limit.')
 param maxFailedPercent string = ''
 
@@ -219,6 +222,13 @@ module functionApp 'modules/functionapp.bicep' = {
       FLEETSCORE_BATCH_TASK_TIMEOUT_MINUTES: '60'
       FLEETSCORE_BATCH_TASK_RETRIES: '2'
       SCORING_SCHEDULE: scoringSchedule
+      // The refit (docs/operations.md, "Scheduled refit"): no timer while the schedule is empty.
+      FLEETSCORE_REFIT_SCHEDULE: refitSchedule
+      FLEETSCORE_REFIT_DAYS: '7'
+      FLEETSCORE_REFIT_COMPARE_HOURS: '24'
+      FLEETSCORE_REFIT_MAX_ANOMALY_RATE: ''
+      FLEETSCORE_REFIT_MIN_AGREEMENT: ''
+      FLEETSCORE_REFIT_REVIEW: 'false'
       DURABLE_TASK_HUB: 'fleetscore'
       WINDOWS_EVENTHUB: 'windows'
       WindowsEventHub__fullyQualifiedNamespace: '${eventHubs.outputs.name}.servicebus.windows.net'

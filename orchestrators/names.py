@@ -11,3 +11,11 @@ FINALIZE = "finalize_window"
 def instance_id(window: str) -> str:
     """``score-YYYYMMDDTHH``: one orchestration per hour, so the hour is a singleton."""
     return "score-" + window.replace("-", "")
+
+# The scheduled refit: one orchestration at a time, under one instance id.
+REFIT_MODELS = "refit_models"
+REFIT_BEGIN = "refit_begin"
+REFIT_SUBMIT = "refit_submit"
+REFIT_STATUS = "refit_status"
+REFIT_FINISH = "refit_finish"
+REFIT_INSTANCE = "refit"

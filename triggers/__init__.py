@@ -37,14 +37,15 @@ async def _status(client: df.DurableOrchestrationClient, iid: str):
     return status if status is not None and status.runtime_status is not None else None
 
 
-async def _start(client: df.DurableOrchestrationClient, iid: str, body: dict) -> bool:
+async def _start(client: df.DurableOrchestrationClient, iid: str, body: dict,
+                 name: str = SCORE_WINDOW) -> bool:
     """Start the instance; False when the extension refuses because it is already running.
 
     The extension refuses to start an instance id that is Pending or Running (its default
     ``overridableExistingInstanceStates``); the SDK raises whatever the extension answered, so
     the instance's status decides: running now means another starter won the race."""
     try:
-        await client.start_new(SCORE_WINDOW, iid, body)
+        await client.start_new(name, iid, body)
     except Exception:
         existing = await _status(client, iid)
         if existing is not None and existing.runtime_status in _ACTIVE:

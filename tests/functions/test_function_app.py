@@ -19,6 +19,9 @@ def test_function_app_indexes_every_function(app_functions):
     assert set(app_functions) == {
         "score_window", "score_units", "plan_window", "submit_units", "unit_status",
         "finalize_window", "scheduled_run", "start_runs", "get_run", "record_arrivals",
+        # The refit's orchestration and activities; its timer only with a schedule set
+        # (tests/functions/test_refit.py).
+        "refit_models", "refit_begin", "refit_submit", "refit_status", "refit_finish",
     }
 
 
