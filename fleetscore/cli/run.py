@@ -226,19 +226,19 @@ def _chosen_hours(st, window, from_, to, all_, *, now) -> list[Hour]:
 
 
 def _scored_with_current_models(manifest: RunManifest | None, newest_model: str | None) -> bool:
-    if manifest is None or manifest.status != "succeeded":
-        return False
-    # Began after the newest model was saved: it scored with it.
-    return newest_model is None or manifest.started_at > newest_model
+    from fleetscore.runs.table import scored_before
+
+    return manifest is not None and manifest.status == "succeeded" \
+        and not scored_before(manifest.started_at, newest_model)
 
 
 def _done_hours(st, hours: list[Hour], *, window, force) -> set[Hour]:
     """Hours whose last run succeeded with the current models (it began after the newest model
     was saved): a range skips them, so a backfill resumes and a retrain reruns everything."""
-    from fleetscore.model.registry import newest_model_time
+    from fleetscore.model.bank import newest_champion_time
     from fleetscore.runs.lifecycle import readable_manifest
 
-    newest = None if (force or window) else newest_model_time(st)
+    newest = None if (force or window) else newest_champion_time(st)
     done = set() if force else {
         h for h in hours if _scored_with_current_models(readable_manifest(st, h), newest)}
     if window and done:
@@ -401,10 +401,14 @@ def runs_list(
     status: Annotated[str | None, typer.Option(
         help="Only hours with this status: succeeded, partial, failed, no_data, never_run, "
         "damaged.")] = None,
+    stale: Annotated[bool, typer.Option(
+        "--stale", help="Only hours scored by a champion that is no longer current (a range "
+        "rerun without --force reruns them).")] = False,
     limit: Annotated[int, typer.Option(help="Lines shown at most (totals follow).")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print every hour as JSON.")] = False,
 ) -> None:
-    """The hours of a range and how their runs went, including hours never run."""
+    """The hours of a range and how their runs went, including hours never run, and which
+    were scored by a champion that is no longer current (stale)."""
     from fleetscore.runs.table import STATUSES, hour_rows
 
     if status is not None and status not in STATUSES:
@@ -418,6 +422,8 @@ def runs_list(
         st.close()
     if status is not None:
         rows = [r for r in rows if r.status == status]
+    if stale:
+        rows = [r for r in rows if r.stale]
     if as_json:
         sys.stdout.write(json.dumps({"hours": [r.to_json() for r in rows]}, indent=1) + "\n")
     else:
@@ -427,11 +433,12 @@ def runs_list(
 
 
 def _print_hours(rows, limit: int) -> None:
-    table = Table("window", "status", "scored", "failed", "anomalies", "finished", "run id")
+    table = Table("window", "status", "scored", "failed", "anomalies", "finished", "run id",
+                  "models")
     for r in rows[:limit]:
         table.add_row(r.window, _status_cell(r.status), _count(r.scored), _count(r.failed),
                       _count(r.anomalies), r.finished or "",
-                      r.run_id or "")
+                      r.run_id or "", "[yellow]stale[/]" if r.stale else "")
     out.print(table)
     counts: dict[str, int] = {}
     for r in rows:
@@ -439,6 +446,10 @@ def _print_hours(rows, limit: int) -> None:
     more = f" ({len(rows) - limit:,} not shown: --limit, --status or --json)" if len(rows) > limit else ""
     out.print(f"{len(rows):,} {plural(len(rows), 'hour')}: "
               + (", ".join(f"{n:,} {k}" for k, n in sorted(counts.items())) or "none") + more)
+    stale = sum(bool(r.stale) for r in rows)
+    if stale:
+        out.print(f"{stale:,} {plural(stale, 'hour')} scored by a champion that is no longer "
+                  "current: `fleetscore run --from H --to H` (without --force) reruns them")
     damaged = [r.window for r in rows if r.status == "damaged"]
     for window in damaged[:10]:
         err.print(f"runs/{window}.json is damaged: `fleetscore run --window {window} --force` "

@@ -73,6 +73,7 @@ from fleetscore.model.registry import (
     manifest_path,
     model_path,
     model_problem,
+    newest_model_time,
     read_manifest,
 )
 from fleetscore.storage import Store
@@ -375,19 +376,39 @@ def _build(store: Store, group: list[Sensor]) -> _Shard:
     return _Shard(entry, True, tuple(left), shas)
 
 
-def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, str | None]:
-    """Each sensor's model hash as its manifest names it now (None: no usable manifest).
-    Read concurrently on a remote store: one request a sensor, the bank's exactness check."""
+def _manifests(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, ModelManifest | None]:
+    """Each sensor's manifest now (None: no usable manifest). Read concurrently on a remote
+    store: one request a sensor, the bank's exactness check."""
     sensors = list(sensors)
     paths = [manifest_path(s) for s in sensors]
-    out: dict[Sensor, str | None] = {}
+    out: dict[Sensor, ModelManifest | None] = {}
     for sensor, path, data in zip(sensors, paths, get_many(store, paths, missing_ok=True),
                                   strict=True):
         try:
-            out[sensor] = None if data is None else ModelManifest.from_json(data, path).sha256
+            out[sensor] = None if data is None else ModelManifest.from_json(data, path)
         except ModelError:
             out[sensor] = None
     return out
+
+
+def _manifest_hashes(store: Store, sensors: Iterable[Sensor]) -> dict[Sensor, str | None]:
+    """Each sensor's model hash as its manifest names it now (None: no usable manifest)."""
+    return {s: m.sha256 if m is not None else None for s, m in _manifests(store, sensors).items()}
+
+
+def _newest_champion(manifests: Iterable[ModelManifest | None]) -> str:
+    return max((m.champion_since or m.created for m in manifests if m is not None), default="")
+
+
+def newest_champion_time(store: Store) -> str | None:
+    """When the most recent champion took its place (ISO, UTC; None without models): from
+    the sealed bank, which read every manifest as it was built and vouches that none changed
+    since; else from the manifests themselves (``registry.newest_model_time``)."""
+    index = _read_index(store)
+    if index and index.get("sealed") is True and not index.get("check") \
+            and isinstance(index.get("newest_champion"), str):
+        return index["newest_champion"] or None
+    return newest_model_time(store)
 
 
 def _rebuild_once(store: Store, shard_sensors: int
@@ -399,7 +420,8 @@ def _rebuild_once(store: Store, shard_sensors: int
     store.put(MODELS_PATH, models_list(nonce, sensors))
     if versions is not None:
         store.put(VERSIONS_PATH, versions_list(nonce, sensors, versions))
-    manifests = _manifest_hashes(store, sensors)
+    read = _manifests(store, sensors)
+    manifests = {s: m.sha256 if m is not None else None for s, m in read.items()}
     existing = set(store.list(BANK_FOLDER))
     shards: list[_Shard] = []
     for start in range(0, len(sensors), shard_sensors):
@@ -412,7 +434,8 @@ def _rebuild_once(store: Store, shard_sensors: int
     # Unsealed: loaders check every entry against its manifest until rebuild_bank seals it.
     # The nonce makes this write a version of its own, so the seal's compare-and-swap fails
     # if anything replaced or deleted it meanwhile, even with the same shards.
-    body = {"shards": [s.entry for s in shards], "rebuild": nonce, "sealed": False}
+    body = {"shards": [s.entry for s in shards], "rebuild": nonce, "sealed": False,
+            "newest_champion": _newest_champion(read.values())}
     store.put(INDEX_PATH, json.dumps(body, indent=1).encode())
     left = Counter(reason for s in shards for reason in s.left)
     stats = BankStats(len(sensors), sum(s.entry["compiled"] for s in shards),

@@ -24,6 +24,7 @@ import pyarrow.json as pjson
 
 from fleetscore.core.hours import Hour
 from fleetscore.data.arrivals import hours_with_arrivals
+from fleetscore.model.bank import newest_champion_time
 from fleetscore.runs.lifecycle import manifest_paths
 from fleetscore.storage import Store
 from fleetscore.storage.base import get_many
@@ -38,6 +39,7 @@ MANIFEST_FIELDS = pa.schema([
     ("status", pa.string()),
     ("run_id", pa.string()),
     ("finished", pa.string()),
+    ("started_at", pa.string()),
     ("duration_s", pa.float64()),
     ("anomalies", pa.int64()),
     ("sensors", pa.struct([(k, pa.int64()) for k in _COUNTS])),
@@ -57,13 +59,24 @@ class HourRow:
     anomalies: int | None = None
     finished: str | None = None
     run_id: str | None = None
+    # Scored (in part) by a champion no longer current: a sensor's champion changed after the
+    # run began (None: no run). A range rerun without --force reruns exactly these.
+    stale: bool | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+def scored_before(started_at: str | None, newest_champion: str | None) -> bool:
+    """A run that began before the newest champion took its place scored some sensor with a
+    champion that is no longer current (a run's ``started_at`` and a champion's time are both
+    ISO UTC with microseconds, so they compare as text)."""
+    return newest_champion is not None and (started_at or "") <= newest_champion
+
+
 def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = None) -> list[HourRow]:
     """One row per hour from ``first`` to ``last`` (default: the hours with data or a run)."""
+    newest = newest_champion_time(store)
     data = {h.index for h in hours_with_arrivals(store)}
     # Both ends given: only the manifests of the range are read.
     runs = read_runs(store, first=first, last=last) if first and last else read_runs(store)
@@ -75,7 +88,7 @@ def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = No
         return []
     runs = between(runs, Hour(lo), Hour(hi))
     columns = {name: runs[name].to_pylist() for name in
-               ("status", "scored", "failed", "anomalies", "finished", "run_id")}
+               ("status", "scored", "failed", "anomalies", "finished", "run_id", "started_at")}
     at = {h: i for i, h in enumerate(runs["hour"].to_pylist())}
     damaged = set(damaged_hours(store, set(at)))
     rows = []
@@ -88,7 +101,9 @@ def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = No
         rows.append(HourRow(window, columns["status"][i] or "failed", index in data,
                             scored=columns["scored"][i], failed=columns["failed"][i],
                             anomalies=columns["anomalies"][i], finished=columns["finished"][i],
-                            run_id=columns["run_id"][i]))
+                            run_id=columns["run_id"][i],
+                            stale=columns["status"][i] in ("succeeded", "partial")
+                            and scored_before(columns["started_at"][i], newest)))
     return rows
 
 
@@ -170,7 +185,7 @@ def summarize(table: pa.Table) -> pa.Table:
     columns = {
         "window": table["window"], "hour": pa.array(hour[last_of], pa.int64()),
         "status": table["status"], "run_id": table["run_id"], "finished": table["finished"],
-        "duration_s": table["duration_s"], "anomalies": table["anomalies"],
+        "started_at": table["started_at"], "duration_s": table["duration_s"], "anomalies": table["anomalies"],
         **{k: (sensors.field(k) if sensors is not None else pa.array([], pa.int64()))
            for k in _COUNTS},
         "failures": table["failures"], "predictions": table["predictions"],
@@ -238,7 +253,8 @@ def _fields_of(data: bytes) -> dict | None:
     return {
         "window": text(m.get("window")), "status": text(m.get("status")),
         "run_id": text(m.get("run_id")), "finished": text(m.get("finished")),
-        "duration_s": number(m.get("duration_s")), "anomalies": integer(m.get("anomalies")),
+        "started_at": text(m.get("started_at")), "duration_s": number(m.get("duration_s")),
+        "anomalies": integer(m.get("anomalies")),
         "sensors": ({k: integer(sensors.get(k)) for k in _COUNTS}
                     if isinstance(sensors, dict) else None),
         "failures": ([{k: text(f.get(k)) for k in ("sensor", "kind", "message")}
