@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -114,8 +115,9 @@ def _refit(app_functions, durable_fake, run_async):
 
 
 def test_the_scheduled_refit_through_the_durable_driver_and_the_batch_emulator(
-        cloud, app_functions, durable_fake, run_async):
+        cloud, app_functions, durable_fake, run_async, caplog):
     store, batch = cloud
+    caplog.set_level(logging.INFO, logger="fleetscore.refit")
     replay = _refit(app_functions, durable_fake, run_async)
     summary = replay.output
     assert (summary["status"], summary["trained"], summary["promoted"], summary["left"]) == \
@@ -153,8 +155,40 @@ def test_the_scheduled_refit_through_the_durable_driver_and_the_batch_emulator(
         stderr = (batch.task_root / job / group / "stderr.txt").read_text()
         assert f"group {group} of {refit_id}: trained" in stderr
     assert batch.errors == []
-    # Its history stayed small: a handful of polls, no retried calls.
     assert {n for n, _ in replay.calls} == set(ACTIVITIES)
+
+    # Application Insights: one FleetscoreRefit custom event with the manifest's counts.
+    [event] = [r for r in caplog.records
+               if getattr(r, "microsoft.custom_event.name", None) == "FleetscoreRefit"]
+    assert (event.refit_id, event.refit_status, event.refit_promoted) == \
+        (refit_id, "succeeded", 3)
+
+
+def test_the_orchestrator_waits_in_bounded_executions_and_fails_groups_past_the_deadline(
+        app_functions):
+    """Replayed with stand-in activities: tasks that never end are polled across executions
+    (continue-as-new) and failed at the deadline; finish still runs, with the reasons."""
+    finished = {}
+
+    def finish(payload):
+        finished.update(payload)
+        return {"status": "failed"}
+
+    activities = {
+        "refit_begin": lambda p: {"status": "planned", "refit_id": p["refit_id"],
+                                  "groups": ["g000000", "g000001"], "sensors": 2},
+        "refit_submit": lambda p: {g: {"state": "pending"} for g in p["groups"]},
+        "refit_status": lambda p: {g: {"state": "running", "error": ""} for g in p["groups"]},
+        "refit_finish": finish,
+    }
+    orchestrators = {"refit_models":
+                     app_functions["refit_models"].get_user_function().orchestrator_function}
+    replay = drive(orchestrators, "refit_models", {"poll_seconds": 60, "deadline_minutes": 10,
+                                                   "polls_per_execution": 4}, activities)
+    assert replay.output == {"status": "failed"} and replay.executions >= 3
+    assert replay.longest_history < 60
+    assert {o["state"] for o in finished["outcomes"].values()} == {"failed"}
+    assert all("did not finish before" in o["error"] for o in finished["outcomes"].values())
 
 
 def test_a_refit_while_another_holds_the_lock_says_so_and_trains_nothing(
