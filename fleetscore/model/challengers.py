@@ -183,6 +183,15 @@ class Challengers:
         where = pc.index_in(keys, value_set=pa.array([p.key for p in self.pointers]))
         return np.array([p.version for p in self.pointers], np.int64)[where.to_numpy()]
 
+    def of(self, sensors: Sequence[Sensor]) -> Challengers:
+        """Only the challengers of ``sensors``."""
+        keys = {f"{s.device}/{s.tag}" for s in sensors}
+        if all(p.key in keys for p in self.pointers):
+            return self
+        mine = tuple(p for p in self.pointers if p.key in keys)
+        at = self.bank.index(pa.array([p.key for p in mine], pa.string()))
+        return Challengers(mine, self.bank.select(at[at >= 0]))
+
     def pointer(self, sensor: Sensor) -> Pointer:
         key = f"{sensor.device}/{sensor.tag}"
         return next(p for p in self.pointers if p.key == key)

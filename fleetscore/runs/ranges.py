@@ -40,13 +40,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fleetscore.core.hours import Hour
-from fleetscore.core.sensors import Sensor
+from fleetscore.core.sensors import Sensor, sorted_unique
 from fleetscore.data.arrivals import read_arrivals_many
 from fleetscore.data.compaction import compact_for_run
 from fleetscore.data.predictions import encode_split, predictions_folder
 from fleetscore.data.windows import read_points, read_points_many
 from fleetscore.errors import AlreadyRunning, FleetscoreError, LockLost, error_class
 from fleetscore.model.bank import load_bank, registry_damage, sensors_with_models
+from fleetscore.model.challengers import load_challengers
 from fleetscore.runs.lifecycle import (
     DEADLINE,
     Progress,
@@ -63,7 +64,7 @@ from fleetscore.runs.lifecycle import (
 )
 from fleetscore.runs.locks import LOCK_TTL
 from fleetscore.scoring.planning import SMALL_FLEET, Plan, Unit, plan_hour
-from fleetscore.scoring.score import Group, UnitResult, score_many
+from fleetscore.scoring.score import Group, UnitResult, score_many, shadow_unit
 from fleetscore.storage import Store
 
 SPAN_MAX_SENSORS = SMALL_FLEET  # an hour with more sensors to score runs as an hourly run
@@ -202,7 +203,12 @@ def _score(store: Store, plans: Sequence[Plan], tables: Mapping | None,
         groups.append(Group(hour, unit.id, sorted(unit.sensors), table))
     fmt = plans[0].format if plans else "csv"
     results, table, rows = score_many(store, groups, bank=bank)
+    # The span's challengers, read once for all its hours; each hour's shadow file is written
+    # after its visible rows are computed, from the same points.
+    challengers = load_challengers(store, sorted_unique(s for g in groups for s in g.sensors)) \
+        if groups else None
     for group, result, data in zip(groups, results, encode_split(table, rows, fmt), strict=True):
+        result = replace(result, shadow=shadow_unit(store, group, fmt, challengers))
         if not result.scored:
             out[group.hour] = (result, None)
             continue

@@ -32,7 +32,7 @@ from fleetscore.data.predictions import (
 from fleetscore.data.windows import read_points, sensor_runs
 from fleetscore.errors import FleetscoreError, ScoringError, first_line
 from fleetscore.model.bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
-from fleetscore.model.challengers import load_challengers, load_version
+from fleetscore.model.challengers import Challengers, load_challengers, load_version
 from fleetscore.model.registry import load_model
 from fleetscore.storage import Store
 
@@ -135,9 +135,9 @@ def score_unit(
     unit_id = unit_id or adhoc_unit_id(sensors)
     points = read_points(store, hour, sensors)
     runs = sensor_runs(points)
-    pairs = present_pairs(points, runs)
     models_at = datetime.now(UTC).isoformat(timespec="microseconds")
-    bank = load_bank(store, pairs, ordered=True) if use_bank else Bank.empty()
+    bank = load_bank(store, present_pairs(points, runs), ordered=True) if use_bank \
+        else Bank.empty()
     # read_points returned only these sensors' rows: no membership to check.
     (result,), table, _ = score_many(
         store, [Group(hour, unit_id, sensors, points, exact=True, runs=runs)], bank=bank)
@@ -145,7 +145,7 @@ def score_unit(
     result = replace(result, models_at=models_at, **_write(store, path, table, result.scored))
     # After the visible rows are written, from the same points: nothing the challengers do
     # can change them.
-    shadow = shadow_unit(store, Group(hour, unit_id, sensors, points, runs=runs), pairs,
+    shadow = shadow_unit(store, Group(hour, unit_id, sensors, points, runs=runs),
                          format_of(path))
     return replace(result, shadow=shadow, duration_s=round(time.perf_counter() - started, 6))
 
@@ -161,14 +161,16 @@ def _write(store: Store, path: str, table: pa.Table, rows: int) -> dict[str, Any
     return {"predictions": path, "predictions_sha256": hashlib.sha256(data).hexdigest()}
 
 
-def shadow_unit(store: Store, group: Group, pairs: list[tuple[str, str]], fmt: str
+def shadow_unit(store: Store, group: Group, fmt: str, challengers: Challengers | None = None
                 ) -> ShadowResult | None:
-    """Score the unit's challengers on its points into ``shadow/`` (None: it has none). A
-    challenger that fails is named; a shadow pass that fails whole says why. Neither fails
-    the unit."""
+    """Score the unit's challengers on its points into ``shadow/`` (None: it has none;
+    ``challengers``: already loaded for these sensors, or more). A challenger that fails is
+    named; a shadow pass that fails whole says why. Neither fails the unit."""
     path = shadow_path(group.hour, group.unit_id, fmt)
     try:
-        challengers = load_challengers(store, pairs)
+        if challengers is None:
+            challengers = load_challengers(store, [(s.device, s.tag) for s in group.sensors])
+        challengers = challengers.of(group.sensors)
         if not challengers:
             store.delete(path)  # a rerun after the challengers were promoted: no stale file
             return None

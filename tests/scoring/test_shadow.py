@@ -126,3 +126,21 @@ def test_unchanged_challengers_keep_their_shards(fleet_store, fleet_template):
     again = rebuild_challengers(fleet_store)
     assert (again.shards_written, again.shards_kept) == (0, 1)
     assert again.compiled == again.challengers == 120
+
+
+def test_a_backfill_scores_challengers_for_every_hour(fleet_store, fleet_template):
+    from fleetscore.runs.ranges import run_range
+
+    hour = fleet_template["hour"]
+    rebuild_bank(fleet_store)
+    run_range(fleet_store, [hour - 1, hour], SequentialBackend(fleet_store, ENGINE))
+    clean = _digest(predictions_snapshot(fleet_store.root))
+    _challengers(fleet_store, hour - 1)
+    run_range(fleet_store, [hour - 1, hour], SequentialBackend(fleet_store, ENGINE))
+    assert _digest(predictions_snapshot(fleet_store.root)) == clean
+    for h in (hour - 1, hour):
+        files, tables = _shadow(Path(fleet_store.root), h)
+        assert sum(t.num_rows for t in tables) == 120 * 60
+        [unit] = read_manifest(fleet_store, h).shadow
+        assert unit.challengers == 120 and unit.sha256 == hashlib.sha256(
+            files[0].read_bytes()).hexdigest()
