@@ -127,7 +127,6 @@ def rebuild_bank_line(st) -> str:
     """Recompile the bank from the champions and the challenger bank from the challengers;
     a line saying what they hold."""
     from fleetscore.model.bank import rebuild_bank
-    from fleetscore.model.challengers import rebuild_challengers
 
     stats = rebuild_bank(st)
     line = (f"model bank: {stats.compiled} of {stats.sensors} models compiled "
@@ -135,8 +134,16 @@ def rebuild_bank_line(st) -> str:
     # Models the bank does not reproduce exactly are scored by scikit-learn: say how many, why.
     left = "; ".join(f"{count} {reason}" for reason, count in stats.left)
     line = f"{line}; left to scikit-learn: {left}" if left else line
-    shadow = rebuild_challengers(st)
-    if shadow.challengers:
-        line += (f"\nchallenger bank: {shadow.compiled} of {shadow.challengers} challengers "
-                 "compiled; runs score them in shadow/")
-    return line
+    shadow = challenger_bank_line(st)
+    return f"{line}\n{shadow}" if shadow else line
+
+
+def challenger_bank_line(st) -> str:
+    """Recompile the challenger bank; a line saying what it holds ("" without challengers)."""
+    from fleetscore.model.challengers import rebuild_challengers
+
+    stats = rebuild_challengers(st)
+    if not stats.challengers:
+        return ""
+    return (f"challenger bank: {stats.compiled} of {stats.challengers} challengers compiled; "
+            "runs score them beside the champions into shadow/")

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fleetscore.cli.common import StoreOpt, load_settings, open_store, out, rebuild_bank_line
+from fleetscore.cli.common import (
+    StoreOpt,
+    challenger_bank_line,
+    load_settings,
+    open_store,
+    out,
+    rebuild_bank_line,
+)
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
 from fleetscore.core.text import count
@@ -298,7 +305,7 @@ def _refit(st: Store, options: RefitOptions, workers: int | None) -> RefitManife
             g: policy.train_group(st, refit_id, g, workers=workers)
             for g in found.groups}
         manifest = policy.finish(st, found, results, lock=lock, now=datetime.now(UTC),
-                                 by="cli", rebuild=rebuild_bank_line)
+                                 by="cli", rebuild=_rebuild_banks)
         policy.cleanup(st, refit_id)
     finally:
         lock.release()
@@ -359,3 +366,8 @@ def models_drift(
                   + (f" over {hours[0]} .. {hours[-1]}" if hours else ""))
     if any(d.drifted for d in found):
         raise typer.Exit(3)
+
+
+def _rebuild_banks(st, champions: bool) -> str:
+    """After a refit: both banks when champions changed, else the challengers' alone."""
+    return rebuild_bank_line(st) if champions else challenger_bank_line(st)

@@ -14,6 +14,7 @@ from rich.table import Table
 from fleetscore.cli.common import (
     ProgressBar,
     StoreOpt,
+    challenger_bank_line,
     discard_if_empty,
     err,
     load_settings,
@@ -34,6 +35,9 @@ def train(
     store: StoreOpt = None,
     until: Annotated[str | None, typer.Option(help="Last hour of training data (default: all).")] = None,
     since: Annotated[str | None, typer.Option(help="First hour of training data.")] = None,
+    days: Annotated[int | None, typer.Option(
+        help="Train on the last N days of data (up to --until, or the last hour with data); "
+        "instead of --since.")] = None,
     nu: Annotated[float, typer.Option(
         help="OneClassSVM nu: upper bound on the outlier share (default chosen on the demo fleet: "
         "docs/benchmarks.md).")] = DEFAULT_NU,
@@ -57,21 +61,25 @@ def train(
         raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
     if gamma <= 0:
         raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    if days is not None and (days < 1 or since is not None):
+        raise UsageError("--days takes a number of days, 1 or more, and replaces --since")
     settings = load_settings()
     st = open_store(store, settings)
     try:
         chosen = _drifted(st) if drifted else None
+        last = Hour.parse(until) if until else None
+        first = Hour.parse(since) if since else _days_before(st, last, days)
         with ProgressBar("training") as progress:
-            result = train_models(st, until=Hour.parse(until) if until else None, sensors=chosen,
-                                  since=Hour.parse(since) if since else None, nu=nu, gamma=gamma,
+            result = train_models(st, until=last, sensors=chosen, since=first, nu=nu, gamma=gamma,
                                   workers=workers or settings.workers, progress=progress,
                                   role="challenger" if challenger else "champion")
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
         if not result.trained:
             raise InputError(_trained_nothing(result.skipped, result.hours))
-        if challenger:  # the bank holds champions: unchanged
-            bank = "champions unchanged: compare with `fleetscore models compare`"
+        if challenger:  # the champions' bank is unchanged; the challengers' is rebuilt
+            bank = (f"champions unchanged; {challenger_bank_line(st)}; compare with "
+                    "`fleetscore models compare`")
         else:
             with ProgressBar("compiling the model bank"):
                 bank = rebuild_bank_line(st)
@@ -82,6 +90,22 @@ def train(
               f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
+
+
+def _days_before(st, until: Hour | None, days: int | None) -> Hour | None:
+    """The first hour of the last ``days`` days ending at ``until`` (default: the last hour
+    with data); None without --days."""
+    from fleetscore.data.arrivals import hours_with_arrivals
+
+    if days is None:
+        return None
+    last = until
+    if last is None:
+        hours = hours_with_arrivals(st)
+        if not hours:
+            return None  # nothing to train on: train says so
+        last = hours[-1]
+    return last - (days * 24 - 1)
 
 
 def _drifted(st) -> set:

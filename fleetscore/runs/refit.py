@@ -385,7 +385,7 @@ def record(store: Store, refit_id: str, result: GroupResult) -> GroupResult:
 
 def finish(store: Store, found: RefitPlan, results: Mapping[str, GroupResult | str], *,
            lock: RefitLock, now: datetime, by: str,
-           rebuild: Callable[[Store], str] | None = None) -> RefitManifest:
+           rebuild: Callable[[Store, bool], str] | None = None) -> RefitManifest:
     """Compare this refit's challengers with their champions on the compared hours, promote
     those that pass the gates (unless for review) while the lock still names the refit,
     rebuild the bank, and write the manifest. ``results``: each group's result, or why its
@@ -416,7 +416,9 @@ def finish(store: Store, found: RefitPlan, results: Mapping[str, GroupResult | s
         outcomes.update({c.sensor: SensorOutcome(PROMOTED, c.challenger) if c in passed else
                          SensorOutcome(LEFT, c.challenger, why or reason)
                          for c, why in verdicts})
-        bank = (rebuild or _rebuild)(store) if passed else ""
+    # Always: the challengers this refit trained (and any it promoted) change the challenger
+    # bank that runs shadow-score, even when nothing is promoted.
+    bank = (rebuild or _rebuild)(store, bool(passed))
     manifest = _manifest(found, results, outcomes, reason, bank, now, by)
     write_manifest(store, manifest)
     return manifest
@@ -434,11 +436,20 @@ def _promote(store: Store, passed: Sequence[Comparison], now: datetime) -> None:
                      under_lock=True)
 
 
-def _rebuild(store: Store) -> str:
+def _rebuild(store: Store, champions: bool) -> str:
+    """Rebuild the challenger bank, and the champions' bank when ``champions`` changed."""
     from fleetscore.model.bank import rebuild_bank
+    from fleetscore.model.challengers import rebuild_challengers
 
-    stats = rebuild_bank(store)
-    return f"model bank: {stats.compiled} of {stats.sensors} models compiled"
+    line = ""
+    if champions:
+        stats = rebuild_bank(store)
+        line = f"model bank: {stats.compiled} of {stats.sensors} models compiled"
+    shadow = rebuild_challengers(store)
+    if shadow.challengers:
+        line += ("; " if line else "") + (f"challenger bank: {shadow.compiled} of "
+                                          f"{shadow.challengers} challengers compiled")
+    return line
 
 
 def _untrained(store: Store, found: RefitPlan, results: Mapping[str, GroupResult | str]

@@ -105,8 +105,36 @@ def test_a_range_reruns_the_hours_a_promote_or_rollback_made_stale(local_store, 
     assert len(ranged()["runs"]) == 2
     assert ranged()["skipped"] == ["2024-03-01T01", "2024-03-01T02"]  # current: nothing to do
     fleetscore("models", "rollback", "--sensor", "1/2", "--store", store)
+
+    def stale() -> list[str]:
+        listed = fleetscore("runs", "--stale", "--json", "--store", store)
+        assert listed.returncode == 0, listed.stderr
+        return [h["window"] for h in json.loads(listed.stdout)["hours"]]
+
+    assert stale() == ["2024-03-01T01", "2024-03-01T02"]
+    shown = fleetscore("runs", "--store", store, columns=160).stdout
+    assert "2 hours scored by a champion that is no longer current" in shown
     again = ranged()
     assert len(again["runs"]) == 2 and again["skipped"] == []  # scored by another model since
+    assert stale() == []
+
+
+def test_challengers_trained_on_the_last_days_are_shadow_scored(local_store, fleet_csv):
+    ingest_file(local_store, fleet_csv)
+    store = str(local_store.root)
+    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
+    trained = fleetscore("train", "--store", store, "--days", "1", "--challenger", "--nu", "0.3")
+    assert trained.returncode == 0, trained.stderr
+    assert "on 2024-03-01T00 .. 2024-03-01T02" in trained.stdout
+    assert "challenger bank: 3 of 3 challengers compiled" in trained.stdout
+    run = fleetscore("run", "--window", "2024-03-01T02", "--store", store)
+    assert run.returncode == 0, run.stderr
+    shadows = list((local_store.root / "shadow" / "2024" / "03" / "01" / "02").glob("*.csv"))
+    lines = [line for f in shadows for line in f.read_text().splitlines()]
+    assert set(lines[::61]) == {"TS,Device,Tag,Val,Prediction,Score,Version"}
+    assert len(lines) == 3 * 61 and all(line.endswith(",2") for line in lines if line[0] == "2")
+    assert "--days takes a number of days" in one_line_usage_error(
+        fleetscore("train", "--store", store, "--days", "0"))
 
 
 def test_refit_that_trains_nothing_says_so(local_store, tmp_path):

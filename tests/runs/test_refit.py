@@ -13,6 +13,7 @@ from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.ingest import ingest_file
 from fleetscore.errors import UsageError
+from fleetscore.model.challengers import load_challengers
 from fleetscore.model.registry import model_path
 from fleetscore.model.training import train
 from fleetscore.model.versions import MODELS_LOCK, ModelsLock, read_history
@@ -78,6 +79,9 @@ def test_finish_promotes_only_the_challengers_that_pass_the_gates(fleet):
     assert (reviewed.status, reviewed.trained, reviewed.promoted) == ("succeeded", 3, 0)
     assert {o.reason for o in reviewed.sensors.values()} == {policy.REVIEW}
     assert all(read_history(fleet, Sensor.parse(s)).champion.number == 1 for s in SENSORS)
+    # Left for review, the challengers are in the challenger bank: runs shadow-score them.
+    shadowed = load_challengers(fleet, sorted(Sensor.parse(s) for s in SENSORS))
+    assert [p.key for p in shadowed.pointers] == SENSORS and len(shadowed.bank) == 3
 
     manifest = _run(fleet, "refit-g", max_anomaly_rate=0.0)  # nothing flags no window at all
     assert (manifest.status, manifest.trained, manifest.promoted, manifest.left) == \
