@@ -142,6 +142,40 @@ def test_concurrent_role_changes_never_leave_the_view_and_history_apart(versione
     assert not versioned.exists("versions/lock.json")
 
 
+@pytest.mark.reliability("R83")
+def test_a_promote_during_a_run_never_scores_from_the_old_champions_entry(versioned):
+    """A run planned and its bank current, then a promote (no bank rebuild yet), then the
+    unit scores: the promoted sensor's rows are the new champion's, never the stale compiled
+    copy of the old one; the other sensors keep the bank's."""
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+
+    from fleetscore.compute.local import SequentialBackend
+    from fleetscore.data.windows import read_points
+    from fleetscore.model.registry import load_model, loads_model
+    from fleetscore.runs import lifecycle
+    from fleetscore.runs.engine import ENGINE
+    from fleetscore.scoring.score import predict_labels
+
+    rebuild_bank(versioned)
+    now = datetime.now(UTC)
+    ticket = lifecycle.begin(versioned, H1, run_id="r1", now=now, deadline=now + timedelta(hours=1))
+    set_champion(versioned, S, 2, by="promote")  # between the plan and the unit
+    outcomes = lifecycle.submit(versioned, SequentialBackend(versioned, ENGINE), H1, "r1",
+                                ticket.units)
+    lifecycle.finalize(versioned, H1, "r1", outcomes, started=now, now=datetime.now(UTC),
+                       backend_name="sequential")
+    rows = lifecycle.read_predictions(versioned, H1)
+    mine = rows.filter(pc.and_(pc.equal(rows["Device"], S.device), pc.equal(rows["Tag"], S.tag)))
+    values = read_points(versioned, H1, [S])["Value"].to_numpy()
+    labels, _ = predict_labels(load_model(versioned, S), values)
+    assert read_history(versioned, S).champion.number == 2
+    assert mine["Prediction"].to_pylist() == labels.tolist()
+    old, _ = predict_labels(loads_model(versioned.get(version_path(S, 1)), "v1"), values)
+    assert labels.tolist() != old.tolist()  # the two champions disagree: the test can tell
+
+
 def test_a_store_from_before_versions_keeps_working_and_migrates(local_store):
     rng = np.random.default_rng(0)
     model = default_model().fit(rng.normal(10, 1, (200, 1)))
