@@ -21,8 +21,15 @@ from dataclasses import dataclass
 
 from fleetscore.contracts import RunManifest
 from fleetscore.errors import FleetscoreError, NotFound
+from fleetscore.model.challengers import Pointer, read_pointers
 from fleetscore.model.registry import ModelManifest, check_skops_types, list_models, manifest_path, model_path
-from fleetscore.model.versions import champion_view_matches, histories, version_path
+from fleetscore.model.versions import (
+    History,
+    challenger_path,
+    champion_view_matches,
+    histories,
+    version_path,
+)
 from fleetscore.runs.lifecycle import manifest_paths
 from fleetscore.storage import Store
 
@@ -151,8 +158,11 @@ def _runs(store: Store) -> Iterator[Problem | None]:
 
 
 def _versions(store: Store) -> Iterator[Problem | None]:
-    """Every version file against its history's sha256, the history's shape, and the
-    champion view against the history's champion."""
+    """Every version file against its history's sha256, the history's shape, the champion
+    view against the history's champion, and the challenger pointers against the
+    histories' challengers."""
+    pointers = {p.key: p for p in read_pointers(store)}
+    named: set[str] = set()
     for path, read in histories(store):
         try:
             history = read()
@@ -166,6 +176,29 @@ def _versions(store: Store) -> Iterator[Problem | None]:
         if not champion_view_matches(store, history.sensor, history):
             yield Problem(manifest_path(history.sensor), "is not the champion its version "
                           f"history names ({path}): retrain, or promote or roll back a version")
+        yield _pointer_problem(store, history, pointers, named)
+    for key in sorted(set(pointers) - named):
+        yield Problem(challenger_path(pointers[key].sensor), "names a challenger no version "
+                      "history has: retrain the sensor, or delete the file")
+
+
+def _pointer_problem(store: Store, history: History, pointers: dict[str, Pointer],
+                     named: set[str]) -> Problem | None:
+    """The sensor's challenger pointer against its history (a crash between the two)."""
+    key = str(history.sensor)
+    named.add(key)
+    challenger, pointer = history.challenger, pointers.get(key)
+    if challenger is None and pointer is None:
+        return None
+    if challenger is not None and pointer is not None \
+            and (pointer.version, pointer.sha256) == (challenger.number, challenger.sha256):
+        return None
+    path = challenger_path(history.sensor)
+    if pointer is None and store.exists(path):
+        return Problem(path, "is damaged: not a challenger pointer")
+    return Problem(path, f"does not match the challenger its version history names "
+                   f"({'none' if challenger is None else f'v{challenger.number}'}): promote, "
+                   "roll back or train a challenger again to rewrite it")
 
 
 def verify(store: Store) -> tuple[int, list[Problem]]:

@@ -206,3 +206,18 @@ def test_a_damaged_version_is_named_and_never_made_champion(versioned):
         set_champion(versioned, S, 2, by="promote")
     assert stored_model_bytes(versioned, S) == before
     assert read_history(versioned, S).champion.number == 1
+
+
+def test_verify_names_a_challenger_pointer_that_disagrees_with_its_history(versioned):
+    from fleetscore.model.versions import challenger_path
+
+    assert verify(versioned)[1] == []
+    versioned.delete(challenger_path(S))  # a crash between the history and its pointer
+    versioned.put(challenger_path(Sensor("1", "2")), b"{not json")
+    problems = {p.path: p.reason for p in verify(versioned)[1]}
+    assert set(problems) == {challenger_path(S), challenger_path(Sensor("1", "2"))}
+    assert "does not match the challenger its version history names (v2)" in \
+        problems[challenger_path(S)]
+    assert "is damaged" in problems[challenger_path(Sensor("1", "2"))]
+    set_champion(versioned, S, 2, by="promote")  # the next role change rewrites it
+    assert challenger_path(S) not in {p.path for p in verify(versioned)[1]}
