@@ -145,5 +145,5 @@ def challenger_bank_line(st) -> str:
     stats = rebuild_challengers(st)
     if not stats.challengers:
         return ""
-    return (f"challenger bank: {stats.compiled} of {stats.challengers} challengers compiled; "
+    return (f"challenger bank: {stats.compiled:,} of {stats.challengers:,} challengers compiled; "
             "runs score them beside the champions into shadow/")
