@@ -25,18 +25,18 @@ LAYERS: list[tuple[str, set[str]]] = [
               "data.synthetic"}),
     ("model", {"model", "model.bank_saves", "model.registry", "model.versions",
                "model.imports", "model.compare", "model.drift", "model.bank", "model.challengers",
-               "model.training"}),
-    ("scoring", {"scoring", "scoring.score", "scoring.planning"}),
+               "model.training", "model.estimators", "model.features", "model.forest"}),
+    ("scoring", {"scoring", "scoring.score", "scoring.planning", "scoring.backtest"}),
     ("compute", {"compute", "compute.base", "compute.local", "compute.batch",
                  "compute.estimate"}),
     ("alerts", {"alerts", "alerts.rules", "alerts.evaluate", "alerts.records",
-                "alerts.deliver"}),
+                "alerts.deliver", "alerts.noisy"}),
     ("runs", {"runs", "runs.alerting", "runs.locks", "runs.lifecycle", "runs.ranges", "runs.table",
               "runs.engine", "runs.verify", "runs.refit"}),
     ("report", {"report", "report.data", "report.charts", "report.html"}),
     ("entry", {"cli", "cli.alerts", "cli.lifecycle", "cli.common", "cli.data", "cli.models",
-               "cli.run", "cli.report", "cli.demo", "cli.perf", "cli.batch", "cli.app", "runtime",
-               "__main__"}),
+               "cli.run", "cli.report", "cli.demo", "cli.backtest", "cli.perf", "cli.batch",
+               "cli.app", "runtime", "__main__"}),
 ]
 
 

@@ -34,7 +34,9 @@ SAVE_GRACE = timedelta(hours=1)  # no save of one model takes this long
 
 def begin_save(store: Store, sensor: Sensor, now: datetime | None = None) -> str:
     """Before a model's files are written: its marker, then no index (see ``seal``)."""
-    marker = f"{SAVING_FOLDER}/{sensor.device}/{sensor.tag}/{uuid.uuid4().hex}.json"
+    # One flat folder ('~' is in no id): a save makes and removes no folder of its own, which
+    # two training workers saving at once would otherwise contend on in the file system.
+    marker = f"{SAVING_FOLDER}/{sensor.device}~{sensor.tag}~{uuid.uuid4().hex}.json"
     started = (now or datetime.now(UTC)).isoformat()
     store.put(marker, json.dumps({"sensor": str(sensor), "started": started}).encode())
     invalidate(store)
@@ -51,9 +53,11 @@ def saving(store: Store) -> set[str]:
     """``Device/Tag`` of every model whose save has a marker (in progress, or died)."""
     out = set()
     for path in store.list(SAVING_FOLDER):
-        parts = path.split("/")
-        if len(parts) == 5:
-            out.add(f"{parts[2]}/{parts[3]}")
+        parts = path.rpartition("/")[2].split("~")
+        if len(parts) == 3:
+            out.add(f"{parts[0]}/{parts[1]}")
+        elif len(folders := path.split("/")) == 5:  # a marker an earlier version left
+            out.add(f"{folders[2]}/{folders[3]}")
     return out
 
 
