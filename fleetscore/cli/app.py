@@ -19,7 +19,18 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from fleetscore.cli import alerts, batch, data, demo, lifecycle, models, perf, report, run
+from fleetscore.cli import (
+    alerts,
+    backtest,
+    batch,
+    data,
+    demo,
+    lifecycle,
+    models,
+    perf,
+    report,
+    run,
+)
 from fleetscore.cli.common import err, out
 from fleetscore.errors import FleetscoreError
 
@@ -103,6 +114,7 @@ _register(app, run.plan)
 _register(app, run.run)
 _register(app, run.runs_list, "runs")
 _register(app, report.report)
+_register(app, backtest.backtest)
 _register(app, demo.demo)
 _register(app, data.replay)
 _register(app, perf.bench)
