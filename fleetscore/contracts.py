@@ -182,6 +182,49 @@ class UnitSummary:
 
 
 @dataclass(frozen=True)
+class SensorFlags:
+    """A sensor's flagged points and points in one hour: a manifest lists the sensors whose
+    share reached the noisy guard's day threshold (the cheap, exact input of the next hours'
+    rolling day; fleetscore/alerts/noisy.py)."""
+
+    sensor: str
+    flagged: int
+    points: int
+
+    def to_json(self) -> list[Any]:
+        return [self.sensor, self.flagged, self.points]
+
+    @classmethod
+    def from_json(cls, body: Any) -> SensorFlags:
+        sensor, flagged, points = body
+        return cls(str(sensor), int(flagged), int(points))
+
+
+@dataclass(frozen=True)
+class NoisySensor:
+    """A sensor the runaway guard marked noisy this hour: its shares, and the hour its
+    streak of noisy hours began (what names its one ``noisy_sensor`` alert)."""
+
+    sensor: str
+    hour_share: float
+    day_share: float
+    flagged: int
+    points: int
+    since: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sensor": self.sensor, "hour_share": self.hour_share,
+                "day_share": self.day_share, "flagged": self.flagged, "points": self.points,
+                "since": self.since}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> NoisySensor:
+        return cls(sensor=str(body["sensor"]), hour_share=float(body["hour_share"]),
+                   day_share=float(body["day_share"]), flagged=int(body.get("flagged", 0)),
+                   points=int(body.get("points", 0)), since=str(body["since"]))
+
+
+@dataclass(frozen=True)
 class RunManifest:
     window: str
     status: str
@@ -209,6 +252,9 @@ class RunManifest:
     reason: str = ""  # why the status, where the counts alone do not say (an error threshold)
     alerts: tuple[str, ...] = ()  # keys of the alerts this run raised (alerts/records/)
     shadow: tuple[ShadowResult, ...] = ()  # units that scored challengers
+    noisy: tuple[NoisySensor, ...] = ()  # sensors the runaway guard marked
+    # None: a manifest of an earlier version (its hour is read from its predictions).
+    flag_counts: tuple[SensorFlags, ...] | None = None
 
     @property
     def models_at(self) -> str:
@@ -236,6 +282,9 @@ class RunManifest:
             "unit_results": [u.to_json() for u in self.unit_results],
             "reason": self.reason, "alerts": list(self.alerts),
             "shadow": [u.to_json() for u in self.shadow],
+            "noisy": [n.to_json() for n in self.noisy],
+            "flag_counts": None if self.flag_counts is None else [
+                f.to_json() for f in self.flag_counts],
         }
 
     def encode(self) -> bytes:
@@ -250,6 +299,7 @@ class RunManifest:
             raise InputError(f"run manifest {path} is damaged: not a run manifest of this version")
         try:
             predictions = body.get("predictions")
+            flag_counts = body.get("flag_counts")
             return cls(
                 window=body["window"], status=body["status"], run_id=str(body.get("run_id", "")),
                 restricted=bool(body.get("restricted", False)),
@@ -272,6 +322,9 @@ class RunManifest:
                 reason=str(body.get("reason", "")),
                 alerts=tuple(str(k) for k in body.get("alerts", ())),
                 shadow=tuple(ShadowResult.from_json(u) for u in body.get("shadow", ())),
+                noisy=tuple(NoisySensor.from_json(n) for n in body.get("noisy", ())),
+                flag_counts=None if flag_counts is None else tuple(
+                    SensorFlags.from_json(f) for f in flag_counts),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"run manifest {path} is damaged: {type(exc).__name__} "

@@ -21,7 +21,10 @@ timeout = "10s"
 A rule's ``on`` says what it watches: ``anomaly`` (the default: K of the last N windows),
 ``run_failed`` (an hour that ended ``failed`` or ``partial``), ``run_late`` (an hour whose run
 had not finished by the deadline) or ``sensor_silent`` (a sensor the previous hour's arrival
-records expected that sent nothing this hour). A bad field is one line naming it; nothing of a
+records expected that sent nothing this hour) or ``noisy_sensor`` (a sensor the runaway
+guard marked noisy: one alert while it stays noisy, and its anomaly alerts held back). The
+guard's thresholds are the optional ``[noisy]`` table (``hour_share``, ``day_share``,
+``min_points``; fleetscore/alerts/noisy.py). A bad field is one line naming it; nothing of a
 bad file is stored.
 """
 
@@ -38,7 +41,7 @@ from typing import Any
 from fleetscore.errors import InputError
 
 RULES_PATH = "alerts/rules.toml"
-WATCHES = ("anomaly", "run_failed", "run_late", "sensor_silent")
+WATCHES = ("anomaly", "run_failed", "run_late", "sensor_silent", "noisy_sensor")
 GROUPS = ("sensor", "device")
 SEVERITIES = ("info", "warning", "error", "critical")
 SINK_TYPES = ("webhook", "app_insights")
@@ -82,9 +85,22 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class NoisySettings:
+    """The runaway guard's thresholds (docs/operations.md, "Noisy sensors"). A model made to
+    flag about 1% of points (contamination, nu = 0.01) that flags half of an hour's, or a fifth
+    of a day's, no longer describes its sensor: its flags are noise, not incidents. Under
+    ``min_points`` points (an hour of 5-minute windows is 12) a share says too little."""
+
+    hour_share: float = 0.5
+    day_share: float = 0.2
+    min_points: int = 12
+
+
+@dataclass(frozen=True)
 class Rules:
     rules: tuple[Rule, ...]
     sinks: Mapping[str, Sink]
+    noisy: NoisySettings = NoisySettings()
 
     def watching(self, on: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.on == on)
@@ -102,9 +118,10 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
         body = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{source}: not TOML: {exc}") from exc
-    unknown = sorted(set(body) - {"rule", "sink"})
+    unknown = sorted(set(body) - {"rule", "sink", "noisy"})
     if unknown:
-        raise RulesError(f"{source}: unknown table {unknown[0]!r} (expected [[rule]] and [sink.NAME])")
+        raise RulesError(f"{source}: unknown table {unknown[0]!r} (expected [[rule]], "
+                         "[sink.NAME] and [noisy])")
     sinks_body = body.get("sink", {})
     if not isinstance(sinks_body, dict):
         raise RulesError(f"{source}: sink must be tables [sink.NAME]")
@@ -117,7 +134,27 @@ def parse_rules(text: str, source: str = "rules") -> Rules:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise RulesError(f"{source}: rule name {twice[0]!r} is used twice")
-    return Rules(rules, sinks)
+    return Rules(rules, sinks, _noisy(body.get("noisy", {}), source))
+
+
+def _noisy(spec: Any, source: str) -> NoisySettings:
+    where = f"{source}: noisy"
+    if not isinstance(spec, dict):
+        raise RulesError(f"{where}: must be a table [noisy]")
+    unknown = sorted(set(spec) - {"hour_share", "day_share", "min_points"})
+    if unknown:
+        raise RulesError(f"{where}.{unknown[0]}: unknown field")
+    default = NoisySettings()
+    shares = {}
+    for key, fallback in (("hour_share", default.hour_share), ("day_share", default.day_share)):
+        value = spec.get(key, fallback)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise RulesError(f"{where}.{key}: {value!r} must be a share above 0, at most 1")
+        shares[key] = float(value)
+    min_points = _field(spec, "min_points", where, int, default.min_points)
+    if min_points < 1:
+        raise RulesError(f"{where}.min_points: {min_points} must be at least 1")
+    return NoisySettings(min_points=min_points, **shares)
 
 
 def parse_duration(value: object, field: str) -> timedelta:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetscore.alerts.deliver import DeliveryReport, deliver
 from fleetscore.alerts.evaluate import (
@@ -18,8 +20,21 @@ from fleetscore.alerts.evaluate import (
     run_candidates,
     silent_candidates,
 )
+from fleetscore.alerts.noisy import (
+    DAY_HOURS,
+    Counts,
+    add,
+    day_candidates,
+    held_back,
+    hot,
+    hour_counts,
+    judge,
+    missing,
+    noisy_candidates,
+)
 from fleetscore.alerts.records import load_rules, raise_alerts
-from fleetscore.alerts.rules import Rules
+from fleetscore.alerts.rules import NoisySettings, Rules
+from fleetscore.contracts import NoisySensor, RunManifest, SensorFlags
 from fleetscore.core.hours import Hour
 from fleetscore.data.arrivals import read_arrivals
 from fleetscore.errors import FleetscoreError, first_line
@@ -34,18 +49,73 @@ def manifest_path(hour: Hour) -> str:
     return f"runs/{hour}.json"
 
 
+@dataclass(frozen=True)
+class Guard:
+    """What the runaway guard found for an hour: its noisy sensors, and what its manifest
+    lists for the next hours' rolling day (None: not found, the next hours read its rows)."""
+
+    noisy: tuple[NoisySensor, ...] = ()
+    flag_counts: tuple[SensorFlags, ...] | None = None
+
+
+def noisy_guard(store: Store, hour: Hour, *, rows: Callable[[], pa.Table | None],
+                manifest_of: Callable[[Hour], RunManifest | None],
+                rows_of: Callable[[Hour, RunManifest], pa.Table | None]) -> Guard:
+    """The hour's noisy sensors (fleetscore/alerts/noisy.py), from its visible rows, the
+    previous 23 hours' manifests and, for the few sensors that need them, their predictions
+    (``rows_of``). A failure is logged and marks nothing: the guard never fails a run."""
+    try:
+        settings = _noisy_settings(store)
+        current = hour_counts(rows())
+        earlier = [(hour - back, manifest_of(hour - back)) for back in range(1, DAY_HOURS)]
+        old = {h: hour_counts(rows_of(h, m)) for h, m in earlier
+               if m is not None and m.flag_counts is None}  # an earlier version's manifest
+        candidates = day_candidates(current, [
+            m.flag_counts if m.flag_counts is not None else hot(old[h], settings)
+            for h, m in earlier if m is not None], settings)
+        day: Counts = {}
+        add(day, current, candidates)
+        for h, m in earlier if candidates else ():
+            if m is None:
+                continue  # no run: the hour scored nothing
+            if h in old:
+                add(day, old[h], candidates)
+            elif missing(m.flag_counts, candidates):
+                add(day, hour_counts(rows_of(h, m), candidates), candidates)
+            else:
+                add(day, {f.sensor: (f.flagged, f.points) for f in m.flag_counts or ()},
+                    candidates)
+        previous = earlier[0][1]
+        streaks = {n.sensor: n.since for n in previous.noisy} if previous is not None else {}
+        return Guard(judge(str(hour), current, day, settings, streaks), hot(current, settings))
+    except (FleetscoreError, OSError, ValueError, pa.ArrowException) as exc:
+        log.warning("noisy sensors of %s not looked for: %s", hour, first_line(exc),
+                    extra={"window": str(hour)})
+        return Guard()
+
+
+def _noisy_settings(store: Store) -> NoisySettings:
+    """The ``[noisy]`` table of the stored rules; the defaults without rules (the guard
+    marks noisy sensors in manifests, ``runs`` and the report whether or not anyone hears)."""
+    rules = load_rules(store)
+    return rules.noisy if rules is not None else NoisySettings()
+
+
 def alerts_for_hour(store: Store, hour: Hour, run_id: str, *, status: str, reason: str,
                     rows: Callable[[], pa.Table | None], previous_rows: Callable[[], pa.Table | None],
-                    now: datetime) -> tuple[str, ...]:
+                    now: datetime, noisy: tuple[NoisySensor, ...] = ()) -> tuple[str, ...]:
     """Keys of the alerts this close of the hour raised (none without stored rules). A
-    failure here is logged and raises nothing: alerts never fail a run."""
+    failure here is logged and raises nothing: alerts never fail a run. ``noisy``: the
+    guard's noisy sensors, alerted once each and their anomaly alerts held back."""
     try:
         rules = load_rules(store)
         if rules is None:
             return ()
         candidates = run_candidates(rules, str(hour), status, reason)
+        candidates += noisy_candidates(rules, str(hour), noisy)
         hour_rows = rows() if rules.watching("anomaly") else None
         if hour_rows is not None:
+            hour_rows = _without(hour_rows, held_back(rules, noisy))
             candidates += anomaly_candidates(rules, hour_rows, previous_rows())
         if rules.watching("sensor_silent"):
             candidates += silent_candidates(rules, str(hour), silent_sensors(store, hour))
@@ -55,6 +125,14 @@ def alerts_for_hour(store: Store, hour: Hour, run_id: str, *, status: str, reaso
         log.warning("alerts of %s not evaluated: %s", hour, first_line(exc),
                     extra={"window": str(hour)})
         return ()
+
+
+def _without(rows: pa.Table, sensors: set[str]) -> pa.Table:
+    """The rows of every sensor but ``sensors``."""
+    if not sensors:
+        return rows
+    keys = pc.binary_join_element_wise(rows["Device"], rows["Tag"], "/")
+    return rows.filter(pc.invert(pc.is_in(keys, value_set=pa.array(sorted(sensors), pa.string()))))
 
 
 def silent_sensors(store: Store, hour: Hour) -> list[tuple[str, str]]:

@@ -56,7 +56,7 @@ from fleetscore.data.predictions import decode, encode, format_of, predictions_f
 from fleetscore.errors import InputError, NotFound, UsageError
 from fleetscore.model.bank import registry_damage
 from fleetscore.runs import locks
-from fleetscore.runs.alerting import alerts_for_hour, manifest_path
+from fleetscore.runs.alerting import alerts_for_hour, manifest_path, noisy_guard
 from fleetscore.runs.locks import LOCK_TTL
 from fleetscore.scoring.planning import (
     Plan,
@@ -429,11 +429,15 @@ def close_hour(
         manifest = replace(manifest, status="failed", reason=over)
     if duration_s is not None:
         manifest = replace(manifest, duration_s=round(duration_s, 3))
+    hour_rows = _once(lambda: _rows(store, files))  # the guard and the alerts read it once
+    guard = noisy_guard(store, hour, rows=hour_rows,
+                        manifest_of=lambda h: readable_manifest(store, h),
+                        rows_of=lambda h, m: _rows(store, visible_files(store, h, m)))
     keys = alerts_for_hour(
         store, hour, run_id, status=manifest.status, reason=manifest.reason or _why(manifest),
-        rows=lambda: _rows(store, files), now=now,
+        rows=hour_rows, now=now, noisy=guard.noisy,
         previous_rows=lambda: _rows(store, visible_files(store, hour - 1)))
-    manifest = replace(manifest, alerts=keys)
+    manifest = replace(manifest, alerts=keys, noisy=guard.noisy, flag_counts=guard.flag_counts)
     store.put(manifest_path(hour), manifest.encode())
     sweep(store, hour, {f.path for f in files})
     locks.release(store, hour, run_id)
@@ -463,6 +467,17 @@ def _why(manifest: RunManifest) -> str:
     kinds = Counter(f.kind for f in manifest.failures)
     listed = ", ".join(f"{k} {n}" for k, n in kinds.most_common(3))
     return f"{manifest.sensors.failed} of {manifest.sensors.planned} sensors failed ({listed})"
+
+
+def _once(read: Callable[[], pa.Table | None]) -> Callable[[], pa.Table | None]:
+    """``read``, called at most once: later calls return its first answer."""
+    done: list[pa.Table | None] = []
+
+    def first() -> pa.Table | None:
+        if not done:
+            done.append(read())
+        return done[0]
+    return first
 
 
 def _rows(store: Store, files: Sequence[PredictionsFile]) -> pa.Table | None:
