@@ -202,6 +202,46 @@ def test_container_scores_when_the_task_directory_belongs_to_another_user(
         assert proc.stdout.strip() == "/srv/scoring"
 
 
+def test_container_trains_a_refit_group_as_the_batch_task_runs_it(
+        scoring_image, trained_store, blob_store, azurite, tmp_path):
+    """A refit's training group as a Batch task of the same image in its train mode: the
+    refit holds the models lock, the task trains the group's sensors as challengers in the
+    store on Azurite and records its result (the scheduled refit's step on Batch)."""
+    from datetime import UTC, datetime, timedelta
+
+    from fleetscore.compute.batch import train_command_line
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.versions import read_history
+    from fleetscore.runs import refit as policy
+
+    podman, image = scoring_image
+    for path in trained_store.list(""):
+        blob_store.put(path, trained_store.get(path))
+    lock = policy.RefitLock(blob_store, "refit-image", ttl=timedelta(minutes=10))
+    assert lock.take()
+    found = policy.plan(blob_store, "refit-image", policy.RefitOptions(days=1, compare_hours=1),
+                        started=datetime.now(UTC), ttl=timedelta(minutes=10))
+    [group] = found.groups
+    settings = Settings(storage_connection_string=azurite.connection_string,
+                        batch=BatchSettings(image=image))
+    backend = BatchBackend(blob_store, blob_store.url, settings, client=_NoClient(), engine=ENGINE)
+    spec = _task_spec(backend, WINDOW, group, run_id="unused")
+    spec.command_line = train_command_line(blob_store.url, "refit-image", group)
+    task_dir = tmp_path / "task-train" / "wd"
+    task_dir.mkdir(parents=True)
+    args = _podman_run_args(spec, image, task_dir, extra_env={
+        "FLEETSCORE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    proc = podman(*args, check=False, timeout=300)
+    assert proc.returncode == 0, f"podman {shlex.join(args)}\n{proc.stderr[-3000:]}"
+    result = policy.read_result(blob_store, "refit-image", group)
+    assert result is not None and result.status == "trained", proc.stderr[-3000:]
+    assert sorted(s for s, _ in result.trained) == ["1/1", "1/2", "dev_a/t.x"]
+    for sensor, version in result.trained:
+        history = read_history(blob_store, Sensor.parse(sensor))
+        assert history.challenger.number == version and history.champion.number == 1
+    lock.release()
+
+
 def test_container_test_skips_only_outside_ci(monkeypatch):
     """Where containers cannot run, the container tests skip saying why, except under CI=true,
     where they fail: CI must never pass without having run the real image."""
