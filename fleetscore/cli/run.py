@@ -433,11 +433,11 @@ def runs_list(
 
 
 def _print_hours(rows, limit: int) -> None:
-    table = Table("window", "status", "scored", "failed", "anomalies", "finished", "run id",
-                  "models")
+    table = Table("window", "status", "scored", "failed", "anomalies", "noisy", "finished",
+                  "run id", "models")
     for r in rows[:limit]:
         table.add_row(r.window, _status_cell(r.status), _count(r.scored), _count(r.failed),
-                      _count(r.anomalies), r.finished or "",
+                      _count(r.anomalies), _noisy_cell(r.noisy), r.finished or "",
                       r.run_id or "", "[yellow]stale[/]" if r.stale else "")
     out.print(table)
     counts: dict[str, int] = {}
@@ -454,6 +454,11 @@ def _print_hours(rows, limit: int) -> None:
     for window in damaged[:10]:
         err.print(f"runs/{window}.json is damaged: `fleetscore run --window {window} --force` "
                   "rewrites it (`fleetscore verify` names every damaged object)", markup=False)
+
+
+def _noisy_cell(noisy: tuple[str, ...] | None) -> str:
+    """How many sensors the runaway guard marked (``--json`` names them)."""
+    return f"[yellow]{len(noisy):,}[/]" if noisy else ""
 
 
 def _count(n: int | None) -> str:

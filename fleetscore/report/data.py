@@ -175,10 +175,19 @@ class _Span:
     def hour_list(self) -> list[Hour]:
         return hour_range(self.first, self.last) if self.first is not None else []
 
+    def noisy(self) -> dict[str, int]:
+        """The sensors the runaway guard marked in the range, and in how many of its hours."""
+        out: dict[str, int] = {}
+        for listed in self.runs["noisy"].to_pylist():
+            for n in listed or ():
+                if n["sensor"]:
+                    out[n["sensor"]] = out.get(n["sensor"], 0) + 1
+        return out
+
     def manifests(self) -> list[dict]:
         """The runs as manifest-shaped dicts (for the hourly table: a short range)."""
         out = []
-        for r in self.runs.drop_columns(["failures", "predictions"]).to_pylist():
+        for r in self.runs.drop_columns(["failures", "predictions", "noisy"]).to_pylist():
             m = {k: v for k, v in r.items() if v is not None and k not in _SENSOR_COUNTS}
             m["sensors"] = {k: r[k] for k in _SENSOR_COUNTS if r[k] is not None}
             out.append(m)

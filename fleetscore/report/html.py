@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -91,7 +91,7 @@ def render(store_url: str, span: _Span, view: _View | None, *,
     """The page: ``view`` the range's predictions as the charts show them (None: there are
     none), ``drift`` that of the sensors table's sensors."""
     if view is not None:
-        sections = _chart_sections(view, drift)
+        sections = _chart_sections(view, drift, span.noisy())
     else:
         sections = [_section("Predictions", "<p>No predictions in this range.</p>", "")]
     sections.append(_section("Runs", _runs_table(span), _runs_summary(span)))
@@ -103,8 +103,9 @@ def render(store_url: str, span: _Span, view: _View | None, *,
     return _page(store_url, span.text, sections)
 
 
-def _chart_sections(view: _View, drift: _DriftColumn | None) -> list[str]:
-    return [_section("Sensors", _top_table(view.data, drift), _totals(view.data)),
+def _chart_sections(view: _View, drift: _DriftColumn | None,
+                    noisy: Mapping[str, int] | None = None) -> list[str]:
+    return [_section("Sensors", _top_table(view.data, drift, noisy), _totals(view.data)),
             _heatmap_section(view), _timelines_section(view), _share_section(view)]
 
 
@@ -216,6 +217,7 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; whit
 td:first-child, th:first-child {{ text-align: left; }}
 td.message {{ white-space: normal; min-width: 14em; text-align: left; }}
 td.drifted {{ color: #c62828; }}
+span.noisy {{ color: #e65100; font-size: 0.85em; border: 1px solid #e65100; padding: 0 3px; }}
 .succeeded {{ color: #1a7f37; }} .partial {{ color: #9a6700; }} .failed {{ color: #c62828; }}
 .not-run, .no_data {{ color: #666; font-style: italic; }}
 .chart img {{ display: block; width: 100%; min-width: 600px; height: auto; }}
@@ -249,13 +251,16 @@ def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _top_table(data: _Data, drift: _DriftColumn | None = None) -> str:
+def _top_table(data: _Data, drift: _DriftColumn | None = None,
+               noisy: Mapping[str, int] | None = None) -> str:
     """The sensors with the most anomalies (``TOP_SENSORS`` rows, whatever the fleet), each
-    with its drift, and a footnote on the drift column."""
+    with its drift, the noisy ones marked, and a footnote on the drift column."""
     drift = drift or _DriftColumn({}, {})
+    noisy = noisy or {}
     body = "".join(
         f"<tr data-sensor='{html.escape(name, quote=True)}'><td>{i + 1}</td>"
-        f"<td>{html.escape(name)}</td><td>{int(a):,}</td><td>{int(w):,}</td>"
+        f"<td>{html.escape(name)}{_noisy_mark(noisy.get(name, 0))}</td>"
+        f"<td>{int(a):,}</td><td>{int(w):,}</td>"
         f"<td>{_percent(int(a), int(w))}</td>{_drift_cell(name, drift)}</tr>"
         for i, (name, a, w) in enumerate(zip(data.sensors[:TOP_SENSORS],
                                              data.anomalies[:TOP_SENSORS].tolist(),
@@ -263,6 +268,15 @@ def _top_table(data: _Data, drift: _DriftColumn | None = None) -> str:
     return ("<div class='scroll'><table class='top'><tr><th>#</th><th>sensor</th>"
             "<th>anomalies</th><th>windows</th><th>flagged</th><th>drift (KS)</th></tr>"
             f"{body}</table></div>{_drift_note(drift, min(TOP_SENSORS, len(data.sensors)))}")
+
+
+def _noisy_mark(hours: int) -> str:
+    """A sensor the runaway guard marked: its flags are its model's noise, not incidents."""
+    if not hours:
+        return ""
+    return (f" <span class='noisy' title='marked noisy in {count(hours, 'hour')} of the range: "
+            "its model flags too much of its data to be believed (one noisy_sensor alert, its "
+            "anomaly alerts held back)'>noisy</span>")
 
 
 def _drift_cell(name: str, drift: _DriftColumn) -> str:

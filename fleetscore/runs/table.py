@@ -46,6 +46,8 @@ MANIFEST_FIELDS = pa.schema([
     ("failures", pa.list_(pa.struct([("sensor", pa.string()), ("kind", pa.string()),
                                      ("message", pa.string())]))),
     ("predictions", pa.list_(pa.struct([("path", pa.string())]))),
+    # The runaway guard's noisy sensors (fleetscore/alerts/noisy.py): their names suffice.
+    ("noisy", pa.list_(pa.struct([("sensor", pa.string())]))),
 ])
 
 
@@ -62,6 +64,9 @@ class HourRow:
     # Scored (in part) by a champion no longer current: a sensor's champion changed after the
     # run began (None: no run). A range rerun without --force reruns exactly these.
     stale: bool | None = None
+    # The sensors the runaway guard marked noisy this hour (None: no run, or a manifest of an
+    # earlier version, which had no guard).
+    noisy: tuple[str, ...] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -88,7 +93,8 @@ def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = No
         return []
     runs = between(runs, Hour(lo), Hour(hi))
     columns = {name: runs[name].to_pylist() for name in
-               ("status", "scored", "failed", "anomalies", "finished", "run_id", "started_at")}
+               ("status", "scored", "failed", "anomalies", "finished", "run_id", "started_at",
+                "noisy")}
     at = {h: i for i, h in enumerate(runs["hour"].to_pylist())}
     damaged = set(damaged_hours(store, set(at)))
     rows = []
@@ -101,10 +107,14 @@ def hour_rows(store: Store, *, first: Hour | None = None, last: Hour | None = No
         rows.append(HourRow(window, columns["status"][i] or "failed", index in data,
                             scored=columns["scored"][i], failed=columns["failed"][i],
                             anomalies=columns["anomalies"][i], finished=columns["finished"][i],
-                            run_id=columns["run_id"][i],
+                            run_id=columns["run_id"][i], noisy=_names(columns["noisy"][i]),
                             stale=columns["status"][i] in ("succeeded", "partial")
                             and scored_before(columns["started_at"][i], newest)))
     return rows
+
+
+def _names(noisy: list[dict] | None) -> tuple[str, ...] | None:
+    return None if noisy is None else tuple(n["sensor"] for n in noisy if n["sensor"])
 
 
 def damaged_hours(store: Store, readable: set[int]) -> list[int]:
@@ -189,6 +199,7 @@ def summarize(table: pa.Table) -> pa.Table:
         **{k: (sensors.field(k) if sensors is not None else pa.array([], pa.int64()))
            for k in _COUNTS},
         "failures": table["failures"], "predictions": table["predictions"],
+        "noisy": table["noisy"],
     }
     return pa.table(columns)
 
@@ -250,6 +261,7 @@ def _fields_of(data: bytes) -> dict | None:
     sensors = m.get("sensors")
     failures = m.get("failures")
     predictions = m.get("predictions")
+    noisy = m.get("noisy")
     return {
         "window": text(m.get("window")), "status": text(m.get("status")),
         "run_id": text(m.get("run_id")), "finished": text(m.get("finished")),
@@ -262,4 +274,6 @@ def _fields_of(data: bytes) -> dict | None:
                      if isinstance(failures, list) else None),
         "predictions": ([{"path": text(p.get("path"))} for p in predictions
                          if isinstance(p, dict)] if isinstance(predictions, list) else None),
+        "noisy": ([{"sensor": text(n.get("sensor"))} for n in noisy if isinstance(n, dict)]
+                  if isinstance(noisy, list) else None),
     }

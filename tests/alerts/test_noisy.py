@@ -157,3 +157,15 @@ def _streak_starts(marked):
             starts.append(str(Hour(i)))
         before = bool(marked[i])
     return starts
+
+
+def test_runs_and_the_report_show_the_noisy_sensors(noisy_store):
+    from fleetscore.report.data import _read_range
+    from fleetscore.runs.table import hour_rows
+
+    for hour in HOURS[:2]:
+        run_hour(noisy_store, hour, SequentialBackend(noisy_store, ENGINE))
+    rows = hour_rows(noisy_store, first=HOURS[0], last=HOURS[1])
+    assert [r.noisy for r in rows] == [("A/temp",), ("A/temp",)]
+    span, _ = _read_range(noisy_store, HOURS[0], HOURS[1])
+    assert span.noisy() == {"A/temp": 2}
