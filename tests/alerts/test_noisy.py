@@ -130,6 +130,7 @@ def noisy_store(local_store, tmp_path):
     return local_store
 
 
+@pytest.mark.reliability("R85")
 def test_a_runaway_sensor_is_marked_every_noisy_hour_and_alerted_once_per_streak(noisy_store):
     for hour in HOURS:
         run_hour(noisy_store, hour, SequentialBackend(noisy_store, ENGINE))
