@@ -91,14 +91,24 @@ def run_demo(directory: Path, *, sensors: int = 40, hours: int = 6, seed: int = 
 
 def _write_fleet(directory: Path, sensors: int, hours: int, seed: int, *,
                  say: Callable[[str], None], progress: Progress) -> tuple[Fleet, Path]:
-    """The synthetic fleet, its readings and its labels (the injected anomalies) as CSV."""
-    from fleetscore.data.synthetic import make_fleet, write_labels_csv, write_readings_csv
+    """The synthetic fleet, its readings and its labels (the injected anomalies) as CSV: per
+    window (labels.csv) and as windows of time (labels-windows.csv, `fleetscore backtest`'s
+    input)."""
+    from fleetscore.data.synthetic import (
+        make_fleet,
+        write_label_windows_csv,
+        write_labels_csv,
+        write_readings_csv,
+    )
 
     with progress(f"generating {count(sensors, 'sensor')}"):
-        fleet = make_fleet(sensors, hours, seed)
+        # The hard fleet: idle and daily sensors beside the level ones, so the demo shows
+        # where the default model is fooled, as a real fleet did (issue 24).
+        fleet = make_fleet(sensors, hours, seed, hard=True)
         readings_path = directory / "readings.csv"
         write_readings_csv(fleet.readings, readings_path)
         write_labels_csv(fleet.labels, directory / "labels.csv")
+        write_label_windows_csv(fleet.labels, directory / "labels-windows.csv")
     say(f"fleet: {count(sensors, 'sensor')}, {count(hours, 'hour')}, "
         f"{count(fleet.readings.num_rows, 'reading')} -> {readings_path}")
     return fleet, readings_path
@@ -164,7 +174,8 @@ def _report_and_evaluate(store, directory: Path, fleet: Fleet, scored_hours: lis
     say(f"predictions: {store_dir / 'predictions'}")
     say(f"run manifests: {store_dir / 'runs'}")
     say(f"report: {report_path}")
-    say(f"labels (the injected anomalies): {directory / 'labels.csv'}")
+    say(f"labels (the injected anomalies): {directory / 'labels.csv'}, as windows for "
+        f"`fleetscore backtest`: {directory / 'labels-windows.csv'}")
     say(f"against the injected anomalies: precision {ev.precision:.2f}, recall {ev.recall:.2f} "
         f"({ev.true_positives:,} of {count(ev.true_anomalies, 'anomalous window')} found, "
         f"{ev.flagged:,} flagged, {count(ev.windows, 'window')})")

@@ -5,6 +5,13 @@ Each sensor has its own level, noise and daily-cycle amplitude, a slow drift, an
 every ~10 s with jitter and dropouts. In the scored hours, anomalies are injected with
 ground-truth labels per window: spikes (a few minutes far above normal), level shifts (a
 quarter hour offset) and stuck values (the sensor reports its rail, 0, for a while).
+
+``hard=True`` (the demo's fleet) adds sensors like those of a real fleet that fooled the
+default model: one in ten *idle* (exactly 0 most of the time, more than half the windows, with
+rare normal excursions to its working level; anomalies are spikes far above that level) and one
+in ten on a *daily* cycle (24-hour period, a few noise widths deep, so hours trained on early
+in the day do not cover the afternoon). Without it every sensor is a level sensor, drawn
+exactly as before, so fleets that tests build with a seed stay the same.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ DEMO_START = datetime(2026, 1, 5, tzinfo=UTC)
 TAGS = ("temp", "pressure", "vibration", "flow", "current")
 READING_EVERY_S = 10
 INTERVAL_S = 60
+IDLE, DAILY, LEVEL = "idle", "daily", "level"
 
 
 @dataclass(frozen=True)
@@ -34,15 +42,26 @@ class Fleet:
     first: Hour
     hours: int
     train_hours: int
+    kinds: tuple[str, ...] = ()  # each sensor's kind (LEVEL, IDLE, DAILY), in fleet order
 
 
 def fleet_sensors(n: int) -> list[tuple[str, str]]:
     return [(f"D{i // len(TAGS):03d}", TAGS[i % len(TAGS)]) for i in range(n)]
 
 
-def make_fleet(sensors: int = 40, hours: int = 6, seed: int = 0) -> Fleet:
+def sensor_kind(i: int, hard: bool) -> str:
+    """The i-th sensor's kind: in a hard fleet, the 4th of every ten idle, the 8th daily."""
+    if hard and i % 10 == 3:
+        return IDLE
+    if hard and i % 10 == 7:
+        return DAILY
+    return LEVEL
+
+
+def make_fleet(sensors: int = 40, hours: int = 6, seed: int = 0, *, hard: bool = False) -> Fleet:
     """``sensors`` sensors over ``hours`` hours from ``DEMO_START``, the same for the same
-    seed; the first third of the hours (at least one) are for training and have no anomaly."""
+    seed; the first third of the hours (at least one) are for training and have no anomaly.
+    ``hard``: with idle and daily sensors (the module's docstring)."""
     rng = np.random.default_rng(seed)
     first = Hour.from_datetime(DEMO_START)
     train_hours = max(1, hours // 3)
@@ -51,9 +70,11 @@ def make_fleet(sensors: int = 40, hours: int = 6, seed: int = 0) -> Fleet:
     score_from_ms = start_ms + train_hours * 3_600_000
     # The sensors draw from one generator in turn: another order of sensors, or of the draws
     # within one, changes every fleet a seed gives.
-    made = [_make_sensor(rng, device, tag, start_ms, span_ms, score_from_ms)
-            for device, tag in fleet_sensors(sensors)]
-    return Fleet(_readings_table(made), _labels_table(made), first, hours, train_hours)
+    kinds = tuple(sensor_kind(i, hard) for i in range(sensors))
+    made = [_make_sensor(rng, device, tag, start_ms, span_ms, score_from_ms) if kind == LEVEL
+            else _make_hard_sensor(rng, device, tag, kind, (start_ms, span_ms, score_from_ms))
+            for (device, tag), kind in zip(fleet_sensors(sensors), kinds, strict=True)]
+    return Fleet(_readings_table(made), _labels_table(made), first, hours, train_hours, kinds)
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,34 @@ def _make_sensor(rng: np.random.Generator, device: str, tag: str, start_ms: int,
     return _Sensor(device, tag, ts, np.round(value, 3), ends, window_kinds)
 
 
+def _make_hard_sensor(rng: np.random.Generator, device: str, tag: str, kind: str,
+                      span: tuple[int, int, int]) -> _Sensor:
+    """An idle or a daily sensor (the module's docstring), anomalies injected as for the
+    others; an idle sensor gets only spikes (a stuck 0 or a short shift is what it does)."""
+    start_ms, span_ms, score_from_ms = span
+    ts = _reading_times(rng, start_ms, span_ms)
+    t = ts - start_ms
+    level = rng.uniform(10, 120)
+    noise = level * rng.uniform(0.01, 0.04)
+    if kind == IDLE:
+        # Excursions begin about once an hour and last 2 to 8 minutes: the sensor is at its
+        # working level some 8% of the time, exactly 0 otherwise.
+        on = np.zeros(len(ts), bool)
+        for begin in rng.uniform(0, span_ms, max(1, round(span_ms / 3_600_000))):
+            on |= (t > begin) & (t <= begin + rng.uniform(2, 8) * 60_000)
+        value = np.where(on, level + rng.normal(0, noise, len(ts)), 0.0)
+        kinds = _inject_anomalies(rng, ts, value, level * 0.3, score_from_ms,
+                                  start_ms + span_ms, ("spike",))
+    else:
+        phase = rng.uniform(0, 2 * np.pi)
+        depth = noise * rng.uniform(4, 8)
+        value = level + depth * np.sin(2 * np.pi * t / 86_400_000 + phase) \
+            + rng.normal(0, noise, len(ts))
+        kinds = _inject_anomalies(rng, ts, value, noise, score_from_ms, start_ms + span_ms)
+    ends, window_kinds = _window_labels(ts, kinds)
+    return _Sensor(device, tag, ts, np.round(value, 3), ends, window_kinds)
+
+
 def _reading_times(rng: np.random.Generator, start_ms: int, span_ms: int) -> np.ndarray:
     """Every ``READING_EVERY_S`` with up to 2 s of jitter, about 2% dropped, inside the span."""
     steps = np.arange(1, span_ms // (READING_EVERY_S * 1000))
@@ -92,13 +141,19 @@ def _reading_times(rng: np.random.Generator, start_ms: int, span_ms: int) -> np.
 
 
 def _inject_anomalies(rng: np.random.Generator, ts: np.ndarray, value: np.ndarray, noise: float,
-                      from_ms: int, end_ms: int) -> np.ndarray:
-    """Spikes, shifts and stuck stretches written into ``value``, each beginning between
-    ``from_ms`` and ``end_ms``; returns each reading's kind ("" when normal)."""
+                      from_ms: int, end_ms: int,
+                      only: tuple[str, ...] = ("spike", "shift", "stuck")) -> np.ndarray:
+    """Spikes, shifts and stuck stretches (those in ``only``) written into ``value``, each
+    beginning between ``from_ms`` and ``end_ms``; returns each reading's kind ("" when
+    normal)."""
     kinds = np.full(len(ts), "", dtype=object)
+    # The counts are drawn for every kind whether used or not; a level sensor uses all three,
+    # so its draws are those it always had.
     for kind, length_min, times in (("spike", (2, 4), rng.integers(1, 3)),
                                     ("shift", (10, 20), int(rng.random() < 0.4)),
                                     ("stuck", (10, 20), int(rng.random() < 0.2))):
+        if kind not in only:
+            continue
         for _ in range(times):
             length = int(rng.integers(*length_min)) * 60_000
             begin = int(rng.integers(from_ms, end_ms - length))
@@ -165,6 +220,44 @@ def write_labels_csv(labels: pa.Table, path: Path) -> None:
     ts = pc.strftime(pc.cast(seconds, pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S")
     _write_plain_csv(pa.table({"TS": ts, "Device": labels["Device"], "Tag": labels["Tag"],
                                "Anomaly": labels["Anomaly"], "Kind": labels["Kind"]}), path)
+
+
+def label_windows(labels: pa.Table, interval_s: int = INTERVAL_S) -> pa.Table:
+    """The labels as windows, ``fleetscore backtest``'s input: a sensor's consecutive
+    anomalous windows merged into one ``Device, Tag, Start, End`` (ms), Start the first
+    window's start (its end - ``interval_s``) and End the last one's end, so the backtest's
+    ``(Start, End]`` holds exactly those windows."""
+    step = interval_s * 1000
+    anomalous = labels.filter(pc.equal(labels["Anomaly"], 1))
+    anomalous = anomalous.sort_by([("Device", "ascending"), ("Tag", "ascending"),
+                                   ("End", "ascending")])
+    devices = anomalous["Device"].to_pylist()
+    tags = anomalous["Tag"].to_pylist()
+    ends = anomalous["End"].to_numpy()
+    out: dict[str, list] = {"Device": [], "Tag": [], "Start": [], "End": []}
+    for i, end in enumerate(ends):
+        same = i > 0 and (devices[i], tags[i]) == (devices[i - 1], tags[i - 1])
+        if same and end - ends[i - 1] == step:
+            out["End"][-1] = int(end)  # the next window of the same stretch
+            continue
+        for key, value in zip(out, (devices[i], tags[i], int(end) - step, int(end)), strict=True):
+            out[key].append(value)
+    return pa.table({"Device": pa.array(out["Device"], pa.string()),
+                     "Tag": pa.array(out["Tag"], pa.string()),
+                     "Start": pa.array(out["Start"], pa.int64()),
+                     "End": pa.array(out["End"], pa.int64())})
+
+
+def write_label_windows_csv(labels: pa.Table, path: Path) -> None:
+    """``Device,Tag,Start,End`` (UTC, whole seconds): ``label_windows`` of the labels."""
+    windows = label_windows(labels)
+
+    def text(column: str) -> pa.Array:
+        seconds = pc.divide(windows[column], 1000)
+        return pc.strftime(pc.cast(seconds, pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S")
+
+    _write_plain_csv(pa.table({"Device": windows["Device"], "Tag": windows["Tag"],
+                               "Start": text("Start"), "End": text("End")}), path)
 
 
 def _write_plain_csv(table: pa.Table, path: Path) -> None:

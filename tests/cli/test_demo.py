@@ -7,7 +7,7 @@ import pyarrow as pa
 from fleetscore.cli.demo import run_demo
 from fleetscore.core.hours import hour_range
 from fleetscore.data.readings import parse_ts
-from fleetscore.data.synthetic import evaluate, make_fleet
+from fleetscore.data.synthetic import evaluate, fleet_sensors, make_fleet
 from fleetscore.data.windows import by_sensor, read_points
 from fleetscore.runs.lifecycle import read_predictions
 from fleetscore.storage import LocalStore
@@ -57,20 +57,52 @@ def test_labels_csv_is_written_like_the_other_csvs(tmp_path):
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:00,D\d{3},\w+,[01],\w*", x) for x in lines[1:])
 
 
+def _by_kind(fleet, predictions: pa.Table) -> dict[str, object]:
+    """The predictions measured against the labels on each kind of sensor."""
+    import pyarrow.compute as pc
+
+    from fleetscore.data.synthetic import fleet_sensors
+
+    def ids(t: pa.Table):
+        return pc.binary_join_element_wise(t["Device"], t["Tag"], "/")
+
+    out = {}
+    for kind in set(fleet.kinds):
+        names = pa.array([f"{d}/{t}" for (d, t), k in
+                          zip(fleet_sensors(len(fleet.kinds)), fleet.kinds, strict=True) if k == kind])
+        out[kind] = evaluate(predictions.filter(pc.is_in(ids(predictions), names)),
+                             fleet.labels.filter(pc.is_in(ids(fleet.labels), names)))
+    return out
+
+
 def test_the_default_demo_flags_nothing_in_the_middle_of_a_normal_range(tmp_path):
-    """On the demo's own plots no point between a sensor's training quartiles is red unless an
-    anomaly was injected there (D004/vibration at 23.5 was, with nu=0.01 and gamma=0.1)."""
+    """On the demo's own plots no point of a level sensor between its training quartiles is
+    red unless an anomaly was injected there (D004/vibration at 23.5 was, with nu=0.01 and
+    gamma=0.1).
+
+    The demo's fleet has idle and daily sensors too (issue 24): the default model is fooled by
+    them, as it was by a real fleet's, and this test says so. Level sensors keep the figures
+    the default was chosen for (precision 0.83, recall 0.97 at seed 0); over the whole fleet
+    the idle and daily sensors' false flags bring precision to 0.29 (2,000 flagged, 573 of 587
+    anomalous windows found). When a better default lands, these pins move with it."""
     lines = []
     result = run_demo(tmp_path / "d", workers=2, say=lines.append)
     assert any(re.search(r"precision \d\.\d\d, recall \d\.\d\d", x) for x in lines)
-    assert result.evaluation.recall > 0.9 and result.evaluation.precision > 0.7
-    fleet = make_fleet()
+    assert result.evaluation.recall > 0.9 and 0.2 < result.evaluation.precision < 0.5
+    fleet = make_fleet(hard=True)
     train_end = (fleet.first + fleet.train_hours).start_ms
     store = tmp_path / "d" / "store"
-    truth = {(d, t, e): a for d, t, e, a in zip(*(fleet.labels[c].to_pylist() for c in
-                                                  ("Device", "Tag", "End", "Anomaly")), strict=True)}
     preds = pa.concat_tables([read_predictions(LocalStore(store), h) for h in
                               hour_range(fleet.first + fleet.train_hours, fleet.first + 5)])
+    kinds = _by_kind(fleet, preds)
+    assert kinds["level"].recall > 0.9 and kinds["level"].precision > 0.7
+    # Idle sensors (exactly 0 most of the time) are flagged on most of their windows.
+    assert kinds["idle"].flagged > kinds["idle"].windows / 2
+    assert kinds["daily"].precision < 0.5
+    level = {f"{d}/{t}" for (d, t), k in zip(fleet_sensors(40), fleet.kinds, strict=True)
+             if k == "level"}
+    truth = {(d, t, e): a for d, t, e, a in zip(*(fleet.labels[c].to_pylist() for c in
+                                                  ("Device", "Tag", "End", "Anomaly")), strict=True)}
     training = {}
     for hour in hour_range(fleet.first, fleet.first + (fleet.train_hours - 1)):
         for sensor, points in by_sensor(read_points(LocalStore(store), hour)).items():
@@ -81,9 +113,31 @@ def test_the_default_demo_flags_nothing_in_the_middle_of_a_normal_range(tmp_path
         end = parse_ts(ts)
         assert end > train_end
         low, high = np.percentile(training[f"{d}/{t}"], [25, 75])
-        if p == 1 and not truth[(d, t, end)] and low <= val <= high:
+        if p == 1 and not truth[(d, t, end)] and low <= val <= high and f"{d}/{t}" in level:
             mid_range.append((ts, d, t, val))
     assert mid_range == []
+
+
+def test_demo_writes_labels_as_windows_for_the_backtest(tmp_path):
+    """labels-windows.csv holds each stretch of consecutive anomalous windows of a sensor as
+    one window of time, (Start, End] covering exactly those windows of labels.csv."""
+    from fleetscore.scoring.backtest import read_labels
+
+    run_demo(tmp_path / "d", sensors=10, hours=3, seed=0, workers=1, say=lambda _: None)
+    lines = (tmp_path / "d" / "labels-windows.csv").read_text().splitlines()
+    assert lines[0] == "Device,Tag,Start,End"
+    assert all(re.fullmatch(r"D\d{3},\w+,\d{4}-\d\d-\d\d \d\d:\d\d:00,\d{4}-\d\d-\d\d "
+                            r"\d\d:\d\d:00", x) for x in lines[1:])
+    windows = read_labels(tmp_path / "d" / "labels-windows.csv")
+    anomalous = set()
+    for row in (tmp_path / "d" / "labels.csv").read_text().splitlines()[1:]:
+        ts, device, tag, anomaly, _ = row.split(",")
+        if anomaly == "1":
+            anomalous.add((f"{device}/{tag}", parse_ts(ts)))
+    covered = {(str(s), end) for s, labs in windows.items() for lab in labs
+               for end in range(lab.start_ms + 60_000, lab.end_ms + 1, 60_000)}
+    assert covered == anomalous
+    assert len(lines) - 1 < len(anomalous)  # stretches were merged
 
 
 def test_demo_dir_an_existing_file_is_a_usage_error(tmp_path):
