@@ -234,7 +234,7 @@ def label_windows(labels: pa.Table, interval_s: int = INTERVAL_S) -> pa.Table:
     devices = anomalous["Device"].to_pylist()
     tags = anomalous["Tag"].to_pylist()
     ends = anomalous["End"].to_numpy()
-    out: dict[str, list] = {"Device": [], "Tag": [], "Start": [], "End": []}
+    out: dict[str, list[object]] = {"Device": [], "Tag": [], "Start": [], "End": []}
     for i, end in enumerate(ends):
         same = i > 0 and (devices[i], tags[i]) == (devices[i - 1], tags[i - 1])
         if same and end - ends[i - 1] == step:

@@ -1,0 +1,84 @@
+"""``fleetscore backtest`` run as a user runs it, in a process of its own, on a demo store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fleetscore.cli.demo import run_demo
+from tests.cli.conftest import fleetscore, one_line_usage_error
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("backtest")
+    run_demo(base / "d", sensors=10, hours=6, seed=0, workers=1, say=lambda _: None)
+    return base / "d"
+
+
+def _files(store: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(store)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in store.rglob("*") if p.is_file()}
+
+
+def test_backtest_json_on_the_demo_writes_nothing(demo):
+    before = _files(demo / "store")
+    proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--json", cwd=demo)
+    assert proc.returncode == 0, proc.stderr
+    assert _files(demo / "store") == before  # models and predictions untouched
+    result = json.loads(proc.stdout)
+    assert result["train_fraction"] == 0.15
+    assert result["hours"] == ["2026-01-05T00", "2026-01-05T05"]
+    assert len(result["sensors"]) == 10 and result["skipped"] == []
+    assert "exact" in result["chance_method"]
+    overall = result["overall"]
+    # Every labelled window of the demo is after its first hour, the one trained on (15% of
+    # 6 hours, rounded up): all are scored.
+    labelled = len((demo / "labels-windows.csv").read_text().splitlines()) - 1
+    assert overall["model"]["windows"] == overall["chance"]["windows"] == labelled
+    assert result["labels_unscored"] == 0
+    assert sum(s["model"]["windows_hit"] for s in result["sensors"]) == \
+        overall["model"]["windows_hit"]
+    assert overall["model"]["flagged"] == overall["chance"]["flagged"]
+    shares = {s["sensor"]: s["model"]["flagged_share"] for s in result["sensors"]}
+    assert overall["worst_share"] == max(shares.values())
+    assert shares[overall["worst_sensor"]] == overall["worst_share"]
+    # The large injected anomalies are placed better than chance places flags.
+    assert overall["model"]["inside_share"] > overall["chance"]["inside_share"]
+
+
+def test_backtest_table(demo):
+    proc = fleetscore("backtest", "labels-windows.csv", "--store", "store",
+                      "--train-fraction", "0.5", cwd=demo, columns=160)
+    assert proc.returncode == 0, proc.stderr
+    assert "overall" in proc.stdout and "chance" in proc.stdout
+    assert "worst sensor: D" in proc.stdout
+    assert "trained on the first 50%" in proc.stdout
+
+
+def test_a_range_without_data_is_nothing_to_score(demo):
+    proc = fleetscore("backtest", "labels-windows.csv", "--store", "store",
+                      "--from", "2027-01-01T00", "--to", "2027-01-01T05", cwd=demo)
+    assert proc.returncode == 6, proc.stderr
+    assert "nothing to score" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_labels_row_is_one_line_naming_file_and_line(demo, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Device,Tag,Start,End\nD000,temp,2026-01-05 02:00,2026-01-05 03:00\n"
+                   "D000,temp,yesterday,2026-01-05 03:00\n")
+    line = one_line_usage_error(fleetscore("backtest", str(bad), "--store", "store", cwd=demo))
+    assert "bad.csv: line 3" in line and "yesterday" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--train-fraction", "1"], "--train-fraction"),
+    (["--from", "2026-01-05T05", "--to", "2026-01-05T01"], "reversed"),
+    (["--from", "soon"], "invalid hour"),
+])
+def test_bad_options_are_usage_errors(demo, args, says):
+    line = one_line_usage_error(fleetscore("backtest", "labels-windows.csv", "--store", "store",
+                                           *args, cwd=demo))
+    assert says in line
