@@ -42,7 +42,7 @@ import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -65,6 +65,7 @@ from fleetscore.model.bank_saves import (  # noqa: F401 - the protocol's names, 
     invalidate,
     saving,
 )
+from fleetscore.model.forest import CompiledForest, Forests, compile_forest
 from fleetscore.model.registry import (
     ModelManifest,
     check_estimator,
@@ -80,8 +81,12 @@ from fleetscore.storage import Store
 from fleetscore.storage.base import get_many
 
 # Written into every shard and into the shard names: a shard of another format (an older
-# fleetscore's, compiled without the probe check) is never decoded, only rebuilt.
-BANK_FORMAT = 2
+# fleetscore's, compiled without the probe check) is never decoded, only rebuilt. Format 3
+# added the compiled IsolationForests beside the SVMs; a format 2 shard is read as one of no
+# forests (what it holds, since format 2 compiled none), so the challenger bank's shards,
+# named by their own format, stay readable; the champions' bank is renamed, so rebuilt.
+BANK_FORMAT = 3
+READABLE_FORMATS = ([2], [3])
 SHARD_SENSORS = 1024  # a unit decodes only the shards holding its sensors
 BOUNDARY_TOLERANCE = 1e-9
 KERNELS = {"rbf": 0, "linear": 1, "poly": 2, "sigmoid": 3}
@@ -120,6 +125,7 @@ class Verdict:
 
     compiled: Compiled | None
     reason: str | None = None
+    forest: CompiledForest | None = None  # an IsolationForest compiled (``compiled`` is None)
 
 
 def compile_model(estimator) -> Compiled | None:
@@ -141,6 +147,16 @@ def compile_verdict(estimator) -> Verdict:
     compiled = Compiled(**svm_params, **affine)
     reason = probe_disagreement(estimator, scaler, compiled)
     return Verdict(None, reason) if reason else Verdict(compiled)
+
+
+def compile_any(estimator) -> Verdict:
+    """``compile_verdict`` for a OneClassSVM, ``forest.compile_forest`` for an IsolationForest."""
+    from sklearn.ensemble import IsolationForest
+
+    if type(estimator) is IsolationForest:
+        forest, reason = compile_forest(estimator)
+        return Verdict(None, reason, forest)
+    return compile_verdict(estimator)
 
 
 def _split_pipeline(estimator):
@@ -269,7 +285,7 @@ def compile_stored(store: Store, sensor: Sensor) -> tuple[str, Verdict]:
     try:
         estimator = loads_model(data, f"sensor {sensor}")
         check_estimator(estimator, f"sensor {sensor}")
-        return sha, compile_verdict(estimator)
+        return sha, compile_any(estimator)
     except ModelError as exc:
         return sha, Verdict(None, f"cannot be loaded ({exc.kind})")
     except Exception as exc:  # noqa: BLE001 - a model's own bug: the plain path names it
@@ -283,10 +299,13 @@ PARAMS = ("kernel", "mean", "scale", "gamma", "coef0", "degree", "intercept", "m
           "low", "high")
 
 
-def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str] = ()) -> bytes:
+def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str] = (),
+                 forests: Iterable[tuple[Sensor, str, CompiledForest]] = ()) -> bytes:
     """``left``: why each of the shard's other models stays with scikit-learn (for the counts
-    of a kept shard)."""
+    of a kept shard). ``forests``: its compiled IsolationForests, beside the SVMs."""
     packed = Bank.of(entries)  # the same arrays a unit loads
+    trees = Forests.of(forests)
+    forest_sensors = trees.ids.to_pylist()
     arrays = {
         "format": np.array([BANK_FORMAT], dtype=np.int64),
         "device": np.array([s.device for s, _, _ in entries], dtype="U64"),
@@ -294,6 +313,10 @@ def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str
         "sha256": np.array([h for _, h, _ in entries], dtype="U64"),
         "params": packed.params, "offsets": packed.offsets, "support": packed.support,
         "dual": packed.dual, "left": np.array(list(left), dtype="U200"),
+        "forest_device": np.array([k.split("/", 1)[0] for k in forest_sensors], dtype="U64"),
+        "forest_tag": np.array([k.split("/", 1)[1] for k in forest_sensors], dtype="U64"),
+        "forest_sha256": trees.sha.astype("U64"), "forest_offsets": trees.offsets,
+        "forest_cuts": trees.cuts, "forest_decisions": trees.decisions,
     }
     sink = io.BytesIO()
     np.savez(sink, **arrays)
@@ -301,7 +324,7 @@ def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str
 
 
 def _check_format(z) -> None:
-    if "format" not in z.files or z["format"].tolist() != [BANK_FORMAT]:
+    if "format" not in z.files or z["format"].tolist() not in READABLE_FORMATS:
         raise ValueError("a bank shard of another format")
 
 
@@ -346,7 +369,8 @@ def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str | None], exi
         return None
     try:
         data = store.get(path)
-        count, left = len(Bank.decode(data)), tuple(shard_left(data))
+        bank = Bank.decode(data)
+        count, left = len(bank) + len(bank.forests), tuple(shard_left(data))
     except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
         return None
     entry = {"key": key, "path": path, "first": str(group[0]), "last": str(group[-1]),
@@ -355,7 +379,7 @@ def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str | None], exi
 
 
 def _build(store: Store, group: list[Sensor]) -> _Shard:
-    entries, left, shas = [], [], {}
+    entries, forests, left, shas = [], [], [], {}
     for sensor in group:
         try:
             sha, verdict = compile_stored(store, sensor)
@@ -365,14 +389,16 @@ def _build(store: Store, group: list[Sensor]) -> _Shard:
         shas[sensor] = sha
         if verdict.compiled is not None:
             entries.append((sensor, sha, verdict.compiled))
+        elif verdict.forest is not None:
+            forests.append((sensor, sha, verdict.forest))
         else:
             left.append(verdict.reason or "not compiled")
     # Named by the hashes actually compiled, so a kept shard always holds what its name says.
     key = _group_key(group, shas)
     path = _shard_path(key)
-    store.put(path, encode_shard(entries, left))
+    store.put(path, encode_shard(entries, left, forests))
     entry = {"key": key, "path": path, "first": str(group[0]), "last": str(group[-1]),
-             "compiled": len(entries)}
+             "compiled": len(entries) + len(forests)}
     return _Shard(entry, True, tuple(left), shas)
 
 
@@ -616,24 +642,32 @@ def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool
             bank = Bank.decode(store.get(shard["path"]), sha=hashes)
         except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
             continue  # a damaged shard, or one of another format: its sensors take the plain path
-        parts.append(bank.select(np.flatnonzero(
-            pc.is_in(bank.ids, value_set=wanted_keys[lo:hi]).to_numpy(zero_copy_only=False))))
+        parts.append(bank.only(wanted_keys[lo:hi]))
     found = Bank.concat(parts)
     # An entry stands for the model it was compiled from, and only while the manifest still
     # names that model. A sealed index vouches for its entries but those of saves that were
     # in progress when it was sealed (``seal``); an unsealed one (being rebuilt, or written
     # by an older fleetscore) vouches for none. An entry not vouched for is checked against
     # its manifest, and a mismatch sends the sensor to scikit-learn with its current model.
+    check = pa.array(index.get("check", []) if sealed else [], pa.string())
+    svm = _current(store, found.ids, found.sha, check, sealed)
+    forests = _current(store, found.forests.ids, found.forests.sha, check, sealed)
+    return replace(found.select(svm), forests=found.forests.select(forests))
+
+
+def _current(store: Store, ids: pa.Array, sha: np.ndarray, check: pa.Array, sealed: bool
+             ) -> np.ndarray:
+    """The entries (of ``ids``, compiled from ``sha``) still current: those a sealed index
+    vouches for, and those whose manifest still names the hash they were compiled from."""
     if sealed:
-        unsure = pc.is_in(found.ids, value_set=pa.array(index.get("check", []), pa.string()))
-        unsure = unsure.to_numpy(zero_copy_only=False)
+        unsure = pc.is_in(ids, value_set=check).to_numpy(zero_copy_only=False)
     else:
-        unsure = np.ones(len(found), dtype=bool)
+        unsure = np.ones(len(ids), dtype=bool)
     keep = ~unsure
     at = np.flatnonzero(unsure)
-    current = _manifest_shas(store, found.ids.take(pa.array(at, pa.int64())).to_pylist())
-    keep[at] = [c == sha for c, sha in zip(current, found.sha[at].tolist(), strict=True)]
-    return found.select(np.flatnonzero(keep))
+    current = _manifest_shas(store, ids.take(pa.array(at, pa.int64())).to_pylist())
+    keep[at] = [c == h for c, h in zip(current, sha[at].tolist(), strict=True)]
+    return np.flatnonzero(keep)
 
 
 def _manifest_shas(store: Store, keys: list[str]) -> list[str | None]:
@@ -653,7 +687,11 @@ class Bank(Mapping):
     """Compiled models as packed arrays: entry i is sensor ``ids[i]`` (``Device/Tag``),
     compiled from the model bytes of hash ``sha[i]``, with parameters ``params[i]`` (named by
     PARAMS) and support vectors and dual coefficients ``offsets[i]:offsets[i + 1]``. A
-    Mapping from Sensor to Compiled as well, for code that wants one model at a time."""
+    Mapping from Sensor to Compiled as well, for code that wants one model at a time.
+
+    ``forests``: the compiled IsolationForests of the same shards, keyed the same way (a
+    sensor is in one or the other). Entry numbers, ``select``, ``index`` and the Mapping are
+    the SVMs'; ``only`` filters both."""
 
     ids: pa.Array
     sha: np.ndarray
@@ -661,6 +699,7 @@ class Bank(Mapping):
     offsets: np.ndarray
     support: np.ndarray
     dual: np.ndarray
+    forests: Forests = field(default_factory=Forests.empty)
 
     @classmethod
     def empty(cls) -> Bank:
@@ -691,17 +730,19 @@ class Bank(Mapping):
             device, tag = z["device"], z["tag"]
             hashes = z["sha256"] if sha else np.zeros(len(device), "U1")
             params, offsets, support, dual = z["params"], z["offsets"], z["support"], z["dual"]
+            forests = _decode_forests(z, sha)
         keys = sensor_keys(device, tag)
         return cls(keys, hashes, params.reshape(-1, len(PARAMS)), offsets.astype(np.int64),
-                   support, dual)
+                   support, dual, forests)
 
     @classmethod
     def concat(cls, banks: list[Bank]) -> Bank:
-        banks = [b for b in banks if len(b.ids)]
+        banks = [b for b in banks if len(b.ids) or len(b.forests)]
         if not banks:
             return cls.empty()
         if len(banks) == 1:
             return banks[0]
+        forests = Forests.concat([b.forests for b in banks])
         shift = np.cumsum([0] + [len(b.support) for b in banks[:-1]])
         return cls(pa.concat_arrays([b.ids for b in banks]),
                    np.concatenate([b.sha for b in banks]),
@@ -709,10 +750,17 @@ class Bank(Mapping):
                    np.concatenate([[0]] + [b.offsets[1:] + k for b, k in zip(banks, shift,
                                                                                strict=True)]),
                    np.concatenate([b.support for b in banks]),
-                   np.concatenate([b.dual for b in banks]))
+                   np.concatenate([b.dual for b in banks]), forests)
+
+    def only(self, keys: pa.Array) -> Bank:
+        """The SVM and forest entries of these ``Device/Tag`` keys."""
+        def chosen(ids: pa.Array) -> np.ndarray:
+            return np.flatnonzero(pc.is_in(ids, value_set=keys).to_numpy(zero_copy_only=False))
+        return replace(self.select(chosen(self.ids)),
+                       forests=self.forests.select(chosen(self.forests.ids)))
 
     def select(self, entries: np.ndarray) -> Bank:
-        """The given entries, in that order."""
+        """The given SVM entries, in that order (the forests as they are)."""
         entries = np.asarray(entries, dtype=np.int64)
         if len(entries) == len(self.ids) and (entries == np.arange(len(entries))).all():
             return self
@@ -722,7 +770,7 @@ class Bank(Mapping):
         vectors = np.repeat(starts, lengths) + within
         return Bank(self.ids.take(pa.array(entries)), self.sha[entries], self.params[entries],
                     np.concatenate(([0], np.cumsum(lengths))), self.support[vectors],
-                    self.dual[vectors])
+                    self.dual[vectors], self.forests)
 
     def index(self, keys: pa.Array) -> np.ndarray:
         """Each ``Device/Tag`` key's entry, -1 for keys the bank does not hold."""
@@ -749,6 +797,16 @@ class Bank(Mapping):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _decode_forests(z, sha: bool) -> Forests:
+    """A shard's compiled forests (none in a format 2 shard, which compiled none)."""
+    if "forest_device" not in z.files:
+        return Forests.empty()
+    device, tag = z["forest_device"], z["forest_tag"]
+    hashes = z["forest_sha256"] if sha else np.zeros(len(device), "U1")
+    return Forests(sensor_keys(device, tag), hashes, z["forest_offsets"].astype(np.int64),
+                   z["forest_cuts"], z["forest_decisions"])
 
 
 # --- vectorized decision --------------------------------------------------------------------

@@ -33,6 +33,7 @@ from fleetscore.data.windows import read_points, sensor_runs
 from fleetscore.errors import FleetscoreError, ScoringError, first_line
 from fleetscore.model.bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
 from fleetscore.model.challengers import Challengers, load_challengers, load_version
+from fleetscore.model.forest import decide_forests, forest_near_boundary
 from fleetscore.model.registry import load_model
 from fleetscore.storage import Store
 
@@ -301,9 +302,11 @@ def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Any],
     fast = np.flatnonzero(entries >= 0)
     decision, magnitude = decide(bank, entries[fast], runs.starts[fast], runs.stops[fast],
                                  runs.values)
-    out = _Decided((decision <= 0).astype(np.int8),  # libsvm: +1 only for a decision above 0
-                   decision, np.ones(len(runs.values), dtype=bool), {})
-    names = runs.keys.to_pylist() if (len(fast) < len(runs.keys)) else None
+    labels = (decision <= 0).astype(np.int8)  # libsvm: +1 only for a decision above 0
+    trees, forest_edge = _decide_forests(runs, bank, entries, decision, labels)
+    out = _Decided(labels, decision, np.ones(len(runs.values), dtype=bool), {})
+    banked = len(fast) + int((trees >= 0).sum())
+    names = runs.keys.to_pylist() if banked < len(runs.keys) else None
 
     def model_of(sensor: Sensor) -> Any:
         if sensor not in models:
@@ -338,9 +341,44 @@ def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Any],
             attempt(run, lambda sensor, values, a=a, b=b, run=run: _settle_boundary(
                 bank, int(entries[run]), lambda: model_of(sensor), values, decision[a:b],
                 edge[a:b]))
-    for run in np.flatnonzero(runs.member & (entries < 0)):
+    if forest_edge.any():  # a forest's points too near 0: scikit-learn itself decides them
+        for run in np.flatnonzero(np.add.reduceat(forest_edge, runs.starts) > 0):
+            a, b = runs.starts[run], runs.stops[run]
+            attempt(run, lambda sensor, values, a=a, b=b: _settle_forest(
+                lambda: model_of(sensor), values, decision[a:b], forest_edge[a:b]))
+    for run in np.flatnonzero(runs.member & (entries < 0) & (trees < 0)):
         attempt(run, lambda sensor, values: _score_plain(model_of(sensor), sensor, values))
     return out
+
+
+def _decide_forests(runs: _Runs, bank: Bank, entries: np.ndarray, decision: np.ndarray,
+                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The banked forests' decisions and labels, written into ``decision`` and ``labels`` for
+    the runs of sensors the bank holds a forest of (and no SVM). Returns each run's forest
+    entry (-1: none) and the rows scikit-learn must decide."""
+    trees = np.where(runs.member & (entries < 0), bank.forests.index(runs.keys), -1)
+    at = np.flatnonzero(trees >= 0)
+    if not len(at):
+        return trees, np.zeros(len(runs.values), dtype=bool)
+    rows = np.repeat(trees >= 0, runs.lengths)
+    found = decide_forests(bank.forests, trees[at], runs.starts[at], runs.stops[at], runs.values)
+    decision[rows] = found[rows]
+    labels[rows] = found[rows] < 0  # IsolationForest.predict: -1 only for a decision below 0
+    return trees, forest_near_boundary(found) & rows
+
+
+def _settle_forest(model: Callable[[], Any], values: np.ndarray, decision: np.ndarray,
+                   edge: np.ndarray):
+    """A forest's run whose points near 0 (or not finite as float32) scikit-learn decides,
+    loading the model only then; the others keep the compiled decisions."""
+    decision = decision.copy()
+    labels = (decision < 0).astype(np.int8)
+    at = np.flatnonzero(edge)
+    exact_labels, exact_scores = predict_labels(model(), values[at])
+    labels[at] = exact_labels
+    if exact_scores is not None:
+        decision[at] = exact_scores
+    return labels, decision
 
 
 def _group_result(g: Group, index: int, runs: _Runs, scored_runs: np.ndarray,

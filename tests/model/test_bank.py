@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from sklearn.covariance import EllipticEnvelope
 from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -220,15 +221,16 @@ def test_bank_and_plain_paths_write_the_same_predictions(trained_store):
 
 
 def test_other_estimators_fall_back_to_scikit_learn_in_the_same_unit(trained_store):
-    forest = IsolationForest(random_state=0).fit(np.random.default_rng(0).normal(10, 1, (200, 1)))
-    save_model(trained_store, Sensor("1", "2"), forest, source="test")
+    # An IsolationForest is compiled too (tests/model/test_forest.py); an EllipticEnvelope is not.
+    other = EllipticEnvelope(random_state=0).fit(np.random.default_rng(0).normal(10, 1, (200, 1)))
+    save_model(trained_store, Sensor("1", "2"), other, source="test")
     stats = rebuild_bank(trained_store)
     assert (stats.sensors, stats.compiled) == (3, 2)
     result = score_unit(trained_store, H1, SENSORS, unit_id="u")
     assert result.scored == 3 and not result.failures
     preds = _written(trained_store, result)
     mine = preds.filter(np.array(preds["Tag"].to_pylist()) == "2")
-    expected = (forest.predict(mine["Val"].to_numpy().reshape(-1, 1)) == -1).astype(int)
+    expected = (other.predict(mine["Val"].to_numpy().reshape(-1, 1)) == -1).astype(int)
     assert mine["Prediction"].to_pylist() == expected.tolist()
 
 

@@ -199,11 +199,14 @@ def test_other_outlier_detectors_score_through_scikit_learn_and_are_counted(tmp_
     save_model(store, ocsvm, model, source="test")
     _write_points(store, {s: values for s, (_, values) in cases.items()})
     stats = rebuild_bank(store)
-    assert (stats.sensors, stats.compiled) == (5, 1)
+    # The IsolationForest is compiled too, as a forest beside the SVMs (tests/model/test_forest.py).
+    assert (stats.sensors, stats.compiled) == (5, 2)
     assert dict(stats.left) == {
-        "IsolationForest is not a OneClassSVM": 1, "EllipticEnvelope is not a OneClassSVM": 1,
+        "EllipticEnvelope is not a OneClassSVM": 1,
         "LocalOutlierFactor is not a OneClassSVM": 1, "SGDOneClassSVM is not a OneClassSVM": 1}
-    assert set(load_bank(store, cases)) == {ocsvm}
+    loaded = load_bank(store, cases)
+    assert set(loaded) == {ocsvm}
+    assert loaded.forests.ids.to_pylist() == ["d0/IsolationForest"]
     got = _unit_labels(store, list(cases))
     for sensor, (detector, values) in cases.items():
         assert got[sensor] == _expected(detector, values), sensor
@@ -213,12 +216,13 @@ def test_other_outlier_detectors_score_through_scikit_learn_and_are_counted(tmp_
 def test_kept_shards_still_count_what_is_left_to_scikit_learn(tmp_path):
     store = LocalStore(tmp_path / "store")
     train = np.random.default_rng(0).normal(0, 1, (60, 1))
-    save_model(store, Sensor("a", "t"), IsolationForest(random_state=0).fit(train), source="test")
+    save_model(store, Sensor("a", "t"), EllipticEnvelope(random_state=0).fit(train),
+               source="test")  # not compiled (an IsolationForest now is)
     save_model(store, Sensor("b", "t"), OneClassSVM().fit(train), source="test")
     first = rebuild_bank(store)
     again = rebuild_bank(store)
     assert (again.shards_written, again.shards_kept) == (0, 1)
-    assert again.left == first.left == (("IsolationForest is not a OneClassSVM", 1),)
+    assert again.left == first.left == (("EllipticEnvelope is not a OneClassSVM", 1),)
 
 
 @pytest.mark.reliability("R41")
@@ -228,13 +232,14 @@ def test_models_bank_prints_what_it_left_to_scikit_learn_and_why(tmp_path):
 
     store = LocalStore(tmp_path / "store")
     train = np.random.default_rng(0).normal(0, 1, (60, 1))
-    save_model(store, Sensor("a", "t"), IsolationForest(random_state=0).fit(train), source="test")
+    save_model(store, Sensor("a", "t"), EllipticEnvelope(random_state=0).fit(train),
+               source="test")  # not compiled (an IsolationForest now is)
     save_model(store, Sensor("b", "t"), OneClassSVM().fit(train), source="test")
     proc = subprocess.run([sys.executable, "-m", "fleetscore", "models", "bank", "--store",
                            str(tmp_path / "store")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "1 of 2 models compiled" in proc.stdout
-    assert "left to scikit-learn: 1 IsolationForest is not a OneClassSVM" in proc.stdout
+    assert "left to scikit-learn: 1 EllipticEnvelope is not a OneClassSVM" in proc.stdout
 
 
 def test_a_broken_manifest_leaves_the_rest_of_the_bank_in_place(tmp_path):

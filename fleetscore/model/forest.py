@@ -1,0 +1,271 @@
+"""One-feature IsolationForests compiled into packed arrays, and their vectorized decisions.
+
+A tree of a one-feature forest sends a point left when ``x <= threshold``, so it is a
+step function of x, and so is the forest's decision: between two consecutive thresholds
+(of any tree) every point reaches the same leaf in every tree. A compiled forest is the
+sorted unique thresholds (``cuts``) and one decision per interval between them, computed at
+compile time the way scikit-learn computes it (``sklearn/ensemble/_iforest.py``: per tree
+``depth[leaf] + average_path_length(n_node_samples[leaf]) - 1.0`` added tree after tree in
+the forest's order, ``2 ** -(sum / (n_trees * average_path_length(max_samples)))``, negated,
+minus ``offset_``). Scoring a point is then a binary search: whatever the number of trees,
+and for all of a unit's sensors at once.
+
+scikit-learn casts the input to float32 before the trees see it; scoring does the same.
+Labels follow ``IsolationForest.predict``: -1 (an anomaly) only where the decision is < 0.
+Points whose decision is within ``FOREST_TOLERANCE`` of 0, or whose value is not finite as
+float32 (NaN follows the trees' missing-value routing; overflow is scikit-learn's to judge),
+are left to scikit-learn itself by the caller. A forest is compiled only if the compiled copy
+agrees with scikit-learn on probe points around its thresholds and beyond its range.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.core.sensors import Sensor
+
+# Decisions lie in [-1, 1]; the compiled and scikit-learn's computations differ by a few
+# units in the last place at most (the same operations; only pow may be another build's).
+FOREST_TOLERANCE = 1e-9
+PROBE_CUTS = 128  # thresholds probed (each with its float32 neighbours) per compiled forest
+PROBE_RANDOM = 48
+PROBE_SEED = 20240302  # fixed: compiling the same bytes always gives the same verdict
+
+
+@dataclass(frozen=True)
+class CompiledForest:
+    """``decisions[k]`` is the decision of every x (as float32) with exactly k cuts below it."""
+
+    cuts: np.ndarray  # sorted, unique, float64
+    decisions: np.ndarray  # len(cuts) + 1, float64
+
+
+def compile_forest(estimator) -> tuple[CompiledForest | None, str | None]:
+    """The compiled copy of a fitted one-feature IsolationForest, or why there is none."""
+    from sklearn.ensemble import IsolationForest
+
+    if type(estimator) is not IsolationForest:
+        return None, f"{type(estimator).__name__} is not an IsolationForest"
+    shape = _shape_problem(estimator)
+    if shape:
+        return None, shape
+    compiled = _compile(estimator)
+    reason = forest_probe_disagreement(estimator, compiled)
+    return (None, reason) if reason else (compiled, None)
+
+
+def _shape_problem(forest) -> str | None:
+    if getattr(forest, "n_features_in_", None) != 1:
+        return "IsolationForest fitted on more than one feature"
+    for tree, features in zip(forest.estimators_, forest.estimators_features_, strict=True):
+        t = tree.tree_
+        if list(np.ravel(features)) != [0] or (t.feature[t.children_left != -1] != 0).any():
+            return "IsolationForest whose trees split on another feature"
+    return None
+
+
+def _compile(forest) -> CompiledForest:
+    from sklearn.ensemble._iforest import _average_path_length
+
+    trees = [tree.tree_ for tree in forest.estimators_]
+    cuts = np.unique(np.concatenate(
+        [t.threshold[t.children_left != -1] for t in trees] + [np.zeros(0)])).astype(np.float64)
+    # One representative per interval: the cut closing it (x <= cut), and +inf after the last.
+    reps = np.concatenate([cuts, [np.inf]])
+    depths = np.zeros(len(reps))
+    for t in trees:  # in the forest's order, as scikit-learn adds them
+        path = t.compute_node_depths()
+        average = _average_path_length(t.n_node_samples)
+        leaf = _leaves(t, reps)
+        depths += path[leaf] + average[leaf] - 1.0
+    denominator = len(trees) * _average_path_length([forest.max_samples_])
+    with np.errstate(all="ignore"):
+        scores = 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths),
+                                  where=denominator != 0))
+    decisions = -scores - forest.offset_
+    return CompiledForest(cuts, np.ascontiguousarray(decisions, dtype=np.float64))
+
+
+def _leaves(t, x: np.ndarray) -> np.ndarray:
+    """The leaf each x reaches in the tree ``t`` (scikit-learn's rule: left when x <= threshold)."""
+    left, right, threshold = t.children_left, t.children_right, t.threshold
+    node = np.zeros(len(x), dtype=np.intp)
+    for _ in range(int(t.max_depth)):
+        inner = left[node] != -1
+        node = np.where(inner, np.where(x <= threshold[node], left[node], right[node]), node)
+    return node
+
+
+def probe_values(compiled: CompiledForest) -> np.ndarray:
+    """The float32 values at and next to a sample of the cuts (where a < for a <= would show),
+    and random points around and far beyond them."""
+    cuts = compiled.cuts
+    if len(cuts):
+        at = np.unique(np.linspace(0, len(cuts) - 1, min(len(cuts), PROBE_CUTS)).astype(np.intp))
+        near = cuts[at].astype(np.float32)
+        points = np.concatenate([near, np.nextafter(near, np.float32(np.inf)),
+                                 np.nextafter(near, np.float32(-np.inf))]).astype(np.float64)
+        lo, hi = float(cuts[0]), float(cuts[-1])
+    else:
+        points, lo, hi = np.zeros(0), -1.0, 1.0
+    width = max(hi - lo, abs(hi), abs(lo), 1.0)
+    spread = np.random.default_rng(PROBE_SEED).uniform(lo - width, hi + width, PROBE_RANDOM)
+    far = np.array([lo - 10 * width, hi + 10 * width, lo - 1e3 * width, hi + 1e3 * width, 0.0])
+    probes = np.concatenate([points, spread, far])
+    with np.errstate(all="ignore"):
+        fits = np.isfinite(probes.astype(np.float32))
+    return probes[fits]
+
+
+def forest_probe_disagreement(estimator, compiled: CompiledForest) -> str | None:
+    """None when the compiled copy gives scikit-learn's decisions (within the tolerance) and
+    labels on every probe point; otherwise why not."""
+    probes = probe_values(compiled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = np.asarray(estimator.decision_function(probes.reshape(-1, 1)), np.float64)
+        labels = np.asarray(estimator.predict(probes.reshape(-1, 1)))
+    got = forest_decisions(compiled, probes)
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return "IsolationForest whose decisions are not finite on probe points"
+    if (np.abs(got - expected) > FOREST_TOLERANCE).any():
+        return "IsolationForest whose compiled decisions differ from scikit-learn's on probe points"
+    settled = ~forest_near_boundary(got)
+    if ((got < 0) != (labels == -1))[settled].any():
+        return "IsolationForest whose compiled labels differ from scikit-learn's on probe points"
+    return None
+
+
+def forest_near_boundary(decision: np.ndarray) -> np.ndarray:
+    """Points scikit-learn decides itself: within the tolerance of 0, or not finite."""
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(decision) >= FOREST_TOLERANCE)
+
+
+def forest_decisions(compiled: CompiledForest, values: np.ndarray) -> np.ndarray:
+    """One compiled forest's decisions (NaN where scikit-learn must decide)."""
+    forests = Forests.of([(Sensor.unchecked("m", "0"), "", compiled)])
+    values = np.asarray(values, dtype=np.float64)
+    return decide_forests(forests, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                          np.array([len(values)], np.int64), values)
+
+
+# --- packed -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Forests:
+    """Compiled forests as packed arrays: entry i is sensor ``ids[i]`` (``Device/Tag``),
+    compiled from the model bytes of hash ``sha[i]``, with cuts ``offsets[i]:offsets[i + 1]``
+    and decisions ``offsets[i] + i : offsets[i + 1] + i + 1`` (one more than its cuts)."""
+
+    ids: pa.Array
+    sha: np.ndarray
+    offsets: np.ndarray
+    cuts: np.ndarray
+    decisions: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Forests:
+        return cls(pa.array([], pa.string()), np.zeros(0, "U64"), np.zeros(1, np.int64),
+                   np.zeros(0), np.zeros(0))
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[Sensor, str, CompiledForest]]) -> Forests:
+        entries = list(entries)
+        if not entries:
+            return cls.empty()
+        counts = np.array([len(c.cuts) for _, _, c in entries], dtype=np.int64)
+        return cls(pa.array([f"{s.device}/{s.tag}" for s, _, _ in entries], pa.string()),
+                   np.array([h for _, h, _ in entries], dtype="U64"),
+                   np.concatenate(([0], np.cumsum(counts))),
+                   np.concatenate([np.asarray(c.cuts, np.float64) for _, _, c in entries]),
+                   np.concatenate([np.asarray(c.decisions, np.float64) for _, _, c in entries]))
+
+    @classmethod
+    def concat(cls, parts: list[Forests]) -> Forests:
+        parts = [f for f in parts if len(f.ids)]
+        if len(parts) <= 1:
+            return parts[0] if parts else cls.empty()
+        shift = np.cumsum([0] + [len(f.cuts) for f in parts[:-1]])
+        return cls(pa.concat_arrays([f.ids for f in parts]), np.concatenate([f.sha for f in parts]),
+                   np.concatenate([[0]] + [f.offsets[1:] + k for f, k in zip(parts, shift,
+                                                                              strict=True)]),
+                   np.concatenate([f.cuts for f in parts]),
+                   np.concatenate([f.decisions for f in parts]))
+
+    def select(self, entries: np.ndarray) -> Forests:
+        """The given entries, in that order."""
+        entries = np.asarray(entries, dtype=np.int64)
+        if len(entries) == len(self.ids) and (entries == np.arange(len(entries))).all():
+            return self
+        starts, lengths = self.offsets[entries], self.offsets[entries + 1] - self.offsets[entries]
+        cuts = _ranges(starts, lengths)
+        decisions = _ranges(starts + entries, lengths + 1)
+        return Forests(self.ids.take(pa.array(entries)), self.sha[entries],
+                       np.concatenate(([0], np.cumsum(lengths))), self.cuts[cuts],
+                       self.decisions[decisions])
+
+    def index(self, keys: pa.Array) -> np.ndarray:
+        """Each ``Device/Tag`` key's entry, -1 for keys not held."""
+        if not len(self.ids):
+            return np.full(len(keys), -1, dtype=np.int64)
+        return pc.fill_null(pc.index_in(keys, value_set=self.ids), -1).to_numpy().astype(np.int64)
+
+    @functools.cached_property
+    def _position(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.ids.to_pylist())}
+
+    def get(self, sensor: Sensor) -> CompiledForest | None:
+        i = self._position.get(f"{sensor[0]}/{sensor[1]}")
+        if i is None:
+            return None
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return CompiledForest(self.cuts[a:b], self.decisions[a + i : b + i + 1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices starts[i] .. starts[i] + lengths[i] - 1, one range after the other."""
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within
+
+
+def decide_forests(forests: Forests, entries: np.ndarray, starts: np.ndarray,
+                   stops: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Decisions for rows of ``values``: rows ``starts[i]:stops[i]`` by entry ``entries[i]``.
+    Rows no run covers, and rows not finite as float32, are NaN. One binary search over every
+    row at once, each within its own entry's cuts."""
+    out = np.full(len(values), np.nan)
+    entries = np.asarray(entries, dtype=np.int64)
+    if not len(entries):
+        return out
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(stops, dtype=np.int64) - starts
+    rows = _ranges(starts, lengths)
+    entry = np.repeat(entries, lengths)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = values[rows].astype(np.float32).astype(np.float64)  # scikit-learn's float32 input
+    lo, hi = forests.offsets[entry], forests.offsets[entry + 1]
+    last = max(0, len(forests.cuts) - 1)
+    # lo ends as the first cut >= x (side="left"): the count of cuts below x, offset.
+    for _ in range(int(np.max(hi - lo, initial=0)).bit_length()):
+        open_ = lo < hi
+        mid = (lo + hi) // 2
+        below = open_ & (forests.cuts[np.minimum(mid, last)] < x) if len(forests.cuts) \
+            else np.zeros(len(x), dtype=bool)
+        lo = np.where(below, mid + 1, lo)
+        hi = np.where(open_ & ~below, mid, hi)
+    decision = forests.decisions[lo + entry]
+    decision[~np.isfinite(x)] = np.nan
+    out[rows] = decision
+    return out
