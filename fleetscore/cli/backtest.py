@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from fleetscore.cli.common import StoreOpt, err, load_settings, open_store, out
+from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour
 from fleetscore.core.text import count
 from fleetscore.errors import UsageError
@@ -34,6 +35,9 @@ def backtest(
     train_fraction: Annotated[float, typer.Option(
         metavar="F", help="Share of each sensor's hours with data trained on; the rest is "
         "scored.")] = 0.15,
+    nu: Annotated[float, typer.Option(help="OneClassSVM nu, as `train --nu`.")] = DEFAULT_NU,
+    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma, as `train --gamma`.")
+                     ] = DEFAULT_GAMMA,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train on the first hours of each sensor's history, score the rest, and measure the flags
@@ -41,6 +45,7 @@ def backtest(
     changes: models are fitted in memory."""
     from pathlib import Path
 
+    from fleetscore.model.training import default_model
     from fleetscore.scoring.backtest import read_labels, run_backtest
 
     if not 0 < train_fraction < 1:
@@ -56,13 +61,17 @@ def backtest(
         # The estimator seam: run_backtest takes make_model; an --estimator option passes one
         # here once model.estimators offers them by name.
         result = run_backtest(st, parsed, first=first, last=last, train_fraction=train_fraction,
+                              make_model=lambda: default_model(nu, gamma),
                               interval_s=settings.interval_s)
     finally:
         st.close()
+    estimator = f"StandardScaler + OneClassSVM, nu={nu:g}, gamma={gamma:g}"
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=1) + "\n")
+        sys.stdout.write(json.dumps({"estimator": estimator, **result.to_json()}, indent=1) + "\n")
     else:
         _print(result, Path(labels))
+        if result.sensors:
+            out.print(f"model: {estimator}")
     if not result.sensors:
         if not as_json:
             err.print("nothing to score: no sensor has data in more than one hour of the range")

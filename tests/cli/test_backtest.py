@@ -56,6 +56,20 @@ def test_backtest_table(demo):
     assert "overall" in proc.stdout and "chance" in proc.stdout
     assert "worst sensor: D" in proc.stdout
     assert "trained on the first 50%" in proc.stdout
+    assert "model: StandardScaler + OneClassSVM, nu=0.01, gamma=0.01" in proc.stdout
+
+
+def test_nu_and_gamma_reach_the_model(demo):
+    """A larger nu lets the model flag more: the flagged share follows the option."""
+    shares = []
+    for nu in ("0.01", "0.2"):
+        proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--nu", nu,
+                          "--json", cwd=demo)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert f"nu={nu}" in result["estimator"]
+        shares.append(result["overall"]["model"]["flagged_share"])
+    assert shares[1] > shares[0]
 
 
 def test_a_range_without_data_is_nothing_to_score(demo):
