@@ -38,10 +38,14 @@ def train(
     days: Annotated[int | None, typer.Option(
         help="Train on the last N days of data (up to --until, or the last hour with data); "
         "instead of --since.")] = None,
-    nu: Annotated[float, typer.Option(
+    estimator: Annotated[str, typer.Option(
+        help="The model per sensor: ocsvm (Pipeline(StandardScaler, OneClassSVM)) or iforest "
+        "(IsolationForest(contamination=0.01)).")] = "ocsvm",
+    nu: Annotated[float | None, typer.Option(
         help="OneClassSVM nu: upper bound on the outlier share (default chosen on the demo fleet: "
-        "docs/benchmarks.md).")] = DEFAULT_NU,
-    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma.")] = DEFAULT_GAMMA,
+        f"docs/benchmarks.md; {DEFAULT_NU:g}). ocsvm only.", show_default=False)] = None,
+    gamma: Annotated[float | None, typer.Option(
+        help=f"OneClassSVM RBF gamma ({DEFAULT_GAMMA:g}). ocsvm only.", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(help="Processes fitting models (default: cores).")] = None,
     challenger: Annotated[bool, typer.Option(
         "--challenger", help="New versions as challengers: the champions keep scoring until "
@@ -50,17 +54,15 @@ def train(
         "--drifted", help="Only the sensors `models drift` flags over the last 24 hours with "
         "data.")] = False,
 ) -> None:
-    """Fit Pipeline(StandardScaler, OneClassSVM) per sensor on its stored points, on every core,
-    a group of sensors at a time (memory follows the group, not the fleet). Each model is a
-    new version of its sensor: the champion, or with --challenger a challenger."""
+    """Fit a model per sensor (--estimator: ocsvm, the default, or iforest) on its stored
+    points, on every core, a group of sensors at a time (memory follows the group, not the
+    fleet). Each model is a new version of its sensor: the champion, or with --challenger a
+    challenger."""
     from fleetscore.model.training import train as train_models
 
     if workers is not None and workers < 1:
         raise UsageError(f"invalid --workers {workers}: expected 1 or more")
-    if not 0 < nu <= 1:
-        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
-    if gamma <= 0:
-        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    nu, gamma = _estimator_options(estimator, nu, gamma)
     if days is not None and (days < 1 or since is not None):
         raise UsageError("--days takes a number of days, 1 or more, and replaces --since")
     settings = load_settings()
@@ -72,7 +74,8 @@ def train(
         with ProgressBar("training") as progress:
             result = train_models(st, until=last, sensors=chosen, since=first, nu=nu, gamma=gamma,
                                   workers=workers or settings.workers, progress=progress,
-                                  role="challenger" if challenger else "champion")
+                                  role="challenger" if challenger else "champion",
+                                  estimator=estimator)
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
         if not result.trained:
@@ -86,10 +89,30 @@ def train(
     finally:
         st.close()
     what = "challenger" if challenger else "model"
+    chosen_model = f"nu={nu:g}, gamma={gamma:g}" if estimator == "ocsvm" else estimator
     out.print(f"trained {count(len(result.trained), what)} on {result.hours[0]} .. "
-              f"{result.hours[-1]} (nu={nu:g}, gamma={gamma:g}); {bank}")
+              f"{result.hours[-1]} ({chosen_model}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
+
+
+def _estimator_options(estimator: str, nu: float | None, gamma: float | None
+                       ) -> tuple[float, float]:
+    """--nu and --gamma, checked (defaults filled in); a usage error when they come with an
+    estimator that has neither, or for an unknown estimator."""
+    from fleetscore.model.estimators import NAMES
+
+    if estimator not in NAMES:
+        raise UsageError(f"invalid --estimator {estimator!r}: expected one of {', '.join(NAMES)}")
+    if estimator != "ocsvm" and (nu is not None or gamma is not None):
+        raise UsageError(f"--nu and --gamma are the ocsvm's; --estimator {estimator} takes neither")
+    nu = DEFAULT_NU if nu is None else nu
+    gamma = DEFAULT_GAMMA if gamma is None else gamma
+    if not 0 < nu <= 1:
+        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
+    if gamma <= 0:
+        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    return nu, gamma
 
 
 def _days_before(st, until: Hour | None, days: int | None) -> Hour | None:

@@ -1,4 +1,4 @@
-"""``fleetscore train``: fit the default model per sensor on its stored points.
+"""``fleetscore train``: fit a model per sensor (``estimators``: ocsvm, iforest) on its stored points.
 
 Sensors are trained in groups: a group's points are read across the training hours (window
 files are sorted by Device, so a group reads only its own row groups), fitted on every core,
@@ -30,6 +30,7 @@ from fleetscore.core.hours import MS_PER_HOUR, Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
+from fleetscore.model import estimators
 from fleetscore.model.registry import ModelManifest
 from fleetscore.model.versions import ModelsLock, manifest_of, save_estimator
 from fleetscore.settings import Settings
@@ -51,11 +52,15 @@ class TrainResult:
 
 def default_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
     """The reference architecture's model: Pipeline(StandardScaler, OneClassSVM)."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import OneClassSVM
+    return estimators.make("ocsvm", nu=nu, gamma=gamma)
 
-    return Pipeline([("scaler", StandardScaler()), ("ocsvm", OneClassSVM(nu=nu, gamma=gamma))])
+
+def _spec(estimator: str, nu: float, gamma: float) -> tuple[str, dict[str, float], str]:
+    """The estimator's name, its parameters for ``estimators.make`` and the versions' source."""
+    if estimator == "ocsvm":
+        return estimator, {"nu": nu, "gamma": gamma}, f"train:nu={nu},gamma={gamma}"
+    estimators.make(estimator)  # an unknown name fails here, before any data is read
+    return estimator, {}, f"train:{estimator}"
 
 
 def training_hours(store: Store, *, until: Hour | None = None,
@@ -114,11 +119,13 @@ def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
 
 # --- fitting, in this process or in a pool of workers ---------------------------------------
 
-def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray, nu: float, gamma: float,
-                  trained_on: tuple[Hour, Hour], role: str) -> ModelManifest:
-    model = default_model(nu, gamma).fit(values.reshape(-1, 1))
+def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray,
+                  spec: tuple[str, dict[str, float], str], trained_on: tuple[Hour, Hour],
+                  role: str) -> ModelManifest:
+    name, params, source = spec
+    model = estimators.make(name, **params).fit(values.reshape(-1, 1))
     # The parent holds the models lock for the whole training (ModelsLock in train).
-    version = save_estimator(store, sensor, model, source=f"train:nu={nu},gamma={gamma}",
+    version = save_estimator(store, sensor, model, source=source,
                              trained_on=trained_on, role=role, by="train", under_lock=True)
     return manifest_of(sensor, version)
 
@@ -131,14 +138,16 @@ def train(
     store: Store, *, until: Hour | None = None, since: Hour | None = None,
     nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
     workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
-    role: str = "champion", lock: ModelsLock | None = None,
+    role: str = "champion", lock: ModelsLock | None = None, estimator: str = estimators.DEFAULT,
 ) -> TrainResult:
     """Train every sensor with data in the hours (or only ``sensors``), each model a new
     version in ``role``: champion (it scores from now on) or challenger (it waits to be
     compared and promoted). ``workers`` > 1 fits in that many processes (None: one per
     core); each worker opens the store itself. ``lock``: the models lock the caller already
     holds (a refit holds one across processes); it is renewed before each group, so a lock
-    taken over meanwhile stops the training before it writes again."""
+    taken over meanwhile stops the training before it writes again. ``estimator``: a name of
+    ``estimators.NAMES`` (``nu`` and ``gamma`` are the ocsvm's)."""
+    spec = _spec(estimator, nu, gamma)
     hours = training_hours(store, until=until, since=since)
     arrivals = read_arrivals_many(store, hours)
     with_data = {h: set(a) for h, a in arrivals.items()}
@@ -151,7 +160,7 @@ def train(
     # One lock on model roles for the whole training: the caller's, or one taken here.
     with nullcontext(lock) if lock is not None else ModelsLock(store) as held:
         trained, skipped = _fit_groups(store, hours, with_data, points, workers, held,
-                                       (nu, gamma, role, budget), progress)
+                                       (spec, role, budget), progress)
     if progress:
         progress(len(points), len(points))
     return TrainResult(tuple(trained), tuple(sorted(skipped)), hours)
@@ -159,14 +168,16 @@ def train(
 
 def _fit_groups(store: Store, hours: tuple[Hour, ...], with_data: dict[Hour, set[Sensor]],
                 points: Counter[Sensor], workers: int, lock: ModelsLock,
-                options: tuple[float, float, str, int], progress: Progress | None
+                options: tuple[tuple[str, dict[str, float], str], str, int],
+                progress: Progress | None
                 ) -> tuple[list[ModelManifest], list[tuple[str, str]]]:
     """Fit and save every group's sensors, here or on a pool, renewing the lock a group."""
-    nu, gamma, role, budget = options
+    spec, role, budget = options
     pool = None
     if workers > 1 and len(points) > 1:
         # Import what fitting needs before the pool forks: each worker then starts with
         # scikit-learn and skops loaded, instead of importing them itself (a second each).
+        import sklearn.ensemble  # noqa: F401
         import sklearn.svm  # noqa: F401
         import skops.io  # noqa: F401
 
@@ -185,7 +196,7 @@ def _fit_groups(store: Store, hours: tuple[Hour, ...], with_data: dict[Hour, set
                 if len(values) < MIN_POINTS:
                     skipped.append((str(sensor), f"only {len(values)} points (at least {MIN_POINTS})"))
                     continue
-                jobs.append((sensor, values, nu, gamma, (hours[0], hours[-1]), role))
+                jobs.append((sensor, values, spec, (hours[0], hours[-1]), role))
             if pool is None:
                 results = (_fit_and_save(store, *job) for job in jobs)
             else:
