@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -35,9 +36,13 @@ def backtest(
     train_fraction: Annotated[float, typer.Option(
         metavar="F", help="Share of each sensor's hours with data trained on; the rest is "
         "scored.")] = 0.15,
-    nu: Annotated[float, typer.Option(help="OneClassSVM nu, as `train --nu`.")] = DEFAULT_NU,
-    gamma: Annotated[float, typer.Option(help="OneClassSVM RBF gamma, as `train --gamma`.")
-                     ] = DEFAULT_GAMMA,
+    estimator: Annotated[str, typer.Option(
+        metavar="ocsvm|iforest", help="The estimator fitted per sensor, as `train --estimator`."
+        )] = "ocsvm",
+    nu: Annotated[float | None, typer.Option(help="OneClassSVM nu, as `train --nu` (default "
+                                             f"{DEFAULT_NU:g}).")] = None,
+    gamma: Annotated[float | None, typer.Option(help="OneClassSVM RBF gamma, as `train "
+                                                f"--gamma` (default {DEFAULT_GAMMA:g}).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train on the first hours of each sensor's history, score the rest, and measure the flags
@@ -45,9 +50,9 @@ def backtest(
     changes: models are fitted in memory."""
     from pathlib import Path
 
-    from fleetscore.model.training import default_model
     from fleetscore.scoring.backtest import read_labels, run_backtest
 
+    make_model, described = _model(estimator, nu, gamma)
     if not 0 < train_fraction < 1:
         raise UsageError(f"--train-fraction {train_fraction:g}: expected a share between 0 and 1")
     first = Hour.parse(from_) if from_ is not None else None
@@ -58,24 +63,44 @@ def backtest(
     parsed = read_labels(Path(labels))
     st = open_store(store, settings)
     try:
-        # The estimator seam: run_backtest takes make_model; an --estimator option passes one
-        # here once model.estimators offers them by name.
         result = run_backtest(st, parsed, first=first, last=last, train_fraction=train_fraction,
-                              make_model=lambda: default_model(nu, gamma),
-                              interval_s=settings.interval_s)
+                              make_model=make_model, interval_s=settings.interval_s)
     finally:
         st.close()
-    estimator = f"StandardScaler + OneClassSVM, nu={nu:g}, gamma={gamma:g}"
     if as_json:
-        sys.stdout.write(json.dumps({"estimator": estimator, **result.to_json()}, indent=1) + "\n")
+        sys.stdout.write(json.dumps({"estimator": described, **result.to_json()}, indent=1) + "\n")
     else:
         _print(result, Path(labels))
         if result.sensors:
-            out.print(f"model: {estimator}")
+            out.print(f"model: {described}")
     if not result.sensors:
         if not as_json:
             err.print("nothing to score: no sensor has data in more than one hour of the range")
         raise typer.Exit(NO_DATA_EXIT)
+
+
+def _model(estimator: str, nu: float | None, gamma: float | None
+           ) -> tuple[Callable[[], Any], str]:
+    """The factory of unfitted estimators the backtest fits (what `train --estimator` fits,
+    from model.estimators) and how the output names it; usage errors as train's."""
+    from fleetscore.model import estimators
+
+    if estimator not in estimators.NAMES:
+        raise UsageError(f"invalid --estimator {estimator!r}: expected one of "
+                         f"{', '.join(estimators.NAMES)}")
+    if estimator != "ocsvm":
+        if nu is not None or gamma is not None:
+            raise UsageError(f"--nu and --gamma are the ocsvm's; --estimator {estimator} "
+                             "takes neither")
+        return (lambda: estimators.make(estimator)), estimator
+    nu = DEFAULT_NU if nu is None else nu
+    gamma = DEFAULT_GAMMA if gamma is None else gamma
+    if not 0 < nu <= 1:
+        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
+    if gamma <= 0:
+        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    return (lambda: estimators.make("ocsvm", nu=nu, gamma=gamma)), \
+        f"StandardScaler + OneClassSVM, nu={nu:g}, gamma={gamma:g}"
 
 
 def _share(x: float | None) -> str:

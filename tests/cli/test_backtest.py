@@ -72,6 +72,19 @@ def test_nu_and_gamma_reach_the_model(demo):
     assert shares[1] > shares[0]
 
 
+def test_estimator_iforest_is_fitted_instead(demo):
+    """The same history with train's IsolationForest: named in the output, and other flags
+    than the default model's."""
+    runs = {}
+    for name in ("ocsvm", "iforest"):
+        proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--estimator",
+                          name, "--json", cwd=demo)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads(proc.stdout)
+    assert runs["iforest"]["estimator"] == "iforest"
+    assert runs["iforest"]["overall"]["model"] != runs["ocsvm"]["overall"]["model"]
+
+
 def test_a_range_without_data_is_nothing_to_score(demo):
     proc = fleetscore("backtest", "labels-windows.csv", "--store", "store",
                       "--from", "2027-01-01T00", "--to", "2027-01-01T05", cwd=demo)
@@ -91,6 +104,10 @@ def test_a_bad_labels_row_is_one_line_naming_file_and_line(demo, tmp_path):
     (["--train-fraction", "1"], "--train-fraction"),
     (["--from", "2026-01-05T05", "--to", "2026-01-05T01"], "reversed"),
     (["--from", "soon"], "invalid hour"),
+    (["--nu", "2"], "--nu"),
+    (["--gamma", "0"], "--gamma"),
+    (["--estimator", "magic"], "--estimator"),
+    (["--estimator", "iforest", "--nu", "0.1"], "takes neither"),
 ])
 def test_bad_options_are_usage_errors(demo, args, says):
     line = one_line_usage_error(fleetscore("backtest", "labels-windows.csv", "--store", "store",
