@@ -297,8 +297,8 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
     points: Counter[Sensor] = Counter()
     for counts in arrivals.values():
         points.update(counts)
-    if sensors is not None:
-        wanted = set(sensors)
+    wanted = set(sensors) if sensors is not None else None  # read once: it may be an iterator
+    if wanted is not None:
         points = Counter({s: n for s, n in points.items() if s in wanted})
     results: list[SensorResult] = []
     skipped: list[tuple[str, str]] = []
@@ -314,8 +314,7 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
             else:
                 results.append(done)
     counted = sum(r.model.windows for r in results)
-    unscored = sum(len(v) for s, v in labels.items()
-                   if sensors is None or s in set(sensors)) - counted
+    unscored = sum(len(v) for s, v in labels.items() if wanted is None or s in wanted) - counted
     span = (str(hours[0]), str(hours[-1])) if hours else None
     return Backtest(train_fraction, span, tuple(results), tuple(skipped), unscored)
 
