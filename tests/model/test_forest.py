@@ -1,0 +1,235 @@
+"""IsolationForests in the bank: compiled decisions and labels equal scikit-learn's, alone, in a
+unit beside OneClassSVMs and models the bank does not compile, and from `train --estimator
+iforest` through `fleetscore run`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.covariance import EllipticEnvelope
+from sklearn.ensemble import IsolationForest
+
+from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
+from fleetscore.data.predictions import decode
+from fleetscore.model.bank import load_bank, rebuild_bank
+from fleetscore.model.estimators import make
+from fleetscore.model.forest import (
+    CompiledForest,
+    Forests,
+    compile_forest,
+    decide_forests,
+    forest_decisions,
+    forest_near_boundary,
+)
+from fleetscore.model.registry import save_model
+from fleetscore.scoring.score import Group, score_many
+from fleetscore.storage import LocalStore
+from tests.model.test_bank_variants import HOUR, _unit_labels, _write_points
+
+
+def _labels(forest, compiled, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What scoring does: compiled labels, scikit-learn's own near 0."""
+    decision = forest_decisions(compiled, values)
+    labels = (decision < 0).astype(int)
+    edge = forest_near_boundary(decision)
+    if edge.any():
+        labels[edge] = forest.predict(values[edge].reshape(-1, 1)) == -1
+    return labels, decision
+
+
+def _check(forest, values: np.ndarray) -> None:
+    compiled, reason = compile_forest(forest)
+    assert compiled is not None, reason
+    cuts32 = compiled.cuts.astype(np.float32)
+    # At every cut, the float32 values on either side and the value itself.
+    probes = np.concatenate([values, compiled.cuts, cuts32, np.nextafter(cuts32, np.float32(np.inf)),
+                             np.nextafter(cuts32, np.float32(-np.inf))]).astype(np.float64)
+    labels, decision = _labels(forest, compiled, probes)
+    expected = forest.decision_function(probes.reshape(-1, 1))
+    sure = np.isfinite(decision)
+    assert (decision[sure] == expected[sure]).all()  # the same sums, bit for bit
+    assert (labels == (forest.predict(probes.reshape(-1, 1)) == -1)).all()
+
+
+datasets = st.one_of(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=300),
+    st.lists(st.integers(-3, 3).map(float), min_size=2, max_size=300),  # few distinct values
+    st.builds(lambda n, k, v: [0.0] * n + [v] * k, st.integers(2, 200), st.integers(0, 10),
+              st.floats(-50, 50)),  # mostly zero
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets, st.integers(1, 25), st.sampled_from(["auto", 0.01, 0.1, 0.3]),
+       st.sampled_from(["auto", 1.0, 16]), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_compiled_forest_labels_and_decisions_equal_scikit_learn(train, trees, contamination,
+                                                                 max_samples, seed, probe_seed):
+    train = np.asarray(train, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_samples above the data: scikit-learn says so
+        forest = IsolationForest(n_estimators=trees, contamination=contamination,
+                                 max_samples=max_samples, random_state=seed).fit(
+            train.reshape(-1, 1))
+    rng = np.random.default_rng(probe_seed)
+    spread = max(1.0, float(np.ptp(train)))
+    _check(forest, np.concatenate([train, rng.uniform(train.min() - spread,
+                                                      train.max() + spread, 200)]))
+
+
+def test_boundary_cases_constant_and_mostly_zero_training_data():
+    rng = np.random.default_rng(3)
+    for train in (np.zeros(100), np.full(50, 7.25), np.r_[np.zeros(500), rng.normal(4, 1, 20)],
+                  np.r_[np.zeros(300), [1e-300, -1e-300, 3.4e38]]):
+        forest = make("iforest").fit(train.reshape(-1, 1))
+        _check(forest, np.r_[train, rng.normal(0, 5, 100), [0.0, -0.0, 1e39, -1e39]])
+
+
+def test_constant_forest_leaves_every_point_to_scikit_learn():
+    """Trained on one value, every point's decision is exactly 0: scikit-learn calls them all
+    inliers (only a decision below 0 is an outlier), and the compiled copy defers to it."""
+    forest = make("iforest").fit(np.zeros((40, 1)))
+    compiled, _ = compile_forest(forest)
+    assert compiled is not None and len(compiled.cuts) == 0
+    values = np.array([-5.0, 0.0, 5.0])
+    assert forest_near_boundary(forest_decisions(compiled, values)).all()
+    labels, _ = _labels(forest, compiled, values)
+    assert labels.tolist() == [0, 0, 0]
+
+
+def test_a_point_on_a_cut_takes_the_interval_the_cut_closes():
+    """scikit-learn sends x <= threshold left: a point equal to a cut is in the interval below
+    it. (Fitted thresholds are rarely float32 values, so fitted forests seldom show it.)"""
+    compiled = CompiledForest(np.array([0.0, 1.0]), np.array([-1.0, 0.5, -0.25]))
+    got = forest_decisions(compiled, np.array([-1.0, 0.0, 0.5, 1.0, 1.0 + 1e-12, 1.0 + 2**-23, 2.0]))
+    assert got.tolist() == [-1.0, -1.0, 0.5, 0.5, 0.5, -0.25, -0.25]  # 1 + 1e-12 is 1 in float32
+
+
+def test_non_finite_points_are_left_to_scikit_learn():
+    forest = make("iforest").fit(np.random.default_rng(0).normal(size=(100, 1)))
+    compiled, _ = compile_forest(forest)
+    decision = forest_decisions(compiled, np.array([np.nan, np.inf, 1e300, 0.5]))
+    assert np.isnan(decision[:3]).all() and np.isfinite(decision[3])
+
+
+def test_packed_forests_select_concat_and_decide_many_at_once():
+    rng = np.random.default_rng(5)
+    forests = [make("iforest", n_estimators=10, random_state=i).fit(
+        rng.normal(i, 1 + i, (80, 1))) for i in range(4)]
+    compiled = [compile_forest(f)[0] for f in forests]
+    packed = Forests.concat([Forests.of([(Sensor(f"d{i}", "t"), "", c)]) for i, c in
+                             enumerate(compiled)]).select(np.array([3, 1, 0, 2]))
+    assert packed.ids.to_pylist() == ["d3/t", "d1/t", "d0/t", "d2/t"]
+    values = rng.normal(2, 4, 40)
+    entries = np.array([2, 1, 3, 0])  # d0, d1, d2, d3: 10 points each
+    got = decide_forests(packed, entries, np.arange(4) * 10, np.arange(1, 5) * 10, values)
+    for i, forest in enumerate(forests):
+        part = values[10 * i : 10 * i + 10]
+        assert (got[10 * i : 10 * i + 10] == forest.decision_function(part.reshape(-1, 1))).all()
+    assert packed.index(pa.array(["d2/t", "x/y"])).tolist() == [3, -1]
+
+
+@pytest.fixture
+def mixed_store(tmp_path):
+    """A unit of an ocsvm, two iforests (one of constant data) and an EllipticEnvelope."""
+    rng = np.random.default_rng(11)
+    store = LocalStore(tmp_path / "store")
+    models = {Sensor("a", "ocsvm"): make("ocsvm", nu=0.05, gamma=0.5).fit(rng.normal(0, 1, (80, 1))),
+              Sensor("b", "iforest"): make("iforest").fit(rng.normal(5, 2, (300, 1))),
+              Sensor("c", "flat"): make("iforest").fit(np.zeros((60, 1))),
+              Sensor("d", "envelope"): EllipticEnvelope(random_state=0).fit(
+                  rng.normal(10, 1, (80, 1)))}
+    values = {Sensor("a", "ocsvm"): rng.normal(0, 2, 60), Sensor("b", "iforest"): rng.normal(5, 4, 60),
+              Sensor("c", "flat"): np.r_[np.zeros(50), rng.normal(0, 1, 10)],
+              Sensor("d", "envelope"): rng.normal(10, 3, 60)}
+    for sensor, model in models.items():
+        save_model(store, sensor, model, source="test")
+    _write_points(store, values)
+    return store, models, values
+
+
+def test_a_unit_mixing_ocsvm_iforest_and_an_uncompiled_model_scores_each_as_scikit_learn(
+        mixed_store):
+    store, models, values = mixed_store
+    stats = rebuild_bank(store)
+    assert (stats.sensors, stats.compiled) == (4, 3)
+    bank = load_bank(store, models)
+    assert set(bank) == {Sensor("a", "ocsvm")}
+    assert sorted(bank.forests.ids.to_pylist()) == ["b/iforest", "c/flat"]
+    got = _unit_labels(store, sorted(models))
+    for sensor, model in models.items():
+        expected = (model.predict(values[sensor].reshape(-1, 1)) == -1).astype(int).tolist()
+        assert got[sensor] == expected, sensor
+    assert 0 < sum(got[Sensor("b", "iforest")]) < 60  # both labels, so the sign matters
+
+
+def test_a_compiled_forest_needs_no_model_load_and_scores_as_scikit_learn(mixed_store):
+    store, models, values = mixed_store
+    rebuild_bank(store)
+    sensors = sorted(models)
+    from fleetscore.data.windows import read_points
+
+    loaded: list[Sensor] = []
+
+    def load(sensor):
+        loaded.append(sensor)
+        return models[sensor]
+
+    points = read_points(store, HOUR, sensors)
+    (result,), table, _ = score_many(store, [Group(HOUR, "u", sensors, points, exact=True)],
+                                     bank=load_bank(store, sensors), load=load)
+    assert result.scored == 4 and not result.failures
+    # The flat forest's points all sit on 0, the envelope is not compiled: only they load.
+    assert sorted(loaded) == [Sensor("c", "flat"), Sensor("d", "envelope")]
+    mine = table.filter(pa.compute.equal(table["Tag"], "iforest"))
+    forest = models[Sensor("b", "iforest")]
+    expected = forest.decision_function(values[Sensor("b", "iforest")].reshape(-1, 1))
+    assert np.array_equal(mine["Score"].to_numpy(), expected)
+
+
+def _fleetscore(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetscore", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_iforest_then_run_scores_with_the_compiled_forests(tmp_path):
+    from fleetscore.model.registry import load_model, read_manifest
+
+    rng = np.random.default_rng(2)
+    start = Hour.parse("2024-03-01T00")
+    lines = ["TS,Device,Tag,Value"]
+    for h in range(6):
+        for minute in range(60):
+            ts = (start + h).start.strftime("%Y-%m-%dT%H:") + f"{minute:02d}:30Z"
+            lines += [f"{ts},dev1,temp,{rng.normal(20, 2):.4f}",
+                      f"{ts},dev2,flow,{0.0 if rng.random() < 0.8 else rng.normal(5, 1):.4f}"]
+    readings = tmp_path / "readings.csv"
+    readings.write_text("\n".join(lines) + "\n")
+    store = str(tmp_path / "store")
+    assert _fleetscore("ingest", str(readings), "--store", store).returncode == 0
+    refused = _fleetscore("train", "--store", store, "--estimator", "iforest", "--nu", "0.1")
+    assert refused.returncode != 0 and "--nu and --gamma are the ocsvm's" in refused.stderr
+    trained = _fleetscore("train", "--store", store, "--estimator", "iforest",
+                          "--until", str(start + 4), "--workers", "1")
+    assert trained.returncode == 0, trained.stderr
+    assert "(iforest)" in trained.stdout and "2 of 2 models compiled" in trained.stdout
+    st = LocalStore(tmp_path / "store")
+    assert read_manifest(st, Sensor("dev1", "temp")).estimator.startswith("IsolationForest")
+    ran = _fleetscore("run", "--store", store, "--window", str(start + 5))
+    assert ran.returncode == 0, ran.stderr
+    rows = [decode(st.get(p), p) for p in st.list(f"predictions/{(start + 5).path}")
+            if p.endswith(".csv")]
+    table = pa.concat_tables(rows)
+    assert table.num_rows == 120
+    for sensor in (Sensor("dev1", "temp"), Sensor("dev2", "flow")):
+        mine = table.filter(pa.compute.equal(table["Tag"], sensor.tag))
+        model = load_model(st, sensor)
+        vals = mine["Val"].to_numpy().reshape(-1, 1)
+        assert mine["Prediction"].to_pylist() == (model.predict(vals) == -1).astype(int).tolist()
