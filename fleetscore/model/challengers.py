@@ -33,7 +33,15 @@ import pyarrow.compute as pc
 from fleetscore.core.sensor_codes import sensor_keys
 from fleetscore.core.sensors import Sensor
 from fleetscore.errors import ModelError, NotFound
-from fleetscore.model.bank import BANK_FOLDER, SHARD_SENSORS, Bank, compile_verdict, encode_shard
+from fleetscore.model.bank import (
+    BANK_FOLDER,
+    BANK_FORMAT,
+    SHARD_SENSORS,
+    Bank,
+    Verdict,
+    compile_any,
+    encode_shard,
+)
 from fleetscore.model.registry import check_estimator, loads_model
 from fleetscore.model.versions import CHALLENGER_SUFFIX, VERSIONS, version_path
 from fleetscore.storage import Store
@@ -101,22 +109,26 @@ class ChallengerStats:
 
 
 def _shard_path(group: Sequence[Pointer]) -> str:
-    text = f"challengers {FORMAT}\n" + "\n".join(f"{p.key}:{p.version}:{p.sha256}" for p in group)
+    # The bank's format too: a shard of an older bank format is rebuilt, never misread.
+    text = f"challengers {FORMAT} bank {BANK_FORMAT}\n" + "\n".join(
+        f"{p.key}:{p.version}:{p.sha256}" for p in group)
     return f"{FOLDER}/shard-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
 
 
-def _compile(store: Store, pointer: Pointer):
+def _compile(store: Store, pointer: Pointer) -> Verdict:
     try:
-        return compile_verdict(load_version(store, pointer)).compiled
+        return compile_any(load_version(store, pointer))
     except ModelError:
-        return None  # scored (and named as failing) by the plain path
+        return Verdict(None, "cannot be loaded")  # the plain path names it when it scores
     except Exception:  # noqa: BLE001 - a model's own bug: the plain path names it
-        return None
+        return Verdict(None, "cannot be compiled")
 
 
 def _encode(store: Store, group: Sequence[Pointer]) -> tuple[bytes, int]:
-    entries = [(p.sensor, p.sha256, c) for p in group if (c := _compile(store, p)) is not None]
-    sink = io.BytesIO(encode_shard(entries))
+    verdicts = [(p, _compile(store, p)) for p in group]
+    entries = [(p.sensor, p.sha256, v.compiled) for p, v in verdicts if v.compiled is not None]
+    forests = [(p.sensor, p.sha256, v.forest) for p, v in verdicts if v.forest is not None]
+    sink = io.BytesIO(encode_shard(entries, forests=forests))
     with np.load(sink, allow_pickle=False) as z:
         arrays = {name: z[name] for name in z.files}
     arrays["pointer_key"] = np.array([p.key for p in group], dtype="U130")
@@ -124,7 +136,7 @@ def _encode(store: Store, group: Sequence[Pointer]) -> tuple[bytes, int]:
     arrays["pointer_sha256"] = np.array([p.sha256 for p in group], dtype="U64")
     out = io.BytesIO()
     np.savez(out, **arrays)
-    return out.getvalue(), len(entries)
+    return out.getvalue(), len(entries) + len(forests)
 
 
 def rebuild_challengers(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> ChallengerStats:
@@ -155,10 +167,10 @@ def rebuild_challengers(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> 
 
 def _compiled_count(store: Store, path: str) -> int:
     try:
-        with np.load(io.BytesIO(store.get(path)), allow_pickle=False) as z:
-            return len(z["device"])
+        bank = Bank.decode(store.get(path), sha=False)
     except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
         return 0
+    return len(bank.ids) + len(bank.forests.ids)
 
 
 # --- a unit's challengers ---------------------------------------------------------------------

@@ -144,3 +144,24 @@ def test_a_backfill_scores_challengers_for_every_hour(fleet_store, fleet_templat
         [unit] = read_manifest(fleet_store, h).shadow
         assert unit.challengers == 120 and unit.sha256 == hashlib.sha256(
             files[0].read_bytes()).hexdigest()
+
+
+def test_isolation_forest_challengers_are_compiled_and_scored_as_scikit_learn(fleet_store,
+                                                                             fleet_template):
+    hour = fleet_template["hour"]
+    train(fleet_store, until=hour - 1, role="challenger", estimator="iforest")
+    rebuild_bank(fleet_store)
+    stats = rebuild_challengers(fleet_store)
+    assert stats.challengers == 120 and stats.compiled >= 100  # constant sensors stay plain
+    run_hour(fleet_store, hour, SequentialBackend(fleet_store, ENGINE), unit_size=30)
+    _, tables = _shadow(Path(fleet_store.root), hour)
+    pointers = {p.key: p for p in read_pointers(fleet_store)}
+    table = tables[1]
+    for i in range(0, table.num_rows, 60 * 7):
+        sensor = Sensor(table["Device"][i].as_py(), table["Tag"][i].as_py())
+        rows = table.filter(pc.and_(pc.equal(table["Device"], sensor.device),
+                                    pc.equal(table["Tag"], sensor.tag)))
+        model = load_version(fleet_store, pointers[str(sensor)])
+        values = read_points(fleet_store, hour, [sensor])["Value"].to_numpy().reshape(-1, 1)
+        assert rows["Prediction"].to_pylist() == (model.predict(values) == -1).astype(
+            int).tolist()
