@@ -39,6 +39,7 @@ from datetime import timedelta
 from typing import Any
 
 from fleetscore.errors import InputError
+from fleetscore.scoring.score import FLAG_FLOOR
 
 RULES_PATH = "alerts/rules.toml"
 WATCHES = ("anomaly", "run_failed", "run_late", "sensor_silent", "noisy_sensor")
@@ -148,8 +149,11 @@ def _noisy(spec: Any, source: str) -> NoisySettings:
     shares = {}
     for key, fallback in (("hour_share", default.hour_share), ("day_share", default.day_share)):
         value = spec.get(key, fallback)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-            raise RulesError(f"{where}.{key}: {value!r} must be a share above 0, at most 1")
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not FLAG_FLOOR <= value <= 1:
+            # Units report only the sensors that flag at least FLAG_FLOOR of their points.
+            raise RulesError(f"{where}.{key}: {value!r} must be a share from {FLAG_FLOOR} "
+                             "to 1")
         shares[key] = float(value)
     min_points = _field(spec, "min_points", where, int, default.min_points)
     if min_points < 1:

@@ -60,13 +60,16 @@ class Guard:
 
 def noisy_guard(store: Store, hour: Hour, *, rows: Callable[[], pa.Table | None],
                 manifest_of: Callable[[Hour], RunManifest | None],
-                rows_of: Callable[[Hour, RunManifest], pa.Table | None]) -> Guard:
-    """The hour's noisy sensors (fleetscore/alerts/noisy.py), from its visible rows, the
-    previous 23 hours' manifests and, for the few sensors that need them, their predictions
-    (``rows_of``). A failure is logged and marks nothing: the guard never fails a run."""
+                rows_of: Callable[[Hour, RunManifest], pa.Table | None],
+                counted: Counts | None = None) -> Guard:
+    """The hour's noisy sensors (fleetscore/alerts/noisy.py), from the sensors its units
+    counted (``counted``: every sensor that flagged at least FLAG_FLOOR; else its visible
+    rows are read), the previous 23 hours' manifests and, for the few sensors that need
+    them, their predictions (``rows_of``). A failure is logged and marks nothing: the guard
+    never fails a run."""
     try:
         settings = _noisy_settings(store)
-        current = hour_counts(rows())
+        current = counted if counted is not None else hour_counts(rows())
         earlier = [(hour - back, manifest_of(hour - back)) for back in range(1, DAY_HOURS)]
         old = {h: hour_counts(rows_of(h, m)) for h, m in earlier
                if m is not None and m.flag_counts is None}  # an earlier version's manifest

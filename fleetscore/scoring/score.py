@@ -65,6 +65,9 @@ class UnitResult:
     # When the unit read its models: its visible rows were made by the champions current
     # then (``models history`` shows each sensor's).
     models_at: str = ""
+    # Sensors that flagged at least FLAG_FLOOR of their points: [flagged, points] each. What
+    # the noisy-sensor guard counts, without reading the hour's predictions back.
+    flagged: dict[str, list[int]] = field(default_factory=dict)
     shadow: ShadowResult | None = None  # its challengers' shadow predictions, if it has any
 
     @property
@@ -404,7 +407,22 @@ def _group_result(g: Group, index: int, runs: _Runs, scored_runs: np.ndarray,
         no_data=tuple(str(g.sensors[i]) for i in np.flatnonzero(absent)),
         duration_s=share,
         top_anomalous=_top(runs.keys.take(pa.array(hot, pa.int64())), anomalies[hot]),
+        flagged=_flagged(runs, hot, anomalies),
     )
+
+
+FLAG_FLOOR = 0.05  # the lowest share a noisy-sensor threshold may be (alerts.rules checks)
+
+
+def _flagged(runs: _Runs, hot: np.ndarray, anomalies: np.ndarray) -> dict[str, list[int]]:
+    """[flagged, points] of the sensors among ``hot`` runs that flagged at least FLAG_FLOOR."""
+    points = runs.lengths[hot]
+    over = hot[anomalies[hot] >= FLAG_FLOOR * points]
+    if not len(over):
+        return {}
+    return {k: [int(f), int(n)] for k, f, n in zip(
+        runs.keys.take(pa.array(over, pa.int64())).to_pylist(), anomalies[over].tolist(),
+        runs.lengths[over].tolist(), strict=True)}
 
 
 TOP_ANOMALOUS = 20  # sensors per run named in its summary, for the monitoring queries

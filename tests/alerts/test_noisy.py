@@ -170,3 +170,19 @@ def test_runs_and_the_report_show_the_noisy_sensors(noisy_store):
     assert [r.noisy for r in rows] == [("A/temp",), ("A/temp",)]
     span, _ = _read_range(noisy_store, HOURS[0], HOURS[1])
     assert span.noisy() == {"A/temp": 2}
+
+
+def test_the_guard_counts_from_the_units_without_reading_the_hours_rows(local_store):
+    """The units report the sensors that flag at least FLAG_FLOOR of their points; the guard
+    judges from those and never reads the hour's predictions back (a whole fleet's CSV)."""
+    from fleetscore.core.hours import Hour
+    from fleetscore.runs.alerting import noisy_guard
+
+    def unread():
+        raise AssertionError("the hour's rows were read")
+
+    guard = noisy_guard(local_store, Hour.parse("2024-03-01T05"), rows=unread,
+                        manifest_of=lambda h: None, rows_of=lambda h, m: unread(),
+                        counted={"d/loud": (50, 60), "d/quiet": (4, 60)})
+    assert [n.sensor for n in guard.noisy] == ["d/loud"]
+
