@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from fleetscore.cli.common import StoreOpt, err, load_settings, open_store, out
+from fleetscore.cli.common import StoreOpt, err, estimator_options, load_settings, open_store, out
 from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour
 from fleetscore.core.text import count
@@ -85,20 +85,9 @@ def _model(estimator: str, nu: float | None, gamma: float | None
     from model.estimators) and how the output names it; usage errors as train's."""
     from fleetscore.model import estimators
 
-    if estimator not in estimators.NAMES:
-        raise UsageError(f"invalid --estimator {estimator!r}: expected one of "
-                         f"{', '.join(estimators.NAMES)}")
+    nu, gamma = estimator_options(estimator, nu, gamma)  # train's checks, train's errors
     if estimator != "ocsvm":
-        if nu is not None or gamma is not None:
-            raise UsageError(f"--nu and --gamma are the ocsvm's; --estimator {estimator} "
-                             "takes neither")
         return (lambda: estimators.make(estimator)), estimator
-    nu = DEFAULT_NU if nu is None else nu
-    gamma = DEFAULT_GAMMA if gamma is None else gamma
-    if not 0 < nu <= 1:
-        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
-    if gamma <= 0:
-        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
     return (lambda: estimators.make("ocsvm", nu=nu, gamma=gamma)), \
         f"StandardScaler + OneClassSVM, nu={nu:g}, gamma={gamma:g}"
 

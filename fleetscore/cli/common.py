@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
+from fleetscore.errors import UsageError
 from fleetscore.settings import Settings
 
 
@@ -147,3 +149,22 @@ def challenger_bank_line(st) -> str:
         return ""
     return (f"challenger bank: {stats.compiled:,} of {stats.challengers:,} challengers compiled; "
             "runs score them beside the champions into shadow/")
+
+
+def estimator_options(estimator: str, nu: float | None, gamma: float | None
+                      ) -> tuple[float, float]:
+    """--nu and --gamma, checked (defaults filled in); a usage error when they come with an
+    estimator that has neither, or for an unknown estimator."""
+    from fleetscore.model.estimators import NAMES
+
+    if estimator not in NAMES:
+        raise UsageError(f"invalid --estimator {estimator!r}: expected one of {', '.join(NAMES)}")
+    if estimator != "ocsvm" and (nu is not None or gamma is not None):
+        raise UsageError(f"--nu and --gamma are the ocsvm's; --estimator {estimator} takes neither")
+    nu = DEFAULT_NU if nu is None else nu
+    gamma = DEFAULT_GAMMA if gamma is None else gamma
+    if not 0 < nu <= 1:
+        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
+    if gamma <= 0:
+        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
+    return nu, gamma

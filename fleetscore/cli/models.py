@@ -17,6 +17,7 @@ from fleetscore.cli.common import (
     challenger_bank_line,
     discard_if_empty,
     err,
+    estimator_options,
     load_settings,
     new_local_store_dir,
     open_store,
@@ -62,7 +63,7 @@ def train(
 
     if workers is not None and workers < 1:
         raise UsageError(f"invalid --workers {workers}: expected 1 or more")
-    nu, gamma = _estimator_options(estimator, nu, gamma)
+    nu, gamma = estimator_options(estimator, nu, gamma)
     if days is not None and (days < 1 or since is not None):
         raise UsageError("--days takes a number of days, 1 or more, and replaces --since")
     settings = load_settings()
@@ -94,25 +95,6 @@ def train(
               f"{result.hours[-1]} ({chosen_model}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
-
-
-def _estimator_options(estimator: str, nu: float | None, gamma: float | None
-                       ) -> tuple[float, float]:
-    """--nu and --gamma, checked (defaults filled in); a usage error when they come with an
-    estimator that has neither, or for an unknown estimator."""
-    from fleetscore.model.estimators import NAMES
-
-    if estimator not in NAMES:
-        raise UsageError(f"invalid --estimator {estimator!r}: expected one of {', '.join(NAMES)}")
-    if estimator != "ocsvm" and (nu is not None or gamma is not None):
-        raise UsageError(f"--nu and --gamma are the ocsvm's; --estimator {estimator} takes neither")
-    nu = DEFAULT_NU if nu is None else nu
-    gamma = DEFAULT_GAMMA if gamma is None else gamma
-    if not 0 < nu <= 1:
-        raise UsageError(f"invalid --nu {nu}: expected 0 < nu <= 1")
-    if gamma <= 0:
-        raise UsageError(f"invalid --gamma {gamma}: expected > 0")
-    return nu, gamma
 
 
 def _days_before(st, until: Hour | None, days: int | None) -> Hour | None:
