@@ -43,6 +43,9 @@ def backtest(
                                              f"{DEFAULT_NU:g}).")] = None,
     gamma: Annotated[float | None, typer.Option(help="OneClassSVM RBF gamma, as `train "
                                                 f"--gamma` (default {DEFAULT_GAMMA:g}).")] = None,
+    features: Annotated[str | None, typer.Option(
+        metavar="diff,hour", help="Derived features the model sees besides the value, as "
+        "`train --features` (default: none).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train on the first hours of each sensor's history, score the rest, and measure the flags
@@ -50,9 +53,11 @@ def backtest(
     changes: models are fitted in memory."""
     from pathlib import Path
 
+    from fleetscore.model import features as derived
     from fleetscore.scoring.backtest import read_labels, run_backtest
 
     make_model, described = _model(estimator, nu, gamma)
+    names = derived.parse(features)
     if not 0 < train_fraction < 1:
         raise UsageError(f"--train-fraction {train_fraction:g}: expected a share between 0 and 1")
     first = Hour.parse(from_) if from_ is not None else None
@@ -64,7 +69,8 @@ def backtest(
     st = open_store(store, settings)
     try:
         result = run_backtest(st, parsed, first=first, last=last, train_fraction=train_fraction,
-                              make_model=make_model, interval_s=settings.interval_s)
+                              make_model=make_model, interval_s=settings.interval_s,
+                              features=names)
     finally:
         st.close()
     if as_json:
@@ -72,7 +78,7 @@ def backtest(
     else:
         _print(result, Path(labels))
         if result.sensors:
-            out.print(f"model: {described}")
+            out.print(f"model: {described}, on {derived.label(names)}")
     if not result.sensors:
         if not as_json:
             err.print("nothing to score: no sensor has data in more than one hour of the range")

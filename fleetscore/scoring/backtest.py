@@ -2,8 +2,10 @@
 
 For each sensor, a model (``make_model()``, the default model unless told otherwise) is fitted
 on the first ``train_fraction`` of the sensor's hours with data and scores every later point,
-in memory: the store's models and predictions are never read or written. What is measured, per
-sensor and overall:
+on the value and the derived ``features`` (``model.features``: the training part's matrix and
+the scored part's, whose first ``diff`` looks back at the last trained point, are the whole
+series' matrix cut in two, as training and hourly scoring build it), in memory: the store's
+models and predictions are never read or written. What is measured, per sensor and overall:
 
 - labelled windows hit (at least one flag inside), of the labelled windows with scored points;
 - the share of points flagged, and the worst sensor's share;
@@ -43,6 +45,7 @@ from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
 from fleetscore.data.readings import parse_ts
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
 from fleetscore.errors import InputError
+from fleetscore.model import features as derived
 from fleetscore.model.training import GROUP_POINTS, MIN_POINTS, default_model, groups
 from fleetscore.storage import Store
 
@@ -238,6 +241,7 @@ class Backtest:
     sensors: tuple[SensorResult, ...]
     skipped: tuple[tuple[str, str], ...]  # (sensor, reason)
     labels_unscored: int  # labelled windows with no scored point (no data, or in training)
+    features: tuple[str, ...] = ()  # derived features the models saw besides the value
 
     @property
     def model(self) -> Figures:
@@ -262,22 +266,27 @@ class Backtest:
                             "worst_share": worst.model.flagged_share if worst else None},
                 "sensors": [s.to_json() for s in self.sensors],
                 "skipped": [{"sensor": s, "reason": r} for s, r in self.skipped],
-                "labels_unscored": self.labels_unscored}
+                "labels_unscored": self.labels_unscored,
+                "features": list(self.features), "inputs": derived.label(self.features)}
 
 
 # --- the backtest: reads the store's windows, fits in memory ---------------------------------
 
 def backtest_sensor(sensor: Sensor, ends: np.ndarray, values: np.ndarray,
                     labels: Sequence[Label], *, train_fraction: float, make_model: MakeModel,
-                    interval_s: int = 60) -> SensorResult | str:
+                    interval_s: int = 60, features: Sequence[str] = ()) -> SensorResult | str:
     """One sensor's backtest, or why it has none."""
     cut = split_hours(ends, train_fraction)
     if cut == 0:
         return "data in a single hour (nothing left to score after training)"
     if cut < MIN_POINTS:
         return f"only {cut} points in its training hours (at least {MIN_POINTS})"
-    model = make_model().fit(values[:cut].reshape(-1, 1))
-    flags = np.asarray(model.predict(values[cut:].reshape(-1, 1))) == -1
+    model = make_model().fit(derived.matrix(features, ends[:cut], values[:cut]))
+    # The last trained point is the scored part's previous one, as the hour before is for a
+    # run: the first scored point's diff is what it is in the whole series.
+    before = (int(ends[cut - 1]), float(values[cut - 1]))
+    scored_x = derived.matrix(features, ends[cut:], values[cut:], previous=before)
+    flags = np.asarray(model.predict(scored_x)) == -1
     scored = ends[cut:]
     result = detector_figures(scored, flags, labels, interval_s)
     return SensorResult(str(sensor), cut, str(Hour.of_label_ms(int(scored[0]))), result,
@@ -288,7 +297,8 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
                  first: Hour | None = None, last: Hour | None = None,
                  train_fraction: float = DEFAULT_TRAIN_FRACTION,
                  make_model: MakeModel = default_model, interval_s: int = 60,
-                 sensors: Iterable[Sensor] | None = None) -> Backtest:
+                 sensors: Iterable[Sensor] | None = None, features: Sequence[str] = ()
+                 ) -> Backtest:
     """Every sensor with data in the hours (or only ``sensors``), read a group at a time,
     fitted and scored in memory: nothing is written to the store."""
     hours = [h for h in hours_with_arrivals(store)
@@ -308,7 +318,7 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
             ends, values = data.get(sensor, (np.empty(0, np.int64), np.empty(0)))
             done = backtest_sensor(sensor, ends, values, labels.get(sensor, ()),
                                    train_fraction=train_fraction, make_model=make_model,
-                                   interval_s=interval_s)
+                                   interval_s=interval_s, features=features)
             if isinstance(done, str):
                 skipped.append((str(sensor), done))
             else:
@@ -316,7 +326,8 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
     counted = sum(r.model.windows for r in results)
     unscored = sum(len(v) for s, v in labels.items() if wanted is None or s in wanted) - counted
     span = (str(hours[0]), str(hours[-1])) if hours else None
-    return Backtest(train_fraction, span, tuple(results), tuple(skipped), unscored)
+    return Backtest(train_fraction, span, tuple(results), tuple(skipped), unscored,
+                    tuple(features))
 
 
 def _read_series(store: Store, hours: list[Hour], group: Sequence[Sensor]

@@ -85,6 +85,26 @@ def test_estimator_iforest_is_fitted_instead(demo):
     assert runs["iforest"]["overall"]["model"] != runs["ocsvm"]["overall"]["model"]
 
 
+def test_features_reach_the_model_and_are_named(demo):
+    """IsolationForest on value, diff and hour: other flags than on the value alone, and the
+    JSON and the table say what the model saw."""
+    runs = {}
+    for names in ("", "diff,hour"):
+        extra = ["--features", names] if names else []
+        proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--estimator",
+                          "iforest", *extra, "--json", cwd=demo)
+        assert proc.returncode == 0, proc.stderr
+        runs[names] = json.loads(proc.stdout)
+    assert runs[""]["features"] == [] and runs[""]["inputs"] == "value"
+    assert runs["diff,hour"]["features"] == ["diff", "hour"]
+    assert runs["diff,hour"]["inputs"] == "value+diff+hour"
+    assert runs["diff,hour"]["overall"]["model"] != runs[""]["overall"]["model"]
+    proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--features", "hour",
+                      cwd=demo, columns=160)
+    assert proc.returncode == 0, proc.stderr
+    assert "model: StandardScaler + OneClassSVM, nu=0.01, gamma=0.01, on value+hour" in proc.stdout
+
+
 def test_a_range_without_data_is_nothing_to_score(demo):
     proc = fleetscore("backtest", "labels-windows.csv", "--store", "store",
                       "--from", "2027-01-01T00", "--to", "2027-01-01T05", cwd=demo)
@@ -108,6 +128,8 @@ def test_a_bad_labels_row_is_one_line_naming_file_and_line(demo, tmp_path):
     (["--gamma", "0"], "--gamma"),
     (["--estimator", "magic"], "--estimator"),
     (["--estimator", "iforest", "--nu", "0.1"], "takes neither"),
+    (["--features", "diff,slope"], "unknown feature 'slope'"),
+    (["--features", "hour,hour"], "named twice"),
 ])
 def test_bad_options_are_usage_errors(demo, args, says):
     line = one_line_usage_error(fleetscore("backtest", "labels-windows.csv", "--store", "store",

@@ -13,8 +13,10 @@ import pytest
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.ingest import ingest_file
 from fleetscore.errors import InputError
+from fleetscore.model import features
 from fleetscore.scoring.backtest import (
     Label,
+    backtest_sensor,
     chance_figures,
     detector_figures,
     read_labels,
@@ -137,6 +139,45 @@ def test_run_backtest_on_a_store_by_hand(tmp_path):
     assert result.labels_unscored == 1  # D9/x has no data
     assert result.worst is s
     assert result.to_json()["overall"]["model"]["windows_hit"] == 1
+    assert result.to_json()["features"] == [] and result.to_json()["inputs"] == "value"
+
+
+class Recorder:
+    """A stand-in estimator that keeps what it was fitted on and asked to predict."""
+
+    seen: list[np.ndarray] = []
+
+    def fit(self, x):
+        Recorder.seen.append(np.array(x))
+        return self
+
+    def predict(self, x):
+        Recorder.seen.append(np.array(x))
+        return np.where(x[:, 0] > 5, -1, 1)
+
+
+@pytest.mark.parametrize("names", [(), ("diff",), ("hour",), ("diff", "hour"), ("hour", "diff")])
+def test_trained_and_scored_columns_are_the_whole_series_matrix_cut_in_two(names):
+    """Four hours of points, one a minute but for a gap of 3 hours before the last hour (its
+    first diff is 0 after the gap) and a jump right after the first hour (the first scored
+    point's diff looks back at the last trained point, across the hour boundary)."""
+    minutes = np.concatenate([np.arange(1, 121), np.arange(301, 361)])
+    ends = BASE + minutes * MIN
+    values = np.sin(minutes / 7.0)
+    values[60] = 9.0  # the window ending 01:01, the first scored point
+    Recorder.seen = []
+    result = backtest_sensor(Sensor("D1", "t"), ends, values, (), train_fraction=0.15,
+                             make_model=Recorder, features=names)
+    whole = features.matrix(names, ends, values)
+    fitted, scored = Recorder.seen
+    assert result.trained_points == 60  # ceil(0.15 x 3 hours with data) = 1 hour
+    assert fitted.shape == (60, features.width(names))
+    np.testing.assert_array_equal(fitted, whole[:60])
+    np.testing.assert_array_equal(scored, whole[60:])
+    if "diff" in names:
+        column = 1 + names.index("diff")
+        assert scored[0, column] == pytest.approx(9.0 - values[59])  # not 0: it looks back
+        assert scored[60, column] == 0  # after the 3-hour gap
 
 
 def _labels(tmp_path: Path, text: str) -> Path:
