@@ -70,15 +70,15 @@ def backtest(
     try:
         result = run_backtest(st, parsed, first=first, last=last, train_fraction=train_fraction,
                               make_model=make_model, interval_s=settings.interval_s,
-                              features=names)
+                              features=names, estimator=described)
     finally:
         st.close()
     if as_json:
-        sys.stdout.write(json.dumps({"estimator": described, **result.to_json()}, indent=1) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=1) + "\n")
     else:
         _print(result, Path(labels))
         if result.sensors:
-            out.print(f"model: {described}, on {derived.label(names)}")
+            out.print(f"model: {result.estimator}, on {derived.label(result.features)}")
     if not result.sensors:
         if not as_json:
             err.print("nothing to score: no sensor has data in more than one hour of the range")

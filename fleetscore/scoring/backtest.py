@@ -22,6 +22,11 @@ inside labels in proportion to the labelled points, and the first flag's positio
 from the same ratios. Overall chance means are ratios of expected sums (expected lead summed
 over windows, over expected windows hit). The flagged shares are the model's by construction.
 
+**One record.** ``Backtest.to_json()`` is what ``backtest --json`` prints and what
+``Backtest.from_json()`` (the report's ``--backtest``) reads back: every field of the result
+(each Figures' raw counts and sums), and beside them the derived shares, means and the worst
+sensor, for readers of the JSON; ``from_json`` reads only the former and recomputes the rest.
+
 A point is inside a label ``Start,End`` when its window's end is in ``(Start, End]``: the
 convention of windows themselves (each ``(end - 60 s, end]``), so a label drawn from a window's
 start to its end holds exactly that window.
@@ -30,15 +35,17 @@ start to its end holds exactly that window.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import MS_PER_HOUR, Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
@@ -53,6 +60,8 @@ DEFAULT_TRAIN_FRACTION = 0.15  # the issue's honest live setting: fit early, sco
 LABELS_HEADER = ("Device", "Tag", "Start", "End")
 DAYS_PER_READ = 32
 MakeModel = Callable[[], Any]
+DEFAULT_ESTIMATOR = f"StandardScaler + OneClassSVM, nu={DEFAULT_NU:g}, gamma={DEFAULT_GAMMA:g}"
+CHANCE_METHOD = "exact expectation (analytical), same flag count per sensor"
 
 
 # --- labels ---------------------------------------------------------------------------------
@@ -143,11 +152,16 @@ class Figures:
         return Figures(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"points": self.points, "flagged": self.flagged, "flagged_share": self.flagged_share,
-                "windows": self.windows, "windows_hit": self.windows_hit,
-                "flags_in_labels": self.flags_in_labels, "inside_share": self.inside_share,
+        """Every field (``from_json`` reads them), then the derived figures for readers."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "flagged_share": self.flagged_share, "inside_share": self.inside_share,
                 "false_flags_per_sensor_day": self.false_per_day,
                 "lead_minutes": self.lead_minutes, "lead_fraction": self.lead_fraction}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "figures") -> Figures:
+        record = _object(data, where)
+        return cls(*(_number(record, f.name, where) for f in fields(cls)))
 
 
 ZERO = Figures(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
@@ -233,6 +247,14 @@ class SensorResult:
                 "scored_from": self.scored_from, "model": self.model.to_json(),
                 "chance": self.chance.to_json()}
 
+    @classmethod
+    def from_json(cls, data: Any, where: str = "sensor") -> SensorResult:
+        record = _object(data, where)
+        return cls(_text(record, "sensor", where), int(_number(record, "trained_points", where)),
+                   _text(record, "scored_from", where),
+                   Figures.from_json(record.get("model"), f"{where}.model"),
+                   Figures.from_json(record.get("chance"), f"{where}.chance"))
+
 
 @dataclass(frozen=True)
 class Backtest:
@@ -242,6 +264,7 @@ class Backtest:
     skipped: tuple[tuple[str, str], ...]  # (sensor, reason)
     labels_unscored: int  # labelled windows with no scored point (no data, or in training)
     features: tuple[str, ...] = ()  # derived features the models saw besides the value
+    estimator: str = DEFAULT_ESTIMATOR  # the model fitted per sensor, as the output names it
 
     @property
     def model(self) -> Figures:
@@ -258,16 +281,89 @@ class Backtest:
 
     def to_json(self) -> dict[str, Any]:
         worst = self.worst
-        return {"train_fraction": self.train_fraction,
+        return {"estimator": self.estimator, "features": list(self.features),
+                "inputs": derived.label(self.features), "train_fraction": self.train_fraction,
                 "hours": list(self.hours) if self.hours else None,
-                "chance_method": "exact expectation (analytical), same flag count per sensor",
+                "chance_method": CHANCE_METHOD,
                 "overall": {"model": self.model.to_json(), "chance": self.chance.to_json(),
                             "worst_sensor": worst.sensor if worst else None,
                             "worst_share": worst.model.flagged_share if worst else None},
                 "sensors": [s.to_json() for s in self.sensors],
                 "skipped": [{"sensor": s, "reason": r} for s, r in self.skipped],
-                "labels_unscored": self.labels_unscored,
-                "features": list(self.features), "inputs": derived.label(self.features)}
+                "labels_unscored": self.labels_unscored}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Backtest:
+        """The result ``to_json`` wrote; anything else is an InputError saying which field
+        (``overall`` is derived: recomputed, not read)."""
+        record = _object(data, "the record")
+        hours = record.get("hours")
+        if hours is not None and not (isinstance(hours, list) and len(hours) == 2
+                                      and all(isinstance(h, str) for h in hours)):
+            raise InputError("hours: expected null or [first hour, last hour]")
+        names = _list(record, "features", "the record")
+        if not all(isinstance(n, str) and n in derived.NAMES for n in names):
+            raise InputError(f"features: expected some of {', '.join(derived.NAMES)}")
+        skipped = [_object(x, f"skipped[{i}]")
+                   for i, x in enumerate(_list(record, "skipped", "the record"))]
+        return cls(_number(record, "train_fraction", "the record"),
+                   (hours[0], hours[1]) if hours else None,
+                   tuple(SensorResult.from_json(x, f"sensors[{i}]")
+                         for i, x in enumerate(_list(record, "sensors", "the record"))),
+                   tuple((_text(x, "sensor", f"skipped[{i}]"), _text(x, "reason", f"skipped[{i}]"))
+                         for i, x in enumerate(skipped)),
+                   int(_number(record, "labels_unscored", "the record")), tuple(names),
+                   _text(record, "estimator", "the record"))
+
+
+def read_backtest(path: Path) -> Backtest:
+    """A file ``backtest --json`` wrote; anything else is one InputError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{path}: is a directory, expected a backtest JSON file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{path}: not JSON ({exc}); expected what `fleetscore backtest "
+                         "--json` prints") from exc
+    try:
+        return Backtest.from_json(data)
+    except InputError as exc:
+        raise InputError(f"{path}: not a backtest result: {exc}") from exc
+
+
+def _object(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected an object, got {type(data).__name__}")
+    return data
+
+
+def _list(record: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = record.get(key)
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key!r}: expected a list")
+    return value
+
+
+def _text(record: dict[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {key!r}: expected a string")
+    return value
+
+
+def _number(record: dict[str, Any], key: str, where: str) -> Any:
+    """An int stays an int (counts), a float a float (expectations)."""
+    value = record.get(key)
+    # bool is an int to Python, never a count or a share here.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{where}: {key!r}: expected a finite number")
+    return value
 
 
 # --- the backtest: reads the store's windows, fits in memory ---------------------------------
@@ -297,10 +393,11 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
                  first: Hour | None = None, last: Hour | None = None,
                  train_fraction: float = DEFAULT_TRAIN_FRACTION,
                  make_model: MakeModel = default_model, interval_s: int = 60,
-                 sensors: Iterable[Sensor] | None = None, features: Sequence[str] = ()
-                 ) -> Backtest:
+                 sensors: Iterable[Sensor] | None = None, features: Sequence[str] = (),
+                 estimator: str = DEFAULT_ESTIMATOR) -> Backtest:
     """Every sensor with data in the hours (or only ``sensors``), read a group at a time,
-    fitted and scored in memory: nothing is written to the store."""
+    fitted and scored in memory: nothing is written to the store. ``estimator`` names what
+    ``make_model`` makes, for the record."""
     hours = [h for h in hours_with_arrivals(store)
              if (first is None or h >= first) and (last is None or h <= last)]
     arrivals = read_arrivals_many(store, hours)
@@ -327,7 +424,7 @@ def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
     unscored = sum(len(v) for s, v in labels.items() if wanted is None or s in wanted) - counted
     span = (str(hours[0]), str(hours[-1])) if hours else None
     return Backtest(train_fraction, span, tuple(results), tuple(skipped), unscored,
-                    tuple(features))
+                    tuple(features), estimator)
 
 
 def _read_series(store: Store, hours: list[Hour], group: Sequence[Sensor]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetscore.cli.demo import run_demo
+from fleetscore.scoring.backtest import Backtest
 from tests.cli.conftest import fleetscore, one_line_usage_error
 
 
@@ -47,6 +48,11 @@ def test_backtest_json_on_the_demo_writes_nothing(demo):
     assert shares[overall["worst_sensor"]] == overall["worst_share"]
     # The large injected anomalies are placed better than chance places flags.
     assert overall["model"]["inside_share"] > overall["chance"]["inside_share"]
+    # What it prints is the record the report reads: read back, it prints the same again.
+    again = Backtest.from_json(result)
+    assert again.to_json() == result
+    assert again.estimator == result["estimator"] == \
+        "StandardScaler + OneClassSVM, nu=0.01, gamma=0.01"
 
 
 def test_backtest_table(demo):

@@ -3,22 +3,30 @@ beside each assertion), the chance line against brute force, and the labels file
 
 from __future__ import annotations
 
+import json
+from dataclasses import astuple
 from fractions import Fraction
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.ingest import ingest_file
 from fleetscore.errors import InputError
 from fleetscore.model import features
 from fleetscore.scoring.backtest import (
+    Backtest,
+    Figures,
     Label,
+    SensorResult,
     backtest_sensor,
     chance_figures,
     detector_figures,
+    read_backtest,
     read_labels,
     run_backtest,
     split_hours,
@@ -214,3 +222,92 @@ def test_a_bad_labels_row_is_named_by_file_and_line(tmp_path, text, where, what)
 def test_a_missing_labels_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_labels(tmp_path / "nope.csv")
+
+
+# --- one encoder, one decoder ---------------------------------------------------------------
+
+_counts = st.integers(0, 10**9)
+_reals = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
+_figures = st.builds(Figures, _counts, _counts | _reals, _counts, _counts | _reals, _counts,
+                     _counts | _reals, _reals, _reals, _reals)
+_names = st.text(min_size=1, max_size=12)
+_results = st.builds(SensorResult, _names, _counts, _names, _figures, _figures)
+_backtests = st.builds(
+    Backtest, st.floats(0.01, 0.99), st.none() | st.tuples(_names, _names),
+    st.lists(_results, max_size=4).map(tuple),
+    st.lists(st.tuples(_names, _names), max_size=3).map(tuple), _counts,
+    st.sampled_from([(), ("diff",), ("hour",), ("diff", "hour"), ("hour", "diff")]), _names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_backtests)
+def test_a_backtest_survives_its_json(backtest):
+    """What ``backtest --json`` prints (through the JSON text) is read back field for field,
+    int counts as ints and expectations as floats."""
+    again = Backtest.from_json(json.loads(json.dumps(backtest.to_json())))
+    assert again == backtest
+    assert [type(x) for x in astuple(again)] == [type(x) for x in astuple(backtest)]
+    for before, after in zip(backtest.sensors, again.sensors, strict=True):
+        assert [type(x) for x in astuple(after.model)] == [type(x) for x in astuple(before.model)]
+
+
+def test_the_json_keeps_the_derived_figures_beside_the_raw_ones():
+    ends, flags, labels = _fixture()
+    f = detector_figures(ends, flags, labels)
+    record = f.to_json()
+    assert record["points_in_labels"] == 5 and record["lead_minutes_sum"] == pytest.approx(2)
+    assert record["inside_share"] == pytest.approx(0.5)
+    assert record["false_flags_per_sensor_day"] == pytest.approx(144)
+    assert Figures.from_json(record) == f
+
+
+def _record() -> dict:
+    ends, flags, labels = _fixture()
+    result = SensorResult("D1/t", 60, "2026-01-05T01", detector_figures(ends, flags, labels),
+                          chance_figures(ends, 2, labels))
+    return Backtest(0.15, ("2026-01-05T00", "2026-01-05T03"), (result,), (), 0,
+                    ("diff",), "iforest").to_json()
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda r: r.pop("sensors"), "'sensors': expected a list"),
+    (lambda r: r["sensors"][0]["model"].pop("points_in_labels"), "sensors[0].model: "
+     "'points_in_labels'"),
+    (lambda r: r["sensors"][0].update(chance=3), "sensors[0].chance: expected an object"),
+    (lambda r: r["sensors"][0]["model"].update(flagged="2"), "'flagged': expected a finite"),
+    (lambda r: r.update(features=["slope"]), "features: expected some of diff, hour"),
+    (lambda r: r.update(hours="2026"), "hours: expected null"),
+    (lambda r: r.pop("estimator"), "'estimator': expected a string"),
+])
+def test_a_damaged_record_is_refused_naming_the_field(tmp_path, damage, says):
+    record = _record()
+    damage(record)
+    path = tmp_path / "bt.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(InputError) as caught:
+        read_backtest(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a backtest result") and says in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "no such file"), ("{", "not JSON"), ("[1, 2]", "expected an object"),
+    (b"\xff\xfe", "cannot read")])
+def test_a_file_that_is_not_a_backtest_is_one_error_naming_it(tmp_path, content, says):
+    path = tmp_path / "bt.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(InputError) as caught:
+        read_backtest(path)
+    assert str(path) in str(caught.value) and says in str(caught.value)
+
+
+def test_a_good_record_is_read(tmp_path):
+    path = tmp_path / "bt.json"
+    path.write_text(json.dumps(_record()))
+    result = read_backtest(path)
+    assert (result.estimator, result.features, result.sensors[0].sensor) == \
+        ("iforest", ("diff",), "D1/t")
