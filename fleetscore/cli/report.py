@@ -20,16 +20,22 @@ def report(
     from_: Annotated[str | None, typer.Option("--from", help="First hour (default: first run).")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Last hour (default: last run).")] = None,
     output: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+    backtest: Annotated[Path | None, typer.Option(
+        metavar="FILE.json", help="Show a backtest: what `fleetscore backtest --json` printed."
+        )] = None,
 ) -> None:
-    """Write a self-contained HTML report: anomaly heatmap, timelines, runs."""
+    """Write a self-contained HTML report: anomaly heatmap, timelines, runs (and a backtest)."""
     _check_output_file(output, "--out")
     from fleetscore.report.html import write_report
+    from fleetscore.scoring.backtest import read_backtest
 
     first, last = (Hour.parse(from_) if from_ else None), (Hour.parse(to) if to else None)
+    # Read before the store: a wrong file is refused before any work.
+    shown = read_backtest(backtest) if backtest is not None else None
     settings = load_settings()
     st = open_store(store, settings)
     try:
-        info = write_report(st, output, first=first, last=last)
+        info = write_report(st, output, first=first, last=last, backtest=shown)
     except OSError as exc:
         # Checked above, but the disk can still refuse (full, read-only, permissions).
         raise UsageError(f"--out {output}: cannot write: {exc.strerror or exc}") from exc

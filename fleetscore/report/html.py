@@ -14,6 +14,10 @@ page: the sensors with the most anomalies (``TOP_SENSORS`` in a table with the f
 totals, the charts' few), every hour of the range in the runs table, and the failed sensors
 (``FAILURES_SHOWN``, the rest counted), never a row a sensor of the fleet. The table's sensors,
 and only they, get their drift (``model.drift``, ``data._DriftRanges``).
+
+Given a backtest (``fleetscore backtest --json``, read by ``scoring.backtest.read_backtest``),
+the page ends with it: the model beside chance overall, the worst sensor, what was fitted on
+what, and the sensors worst first (``BACKTEST_SHOWN``, the rest counted).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from fleetscore.alerts.records import AlertRecord, all_records
 from fleetscore.core.hours import Hour
 from fleetscore.core.text import count
 from fleetscore.model.drift import ALPHA, THRESHOLD, Drift
+from fleetscore.model.features import label
 from fleetscore.report.charts import (
     _bucket_name,
     _fleet_share,
@@ -51,26 +56,30 @@ from fleetscore.report.data import (
     _Span,
     _View,
 )
+from fleetscore.scoring.backtest import Backtest, Figures
 from fleetscore.storage import Store
 
 TOP_SENSORS = 20  # rows of the top sensors' table, whatever the fleet's size
 FAILURES_SHOWN = 200  # rows of the failed sensors' table; the rest are counted
 ALERTS_SHOWN = 200  # rows of the alerts' table; the rest are counted
+BACKTEST_SHOWN = 200  # rows of the backtest's sensors table, worst first; the rest are counted
 DAILY_TABLE_HOURS = 14 * 24  # longer ranges: the runs table has a row per day
 
 
 def write_report(store: Store, output: Path, *, first: Hour | None = None,
-                 last: Hour | None = None, truth: pa.Table | None = None) -> str:
+                 last: Hour | None = None, truth: pa.Table | None = None,
+                 backtest: Backtest | None = None) -> str:
     """Write the report; ``truth`` (Device, Tag, End ms, Anomaly) is drawn beside the
-    predictions when known (the demo's injected anomalies)."""
+    predictions when known (the demo's injected anomalies), ``backtest`` shown at the end."""
     _need_matplotlib()
     span, fold = _read_range(store, first, last)
     alerts = _alerts_in(store, span)
     view, drift = _view_and_drift(store, span, fold, truth)
-    output.write_text(render(store.url, span, view, drift=drift, alerts=alerts),
-                      encoding="utf-8")
+    output.write_text(render(store.url, span, view, drift=drift, alerts=alerts,
+                             backtest=backtest), encoding="utf-8")
+    shown = f", a backtest of {count(len(backtest.sensors), 'sensor')}" if backtest else ""
     return (f"{count(span.hours, 'hour')}, {count(span.runs.num_rows, 'run')}, "
-            f"{count(fold.rows, 'prediction')}")
+            f"{count(fold.rows, 'prediction')}{shown}")
 
 
 def _view_and_drift(store: Store, span: _Span, fold: _Fold, truth: pa.Table | None
@@ -87,7 +96,8 @@ def _view_and_drift(store: Store, span: _Span, fold: _Fold, truth: pa.Table | No
 
 
 def render(store_url: str, span: _Span, view: _View | None, *,
-           drift: _DriftColumn | None = None, alerts: Sequence[AlertRecord] = ()) -> str:
+           drift: _DriftColumn | None = None, alerts: Sequence[AlertRecord] = (),
+           backtest: Backtest | None = None) -> str:
     """The page: ``view`` the range's predictions as the charts show them (None: there are
     none), ``drift`` that of the sensors table's sensors."""
     if view is not None:
@@ -100,6 +110,8 @@ def render(store_url: str, span: _Span, view: _View | None, *,
     failures = _failures_section(span.runs)
     if failures:
         sections.append(failures)
+    if backtest is not None:
+        sections.append(_backtest_section(backtest))
     return _page(store_url, span.text, sections)
 
 
@@ -200,6 +212,76 @@ def _failures_section(runs: pa.Table) -> str | None:
                     "</div>", note)
 
 
+# --- the backtest ---------------------------------------------------------------------------
+
+
+def _backtest_section(bt: Backtest) -> str:
+    """The model beside chance overall, the worst sensor, and the sensors worst first."""
+    hours = f" over {bt.hours[0]} .. {bt.hours[1]}" if bt.hours else ""
+    note = (f"{bt.estimator}, fitted on {label(bt.features)} of each sensor's first "
+            f"{bt.train_fraction:.0%} of hours with data and scored on the rest{hours}, "
+            f"{count(len(bt.sensors), 'sensor')}. Chance: random flags at each sensor's rate "
+            "(exact expectations): windows hit alone does not separate detectors; the share "
+            "flagged, the worst sensor, the flags inside labels and the false flags do.")
+    worst = bt.worst
+    lines = [f"Worst sensor: {worst.sensor}, {worst.model.flagged_share:.1%} of its points "
+             "flagged." if worst else "No sensor was scored."]
+    if bt.skipped:
+        lines.append(f"{count(len(bt.skipped), 'sensor')} skipped (too little history).")
+    if bt.labels_unscored:
+        lines.append(f"{count(bt.labels_unscored, 'labelled window')} had no scored point "
+                     "(no data, or inside the training hours).")
+    head = _backtest_head("")
+    overall = (f"<div class='scroll'><table class='backtest overall'>{head}"
+               f"{_backtest_row('model', bt.model)}"
+               f"{_backtest_row('chance', bt.chance, css='chance')}</table></div>")
+    extra = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+    return _section("Backtest", overall + extra + _backtest_sensors(bt), note)
+
+
+def _backtest_sensors(bt: Backtest) -> str:
+    """The sensors flagging the largest share of their points first, each beside chance."""
+    ranked = sorted(bt.sensors, key=lambda s: (-s.model.flagged_share, s.sensor))
+    rows = "".join(
+        _backtest_row(s.sensor, s.model, sensor=s.sensor)
+        + _backtest_row("chance", s.chance, css="chance") for s in ranked[:BACKTEST_SHOWN])
+    more = (f"; the {BACKTEST_SHOWN:,} flagging the most are listed"
+            if len(ranked) > BACKTEST_SHOWN else "")
+    note = (f"{count(len(ranked), 'sensor')}, the largest share of points flagged first{more}; "
+            "under each, chance at its rate.")
+    return (f'<p class="note">{html.escape(note)}</p><div class="scroll"><table '
+            f"class='backtest sensors'>{_backtest_head('sensor')}{rows}</table></div>")
+
+
+def _backtest_head(first: str) -> str:
+    return (f"<tr><th>{first}</th><th>points</th><th>flagged</th><th>windows hit</th>"
+            "<th>flags in labels</th><th>false flags / sensor-day</th>"
+            "<th>first flag (min)</th><th>(of window)</th></tr>")
+
+
+def _backtest_row(name: str, f: Figures, *, css: str = "", sensor: str | None = None) -> str:
+    attrs = (f" class='{css}'" if css else "") + (
+        f" data-sensor='{html.escape(sensor, quote=True)}'" if sensor is not None else "")
+    cells = [f"{f.points:,}", _share(f.flagged_share), f"{_count(f.windows_hit)} of {f.windows:,}",
+             _share(f.inside_share), _number(f.false_per_day), _number(f.lead_minutes),
+             _share(f.lead_fraction)]
+    return (f"<tr{attrs}><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f}"
+
+
+def _count(x: float) -> str:
+    """A count, or an expectation (chance's) with a decimal."""
+    return f"{x:,}" if isinstance(x, int) else f"{x:,.1f}"
+
+
 def _page(store_url: str, text: str, sections: Sequence[str]) -> str:
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
@@ -217,6 +299,7 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; whit
 td:first-child, th:first-child {{ text-align: left; }}
 td.message {{ white-space: normal; min-width: 14em; text-align: left; }}
 td.drifted {{ color: #c62828; }}
+tr.chance td {{ color: #666; }}
 span.noisy {{ color: #e65100; font-size: 0.85em; border: 1px solid #e65100; padding: 0 3px; }}
 .succeeded {{ color: #1a7f37; }} .partial {{ color: #9a6700; }} .failed {{ color: #c62828; }}
 .not-run, .no_data {{ color: #666; font-style: italic; }}
