@@ -47,6 +47,10 @@ def train(
         f"docs/benchmarks.md; {DEFAULT_NU:g}). ocsvm only.", show_default=False)] = None,
     gamma: Annotated[float | None, typer.Option(
         help=f"OneClassSVM RBF gamma ({DEFAULT_GAMMA:g}). ocsvm only.", show_default=False)] = None,
+    features: Annotated[str, typer.Option(
+        metavar="diff,hour", help="Derived features the model sees besides the value: diff "
+        "(change since the previous window), hour (hour of day, UTC). Stored with each "
+        "version; scoring computes them the same way.")] = "",
     workers: Annotated[int | None, typer.Option(help="Processes fitting models (default: cores).")] = None,
     challenger: Annotated[bool, typer.Option(
         "--challenger", help="New versions as challengers: the champions keep scoring until "
@@ -59,8 +63,10 @@ def train(
     points, on every core, a group of sensors at a time (memory follows the group, not the
     fleet). Each model is a new version of its sensor: the champion, or with --challenger a
     challenger."""
+    from fleetscore.model.features import parse
     from fleetscore.model.training import train as train_models
 
+    derived = parse(features)
     if workers is not None and workers < 1:
         raise UsageError(f"invalid --workers {workers}: expected 1 or more")
     nu, gamma = estimator_options(estimator, nu, gamma)
@@ -76,7 +82,7 @@ def train(
             result = train_models(st, until=last, sensors=chosen, since=first, nu=nu, gamma=gamma,
                                   workers=workers or settings.workers, progress=progress,
                                   role="challenger" if challenger else "champion",
-                                  estimator=estimator)
+                                  estimator=estimator, features=derived)
         if not result.hours:
             raise UsageError("no data to train on: ingest readings first (or widen --since/--until)")
         if not result.trained:
@@ -90,11 +96,17 @@ def train(
     finally:
         st.close()
     what = "challenger" if challenger else "model"
-    chosen_model = f"nu={nu:g}, gamma={gamma:g}" if estimator == "ocsvm" else estimator
     out.print(f"trained {count(len(result.trained), what)} on {result.hours[0]} .. "
-              f"{result.hours[-1]} ({chosen_model}); {bank}")
+              f"{result.hours[-1]} ({_chosen(estimator, nu, gamma, derived)}); {bank}")
     for sensor, reason in result.skipped:
         err.print(f"  skipped {sensor}: {reason}")
+
+
+def _chosen(estimator: str, nu: float, gamma: float, derived: tuple[str, ...]) -> str:
+    from fleetscore.model.features import label
+
+    chosen = f"nu={nu:g}, gamma={gamma:g}" if estimator == "ocsvm" else estimator
+    return f"{chosen}, features {label(derived)}" if derived else chosen
 
 
 def _days_before(st, until: Hour | None, days: int | None) -> Hour | None:

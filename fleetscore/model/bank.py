@@ -85,8 +85,10 @@ from fleetscore.storage.base import get_many
 # added the compiled IsolationForests beside the SVMs; a format 2 shard is read as one of no
 # forests (what it holds, since format 2 compiled none), so the challenger bank's shards,
 # named by their own format, stay readable; the champions' bank is renamed, so rebuilt.
-BANK_FORMAT = 3
-READABLE_FORMATS = ([2], [3])
+# Format 4 stores a forest's cuts as float32 and drops the cuts between equal decisions
+# (forest._compact); a format 3 shard's float64 cuts decide the same, so it stays readable.
+BANK_FORMAT = 4
+READABLE_FORMATS = ([2], [3], [4])
 SHARD_SENSORS = 1024  # a unit decodes only the shards holding its sensors
 BOUNDARY_TOLERANCE = 1e-9
 KERNELS = {"rbf": 0, "linear": 1, "poly": 2, "sigmoid": 3}
@@ -284,7 +286,9 @@ def compile_stored(store: Store, sensor: Sensor) -> tuple[str, Verdict]:
         return manifest.sha256, Verdict(None, "model file does not match its manifest")
     try:
         estimator = loads_model(data, f"sensor {sensor}")
-        check_estimator(estimator, f"sensor {sensor}")
+        check_estimator(estimator, f"sensor {sensor}", manifest.features)
+        if manifest.features:  # the bank compiles functions of the value alone
+            return sha, Verdict(None, f"sees derived features ({', '.join(manifest.features)})")
         return sha, compile_any(estimator)
     except ModelError as exc:
         return sha, Verdict(None, f"cannot be loaded ({exc.kind})")

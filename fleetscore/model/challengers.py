@@ -24,7 +24,6 @@ import json
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +41,7 @@ from fleetscore.model.bank import (
     compile_any,
     encode_shard,
 )
+from fleetscore.model.features import Detector
 from fleetscore.model.registry import check_estimator, loads_model
 from fleetscore.model.versions import CHALLENGER_SUFFIX, VERSIONS, version_path
 from fleetscore.storage import Store
@@ -59,6 +59,7 @@ class Pointer:
     key: str  # Device/Tag
     version: int
     sha256: str
+    features: tuple[str, ...] = ()  # the version's derived features (model/features.py)
 
     @property
     def sensor(self) -> Sensor:
@@ -69,7 +70,8 @@ class Pointer:
         """None for a damaged pointer: that sensor is not shadow-scored, and verify says so."""
         try:
             body = json.loads(data)
-            return cls(key, int(body["version"]), str(body["sha256"]))
+            return cls(key, int(body["version"]), str(body["sha256"]),
+                       tuple(str(f) for f in body.get("features", ())))
         except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
@@ -83,8 +85,9 @@ def read_pointers(store: Store) -> list[Pointer]:
     return sorted(p for p in found if p is not None)
 
 
-def load_version(store: Store, pointer: Pointer) -> Any:
-    """The challenger's estimator, from its version's bytes checked against the pointer."""
+def load_version(store: Store, pointer: Pointer) -> Detector:
+    """The challenger's estimator and features, from its version's bytes checked against the
+    pointer."""
     name = f"sensor {pointer.key} challenger v{pointer.version}"
     try:
         data = store.get(version_path(pointer.sensor, pointer.version))
@@ -93,8 +96,8 @@ def load_version(store: Store, pointer: Pointer) -> Any:
     if hashlib.sha256(data).hexdigest() != pointer.sha256:
         raise ModelError(f"{name}: version file does not match its sha256")
     estimator = loads_model(data, name)
-    check_estimator(estimator, name)
-    return estimator
+    check_estimator(estimator, name, pointer.features)
+    return Detector(estimator, pointer.features)
 
 
 # --- shards -----------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ def _shard_path(group: Sequence[Pointer]) -> str:
 
 def _compile(store: Store, pointer: Pointer) -> Verdict:
     try:
-        return compile_any(load_version(store, pointer))
+        return compile_any(load_version(store, pointer).estimator)
     except ModelError:
         return Verdict(None, "cannot be loaded")  # the plain path names it when it scores
     except Exception:  # noqa: BLE001 - a model's own bug: the plain path names it
@@ -134,6 +137,7 @@ def _encode(store: Store, group: Sequence[Pointer]) -> tuple[bytes, int]:
     arrays["pointer_key"] = np.array([p.key for p in group], dtype="U130")
     arrays["pointer_version"] = np.array([p.version for p in group], dtype=np.int64)
     arrays["pointer_sha256"] = np.array([p.sha256 for p in group], dtype="U64")
+    arrays["pointer_features"] = np.array([",".join(p.features) for p in group], dtype="U64")
     out = io.BytesIO()
     np.savez(out, **arrays)
     return out.getvalue(), len(entries) + len(forests)
@@ -247,9 +251,12 @@ def load_challengers(store: Store, pairs: Iterable[tuple[str, str]]) -> Challeng
 def _decode(data: bytes, wanted: pa.Array) -> tuple[list[Pointer], Bank]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         keys, versions, shas = z["pointer_key"], z["pointer_version"], z["pointer_sha256"]
+        features = z["pointer_features"] if "pointer_features" in z.files \
+            else np.full(len(keys), "", dtype="U1")
     mine = pc.is_in(pa.array(keys.tolist()), value_set=wanted).to_numpy(zero_copy_only=False)
-    pointers = [Pointer(k, int(v), s) for k, v, s in zip(keys[mine].tolist(), versions[mine],
-                                                         shas[mine].tolist(), strict=True)]
+    pointers = [Pointer(k, int(v), s, tuple(f.split(",")) if f else ())
+                for k, v, s, f in zip(keys[mine].tolist(), versions[mine], shas[mine].tolist(),
+                                      features[mine].tolist(), strict=True)]
     bank = Bank.decode(data)
     by_key = {p.key: p.sha256 for p in pointers}
     # An entry stands only for the version its pointer names (the same shard, so always).

@@ -13,8 +13,9 @@ import numpy as np
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.windows import by_sensor, read_points_many
+from fleetscore.model.features import matrix
 from fleetscore.model.registry import loads_model
-from fleetscore.model.versions import History, histories, version_bytes
+from fleetscore.model.versions import History, Version, histories, version_bytes
 from fleetscore.storage import Store
 
 
@@ -67,18 +68,22 @@ def compare(store: Store, histories_: Sequence[History], hours: Sequence[Hour]
     if not histories_:
         return []
     tables = read_points_many(store, hours, [h.sensor for h in histories_])
+    ends: dict[Sensor, list[np.ndarray]] = defaultdict(list)
     values: dict[Sensor, list[np.ndarray]] = defaultdict(list)
-    for hour in hours:
+    for hour in sorted(hours):
         for sensor, points in by_sensor(tables[hour]).items():
+            ends[sensor].append(points.ends_ms)
             values[sensor].append(points.values)
-    return [_compare_one(store, h, np.concatenate(values[h.sensor]) if values[h.sensor]
-                         else np.zeros(0)) for h in histories_]
+    return [_compare_one(store, h, *((np.concatenate(x[h.sensor]) for x in (ends, values))
+                                     if values[h.sensor] else (np.zeros(0, np.int64), np.zeros(0))))
+            for h in histories_]
 
 
-def _compare_one(store: Store, history: History, values: np.ndarray) -> Comparison:
+def _compare_one(store: Store, history: History, ends: np.ndarray, values: np.ndarray
+                 ) -> Comparison:
     champion, challenger = history.champion, history.challenger
     assert champion is not None and challenger is not None
-    labels = [_labels(store, history.sensor, v, values) for v in (champion, challenger)]
+    labels = [_labels(store, history.sensor, v, ends, values) for v in (champion, challenger)]
     n = len(values)
     rate = [float(x.mean()) if n else 0.0 for x in labels]
     agreement = float((labels[0] == labels[1]).mean()) if n else 0.0
@@ -86,8 +91,11 @@ def _compare_one(store: Store, history: History, values: np.ndarray) -> Comparis
                       rate[0], rate[1], agreement)
 
 
-def _labels(store: Store, sensor: Sensor, version, values: np.ndarray) -> np.ndarray:
+def _labels(store: Store, sensor: Sensor, version: Version, ends: np.ndarray,
+            values: np.ndarray) -> np.ndarray:
+    """The version's flags on the points; its derived features computed as in training
+    (the compared hours are one history: the first point has no previous one)."""
     if not len(values):
         return np.zeros(0, bool)
     model = loads_model(version_bytes(store, sensor, version), f"sensor {sensor}")
-    return np.asarray(model.predict(values.reshape(-1, 1))) == -1
+    return np.asarray(model.predict(matrix(version.features, ends, values))) == -1

@@ -16,6 +16,7 @@ import io
 import json
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ from fleetscore.errors import (
     first_line,
 )
 from fleetscore.model.bank_saves import begin_save, end_save
+from fleetscore.model.features import Detector, width
 from fleetscore.storage import Store
 
 SKOPS_SUFFIX = ".skops"
@@ -88,6 +90,7 @@ class ModelManifest:
     # When this version became the sensor's champion (a promote or a rollback of an older
     # version is later than its creation): hours scored before it are scored by another model.
     champion_since: str = ""
+    features: tuple[str, ...] = ()  # derived features the model sees (model/features.py)
 
     @property
     def sensor(self) -> Sensor:
@@ -99,7 +102,8 @@ class ModelManifest:
     @classmethod
     def from_json(cls, data: bytes, path: str) -> ModelManifest:
         try:
-            manifest = cls(**json.loads(data))
+            body = json.loads(data)
+            manifest = cls(**{**body, "features": tuple(body.get("features", ()))})
         except (ValueError, TypeError, RecursionError) as exc:
             raise ModelError(f"model manifest {path} is malformed: {first_line(exc)}") from exc
         if not (isinstance(manifest.sha256, str) and isinstance(manifest.version, int)
@@ -136,14 +140,17 @@ def sklearn_version() -> str:
     return sklearn.__version__
 
 
-def check_estimator(estimator: Any, name: str) -> None:
+def check_estimator(estimator: Any, name: str, features: Sequence[str] = ()) -> None:
+    """A model fleetscore can score: it predicts, and it expects the value plus ``features``."""
     if not callable(getattr(estimator, "predict", None)):
         raise ModelError(f"{name}: {type(estimator).__name__} has no predict(); expected an "
                          "outlier detector such as Pipeline(StandardScaler, OneClassSVM)")
-    features = getattr(estimator, "n_features_in_", 1)
-    if features != 1:
-        raise ModelError(f"{name}: the model expects {features} features; fleetscore scores one "
-                         "feature per point (the window's mean value)")
+    expects = getattr(estimator, "n_features_in_", 1)
+    if expects != width(features):
+        given = f"the value and {', '.join(features)}" if features else \
+            "one feature per point (the window's mean value)"
+        raise ModelError(f"{name}: the model expects {expects} features; fleetscore gives it "
+                         f"{given}")
 
 
 def dumps_model(estimator: Any) -> bytes:
@@ -271,10 +278,11 @@ def read_manifest(store: Store, sensor: Sensor) -> ModelManifest:
     return manifest
 
 
-def stored_model_bytes(store: Store, sensor: Sensor) -> bytes:
-    """The sensor's model file, checked against its manifest's sha256; ModelError (or
-    ModelNotFound) names the file that is missing, damaged or replaced."""
-    manifest = read_manifest(store, sensor)
+def stored_model_bytes(store: Store, sensor: Sensor,
+                       manifest: ModelManifest | None = None) -> bytes:
+    """The sensor's model file, checked against its manifest's sha256 (``manifest``: already
+    read); ModelError (or ModelNotFound) names the file that is missing, damaged or replaced."""
+    manifest = manifest or read_manifest(store, sensor)
     try:
         data = store.get(model_path(sensor))
     except NotFound as exc:
@@ -289,9 +297,15 @@ def stored_model_bytes(store: Store, sensor: Sensor) -> bytes:
 
 
 def load_model(store: Store, sensor: Sensor) -> Any:
-    estimator = loads_model(stored_model_bytes(store, sensor), f"sensor {sensor}")
-    check_estimator(estimator, f"sensor {sensor}")
-    return estimator
+    return load_detector(store, sensor).estimator
+
+
+def load_detector(store: Store, sensor: Sensor) -> Detector:
+    """The sensor's champion and the features it sees, checked against its manifest."""
+    manifest = read_manifest(store, sensor)
+    estimator = loads_model(stored_model_bytes(store, sensor, manifest), f"sensor {sensor}")
+    check_estimator(estimator, f"sensor {sensor}", manifest.features)
+    return Detector(estimator, manifest.features)
 
 
 def model_problem(store: Store, sensor: Sensor) -> str | None:

@@ -31,6 +31,7 @@ from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
 from fleetscore.model import estimators
+from fleetscore.model.features import matrix
 from fleetscore.model.registry import ModelManifest
 from fleetscore.model.versions import ModelsLock, manifest_of, save_estimator
 from fleetscore.settings import Settings
@@ -55,12 +56,27 @@ def default_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
     return estimators.make("ocsvm", nu=nu, gamma=gamma)
 
 
-def _spec(estimator: str, nu: float, gamma: float) -> tuple[str, dict[str, float], str]:
-    """The estimator's name, its parameters for ``estimators.make`` and the versions' source."""
+@dataclass(frozen=True)
+class Spec:
+    """What each sensor is fitted with: ``estimators.make(name, **params)`` on the value and
+    ``features``; ``source``: how its versions name the training."""
+
+    name: str
+    params: dict[str, float]
+    source: str
+    features: tuple[str, ...] = ()
+
+
+def _spec(estimator: str, nu: float, gamma: float, features: tuple[str, ...]) -> Spec:
     if estimator == "ocsvm":
-        return estimator, {"nu": nu, "gamma": gamma}, f"train:nu={nu},gamma={gamma}"
-    estimators.make(estimator)  # an unknown name fails here, before any data is read
-    return estimator, {}, f"train:{estimator}"
+        source = f"train:nu={nu},gamma={gamma}"
+        params = {"nu": nu, "gamma": gamma}
+    else:
+        estimators.make(estimator)  # an unknown name fails here, before any data is read
+        source, params = f"train:{estimator}", {}
+    if features:
+        source += f",features={'+'.join(features)}"
+    return Spec(estimator, params, source, features)
 
 
 def training_hours(store: Store, *, until: Hour | None = None,
@@ -87,12 +103,15 @@ def groups(points: Counter[Sensor], budget: int = GROUP_POINTS) -> list[list[Sen
 
 
 def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
-               with_data: dict[Hour, set[Sensor]]) -> dict[Sensor, np.ndarray]:
+               with_data: dict[Hour, set[Sensor]]
+               ) -> dict[Sensor, tuple[np.ndarray, np.ndarray]]:
     """The group's points over the hours (only the hours where one of them has data, and of
     each hour only the sensors its arrival records name), read a few days at a time: each
-    sensor's values in hour order, then window order, as the hours' tables hold them."""
+    sensor's window ends and values in hour order, then window order, as the hours' tables
+    hold them."""
     wanted = set(sensors)
     needed = [h for h in hours if with_data[h] & wanted]
+    ends: dict[Sensor, list[np.ndarray]] = defaultdict(list)
     values: dict[Sensor, list[np.ndarray]] = defaultdict(list)
     days = list(by_day(needed).values())
     for first in range(0, len(days), DAYS_PER_READ):
@@ -113,19 +132,20 @@ def read_group(store: Store, hours: Sequence[Hour], sensors: Sequence[Sensor],
             table = table.filter(keep)
         table = table.sort_by([("Device", "ascending"), ("Tag", "ascending")])
         for sensor, points in by_sensor(table).items():
+            ends[sensor].append(points.ends_ms)
             values[sensor].append(points.values)
-    return {s: np.concatenate(v) for s, v in values.items()}
+    return {s: (np.concatenate(ends[s]), np.concatenate(v)) for s, v in values.items()}
 
 
 # --- fitting, in this process or in a pool of workers ---------------------------------------
 
-def _fit_and_save(store: Store, sensor: Sensor, values: np.ndarray,
-                  spec: tuple[str, dict[str, float], str], trained_on: tuple[Hour, Hour],
-                  role: str) -> ModelManifest:
-    name, params, source = spec
-    model = estimators.make(name, **params).fit(values.reshape(-1, 1))
+def _fit_and_save(store: Store, sensor: Sensor, series: tuple[np.ndarray, np.ndarray],
+                  spec: Spec, trained_on: tuple[Hour, Hour], role: str) -> ModelManifest:
+    ends, values = series
+    model = estimators.make(spec.name, **spec.params).fit(
+        matrix(spec.features, ends, values))
     # The parent holds the models lock for the whole training (ModelsLock in train).
-    version = save_estimator(store, sensor, model, source=source,
+    version = save_estimator(store, sensor, model, source=spec.source, features=spec.features,
                              trained_on=trained_on, role=role, by="train", under_lock=True)
     return manifest_of(sensor, version)
 
@@ -139,6 +159,7 @@ def train(
     nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
     workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
     role: str = "champion", lock: ModelsLock | None = None, estimator: str = estimators.DEFAULT,
+    features: tuple[str, ...] = (),
 ) -> TrainResult:
     """Train every sensor with data in the hours (or only ``sensors``), each model a new
     version in ``role``: champion (it scores from now on) or challenger (it waits to be
@@ -146,8 +167,9 @@ def train(
     core); each worker opens the store itself. ``lock``: the models lock the caller already
     holds (a refit holds one across processes); it is renewed before each group, so a lock
     taken over meanwhile stops the training before it writes again. ``estimator``: a name of
-    ``estimators.NAMES`` (``nu`` and ``gamma`` are the ocsvm's)."""
-    spec = _spec(estimator, nu, gamma)
+    ``estimators.NAMES`` (``nu`` and ``gamma`` are the ocsvm's); ``features``: derived
+    features it sees besides the value (``model.features``), stored with each version."""
+    spec = _spec(estimator, nu, gamma, features)
     hours = training_hours(store, until=until, since=since)
     arrivals = read_arrivals_many(store, hours)
     with_data = {h: set(a) for h, a in arrivals.items()}
@@ -168,7 +190,7 @@ def train(
 
 def _fit_groups(store: Store, hours: tuple[Hour, ...], with_data: dict[Hour, set[Sensor]],
                 points: Counter[Sensor], workers: int, lock: ModelsLock,
-                options: tuple[tuple[str, dict[str, float], str], str, int],
+                options: tuple[Spec, str, int],
                 progress: Progress | None
                 ) -> tuple[list[ModelManifest], list[tuple[str, str]]]:
     """Fit and save every group's sensors, here or on a pool, renewing the lock a group."""
@@ -192,11 +214,12 @@ def _fit_groups(store: Store, hours: tuple[Hour, ...], with_data: dict[Hour, set
             data = read_group(store, hours, group, with_data)
             jobs = []
             for sensor in group:
-                values = data.get(sensor, np.empty(0))
-                if len(values) < MIN_POINTS:
-                    skipped.append((str(sensor), f"only {len(values)} points (at least {MIN_POINTS})"))
+                series = data.get(sensor, (np.empty(0, np.int64), np.empty(0)))
+                if len(series[1]) < MIN_POINTS:
+                    skipped.append((str(sensor),
+                                    f"only {len(series[1])} points (at least {MIN_POINTS})"))
                     continue
-                jobs.append((sensor, values, spec, (hours[0], hours[-1]), role))
+                jobs.append((sensor, series, spec, (hours[0], hours[-1]), role))
             if pool is None:
                 results = (_fit_and_save(store, *job) for job in jobs)
             else:

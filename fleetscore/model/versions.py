@@ -85,6 +85,7 @@ class Version:
     source: str
     trained_on: dict[str, str] | None = None
     role: str = "retired"
+    features: tuple[str, ...] = ()  # derived features the model sees (model/features.py)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ class History:
         try:
             body = json.loads(data)
             return cls(device=body["device"], tag=body["tag"],
-                       versions=tuple(Version(**v) for v in body["versions"]),
+                       versions=tuple(Version(**{**v, "features": tuple(v.get("features", ()))})
+                                      for v in body["versions"]),
                        events=tuple(Event(**e) for e in body["events"]))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise ModelError(f"version history {path} is damaged: {type(exc).__name__}") from exc
@@ -179,7 +181,7 @@ def read_history(store: Store, sensor: Sensor) -> History:
 
 def _from_manifest(manifest: ModelManifest, role: str) -> Version:
     return Version(manifest.version, manifest.sha256, manifest.created, manifest.estimator,
-                   manifest.source, manifest.trained_on, role)
+                   manifest.source, manifest.trained_on, role, manifest.features)
 
 
 def version_bytes(store: Store, sensor: Sensor, version: Version) -> bytes:
@@ -197,7 +199,8 @@ def version_bytes(store: Store, sensor: Sensor, version: Version) -> bytes:
 
 def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, source: str,
                 trained_on: dict[str, str] | None, role: str, by: str,
-                now: datetime | None = None, under_lock: bool = False) -> Version:
+                now: datetime | None = None, under_lock: bool = False,
+                features: tuple[str, ...] = ()) -> Version:
     """Archive new model bytes as the sensor's next version, in ``role`` (champion: also the
     champion view; challenger: the champion is untouched)."""
     check_skops_types(data, str(sensor))
@@ -206,7 +209,8 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
         history = _archived(store, sensor, now)
         number = max((v.number for v in history.versions), default=0) + 1
         version = Version(number, hashlib.sha256(data).hexdigest(),
-                          now.isoformat(timespec="microseconds"), estimator, source, trained_on)
+                          now.isoformat(timespec="microseconds"), estimator, source, trained_on,
+                          features=features)
         store.put(version_path(sensor, number), data, overwrite=False)
         before = history
         history = replace(history, versions=(*history.versions, version))
@@ -220,11 +224,14 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
 
 def save_estimator(store: Store, sensor: Sensor, estimator: Any, *, source: str, role: str,
                    by: str, trained_on: tuple[Hour, Hour] | None = None,
-                   now: datetime | None = None, under_lock: bool = False) -> Version:
-    """A fitted or imported model as the sensor's next version (see ``add_version``)."""
-    check_estimator(estimator, str(sensor))
+                   now: datetime | None = None, under_lock: bool = False,
+                   features: tuple[str, ...] = ()) -> Version:
+    """A fitted or imported model as the sensor's next version (see ``add_version``);
+    ``features``: the derived features it was fitted on, after the value."""
+    check_estimator(estimator, str(sensor), features)
     return add_version(store, sensor, dumps_model(estimator), estimator=describe(estimator),
                        source=source, role=role, by=by, now=now, under_lock=under_lock,
+                       features=features,
                        trained_on={"from": str(trained_on[0]), "to": str(trained_on[1])}
                        if trained_on else None)
 
@@ -274,8 +281,10 @@ def _write_history(store: Store, history: History, before: History | None) -> No
     if challenger is None:
         store.delete(challenger_path(history.sensor))
     else:
-        store.put(challenger_path(history.sensor), json.dumps(
-            {"version": challenger.number, "sha256": challenger.sha256}).encode())
+        body: dict[str, object] = {"version": challenger.number, "sha256": challenger.sha256}
+        if challenger.features:
+            body["features"] = list(challenger.features)
+        store.put(challenger_path(history.sensor), json.dumps(body).encode())
 
 
 def manifest_of(sensor: Sensor, version: Version, since: datetime | None = None
@@ -285,7 +294,8 @@ def manifest_of(sensor: Sensor, version: Version, since: datetime | None = None
                          sha256=version.sha256, format="skops", estimator=version.estimator,
                          sklearn_version=sklearn_version(), trained_on=version.trained_on,
                          created=version.created, source=version.source,
-                         champion_since=since.isoformat(timespec="microseconds") if since else "")
+                         champion_since=since.isoformat(timespec="microseconds") if since else "",
+                         features=version.features)
 
 
 def migrate(store: Store, sensors: Iterator[Sensor] | list[Sensor],

@@ -7,9 +7,11 @@ data, or failed with the error's kind and message. One broken sensor fails alone
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -33,9 +35,12 @@ from fleetscore.data.windows import read_points, sensor_runs
 from fleetscore.errors import FleetscoreError, ScoringError, first_line
 from fleetscore.model.bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
 from fleetscore.model.challengers import Challengers, load_challengers, load_version
+from fleetscore.model.features import Detector, Previous
 from fleetscore.model.forest import decide_forests, forest_near_boundary
-from fleetscore.model.registry import load_model
+from fleetscore.model.registry import load_detector
 from fleetscore.storage import Store
+
+LastPoints = Callable[[int, list[str]], dict[str, tuple[int, float]]]  # group, keys -> last
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,9 @@ def adhoc_unit_id(sensors: Iterable[Sensor]) -> str:
 
 
 def predict_labels(model: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """scikit-learn's outlier convention (+1 inlier, -1 outlier) -> Prediction 1 = anomaly."""
-    features = values.reshape(-1, 1)
+    """scikit-learn's outlier convention (+1 inlier, -1 outlier) -> Prediction 1 = anomaly.
+    ``values``: one value per point, or the model's input matrix (a row per point)."""
+    features = values if values.ndim == 2 else values.reshape(-1, 1)
     raw = np.asarray(model.predict(features))
     if raw.shape != (len(values),) or not np.isin(raw, (-1, 1)).all():
         raise ScoringError(
@@ -230,8 +236,10 @@ def score_many(
     its champion), cached in ``models``."""
     started = time.perf_counter()
     runs = _Runs.of(groups)
+    hours = [g.hour for g in groups]
     decided = _decide(runs, bank, {} if models is None else models,
-                      load or (lambda sensor: load_model(store, sensor)))
+                      load or (lambda sensor: load_detector(store, sensor)),
+                      lambda group, keys: _last_points(store, hours[group] - 1, keys))
     scored_runs = runs.member.copy()
     scored_runs[list(decided.failed)] = False
     keep = np.repeat(scored_runs, runs.lengths)
@@ -263,6 +271,13 @@ class _Runs:
     @property
     def lengths(self) -> np.ndarray:
         return self.stops - self.starts
+
+    @functools.cached_property
+    def ends(self) -> np.ndarray:
+        """Every row's window end (ms), as ``values`` holds the rows."""
+        if not self.tables:
+            return np.zeros(0, np.int64)
+        return np.concatenate([t["End"].to_numpy() for t in self.tables]).astype(np.int64)
 
     @classmethod
     def of(cls, groups: Sequence[Group]) -> _Runs:
@@ -297,8 +312,8 @@ class _Decided:
     failed: dict[int, SensorFailure]  # run -> why its sensor failed
 
 
-def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Any],
-            load: Callable[[Sensor], Any]) -> _Decided:
+def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Detector],
+            load: Callable[[Sensor], Detector], last_points: LastPoints) -> _Decided:
     """Labels and scores of every row: the bank's for banked sensors, settled where a point
     is too near the boundary; scikit-learn's for the rest. A sensor that fails is named."""
     entries = np.where(runs.member, bank.index(runs.keys), -1)
@@ -311,7 +326,7 @@ def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Any],
     banked = len(fast) + int((trees >= 0).sum())
     names = runs.keys.to_pylist() if banked < len(runs.keys) else None
 
-    def model_of(sensor: Sensor) -> Any:
+    def model_of(sensor: Sensor) -> Detector:
         if sensor not in models:
             models[sensor] = load(sensor)
         return models[sensor]
@@ -342,16 +357,50 @@ def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Any],
         for run in np.flatnonzero(np.add.reduceat(edge, runs.starts) > 0):
             a, b = runs.starts[run], runs.stops[run]
             attempt(run, lambda sensor, values, a=a, b=b, run=run: _settle_boundary(
-                bank, int(entries[run]), lambda: model_of(sensor), values, decision[a:b],
+                bank, int(entries[run]), lambda: model_of(sensor).estimator, values, decision[a:b],
                 edge[a:b]))
     if forest_edge.any():  # a forest's points too near 0: scikit-learn itself decides them
         for run in np.flatnonzero(np.add.reduceat(forest_edge, runs.starts) > 0):
             a, b = runs.starts[run], runs.stops[run]
             attempt(run, lambda sensor, values, a=a, b=b: _settle_forest(
-                lambda: model_of(sensor), values, decision[a:b], forest_edge[a:b]))
-    for run in np.flatnonzero(runs.member & (entries < 0) & (trees < 0)):
-        attempt(run, lambda sensor, values: _score_plain(model_of(sensor), sensor, values))
+                lambda: model_of(sensor).estimator, values, decision[a:b], forest_edge[a:b]))
+    plain = np.flatnonzero(runs.member & (entries < 0) & (trees < 0))
+    previous = _previous_points(runs, plain, model_of, last_points)
+    for run in plain:
+        attempt(run, lambda sensor, values, run=run: _score_plain(
+            model_of(sensor), sensor, values, runs.ends[runs.starts[run]:runs.stops[run]],
+            previous.get(int(run))))
     return out
+
+
+def _previous_points(runs: _Runs, plain: np.ndarray, model_of: Callable[[Sensor], Detector],
+                     last_points: LastPoints) -> dict[int, Previous]:
+    """Each plain run's sensor's last point of the hour before, for the runs whose model sees
+    derived features (``model.features``): read once per hour for all of them. A model that
+    cannot be loaded is left to the scoring attempt, which names it."""
+    featured: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for run in plain:
+        key = runs.keys[run].as_py()
+        try:
+            if not model_of(Sensor.unchecked(*key.split("/", 1))).features:
+                continue
+        except Exception:  # noqa: BLE001 - the attempt loads it again and says why
+            continue
+        featured[int(runs.group_of[run])].append((int(run), key))
+    out: dict[int, Previous] = {}
+    for group, wanted in featured.items():
+        found = last_points(group, [k for _, k in wanted])
+        out.update((run, found.get(key)) for run, key in wanted)
+    return out
+
+
+def _last_points(store: Store, hour: Hour, keys: Sequence[str]) -> dict[str, tuple[int, float]]:
+    """Each ``Device/Tag`` key's last window (end ms, value) in ``hour``, for those with one."""
+    table = read_points(store, hour, [Sensor.unchecked(*k.split("/", 1)) for k in keys])
+    _, stops, names = sensor_runs(table)
+    ends, values = table["End"].to_numpy().astype(np.int64), table["Value"].to_numpy()
+    return {name: (int(ends[b - 1]), float(values[b - 1]))
+            for name, b in zip(names.to_pylist(), stops, strict=True)}
 
 
 def _decide_forests(runs: _Runs, bank: Bank, entries: np.ndarray, decision: np.ndarray,
@@ -483,8 +532,9 @@ def _settle_boundary(bank: Bank, entry: int, model: Callable[[], Any], values: n
     return labels, decision
 
 
-def _score_plain(model, sensor: Sensor, values: np.ndarray):
+def _score_plain(detector: Detector, sensor: Sensor, values: np.ndarray, ends: np.ndarray,
+                 previous: Previous):
     try:
-        return predict_labels(model, values)
+        return predict_labels(detector.estimator, detector.inputs(ends, values, previous))
     except ScoringError as exc:
         raise ScoringError(f"sensor {sensor}: {exc}") from exc

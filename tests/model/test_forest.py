@@ -179,8 +179,10 @@ def test_a_compiled_forest_needs_no_model_load_and_scores_as_scikit_learn(mixed_
     loaded: list[Sensor] = []
 
     def load(sensor):
+        from fleetscore.model.features import Detector
+
         loaded.append(sensor)
-        return models[sensor]
+        return Detector(models[sensor])
 
     points = read_points(store, HOUR, sensors)
     (result,), table, _ = score_many(store, [Group(HOUR, "u", sensors, points, exact=True)],

@@ -63,13 +63,13 @@ def _per_hour_read_group(store, hours, sensors, with_data):
 
     from fleetscore.data.windows import by_sensor, read_points
 
-    values = {}
+    series = {}
     for hour in hours:
         present = with_data[hour] & set(sensors)
         if present:
             for sensor, points in by_sensor(read_points(store, hour, present)).items():
-                values.setdefault(sensor, []).append(points.values)
-    return {s: np.concatenate(v) for s, v in values.items()}
+                series.setdefault(sensor, []).append((points.ends_ms, points.values))
+    return {s: tuple(np.concatenate(x) for x in zip(*v, strict=True)) for s, v in series.items()}
 
 
 def test_training_reads_by_day_with_the_values_of_an_hour_by_hour_read(local_store, tmp_path,
@@ -132,7 +132,8 @@ def test_training_reads_by_day_with_the_values_of_an_hour_by_hour_read(local_sto
     got = training.read_group(Counting(local_store), hours, sensors, with_data)
     assert set(got) == set(expected) == {Sensor("a", "1"), Sensor("b", "2")}
     for sensor in expected:
-        assert np.array_equal(got[sensor], expected[sensor])
+        assert np.array_equal(got[sensor][0], expected[sensor][0])
+        assert np.array_equal(got[sensor][1], expected[sensor][1])
     day_parts = [p for p in local_store.list("windows") if "/day/" in p]
     assert len(day_parts) == 6 and all(counts[p] == 1 for p in day_parts)
 

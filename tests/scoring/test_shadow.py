@@ -74,7 +74,7 @@ def test_shadow_labels_are_the_challengers_own(fleet_store, fleet_template):
         sensor = Sensor(table["Device"][i].as_py(), table["Tag"][i].as_py())
         rows = table.filter(pc.and_(pc.equal(table["Device"], sensor.device),
                                     pc.equal(table["Tag"], sensor.tag)))
-        model = load_version(fleet_store, pointers[str(sensor)])
+        model = load_version(fleet_store, pointers[str(sensor)]).estimator
         points = read_points(fleet_store, hour, [sensor])
         expected = (model.predict(points["Value"].to_numpy().reshape(-1, 1)) == -1).astype(int)
         assert rows["Prediction"].to_pylist() == expected.tolist()
@@ -161,7 +161,7 @@ def test_isolation_forest_challengers_are_compiled_and_scored_as_scikit_learn(fl
         sensor = Sensor(table["Device"][i].as_py(), table["Tag"][i].as_py())
         rows = table.filter(pc.and_(pc.equal(table["Device"], sensor.device),
                                     pc.equal(table["Tag"], sensor.tag)))
-        model = load_version(fleet_store, pointers[str(sensor)])
+        model = load_version(fleet_store, pointers[str(sensor)]).estimator
         values = read_points(fleet_store, hour, [sensor])["Value"].to_numpy().reshape(-1, 1)
         assert rows["Prediction"].to_pylist() == (model.predict(values) == -1).astype(
             int).tolist()
