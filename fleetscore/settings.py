@@ -90,6 +90,8 @@ class Settings:
     refit_max_anomaly_rate: float | None = None  # the promote gates (None: no gate)
     refit_min_agreement: float | None = None
     refit_review: bool = False  # train and compare, promote nothing
+    refit_estimator: str = ""  # the challengers' estimator ("": the default) and features
+    refit_features: str = ""
 
     @property
     def lock_ttl(self) -> timedelta:
@@ -125,6 +127,8 @@ class Settings:
             refit_min_agreement=_share(env, "FLEETSCORE_REFIT_MIN_AGREEMENT"),
             refit_review=(env.get("FLEETSCORE_REFIT_REVIEW") or "false").lower()
             in ("1", "true", "yes"),
+            refit_estimator=env.get("FLEETSCORE_REFIT_ESTIMATOR") or "",
+            refit_features=env.get("FLEETSCORE_REFIT_FEATURES") or "",
         )
         if settings.lock_ttl_minutes * 60 < 4 * settings.poll_seconds:
             # Status polls renew the lock: it must outlive several of them.
@@ -149,7 +153,9 @@ class Settings:
         return {"options": {"days": self.refit_days, "compare_hours": self.refit_compare_hours,
                             "max_anomaly_rate": self.refit_max_anomaly_rate,
                             "min_agreement": self.refit_min_agreement,
-                            "review": self.refit_review},
+                            "review": self.refit_review, "features": self.refit_features,
+                            **({"estimator": self.refit_estimator} if self.refit_estimator
+                               else {})},
                 "backend": self.backend, "poll_seconds": self.poll_seconds,
                 "deadline_minutes": self.unit_deadline_minutes,
                 # One group a task slot of the pool; trained inline, one group is enough.

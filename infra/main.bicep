@@ -229,6 +229,8 @@ module functionApp 'modules/functionapp.bicep' = {
       FLEETSCORE_REFIT_MAX_ANOMALY_RATE: ''
       FLEETSCORE_REFIT_MIN_AGREEMENT: ''
       FLEETSCORE_REFIT_REVIEW: 'false'
+      FLEETSCORE_REFIT_ESTIMATOR: ''
+      FLEETSCORE_REFIT_FEATURES: ''
       DURABLE_TASK_HUB: 'fleetscore'
       WINDOWS_EVENTHUB: 'windows'
       WindowsEventHub__fullyQualifiedNamespace: '${eventHubs.outputs.name}.servicebus.windows.net'

@@ -253,6 +253,11 @@ def refit(
         metavar="A", help="Promote gate: it agrees with the champion at least this often.")] = None,
     review: Annotated[bool, typer.Option(
         "--review", help="Train and compare, but leave the challengers for review.")] = False,
+    estimator: Annotated[str | None, typer.Option(
+        metavar="ocsvm|iforest", help="The challengers' estimator, as `train --estimator`.")] = None,
+    features: Annotated[str, typer.Option(
+        metavar="diff,hour", help="Derived features the challengers see, as `train --features`."
+        )] = "",
     workers: Annotated[int | None, typer.Option(help="Processes fitting models.")] = None,
 ) -> None:
     """The scheduled job in one command: train challengers on the days before the last
@@ -261,7 +266,8 @@ def refit(
     from fleetscore.runs.refit import NOTHING_TRAINED, RefitOptions
 
     options = RefitOptions(days, compare_hours, _share(max_anomaly_rate, "--max-anomaly-rate"),
-                           _share(min_agreement, "--min-agreement"), review)
+                           _share(min_agreement, "--min-agreement"), review,
+                           **({"estimator": estimator} if estimator else {}), features=features)
     settings = load_settings()
     st = open_store(store, settings)
     try:

@@ -35,7 +35,9 @@ from typing import Any
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.sensors import Sensor
 from fleetscore.errors import Conflict, InputError, NotFound, UsageError
+from fleetscore.model import estimators
 from fleetscore.model.compare import Comparison, Gates, compare, with_challengers
+from fleetscore.model.features import parse as parse_features
 from fleetscore.model.training import training_hours
 from fleetscore.model.versions import MODELS_LOCK, ModelsLock, set_champion
 from fleetscore.storage import Store
@@ -148,10 +150,18 @@ class RefitOptions:
     max_anomaly_rate: float | None = None
     min_agreement: float | None = None
     review: bool = False  # train and compare, promote nothing
+    estimator: str = estimators.DEFAULT  # what the challengers are (train --estimator)
+    features: tuple[str, ...] = ()  # and the derived features they see (train --features)
 
     def __post_init__(self) -> None:
         if self.days < 1 or self.compare_hours < 1:
             raise UsageError("--days and --compare-hours must be 1 or more")
+        if self.estimator not in estimators.NAMES:
+            raise UsageError(f"refit estimator {self.estimator!r}: expected one of "
+                             f"{', '.join(estimators.NAMES)}")
+        # JSON gives a list (or the settings a text): one tuple, every name checked.
+        named = self.features if isinstance(self.features, str) else ",".join(self.features)
+        object.__setattr__(self, "features", parse_features(named))
 
     @property
     def gates(self) -> Gates:
@@ -364,7 +374,8 @@ def train_group(store: Store, refit_id: str, group: str, *,
         lock.renew()
         since, until = found.train_range
         result = train(store, since=since, until=until, sensors=sensors, role="challenger",
-                       workers=workers, lock=lock)
+                       workers=workers, lock=lock, estimator=found.options.estimator,
+                       features=found.options.features)
     except Conflict as exc:
         # Nothing more is written for this refit: the lock is gone or another holds it.
         return record(store, refit_id, GroupResult(group, "refused", error=(

@@ -171,3 +171,34 @@ def test_the_cli_refit_writes_its_manifest(fleet, cli):
     assert list(fleet.list(f"refit/{manifest.refit_id}/")) == []  # working files dropped
     assert not fleet.exists(MODELS_LOCK)
 
+
+def test_the_cli_refit_takes_the_challengers_estimator_and_features(fleet, cli):
+    code, _, err = cli("refit", "--store", str(fleet.root), "--days", "1", "--compare-hours",
+                       "2", "--review", "--estimator", "iforest", "--features", "hour")
+    assert code == 0, err
+    challenger = read_history(fleet, Sensor.parse(SENSORS[0])).challenger
+    assert challenger.estimator == "IsolationForest" and challenger.features == ("hour",)
+    code, _, err = cli("refit", "--store", str(fleet.root), "--features", "speed")
+    assert code == 2 and "unknown feature 'speed'" in err and "Traceback" not in err
+
+
+def test_a_refit_trains_challengers_of_the_estimator_and_features_it_is_given(fleet):
+    """The settings' FLEETSCORE_REFIT_ESTIMATOR and _FEATURES reach every group's training,
+    through the plan's JSON (as a Batch task reads it)."""
+    from fleetscore.settings import Settings
+
+    request = Settings.from_env({"FLEETSCORE_REFIT_ESTIMATOR": "iforest",
+                                 "FLEETSCORE_REFIT_FEATURES": "diff"}).refit_input()
+    manifest = _run(fleet, review=True, **{k: request["options"][k]
+                                           for k in ("estimator", "features")})
+    assert manifest.options.features == ("diff",)
+    found = policy.read_plan(fleet, manifest.refit_id)
+    assert found.options == manifest.options
+    for key in SENSORS:
+        challenger = read_history(fleet, Sensor.parse(key)).challenger
+        assert challenger.estimator == "IsolationForest" and challenger.features == ("diff",)
+    assert "estimator" not in Settings.from_env({}).refit_input()["options"]  # the default
+    with pytest.raises(UsageError, match="unknown feature 'speed'"):
+        policy.RefitOptions(features="speed")
+    with pytest.raises(UsageError, match="refit estimator 'svm'"):
+        policy.RefitOptions(estimator="svm")
