@@ -45,6 +45,7 @@ def models_history(
     estimator, role, and who or what set each role."""
     from dataclasses import asdict
 
+    from fleetscore.model.features import described
     from fleetscore.model.versions import read_history
 
     st = open_store(store, load_settings())
@@ -59,8 +60,8 @@ def models_history(
     set_by = {e.version: f"{e.by}, {e.at[:16]}" for e in history.events}
     for v in history.versions:
         trained = f"{v.trained_on['from']} .. {v.trained_on['to']}" if v.trained_on else ""
-        table.add_row(str(v.number), v.role, v.sha256[:12], v.created[:16], trained, v.estimator,
-                      set_by.get(v.number, ""))
+        table.add_row(str(v.number), v.role, v.sha256[:12], v.created[:16], trained,
+                      described(v.estimator, v.features), set_by.get(v.number, ""))
     out.print(table)
     if not history.archived:
         out.print("saved before versions were kept: `fleetscore models migrate` archives it")

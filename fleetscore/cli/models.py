@@ -218,6 +218,7 @@ def models_list(
     """List the store's models and their manifests."""
     from dataclasses import asdict
 
+    from fleetscore.model.features import described
     from fleetscore.model.registry import list_models, read_manifest
 
     settings = load_settings()
@@ -233,7 +234,7 @@ def models_list(
     table = Table("sensor", "version", "estimator", "scikit-learn", "trained on", "source")
     for sensor, m in manifests:
         trained = f"{m.trained_on['from']} .. {m.trained_on['to']}" if m.trained_on else ""
-        table.add_row(str(sensor), str(m.version), m.estimator, m.sklearn_version, trained,
-                      m.source)
+        table.add_row(str(sensor), str(m.version), described(m.estimator, m.features),
+                      m.sklearn_version, trained, m.source)
     out.print(table)
     out.print(f"{len(manifests):,} {plural(len(manifests), 'model')}")

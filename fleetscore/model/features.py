@@ -103,3 +103,8 @@ def hour_of_day(ends_ms: np.ndarray) -> np.ndarray:
 def label(names: Sequence[str]) -> str:
     """How commands print a model's features: ``value+diff+hour``, or ``value``."""
     return "+".join(("value", *names))
+
+
+def described(estimator: str, names: Sequence[str]) -> str:
+    """An estimator's description with the features it sees, when it sees more than the value."""
+    return f"{estimator} on {label(names)}" if names else estimator

@@ -21,6 +21,21 @@ def test_train_and_the_demo_share_one_documented_default(cli, tmp_path, fleet_cs
     assert f"train:nu={DEFAULT_NU},gamma={DEFAULT_GAMMA}" in out.replace(" ", "")
 
 
+def test_train_features_are_stored_and_shown_with_each_version(cli, tmp_path, fleet_csv):
+    store = str(tmp_path / "s")
+    assert cli("ingest", str(fleet_csv), "--store", store)[0] == 0
+    code, out, err = cli("train", "--store", store, "--until", "2024-03-01T01", "--features",
+                         "diff")
+    assert code == 0, err
+    assert "features value+diff" in out and "left to scikit-learn: 3 sees derived features" in out
+    code, out, _ = cli("models", "list", "--store", store)
+    assert "on value+diff" in out
+    code, out, _ = cli("models", "history", "1/1", "--store", store, "--json")
+    assert '"diff"' in out
+    code, _, err = cli("train", "--store", store, "--features", "diff,speed")
+    assert code == 2 and "unknown feature 'speed'" in err
+
+
 def test_models_import_help_names_both_file_namings():
     text = re.sub(r"[\s│]+", " ", fleetscore("models", "import", "-h", columns=200).stdout)
     assert "{Device}_{Tag}.skops" in text and "model_{Device}_{Tag}.skops" in text
