@@ -43,7 +43,7 @@ PROBE_SEED = 20240302  # fixed: compiling the same bytes always gives the same v
 class CompiledForest:
     """``decisions[k]`` is the decision of every x (as float32) with exactly k cuts below it."""
 
-    cuts: np.ndarray  # sorted, unique, float64
+    cuts: np.ndarray  # sorted, unique; float32 when compiled (float64 in older shards)
     decisions: np.ndarray  # len(cuts) + 1, float64
 
 
@@ -72,6 +72,12 @@ def _shape_problem(forest) -> str | None:
 
 
 def _compile(forest) -> CompiledForest:
+    return _compact(*step_function(forest))
+
+
+def step_function(forest) -> tuple[np.ndarray, np.ndarray]:
+    """The forest's sorted unique thresholds (float64) and the decision of each interval they
+    close, before ``_compact`` (what a format 3 bank stored)."""
     from sklearn.ensemble._iforest import _average_path_length
 
     trees = [tree.tree_ for tree in forest.estimators_]
@@ -90,7 +96,30 @@ def _compile(forest) -> CompiledForest:
         scores = 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths),
                                   where=denominator != 0))
     decisions = -scores - forest.offset_
-    return CompiledForest(cuts, np.ascontiguousarray(decisions, dtype=np.float64))
+    return cuts, np.asarray(decisions, dtype=np.float64)
+
+
+def _compact(cuts: np.ndarray, decisions: np.ndarray) -> CompiledForest:
+    """The same step function of float32 points in fewer, smaller numbers.
+
+    Every point is a float32 (scikit-learn's input), so ``x <= t`` is ``x <= t32`` for t32 the
+    largest float32 not above t: each cut is stored as that float32 (half the bytes). Cuts
+    equal after rounding close intervals no float32 lies in: only the decisions below the
+    first and above the last of them are reachable. Then a cut between two equal decisions
+    changes nothing (a tree whose leaf changes there for one of the same depth and size, as
+    two single-point leaves are): it goes, with the repeated decision. Decisions are kept
+    bit for bit."""
+    if not len(cuts):
+        return CompiledForest(cuts.astype(np.float32), decisions)
+    with np.errstate(over="ignore"):
+        low = cuts.astype(np.float32)  # nearest; beyond float32's range it is +-inf
+    above = low.astype(np.float64) > cuts
+    low[above] = np.nextafter(low[above], np.float32(-np.inf))
+    last = np.flatnonzero(np.r_[low[1:] != low[:-1], True])  # each group's last cut
+    low, decisions = low[last], decisions[np.r_[0, last + 1]]
+    differs = decisions[1:] != decisions[:-1]
+    return CompiledForest(np.ascontiguousarray(low[differs]),
+                          np.ascontiguousarray(np.r_[decisions[:1], decisions[1:][differs]]))
 
 
 def _leaves(t, x: np.ndarray) -> np.ndarray:
@@ -175,7 +204,7 @@ class Forests:
     @classmethod
     def empty(cls) -> Forests:
         return cls(pa.array([], pa.string()), np.zeros(0, "U64"), np.zeros(1, np.int64),
-                   np.zeros(0), np.zeros(0))
+                   np.zeros(0, np.float32), np.zeros(0))
 
     @classmethod
     def of(cls, entries: Iterable[tuple[Sensor, str, CompiledForest]]) -> Forests:
@@ -186,7 +215,9 @@ class Forests:
         return cls(pa.array([f"{s.device}/{s.tag}" for s, _, _ in entries], pa.string()),
                    np.array([h for _, h, _ in entries], dtype="U64"),
                    np.concatenate(([0], np.cumsum(counts))),
-                   np.concatenate([np.asarray(c.cuts, np.float64) for _, _, c in entries]),
+                   # float32 when every forest's cuts are (compiled ones); else float64,
+                   # which holds any float32 exactly
+                   np.concatenate([np.asarray(c.cuts) for _, _, c in entries]),
                    np.concatenate([np.asarray(c.decisions, np.float64) for _, _, c in entries]))
 
     @classmethod

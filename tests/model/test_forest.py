@@ -25,9 +25,11 @@ from fleetscore.model.forest import (
     CompiledForest,
     Forests,
     compile_forest,
+    _compact,
     decide_forests,
     forest_decisions,
     forest_near_boundary,
+    step_function,
 )
 from fleetscore.model.registry import save_model
 from fleetscore.scoring.score import Group, score_many
@@ -48,10 +50,16 @@ def _labels(forest, compiled, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _check(forest, values: np.ndarray) -> None:
     compiled, reason = compile_forest(forest)
     assert compiled is not None, reason
-    cuts32 = compiled.cuts.astype(np.float32)
-    # At every cut, the float32 values on either side and the value itself.
-    probes = np.concatenate([values, compiled.cuts, cuts32, np.nextafter(cuts32, np.float32(np.inf)),
-                             np.nextafter(cuts32, np.float32(-np.inf))]).astype(np.float64)
+    assert compiled.cuts.dtype == np.float32
+    # At every cut and every tree's own threshold (which the compiled cuts round down to
+    # float32, or drop), the float32 values on either side and the value itself.
+    thresholds = np.concatenate([e.tree_.threshold[e.tree_.children_left != -1]
+                                 for e in forest.estimators_])
+    with np.errstate(over="ignore"):
+        near = np.concatenate([compiled.cuts, thresholds.astype(np.float32)])
+    near = near[np.isfinite(near)]
+    probes = np.concatenate([values, thresholds, near, np.nextafter(near, np.float32(np.inf)),
+                             np.nextafter(near, np.float32(-np.inf))]).astype(np.float64)
     labels, decision = _labels(forest, compiled, probes)
     expected = forest.decision_function(probes.reshape(-1, 1))
     sure = np.isfinite(decision)
@@ -110,6 +118,35 @@ def test_a_point_on_a_cut_takes_the_interval_the_cut_closes():
     compiled = CompiledForest(np.array([0.0, 1.0]), np.array([-1.0, 0.5, -0.25]))
     got = forest_decisions(compiled, np.array([-1.0, 0.0, 0.5, 1.0, 1.0 + 1e-12, 1.0 + 2**-23, 2.0]))
     assert got.tolist() == [-1.0, -1.0, 0.5, 0.5, 0.5, -0.25, -0.25]  # 1 + 1e-12 is 1 in float32
+
+
+def test_cuts_round_down_to_float32_and_cuts_between_equal_decisions_go():
+    """1 - 1e-12 and 1 - 1e-13 both round down to the float32 below 1 (no float32 lies
+    between them, so the decision after the first is unreachable); 2.0 separates two equal
+    decisions."""
+    cuts = np.array([0.5, 1 - 1e-12, 1 - 1e-13, 2.0, 3.0])
+    decisions = np.array([-0.5, -0.1, 0.7, 0.2, 0.2, -0.3])
+    compacted = _compact(cuts, decisions)
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+    assert compacted.cuts.dtype == np.float32
+    assert compacted.cuts.tolist() == [0.5, float(below_one), 3.0]
+    assert compacted.decisions.tolist() == [-0.5, -0.1, 0.2, -0.3]
+    points = np.array([0.5, 0.75, float(below_one), 1.0, 2.0, 2.5, 3.0, 3.5])
+    assert forest_decisions(compacted, points).tolist() == \
+        forest_decisions(CompiledForest(cuts, decisions), points).tolist()
+
+
+def test_compacted_forest_decides_as_the_full_step_function_of_a_format_3_bank():
+    rng = np.random.default_rng(8)
+    forest = make("iforest").fit(np.round(rng.normal(50, 10, (60, 1)), 3))
+    compiled, _ = compile_forest(forest)
+    cuts, decisions = step_function(forest)
+    assert len(compiled.cuts) < len(cuts)  # single-point leaves side by side: equal decisions
+    near = cuts.astype(np.float32)
+    points = np.concatenate([cuts, near, np.nextafter(near, np.float32(np.inf)),
+                             np.nextafter(near, np.float32(-np.inf)), rng.normal(50, 30, 500)])
+    assert np.array_equal(forest_decisions(compiled, points),
+                          forest_decisions(CompiledForest(cuts, decisions), points))
 
 
 def test_non_finite_points_are_left_to_scikit_learn():
