@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import math
+import struct
 import uuid
 import warnings
 import zipfile
@@ -643,10 +644,9 @@ def load_bank(store: Store, sensors: Iterable[tuple[str, str]], *, ordered: bool
         if lo == hi:
             continue
         try:
-            bank = Bank.decode(store.get(shard["path"]), sha=hashes)
+            parts.append(_load_shard(store, shard["path"], wanted_keys[lo:hi], hashes))
         except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
             continue  # a damaged shard, or one of another format: its sensors take the plain path
-        parts.append(bank.only(wanted_keys[lo:hi]))
     found = Bank.concat(parts)
     # An entry stands for the model it was compiled from, and only while the manifest still
     # names that model. A sealed index vouches for its entries but those of saves that were
@@ -731,13 +731,7 @@ class Bank(Mapping):
         vouches for every entry makes unneeded; an npz reads only the arrays asked for)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             _check_format(z)
-            device, tag = z["device"], z["tag"]
-            hashes = z["sha256"] if sha else np.zeros(len(device), "U1")
-            params, offsets, support, dual = z["params"], z["offsets"], z["support"], z["dual"]
-            forests = _decode_forests(z, sha)
-        keys = sensor_keys(device, tag)
-        return cls(keys, hashes, params.reshape(-1, len(PARAMS)), offsets.astype(np.int64),
-                   support, dual, forests)
+            return replace(_decode_svms(z, sha), forests=_decode_forests(z, sha))
 
     @classmethod
     def concat(cls, banks: list[Bank]) -> Bank:
@@ -801,6 +795,86 @@ class Bank(Mapping):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _decode_svms(z, sha: bool) -> Bank:
+    """A shard's SVM entries (its forests left out)."""
+    device, tag = z["device"], z["tag"]
+    hashes = z["sha256"] if sha else np.zeros(len(device), "U1")
+    return Bank(sensor_keys(device, tag), hashes, z["params"].reshape(-1, len(PARAMS)),
+                z["offsets"].astype(np.int64), z["support"], z["dual"])
+
+
+def _load_shard(store: Store, path: str, keys: pa.Array, sha: bool) -> Bank:
+    """A shard's entries of these ``Device/Tag`` keys. A forest is tens of kilobytes, a
+    shard's forests tens of megabytes, and a unit wants a few hundred of them: on a local
+    store (reads are system calls) only the byte ranges of the wanted forests' cuts and
+    decisions are read. Elsewhere the whole shard, in one request, as before."""
+    if not store.local:
+        return Bank.decode(store.get(path), sha=sha).only(keys)
+    with store.open(path) as f, np.load(f, allow_pickle=False) as z:
+        _check_format(z)
+        svms = _decode_svms(z, sha)
+        forests = _read_forests(f, z, keys, sha)
+    return replace(svms.only(keys), forests=forests)
+
+
+RUN_GAP = 16  # entries not wanted between two wanted ones read through rather than skipped
+
+
+def _read_forests(f, z, keys: pa.Array, sha: bool) -> Forests:
+    """The shard's forests of these keys, reading from the file ``f`` (the npz ``z``) only
+    the cuts and decisions of runs of wanted entries."""
+    if "forest_device" not in z.files:
+        return Forests.empty()
+    ids = sensor_keys(z["forest_device"], z["forest_tag"])
+    chosen = np.flatnonzero(pc.is_in(ids, value_set=keys).to_numpy(zero_copy_only=False))
+    if not len(chosen):
+        return Forests.empty()
+    hashes = z["forest_sha256"] if sha else np.zeros(len(ids), "U1")
+    offsets = z["forest_offsets"].astype(np.int64)
+    cuts, decisions = _Member(f, z, "forest_cuts"), _Member(f, z, "forest_decisions")
+    parts = []
+    for run in np.split(chosen, np.flatnonzero(np.diff(chosen) > RUN_GAP) + 1):
+        a, b = int(run[0]), int(run[-1]) + 1
+        # Entry i's decisions start at offsets[i] + i (one more decision than cuts each).
+        span = Forests(ids[a:b], hashes[a:b], offsets[a : b + 1] - offsets[a],
+                       cuts.read(offsets[a], offsets[b]),
+                       decisions.read(offsets[a] + a, offsets[b] + b))
+        parts.append(span.select(run - a))
+    return Forests.concat(parts)
+
+
+class _Member:
+    """A one-dimensional array stored uncompressed in an npz (``np.savez`` stores, never
+    deflates): where its values start in the file, to read any range of them."""
+
+    def __init__(self, f, z, name: str) -> None:
+        info = z.zip.getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"a bank shard whose {name} is compressed")
+        f.seek(info.header_offset)
+        local = f.read(30)  # the zip local file header: its name and extra field follow
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError("a damaged bank shard")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if len(shape) != 1 or dtype.hasobject or fortran:
+            raise ValueError(f"a bank shard whose {name} is not a flat array")
+        self.f, self.start, self.dtype, self.size = f, f.tell(), dtype, shape[0]
+
+    def read(self, first: int, stop: int) -> np.ndarray:
+        if not 0 <= first <= stop <= self.size:
+            raise ValueError("a damaged bank shard")
+        self.f.seek(self.start + first * self.dtype.itemsize)
+        data = self.f.read((stop - first) * self.dtype.itemsize)
+        if len(data) != (stop - first) * self.dtype.itemsize:
+            raise ValueError("a damaged bank shard")
+        return np.frombuffer(data, dtype=self.dtype)
 
 
 def _decode_forests(z, sha: bool) -> Forests:

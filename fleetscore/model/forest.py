@@ -8,7 +8,10 @@ compile time the way scikit-learn computes it (``sklearn/ensemble/_iforest.py``:
 ``depth[leaf] + average_path_length(n_node_samples[leaf]) - 1.0`` added tree after tree in
 the forest's order, ``2 ** -(sum / (n_trees * average_path_length(max_samples)))``, negated,
 minus ``offset_``). Scoring a point is then a binary search: whatever the number of trees,
-and for all of a unit's sensors at once.
+and for all of a unit's sensors at once. The cuts are stored as float32 and the cuts
+between equal decisions dropped (``_compact``): the same decisions for every float32 point,
+in about half the bytes, and a unit reads only its own forests' bytes of a shard
+(``bank._load_shard``).
 
 scikit-learn casts the input to float32 before the trees see it; scoring does the same.
 Labels follow ``IsolationForest.predict``: -1 (an anomaly) only where the decision is < 0.

@@ -4,9 +4,11 @@ iforest` through `fleetscore run`."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -19,13 +21,13 @@ from sklearn.ensemble import IsolationForest
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.data.predictions import decode
-from fleetscore.model.bank import load_bank, rebuild_bank
+from fleetscore.model.bank import Bank, _load_shard, compile_any, encode_shard, load_bank, rebuild_bank
 from fleetscore.model.estimators import make
 from fleetscore.model.forest import (
     CompiledForest,
     Forests,
-    compile_forest,
     _compact,
+    compile_forest,
     decide_forests,
     forest_decisions,
     forest_near_boundary,
@@ -171,6 +173,57 @@ def test_packed_forests_select_concat_and_decide_many_at_once():
         part = values[10 * i : 10 * i + 10]
         assert (got[10 * i : 10 * i + 10] == forest.decision_function(part.reshape(-1, 1))).all()
     assert packed.index(pa.array(["d2/t", "x/y"])).tolist() == [3, -1]
+
+
+@pytest.fixture(scope="module")
+def shard_forests():
+    """40 small compiled forests of sensors s00/t .. s39/t, and a shard of them beside an SVM."""
+    rng = np.random.default_rng(13)
+    forests = [(Sensor(f"s{i:02d}", "t"), f"{i:064x}", compile_forest(make(
+        "iforest", n_estimators=4, random_state=i).fit(rng.normal(i, 1, (30, 1))))[0])
+        for i in range(40)]
+    svm = compile_any(make("ocsvm").fit(rng.normal(0, 1, (30, 1)))).compiled
+    return forests, encode_shard([(Sensor("s05", "svm"), "f" * 64, svm)], forests=forests)
+
+
+@pytest.mark.parametrize("wanted", [[3], [0, 1, 2, 39], list(range(10, 30)),
+                                    [0, 5, 6, 30, 38], [1, 2, 3, 20, 21, 37, 38, 39]])
+def test_a_local_shard_read_in_ranges_gives_what_decoding_it_whole_gives(tmp_path, shard_forests,
+                                                                        wanted):
+    """Runs of wanted forests near each other are read together, far ones apart (RUN_GAP)."""
+    forests, data = shard_forests
+    store = LocalStore(tmp_path / "store")
+    store.put("bank/shard.npz", data)
+    keys = pa.array([f"s{i:02d}/t" for i in wanted] + ["s05/svm", "x/y"])
+    for sha in (True, False):
+        got, expected = _load_shard(store, "bank/shard.npz", keys, sha), \
+            Bank.decode(data, sha=sha).only(keys)
+        assert got.ids.to_pylist() == expected.ids.to_pylist() == ["s05/svm"]
+        g, e = got.forests, expected.forests
+        assert g.ids.to_pylist() == e.ids.to_pylist() == [f"s{i:02d}/t" for i in wanted]
+        assert np.array_equal(g.offsets, e.offsets) and np.array_equal(g.sha, e.sha)
+        assert np.array_equal(g.cuts, e.cuts) and np.array_equal(g.decisions, e.decisions)
+        for i in wanted:
+            mine = g.get(Sensor(f"s{i:02d}", "t"))
+            assert np.array_equal(mine.decisions, forests[i][2].decisions)
+
+
+def test_a_damaged_shard_is_refused_not_misread(tmp_path, shard_forests):
+    """Refused with an error load_bank catches (the shard's sensors then go to scikit-learn):
+    bytes cut from the middle, or offsets pointing past the arrays' ends."""
+    forests, data = shard_forests
+    store = LocalStore(tmp_path / "store")
+    cut = data.index(b"forest_decisions.npy") + 400
+    store.put("bank/cut.npz", data[:cut] + data[cut + 64:])
+    with np.load(io.BytesIO(data)) as z:
+        arrays = {name: z[name] for name in z.files}
+    arrays["forest_offsets"][-1] += 10
+    sink = io.BytesIO()
+    np.savez(sink, **arrays)
+    store.put("bank/past.npz", sink.getvalue())
+    for path in ("bank/cut.npz", "bank/past.npz"):
+        with pytest.raises((ValueError, KeyError, OSError, zipfile.BadZipFile)):
+            _load_shard(store, path, pa.array(["s39/t"]), False)
 
 
 @pytest.fixture
