@@ -66,7 +66,7 @@ from fleetscore.model.bank_saves import (  # noqa: F401 - the protocol's names, 
     invalidate,
     saving,
 )
-from fleetscore.model.forest import CompiledForest, Forests, compile_forest
+from fleetscore.model.forest import CompiledForest, Forests, NearZero, compile_forest
 from fleetscore.model.registry import (
     ModelManifest,
     check_estimator,
@@ -88,8 +88,11 @@ from fleetscore.storage.base import get_many
 # named by their own format, stay readable; the champions' bank is renamed, so rebuilt.
 # Format 4 stores a forest's cuts as float32 and drops the cuts between equal decisions
 # (forest._compact); a format 3 shard's float64 cuts decide the same, so it stays readable.
-BANK_FORMAT = 4
-READABLE_FORMATS = ([2], [3], [4])
+# Format 5 keeps what scikit-learn's last steps need for the intervals near 0
+# (forest.NearZero), so their points are settled without loading the model; in older shards
+# scikit-learn settles them, as before.
+BANK_FORMAT = 5
+READABLE_FORMATS = ([2], [3], [4], [5])
 SHARD_SENSORS = 1024  # a unit decodes only the shards holding its sensors
 BOUNDARY_TOLERANCE = 1e-9
 KERNELS = {"rbf": 0, "linear": 1, "poly": 2, "sigmoid": 3}
@@ -322,10 +325,28 @@ def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str
         "forest_tag": np.array([k.split("/", 1)[1] for k in forest_sensors], dtype="U64"),
         "forest_sha256": trees.sha.astype("U64"), "forest_offsets": trees.offsets,
         "forest_cuts": trees.cuts, "forest_decisions": trees.decisions,
+        **_near_arrays(trees),
     }
     sink = io.BytesIO()
     np.savez(sink, **arrays)
     return sink.getvalue()
+
+
+def _near_arrays(trees: Forests) -> dict[str, np.ndarray]:
+    """The forests' intervals near 0 (``forest.NearZero``), when every forest keeps them."""
+    near = trees.near
+    if near is None:
+        return {}
+    return {"forest_params": near.params, "forest_near_offsets": near.offsets,
+            "forest_near": near.interval, "forest_depths": near.depths}
+
+
+def _decode_near(z) -> NearZero | None:
+    """A shard's intervals near 0; None in shards before format 5, which kept none."""
+    if "forest_near" not in z.files:
+        return None
+    return NearZero(z["forest_params"].reshape(-1, 2), z["forest_near_offsets"].astype(np.int64),
+                    z["forest_near"].astype(np.int64), z["forest_depths"])
 
 
 def _check_format(z) -> None:
@@ -834,13 +855,15 @@ def _read_forests(f, z, keys: pa.Array, sha: bool) -> Forests:
     hashes = z["forest_sha256"] if sha else np.zeros(len(ids), "U1")
     offsets = z["forest_offsets"].astype(np.int64)
     cuts, decisions = _Member(f, z, "forest_cuts"), _Member(f, z, "forest_decisions")
+    near = _decode_near(z)  # a few numbers a forest: read whole
     parts = []
     for run in np.split(chosen, np.flatnonzero(np.diff(chosen) > RUN_GAP) + 1):
         a, b = int(run[0]), int(run[-1]) + 1
         # Entry i's decisions start at offsets[i] + i (one more decision than cuts each).
         span = Forests(ids[a:b], hashes[a:b], offsets[a : b + 1] - offsets[a],
                        cuts.read(offsets[a], offsets[b]),
-                       decisions.read(offsets[a] + a, offsets[b] + b))
+                       decisions.read(offsets[a] + a, offsets[b] + b),
+                       near.select(np.arange(a, b)) if near is not None else None)
         parts.append(span.select(run - a))
     return Forests.concat(parts)
 
@@ -884,7 +907,7 @@ def _decode_forests(z, sha: bool) -> Forests:
     device, tag = z["forest_device"], z["forest_tag"]
     hashes = z["forest_sha256"] if sha else np.zeros(len(device), "U1")
     return Forests(sensor_keys(device, tag), hashes, z["forest_offsets"].astype(np.int64),
-                   z["forest_cuts"], z["forest_decisions"])
+                   z["forest_cuts"], z["forest_decisions"], _decode_near(z))
 
 
 # --- vectorized decision --------------------------------------------------------------------

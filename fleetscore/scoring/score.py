@@ -36,7 +36,7 @@ from fleetscore.errors import FleetscoreError, ScoringError, first_line
 from fleetscore.model.bank import Bank, decide, libsvm_decisions, load_bank, near_boundary
 from fleetscore.model.challengers import Challengers, load_challengers, load_version
 from fleetscore.model.features import Detector, Previous
-from fleetscore.model.forest import decide_forests, forest_near_boundary
+from fleetscore.model.forest import settle_forests
 from fleetscore.model.registry import load_detector
 from fleetscore.storage import Store
 
@@ -413,10 +413,11 @@ def _decide_forests(runs: _Runs, bank: Bank, entries: np.ndarray, decision: np.n
     if not len(at):
         return trees, np.zeros(len(runs.values), dtype=bool)
     rows = np.repeat(trees >= 0, runs.lengths)
-    found = decide_forests(bank.forests, trees[at], runs.starts[at], runs.stops[at], runs.values)
+    found, left = settle_forests(bank.forests, trees[at], runs.starts[at], runs.stops[at],
+                                 runs.values)
     decision[rows] = found[rows]
     labels[rows] = found[rows] < 0  # IsolationForest.predict: -1 only for a decision below 0
-    return trees, forest_near_boundary(found) & rows
+    return trees, left & rows
 
 
 def _settle_forest(model: Callable[[], Any], values: np.ndarray, decision: np.ndarray,

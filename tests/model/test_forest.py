@@ -31,6 +31,7 @@ from fleetscore.model.forest import (
     decide_forests,
     forest_decisions,
     forest_near_boundary,
+    forest_settled,
     step_function,
 )
 from fleetscore.model.registry import save_model
@@ -67,6 +68,10 @@ def _check(forest, values: np.ndarray) -> None:
     sure = np.isfinite(decision)
     assert (decision[sure] == expected[sure]).all()  # the same sums, bit for bit
     assert (labels == (forest.predict(probes.reshape(-1, 1)) == -1)).all()
+    # What scoring does: near 0, scikit-learn's last steps from the bank where it kept them.
+    exact, left = forest_settled(compiled, probes)
+    assert (exact[~left] == expected[~left]).all()
+    assert ((exact < 0) == (forest.predict(probes.reshape(-1, 1)) == -1))[~left].all()
 
 
 datasets = st.one_of(
@@ -102,9 +107,10 @@ def test_boundary_cases_constant_and_mostly_zero_training_data():
         _check(forest, np.r_[train, rng.normal(0, 5, 100), [0.0, -0.0, 1e39, -1e39]])
 
 
-def test_constant_forest_leaves_every_point_to_scikit_learn():
+def test_constant_forest_settles_every_point_as_scikit_learn_does():
     """Trained on one value, every point's decision is exactly 0: scikit-learn calls them all
-    inliers (only a decision below 0 is an outlier), and the compiled copy defers to it."""
+    inliers (only a decision below 0 is an outlier). The compiled decision alone is too near
+    0 to trust; scikit-learn's last steps, kept in the bank, give its exact 0."""
     forest = make("iforest").fit(np.zeros((40, 1)))
     compiled, _ = compile_forest(forest)
     assert compiled is not None and len(compiled.cuts) == 0
@@ -112,6 +118,9 @@ def test_constant_forest_leaves_every_point_to_scikit_learn():
     assert forest_near_boundary(forest_decisions(compiled, values)).all()
     labels, _ = _labels(forest, compiled, values)
     assert labels.tolist() == [0, 0, 0]
+    exact, left = forest_settled(compiled, values)
+    assert not left.any() and exact.tolist() == forest.decision_function(
+        values.reshape(-1, 1)).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_a_point_on_a_cut_takes_the_interval_the_cut_closes():
@@ -142,13 +151,42 @@ def test_compacted_forest_decides_as_the_full_step_function_of_a_format_3_bank()
     rng = np.random.default_rng(8)
     forest = make("iforest").fit(np.round(rng.normal(50, 10, (60, 1)), 3))
     compiled, _ = compile_forest(forest)
-    cuts, decisions = step_function(forest)
+    cuts, decisions, _, _ = step_function(forest)
     assert len(compiled.cuts) < len(cuts)  # single-point leaves side by side: equal decisions
     near = cuts.astype(np.float32)
     points = np.concatenate([cuts, near, np.nextafter(near, np.float32(np.inf)),
                              np.nextafter(near, np.float32(-np.inf)), rng.normal(50, 30, 500)])
     assert np.array_equal(forest_decisions(compiled, points),
                           forest_decisions(CompiledForest(cuts, decisions), points))
+
+
+def _zero_forest():
+    """A forest trained where its two lowest training scores are equal, so offset_ is one of
+    them and the points scoring it have a decision of exactly 0 (as some of bench_users' do)."""
+    rng = np.random.default_rng(4)
+    train = np.r_[np.round(rng.normal(50, 1, 58), 3), 40.0, 60.0]
+    for seed in range(200):
+        forest = make("iforest", random_state=seed).fit(train.reshape(-1, 1))
+        compiled, _ = compile_forest(forest)
+        if compiled is not None and (compiled.decisions == 0).any():
+            return forest, compiled
+    raise AssertionError("no seed gives a decision of exactly 0")
+
+
+def test_points_near_0_are_settled_as_scikit_learn_decides_them_without_it():
+    forest, compiled = _zero_forest()
+    assert compiled.near is not None and len(compiled.near.interval)
+    closing = np.append(compiled.cuts, np.nextafter(compiled.cuts[-1], np.float32(np.inf)))
+    inside = closing[compiled.near.interval].astype(np.float64)
+    values = np.r_[inside, np.random.default_rng(1).normal(50, 5, 200)]
+    got, left = forest_settled(compiled, values)
+    assert not left.any()  # every point decided here, none left for scikit-learn
+    assert np.array_equal(got, forest.decision_function(values.reshape(-1, 1)))
+    assert ((got < 0) == (forest.predict(values.reshape(-1, 1)) == -1)).all()
+    assert (got[: len(inside)] == 0).any()
+    # A bank that kept nothing near 0 (format 4 and older) leaves them to scikit-learn.
+    bare = CompiledForest(compiled.cuts, compiled.decisions)
+    assert forest_settled(bare, values)[1][: len(inside)].all()
 
 
 def test_non_finite_points_are_left_to_scikit_learn():
@@ -278,8 +316,14 @@ def test_a_compiled_forest_needs_no_model_load_and_scores_as_scikit_learn(mixed_
     (result,), table, _ = score_many(store, [Group(HOUR, "u", sensors, points, exact=True)],
                                      bank=load_bank(store, sensors), load=load)
     assert result.scored == 4 and not result.failures
-    # The flat forest's points all sit on 0, the envelope is not compiled: only they load.
-    assert sorted(loaded) == [Sensor("c", "flat"), Sensor("d", "envelope")]
+    # The flat forest's points all sit on 0, settled by scikit-learn's own last steps kept in
+    # the bank; the envelope is not compiled: only it loads.
+    assert sorted(loaded) == [Sensor("d", "envelope")]
+    flat = table.filter(pa.compute.equal(table["Tag"], "flat"))
+    expected = models[Sensor("c", "flat")].decision_function(
+        values[Sensor("c", "flat")].reshape(-1, 1))
+    assert np.array_equal(flat["Score"].to_numpy(), expected) and (expected == 0).all()
+    assert flat["Prediction"].to_pylist() == [0] * 60  # a decision of exactly 0 is an inlier
     mine = table.filter(pa.compute.equal(table["Tag"], "iforest"))
     forest = models[Sensor("b", "iforest")]
     expected = forest.decision_function(values[Sensor("b", "iforest")].reshape(-1, 1))
