@@ -128,7 +128,7 @@ def write_hour_of_points(store: Store, hour: Hour, sensors: list[Sensor], values
 def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sensor]:
     """Points, arrivals and models for ``n`` sensors; skops models only for the sample."""
     from fleetscore.model.registry import save_model
-    from fleetscore.model.training import default_model
+    from fleetscore.model.training import reference_model
 
     rng = np.random.default_rng(seed)
     sensors = _sensors(n)
@@ -140,7 +140,7 @@ def build_fleet(store: Store, n: int, *, sample: int, seed: int = 0) -> list[Sen
     write_hour_of_points(store, BENCH_HOUR, sensors, values)
     # Models: base models fitted on standardized data; each sensor's own scaler (its level and
     # spread) makes it a distinct model, as training per sensor would.
-    bases = [default_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(BASE_MODELS)]
+    bases = [reference_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(BASE_MODELS)]
     compiled_bases = [compile_model(b) for b in bases]
     from fleetscore.model.registry import ModelManifest, manifest_path
 

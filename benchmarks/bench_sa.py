@@ -116,12 +116,12 @@ def install_models(store: Store, sensors: list[Sensor], *, seed: int = 0,
     """One skops model (for the manifest template), a manifest per sensor, and the bank: every
     sensor scored by the fast path, as in ``fleetscore bench``."""
     from fleetscore.model.registry import ModelManifest, manifest_path, save_model
-    from fleetscore.model.training import default_model
+    from fleetscore.model.training import reference_model
 
     from .bench import read_manifest_template, write_bank
 
     rng = np.random.default_rng(seed + 2)
-    bases = [default_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(base_models)]
+    bases = [reference_model(nu=0.05).fit(rng.normal(0, 1, (360, 1))) for _ in range(base_models)]
     compiled = [compile_model(b) for b in bases]
     save_model(store, sensors[0], bases[0], source="bench-sa")
     template = read_manifest_template(store, sensors[0])

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleetscore.data.synthetic import INTERVAL_S, make_fleet  # noqa: E402
 from fleetscore.data.windows import window_end_ms  # noqa: E402
-from fleetscore.model.training import default_model  # noqa: E402
+from fleetscore.model.training import reference_model  # noqa: E402
 
 NUS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 GAMMAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -76,7 +76,7 @@ def windows(seed: int, sensors: int, hours: int):
 def score(data, nu: float, gamma: float) -> Score:
     flagged = tp = anomalies = mid = 0
     for train, values, truth in data:
-        model = default_model(nu, gamma).fit(train.reshape(-1, 1))
+        model = reference_model(nu, gamma).fit(train.reshape(-1, 1))
         labels = model.predict(values.reshape(-1, 1)) == -1
         low, high = np.percentile(train, [25, 75])
         flagged += int(labels.sum())

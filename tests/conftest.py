@@ -163,7 +163,7 @@ def trained_store(local_store: LocalStore, fleet_csv: Path) -> LocalStore:
     from fleetscore.model.training import train
 
     ingest_file(local_store, fleet_csv)
-    train(local_store, until=Hour.parse("2024-03-01T00"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     return local_store
 
 
@@ -264,7 +264,7 @@ def fleet_template(tmp_path_factory) -> dict:
     template = base / "template"
     store = LocalStore(template)
     ingest_file(store, readings)
-    train(store, until=fleet.first)
+    train(store, estimator="ocsvm", until=fleet.first)
     clean_dir = base / "clean"
     shutil.copytree(template, clean_dir)
     clean = LocalStore(clean_dir)

@@ -298,7 +298,7 @@ def test_store_restarting_mid_run_is_ridden_out(own_azurite, fleet_template):
 
     store = BlobStore("fleet", connection_string=own_azurite.connection_string, retries=5)
     ingest_file(store, fleet_template["readings"])
-    train(store, until=fleet_template["hour"] - 1)
+    train(store, estimator="ocsvm", until=fleet_template["hour"] - 1)  # as the template
     restarted = threading.Event()
 
     def bounce():

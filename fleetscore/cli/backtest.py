@@ -1,5 +1,5 @@
-"""``fleetscore backtest LABELS.csv``: the default model (or another estimator, once one is
-offered) fitted on the early part of each sensor's history and scored forward, in memory,
+"""``fleetscore backtest LABELS.csv``: the default model (or another estimator, --estimator)
+fitted on the early part of each sensor's history and scored forward, in memory,
 against labelled windows and beside random flags at the same rate (the chance line)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour
 from fleetscore.core.text import count
 from fleetscore.errors import UsageError
+from fleetscore.model.estimators import DEFAULT as DEFAULT_ESTIMATOR
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,7 +39,7 @@ def backtest(
         "scored.")] = 0.15,
     estimator: Annotated[str, typer.Option(
         metavar="ocsvm|iforest", help="The estimator fitted per sensor, as `train --estimator`."
-        )] = "ocsvm",
+        )] = DEFAULT_ESTIMATOR,
     nu: Annotated[float | None, typer.Option(help="OneClassSVM nu, as `train --nu` (default "
                                              f"{DEFAULT_NU:g}).")] = None,
     gamma: Annotated[float | None, typer.Option(help="OneClassSVM RBF gamma, as `train "

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fleetscore.cli.common import ProgressBar, out
-from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.text import count
 from fleetscore.errors import UsageError
@@ -120,6 +119,8 @@ def _ingest_and_train(store, readings_path: Path, fleet: Fleet, sensors: int, *,
     from fleetscore.data.ingest import ingest_file
     from fleetscore.data.synthetic import INTERVAL_S, fleet_sensors
     from fleetscore.model.bank import rebuild_bank
+    from fleetscore.model.estimators import make_default
+    from fleetscore.model.registry import describe
 
     with progress("ingesting"):
         ing = ingest_file(store, readings_path, interval_s=INTERVAL_S)
@@ -130,7 +131,7 @@ def _ingest_and_train(store, readings_path: Path, fleet: Fleet, sensors: int, *,
         trained = _train_in_chunks(store, fleet_sensors(sensors), last_train, advance)
         rebuild_bank(store)
     say(f"train: {count(trained, 'model')} on {fleet.first} .. {last_train} "
-        f"(StandardScaler + OneClassSVM, nu={DEFAULT_NU:g}, gamma={DEFAULT_GAMMA:g})")
+        f"({describe(make_default())})")
     return last_train
 
 

@@ -30,6 +30,7 @@ from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
 from fleetscore.core.text import count
 from fleetscore.errors import InputError, UsageError
+from fleetscore.model.estimators import DEFAULT as DEFAULT_ESTIMATOR
 
 
 def train(
@@ -41,7 +42,7 @@ def train(
         "instead of --since.")] = None,
     estimator: Annotated[str, typer.Option(
         help="The model per sensor: ocsvm (Pipeline(StandardScaler, OneClassSVM)) or iforest "
-        "(IsolationForest(contamination=0.01)).")] = "ocsvm",
+        "(IsolationForest(contamination=0.01)).")] = DEFAULT_ESTIMATOR,
     nu: Annotated[float | None, typer.Option(
         help="OneClassSVM nu: upper bound on the outlier share (default chosen on the demo fleet: "
         f"docs/benchmarks.md; {DEFAULT_NU:g}). ocsvm only.", show_default=False)] = None,
@@ -59,7 +60,7 @@ def train(
         "--drifted", help="Only the sensors `models drift` flags over the last 24 hours with "
         "data.")] = False,
 ) -> None:
-    """Fit a model per sensor (--estimator: ocsvm, the default, or iforest) on its stored
+    """Fit a model per sensor (--estimator: iforest, the default, or ocsvm) on its stored
     points, on every core, a group of sensors at a time (memory follows the group, not the
     fleet). Each model is a new version of its sensor: the champion, or with --challenger a
     challenger."""
@@ -79,7 +80,8 @@ def train(
         last = Hour.parse(until) if until else None
         first = Hour.parse(since) if since else _days_before(st, last, days)
         with ProgressBar("training") as progress:
-            result = train_models(st, until=last, sensors=chosen, since=first, nu=nu, gamma=gamma,
+            result = train_models(st, until=last, sensors=chosen, since=first,
+                                  **({"nu": nu, "gamma": gamma} if estimator == "ocsvm" else {}),
                                   workers=workers or settings.workers, progress=progress,
                                   role="challenger" if challenger else "champion",
                                   estimator=estimator, features=derived)

@@ -1,4 +1,4 @@
-"""The default model's parameters, for `fleetscore train`, the demo and ``default_model``.
+"""The OneClassSVM pipeline's parameters (`fleetscore train --estimator ocsvm`, ``reference_model``).
 
 Chosen by docs/sweep_defaults.py on the demo fleet (docs/benchmarks.md, "Model defaults"):
 the best precision at full recall, and no window flagged in the middle of a sensor's normal

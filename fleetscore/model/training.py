@@ -51,7 +51,7 @@ class TrainResult:
     hours: tuple[Hour, ...]
 
 
-def default_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
+def reference_model(nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA):
     """The reference architecture's model: Pipeline(StandardScaler, OneClassSVM)."""
     return estimators.make("ocsvm", nu=nu, gamma=gamma)
 
@@ -67,12 +67,19 @@ class Spec:
     features: tuple[str, ...] = ()
 
 
-def _spec(estimator: str, nu: float, gamma: float, features: tuple[str, ...]) -> Spec:
+def _spec(estimator: str, nu: float | None, gamma: float | None,
+          features: tuple[str, ...]) -> Spec:
+    """nu and gamma are the ocsvm's (their defaults filled in); given to another estimator,
+    they are a ValueError rather than silently dropped."""
     if estimator == "ocsvm":
+        nu = DEFAULT_NU if nu is None else nu
+        gamma = DEFAULT_GAMMA if gamma is None else gamma
         source = f"train:nu={nu},gamma={gamma}"
         params = {"nu": nu, "gamma": gamma}
     else:
         estimators.make(estimator)  # an unknown name fails here, before any data is read
+        if nu is not None or gamma is not None:
+            raise ValueError(f"nu and gamma are the ocsvm's; {estimator} takes neither")
         source, params = f"train:{estimator}", {}
     if features:
         source += f",features={'+'.join(features)}"
@@ -156,7 +163,7 @@ def _fit_in_worker(args) -> ModelManifest:
 
 def train(
     store: Store, *, until: Hour | None = None, since: Hour | None = None,
-    nu: float = DEFAULT_NU, gamma: float = DEFAULT_GAMMA, sensors: set[Sensor] | None = None,
+    nu: float | None = None, gamma: float | None = None, sensors: set[Sensor] | None = None,
     workers: int | None = 1, progress: Progress | None = None, budget: int = GROUP_POINTS,
     role: str = "champion", lock: ModelsLock | None = None, estimator: str = estimators.DEFAULT,
     features: tuple[str, ...] = (),

@@ -53,7 +53,8 @@ from fleetscore.data.readings import parse_ts
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
 from fleetscore.errors import InputError
 from fleetscore.model import features as derived
-from fleetscore.model.training import GROUP_POINTS, MIN_POINTS, default_model, groups
+from fleetscore.model.estimators import make_default
+from fleetscore.model.training import GROUP_POINTS, MIN_POINTS, groups
 from fleetscore.storage import Store
 
 DEFAULT_TRAIN_FRACTION = 0.15  # the issue's honest live setting: fit early, score forward
@@ -392,7 +393,7 @@ def backtest_sensor(sensor: Sensor, ends: np.ndarray, values: np.ndarray,
 def run_backtest(store: Store, labels: dict[Sensor, tuple[Label, ...]], *,
                  first: Hour | None = None, last: Hour | None = None,
                  train_fraction: float = DEFAULT_TRAIN_FRACTION,
-                 make_model: MakeModel = default_model, interval_s: int = 60,
+                 make_model: MakeModel = make_default, interval_s: int = 60,
                  sensors: Iterable[Sensor] | None = None, features: Sequence[str] = (),
                  estimator: str = DEFAULT_ESTIMATOR) -> Backtest:
     """Every sensor with data in the hours (or only ``sensors``), read a group at a time,

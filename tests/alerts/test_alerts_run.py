@@ -57,7 +57,7 @@ def _fleet(tmp_path, *, later_episode: bool = False):
 @pytest.fixture
 def alert_store(local_store, tmp_path, webhook):
     ingest_file(local_store, _fleet(tmp_path, later_episode=True))
-    train(local_store, until=Hour.parse("2024-03-01T00"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     apply_rules(local_store, RULES.format(url=webhook.url, timeout="1s"), "rules.toml")
     return local_store
 

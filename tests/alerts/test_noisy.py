@@ -125,7 +125,7 @@ def noisy_store(local_store, tmp_path):
                 v += 60  # every window of the hour far off what the model learnt
             rows.append((ts, d, t, v))
     ingest_file(local_store, write_readings(tmp_path / "noisy.csv", sorted(rows)))
-    train(local_store, until=Hour.parse("2024-03-01T00"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     apply_rules(local_store, RULES, "rules.toml")
     return local_store
 

@@ -51,7 +51,7 @@ def ops_store(local_store, tmp_path, webhook):
         minutes = 120 if (device, tag) != ("A", "y") else 180  # A/x, B/x stop after 01:59
         rows += minute_readings(device, tag, "2024-03-01 00:00:00", minutes, seed=i)
     ingest_file(local_store, write_readings(tmp_path / "ops.csv", sorted(rows)))
-    train(local_store, until=Hour.parse("2024-03-01T00"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     apply_rules(local_store, RULES.format(url=webhook.url), "rules.toml")
     return local_store
 

@@ -18,7 +18,7 @@ from tests.cli.conftest import fleetscore, one_line_usage_error
 @pytest.fixture
 def store_dir(local_store, tmp_path, webhook):
     ingest_file(local_store, _fleet(tmp_path, later_episode=True))
-    train(local_store, until=Hour.parse("2024-03-01T00"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES.format(url=webhook.url, timeout="2s"))
     return str(local_store.root), rules

@@ -16,7 +16,7 @@ import skops.io as sio
 
 from fleetscore import __version__
 from fleetscore.data.readings import parse_ts
-from fleetscore.model.training import default_model
+from fleetscore.model.training import reference_model
 from tests.cli.conftest import fleetscore
 from tests.conftest import minute_readings, write_readings
 
@@ -44,7 +44,7 @@ def test_reference_data_ingest_import_run_all_matches_scikit_learn(cli, refdata,
     models = {}
     for device, tag in sorted({(d, t) for d, t, _ in means}):
         train = [v for (d, t, end), v in means.items() if (d, t) == (device, tag) and end <= first_hour_end]
-        model = default_model().fit(np.array(train).reshape(-1, 1))
+        model = reference_model().fit(np.array(train).reshape(-1, 1))
         sio.dump(model, models_dir / f"model_{device}_{tag}.skops")  # the reference's naming
         models[(device, tag)] = model
     code, out, _ = cli("models", "import", str(models_dir), "--store", store)
@@ -73,7 +73,8 @@ def test_reference_data_ingest_import_run_all_matches_scikit_learn(cli, refdata,
 def test_train_plan_json_run_and_report(cli, fleet_csv, tmp_path):
     store = str(tmp_path / "s")
     assert cli("ingest", str(fleet_csv), "--store", store)[0] == 0
-    code, out, _ = cli("train", "--store", store, "--until", "2024-03-01T00", "--nu", "0.05")
+    code, out, _ = cli("train", "--estimator", "ocsvm", "--store", store, "--until", "2024-03-01T00",
+                       "--nu", "0.05")
     assert code == 0 and "trained 3 models" in out
     code, out, _ = cli("plan", "--store", store, "--window", "2024-03-01T01", "--json")
     plan = json.loads(out)
@@ -103,7 +104,7 @@ BAD_INVOCATIONS = [
     ["ingest", "{empty}"],
     ["ingest", "{wrong_header}"],
     ["ingest", "{good}", "--interval", "7"],
-    ["train", "--nu", "2"],
+    ["train", "--estimator", "ocsvm", "--nu", "2"],
     ["train", "--until", "yesterday"],
     ["models", "import", "/nonexistent-dir"],
     ["plan"],

@@ -51,8 +51,7 @@ def test_backtest_json_on_the_demo_writes_nothing(demo):
     # What it prints is the record the report reads: read back, it prints the same again.
     again = Backtest.from_json(result)
     assert again.to_json() == result
-    assert again.estimator == result["estimator"] == \
-        "StandardScaler + OneClassSVM, nu=0.01, gamma=0.01"
+    assert again.estimator == result["estimator"] == "iforest"  # the default
 
 
 def test_backtest_table(demo):
@@ -62,15 +61,15 @@ def test_backtest_table(demo):
     assert "overall" in proc.stdout and "chance" in proc.stdout
     assert "worst sensor: D" in proc.stdout
     assert "trained on the first 50%" in proc.stdout
-    assert "model: StandardScaler + OneClassSVM, nu=0.01, gamma=0.01" in proc.stdout
+    assert "model: iforest, on value" in proc.stdout
 
 
 def test_nu_and_gamma_reach_the_model(demo):
     """A larger nu lets the model flag more: the flagged share follows the option."""
     shares = []
     for nu in ("0.01", "0.2"):
-        proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--nu", nu,
-                          "--json", cwd=demo)
+        proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--estimator",
+                          "ocsvm", "--nu", nu, "--json", cwd=demo)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert f"nu={nu}" in result["estimator"]
@@ -108,7 +107,7 @@ def test_features_reach_the_model_and_are_named(demo):
     proc = fleetscore("backtest", "labels-windows.csv", "--store", "store", "--features", "hour",
                       cwd=demo, columns=160)
     assert proc.returncode == 0, proc.stderr
-    assert "model: StandardScaler + OneClassSVM, nu=0.01, gamma=0.01, on value+hour" in proc.stdout
+    assert "model: iforest, on value+hour" in proc.stdout
 
 
 def test_a_range_without_data_is_nothing_to_score(demo):

@@ -33,8 +33,9 @@ def test_demo_end_to_end_writes_everything_and_finds_the_anomalies(tmp_path):
     assert [json.loads(m.read_text())["status"] for m in manifests] == ["succeeded", "succeeded"]
     assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
     assert any("precision" in line for line in lines)
-    # The injected anomalies are large: a working pipeline finds most of them.
-    assert result.evaluation.recall > 0.8 and result.evaluation.precision > 0.4
+    # A working pipeline finds the injected anomalies well above chance. With one hour of
+    # training, the default IsolationForest finds 56 of 125 and 56 of its 70 flags are real.
+    assert result.evaluation.recall > 0.4 and result.evaluation.precision > 0.6
 
 
 def test_evaluate_counts_true_positives():
@@ -80,15 +81,16 @@ def test_the_default_demo_flags_nothing_in_the_middle_of_a_normal_range(tmp_path
     red unless an anomaly was injected there (D004/vibration at 23.5 was, with nu=0.01 and
     gamma=0.1).
 
-    The demo's fleet has idle and daily sensors too (issue 24): the default model is fooled by
-    them, as it was by a real fleet's, and this test says so. Level sensors keep the figures
-    the default was chosen for (precision 0.83, recall 0.97 at seed 0); over the whole fleet
-    the idle and daily sensors' false flags bring precision to 0.29 (2,000 flagged, 573 of 587
-    anomalous windows found). When a better default lands, these pins move with it."""
+    The demo's fleet has idle and daily sensors too (issue 24). The OneClassSVM pipeline flagged
+    904 of the idle sensors' 960 windows (precision 0.29 overall); the default IsolationForest
+    flags 7 of them, and 1,110 windows in all: precision 0.48, recall 0.91 at seed 0. Level
+    sensors: precision 0.81, recall 0.93. What it still gets wrong, pinned so a better detector
+    shows: the daily sensors (trained on two hours of a daily cycle, about half their windows
+    flagged) and the idle sensors' rare excursions (1 of 18 found)."""
     lines = []
     result = run_demo(tmp_path / "d", workers=2, say=lines.append)
     assert any(re.search(r"precision \d\.\d\d, recall \d\.\d\d", x) for x in lines)
-    assert result.evaluation.recall > 0.9 and 0.2 < result.evaluation.precision < 0.5
+    assert result.evaluation.recall > 0.85 and 0.4 < result.evaluation.precision < 0.6
     fleet = make_fleet(hard=True)
     train_end = (fleet.first + fleet.train_hours).start_ms
     store = tmp_path / "d" / "store"
@@ -96,9 +98,10 @@ def test_the_default_demo_flags_nothing_in_the_middle_of_a_normal_range(tmp_path
                               hour_range(fleet.first + fleet.train_hours, fleet.first + 5)])
     kinds = _by_kind(fleet, preds)
     assert kinds["level"].recall > 0.9 and kinds["level"].precision > 0.7
-    # Idle sensors (exactly 0 most of the time) are flagged on most of their windows.
-    assert kinds["idle"].flagged > kinds["idle"].windows / 2
-    assert kinds["daily"].precision < 0.5
+    # Idle sensors (exactly 0 most of the time) are no longer flagged on most of their
+    # windows, but their excursions are mostly missed; daily sensors still fool the default.
+    assert kinds["idle"].flagged < kinds["idle"].windows / 20
+    assert kinds["idle"].recall < 0.5 and kinds["daily"].precision < 0.5
     level = {f"{d}/{t}" for (d, t), k in zip(fleet_sensors(40), fleet.kinds, strict=True)
              if k == "level"}
     truth = {(d, t, e): a for d, t, e, a in zip(*(fleet.labels[c].to_pylist() for c in

@@ -10,14 +10,16 @@ from datetime import UTC, datetime
 from fleetscore.data.ingest import ingest_file
 from tests.cli.conftest import fleetscore, one_line_usage_error
 
+TRAIN = ("train", "--estimator", "ocsvm")  # these flows count the OneClassSVM's flags
+
 
 def test_train_compare_promote_and_roll_back(local_store, fleet_csv):
     ingest_file(local_store, fleet_csv)
     store = str(local_store.root)
-    assert fleetscore("train", "--store", store, "--until", "2024-03-01T00").returncode == 0
+    assert fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00").returncode == 0
     before_challengers = datetime.now(UTC).isoformat()
     time.sleep(0.05)
-    trained = fleetscore("train", "--store", store, "--until", "2024-03-01T00", "--challenger",
+    trained = fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00", "--challenger",
                          "--nu", "0.3")
     assert trained.returncode == 0 and "trained 3 challengers" in trained.stdout
     history = json.loads(fleetscore("models", "history", "1/1", "--store", store, "--json").stdout)
@@ -55,7 +57,7 @@ def test_train_compare_promote_and_roll_back(local_store, fleet_csv):
 def test_lifecycle_usage_errors(local_store, fleet_csv):
     ingest_file(local_store, fleet_csv)
     store = str(local_store.root)
-    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
+    fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00")
     assert "give --sensor DEVICE/TAG (repeatable) or --all" in one_line_usage_error(
         fleetscore("models", "rollback", "--store", store))
     assert "has no earlier champion to roll back to" in one_line_usage_error(
@@ -72,7 +74,7 @@ def test_refit_trains_challengers_compares_them_and_promotes_or_leaves_them(loca
                                                                              fleet_csv):
     ingest_file(local_store, fleet_csv)
     store = str(local_store.root)
-    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
+    fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00")
     reviewed = fleetscore("refit", "--store", store, "--days", "1", "--compare-hours", "2",
                           "--review")
     assert reviewed.returncode == 0, reviewed.stderr
@@ -93,8 +95,8 @@ def test_refit_trains_challengers_compares_them_and_promotes_or_leaves_them(loca
 def test_a_range_reruns_the_hours_a_promote_or_rollback_made_stale(local_store, fleet_csv):
     ingest_file(local_store, fleet_csv)
     store = str(local_store.root)
-    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
-    fleetscore("train", "--store", store, "--until", "2024-03-01T00", "--nu", "0.2")  # v2
+    fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00")
+    fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00", "--nu", "0.2")  # v2
 
     def ranged() -> dict:
         done = fleetscore("run", "--from", "2024-03-01T01", "--to", "2024-03-01T02", "--store",
@@ -122,8 +124,8 @@ def test_a_range_reruns_the_hours_a_promote_or_rollback_made_stale(local_store, 
 def test_challengers_trained_on_the_last_days_are_shadow_scored(local_store, fleet_csv):
     ingest_file(local_store, fleet_csv)
     store = str(local_store.root)
-    fleetscore("train", "--store", store, "--until", "2024-03-01T00")
-    trained = fleetscore("train", "--store", store, "--days", "1", "--challenger", "--nu", "0.3")
+    fleetscore(*TRAIN, "--store", store, "--until", "2024-03-01T00")
+    trained = fleetscore(*TRAIN, "--store", store, "--days", "1", "--challenger", "--nu", "0.3")
     assert trained.returncode == 0, trained.stderr
     assert "on 2024-03-01T00 .. 2024-03-01T02" in trained.stdout
     assert "challenger bank: 3 of 3 challengers compiled" in trained.stdout
@@ -134,7 +136,7 @@ def test_challengers_trained_on_the_last_days_are_shadow_scored(local_store, fle
     assert set(lines[::61]) == {"TS,Device,Tag,Val,Prediction,Score,Version"}
     assert len(lines) == 3 * 61 and all(line.endswith(",2") for line in lines if line[0] == "2")
     assert "--days takes a number of days" in one_line_usage_error(
-        fleetscore("train", "--store", store, "--days", "0"))
+        fleetscore(*TRAIN, "--store", store, "--days", "0"))
 
 
 def test_refit_that_trains_nothing_says_so(local_store, tmp_path):

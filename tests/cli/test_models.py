@@ -8,14 +8,22 @@ import re
 import skops.io as sio
 
 from fleetscore.core.defaults import DEFAULT_GAMMA, DEFAULT_NU
-from fleetscore.model.training import default_model
+from fleetscore.model.estimators import DEFAULT
+from fleetscore.model.training import reference_model
 from tests.cli.conftest import fleetscore
 
 
 def test_train_and_the_demo_share_one_documented_default(cli, tmp_path, fleet_csv):
+    """The default estimator (IsolationForest, chosen by backtest), and the OneClassSVM
+    pipeline's documented nu and gamma when it is asked for."""
     store = str(tmp_path / "s")
     assert cli("ingest", str(fleet_csv), "--store", store)[0] == 0
     code, out, _ = cli("train", "--store", store, "--until", "2024-03-01T00")
+    assert code == 0 and f"({DEFAULT})" in out and DEFAULT == "iforest"
+    code, out, _ = cli("models", "list", "--store", store)
+    assert "IsolationForest" in out and "train:iforest" in out
+    code, out, _ = cli("train", "--store", store, "--until", "2024-03-01T00", "--estimator",
+                       "ocsvm")
     assert code == 0 and f"(nu={DEFAULT_NU:g}, gamma={DEFAULT_GAMMA:g})" in out
     code, out, _ = cli("models", "list", "--store", store)
     assert f"train:nu={DEFAULT_NU},gamma={DEFAULT_GAMMA}" in out.replace(" ", "")
@@ -45,7 +53,7 @@ def test_models_import_help_names_both_file_namings():
 def _model_file(path):
     import numpy as np
 
-    sio.dump(default_model().fit(np.arange(20.0).reshape(-1, 1)), path)
+    sio.dump(reference_model().fit(np.arange(20.0).reshape(-1, 1)), path)
     return path
 
 

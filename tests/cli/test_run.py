@@ -139,14 +139,14 @@ def test_a_long_run_summary_is_bounded_with_totals(cli, trained_store, monkeypat
 def test_a_range_reruns_hours_scored_before_a_model_changed(cli, trained_store):
     from fleetscore.core.sensors import Sensor
     from fleetscore.model.registry import save_model
-    from fleetscore.model.training import default_model
+    from fleetscore.model.training import reference_model
 
     cli("run", "--store", trained_store.url, "--all")
     code, out, _ = cli("run", "--store", trained_store.url, "--all", "--json")
     assert json.loads(out)["runs"] == []  # all current
     import numpy as np
     save_model(trained_store, Sensor("1", "1"),
-               default_model().fit(np.linspace(0, 20, 50).reshape(-1, 1)), source="test")
+               reference_model().fit(np.linspace(0, 20, 50).reshape(-1, 1)), source="test")
     code, out, _ = cli("run", "--store", trained_store.url, "--all", "--json")
     assert [r["window"] for r in json.loads(out)["runs"]] == [
         "2024-03-01T00", "2024-03-01T01", "2024-03-01T02"]

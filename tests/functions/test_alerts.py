@@ -23,7 +23,7 @@ def test_the_durable_path_raises_and_delivers_an_alert_once(
         orchestrator_functions, app_functions, functions_env, tmp_path, webhook):
     store = functions_env.store()
     ingest_file(store, _fleet(tmp_path))
-    train(store, until=Hour.parse("2024-03-01T00"))
+    train(store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     apply_rules(store, RULES.format(url=webhook.url, timeout="2s"), "rules.toml")
     activities = {name: app_functions[name].get_user_function()
                   for name in ("plan_window", "submit_units", "unit_status",
@@ -53,7 +53,7 @@ def test_the_durable_path_applies_the_error_threshold(
 
     store = functions_env.store()
     ingest_file(store, _fleet(tmp_path))
-    train(store, until=Hour.parse("2024-03-01T00"))
+    train(store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     activities = {name: app_functions[name].get_user_function()
                   for name in ("plan_window", "submit_units", "unit_status", "finalize_window")}
     first = drive(orchestrator_functions, "score_window",

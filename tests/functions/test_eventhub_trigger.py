@@ -71,10 +71,10 @@ def test_trigger_arrivals_drive_the_plan(app_functions, functions_env, fleet_csv
     import numpy as np
 
     from fleetscore.model.registry import save_model
-    from fleetscore.model.training import default_model
+    from fleetscore.model.training import reference_model
 
     store = functions_env.store()
-    model = default_model().fit(np.arange(20.0).reshape(-1, 1))
+    model = reference_model().fit(np.arange(20.0).reshape(-1, 1))
     for sensor in (Sensor("1", "1"), Sensor("9", "9")):
         save_model(store, sensor, model, source="test")
     fn = app_functions["record_arrivals"].get_user_function()

@@ -240,7 +240,7 @@ def test_any_model_write_invalidates_the_bank_and_rebuild_is_incremental(trained
     assert rebuild_bank(trained_store, shard_sensors=2).shards_kept == 2
     from fleetscore.model.training import train
 
-    train(trained_store, until=Hour.parse("2024-03-01T00"), nu=0.2,
+    train(trained_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"), nu=0.2,
           sensors={Sensor("dev_a", "t.x")})
     assert not trained_store.exists(INDEX_PATH)  # a model changed: no stale bank is used
     again = rebuild_bank(trained_store, shard_sensors=2)
@@ -300,7 +300,7 @@ def test_bank_and_plain_paths_agree_on_the_demo_fleet(tmp_path):
     write_readings_csv(fleet.readings, tmp_path / "r.csv")
     store = LocalStore(tmp_path / "s")
     ingest_file(store, tmp_path / "r.csv")
-    train(store, until=fleet.first, nu=0.01)
+    train(store, estimator="ocsvm", until=fleet.first, nu=0.01)
     sensors = sorted(list_models(store))
     labels = {}
     for use_bank in (False, True):

@@ -18,7 +18,7 @@ from fleetscore.model.registry import (
     read_manifest,
     save_model,
 )
-from fleetscore.model.training import default_model
+from fleetscore.model.training import reference_model
 
 
 class Sneaky:
@@ -29,7 +29,7 @@ class Sneaky:
 
 
 def _fit(seed=0, features=1):
-    return default_model().fit(np.random.default_rng(seed).normal(size=(50, features)))
+    return reference_model().fit(np.random.default_rng(seed).normal(size=(50, features)))
 
 
 def test_save_load_roundtrip_with_manifest(store):
@@ -244,10 +244,10 @@ def test_dumps_model_writes_the_file_skops_writes_with_a_compact_schema():
     import skops.io as sio
 
     from fleetscore.model.registry import dumps_model, loads_model
-    from fleetscore.model.training import default_model
+    from fleetscore.model.training import reference_model
 
     x = np.random.default_rng(0).normal(20, 1, (120, 1))
-    model = default_model().fit(x)
+    model = reference_model().fit(x)
     ours, theirs = dumps_model(model), sio.dumps(model)
     assert _schema_without_ids(ours) == _schema_without_ids(theirs)
     assert len(ours) < len(theirs)  # the indentation is gone

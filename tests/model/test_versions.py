@@ -17,7 +17,7 @@ from fleetscore.errors import AlreadyExists
 from fleetscore.model.bank import rebuild_bank
 from fleetscore.model.compare import Gates, compare, with_challengers
 from fleetscore.model.registry import read_manifest, save_model, stored_model_bytes
-from fleetscore.model.training import default_model, train
+from fleetscore.model.training import reference_model, train
 from fleetscore.model.versions import (
     add_version,
     migrate,
@@ -36,8 +36,8 @@ def versioned(local_store, fleet_csv):
     from fleetscore.data.ingest import ingest_file
 
     ingest_file(local_store, fleet_csv)
-    train(local_store, until=H0)  # v1 champions
-    train(local_store, until=H0, role="challenger", nu=0.3)  # v2 challengers
+    train(local_store, estimator="ocsvm", until=H0)  # v1 champions
+    train(local_store, estimator="ocsvm", until=H0, role="challenger", nu=0.3)  # v2 challengers
     return local_store
 
 
@@ -77,7 +77,7 @@ def test_a_versions_bytes_never_change(versioned):
         versioned.put(version_path(S, 1), b"something else", overwrite=False)
     set_champion(versioned, S, 2, by="promote")
     set_champion(versioned, S, 1, by="rollback")
-    train(versioned, until=H0, sensors={S})  # v3
+    train(versioned, estimator="ocsvm", until=H0, sensors={S})  # v3
     after = {v.number: versioned.get(version_path(S, v.number))
              for v in read_history(versioned, S).versions}
     assert {n: after[n] for n in before} == before and sorted(after) == [1, 2, 3]
@@ -178,7 +178,7 @@ def test_a_promote_during_a_run_never_scores_from_the_old_champions_entry(versio
 
 def test_a_store_from_before_versions_keeps_working_and_migrates(local_store):
     rng = np.random.default_rng(0)
-    model = default_model().fit(rng.normal(10, 1, (200, 1)))
+    model = reference_model().fit(rng.normal(10, 1, (200, 1)))
     save_model(local_store, S, model, source="before versions")
     save_model(local_store, S, model, source="before versions, again")  # manifest version 2
     history = read_history(local_store, S)

@@ -28,12 +28,12 @@ SENSORS = ["1/1", "1/2", "dev_a/t.x"]
 def fleet(local_store, fleet_csv):
     """Three sensors over 2024-03-01T00..02, champions trained on T00."""
     ingest_file(local_store, fleet_csv)
-    train(local_store, until=Hour.parse("2024-03-01T00"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
     return local_store
 
 
 def _plan(store, refit_id="refit-1", max_groups=1, **options):
-    options = policy.RefitOptions(**{"days": 1, "compare_hours": 2, **options})
+    options = policy.RefitOptions(**{"days": 1, "compare_hours": 2, "estimator": "ocsvm", **options})
     return policy.plan(store, refit_id, options, started=NOW, ttl=TTL, max_groups=max_groups)
 
 
@@ -81,7 +81,8 @@ def test_finish_promotes_only_the_challengers_that_pass_the_gates(fleet):
     assert all(read_history(fleet, Sensor.parse(s)).champion.number == 1 for s in SENSORS)
     # Left for review, the challengers are in the challenger bank: runs shadow-score them.
     shadowed = load_challengers(fleet, sorted(Sensor.parse(s) for s in SENSORS))
-    assert [p.key for p in shadowed.pointers] == SENSORS and len(shadowed.bank) == 3
+    assert [p.key for p in shadowed.pointers] == SENSORS
+    assert len(shadowed.bank) + len(shadowed.bank.forests) == 3  # compiled, whatever their kind
 
     manifest = _run(fleet, "refit-g", max_anomaly_rate=0.0)  # nothing flags no window at all
     assert (manifest.status, manifest.trained, manifest.promoted, manifest.left) == \

@@ -23,7 +23,7 @@ def test_hours_scored_before_a_promote_are_stale_and_only_those(fleet_store, fle
     _run(fleet_store, hour - 1)
     _run(fleet_store, hour)
     assert [r.stale for r in hour_rows(fleet_store)] == [False, False]
-    train(fleet_store, until=hour - 1, role="challenger", nu=0.2,
+    train(fleet_store, estimator="ocsvm", until=hour - 1, role="challenger", nu=0.2,
           sensors={s for s in _sensors(fleet_store)[:1]})
     sensor = _sensors(fleet_store)[0]
     set_champion(fleet_store, sensor, read_history(fleet_store, sensor).challenger.number,

@@ -45,7 +45,7 @@ def _rows(table, sensor):
 
 def test_a_featured_champion_scores_an_hour_as_on_its_whole_history(local_store, fleet_csv):
     ingest_file(local_store, fleet_csv)
-    train(local_store, until=Hour.parse("2024-03-01T01"), nu=0.3, features=FEATURES)
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T01"), nu=0.3, features=FEATURES)
     rebuild_bank(local_store)
     sensors = sorted(_sensors(local_store))
     assert all(read_manifest(local_store, s).features == FEATURES for s in sensors)
@@ -65,8 +65,8 @@ def test_a_featured_champion_scores_an_hour_as_on_its_whole_history(local_store,
 def test_a_featured_challenger_shadow_scores_as_trained_and_promotes_with_its_features(
         local_store, fleet_csv):
     ingest_file(local_store, fleet_csv)
-    train(local_store, until=Hour.parse("2024-03-01T01"))
-    train(local_store, until=Hour.parse("2024-03-01T01"), nu=0.3, features=FEATURES,
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T01"))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T01"), nu=0.3, features=FEATURES,
           role="challenger")
     rebuild_bank(local_store)
     rebuild_challengers(local_store)
@@ -103,7 +103,7 @@ def test_the_hours_first_point_is_differenced_against_the_hour_befores_last(loca
     spike = 119  # the last minute of 01:00
     rows[spike] = (*rows[spike][:3], 30.0)
     ingest_file(local_store, write_readings(tmp_path / "spike.csv", rows))
-    train(local_store, until=Hour.parse("2024-03-01T01"), features=("diff",))
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T01"), features=("diff",))
     [sensor] = _sensors(local_store)
     result = score_unit(local_store, SCORED, [sensor], unit_id="u")
     table = decode(local_store.get(result.predictions), result.predictions)

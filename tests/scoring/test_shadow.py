@@ -23,7 +23,7 @@ from tests.conftest import predictions_snapshot
 
 
 def _challengers(store, first, **kw) -> None:
-    train(store, until=first, role="challenger", nu=0.2, **kw)
+    train(store, estimator="ocsvm", until=first, role="challenger", nu=0.2, **kw)
     rebuild_bank(store)
     rebuild_challengers(store)
 
