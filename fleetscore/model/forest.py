@@ -78,7 +78,7 @@ class NearZero:
 
     def select(self, entries: np.ndarray) -> NearZero:
         starts, lengths = self.offsets[entries], self.offsets[entries + 1] - self.offsets[entries]
-        at = _ranges(starts, lengths)
+        at = concat_ranges(starts, lengths)
         return NearZero(self.params[entries], np.concatenate(([0], np.cumsum(lengths))),
                         self.interval[at], self.depths[at])
 
@@ -330,8 +330,8 @@ class Forests:
         if len(entries) == len(self.ids) and (entries == np.arange(len(entries))).all():
             return self
         starts, lengths = self.offsets[entries], self.offsets[entries + 1] - self.offsets[entries]
-        cuts = _ranges(starts, lengths)
-        decisions = _ranges(starts + entries, lengths + 1)
+        cuts = concat_ranges(starts, lengths)
+        decisions = concat_ranges(starts + entries, lengths + 1)
         return Forests(self.ids.take(pa.array(entries)), self.sha[entries],
                        np.concatenate(([0], np.cumsum(lengths))), self.cuts[cuts],
                        self.decisions[decisions],
@@ -359,7 +359,7 @@ class Forests:
         return len(self.ids)
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The indices starts[i] .. starts[i] + lengths[i] - 1, one range after the other."""
     within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.repeat(starts, lengths) + within
@@ -385,7 +385,7 @@ def settle_forests(forests: Forests, entries: np.ndarray, starts: np.ndarray,
         return out, np.zeros(len(values), dtype=bool)
     starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(stops, dtype=np.int64) - starts
-    rows = _ranges(starts, lengths)
+    rows = concat_ranges(starts, lengths)
     entry = np.repeat(entries, lengths)
     with np.errstate(over="ignore", invalid="ignore"):
         x = values[rows].astype(np.float32).astype(np.float64)  # scikit-learn's float32 input

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.core.sensors import Sensor
+from fleetscore.model.forest import concat_ranges
 
 # Decisions lie in [-1, 1]; the compiled and scikit-learn's computations are the same
 # operations in the same order (only pow may be another build's), a few ulps apart at most.
@@ -336,8 +337,8 @@ class Trees:
             return self
         tree_counts = self.tree_offsets[entries + 1] - self.tree_offsets[entries]
         node_counts = self.offsets[entries + 1] - self.offsets[entries]
-        trees = _ranges(self.tree_offsets[entries], tree_counts)
-        nodes = _ranges(self.offsets[entries], node_counts)
+        trees = concat_ranges(self.tree_offsets[entries], tree_counts)
+        nodes = concat_ranges(self.offsets[entries], node_counts)
         return Trees(self.ids.take(pa.array(entries, pa.int64())), self.sha[entries],
                      self.n_features[entries], self.denominator[entries], self.offset[entries],
                      self.depth[entries],
@@ -400,12 +401,6 @@ def _concat_offsets(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([[0]] + [p[1:] + k for p, k in zip(parts, shift, strict=True)])
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The indices starts[i] .. starts[i] + lengths[i] - 1, one range after the other."""
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + within
-
-
 # --- decisions --------------------------------------------------------------------------------
 
 
@@ -422,7 +417,7 @@ def decide_trees(trees: Trees, entries: np.ndarray, starts: np.ndarray, stops: n
         return out
     starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(stops, dtype=np.int64) - starts
-    rows, entry = _ranges(starts, lengths), np.repeat(entries, lengths)
+    rows, entry = concat_ranges(starts, lengths), np.repeat(entries, lengths)
     width = int(trees.n_features[entries].max())
     if X.shape[1] < width:
         raise ValueError(f"rows of {X.shape[1]} columns for a model of {width} features")
@@ -447,7 +442,7 @@ def _path_lengths(trees: Trees, entry: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Each row's summed leaf values over its forest's trees, added in the forest's order."""
     counts = trees.tree_offsets[entry + 1] - trees.tree_offsets[entry]
     pair_row = np.repeat(np.arange(len(entry)), counts)
-    position = _ranges(np.zeros_like(counts), counts)  # the pair's tree within its forest
+    position = concat_ranges(np.zeros_like(counts), counts)  # the pair's tree within its forest
     pair_entry = entry[pair_row]
     node = trees.offsets[pair_entry] + trees.roots[trees.tree_offsets[pair_entry] + position]
     depth = int(trees.depth[entry].max(initial=0))
