@@ -374,10 +374,11 @@ def _decide(runs: _Runs, bank: Bank, models: dict[Sensor, Detector],
 
 
 def _previous_points(runs: _Runs, plain: np.ndarray, model_of: Callable[[Sensor], Detector],
-                     last_points: LastPoints) -> dict[int, Previous]:
+                     last_points: LastPoints) -> dict[int, Previous | Exception]:
     """Each plain run's sensor's last point of the hour before, for the runs whose model sees
     derived features (``model.features``): read once per hour for all of them. A model that
-    cannot be loaded is left to the scoring attempt, which names it."""
+    cannot be loaded is left to the scoring attempt, which names it; an hour before that
+    cannot be read fails its featured sensors alone (the error stands in for their point)."""
     featured: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for run in plain:
         key = runs.keys[run].as_py()
@@ -387,9 +388,13 @@ def _previous_points(runs: _Runs, plain: np.ndarray, model_of: Callable[[Sensor]
         except Exception:  # noqa: BLE001 - the attempt loads it again and says why
             continue
         featured[int(runs.group_of[run])].append((int(run), key))
-    out: dict[int, Previous] = {}
+    out: dict[int, Previous | Exception] = {}
     for group, wanted in featured.items():
-        found = last_points(group, [k for _, k in wanted])
+        try:
+            found = last_points(group, [k for _, k in wanted])
+        except Exception as exc:  # noqa: BLE001 - named per sensor by the scoring attempt
+            out.update((run, exc) for run, _ in wanted)
+            continue
         out.update((run, found.get(key)) for run, key in wanted)
     return out
 
@@ -534,7 +539,10 @@ def _settle_boundary(bank: Bank, entry: int, model: Callable[[], Any], values: n
 
 
 def _score_plain(detector: Detector, sensor: Sensor, values: np.ndarray, ends: np.ndarray,
-                 previous: Previous):
+                 previous: Previous | Exception):
+    if isinstance(previous, Exception):
+        raise ScoringError(f"sensor {sensor}: its model sees derived features and the hour "
+                           f"before cannot be read: {first_line(previous)}") from previous
     try:
         return predict_labels(detector.estimator, detector.inputs(ends, values, previous))
     except ScoringError as exc:

@@ -111,3 +111,22 @@ def test_the_hours_first_point_is_differenced_against_the_hour_befores_last(loca
     expected = _expected(load_detector(local_store, sensor), _history(local_store, [sensor])[sensor],
                          SCORED)
     assert got[0] == 1 and got.tolist() == expected.tolist()
+
+
+def test_an_unreadable_hour_before_fails_only_the_featured_sensors(local_store, fleet_csv):
+    """The hour before is damaged: the sensor whose model looks back at it fails alone, named
+    with why; the unit's other sensors are scored."""
+    from fleetscore.data.windows import windows_folder
+
+    ingest_file(local_store, fleet_csv)
+    before = Hour.parse("2024-03-01T01")
+    train(local_store, estimator="ocsvm", until=before)
+    sensors = sorted(_sensors(local_store))
+    train(local_store, estimator="ocsvm", until=before, features=("diff",), sensors={sensors[0]})
+    rebuild_bank(local_store)
+    for path in local_store.list(windows_folder(before)):
+        local_store.put(path, b"not parquet", overwrite=True)
+    result = score_unit(local_store, SCORED, sensors, unit_id="u")
+    [failure] = result.failures
+    assert failure.sensor == str(sensors[0]) and "hour before cannot be read" in failure.message
+    assert result.scored == len(sensors) - 1
