@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.compute as pc
+import pytest
 
 from fleetscore.core.hours import Hour
 from fleetscore.data.ingest import ingest_file
@@ -113,6 +114,7 @@ def test_the_hours_first_point_is_differenced_against_the_hour_befores_last(loca
     assert got[0] == 1 and got.tolist() == expected.tolist()
 
 
+@pytest.mark.reliability("R86")
 def test_an_unreadable_hour_before_fails_only_the_featured_sensors(local_store, fleet_csv):
     """The hour before is damaged: the sensor whose model looks back at it fails alone, named
     with why; the unit's other sensors are scored."""
