@@ -26,6 +26,15 @@ class SensorCodes(NamedTuple):
         return self.devices.take(pa.array(codes // n)), self.tags.take(pa.array(codes % n))
 
 
+def key_positions(ids: pa.Array, keys: pa.Array) -> np.ndarray:
+    """Where each ``Device/Tag`` key is in ``ids`` (the entries of a bank, its forests or its
+    trees), -1 for keys not there."""
+    if not len(ids):
+        return np.full(len(keys), -1, dtype=np.int64)
+    found: np.ndarray = pc.fill_null(pc.index_in(keys, value_set=ids), -1).to_numpy()
+    return found.astype(np.int64)
+
+
 def sensor_keys(devices: Any, tags: Any) -> pa.Array:
     """Each row's sensor as its ``Device/Tag`` key (``str(Sensor)``), one array. The columns
     are arrays, or anything ``pa.array`` takes (lists, numpy arrays of str)."""

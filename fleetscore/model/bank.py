@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.core.sensor_codes import sensor_keys
+from fleetscore.core.sensor_codes import key_positions, sensor_keys
 from fleetscore.core.sensors import Sensor, parse_sensors, sensor_columns, sorted_unique
 from fleetscore.errors import Conflict, ModelError, NotFound
 from fleetscore.model.bank_saves import (  # noqa: F401 - the protocol's names, also the bank's
@@ -793,9 +793,7 @@ class Bank(Mapping):
 
     def index(self, keys: pa.Array) -> np.ndarray:
         """Each ``Device/Tag`` key's entry, -1 for keys the bank does not hold."""
-        if not len(self.ids):
-            return np.full(len(keys), -1, dtype=np.int64)
-        return pc.fill_null(pc.index_in(keys, value_set=self.ids), -1).to_numpy().astype(np.int64)
+        return key_positions(self.ids, keys)
 
     @functools.cached_property
     def _position(self) -> dict[str, int]:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from fleetscore.core.sensor_codes import key_positions
 from fleetscore.core.sensors import Sensor
 
 # Decisions lie in [-1, 1]; the compiled and scikit-learn's computations differ by a few
@@ -339,9 +339,7 @@ class Forests:
 
     def index(self, keys: pa.Array) -> np.ndarray:
         """Each ``Device/Tag`` key's entry, -1 for keys not held."""
-        if not len(self.ids):
-            return np.full(len(keys), -1, dtype=np.int64)
-        return pc.fill_null(pc.index_in(keys, value_set=self.ids), -1).to_numpy().astype(np.int64)
+        return key_positions(self.ids, keys)
 
     @functools.cached_property
     def _position(self) -> dict[str, int]:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from fleetscore.core.sensor_codes import key_positions
 from fleetscore.core.sensors import Sensor
 from fleetscore.model.forest import concat_ranges
 
@@ -347,9 +347,7 @@ class Trees:
 
     def index(self, keys: pa.Array) -> np.ndarray:
         """Each ``Device/Tag`` key's entry, -1 for keys not held."""
-        if not len(self.ids):
-            return np.full(len(keys), -1, dtype=np.int64)
-        return pc.fill_null(pc.index_in(keys, value_set=self.ids), -1).to_numpy().astype(np.int64)
+        return key_positions(self.ids, keys)
 
     @functools.cached_property
     def _position(self) -> dict[str, int]:
