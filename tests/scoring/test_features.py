@@ -132,3 +132,24 @@ def test_an_unreadable_hour_before_fails_only_the_featured_sensors(local_store, 
     [failure] = result.failures
     assert failure.sensor == str(sensors[0]) and "hour before cannot be read" in failure.message
     assert result.scored == len(sensors) - 1
+
+
+def test_a_manifest_naming_features_its_model_never_saw_fails_that_sensor_alone(local_store,
+                                                                                 fleet_csv):
+    """A champion manifest edited (or damaged) to name a feature: its sensor fails alone,
+    named; the others are scored."""
+    import json
+
+    from fleetscore.model.registry import manifest_path
+
+    ingest_file(local_store, fleet_csv)
+    train(local_store, estimator="ocsvm", until=Hour.parse("2024-03-01T01"))
+    sensors = sorted(_sensors(local_store))
+    for features in (["diff"], ["speed"], 5):
+        path = manifest_path(sensors[0])
+        body = json.loads(local_store.get(path))
+        local_store.put(path, json.dumps({**body, "features": features}).encode(), overwrite=True)
+        result = score_unit(local_store, SCORED, sensors, unit_id="u", use_bank=False)
+        [failure] = result.failures
+        assert failure.sensor == str(sensors[0]) and result.scored == len(sensors) - 1
+        assert str(sensors[0]) in failure.message or path in failure.message
