@@ -102,6 +102,12 @@ def predictions_columns(ends_ms: np.ndarray, devices, tags, values: np.ndarray,
 FORMATS = ("csv", "parquet")
 
 
+# Ids are validated to [A-Za-z0-9_.-], so no field ever needs quoting: plain CSV, as the
+# reference wrote it. Batches bigger than the writer's default of 1,024 rows: its cost per
+# batch is not small (docs/benchmarks.md).
+_CSV_OPTIONS = pcsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16)
+
+
 def format_of(path: str) -> str:
     return "parquet" if path.endswith(".parquet") else "csv"
 
@@ -118,10 +124,7 @@ def encode(tables: Iterable[pa.Table], fmt: str = "csv") -> bytes:
                        write_statistics=False)
         return sink.getvalue()
     sink.write((",".join(table.column_names) + "\n").encode())
-    # Ids are validated to [A-Za-z0-9_.-], so no field ever needs quoting: plain CSV, as the
-    # reference wrote it.
-    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(include_header=False,
-                                                                 quoting_style="none"))
+    pcsv.write_csv(table, sink, write_options=_CSV_OPTIONS)
     return sink.getvalue()
 
 
@@ -134,8 +137,7 @@ def encode_split(table: pa.Table, rows: Sequence[int], fmt: str = "csv") -> list
         return [encode([table.slice(a, b - a)], fmt) for a, b in zip(offsets[:-1], offsets[1:],
                                                                    strict=True)]
     sink = io.BytesIO()
-    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(include_header=False,
-                                                                 quoting_style="none"))
+    pcsv.write_csv(table, sink, write_options=_CSV_OPTIONS)
     body = sink.getvalue()
     ends = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == 10) + 1
     if len(ends) != table.num_rows:
