@@ -103,6 +103,13 @@ def failed_so_far(store: Store, hour: Hour, run_id: str) -> int:
     return sum(most.values())
 
 
+def finished_units(store: Store, hour: Hour, run_id: str) -> set[str]:
+    """Units of the run that wrote their result."""
+    folder = f"{run_folder(hour, run_id)}/results/"
+    return {p[len(folder):-len(".json")] for p in store.list(folder.rstrip("/"))
+            if p.endswith(".json")}
+
+
 # --- a unit (what a worker process or a Batch task runs) ------------------------------------
 
 
@@ -274,6 +281,12 @@ def _stop_past_threshold(store: Store, backend: ComputeBackend, hour: Hour, run_
     plan = load_plan(store, hour, run_id, sensors=False)
     planned = plan.sensors if plan is not None else 0
     if not planned or failed_so_far(store, hour, run_id) * 100 <= max_failed_percent * planned:
+        return
+    # A unit that wrote its result has run, whatever its backend says yet (a worker's
+    # future ends after the unit's last write): the next poll reads what it did.
+    ran = finished_units(store, hour, run_id)
+    waiting = [u for u in waiting if u not in ran]
+    if not waiting:
         return
     backend.cancel(hour, waiting, run_id=run_id)
     out.update({u: UnitOutcome.failure(

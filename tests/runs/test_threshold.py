@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections import Counter
 
 import pytest
 
+from fleetscore.compute.base import PENDING, UnitStatus
 from fleetscore.compute.batch import BatchBackend
 from fleetscore.compute.local import SequentialBackend
 from fleetscore.core.sensors import Sensor
@@ -99,3 +101,33 @@ def test_on_batch_no_further_task_starts_once_the_threshold_is_passed(
     failures = read_manifest(store, hour).failures
     assert {f.kind for f in failures} >= {"ThresholdExceeded"}
     assert predictions_snapshot(store.root) == before
+
+
+class _Lagging(SequentialBackend):
+    """Each unit runs in submit, but its first polls (submit's and the wait loop's first)
+    still say pending: a process pool's future ends a moment after its unit wrote its result
+    and its failed marker."""
+
+    def __init__(self, store, engine, lag: int = 2):
+        super().__init__(store, engine)
+        self._polls: Counter[str] = Counter()
+        self._lag = lag
+
+    def poll(self, window, unit_ids, *, run_id="", timeout=1.0):
+        out = super().poll(window, unit_ids, run_id=run_id, timeout=timeout)
+        self._polls.update(unit_ids)
+        return {u: UnitStatus(PENDING) if self._polls[u] <= self._lag else status
+                for u, status in out.items()}
+
+
+def test_a_unit_that_already_wrote_its_result_is_counted_not_cancelled(forty, tmp_path):
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    _damage(store, 8)  # two units of four fail whole; the eight others score
+    summary = run_hour(store, hour, _Lagging(store, ENGINE), unit_size=4, max_failed_percent=10)
+    manifest = read_manifest(store, hour)
+    assert summary.status == "failed"
+    assert (manifest.sensors.failed, manifest.sensors.scored) == (8, 32)
+    # Every unit had run before the first poll: none of them is said not to have run.
+    assert manifest.reason == ("8 of 40 sensors failed, more than the 10% allowed: "
+                               "nothing of this run was promoted")
