@@ -382,8 +382,11 @@ def _group_key(group: list[Sensor], shas: dict[Sensor, str | None]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+SHARD_PREFIX = f"{BANK_FOLDER}/shard-"
+
+
 def _shard_path(key: str) -> str:
-    return f"{BANK_FOLDER}/shard-{key[:24]}.npz"
+    return f"{SHARD_PREFIX}{key[:24]}.npz"
 
 
 def _keep(store: Store, group: list[Sensor], shas: dict[Sensor, str | None], existing: set[str]
@@ -480,8 +483,8 @@ def _rebuild_once(store: Store, shard_sensors: int
         group = sensors[start : start + shard_sensors]
         shards.append(_keep(store, group, manifests, existing) or _build(store, group))
     live = {s.entry["path"] for s in shards}
-    for path in store.list(BANK_FOLDER):
-        if path.endswith(".npz") and path not in live:
+    for path in existing:  # the champions' shards only: bank/challengers/ is not ours
+        if path.startswith(SHARD_PREFIX) and path.endswith(".npz") and path not in live:
             store.delete(path)
     # Unsealed: loaders check every entry against its manifest until rebuild_bank seals it.
     # The nonce makes this write a version of its own, so the seal's compare-and-swap fails

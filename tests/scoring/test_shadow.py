@@ -165,3 +165,13 @@ def test_isolation_forest_challengers_are_compiled_and_scored_as_scikit_learn(fl
         values = read_points(fleet_store, hour, [sensor])["Value"].to_numpy().reshape(-1, 1)
         assert rows["Prediction"].to_pylist() == (model.predict(values) == -1).astype(
             int).tolist()
+
+
+def test_a_champion_bank_rebuild_keeps_the_challenger_shards(fleet_store, fleet_template):
+    _challengers(fleet_store, fleet_template["hour"] - 1)
+    shards = sorted((Path(fleet_store.root) / "bank" / "challengers").glob("*.npz"))
+    assert shards
+    rebuild_bank(fleet_store)  # a promotion elsewhere, a `models bank`: the champions only
+    assert sorted((Path(fleet_store.root) / "bank" / "challengers").glob("*.npz")) == shards
+    again = rebuild_challengers(fleet_store)
+    assert (again.shards_written, again.shards_kept) == (0, 1)
