@@ -207,11 +207,11 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
     now = now or datetime.now(UTC)
     with _locked(store, under_lock):
         history = _archived(store, sensor, now)
-        number = max((v.number for v in history.versions), default=0) + 1
+        number = _archive(store, sensor, data,
+                          max((v.number for v in history.versions), default=0) + 1)
         version = Version(number, hashlib.sha256(data).hexdigest(),
                           now.isoformat(timespec="microseconds"), estimator, source, trained_on,
                           features=features)
-        store.put(version_path(sensor, number), data, overwrite=False)
         before = history
         history = replace(history, versions=(*history.versions, version))
         history = history.with_role(number, role, by, now)
@@ -220,6 +220,18 @@ def add_version(store: Store, sensor: Sensor, data: bytes, *, estimator: str, so
                            manifest_of(sensor, replace(version, role=role), since=now))
         _write_history(store, history, before)
     return replace(version, role=role)
+
+
+def _archive(store: Store, sensor: Sensor, data: bytes, number: int) -> int:
+    """Write ``data`` as version ``number`` or, where a file of that number exists, the next
+    free number: a save interrupted between its version file and its history (a process
+    killed, a store error) left that file, which no history names. It is kept as it is."""
+    while True:
+        try:
+            store.put(version_path(sensor, number), data, overwrite=False)
+            return number
+        except AlreadyExists:
+            number += 1
 
 
 def save_estimator(store: Store, sensor: Sensor, estimator: Any, *, source: str, role: str,

@@ -84,6 +84,21 @@ def test_a_versions_bytes_never_change(versioned):
     assert verify(versioned)[1] == []
 
 
+@pytest.mark.reliability("R87")
+def test_a_save_interrupted_after_its_version_file_does_not_block_the_next(versioned):
+    """A save killed between its version file and its history left v3's file, which no
+    history names: the next training archives its model as v4, and v3's file stays."""
+    orphan = b"the bytes of a save that never finished"
+    versioned.put(version_path(S, 3), orphan, overwrite=False)
+    result = train(versioned, estimator="ocsvm", until=H0, sensors={S})
+    assert [m.version for m in result.trained] == [4]
+    history = read_history(versioned, S)
+    assert [v.number for v in history.versions] == [1, 2, 4]
+    assert history.champion.number == 4
+    assert versioned.get(version_path(S, 3)) == orphan
+    assert _sha(versioned.get(version_path(S, 4))) == read_manifest(versioned, S).sha256
+
+
 def test_rollback_restores_the_exact_champion_and_the_bank_follows(versioned):
     v1 = read_history(versioned, S).version(1)
     set_champion(versioned, S, 2, by="promote")
