@@ -193,27 +193,47 @@ def models_rollback(
     try:
         chosen = [read() for _, read in histories(st)] if all_ else \
             [read_history(st, Sensor.parse(s)) for s in sensors or []]
-        when = _when(to) if to else None
-        with ModelsLock(st):
-            _roll_back(st, chosen, when, to_version)
-        out.print(rebuild_bank_line(st))
+        moves = _rollback_targets(chosen, _when(to) if to else None, to_version)
+        done: list = []
+        try:
+            with ModelsLock(st):
+                _roll_back(st, moves, done)
+            done.append(None)  # ended: the bank follows (unchanged shards are kept)
+        finally:
+            if done:  # even part-way: the bank must follow what did change
+                out.print(rebuild_bank_line(st))
     finally:
         st.close()
 
 
-def _roll_back(st, chosen, when, to_version) -> None:
-    from fleetscore.model.versions import set_champion
-
+def _rollback_targets(chosen, when, to_version) -> list:
+    """(history, target) of every sensor to roll back, all found before any changes. With
+    --to TIME, a sensor that had no champion then (it came later) keeps its own, and is named;
+    a sensor named on the command line with nothing to roll back to stops the command."""
+    moves = []
     for history in chosen:
         target = (history.champion_at(when) if when else
                   history.version(to_version) if to_version else history.previous_champion())
-        if target is None:
+        if target is None and when is not None:
+            out.print(f"{history.sensor}: had no champion at {when.isoformat()}; it keeps its own")
+        elif target is None:
             raise UsageError(f"sensor {history.sensor} has no earlier champion to roll back to")
+        else:
+            moves.append((history, target))
+    return moves
+
+
+def _roll_back(st, moves, done: list) -> None:
+    """Make each target champion, adding each sensor changed to ``done``."""
+    from fleetscore.model.versions import set_champion
+
+    for history, target in moves:
         current = history.champion
         if current is not None and current.number == target.number:
             out.print(f"{history.sensor}: v{target.number} is already the champion")
             continue
         set_champion(st, history.sensor, target.number, by="rollback", under_lock=True)
+        done.append(history.sensor)
         out.print(f"{history.sensor}: v{target.number} is champion again "
                   f"(was v{current.number if current else '-'})")
 

@@ -148,3 +148,27 @@ def test_refit_that_trains_nothing_says_so(local_store, tmp_path):
     line = one_line_usage_error(fleetscore("refit", "--store", str(local_store.root), "--days",
                                            "1", "--compare-hours", "1"))
     assert "refit trained no challenger on" in line
+
+
+def test_rollback_all_to_a_time_keeps_the_sensors_that_came_later(local_store, fleet_csv):
+    """Every sensor is resolved before any changes: one that had no champion at TIME keeps
+    its own and is named, the others roll back, and the bank follows."""
+    from fleetscore.core.hours import Hour
+    from fleetscore.core.sensors import Sensor
+    from fleetscore.model.training import train
+
+    ingest_file(local_store, fleet_csv)
+    store = str(local_store.root)
+    until = Hour.parse("2024-03-01T00")
+    train(local_store, estimator="ocsvm", until=until, sensors={Sensor("1", "1"), Sensor("1", "2")})
+    then = datetime.now(UTC).isoformat()
+    time.sleep(0.05)
+    train(local_store, estimator="ocsvm", until=until, nu=0.3)  # v2 for two, v1 for dev_a/t.x
+    rolled = fleetscore("models", "rollback", "--all", "--to", then, "--store", store)
+    assert rolled.returncode == 0, rolled.stderr
+    assert "dev_a/t.x: had no champion at" in rolled.stdout
+    assert "1/1: v1 is champion again (was v2)" in rolled.stdout
+    assert "1/2: v1 is champion again (was v2)" in rolled.stdout and "model bank:" in rolled.stdout
+    assert (local_store.root / "bank" / "index.json").exists()
+    h = json.loads(fleetscore("models", "history", "dev_a/t.x", "--store", store, "--json").stdout)
+    assert [v["role"] for v in h["versions"]] == ["champion"]
