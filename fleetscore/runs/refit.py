@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +39,7 @@ from fleetscore.model import estimators
 from fleetscore.model.compare import Comparison, Gates, compare, with_challengers
 from fleetscore.model.features import parse as parse_features
 from fleetscore.model.training import training_hours
-from fleetscore.model.versions import MODELS_LOCK, ModelsLock, set_champion
+from fleetscore.model.versions import MODELS_LOCK, ModelsLock, read_history, set_champion
 from fleetscore.storage import Store
 
 REFIT = "refit"
@@ -410,7 +410,10 @@ def finish(store: Store, found: RefitPlan, results: Mapping[str, GroupResult | s
     verdicts = [(c, _why_not(found.options.gates, c, trained[c.sensor]))
                 for c in compare(store, histories, hour_range(first, last))]
     missing = set(trained) - {c.sensor for c, _ in verdicts}
-    outcomes.update({s: SensorOutcome(LEFT, trained[s], "its challenger is no longer there")
+    # A retried finish: what an earlier attempt promoted is no challenger any more.
+    already = _champions_now(store, missing, trained)
+    outcomes.update({s: SensorOutcome(PROMOTED, trained[s]) if s in already else
+                     SensorOutcome(LEFT, trained[s], "its challenger is no longer there")
                      for s in missing})
     reason, bank = "", ""
     passed = [c for c, why in verdicts if why is None]
@@ -429,10 +432,21 @@ def finish(store: Store, found: RefitPlan, results: Mapping[str, GroupResult | s
                          for c, why in verdicts})
     # Always: the challengers this refit trained (and any it promoted) change the challenger
     # bank that runs shadow-score, even when nothing is promoted.
-    bank = (rebuild or _rebuild)(store, bool(passed))
+    bank = (rebuild or _rebuild)(store, bool(passed) or bool(already))
     manifest = _manifest(found, results, outcomes, reason, bank, now, by)
     write_manifest(store, manifest)
     return manifest
+
+
+def _champions_now(store: Store, sensors: Iterable[str], trained: Mapping[str, int]
+                   ) -> set[str]:
+    """The sensors whose champion is the version this refit trained."""
+    out = set()
+    for key in sensors:
+        champion = read_history(store, Sensor.parse(key)).champion
+        if champion is not None and champion.number == trained[key]:
+            out.add(key)
+    return out
 
 
 def _why_not(gates: Gates, c: Comparison, version: int) -> str | None:

@@ -152,7 +152,14 @@ def test_failed_groups_and_a_lost_lock_are_said_per_sensor(fleet):
     lost = [s for s, o in manifest.sensors.items() if o.outcome == policy.GROUP_FAILED]
     assert lost and all("TaskUserError" in manifest.sensors[s].reason for s in lost)
 
-    # The lock lapses and another command takes it before the promotion: nothing promoted.
+    lock.release()
+
+    # Another refit's lock lapses and another command takes it before the promotion: nothing
+    # promoted (a refit of its own: the one above promoted some).
+    found = _plan(fleet, "refit-g", max_groups=1)
+    lock = policy.RefitLock(fleet, "refit-g", ttl=TTL)
+    assert lock.take()
+    results = {g: policy.train_group(fleet, "refit-g", g) for g in found.groups}
     fleet.delete(MODELS_LOCK)
     with ModelsLock(fleet):
         manifest = policy.finish(fleet, found, results, lock=lock, now=NOW, by="test")
@@ -203,3 +210,25 @@ def test_a_refit_trains_challengers_of_the_estimator_and_features_it_is_given(fl
         policy.RefitOptions(features="speed")
     with pytest.raises(UsageError, match="refit estimator 'svm'"):
         policy.RefitOptions(estimator="svm")
+
+
+def test_a_finish_retried_after_it_promoted_reports_the_promotions_and_rebuilds(fleet):
+    """The Functions refit retries finish: an attempt that promoted and then failed (its bank
+    rebuild, here) leaves champions that are no challengers any more. The retry says they
+    were promoted and rebuilds the champions' bank, instead of 'left' and no bank."""
+    lock = policy.RefitLock(fleet, "refit-1", ttl=TTL)
+    assert lock.take()
+    found = _plan(fleet, max_anomaly_rate=1.0)
+    results = {g: policy.train_group(fleet, "refit-1", g) for g in found.groups}
+
+    def failing(store, champions):
+        raise OSError("the store failed during the bank rebuild")
+
+    with pytest.raises(OSError):
+        policy.finish(fleet, found, results, lock=lock, now=NOW, by="test", rebuild=failing)
+    rebuilt = []
+    manifest = policy.finish(fleet, found, results, lock=lock, now=NOW, by="test",
+                             rebuild=lambda store, champions: rebuilt.append(champions) or "")
+    lock.release()
+    assert manifest.promoted == 3 and rebuilt == [True]
+    assert {o.outcome for o in manifest.sensors.values()} == {policy.PROMOTED}
