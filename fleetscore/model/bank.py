@@ -288,6 +288,9 @@ def compile_stored(store: Store, sensor: Sensor) -> tuple[str, Verdict]:
     sha = hashlib.sha256(data).hexdigest()
     if sha != manifest.sha256:
         return manifest.sha256, Verdict(None, "model file does not match its manifest")
+    fresh = take_fresh(store, sensor, sha, manifest.features)
+    if fresh is not None:
+        return sha, fresh
     try:
         estimator = loads_model(data, f"sensor {sensor}")
         check_estimator(estimator, f"sensor {sensor}", manifest.features)
@@ -300,6 +303,69 @@ def compile_stored(store: Store, sensor: Sensor) -> tuple[str, Verdict]:
         return sha, Verdict(None, f"cannot be compiled ({type(exc).__name__})")
 
 
+# --- fresh verdicts: compiled where the model was fitted --------------------------------------
+#
+# Rebuilding the bank after a training loads every model file it wrote again, to compile it:
+# for IsolationForests most of the rebuild. The training worker that fitted a model compiles
+# it there and then (``verdict_of``) and keeps the verdict beside the bank (``save_fresh``):
+# one small file a sensor, the latest model fitted, named by the sha256 of the bytes saved and
+# the features fitted on. A rebuild takes it (``take_fresh``) only for exactly those bytes and
+# features, and deletes it once taken; a verdict of other bytes is ignored (and replaced when
+# the sensor is fitted again), so a fresh file never decides for a model it was not made from.
+
+FRESH_FOLDER = f"{BANK_FOLDER}/fresh"
+
+
+def fresh_path(sensor: Sensor) -> str:
+    return f"{FRESH_FOLDER}/{sensor.device}/{sensor.tag}.npz"
+
+
+def verdict_of(estimator, features: tuple[str, ...] = ()) -> Verdict:
+    """What ``compile_stored`` decides of a model's bytes, decided of the estimator itself."""
+    if features:
+        return Verdict(None, f"sees derived features ({', '.join(features)})")
+    try:
+        return compile_any(estimator)
+    except Exception as exc:  # noqa: BLE001 - as compile_stored: the plain path names it
+        return Verdict(None, f"cannot be compiled ({type(exc).__name__})")
+
+
+def save_fresh(store: Store, sensor: Sensor, sha: str, features: tuple[str, ...],
+               verdict: Verdict) -> None:
+    """Keep ``verdict`` on the model of bytes ``sha`` fitted on ``features`` for the next
+    rebuild of the bank it goes into (the champions' or the challengers')."""
+    compiled = verdict.compiled is not None or verdict.forest is not None
+    store.put(fresh_path(sensor), encode_shard(
+        [(sensor, sha, verdict.compiled)] if verdict.compiled is not None else [],
+        [] if compiled else [verdict.reason or "not compiled"],
+        [(sensor, sha, verdict.forest)] if verdict.forest is not None else [],
+        extra={"fresh_sha256": np.array([sha], dtype="U64"),
+               "fresh_features": np.array([",".join(features)], dtype="U64")}))
+
+
+def take_fresh(store: Store, sensor: Sensor, sha: str, features: tuple[str, ...]
+               ) -> Verdict | None:
+    """The fresh verdict on exactly these bytes and features, deleted as it is taken; None
+    when there is none (or it is of another model, or unreadable)."""
+    path = fresh_path(sensor)
+    try:
+        with np.load(io.BytesIO(store.get(path)), allow_pickle=False) as z:
+            _check_format(z)
+            if z["fresh_sha256"].tolist() != [sha] \
+                    or z["fresh_features"].tolist() != [",".join(features)]:
+                return None
+            bank = replace(_decode_svms(z, True), forests=_decode_forests(z, True))
+            left = z["left"].tolist()
+    except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
+        return None
+    forest = bank.forests.get(sensor)
+    verdict = (Verdict(bank[sensor]) if sensor in bank else Verdict(None, None, forest)
+               if forest is not None else Verdict(None, left[0]) if left else None)
+    if verdict is not None:
+        store.delete(path)
+    return verdict
+
+
 # --- shards ---------------------------------------------------------------------------------
 
 
@@ -308,9 +374,12 @@ PARAMS = ("kernel", "mean", "scale", "gamma", "coef0", "degree", "intercept", "m
 
 
 def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str] = (),
-                 forests: Iterable[tuple[Sensor, str, CompiledForest]] = ()) -> bytes:
+                 forests: Iterable[tuple[Sensor, str, CompiledForest]] = (),
+                 extra: Mapping[str, np.ndarray] | None = None) -> bytes:
     """``left``: why each of the shard's other models stays with scikit-learn (for the counts
-    of a kept shard). ``forests``: its compiled IsolationForests, beside the SVMs."""
+    of a kept shard). ``forests``: its compiled IsolationForests, beside the SVMs.
+    ``extra``: arrays of the caller's own (the challenger bank's pointers, a fresh verdict's
+    hash), stored beside them."""
     packed = Bank.of(entries)  # the same arrays a unit loads
     trees = Forests.of(forests)
     forest_sensors = trees.ids.to_pylist()
@@ -326,6 +395,7 @@ def encode_shard(entries: list[tuple[Sensor, str, Compiled]], left: Iterable[str
         "forest_sha256": trees.sha.astype("U64"), "forest_offsets": trees.offsets,
         "forest_cuts": trees.cuts, "forest_decisions": trees.decisions,
         **_near_arrays(trees),
+        **(extra or {}),
     }
     sink = io.BytesIO()
     np.savez(sink, **arrays)

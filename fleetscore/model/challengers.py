@@ -31,15 +31,17 @@ import pyarrow.compute as pc
 
 from fleetscore.core.sensor_codes import sensor_keys
 from fleetscore.core.sensors import Sensor
-from fleetscore.errors import ModelError, NotFound
+from fleetscore.errors import Conflict, ModelError, NotFound
 from fleetscore.model.bank import (
     BANK_FOLDER,
     BANK_FORMAT,
+    REBUILD_ROUNDS,
     SHARD_SENSORS,
     Bank,
     Verdict,
     compile_any,
     encode_shard,
+    take_fresh,
 )
 from fleetscore.model.features import Detector
 from fleetscore.model.registry import check_estimator, loads_model
@@ -119,6 +121,9 @@ def _shard_path(group: Sequence[Pointer]) -> str:
 
 
 def _compile(store: Store, pointer: Pointer) -> Verdict:
+    fresh = take_fresh(store, pointer.sensor, pointer.sha256, pointer.features)
+    if fresh is not None:
+        return fresh
     try:
         return compile_any(load_version(store, pointer).estimator)
     except ModelError:
@@ -131,23 +136,45 @@ def _encode(store: Store, group: Sequence[Pointer]) -> tuple[bytes, int]:
     verdicts = [(p, _compile(store, p)) for p in group]
     entries = [(p.sensor, p.sha256, v.compiled) for p, v in verdicts if v.compiled is not None]
     forests = [(p.sensor, p.sha256, v.forest) for p, v in verdicts if v.forest is not None]
-    sink = io.BytesIO(encode_shard(entries, forests=forests))
-    with np.load(sink, allow_pickle=False) as z:
-        arrays = {name: z[name] for name in z.files}
-    arrays["pointer_key"] = np.array([p.key for p in group], dtype="U130")
-    arrays["pointer_version"] = np.array([p.version for p in group], dtype=np.int64)
-    arrays["pointer_sha256"] = np.array([p.sha256 for p in group], dtype="U64")
-    arrays["pointer_features"] = np.array([",".join(p.features) for p in group], dtype="U64")
-    out = io.BytesIO()
-    np.savez(out, **arrays)
-    return out.getvalue(), len(entries) + len(forests)
+    data = encode_shard(entries, forests=forests, extra={
+        "pointer_key": np.array([p.key for p in group], dtype="U130"),
+        "pointer_version": np.array([p.version for p in group], dtype=np.int64),
+        "pointer_sha256": np.array([p.sha256 for p in group], dtype="U64"),
+        "pointer_features": np.array([",".join(p.features) for p in group], dtype="U64")})
+    return data, len(entries) + len(forests)
 
 
 def rebuild_challengers(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> ChallengerStats:
     """Compile every challenger into the challenger bank, reusing the shards that hold the same
-    versions, then write the index and drop the shards it no longer names."""
-    pointers = read_pointers(store)
-    existing = set(store.list(FOLDER))
+    versions, then write the index and drop the shards it no longer names.
+
+    Two commands can rebuild at once (each rebuilds after its models lock is released): the
+    index is written only over the version this rebuild read first, and a rebuild that lost
+    that race, or whose shards the other dropped, starts again. So the index never names a
+    shard that is gone."""
+    for _ in range(REBUILD_ROUNDS):
+        try:
+            version: str | None = store.get_versioned(INDEX)[1]
+        except NotFound:
+            version = None
+        existing = set(store.list(FOLDER))
+        stats, body, live = _build_shards(store, read_pointers(store), existing, shard_sensors)
+        try:
+            store.put(INDEX, body, overwrite=version is not None, if_match=version)
+        except (Conflict, NotFound):
+            continue  # another rebuild wrote the index meanwhile: this one is stale
+        for path in existing - live:
+            if path.endswith(".npz"):
+                store.delete(path)
+        if all(store.exists(path) for path in live):
+            return stats
+    return stats
+
+
+def _build_shards(store: Store, pointers: list[Pointer], existing: set[str], shard_sensors: int
+                  ) -> tuple[ChallengerStats, bytes, set[str]]:
+    """The shards of these challengers (those not in ``existing`` written), their index's
+    bytes and paths."""
     shards, written, compiled = [], 0, 0
     for start in range(0, len(pointers), shard_sensors):
         group = pointers[start:start + shard_sensors]
@@ -161,12 +188,9 @@ def rebuild_challengers(store: Store, *, shard_sensors: int = SHARD_SENSORS) -> 
         compiled += count
         shards.append({"path": path, "first": group[0].key, "last": group[-1].key,
                        "challengers": len(group), "compiled": count})
-    store.put(INDEX, json.dumps({"format": FORMAT, "shards": shards}, indent=1).encode())
-    live = {s["path"] for s in shards}
-    for path in existing:
-        if path.endswith(".npz") and path not in live:
-            store.delete(path)
-    return ChallengerStats(len(pointers), compiled, written, len(shards) - written)
+    body = json.dumps({"format": FORMAT, "shards": shards}, indent=1).encode()
+    stats = ChallengerStats(len(pointers), compiled, written, len(shards) - written)
+    return stats, body, {s["path"] for s in shards}
 
 
 def _compiled_count(store: Store, path: str) -> int:

@@ -57,7 +57,10 @@ def with_challengers(store: Store, sensors: Iterable[Sensor] | None = None) -> l
     found = []
     for _, read in histories(store):
         history = read()
-        if history.challenger is not None and (wanted is None or history.sensor in wanted):
+        # A challenger of a sensor with no champion (trained before `train --challenger`
+        # skipped those) has nothing to be compared with or promoted over.
+        if history.challenger is not None and history.champion is not None \
+                and (wanted is None or history.sensor in wanted):
             found.append(history)
     return sorted(found, key=lambda h: (h.device, h.tag))
 

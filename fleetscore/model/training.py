@@ -31,8 +31,9 @@ from fleetscore.core.sensors import Sensor
 from fleetscore.data.arrivals import hours_with_arrivals, read_arrivals_many
 from fleetscore.data.windows import by_day, by_sensor, read_points_many
 from fleetscore.model import estimators
+from fleetscore.model.bank import save_fresh, verdict_of
 from fleetscore.model.features import matrix
-from fleetscore.model.registry import ModelManifest
+from fleetscore.model.registry import ModelManifest, list_models
 from fleetscore.model.versions import ModelsLock, manifest_of, save_estimator
 from fleetscore.settings import Settings
 from fleetscore.storage import Store
@@ -154,6 +155,12 @@ def _fit_and_save(store: Store, sensor: Sensor, series: tuple[np.ndarray, np.nda
     # The parent holds the models lock for the whole training (ModelsLock in train).
     version = save_estimator(store, sensor, model, source=spec.source, features=spec.features,
                              trained_on=trained_on, role=role, by="train", under_lock=True)
+    verdict = verdict_of(model, spec.features)
+    # Compiled here, in the worker that holds the model, for the bank rebuilt after the
+    # training: loading it back costs that rebuild more than fitting did. A compiled
+    # OneClassSVM loads and compiles again faster than a fresh verdict is read and deleted.
+    if verdict.compiled is None:
+        save_fresh(store, sensor, version.sha256, spec.features, verdict)
     return manifest_of(sensor, version)
 
 
@@ -185,6 +192,9 @@ def train(
         points.update(counts)
     if sensors is not None:
         points = Counter({s: n for s, n in points.items() if s in sensors})
+    unchallenged = _without_champion(store, points) if role == "challenger" else []
+    for sensor in unchallenged:
+        del points[sensor]
     workers = workers or os.cpu_count() or 1
     # One lock on model roles for the whole training: the caller's, or one taken here.
     with nullcontext(lock) if lock is not None else ModelsLock(store) as held:
@@ -192,7 +202,17 @@ def train(
                                        (spec, role, budget), progress)
     if progress:
         progress(len(points), len(points))
+    skipped += [(str(s), NO_CHAMPION) for s in unchallenged]
     return TrainResult(tuple(trained), tuple(sorted(skipped)), hours)
+
+
+NO_CHAMPION = "no champion to challenge (train it as a champion first)"
+
+
+def _without_champion(store: Store, points: Counter[Sensor]) -> list[Sensor]:
+    """Sensors with data but no model: a challenger of theirs could never be compared."""
+    champions = list_models(store)
+    return sorted(s for s in points if s not in champions)
 
 
 def _fit_groups(store: Store, hours: tuple[Hour, ...], with_data: dict[Hour, set[Sensor]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from fleetscore.core.hours import Hour
@@ -167,3 +168,103 @@ def test_day_parts_train_the_same_models_as_hour_files(tmp_path, monkeypatch):
     for sensor in list_models(stores["days"]):
         a, b = load_model(stores["days"], sensor), load_model(stores["hours"], sensor)
         assert np.array_equal(a.decision_function(grid), b.decision_function(grid))
+
+
+def _shard_arrays(store) -> dict:
+    import io
+
+    import numpy as np
+
+    from fleetscore.model.bank import INDEX_PATH
+
+    out = {}
+    for shard in json.loads(store.get(INDEX_PATH))["shards"]:
+        with np.load(io.BytesIO(store.get(shard["path"])), allow_pickle=False) as z:
+            out[shard["path"]] = {name: z[name] for name in z.files}
+    return out
+
+
+def _counting_loads(monkeypatch) -> list[str]:
+    from fleetscore.model import bank
+
+    loaded: list[str] = []
+    real = bank.loads_model
+
+    def counting(data, name):
+        loaded.append(name)
+        return real(data, name)
+
+    monkeypatch.setattr(bank, "loads_model", counting)
+    return loaded
+
+
+def test_the_rebuild_after_training_takes_the_workers_verdicts(local_store, fleet_csv, tmp_path,
+                                                                monkeypatch):
+    """IsolationForests compiled where they were fitted: the rebuild loads no model file
+    back, takes each verdict once, and builds the same shards as compiling the files."""
+    import shutil
+
+    import numpy as np
+
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.bank import FRESH_FOLDER, rebuild_bank
+    from fleetscore.storage import LocalStore
+
+    ingest_file(local_store, fleet_csv)
+    train(local_store, until=Hour.parse("2024-03-01T00"), workers=2)  # the default: iforest
+    assert len(list(local_store.list(FRESH_FOLDER))) == 3
+    cold = LocalStore(shutil.copytree(local_store.root, tmp_path / "cold"))
+    for path in list(cold.list(FRESH_FOLDER)):
+        cold.delete(path)
+    loaded = _counting_loads(monkeypatch)
+    stats = rebuild_bank(local_store)
+    assert (stats.compiled, loaded) == (3, [])
+    assert list(local_store.list(FRESH_FOLDER)) == []  # each taken once
+    rebuild_bank(cold)
+    assert len(loaded) == 3  # without them, every file is loaded back
+    fast, slow = _shard_arrays(local_store), _shard_arrays(cold)
+    assert fast.keys() == slow.keys()
+    for path in fast:
+        assert fast[path].keys() == slow[path].keys()
+        for name in fast[path]:
+            assert np.array_equal(fast[path][name], slow[path][name]), (path, name)
+
+
+def test_a_fresh_verdict_of_other_bytes_or_features_is_not_taken(local_store, fleet_csv,
+                                                                monkeypatch):
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.bank import FRESH_FOLDER, Verdict, rebuild_bank, save_fresh
+
+    ingest_file(local_store, fleet_csv)
+    train(local_store, until=Hour.parse("2024-03-01T00"))
+    one, two = sorted(list_models(local_store))[:2]
+    # A verdict that would leave the model to scikit-learn, kept for other bytes (a model
+    # fitted since) and for the right bytes but other features.
+    save_fresh(local_store, one, "0" * 64, (), Verdict(None, "made up"))
+    save_fresh(local_store, two, read_manifest(local_store, two).sha256, ("diff",),
+               Verdict(None, "made up"))
+    loaded = _counting_loads(monkeypatch)
+    stats = rebuild_bank(local_store)
+    assert stats.compiled == 3 and "made up" not in dict(stats.left)
+    assert sorted(loaded) == [f"sensor {one}", f"sensor {two}"]
+    assert len(list(local_store.list(FRESH_FOLDER))) == 2  # not taken: kept until refitted
+
+
+def test_challengers_are_not_trained_for_sensors_without_a_champion(local_store, fleet_csv):
+    """A sensor whose data arrived after the last training has no champion: a challenger of
+    its would stop compare, promote and refit (nothing to compare it with)."""
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.compare import compare, with_challengers
+    from fleetscore.model.training import NO_CHAMPION
+
+    ingest_file(local_store, fleet_csv)
+    until = Hour.parse("2024-03-01T00")
+    newcomer = Sensor("dev_a", "t.x")
+    train(local_store, estimator="ocsvm", until=until,
+          sensors={Sensor("1", "1"), Sensor("1", "2")})
+    result = train(local_store, estimator="ocsvm", until=until, role="challenger")
+    assert sorted(f"{m.device}/{m.tag}" for m in result.trained) == ["1/1", "1/2"]
+    assert result.skipped == ((str(newcomer), NO_CHAMPION),)
+    assert newcomer not in list_models(local_store)
+    rows = compare(local_store, with_challengers(local_store), [until])
+    assert [r.sensor for r in rows] == ["1/1", "1/2"]

@@ -80,7 +80,7 @@ def test_on_batch_no_further_task_starts_once_the_threshold_is_passed(
     hour = forty[1]
     before = predictions_snapshot(store.root)
     _damage(store, 12)  # the first three units of four sensors: every sensor fails
-    assert not (store.root / "bank").exists()  # units load the damaged files themselves
+    assert not (store.root / "bank" / "index.json").exists()  # units load the damaged files
     site = installed_site(tmp_path_factory.getbasetemp(), ROOT)
     emulator = BatchEmulator(runner=ProcessRunner(sys.executable, site), slots=1,
                              task_root=tmp_path / "nodes").start()

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow.compute as pc
 
 from fleetscore.compute.local import SequentialBackend
@@ -175,3 +176,36 @@ def test_a_champion_bank_rebuild_keeps_the_challenger_shards(fleet_store, fleet_
     assert sorted((Path(fleet_store.root) / "bank" / "challengers").glob("*.npz")) == shards
     again = rebuild_challengers(fleet_store)
     assert (again.shards_written, again.shards_kept) == (0, 1)
+
+
+@pytest.mark.reliability("R88")
+def test_two_challenger_bank_rebuilds_at_once_leave_no_index_naming_a_gone_shard(
+        fleet_store, fleet_template, monkeypatch):
+    """Rebuild X writes its first shard; meanwhile another command promotes a challenger and
+    rebuilds Y whole, dropping the shard X just wrote. X's index must not name it."""
+    from fleetscore.model.challengers import INDEX, load_challengers
+    from fleetscore.storage import LocalStore
+
+    train(fleet_store, estimator="ocsvm", until=fleet_template["hour"] - 1, role="challenger",
+          nu=0.2)
+    first = read_pointers(fleet_store)[0].sensor
+    real_put = fleet_store.put
+    meanwhile = []
+
+    def put(path, data, **kw):
+        real_put(path, data, **kw)
+        if path.endswith(".npz") and not meanwhile:
+            meanwhile.append(path)
+            set_champion(fleet_store, first, 2, by="promote")
+            rebuild_challengers(LocalStore(fleet_store.root), shard_sensors=8)
+
+    monkeypatch.setattr(fleet_store, "put", put)
+    rebuild_challengers(fleet_store, shard_sensors=8)
+    import json
+
+    named = [s["path"] for s in json.loads(fleet_store.get(INDEX))["shards"]]
+    assert meanwhile and all(fleet_store.exists(p) for p in named)
+    pointers = read_pointers(fleet_store)
+    found = load_challengers(fleet_store, sorted((p.sensor.device, p.sensor.tag)
+                                                 for p in pointers))
+    assert len(found.pointers) == len(pointers) == 119
