@@ -158,13 +158,16 @@ def dumps_model(estimator: Any) -> bytes:
     ``_save``), with the schema written as compact JSON. skops indents it, which sends
     Python's json to its pure-Python encoder: two thirds of a model's save, the largest cost
     of training. The file is the same skops file to every reader (JSON ignores the
-    whitespace; tests/model/test_registry.py compares the parsed schema with skops' own)."""
+    whitespace; tests/model/test_registry.py compares the parsed schema with skops' own).
+    Deflated (level 1), as skops' ``compression`` option would: an IsolationForest's
+    hundred trees take a quarter of their stored bytes (docs/benchmarks.md)."""
     import skops
     import skops.io  # noqa: F401 - registers the get_state dispatch functions
     from skops.io._utils import SaveContext, get_state
 
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED,
+                         compresslevel=1) as archive:
         context = SaveContext(zip_file=archive)
         state = get_state(estimator, context)
         context.clear_memo()
