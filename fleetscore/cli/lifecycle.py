@@ -140,12 +140,18 @@ def models_promote(
     try:
         comparisons, _ = _compare(st, from_, to, sensors)
         verdicts = [(c, gates.why_not(c)) for c in comparisons]
-        with ModelsLock(st):
-            for c, why in verdicts:
-                if why is None:
-                    set_champion(st, Sensor.parse(c.sensor), c.challenger, by="promote",
-                                 under_lock=True)
-        bank = rebuild_bank_line(st) if any(why is None for _, why in verdicts) else ""
+        promoted: list[Sensor] = []
+        try:
+            with ModelsLock(st) as lock:
+                for c, why in verdicts:
+                    if why is None:
+                        lock.keep()
+                        set_champion(st, Sensor.parse(c.sensor), c.challenger, by="promote",
+                                     under_lock=True)
+                        promoted.append(Sensor.parse(c.sensor))
+        finally:
+            # Even part-way: the banks must follow what did change.
+            bank = rebuild_bank_line(st) if promoted else ""
     finally:
         st.close()
     _print_verdicts(verdicts, bank, as_json)
@@ -196,8 +202,8 @@ def models_rollback(
         moves = _rollback_targets(chosen, _when(to) if to else None, to_version)
         done: list = []
         try:
-            with ModelsLock(st):
-                _roll_back(st, moves, done)
+            with ModelsLock(st) as lock:
+                _roll_back(st, moves, done, lock)
             done.append(None)  # ended: the bank follows (unchanged shards are kept)
         finally:
             if done:  # even part-way: the bank must follow what did change
@@ -223,8 +229,8 @@ def _rollback_targets(chosen, when, to_version) -> list:
     return moves
 
 
-def _roll_back(st, moves, done: list) -> None:
-    """Make each target champion, adding each sensor changed to ``done``."""
+def _roll_back(st, moves, done: list, lock) -> None:
+    """Make each target champion under ``lock``, adding each sensor changed to ``done``."""
     from fleetscore.model.versions import set_champion
 
     for history, target in moves:
@@ -232,6 +238,7 @@ def _roll_back(st, moves, done: list) -> None:
         if current is not None and current.number == target.number:
             out.print(f"{history.sensor}: v{target.number} is already the champion")
             continue
+        lock.keep()
         set_champion(st, history.sensor, target.number, by="rollback", under_lock=True)
         done.append(history.sensor)
         out.print(f"{history.sensor}: v{target.number} is champion again "

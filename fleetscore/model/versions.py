@@ -336,6 +336,7 @@ class ModelsLock:
     def __init__(self, store: Store, *, ttl: timedelta = LOCK_TTL, wait_s: float = 30.0) -> None:
         self.store, self.ttl, self.wait_s = store, ttl, wait_s
         self.token = f"{time.time_ns()}-{id(self)}"
+        self._renewed = time.monotonic()
 
     def _body(self) -> bytes:
         expires = datetime.now(UTC) + self.ttl
@@ -348,6 +349,7 @@ class ModelsLock:
                 raise Conflict(f"the store's models are being changed by another command "
                                f"({MODELS_LOCK}); try again when it ends")
             time.sleep(0.05)
+        self._renewed = time.monotonic()
         return self
 
     def renew(self) -> None:
@@ -356,6 +358,14 @@ class ModelsLock:
         if json.loads(data).get("token") != self.token:
             raise Conflict(f"{MODELS_LOCK} was taken over by another command")
         self.store.put(MODELS_LOCK, self._body(), if_match=version)
+        self._renewed = time.monotonic()
+
+    def keep(self) -> None:
+        """``renew`` once a quarter of the lock's time has passed since it was taken or last
+        renewed: called before each change of a long series (a fleet's promote or rollback,
+        sensor by sensor, can outlast one lock period on Blob storage)."""
+        if time.monotonic() - self._renewed > self.ttl.total_seconds() / 4:
+            self.renew()
 
     def __exit__(self, *exc: object) -> None:
         try:

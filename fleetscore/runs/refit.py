@@ -423,7 +423,7 @@ def finish(store: Store, found: RefitPlan, results: Mapping[str, GroupResult | s
     else:
         try:
             lock.renew()
-            _promote(store, passed, now)
+            _promote(store, passed, now, lock)
         except Conflict as exc:
             reason = f"nothing promoted: {exc}"
             passed = []
@@ -455,8 +455,10 @@ def _why_not(gates: Gates, c: Comparison, version: int) -> str | None:
     return gates.why_not(c)
 
 
-def _promote(store: Store, passed: Sequence[Comparison], now: datetime) -> None:
+def _promote(store: Store, passed: Sequence[Comparison], now: datetime, lock: ModelsLock
+             ) -> None:
     for c in passed:
+        lock.keep()
         set_champion(store, Sensor.parse(c.sensor), c.challenger, by="refit", now=now,
                      under_lock=True)
 

@@ -236,3 +236,22 @@ def test_verify_names_a_challenger_pointer_that_disagrees_with_its_history(versi
     assert "is damaged" in problems[challenger_path(Sensor("1", "2"))]
     set_champion(versioned, S, 2, by="promote")  # the next role change rewrites it
     assert challenger_path(S) not in {p.path for p in verify(versioned)[1]}
+
+
+def test_a_long_series_of_changes_keeps_the_models_lock(local_store):
+    """``keep`` renews the lock once a quarter of its time has passed: a promote or rollback
+    of a whole fleet, sensor by sensor, never lets it lapse for another command to take."""
+    import time
+    from datetime import timedelta
+
+    from fleetscore.errors import Conflict
+    from fleetscore.model.versions import ModelsLock
+
+    with ModelsLock(local_store, ttl=timedelta(seconds=1.2)) as lock:
+        for _ in range(6):  # 1.8 s of changes: longer than the lock's time
+            time.sleep(0.3)
+            lock.keep()
+        with pytest.raises(Conflict):
+            with ModelsLock(local_store, wait_s=0):
+                pass
+        lock.renew()  # still ours
