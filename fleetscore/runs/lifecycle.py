@@ -430,8 +430,9 @@ def close_hour(
             f"had predictions from run {previous.run_id} but has no data or no model in "
             f"this rerun: {missing_inputs(store, hour)}; its earlier predictions are kept")]
     over = over_threshold(plan, results, max_failed_percent)
-    if over:  # the hour fails whole; what was visible stays visible
-        files = list(previous.predictions or ()) if previous is not None else []
+    if over:  # the hour fails whole; what was visible stays visible (its manifest damaged:
+        # what its folder holds)
+        files = visible_files(store, hour, previous)
         kept: list[str] = []
     else:
         files, kept = promote(store, hour, run_id, plan, results, manifest=previous,

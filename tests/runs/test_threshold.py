@@ -131,3 +131,17 @@ def test_a_unit_that_already_wrote_its_result_is_counted_not_cancelled(forty, tm
     # Every unit had run before the first poll: none of them is said not to have run.
     assert manifest.reason == ("8 of 40 sensors failed, more than the 10% allowed: "
                                "nothing of this run was promoted")
+
+
+def test_past_the_threshold_a_damaged_manifest_still_keeps_what_was_visible(forty, tmp_path):
+    """The hour's manifest is damaged, so the visible files are what its folder holds: an
+    hour failed whole keeps them, and the next manifest lists them."""
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    before = predictions_snapshot(store.root)
+    store.put(f"runs/{hour}.json", b"garbage")
+    _damage(store, 8)
+    summary = run_hour(store, hour, SequentialBackend(store, ENGINE), max_failed_percent=10)
+    assert summary.status == "failed"
+    assert predictions_snapshot(store.root) == before and before
+    assert read_manifest(store, hour).predictions  # listed again, not dropped
