@@ -636,7 +636,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
     for entry in previous:
         try:
             table = decode(store.get(entry.path), entry.path)
-        except NotFound:
+        except (NotFound, InputError):  # gone or damaged: no row of it can be carried on
             continue
         keys = sensor_keys(table["Device"], table["Tag"])
         mask = kept_mask(keys)

@@ -145,3 +145,18 @@ def test_past_the_threshold_a_damaged_manifest_still_keeps_what_was_visible(fort
     assert summary.status == "failed"
     assert predictions_snapshot(store.root) == before and before
     assert read_manifest(store, hour).predictions  # listed again, not dropped
+
+
+def test_a_damaged_earlier_predictions_file_does_not_stop_a_rerun(forty, tmp_path):
+    """A rerun in which a sensor fails carries that sensor's earlier rows on: an earlier file
+    it cannot read is passed over (its rows were lost already), the rerun ends, and the
+    folder holds what the new manifest lists, nothing more."""
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    damaged = read_manifest(store, hour).predictions[0].path
+    store.put(damaged, b"garbage")
+    _damage(store, 1)
+    summary = run_hour(store, hour, SequentialBackend(store, ENGINE))
+    assert summary.status == "partial"
+    listed = {f.path for f in read_manifest(store, hour).predictions}
+    assert set(store.list(f"predictions/{hour.path}")) == listed and damaged not in listed
