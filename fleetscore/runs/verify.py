@@ -125,7 +125,10 @@ def _windows(store: Store) -> Iterator[Problem | None]:
             recorded.add(record["part"])
             yield _check(store, record["part"], record.get("sha256"), "window file")
     for path in store.list("windows"):
-        if path.endswith(".parquet") and path not in recorded:
+        # Only ingest's own parts (``part-<source>.parquet``) have a record naming them: the
+        # files Stream Analytics writes are recorded by their events, which name no file.
+        if path.rsplit("/", 1)[-1].startswith("part-") and path.endswith(".parquet") \
+                and path not in recorded:
             yield Problem(path, "window file has no arrival record: its record under "
                                 "arrivals/ is missing (ingest its source again)")
 
