@@ -445,8 +445,10 @@ def close_hour(
         manifest = replace(manifest, duration_s=round(duration_s, 3))
     hour_rows = _once(lambda: _rows(store, files))  # the guard and the alerts read it once
     # The units counted their noisy candidates; the visible rows are read only when they are
-    # not this run's (an hour failed whole keeps the earlier rows).
-    counted = None if over else {k: (f, n) for r in results for k, (f, n) in r.flagged.items()}
+    # not all this run's (an hour failed whole keeps the earlier rows; a rerun of a few
+    # sensors, or one that kept a failed sensor's earlier rows, counted only some of them).
+    counted = None if over or plan.restricted or kept else {
+        k: (f, n) for r in results for k, (f, n) in r.flagged.items()}
     guard = noisy_guard(store, hour, rows=hour_rows, counted=counted,
                         manifest_of=lambda h: readable_manifest(store, h),
                         rows_of=lambda h, m: _rows(store, visible_files(store, h, m)))

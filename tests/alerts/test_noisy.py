@@ -14,6 +14,7 @@ from fleetscore.alerts.rules import NoisySettings, RulesError, parse_rules
 from fleetscore.compute.local import SequentialBackend
 from fleetscore.contracts import NoisySensor, RunManifest, SensorFlags
 from fleetscore.core.hours import Hour
+from fleetscore.core.sensors import Sensor
 from fleetscore.data.ingest import ingest_file
 from fleetscore.model.training import train
 from fleetscore.runs.engine import ENGINE
@@ -186,3 +187,16 @@ def test_the_guard_counts_from_the_units_without_reading_the_hours_rows(local_st
                         counted={"d/loud": (50, 60), "d/quiet": (4, 60)})
     assert [n.sensor for n in guard.noisy] == ["d/loud"]
 
+
+
+def test_a_rerun_of_other_sensors_keeps_a_noisy_streak_going(noisy_store):
+    """A rerun of one quiet sensor must not clear the hour's noisy sensors (its units counted
+    only their own rows), or the next hour would start a new streak and alert again."""
+    for hour in HOURS[:2]:
+        run_hour(noisy_store, hour, SequentialBackend(noisy_store, ENGINE))
+    run_hour(noisy_store, HOURS[1], SequentialBackend(noisy_store, ENGINE),
+             sensors=[Sensor("B", "temp")])
+    assert [n.sensor for n in read_manifest(noisy_store, HOURS[1]).noisy] == ["A/temp"]
+    run_hour(noisy_store, HOURS[2], SequentialBackend(noisy_store, ENGINE))
+    noisy = [r for r in all_records(noisy_store) if r.rule == "noisy"]
+    assert [r.first_window for r in noisy] == [str(HOURS[0])]
