@@ -7,8 +7,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pyarrow.compute as pc
+import pytest
 
 from fleetscore.compute.local import SequentialBackend
 from fleetscore.core.sensors import Sensor
