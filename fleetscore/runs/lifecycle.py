@@ -429,6 +429,7 @@ def close_hour(
             str(hour), "inputs", [Sensor.parse(s) for s in vanished], "InputMissing",
             f"had predictions from run {previous.run_id} but has no data or no model in "
             f"this rerun: {missing_inputs(store, hour)}; its earlier predictions are kept")]
+    results = [*results, *standing_failures(store, hour, run_id, plan, previous)]
     over = over_threshold(plan, results, max_failed_percent)
     if over:  # the hour fails whole; what was visible stays visible (its manifest damaged:
         # what its folder holds)
@@ -530,6 +531,27 @@ def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
             continue
         before.update(pc.unique(sensor_keys(table["Device"], table["Tag"])).to_pylist())
     return sorted(before - ours)
+
+
+STANDING = "earlier"  # the unit named by a failure carried on from the hour's last run
+
+
+def standing_failures(store: Store, hour: Hour, run_id: str, plan: Plan,
+                      previous: RunManifest | None) -> list[UnitResult]:
+    """For a rerun of a few sensors: the failures of the hour's last run among the sensors it
+    did not rerun, which still stand (their rows are as they were). Without them the hour
+    would read ``succeeded`` with a sensor still failed, and a range would skip it."""
+    if not plan.restricted or previous is None or not previous.failures:
+        return []
+    planned = {str(s) for u in plan.units for s in (
+        u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors)}
+    standing = tuple(SensorFailure(f.sensor, f.kind, f.message if f.unit == STANDING else
+                                   f"{f.message} (run {previous.run_id}; not rerun since)")
+                     for f in previous.failures if f.sensor not in planned)
+    if not standing:
+        return []
+    return [UnitResult(unit_id=STANDING, window=str(hour), sensors=len(standing), scored=0,
+                       points=0, anomalies=0, failures=standing)]
 
 
 def missing_inputs(store: Store, hour: Hour) -> str:

@@ -457,12 +457,20 @@ def test_an_error_while_failing_a_span_s_hours_releases_their_locks(trained_stor
 
 
 
-def test_an_hour_that_fails_to_close_in_a_span_keeps_its_error_kind(trained_store):
+def test_an_hour_that_fails_to_close_in_a_span_keeps_its_error_kind(trained_store, monkeypatch):
+    from fleetscore.errors import InputError
+    from fleetscore.runs import lifecycle
+
     hours = _hours(trained_store)
     run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
-    (first,) = read_manifest(trained_store, hours[0]).predictions
-    trained_store.put(first.path, b"\x00not,a\ncsv\xff")
-    trained_store.put(model_path(Sensor("1", "2")), b"broken")  # failures: earlier rows read
+    real = lifecycle.promote
+
+    def promote(store, hour, *args, **kw):  # the first hour's close meets damaged input
+        if hour == hours[0]:
+            raise InputError("predictions file P is unreadable")
+        return real(store, hour, *args, **kw)
+
+    monkeypatch.setattr(lifecycle, "promote", promote)
     result = run_range(trained_store, hours, SequentialBackend(trained_store, SPAN_ENGINE))
     assert [h for h, _, _ in result.not_run] == [str(hours[0])]
     # The error keeps its kind and exit code (not 4, "held by another run").

@@ -160,3 +160,20 @@ def test_a_damaged_earlier_predictions_file_does_not_stop_a_rerun(forty, tmp_pat
     assert summary.status == "partial"
     listed = {f.path for f in read_manifest(store, hour).predictions}
     assert set(store.list(f"predictions/{hour.path}")) == listed and damaged not in listed
+
+
+def test_a_rerun_of_other_sensors_keeps_the_hours_failures_standing(forty, tmp_path):
+    """A sensor failed in the hour's run; a rerun of another sensor leaves it as it was, so
+    the hour stays partial (not succeeded: a range would then skip it), its failure named."""
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    (broken,) = _damage(store, 1)
+    assert run_hour(store, hour, SequentialBackend(store, ENGINE)).status == "partial"
+    other = next(s for s in (Sensor.parse(f"D{i:03d}/flow") for i in range(40))
+                 if s != broken and store.exists(model_path(s)))
+    for _ in range(2):  # twice: the failure is carried on, said once
+        summary = run_hour(store, hour, SequentialBackend(store, ENGINE), sensors=[other])
+        manifest = read_manifest(store, hour)
+        assert (summary.status, manifest.status) == ("partial", "partial")
+        [failure] = manifest.failures
+        assert failure.sensor == str(broken) and failure.message.count("not rerun since") == 1
