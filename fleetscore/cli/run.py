@@ -23,7 +23,7 @@ from fleetscore.cli.common import (
 from fleetscore.contracts import RunManifest
 from fleetscore.core.hours import Hour, hour_range
 from fleetscore.core.text import count
-from fleetscore.errors import AlreadyRunning, UsageError
+from fleetscore.errors import UsageError
 
 ROWS_SHOWN = 50  # a backfill's summary: the first rows, then totals
 
@@ -304,6 +304,8 @@ def _say_interrupted(st, hours: list[Hour], *, since) -> None:
 
 def _report_runs(summaries, not_run, done, *, as_json: bool) -> int:
     """Print what the runs did; the command's exit code (docs/reliability.md)."""
+    from fleetscore.runs.ranges import not_run_exit_code
+
     if as_json:
         sys.stdout.write(json.dumps({
             "runs": [s.to_json() for s in summaries], "skipped": sorted(str(h) for h in done),
@@ -321,7 +323,7 @@ def _report_runs(summaries, not_run, done, *, as_json: bool) -> int:
         if not as_json:
             err.print(f"{len(not_run):,} {plural(len(not_run), 'hour')} not run: "
                       f"{not_run[0][2]}{' ...' if len(not_run) > 1 else ''}")
-        worst = AlreadyRunning.exit_code
+        worst = not_run_exit_code(not_run)
     return worst
 
 

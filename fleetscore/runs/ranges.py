@@ -243,10 +243,16 @@ class RangeResult:
         """0 all succeeded; an hour that could not be run: its error's code (4: another run
         held it); else the worst of the runs' own codes (3 failures, 6 no data)."""
         if self.not_run:
-            codes = {error_class(kind).exit_code for _, kind, _ in self.not_run}
-            return max(codes - {AlreadyRunning.exit_code}, default=AlreadyRunning.exit_code)
+            return not_run_exit_code(self.not_run)
         codes = {s.exit_code for s in self.summaries}
         return 3 if 3 in codes else (6 if 6 in codes else 0)
+
+
+def not_run_exit_code(not_run: Sequence[tuple[str, str, str]]) -> int:
+    """The exit code of hours that could not be run, (hour, error kind, message) each: the
+    worst of their errors' own codes; 4 (another run held them) only when that is all."""
+    codes = {error_class(kind).exit_code for _, kind, _ in not_run}
+    return max(codes - {AlreadyRunning.exit_code}, default=AlreadyRunning.exit_code)
 
 
 def run_range(

@@ -157,3 +157,14 @@ def test_a_range_with_nothing_left_to_run_says_so_without_an_empty_table(cli, tr
     code, out, err = cli("run", "--store", trained_store.url, "--all")
     assert code == 0 and out == ""
     assert "skipped 3 hours whose last run succeeded" in err
+
+
+def test_hours_not_run_exit_with_their_errors_code_not_always_4(capsys):
+    """4 says another run held the hour; an hour not run for damaged input exits 2."""
+    from fleetscore.cli.run import _report_runs
+
+    damaged = ("2024-03-01T00", "InputError", "predictions file P is unreadable")
+    held = ("2024-03-01T01", "AlreadyRunning", "another run holds 2024-03-01T01")
+    assert _report_runs([], [damaged], set(), as_json=True) == 2
+    assert _report_runs([], [held], set(), as_json=True) == 4
+    assert _report_runs([], [held, damaged], set(), as_json=True) == 2
