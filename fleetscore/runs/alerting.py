@@ -37,7 +37,7 @@ from fleetscore.alerts.rules import NoisySettings, Rules
 from fleetscore.contracts import NoisySensor, RunManifest, SensorFlags
 from fleetscore.core.hours import Hour
 from fleetscore.data.arrivals import read_arrivals
-from fleetscore.errors import FleetscoreError, first_line
+from fleetscore.errors import FleetscoreError, InputError, first_line
 from fleetscore.storage import Store
 
 log = logging.getLogger("fleetscore.alerts")
@@ -156,7 +156,7 @@ def raise_late(store: Store, rules: Rules, *, now: datetime, deadline: timedelta
     for back in range(1, LATE_LOOKBACK_HOURS + 1):
         hour = current - back
         due = datetime.fromtimestamp(hour.end_ms / 1000, tz=now.tzinfo) + deadline
-        if now >= due and not store.exists(manifest_path(hour)) and read_arrivals(store, hour):
+        if now >= due and not store.exists(manifest_path(hour)) and _has_data(store, hour):
             late.append(hour)
     candidates = [Candidate(r.name, r.on, r.severity, "run", str(h), str(h),
                             detail=f"hour {h} has data and no finished run "
@@ -165,10 +165,23 @@ def raise_late(store: Store, rules: Rules, *, now: datetime, deadline: timedelta
     return len(raise_alerts(store, rules, candidates, hour=str(current), run_id="", now=now))
 
 
+def _has_data(store: Store, hour: Hour) -> bool:
+    """The hour has arrival records; a damaged one counts (something arrived: `verify`
+    names the record), rather than stopping the alerts of every other hour."""
+    try:
+        return bool(read_arrivals(store, hour))
+    except InputError:
+        return True
+
+
 def deliver_owed(store: Store, rules: Rules, *, now: datetime, deadline: timedelta,
                  store_url: str = "") -> DeliveryReport:
     """What an entry point does after its runs: late hours raised, then every alert that is
     owed a sink delivered (each caller: the CLI's run, ``alerts deliver``, the Functions
-    app's finalize activity)."""
-    raise_late(store, rules, now=now, deadline=deadline)
+    app's finalize activity). Late hours that cannot be looked for never hold back the
+    alerts already owed."""
+    try:
+        raise_late(store, rules, now=now, deadline=deadline)
+    except FleetscoreError as exc:
+        log.warning("late hours not looked for: %s", first_line(exc))
     return deliver(store, rules, now=now, store_url=store_url)

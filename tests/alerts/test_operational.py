@@ -91,3 +91,17 @@ def test_an_hour_with_data_and_no_run_past_its_deadline_alerts_once(ops_store, w
     assert late == [("2024-03-01T00", "error", "sent"), ("2024-03-01T02", "error", "sent")]
     assert "hour 2024-03-01T02 has data and no finished run 2 h after it ended" in \
         webhook.posts[-1]["text"]
+
+
+def test_a_damaged_arrival_record_never_holds_back_the_alerts_owed(ops_store, webhook):
+    """One damaged arrival record in the last day: its hour counts as having data (and is
+    late, so said), and every other alert owed is still delivered."""
+    ops_store.put(model_path(Sensor("B", "x")), b"damaged")
+    run_hour(ops_store, Hour.parse("2024-03-01T01"), SequentialBackend(ops_store, ENGINE))
+    record = next(p for p in ops_store.list("arrivals/2024/03/01") if p.endswith(".json"))
+    ops_store.put(record, b"garbage")  # the day's record: hours 00 and 02 have data, no run
+    assert _owed(ops_store, datetime(2024, 3, 1, 5, 10, tzinfo=UTC)).sent == 3
+    texts = sorted(p["text"] for p in webhook.posts)
+    assert [t for t in texts if t.startswith("[warning] bad-hours: run: partial")]
+    assert [h for h in ("00", "02") if any(f"2024-03-01T{h} has data and no finished run" in t
+                                             for t in texts)] == ["00", "02"]
