@@ -131,6 +131,7 @@ def raise_alerts(store: Store, rules: Rules, candidates: list[Candidate], *, hou
         rule = rules.rule(c.rule)
         path = record_path(c.rule, c.group, c.first_window)
         if store.exists(path):
+            _reopen(store, path)
             continue
         record = AlertRecord(
             key=alert_key(c.rule, c.group, c.first_window), rule=c.rule, on=c.on,
@@ -142,11 +143,24 @@ def raise_alerts(store: Store, rules: Rules, candidates: list[Candidate], *, hou
         try:
             store.put(path, record.encode(), overwrite=False)
         except AlreadyExists:
-            continue  # a concurrent close of the same hour recorded it first
+            _reopen(store, path)  # a concurrent close of the same hour recorded it first
+            continue
         if not record.snoozed:
             store.put(f"{OPEN}/{record.id}", path.encode())
         made.append(record)
     return made
+
+
+def _reopen(store: Store, path: str) -> None:
+    """Put an existing record's open marker again while a sink is still owed it: a write that
+    failed between the record and its marker (a store error, a crash) must not leave the
+    alert pending forever, never delivered. The marker is the same bytes each time."""
+    try:
+        record = AlertRecord.decode(store.get(path), path)
+    except (NotFound, InputError):
+        return
+    if record.state in ("pending", "failed"):
+        store.put(f"{OPEN}/{record.id}", path.encode())
 
 
 def _snoozed(store: Store, snooze: timedelta, c: Candidate) -> bool:

@@ -105,3 +105,30 @@ def test_a_damaged_arrival_record_never_holds_back_the_alerts_owed(ops_store, we
     assert [t for t in texts if t.startswith("[warning] bad-hours: run: partial")]
     assert [h for h in ("00", "02") if any(f"2024-03-01T{h} has data and no finished run" in t
                                              for t in texts)] == ["00", "02"]
+
+
+def test_an_alert_whose_open_marker_was_not_written_is_delivered_after_all(ops_store, webhook,
+                                                                           monkeypatch):
+    """The store failed between an alert's record and its open marker: the next time the
+    same alert is raised (a rerun; the next hour of an ongoing episode), the marker is put
+    again, and the alert is delivered instead of staying pending forever."""
+    from fleetscore.alerts.records import OPEN
+    from fleetscore.errors import StoreError
+
+    ops_store.put(model_path(Sensor("B", "x")), b"damaged")
+    real_put = ops_store.put
+    failed = []
+
+    def put(path, data, **kw):
+        if path.startswith(OPEN) and not failed:
+            failed.append(path)
+            raise StoreError("the store failed")
+        return real_put(path, data, **kw)
+
+    monkeypatch.setattr(ops_store, "put", put)
+    hour = Hour.parse("2024-03-01T01")
+    run_hour(ops_store, hour, SequentialBackend(ops_store, ENGINE))  # its alerts: not all
+    assert failed and _owed(ops_store, datetime(2024, 3, 1, 2, 10, tzinfo=UTC)).sent == 0
+    run_hour(ops_store, hour, SequentialBackend(ops_store, ENGINE))  # the rerun
+    assert _owed(ops_store, datetime(2024, 3, 1, 2, 20, tzinfo=UTC)).sent == 1
+    assert webhook.posts[-1]["text"].startswith("[warning] bad-hours: run: partial")
