@@ -134,7 +134,7 @@ def _windows(store: Store) -> Iterator[Problem | None]:
 
 
 def _runs(store: Store) -> Iterator[Problem | None]:
-    listed = set()
+    listed, files, exact = set(), set(), set()
     for path in manifest_paths(store):
         try:
             manifest = RunManifest.decode(store.get(path), path)
@@ -143,13 +143,18 @@ def _runs(store: Store) -> Iterator[Problem | None]:
             listed.add(path[len("runs/"): -len(".json")])  # its hour is named already
             continue
         listed.add(manifest.window)
+        if manifest.predictions is not None:
+            exact.add(manifest.window)
         for entry in manifest.predictions or ():
+            files.add(entry.path)
             yield _check(store, entry.path, entry.sha256,
                          f"predictions of {manifest.window} ({entry.unit})")
     from fleetscore.core.hours import Hour
     from fleetscore.data.predictions import predictions_folder
 
-    hours = {"/".join(p.split("/")[1:5]) for p in store.list("predictions")}
+    stored = list(store.list("predictions"))
+    yield from _strays(stored, files, exact)
+    hours = {"/".join(p.split("/")[1:5]) for p in stored}
     for folder in sorted(hours):
         try:
             hour = Hour.parse(folder.replace("/", "-", 2).replace("/", "T"))
@@ -158,6 +163,25 @@ def _runs(store: Store) -> Iterator[Problem | None]:
         if str(hour) not in listed:
             yield Problem(f"runs/{hour}.json", "run manifest is missing: "
                           f"{predictions_folder(hour)}/ holds predictions no manifest lists")
+
+
+def _strays(stored: list[str], files: set[str], exact: set[str]) -> Iterator[Problem]:
+    """Predictions files in an hour whose manifest lists its files but not them: left by a
+    run stopped between promoting and writing its manifest. A rerun of the hour without a
+    readable manifest would take them as visible, rows twice over."""
+    from fleetscore.core.hours import Hour
+
+    for path in stored:
+        parts = path.split("/")
+        if len(parts) != 6 or path in files:
+            continue
+        try:
+            hour = Hour.parse(f"{parts[1]}-{parts[2]}-{parts[3]}T{parts[4]}")
+        except FleetscoreError:
+            continue
+        if str(hour) in exact:
+            yield Problem(path, "predictions file no run manifest lists (a run stopped before "
+                          f"its manifest): `fleetscore run --window {hour} --force` sweeps it")
 
 
 def _versions(store: Store) -> Iterator[Problem | None]:
