@@ -30,6 +30,10 @@ def ingest(
     """Aggregate readings into windows and record their arrival (the local Stream Analytics)."""
     from fleetscore.data.ingest import ingest_file
 
+    # Every file is looked for before any is ingested: exit 2 means nothing was done.
+    missing = [str(p) for p in readings if not p.is_file()]
+    if missing:
+        raise UsageError(f"no such readings file: {', '.join(missing)}")
     settings = load_settings()
     new_dir = new_local_store_dir(store or settings.store)
     st = open_store(store, settings, create=True)

@@ -26,3 +26,12 @@ def test_counts_read_as_english_with_thousands_separators(cli, tmp_path):
     assert code == 0
     assert re.search(r": 1,200 rows -> \d\d windows of 1 sensor in 1 hour \(", out), out
 
+
+
+def test_a_missing_readings_file_is_said_before_any_is_ingested(cli, tmp_path):
+    """Exit 2 says nothing was done: the files given are all looked for first."""
+    path = write_readings(tmp_path / "one.csv", minute_readings("1", "1", "2024-03-01 00:00:00", 3))
+    code, out, err = cli("ingest", str(path), str(tmp_path / "nosuch.csv"),
+                         "--store", str(tmp_path / "s"))
+    assert code == 2 and "nosuch.csv" in err and out == ""
+    assert not (tmp_path / "s").exists()
