@@ -297,8 +297,8 @@ def _put_once(store: Store, path: str, data: bytes) -> bool:
 
 
 def _first_per_key(readings: pa.Table, hours: np.ndarray) -> pa.Table:
-    """One reading per (Device, Tag, TS) within the file: the first one (exact repeats were
-    already named as duplicates by the reader; a repeat with another value is dropped).
+    """One reading per (Device, Tag, TS) within the file: the first one (the reader named
+    the repeats within a block, duplicates and conflicts; across blocks the first is kept).
 
     A key's readings all fall in one hour, so runs of whole hours of at most DEDUP_ROWS
     readings are deduplicated one at a time: the hash table follows a run, not the file

@@ -136,26 +136,33 @@ def _parse_block(block: bytes, first_line: int) -> tuple[pa.Table, list[Reject]]
     return _drop_duplicates(table, lines, rejects)
 
 
+_KEY = ["Device", "Tag", "TS"]
+
+
 def _drop_duplicates(table: pa.Table, lines: np.ndarray,
                      rejects: list[Reject]) -> tuple[pa.Table, list[Reject]]:
-    """A repeated reading (same TS, Device, Tag and Value) counts once; the repeat is named.
+    """One reading per (Device, Tag, TS): a repeat counts once and is named, as a duplicate
+    (the same Value) or a conflict (another Value: the first line's is kept).
 
-    Duplicates are found within a block (8 MiB of consecutive lines), where a replayed or
+    Repeats are found within a block (8 MiB of consecutive lines), where a replayed or
     double-written reading lands in practice."""
     if table.num_rows < 2:
         return table, rejects
     keyed = table.append_column("_line", pa.array(lines, pa.int64()))
-    groups = keyed.group_by(list(READINGS_SCHEMA.names), use_threads=False).aggregate(
-        [("_line", "min"), ("_line", "count")])
+    groups = keyed.group_by(_KEY, use_threads=False).aggregate([("_line", "min")])
     if groups.num_rows == table.num_rows:
         return table, rejects
     keep = np.isin(lines, groups["_line_min"].to_numpy())
-    keys = list(READINGS_SCHEMA.names)
-    repeats = keyed.filter(pa.array(~keep)).join(groups.select([*keys, "_line_min"]), keys)
-    dups = [Reject(int(line), f"duplicate of line {first}", "")
-            for line, first in zip(repeats["_line"].to_pylist(), repeats["_line_min"].to_pylist(),
-                                   strict=True)]
-    return table.filter(pa.array(keep)), sorted(rejects + dups, key=lambda r: r.line)
+    first = keyed.filter(pa.array(keep)).select([*_KEY, "Value", "_line"]).rename_columns(
+        [*_KEY, "_first_value", "_first_line"])
+    repeats = keyed.filter(pa.array(~keep)).join(first, _KEY)
+    named = [Reject(int(line), f"duplicate of line {at}" if value == was else
+                    f"conflicts with line {at}: another Value for the same TS, Device and Tag "
+                    f"(line {at}'s is kept)", "")
+             for line, at, value, was in zip(
+                 repeats["_line"].to_pylist(), repeats["_first_line"].to_pylist(),
+                 repeats["Value"].to_pylist(), repeats["_first_value"].to_pylist(), strict=True)]
+    return table.filter(pa.array(keep)), sorted(rejects + named, key=lambda r: r.line)
 
 
 class _Mismatch(Exception):

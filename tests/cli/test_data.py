@@ -35,3 +35,12 @@ def test_a_missing_readings_file_is_said_before_any_is_ingested(cli, tmp_path):
                          "--store", str(tmp_path / "s"))
     assert code == 2 and "nosuch.csv" in err and out == ""
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.reliability("R5")
+def test_a_repeat_with_another_value_is_named_as_a_conflict_not_dropped_silently(cli, tmp_path):
+    rows = minute_readings("1", "1", "2024-03-01 00:00:00", 2)
+    ts, device, tag, value = rows[0]
+    path = write_readings(tmp_path / "r.csv", [rows[0], rows[1], (ts, device, tag, value + 4)])
+    code, out, err = cli("ingest", str(path), "--store", str(tmp_path / "s"))
+    assert code == 3 and "line 4: conflicts with line 2" in err

@@ -61,7 +61,7 @@ def test_fast_path_rejects_bad_ids_and_nan_with_line_numbers(tmp_path):
 
 def test_timestamps_with_offsets_are_converted_to_utc(tmp_path):
     p = tmp_path / "r.csv"
-    p.write_text("TS,Device,Tag,Value\n2018-08-29T01:00:05+01:00,1,1,1\n2018-08-29T00:00:05Z,1,1,2\n")
+    p.write_text("TS,Device,Tag,Value\n2018-08-29T01:00:05+01:00,1,1,1\n2018-08-29T00:00:05Z,1,2,2\n")
     rows, _ = _read(p)
     assert rows[0]["TS"] == rows[1]["TS"] == parse_ts("2018-08-29 00:00:05")
 
