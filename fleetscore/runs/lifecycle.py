@@ -555,14 +555,19 @@ def standing_failures(store: Store, hour: Hour, run_id: str, plan: Plan,
 
 
 def missing_inputs(store: Store, hour: Hour) -> str:
-    """What of the hour's input is gone, in words naming the files."""
-    from fleetscore.data.arrivals import arrivals_folder
+    """What of the hour's input is gone, in words naming the files: the hour's own records
+    and its day's (a sparse hour's windows are in its day's part)."""
+    from fleetscore.data.arrivals import arrivals_folder, day_arrivals_folder
 
     gone = []
-    for path in store.list(arrivals_folder(hour)):
+    records = [*store.list(arrivals_folder(hour)), *store.list(day_arrivals_folder(hour))]
+    for path in records:
         try:
-            part = json.loads(store.get(path)).get("part")
-        except (ValueError, AttributeError, NotFound):
+            body = json.loads(store.get(path))
+            part = body.get("part")
+            if "hours" in body and str(hour) not in body["hours"]:
+                continue  # a day record of other hours of the day
+        except (ValueError, AttributeError, TypeError, NotFound):
             gone.append(f"{path} is damaged")
             continue
         if part and not store.exists(part):

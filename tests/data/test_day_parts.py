@@ -459,3 +459,15 @@ def test_hour_files_and_day_parts_of_one_window_merge_in_the_hour_layouts_order(
             assert read_points(mixed, H[5]).equals(expected)
             assert read_points_many(mixed, [H[5]])[H[5]].equals(expected)
     assert len(seen) > 1  # the order shows in the bits
+
+
+def test_a_missing_day_part_is_named_as_the_hours_missing_input(local_store, tmp_path):
+    """A rerun whose sensor lost its input names what is gone: for a sparse hour, the day
+    part its day record names (not 'no arrival record names it')."""
+    from fleetscore.runs.lifecycle import missing_inputs
+
+    ingest_file(local_store, write_readings(tmp_path / "r.csv", _rows(DAY, 1, "d1", "t", 12)))
+    (part,) = [p for p in _files(local_store, "windows") if "/day/" in p]
+    local_store.delete(part)
+    assert missing_inputs(local_store, H[1]) == f"{part} is missing"
+    assert "no arrival record" in missing_inputs(local_store, H[5])  # no data that hour
