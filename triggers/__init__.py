@@ -14,7 +14,7 @@ from fleetscore import runtime
 from fleetscore.core.hours import Hour, previous_full_hour
 from fleetscore.core.requests import RequestError, parse_run_request
 from fleetscore.data.events import Event, record_events
-from fleetscore.errors import FleetscoreError
+from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.runs.lifecycle import read_manifest
 from orchestrators.names import SCORE_WINDOW, instance_id
 
@@ -122,8 +122,11 @@ async def get_run(req: func.HttpRequest, client) -> func.HttpResponse:
         return _json({"error": str(exc)}, 400)
     window = str(hour)
     status = await _status(client, instance_id(window))
-    manifest = read_manifest(runtime.store(), hour)
-    if status is None and manifest is None:
+    try:
+        manifest, damaged = read_manifest(runtime.store(), hour), None
+    except InputError as exc:  # the status is still known; `fleetscore verify` names the file
+        manifest, damaged = None, str(exc)
+    if status is None and manifest is None and damaged is None:
         return _json({"error": f"{window} has never been run"}, 404)
     body: dict = {"window": window, "id": instance_id(window)}
     if status is not None:
@@ -139,9 +142,17 @@ async def get_run(req: func.HttpRequest, client) -> func.HttpResponse:
         body["manifest"]["failures"] = full["failures"][:50]  # the full list is in the store
         # Sensors whose rows are from an earlier run (they failed in this one): said, not hidden.
         body["manifest"]["kept_from_earlier_run"] = full["kept_from_earlier_run"][:50]
+    if damaged is not None:
+        body["manifest"] = {"error": damaged}
     return _json(body, 200)
 
 
+# The host advances an Event Hub's checkpoint whether a batch succeeds or fails: without a
+# retry policy, a batch whose store write failed (a 503 past the store's own retries) would be
+# lost from that event on. Records are written create-if-absent per event, so a retried batch
+# counts nothing twice (R15); it is retried until the store answers.
+@bp.retry(strategy="exponential_backoff", max_retry_count="-1", minimum_interval="00:00:05",
+          maximum_interval="00:05:00")
 @bp.event_hub_message_trigger(arg_name="events", event_hub_name="%WINDOWS_EVENTHUB%",
                               connection="WindowsEventHub", cardinality="many")
 def record_arrivals(events: list[func.EventHubEvent]) -> None:
@@ -151,7 +162,7 @@ def record_arrivals(events: list[func.EventHubEvent]) -> None:
         for e in events
     ])
     for rejected in batch.rejects:
-        # Logged and kept, never raised: a failing batch would be redelivered forever.
+        # Logged and kept, never raised: bad rows would fail every retry of the batch.
         log.warning("rejected rows of event %s: %s", rejected.event_id, "; ".join(rejected.reasons[:5]),
                     extra={"event": rejected.event_id, "rejected": len(rejected.reasons)})
     log.info("arrivals: %d events, %d rows, %d records, %d duplicates, %d rejected",

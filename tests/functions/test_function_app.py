@@ -98,3 +98,12 @@ def test_function_app_requirements_pinned_and_in_step_with_the_package():
     assert {n: v for n, v in reqs.items() if n in pins and pins[n] != v} == {}
     assert set(project["dependencies"][i].partition("==")[0].lower()
                for i in range(len(project["dependencies"]))) <= set(reqs)
+
+
+def test_the_event_hub_trigger_retries_a_failed_batch_until_the_store_answers(app_functions):
+    """The host moves an Event Hub's checkpoint on whether a batch succeeded or not: only a
+    retry policy keeps a batch whose store write failed (R15: records are per event, created
+    once, so a retry counts nothing twice)."""
+    assert app_functions["record_arrivals"].get_settings_dict("retry_policy") == {
+        "setting_name": "retry_policy", "strategy": "exponential_backoff",
+        "max_retry_count": "-1", "minimum_interval": "00:00:05", "maximum_interval": "00:05:00"}

@@ -255,3 +255,16 @@ def test_http_trigger_deeply_nested_json_answers_400_not_500(post, durable_fake,
     error = json.loads(response.get_body())["error"]
     assert "nested" in error
     assert durable_fake.starts == []
+
+
+def test_http_trigger_get_with_a_damaged_manifest_answers_its_status_and_the_damage(
+        get, post, durable_fake, functions_env):
+    """A damaged manifest is not a server error: the run's status is known, and the body
+    says what is wrong with the file (`fleetscore verify` names it too)."""
+    post({"window": PAST})
+    durable_fake.set_status(PAST_IID, "Completed", output={"status": "succeeded"})
+    functions_env.store().put(f"runs/{PAST}.json", b'{"window": "cut')
+    response = get(PAST)
+    body = json.loads(response.get_body())
+    assert response.status_code == 200 and body["runtimeStatus"] == "Completed"
+    assert "damaged" in body["manifest"]["error"]
