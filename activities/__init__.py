@@ -12,9 +12,10 @@ import azure.durable_functions as df
 
 from fleetscore import runtime
 from fleetscore.alerts.records import load_rules
-from fleetscore.contracts import UnitOutcome
+from fleetscore.contracts import FAILED, UnitOutcome
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
+from fleetscore.errors import BackendError, StoreError, error_class
 from fleetscore.runs import lifecycle as runs
 from fleetscore.runs.alerting import deliver_owed
 from fleetscore.scoring.planning import MIN_TASK_SECONDS
@@ -60,14 +61,28 @@ def plan_window(payload) -> dict:
 def submit_units(payload) -> dict:
     body = _load(payload)
     started = time.perf_counter()
-    outcomes = runs.submit(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
+    backend = runtime.backend()
+    outcomes = runs.submit(runtime.store(), backend, Hour.parse(body["window"]),
                            body["run_id"], list(body["units"]))
+    if backend.inline:
+        _raise_transient(outcomes)
     for unit, outcome in outcomes.items():
         log.info("unit %s of %s: %s", unit, body["window"], outcome.state,
                  extra={"window": body["window"], "unit": unit, "state": outcome.state,
                         "sensors": outcome.scored, "anomalies": outcome.anomalies,
                         "duration": time.perf_counter() - started})
     return {unit: outcome.to_json() for unit, outcome in outcomes.items()}
+
+
+def _raise_transient(outcomes: dict[str, UnitOutcome]) -> None:
+    """A unit scored here that met a store or backend error (a blip) fails this activity, so
+    the orchestrator's retry policy runs it again, as Batch retries a task whose container
+    exited on one; a final error (bad input, a model) stays the unit's outcome."""
+    for unit, outcome in outcomes.items():
+        kind = outcome.error_kind
+        if outcome.state == FAILED and kind and issubclass(error_class(kind),
+                                                           (StoreError, BackendError)):
+            raise error_class(kind)(f"unit {unit}: {outcome.error}")
 
 
 @bp.activity_trigger(input_name="payload", activity=STATUS)

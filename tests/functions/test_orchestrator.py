@@ -254,3 +254,36 @@ def test_the_durable_path_takes_the_hour_lock_a_cli_run_holds(
     assert read_manifest(store, Hour.parse(WINDOW)) is None
     assert locks.holds(store, Hour.parse(WINDOW), "cli-run")
     assert not list(store.list("predictions"))
+
+
+def test_a_store_error_in_a_unit_scored_in_its_activity_is_retried_not_final(
+        orchestrator_functions, app_functions, functions_env, fleet_csv, monkeypatch):
+    """With the local backend a unit is scored inside the submit activity: a store blip
+    there fails the activity, and the orchestrator's retry scores the unit again (a unit
+    failed for good by one 503 would keep the hour partial)."""
+    from fleetscore.core.hours import Hour
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.errors import StoreError
+    from fleetscore.model.training import train
+    from fleetscore.runs import lifecycle
+
+    store = functions_env.store()
+    ingest_file(store, fleet_csv)
+    train(store, estimator="ocsvm", until=Hour.parse("2024-03-01T00"))
+    real, calls = lifecycle.score_unit, []
+
+    def blip(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("503 Server Busy")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "score_unit", blip)
+    activities = {name: app_functions[name].get_user_function()
+                  for name in ("plan_window", "submit_units", "unit_status", "finalize_window")}
+    replay = drive(orchestrator_functions, "score_window",
+                   functions_env.settings().orchestration_input(WINDOW), activities)
+    assert (replay.output["status"], replay.output["failed"], replay.output["scored"]) == (
+        "succeeded", 0, 3)
+    submits = [p["units"] for n, p in replay.calls if n == "submit_units"]
+    assert len(submits) == len({u for units in submits for u in units}) + 1  # one retried
