@@ -15,7 +15,7 @@ from fleetscore.alerts.records import load_rules
 from fleetscore.contracts import FAILED, UnitOutcome
 from fleetscore.core.hours import Hour
 from fleetscore.core.sensors import Sensor
-from fleetscore.errors import BackendError, StoreError, error_class
+from fleetscore.errors import BackendError, LockLost, StoreError, error_class
 from fleetscore.runs import lifecycle as runs
 from fleetscore.runs.alerting import deliver_owed
 from fleetscore.scoring.planning import MIN_TASK_SECONDS
@@ -87,13 +87,20 @@ def _raise_transient(outcomes: dict[str, UnitOutcome]) -> None:
 
 @bp.activity_trigger(input_name="payload", activity=STATUS)
 def unit_status(payload) -> dict:
-    """Renews the hour's lock, reads the units' states, cancels what passed the deadline."""
+    """Renews the hour's lock, reads the units' states, cancels what passed the deadline.
+    Once another run has taken the hour, this run stops: its units are cancelled (no further
+    Batch task starts) and failed as LockLost, instead of polled until the deadline."""
     body = _load(payload)
-    states = runs.poll(runtime.store(), runtime.backend(), Hour.parse(body["window"]),
-                       body["run_id"], list(body["units"]), now=_now(),
-                       deadline=datetime.fromisoformat(body["deadline"]),
-                       ttl=runtime.settings().lock_ttl,
-                       max_failed_percent=runtime.settings().max_failed_percent)
+    hour, run_id, units = Hour.parse(body["window"]), body["run_id"], list(body["units"])
+    backend = runtime.backend()
+    try:
+        states = runs.poll(runtime.store(), backend, hour, run_id, units, now=_now(),
+                           deadline=datetime.fromisoformat(body["deadline"]),
+                           ttl=runtime.settings().lock_ttl,
+                           max_failed_percent=runtime.settings().max_failed_percent)
+    except LockLost as exc:
+        backend.cancel(hour, units, run_id=run_id)
+        return {u: UnitOutcome.failure(u, exc.kind, str(exc)).to_json() for u in units}
     return {unit: state.to_json() for unit, state in states.items()}
 
 

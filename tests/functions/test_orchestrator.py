@@ -287,3 +287,29 @@ def test_a_store_error_in_a_unit_scored_in_its_activity_is_retried_not_final(
         "succeeded", 0, 3)
     submits = [p["units"] for n, p in replay.calls if n == "submit_units"]
     assert len(submits) == len({u for units in submits for u in units}) + 1  # one retried
+
+
+def test_a_status_call_after_the_hour_was_taken_over_stops_the_run(app_functions, functions_env,
+                                                                   monkeypatch):
+    """Another run holds the hour now: the status activity fails this run's units as LockLost
+    and cancels them on the backend, so the orchestration stops at once instead of polling
+    to its deadline and blaming it."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from fleetscore.compute.local import SequentialBackend
+    from fleetscore.core.hours import Hour
+    from fleetscore.runs import locks
+
+    cancelled = []
+    monkeypatch.setattr(SequentialBackend, "cancel",
+                        lambda self, window, units, run_id="": cancelled.append((run_id, units)))
+    hour = Hour.parse(WINDOW)
+    locks.acquire(functions_env.store(), hour, "another-run", now=datetime.now(UTC),
+                  pid=os.getpid())
+    status = app_functions["unit_status"].get_user_function()
+    out = status(payload={"window": WINDOW, "run_id": "this-run", "units": ["u000000", "u000001"],
+                          "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    assert {u: (o["state"], o["error_kind"]) for u, o in out.items()} == {
+        "u000000": ("failed", "LockLost"), "u000001": ("failed", "LockLost")}
+    assert cancelled == [("this-run", ["u000000", "u000001"])]
