@@ -389,12 +389,17 @@ class BatchBackend(ComputeBackend):
         self._seal(jid)
 
     def _seal(self, jid: str) -> None:
-        """The job ends once its tasks complete (set only after every task was added)."""
+        """The job ends once its tasks complete (set only after every task was added). A
+        retried finalize may find it completed already, by its first seal: 409 JobCompleted
+        (a completed job takes no further changes) is that, not an error."""
         try:
             self._client.update_job(jid, bm.BatchJobUpdateOptions(
                 all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.TERMINATE_JOB))
         except ResourceNotFoundError:
             pass  # nothing was submitted in this run
+        except HttpResponseError as exc:
+            if exc.status_code != 409 or getattr(exc.error, "code", None) != "JobCompleted":
+                raise BackendError(f"cannot seal job {jid}: {first_line(exc)}") from exc
         except AzureError as exc:
             raise BackendError(f"cannot seal job {jid}: {first_line(exc)}") from exc
 

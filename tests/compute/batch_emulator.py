@@ -35,6 +35,11 @@ What it models, from the service's REST reference (learn.microsoft.com/rest/api/
   ``startTime`` (the latest attempt's), ``lastRetryTime``, ``endTime``, ``exitCode``,
   ``result`` success/failure, ``failureInfo`` {category usererror, code FailureExitCode} for a
   nonzero exit.
+- ``Job - Update`` (``PATCH /jobs/{job}``): ``onAllTasksComplete: terminatejob`` completes the
+  job once every task has; a completed job refuses changes with 409 ``JobCompleted``
+  (BatchJobState.Completed: "All Tasks have terminated, and the system will not accept any
+  more Tasks or any further changes to the Job"; BatchErrorCode.JobCompleted: "a job
+  operation was attempted on a completed job").
 - ``Task - Terminate`` (204; 409 ``TaskCompleted`` for a completed task) and ``File - Get From
   Task`` (``GET /jobs/{job}/tasks/{task}/files/{path}``, relative to the task directory).
 - Authentication ("Authenticate requests to the Azure Batch service",
@@ -456,6 +461,8 @@ class BatchEmulator:
                 return h._error(404, "JobNotFound", "The specified job does not exist.")
             rest = m.group(2) or ""
             if rest == "" and method == "PATCH":
+                if self.jobs[job].get("state") == "completed":
+                    return h._error(409, "JobCompleted", "The specified job is completed.")
                 self.jobs[job].update(body)
                 self._maybe_terminate_job(job)
                 return h._reply(200)

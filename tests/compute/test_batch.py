@@ -307,3 +307,17 @@ def test_the_run_loop_sleeps_between_batch_listings_and_terminates_late_tasks(
     assert {t["state"] for t in fake.tasks.values()} == {"completed"}
     assert summary.status == "failed"
     assert {f["kind"] for f in summary.failures} == {"DeadlineExceeded"}
+
+
+def test_a_retried_finish_finds_the_job_completed_and_is_done(backend, fake):
+    """finish seals the job; its tasks complete, so Batch completes the job; a finalize
+    retried after that (a store error later in the close) seals it again and meets 409
+    JobCompleted: the job is sealed already, not an error."""
+    units = _units(2)
+    backend.submit(H1, units, run_id=RUN)
+    backend.finish(H1, run_id=RUN)
+    for unit in units:
+        fake.set_task(JOB, unit.id, "completed", exitCode=0, result="success")
+    assert fake.jobs[JOB]["state"] == "completed"
+    backend.finish(H1, run_id=RUN)  # the retry: no BackendError
+    assert len(fake.requests("PATCH", rf"/jobs/{JOB}")) == 2 and fake.errors == []
