@@ -146,9 +146,9 @@ def models_promote(
                 for c, why in verdicts:
                     if why is None:
                         lock.keep()
-                        set_champion(st, Sensor.parse(c.sensor), c.challenger, by="promote",
-                                     under_lock=True)
-                        promoted.append(Sensor.parse(c.sensor))
+                        sensor = Sensor.parse(c.sensor)
+                        set_champion(st, sensor, c.challenger, by="promote", under_lock=True)
+                        promoted.append(sensor)
         finally:
             # Even part-way: the banks must follow what did change.
             bank = rebuild_bank_line(st) if promoted else ""
@@ -200,13 +200,14 @@ def models_rollback(
         chosen = [read() for _, read in histories(st)] if all_ else \
             [read_history(st, Sensor.parse(s)) for s in sensors or []]
         moves = _rollback_targets(chosen, _when(to) if to else None, to_version)
-        done: list = []
+        changed: list[Sensor] = []
+        ended = False
         try:
             with ModelsLock(st) as lock:
-                _roll_back(st, moves, done, lock)
-            done.append(None)  # ended: the bank follows (unchanged shards are kept)
+                _roll_back(st, moves, changed, lock)
+            ended = True
         finally:
-            if done:  # even part-way: the bank must follow what did change
+            if ended or changed:  # even part-way: the bank must follow what did change
                 out.print(rebuild_bank_line(st))
     finally:
         st.close()
@@ -229,8 +230,8 @@ def _rollback_targets(chosen, when, to_version) -> list:
     return moves
 
 
-def _roll_back(st, moves, done: list, lock) -> None:
-    """Make each target champion under ``lock``, adding each sensor changed to ``done``."""
+def _roll_back(st, moves, changed: list, lock) -> None:
+    """Make each target champion under ``lock``, adding each sensor changed to ``changed``."""
     from fleetscore.model.versions import set_champion
 
     for history, target in moves:
@@ -240,7 +241,7 @@ def _roll_back(st, moves, done: list, lock) -> None:
             continue
         lock.keep()
         set_champion(st, history.sensor, target.number, by="rollback", under_lock=True)
-        done.append(history.sensor)
+        changed.append(history.sensor)
         out.print(f"{history.sensor}: v{target.number} is champion again "
                   f"(was v{current.number if current else '-'})")
 

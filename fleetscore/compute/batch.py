@@ -398,7 +398,8 @@ class BatchBackend(ComputeBackend):
         except ResourceNotFoundError:
             pass  # nothing was submitted in this run
         except HttpResponseError as exc:
-            if exc.status_code != 409 or getattr(exc.error, "code", None) != "JobCompleted":
+            code = exc.error.code if exc.error is not None else None
+            if exc.status_code != 409 or code != "JobCompleted":
                 raise BackendError(f"cannot seal job {jid}: {first_line(exc)}") from exc
         except AzureError as exc:
             raise BackendError(f"cannot seal job {jid}: {first_line(exc)}") from exc

@@ -354,7 +354,7 @@ def take_fresh(store: Store, sensor: Sensor, sha: str, features: tuple[str, ...]
             if z["fresh_sha256"].tolist() != [sha] \
                     or z["fresh_features"].tolist() != [",".join(features)]:
                 return None
-            bank = replace(_decode_svms(z, True), forests=_decode_forests(z, True))
+            bank = _decode_bank(z, sha=True)
             left = z["left"].tolist()
     except (NotFound, ValueError, KeyError, OSError, zipfile.BadZipFile):
         return None
@@ -825,7 +825,7 @@ class Bank(Mapping):
         vouches for every entry makes unneeded; an npz reads only the arrays asked for)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             _check_format(z)
-            return replace(_decode_svms(z, sha), forests=_decode_forests(z, sha))
+            return _decode_bank(z, sha)
 
     @classmethod
     def concat(cls, banks: list[Bank]) -> Bank:
@@ -887,6 +887,11 @@ class Bank(Mapping):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _decode_bank(z, sha: bool) -> Bank:
+    """An open npz shard's SVM and forest entries (its format checked by the caller)."""
+    return replace(_decode_svms(z, sha), forests=_decode_forests(z, sha))
 
 
 def _decode_svms(z, sha: bool) -> Bank:

@@ -520,9 +520,7 @@ def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
     # A sensor with data and no model now had its model withdrawn: its rows go (R28).
     ours = {f.sensor for r in results for f in r.failures} | {str(s) for s in plan.no_model}
     no_data = {s for r in results for s in r.no_data}
-    for u in plan.units:
-        sensors = u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors
-        ours.update(str(s) for s in sensors if str(s) not in no_data)
+    ours.update(planned_keys(store, hour, run_id, plan) - no_data)
     before: set[str] = set()
     for entry in visible_files(store, hour, previous):
         try:
@@ -531,6 +529,13 @@ def vanished_sensors(store: Store, hour: Hour, run_id: str, plan: Plan,
             continue
         before.update(pc.unique(sensor_keys(table["Device"], table["Tag"])).to_pylist())
     return sorted(before - ours)
+
+
+def planned_keys(store: Store, hour: Hour, run_id: str, plan: Plan) -> set[str]:
+    """Every sensor the plan's units hold, as ``Device/Tag`` keys (a summarized unit's list
+    read from the run's staging)."""
+    return {str(s) for u in plan.units for s in (
+        u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors)}
 
 
 STANDING = "earlier"  # the unit named by a failure carried on from the hour's last run
@@ -543,8 +548,7 @@ def standing_failures(store: Store, hour: Hour, run_id: str, plan: Plan,
     would read ``succeeded`` with a sensor still failed, and a range would skip it."""
     if not plan.restricted or previous is None or not previous.failures:
         return []
-    planned = {str(s) for u in plan.units for s in (
-        u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors)}
+    planned = planned_keys(store, hour, run_id, plan)
     standing = tuple(SensorFailure(f.sensor, f.kind, f.message if f.unit == STANDING else
                                    f"{f.message} (run {previous.run_id}; not rerun since)")
                      for f in previous.failures if f.sensor not in planned)
@@ -650,9 +654,7 @@ def promote(store: Store, hour: Hour, run_id: str, plan: Plan, results: Sequence
     if not previous or not (failed or plan.restricted):
         return files, []
     # A rerun of chosen sensors (a few): its units' sensors, read if the plan is a summary.
-    planned = {str(s) for u in plan.units
-               for s in (u.sensors if u.size is None else load_unit(store, hour, run_id, u.id).sensors)
-               } if plan.restricted else set()
+    planned = planned_keys(store, hour, run_id, plan) if plan.restricted else set()
 
     def kept_mask(keys: pa.ChunkedArray) -> pa.ChunkedArray:
         in_failed = pc.is_in(keys, value_set=pa.array(sorted(failed), pa.string()))

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fleetscore.contracts import RunManifest
+from fleetscore.core.hours import Hour
 from fleetscore.errors import FleetscoreError, NotFound
 from fleetscore.model.challengers import Pointer, read_pointers
 from fleetscore.model.registry import ModelManifest, check_skops_types, list_models, manifest_path, model_path
@@ -149,17 +150,12 @@ def _runs(store: Store) -> Iterator[Problem | None]:
             files.add(entry.path)
             yield _check(store, entry.path, entry.sha256,
                          f"predictions of {manifest.window} ({entry.unit})")
-    from fleetscore.core.hours import Hour
     from fleetscore.data.predictions import predictions_folder
 
     stored = list(store.list("predictions"))
     yield from _strays(stored, files, exact)
-    hours = {"/".join(p.split("/")[1:5]) for p in stored}
-    for folder in sorted(hours):
-        try:
-            hour = Hour.parse(folder.replace("/", "-", 2).replace("/", "T"))
-        except FleetscoreError:
-            continue
+    hours = {hour for p in stored if (hour := _hour_of(p)) is not None}
+    for hour in sorted(hours, key=lambda h: h.index):
         if str(hour) not in listed:
             yield Problem(f"runs/{hour}.json", "run manifest is missing: "
                           f"{predictions_folder(hour)}/ holds predictions no manifest lists")
@@ -169,19 +165,24 @@ def _strays(stored: list[str], files: set[str], exact: set[str]) -> Iterator[Pro
     """Predictions files in an hour whose manifest lists its files but not them: left by a
     run stopped between promoting and writing its manifest. A rerun of the hour without a
     readable manifest would take them as visible, rows twice over."""
-    from fleetscore.core.hours import Hour
-
     for path in stored:
-        parts = path.split("/")
-        if len(parts) != 6 or path in files:
-            continue
-        try:
-            hour = Hour.parse(f"{parts[1]}-{parts[2]}-{parts[3]}T{parts[4]}")
-        except FleetscoreError:
+        hour = _hour_of(path)
+        if path in files or hour is None or path.count("/") != 5:
             continue
         if str(hour) in exact:
             yield Problem(path, "predictions file no run manifest lists (a run stopped before "
                           f"its manifest): `fleetscore run --window {hour} --force` sweeps it")
+
+
+def _hour_of(path: str) -> Hour | None:
+    """The hour of a file under ``predictions/YYYY/MM/DD/HH/``; None for any other path."""
+    parts = path.split("/")
+    if len(parts) < 6:
+        return None
+    try:
+        return Hour.parse(f"{parts[1]}-{parts[2]}-{parts[3]}T{parts[4]}")
+    except FleetscoreError:
+        return None
 
 
 def _versions(store: Store) -> Iterator[Problem | None]:
