@@ -429,8 +429,10 @@ def close_hour(
             str(hour), "inputs", [Sensor.parse(s) for s in vanished], "InputMissing",
             f"had predictions from run {previous.run_id} but has no data or no model in "
             f"this rerun: {missing_inputs(store, hour)}; its earlier predictions are kept")]
-    results = [*results, *standing_failures(store, hour, run_id, plan, previous)]
+    # The threshold judges this run's own sensors; failures standing from the hour's last run
+    # (a rerun of a few sensors) are the hour's, not this run's.
     over = over_threshold(plan, results, max_failed_percent)
+    results = [*results, *standing_failures(store, hour, run_id, plan, previous)]
     if over:  # the hour fails whole; what was visible stays visible (its manifest damaged:
         # what its folder holds)
         files = visible_files(store, hour, previous)

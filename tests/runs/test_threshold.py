@@ -177,3 +177,19 @@ def test_a_rerun_of_other_sensors_keeps_the_hours_failures_standing(forty, tmp_p
         assert (summary.status, manifest.status) == ("partial", "partial")
         [failure] = manifest.failures
         assert failure.sensor == str(broken) and failure.message.count("not rerun since") == 1
+
+
+def test_standing_failures_do_not_count_against_a_reruns_threshold(forty, tmp_path):
+    """Eight sensors failed in the hour's run; a rerun of one good sensor with a 10%
+    threshold scores it: the hour stays partial (the eight still stand), not failed whole."""
+    store = _copy(forty, tmp_path)
+    hour = forty[1]
+    broken = set(_damage(store, 8))
+    assert run_hour(store, hour, SequentialBackend(store, ENGINE)).status == "partial"
+    other = next(s for s in (Sensor.parse(f"D{i:03d}/flow") for i in range(40))
+                 if s not in broken and store.exists(model_path(s)))
+    summary = run_hour(store, hour, SequentialBackend(store, ENGINE), sensors=[other],
+                       max_failed_percent=10)
+    manifest = read_manifest(store, hour)
+    assert (summary.status, manifest.status, manifest.reason) == ("partial", "partial", "")
+    assert manifest.sensors.failed == 8 and manifest.sensors.scored == 1
