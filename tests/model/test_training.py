@@ -268,3 +268,20 @@ def test_challengers_are_not_trained_for_sensors_without_a_champion(local_store,
     assert newcomer not in list_models(local_store)
     rows = compare(local_store, with_challengers(local_store), [until])
     assert [r.sensor for r in rows] == ["1/1", "1/2"]
+
+
+def test_a_damaged_fresh_verdict_is_passed_over(local_store, fleet_csv, monkeypatch):
+    """A fresh verdict that is garbage, cut short or gone: the rebuild loads the model file
+    and compiles it, as without one."""
+    from fleetscore.data.ingest import ingest_file
+    from fleetscore.model.bank import fresh_path, rebuild_bank
+
+    ingest_file(local_store, fleet_csv)
+    train(local_store, until=Hour.parse("2024-03-01T00"))
+    one, two, three = sorted(list_models(local_store))
+    local_store.put(fresh_path(one), b"garbage")
+    local_store.put(fresh_path(two), local_store.get(fresh_path(two))[:100])
+    local_store.delete(fresh_path(three))
+    loaded = _counting_loads(monkeypatch)
+    assert rebuild_bank(local_store).compiled == 3
+    assert sorted(loaded) == [f"sensor {s}" for s in (one, two, three)]
